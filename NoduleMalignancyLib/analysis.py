@@ -1,0 +1,184 @@
+"""One nodule, one click: VOI -> ensemble -> result record with maps on the CT grid.
+
+Plain numpy in and out (no ``slicer``): the MRML logic, the CLI and the batch predictor all call
+:func:`analyze_point`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attributes import score_from_probability, wording
+from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from .ensemble import Ensemble
+from .evidence import COMBINED, evidence_maps
+from .fusion import apply_fusion
+from .geometry import ImageGeometry
+from .measurements import component_at_center, nodule_size
+from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
+
+MALIGNANCY = ATTRIBUTES.index("malignancy")
+SEGMENTATION_THRESHOLD = 0.5
+
+
+@dataclass
+class NoduleResult:
+    """Everything one analysis produces; maps are (z, y, x) float32 arrays with their grids."""
+
+    point_lps: tuple[float, float, float]
+    malignancy_probability: float
+    malignancy_sd: float
+    fold_malignancy_probabilities: list[float]
+    scores: dict[str, float]  # the 7 ordinal attributes on the LIDC 1-5 scale
+    calcification_probability: float
+    internal_structure_probability: float
+    volume_mm3: float
+    diameter_mm: float  # longest axial diameter
+    short_axis_mm: float
+    mean_diameter_mm: float
+    model_version: str
+    voi_geometry: ImageGeometry
+    segmentation_probability_voi: np.ndarray
+    segmentation_mask_voi: np.ndarray
+    evidence_voi: dict[str, np.ndarray]  # per scale + "combined", logit per mL
+    malignancy_logit: float  # fold-mean MIL bag logit, what the evidence maps add up to
+    ct_grid: ImageGeometry | None = None  # CT sub-grid of the maps below
+    segmentation_mask_ct: np.ndarray | None = None
+    evidence_ct: dict[str, np.ndarray] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def wording(self) -> dict[str, str]:
+        return {a: wording(a, s) for a, s in self.scores.items()}
+
+    def summary(self) -> dict:
+        """JSON-ready numbers (no arrays)."""
+        return {
+            "point_lps": list(self.point_lps),
+            "malignancy_probability": self.malignancy_probability,
+            "malignancy_sd": self.malignancy_sd,
+            "fold_malignancy_probabilities": self.fold_malignancy_probabilities,
+            "malignancy_logit": self.malignancy_logit,
+            "scores": self.scores,
+            "wording": self.wording,
+            "calcification_probability": self.calcification_probability,
+            "internal_structure_probability": self.internal_structure_probability,
+            "volume_mm3": self.volume_mm3,
+            "diameter_mm": self.diameter_mm,
+            "short_axis_mm": self.short_axis_mm,
+            "mean_diameter_mm": self.mean_diameter_mm,
+            "model_version": self.model_version,
+            "timings_s": self.timings_s,
+        }
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _segment_points_lps(prob_voi: np.ndarray, voi: ImageGeometry) -> np.ndarray:
+    mask = component_at_center(prob_voi >= SEGMENTATION_THRESHOLD)
+    return grid_points_lps(voi)[mask]
+
+
+def analyze_point(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    point_lps,
+    ensemble: Ensemble,
+    context: ImageGeometry | None = None,
+    map_to_ct: bool = True,
+) -> NoduleResult:
+    """Analyse the nodule at a world LPS point of a CT.
+
+    Context policy: the network was trained on tight crops, so it sees the same here. Without an
+    explicit ``context`` a first pass uses the minimal crop around the point; its segmentation
+    gives the nodule's extent, from which the crop is rebuilt as in the training data and the
+    nodule analysed again.
+    """
+    cfg = ensemble.manifest.voi
+    t0 = time.perf_counter()
+    timings = {"voi_sampling": 0.0, "network": 0.0}
+
+    def run(ctx: ImageGeometry) -> tuple[VoiSample, object]:
+        t = time.perf_counter()
+        sample = sample_voi(image_zyx, geometry, point_lps, cfg, context=ctx)
+        timings["voi_sampling"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out = ensemble.run(sample.channels[None])
+        timings["network"] += time.perf_counter() - t
+        return sample, out
+
+    if context is None:
+        sample, out = run(context_box_for_nodule(geometry, point_lps))
+        extent = _segment_points_lps(out.seg_probability.mean(0)[0], sample.geometry)
+        if len(extent):
+            sample, out = run(context_box_for_nodule(geometry, point_lps, extent))
+    else:
+        sample, out = run(context)
+
+    t = time.perf_counter()
+    vgeom = sample.geometry
+    spacing_zyx = cfg.spacing_zyx
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    prob = out.seg_probability[:, 0].mean(0)
+    mask = component_at_center(prob >= SEGMENTATION_THRESHOLD)
+    size = nodule_size(mask, spacing_zyx)
+    fold_sizes = [
+        nodule_size(component_at_center(p >= SEGMENTATION_THRESHOLD), spacing_zyx).volume_mm3
+        for p in out.seg_probability[:, 0]
+    ]
+    logits = out.bag_logits[:, 0]  # (K, A)
+    probs = _sigmoid(logits)
+    fold_mal = apply_fusion(ensemble.manifest.fusion, logits[:, MALIGNANCY], fold_sizes)
+    evidence = evidence_maps([c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3)
+    result = NoduleResult(
+        point_lps=tuple(map(float, point_lps)),
+        malignancy_probability=float(fold_mal.mean()),
+        malignancy_sd=float(fold_mal.std()),
+        fold_malignancy_probabilities=[float(p) for p in fold_mal],
+        scores={
+            a: score_from_probability(probs[:, ATTRIBUTES.index(a)].mean())
+            for a in ORDINAL_ATTRIBUTES
+        },
+        calcification_probability=float(probs[:, ATTRIBUTES.index("calcification")].mean()),
+        internal_structure_probability=float(
+            probs[:, ATTRIBUTES.index("internal_structure")].mean()
+        ),
+        volume_mm3=size.volume_mm3,
+        diameter_mm=size.diameter_mm,
+        short_axis_mm=size.short_axis_mm,
+        mean_diameter_mm=size.mean_diameter_mm,
+        model_version=ensemble.version,
+        voi_geometry=vgeom,
+        segmentation_probability_voi=prob.astype(np.float32),
+        segmentation_mask_voi=mask,
+        evidence_voi=evidence,
+        malignancy_logit=float(logits[:, MALIGNANCY].mean()),
+    )
+    timings["measurements"] = time.perf_counter() - t
+    if map_to_ct:
+        t = time.perf_counter()
+        map_results_to_ct(result, geometry)
+        timings["evidence_resampling"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    result.timings_s = timings
+    return result
+
+
+def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
+    """Resample segmentation and evidence maps onto a sub-grid of the CT.
+
+    Evidence stays a density (logit per mL), so its integral over the CT grid is preserved up to
+    resampling; the mask is the resampled probability thresholded at 0.5.
+    """
+    prob_ct, grid = voi_map_to_ct(result.segmentation_probability_voi, result.voi_geometry, ct)
+    result.ct_grid = grid
+    result.segmentation_mask_ct = prob_ct >= SEGMENTATION_THRESHOLD
+    result.evidence_ct = {
+        name: voi_map_to_ct(m, result.voi_geometry, ct)[0] for name, m in result.evidence_voi.items()
+    }
+    assert COMBINED in result.evidence_ct

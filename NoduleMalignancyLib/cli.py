@@ -1,0 +1,256 @@
+"""``nodule-malignancy``: analyse, predict a manifest, demo, benchmark, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import ImageGeometry, ras_to_lps
+
+
+def _point(text: str) -> np.ndarray:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in mm, got {text!r}")
+    return np.array(values)
+
+
+def _load_image(path):
+    import SimpleITK as sitk
+
+    from .samples import read_ct
+
+    image = read_ct(path)
+    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+
+
+def _ensemble(args):
+    from .ensemble import Ensemble
+
+    return Ensemble.load(args.models, device=args.device)
+
+
+def cmd_analyze(args) -> int:
+    from .analysis import analyze_point
+    from .outputs import write_analysis
+
+    array, geometry = _load_image(args.ct)
+    point = ras_to_lps(args.point) if args.frame == "ras" else args.point
+    ensemble = _ensemble(args)
+    result = analyze_point(array, geometry, point, ensemble)
+    files = write_analysis(result, array, geometry, Path(args.out), ensemble.manifest.voi)
+    _print_result(result)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _print_result(result) -> None:
+    print(
+        f"malignancy {100 * result.malignancy_probability:.1f} % "
+        f"(sd {100 * result.malignancy_sd:.1f}), volume {result.volume_mm3:.0f} mm3, "
+        f"diameter {result.diameter_mm:.1f} mm"
+    )
+    for name, score in result.scores.items():
+        print(f"  {name:<12} {score:.2f}  {result.wording[name]}")
+    print(
+        f"  calcification p={result.calcification_probability:.2f}, "
+        f"internal structure (non soft tissue) p={result.internal_structure_probability:.2f}"
+    )
+
+
+def cmd_demo(args) -> int:
+    import SimpleITK as sitk
+
+    from .analysis import analyze_point
+    from .outputs import write_analysis
+    from .samples import nodule_points_lps, sample_path
+
+    path = sample_path(args.sample)
+    image = sitk.ReadImage(str(path))
+    array, geometry = sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+    ensemble = _ensemble(args)
+    for name, point in nodule_points_lps(args.sample):
+        result = analyze_point(array, geometry, point, ensemble)
+        print(f"{name} at LPS {np.round(point, 1).tolist()}:")
+        _print_result(result)
+        files = write_analysis(result, array, geometry, Path(args.out), ensemble.manifest.voi, name)
+        print(f"  report: {files['report']}")
+    return 0
+
+
+PREDICT_COLUMNS = (
+    "id",
+    "malignancy_probability",
+    "malignancy_sd",
+    "subtlety",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy_score",
+    "calcification_probability",
+    "internal_structure_probability",
+    "volume_mm3",
+    "diameter_mm",
+    "error",
+)
+
+
+def _progress(i: int, n: int, start: float) -> None:
+    if sys.stderr.isatty():
+        done = int(30 * i / max(n, 1))
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n} {time.time() - start:.0f}s")
+        sys.stderr.flush()
+        if i == n:
+            sys.stderr.write("\n")
+
+
+def cmd_predict(args) -> int:
+    from .analysis import analyze_point
+    from .writers import write_volume
+
+    with open(args.manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"id", "image", "x", "y", "z"} - set(rows[0] if rows else {})
+    if missing:
+        print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
+        return 2
+    ensemble = _ensemble(args)
+    images: dict[str, object] = {}
+    out_rows, scored, start = [], 0, time.time()
+    by_image: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_image.setdefault(row["image"], []).append(i)
+    results: dict[int, dict] = {}
+    done = 0
+    for image_path, indices in by_image.items():  # each image read once
+        try:
+            images = {"data": _load_image(image_path)}
+            load_error = None
+        except Exception as exc:  # noqa: BLE001 - reported per row, the run goes on
+            load_error = f"cannot read image: {exc}"
+        for i in indices:
+            row = rows[i]
+            rec = {"id": row["id"], "error": ""}
+            try:
+                if load_error:
+                    raise ValueError(load_error)
+                array, geometry = images["data"]
+                point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
+                r = analyze_point(array, geometry, point, ensemble, map_to_ct=bool(args.masks_dir))
+                rec.update(
+                    malignancy_probability=f"{r.malignancy_probability:.6f}",
+                    malignancy_sd=f"{r.malignancy_sd:.6f}",
+                    **{k: f"{v:.4f}" for k, v in r.scores.items() if k != "malignancy"},
+                    malignancy_score=f"{r.scores['malignancy']:.4f}",
+                    calcification_probability=f"{r.calcification_probability:.6f}",
+                    internal_structure_probability=f"{r.internal_structure_probability:.6f}",
+                    volume_mm3=f"{r.volume_mm3:.2f}",
+                    diameter_mm=f"{r.diameter_mm:.2f}",
+                )
+                if args.masks_dir:
+                    write_volume(
+                        _full_mask(r, geometry), geometry, Path(args.masks_dir) / f"{row['id']}.nii.gz"
+                    )
+                scored += 1
+            except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
+                rec["error"] = str(exc).replace("\n", " ")
+            results[i] = rec
+            done += 1
+            _progress(done, len(rows), start)
+    out_rows = [results[i] for i in range(len(rows))]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PREDICT_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(out_rows)
+    print(f"scored {scored}/{len(rows)} rows -> {args.out}")
+    return 0 if scored or not rows else 1
+
+
+def _full_mask(result, geometry: ImageGeometry) -> np.ndarray:
+    """The segmentation as a binary mask in the whole input image's geometry."""
+    mask = np.zeros(geometry.shape_zyx, dtype=np.uint8)
+    grid = result.ct_grid
+    lo = np.rint(geometry.lps_to_index(grid.origin)).astype(int)
+    nx, ny, nz = grid.size
+    mask[lo[2] : lo[2] + nz, lo[1] : lo[1] + ny, lo[0] : lo[0] + nx] = result.segmentation_mask_ct
+    return mask
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import run_benchmark
+
+    run_benchmark(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodule-malignancy", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
+        sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
+
+    sp = sub.add_parser("analyze", help="analyse one nodule of a CT at a world point")
+    sp.add_argument("--ct", required=True, help="CT file SimpleITK reads, DICOM folder or .tar.gz")
+    sp.add_argument("--point", required=True, type=_point, help="X,Y,Z in mm")
+    sp.add_argument("--frame", choices=("lps", "ras"), default="lps", help="frame of --point")
+    sp.add_argument("--out", required=True, help="output folder")
+    common(sp)
+    sp.set_defaults(func=cmd_analyze)
+
+    sp = sub.add_parser("predict", help="score a manifest CSV (id,image,x,y,z in world LPS)")
+    sp.add_argument("--manifest", required=True)
+    sp.add_argument("--out", required=True, help="predictions CSV")
+    sp.add_argument("--masks-dir", default=None, help="write <id>.nii.gz masks here")
+    common(sp)
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("demo", help="analyse the nodules of a bundled LIDC sample")
+    sp.add_argument("--sample", default="LIDC-IDRI-0001")
+    sp.add_argument("--out", default="demo_output")
+    common(sp)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("bench", help="latency and memory of the ensemble (prints figures)")
+    sp.add_argument("--sample", default="LIDC-IDRI-0001")
+    sp.add_argument("--repeats", type=int, default=10)
+    sp.add_argument("--threads", type=int, default=2)
+    common(sp)
+    sp.set_defaults(func=cmd_bench)
+
+    for register in _optional_commands():
+        register(sub)
+    return p
+
+
+def _optional_commands():
+    """Sub-commands that live in their own packages (training, evaluation)."""
+    from .evaluation.cli import register as register_evaluation
+    from .training.cli import register as register_training
+
+    return [register_training, register_evaluation]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Configuration records shared by sampling, the network, training and inference."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# The nine LIDC attributes, in the order of the network's attribute heads.
+ORDINAL_ATTRIBUTES: tuple[str, ...] = (
+    "subtlety",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy",
+)
+PRESENCE_ATTRIBUTES: tuple[str, ...] = ("calcification", "internal_structure")
+ATTRIBUTES: tuple[str, ...] = ORDINAL_ATTRIBUTES + PRESENCE_ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class VoiConfig:
+    """The fixed sampling grid around a nodule and how HU become input channels.
+
+    Shapes and spacings are (z, y, x). Windows are (low, high) HU mapped to [0, 1]; one channel
+    each, followed by the validity channel (1 where real image data was sampled).
+    """
+
+    shape_zyx: tuple[int, int, int] = (32, 48, 48)
+    spacing_zyx: tuple[float, float, float] = (1.0, 0.667, 0.667)
+    windows: tuple[tuple[float, float], ...] = ((-1000.0, 400.0), (-160.0, 240.0))
+    # HU given to samples outside the image (air), also used for LIDC's -2048 outside-FOV value.
+    outside_hu: float = -1000.0
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.windows) + 1
+
+    @property
+    def extent_mm_zyx(self) -> tuple[float, float, float]:
+        return tuple(n * s for n, s in zip(self.shape_zyx, self.spacing_zyx))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VoiConfig:
+        return cls(
+            shape_zyx=tuple(d["shape_zyx"]),
+            spacing_zyx=tuple(d["spacing_zyx"]),
+            windows=tuple(tuple(w) for w in d["windows"]),
+            outside_hu=float(d.get("outside_hu", -1000.0)),
+        )
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes of the multi-scale MIL network (DESIGN §3)."""
+
+    in_channels: int = 3
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    pyramid_channels: int = 64
+    pyramid_layers: int = 2
+    n_attributes: int = len(ATTRIBUTES)
+    groups: int = 8
+    extra: dict = field(default_factory=dict)
+    # Encoder convs per level (level 1 is full resolution, where every conv is expensive on CPU).
+    convs_per_level: tuple[int, int, int, int] = (1, 1, 2, 2)
+    # Decoder widths at levels 1, 2, 3 (level 1 only used with decoder_full_res="conv").
+    decoder_widths: tuple[int, int, int] = (8, 16, 32)
+    # "skip_logit": upsampled half-res logits + 1x1x1 read-out of level-1 features (cheap);
+    # "conv": classic U-Net stage (upsample, concat, 3x3x3 conv) at full resolution.
+    decoder_full_res: str = "skip_logit"
+    # Conv after each BiFPN fusion: 1 = pointwise, 3 = depthwise-separable 3x3x3.
+    pyramid_kernel: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        d = dict(d)
+        for key in ("widths", "convs_per_level", "decoder_widths"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)

@@ -1,0 +1,241 @@
+"""The K-fold ensemble: manifest with sha256, safe weight loading, batched fold inference.
+
+Weights are only ever read with ``torch.load(..., weights_only=True)`` and only after their
+sha256 matches the manifest, so a truncated, corrupt or swapped file is refused with a message
+naming it instead of producing silent nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ATTRIBUTES, NetworkConfig, VoiConfig
+from .network import build_network
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class WeightsError(RuntimeError):
+    """The ensemble's weights are missing, corrupt or do not match the manifest."""
+
+
+def models_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The ensemble folder: explicit argument, ``NODULE_MALIGNANCY_MODELS``, or the shipped one."""
+    return Path(explicit or os.environ.get("NODULE_MALIGNANCY_MODELS") or DEFAULT_MODELS_DIR)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """What ``models/manifest.json`` says about an ensemble."""
+
+    version: str
+    voi: VoiConfig
+    network: NetworkConfig
+    attributes: tuple[str, ...]
+    folds: list[dict]  # {"file": ..., "sha256": ...}
+    fusion: dict | None = None  # optional out-of-fold fitted malignancy fusion (see fusion.py)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            raise WeightsError(
+                f"No ensemble manifest at {path}. Train one (nodule-malignancy train) or point "
+                "NODULE_MALIGNANCY_MODELS at a folder with manifest.json and the fold weights."
+            )
+        try:
+            d = json.loads(path.read_text())
+            known = {"version", "voi", "network", "attributes", "folds", "fusion"}
+            return cls(
+                version=str(d["version"]),
+                voi=VoiConfig.from_dict(d["voi"]),
+                network=NetworkConfig.from_dict(d["network"]),
+                attributes=tuple(d["attributes"]),
+                folds=list(d["folds"]),
+                fusion=d.get("fusion"),
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"Ensemble manifest {path} is malformed: {exc}") from exc
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "voi": self.voi.to_dict(),
+            "network": self.network.to_dict(),
+            "attributes": list(self.attributes),
+            "folds": self.folds,
+            "fusion": self.fusion,
+            **self.extra,
+        }
+
+
+def save_ensemble(
+    models: list[torch.nn.Module],
+    directory: Path,
+    version: str,
+    voi: VoiConfig,
+    network: NetworkConfig,
+    fusion: dict | None = None,
+    extra: dict | None = None,
+    half: bool = True,
+) -> Manifest:
+    """Write one weights file per fold (fp16 by default) and the manifest with their sha256."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    folds = []
+    for k, model in enumerate(models):
+        state = {
+            n: (t.detach().half() if half and t.is_floating_point() else t.detach()).cpu()
+            for n, t in model.state_dict().items()
+        }
+        name = f"fold{k}.pt"
+        torch.save(state, directory / name)
+        folds.append({"file": name, "sha256": sha256_of(directory / name)})
+    manifest = Manifest(version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}))
+    (directory / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
+
+
+def load_verified_state(path: Path, sha256: str) -> dict:
+    """Check a weights file against its manifest checksum, then load it safely."""
+    if not path.is_file():
+        raise WeightsError(f"Missing weights file {path} (listed in the ensemble manifest).")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise WeightsError(
+            f"Weights file {path} is corrupt or was replaced: sha256 {actual[:12]}... does not "
+            f"match the manifest's {sha256[:12]}...."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise WeightsError(f"Weights file {path} cannot be read: {exc}") from exc
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` = first CUDA device when available, else CPU; ``cpu``; ``cuda``/``cuda:N``."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"Device {device!r} requested but CUDA is not available here.")
+    return torch.device(device)
+
+
+@dataclass
+class FoldOutputs:
+    """Raw per-fold outputs as numpy, leading dims (K folds, N nodules)."""
+
+    bag_logits: np.ndarray  # (K, N, A)
+    seg_probability: np.ndarray  # (K, N, D, H, W)
+    contributions: list[np.ndarray]  # per scale (K, N, A, d, h, w)
+    gates: list[np.ndarray]  # per scale (K, N, d, h, w)
+
+
+class Ensemble:
+    """K fold models kept loaded between calls; folds are evaluated on one batch of VOIs."""
+
+    def __init__(self, manifest: Manifest, models: list[torch.nn.Module], device="auto"):
+        self.manifest = manifest
+        self.models = models
+        self.device = resolve_device(str(device))
+        for m in self.models:
+            m.eval().to(self.device)
+
+    @classmethod
+    def load(cls, directory=None, device: str = "auto") -> Ensemble:
+        directory = models_dir(directory)
+        manifest = Manifest.read(directory)
+        if tuple(manifest.attributes) != ATTRIBUTES:
+            raise WeightsError(
+                f"Ensemble in {directory} predicts {manifest.attributes}, expected {ATTRIBUTES}."
+            )
+        if not manifest.folds:
+            raise WeightsError(f"Ensemble manifest in {directory} lists no fold weights.")
+        models = []
+        for entry in manifest.folds:
+            state = load_verified_state(directory / entry["file"], entry["sha256"])
+            model = build_network(manifest.network)
+            try:
+                model.load_state_dict({k: v.float() for k, v in state.items()})
+            except RuntimeError as exc:
+                raise WeightsError(
+                    f"Weights {entry['file']} do not fit the network in the manifest: {exc}"
+                ) from exc
+            models.append(model)
+        return cls(manifest, models, device)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def to(self, device: str) -> Ensemble:
+        self.device = resolve_device(device)
+        for m in self.models:
+            m.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def _run(self, x: torch.Tensor) -> FoldOutputs:
+        use_amp = self.device.type == "cuda"
+        outs = []
+        for model in self.models:
+            with torch.autocast(self.device.type, enabled=use_amp, dtype=torch.float16):
+                outs.append(model(x))
+
+        def stack(key):
+            return torch.stack([o[key].float() for o in outs]).cpu().numpy()
+
+        n_scales = len(outs[0]["contributions"])
+        return FoldOutputs(
+            bag_logits=stack("bag_logits"),
+            seg_probability=torch.sigmoid(torch.stack([o["seg_logits"][:, 0] for o in outs]))
+            .float()
+            .cpu()
+            .numpy(),
+            contributions=[
+                torch.stack([o["contributions"][s].float() for o in outs]).cpu().numpy()
+                for s in range(n_scales)
+            ],
+            gates=[
+                torch.stack([o["gates"][s][:, 0].float() for o in outs]).cpu().numpy()
+                for s in range(n_scales)
+            ],
+        )
+
+    def run(self, channels: np.ndarray) -> FoldOutputs:
+        """Run all folds on VOI channels (N, C, D, H, W); CUDA out-of-memory falls back to CPU."""
+        x = torch.as_tensor(np.ascontiguousarray(channels), dtype=torch.float32)
+        try:
+            return self._run(x.to(self.device))
+        except torch.cuda.OutOfMemoryError:
+            warnings.warn(
+                "GPU out of memory while analysing; falling back to CPU for this ensemble.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            torch.cuda.empty_cache()
+            self.to("cpu")
+            return self._run(x)

@@ -1,0 +1,141 @@
+"""Ensemble loading (sha256, weights_only), one-click analysis and the CLI on the real CT."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from tiny_models import make_tiny_ensemble
+
+from NoduleMalignancyLib import cli
+from NoduleMalignancyLib.analysis import analyze_point
+from NoduleMalignancyLib.ensemble import Ensemble, WeightsError
+from NoduleMalignancyLib.evidence import COMBINED, integrate
+from NoduleMalignancyLib.geometry import ImageGeometry, lps_to_ras
+from NoduleMalignancyLib.samples import nodule_points_lps
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_ensemble")
+    make_tiny_ensemble(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ct(ct_0001_path):
+    image = sitk.ReadImage(str(ct_0001_path))
+    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+
+
+@pytest.fixture(scope="module")
+def nodule_point(data_dir):
+    return np.array(nodule_points_lps("LIDC-IDRI-0001", data_dir)[0][1])
+
+
+def test_ensemble_loads_and_refuses_bad_weights(tiny_dir, tmp_path):
+    ens = Ensemble.load(tiny_dir, device="cpu")
+    assert len(ens.models) == 2 and ens.version == "test-random"
+    bad = tmp_path / "bad"
+    make_tiny_ensemble(bad)
+    with open(bad / "fold1.pt", "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt!")
+    with pytest.raises(WeightsError, match="fold1.pt.*corrupt"):
+        Ensemble.load(bad)
+    (bad / "fold1.pt").unlink()
+    with pytest.raises(WeightsError, match="Missing weights file"):
+        Ensemble.load(bad)
+    with pytest.raises(WeightsError, match="No ensemble manifest"):
+        Ensemble.load(tmp_path / "nowhere")
+
+
+def test_analyze_point_result_and_evidence_identity(tiny_dir, ct, nodule_point):
+    array, geometry = ct
+    ens = Ensemble.load(tiny_dir, device="cpu")
+    r = analyze_point(array, geometry, nodule_point, ens)
+    assert 0 < r.malignancy_probability < 1 and r.malignancy_sd >= 0
+    assert len(r.fold_malignancy_probabilities) == 2
+    assert set(r.scores) == {
+        "subtlety", "sphericity", "margin", "lobulation", "spiculation", "texture", "malignancy",
+    }
+    assert all(1 <= v <= 5 for v in r.scores.values())
+    assert set(r.evidence_voi) == {"fine", "medium", "coarse", COMBINED}
+    # The displayed maps add up to the fold-mean malignancy bag logit.
+    vox = float(np.prod(r.voi_geometry.spacing))
+    assert np.isclose(integrate(r.evidence_voi[COMBINED], vox), r.malignancy_logit, atol=1e-4)
+    # Maps on the CT grid share the CT's spacing and direction.
+    assert r.ct_grid.spacing == geometry.spacing and r.ct_grid.direction == geometry.direction
+    assert r.evidence_ct[COMBINED].shape == r.ct_grid.shape_zyx
+    assert {"voi_sampling", "network", "total"} <= set(r.timings_s)
+
+
+def test_analyze_is_deterministic(tiny_dir, ct, nodule_point):
+    array, geometry = ct
+    ens = Ensemble.load(tiny_dir, device="cpu")
+    a = analyze_point(array, geometry, nodule_point, ens, map_to_ct=False)
+    b = analyze_point(array, geometry, nodule_point, ens, map_to_ct=False)
+    assert a.malignancy_probability == b.malignancy_probability
+    assert np.array_equal(a.segmentation_probability_voi, b.segmentation_probability_voi)
+
+
+def test_cli_analyze_writes_all_outputs(tiny_dir, ct_0001_path, nodule_point, tmp_path):
+    ras = lps_to_ras(nodule_point)
+    out = tmp_path / "out"
+    code = cli.main(
+        [
+            "analyze", "--ct", str(ct_0001_path), "--point", ",".join(map(str, ras)),
+            "--frame", "ras", "--out", str(out), "--models", str(tiny_dir), "--device", "cpu",
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert np.allclose(result["point_lps"], nodule_point)  # RAS input converted to LPS
+    for name in ("nodule.seg.nrrd", "nodule_mask.nii.gz", "nodule_report.png",
+                 "nodule_evidence_combined.nrrd", "nodule_evidence_fine.nrrd"):
+        assert (out / name).is_file(), name
+    seg = sitk.ReadImage(str(out / "nodule.seg.nrrd"))
+    assert seg.GetMetaData("Segment0_Name") == "nodule"
+    assert seg.GetSpacing() == pytest.approx(sitk.ReadImage(str(ct_0001_path)).GetSpacing())
+
+
+def test_cli_analyze_point_outside_is_an_error(tiny_dir, ct_0001_path, tmp_path, capsys):
+    code = cli.main(
+        ["analyze", "--ct", str(ct_0001_path), "--point", "0,0,5000", "--out",
+         str(tmp_path), "--models", str(tiny_dir)]
+    )
+    assert code == 2
+    assert "outside the volume" in capsys.readouterr().err
+
+
+def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point, tmp_path):
+    manifest = tmp_path / "m.csv"
+    x, y, z = nodule_point
+    manifest.write_text(
+        "id,image,x,y,z\n"
+        f"good,{ct_0001_path},{x},{y},{z}\n"
+        f"outside,{ct_0001_path},0,0,5000\n"
+        f"missing,{tmp_path / 'nope.nrrd'},{x},{y},{z}\n"
+    )
+    pred = tmp_path / "p.csv"
+    masks = tmp_path / "masks"
+    code = cli.main(
+        ["predict", "--manifest", str(manifest), "--out", str(pred), "--masks-dir", str(masks),
+         "--models", str(tiny_dir)]
+    )
+    assert code == 0
+    rows = list(csv.DictReader(open(pred)))
+    assert [r["id"] for r in rows] == ["good", "outside", "missing"]
+    assert list(rows[0]) == list(cli.PREDICT_COLUMNS)
+    assert rows[0]["error"] == "" and 0 < float(rows[0]["malignancy_probability"]) < 1
+    assert "outside the volume" in rows[1]["error"]
+    assert rows[2]["error"] and rows[2]["malignancy_probability"] == ""
+    mask = sitk.ReadImage(str(masks / "good.nii.gz"))
+    assert mask.GetSize() == sitk.ReadImage(str(ct_0001_path)).GetSize()
+    # Nothing scorable -> non-zero exit.
+    manifest.write_text(f"id,image,x,y,z\nbad,{ct_0001_path},0,0,5000\n")
+    assert cli.main(["predict", "--manifest", str(manifest), "--out", str(pred),
+                     "--models", str(tiny_dir)]) == 1
