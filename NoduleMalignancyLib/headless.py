@@ -20,9 +20,12 @@ Inside the real Slicer application it does nothing. It never imports ``qt`` or `
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib.util
 import logging
 import shutil
 import tempfile
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,16 @@ _MODULE_LOGICS: tuple[tuple[str, str, str], ...] = (
     ("Sequences", "sequences", "vtkSlicerSequencesLogic"),
 )
 
+# File-based colour tables Slicer's logics refer to by ID but the wheel does not ship
+# (ID suffix after "vtkMRMLColorTableNode" = singleton tag, node name). Headless they are
+# stand-ins built like the procedural "Labels" table, not saved with scenes.
+_FILE_COLOR_TABLE_STANDINS: tuple[tuple[str, str], ...] = (
+    ("FileGenericColors.txt", "GenericColors"),  # default labelmap colours (Volumes logic)
+    ("FileGenericAnatomyColors.txt", "GenericAnatomyColors"),  # default editor colours
+)
+
 _RUNTIME: _HeadlessRuntime | None = None
+_LOCK = threading.Lock()
 
 
 def ensure_slicer_runtime(
@@ -84,9 +96,10 @@ def ensure_slicer_runtime(
     global _RUNTIME
     if _inside_slicer_application(slicer):
         return slicer
-    if _RUNTIME is None:
-        _RUNTIME = _HeadlessRuntime(slicer, cache_dir, scene=scene, app_logic=app_logic)
-    _RUNTIME.install()
+    with _LOCK:
+        if _RUNTIME is None:
+            _RUNTIME = _HeadlessRuntime(slicer, cache_dir, scene=scene, app_logic=app_logic)
+        _RUNTIME.install()
     return slicer
 
 
@@ -168,6 +181,13 @@ class _HeadlessRuntime:
         self.scene = scene
         self.app_logic = app_logic
         app_logic.SetTemporaryPath(str(self.temporary_path))
+        if not app_logic.GetHomeDirectory():
+            # The Colors logic looks for <home>/<share>/ColorFiles and logs an error when the
+            # home or share folder is unset; the wheel ships no colour files, so point it at an
+            # empty folder of ours.
+            (self.cache_dir / "share" / "ColorFiles").mkdir(parents=True, exist_ok=True)
+            app_logic.SetHomeDirectory(str(self.cache_dir))
+            app_logic.SetShareDirectory("share")
 
         self.logics: dict[str, Any] = {}
         self.modules = types.SimpleNamespace()
@@ -178,6 +198,7 @@ class _HeadlessRuntime:
                 setattr(self.modules, module_name, _HeadlessModule(logic_name, logic))
 
         self._wire_data_io()
+        self.restore_defaults()
         self.io_manager = HeadlessIOManager(self)
         self.app = HeadlessApplication(self)
 
@@ -228,10 +249,29 @@ class _HeadlessRuntime:
         self.remote_io.AddDataIOToScene()
 
     def restore_defaults(self) -> None:
-        """After ``Clear``: make sure the default colour tables are back."""
+        """Default colour tables, plus stand-ins for the file-based ones the wheel lacks.
+
+        Why: ``CreateAndAddLabelVolume`` (used by ``slicer.util``'s segment <-> array helpers)
+        and labelmap loading assign ``vtkMRMLColorTableNodeFileGenericColors.txt``; without it
+        every labelmap logs "color table node ... can't be found".
+        """
         colors = self.logics.get("Colors")
-        if colors is not None and self.scene.GetFirstNodeByClass("vtkMRMLColorTableNode") is None:
+        scene = self.scene
+        if colors is None:
+            return
+        if scene.GetNodeByID("vtkMRMLColorTableNodeLabels") is None:
             colors.AddDefaultColorNodes()
+        for tag, name in _FILE_COLOR_TABLE_STANDINS:
+            if scene.GetNodeByID("vtkMRMLColorTableNode" + tag) is not None:
+                continue
+            node = self.slicer.vtkMRMLColorTableNode()
+            node.SetTypeToLabels()
+            node.SetName(name)
+            node.SetSingletonTag(tag)  # -> ID "vtkMRMLColorTableNode" + tag, as Slicer's
+            node.SetSaveWithScene(False)
+            node.SetAttribute("Category", "Discrete")
+            node.SetAttribute("NoduleMalignancy.HeadlessStandIn", "1")
+            scene.AddNode(node)
 
     def install(self) -> None:
         """Publish the runtime as ``slicer.mrmlScene``, ``slicer.app``, ``slicer.modules``."""
@@ -248,16 +288,40 @@ class _HeadlessRuntime:
             slicer.modules = self.modules
 
 
+@contextlib.contextmanager
+def _quiet_vtk_text():
+    """Silence VTK's console text (``vtkArchive`` prints an "Info: Zip: adding ..." pair per
+    file of an ``.mrb``); errors and warnings still reach stderr through ``vtkLogger``."""
+    from vtkmodules.vtkCommonCore import vtkOutputWindow
+
+    window = vtkOutputWindow.GetInstance()
+    mode = window.GetDisplayMode()
+    window.SetDisplayModeToNever()
+    try:
+        yield
+    finally:
+        window.SetDisplayMode(mode)
+
+
 def _share_directory(logic_name: str) -> Path | None:
-    """Share folder for a logic, where the wheels ship one (trame-slicer's terminologies)."""
+    """Share folder for a logic, where an installed wheel ships one.
+
+    Only the terminology lists exist (in trame-slicer's resources); located without importing
+    trame-slicer, which would pull in the trame server stack.
+    """
     if logic_name != "Terminologies":
         return None
     try:
-        from trame_slicer.resources import resources_path
-    except Exception:  # trame-slicer is optional for the headless runtime
+        spec = importlib.util.find_spec("trame_slicer")
+    except (ImportError, ValueError):
         return None
-    folder = Path(resources_path()) / "terminologies"
-    return folder if folder.is_dir() else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        folder = Path(location) / "resources" / "terminologies"
+        if folder.is_dir():
+            return folder
+    return None
 
 
 class HeadlessApplication:
@@ -409,8 +473,6 @@ class HeadlessIOManager:
             for ext in extensions:
                 if name.endswith(ext) and len(ext) > best_len:
                     best, best_len = file_type, len(ext)
-        if best == "NoFile" and Path(str(fileName)).is_dir():
-            return "VolumeFile"  # a DICOM/image-series folder is read through its first file
         return best
 
     def fileWriterFileType(self, node) -> str:  # noqa: N802
@@ -420,12 +482,25 @@ class HeadlessIOManager:
         return "NoFile"
 
     def fileWriterExtensions(self, node) -> list[str]:  # noqa: N802
-        """Slicer-style format strings, e.g. ``"NRRD (.nrrd)"``, the node's storage can write."""
+        """Slicer-style format strings, e.g. ``"NRRD (.nrrd)"``, the node's storage can write.
+
+        The storage node's own list when it has one; the volume archetype storage node's list
+        is empty on the wheel (it is filled from ITK IO factories Slicer registers), so fall
+        back to the extensions this manager reads for the node's file type.
+        """
         storage = node.CreateDefaultStorageNode() if node is not None else None
-        if storage is None:
-            return []
-        types_ = storage.GetSupportedWriteFileTypes()
-        return [types_.GetValue(i) for i in range(types_.GetNumberOfValues())]
+        formats: list[str] = []
+        if storage is not None:
+            types_ = storage.GetSupportedWriteFileTypes()
+            formats = [types_.GetValue(i) for i in range(types_.GetNumberOfValues())]
+        if not formats and node is not None:
+            file_type = self.fileWriterFileType(node)
+            formats = [
+                f"{ext.lstrip('.').upper()} ({ext})"
+                for ext in _FILE_TYPE_EXTENSIONS.get(file_type, ())
+                if ext not in (".dcm", ".ima", ".json")
+            ]
+        return formats
 
     def extractKnownExtension(self, fileName, node) -> str:  # noqa: N802, N803
         from slicer import vtkDataFileFormatHelper
@@ -572,7 +647,9 @@ class HeadlessIOManager:
         from slicer import vtkMRMLMessageCollection, vtkMRMLStorageNode
 
         msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        coordinate_system = properties.get("coordinateSystem", vtkMRMLStorageNode.CoordinateSystemLPS)
+        coordinate_system = properties.get(
+            "coordinateSystem", vtkMRMLStorageNode.CoordinateSystemLPS
+        )
         if isinstance(coordinate_system, str):
             coordinate_system = vtkMRMLStorageNode.GetCoordinateSystemFromString(coordinate_system)
         node = self._logic("Models").AddModel(file_name, int(coordinate_system), msgs)
@@ -596,7 +673,8 @@ class HeadlessIOManager:
         path = Path(file_name).resolve()
         scene = self._scene
         if path.suffix.lower() in (".mrb", ".zip"):
-            ok = bool(scene.ReadFromMRB(str(path), clear, msgs))
+            with _quiet_vtk_text():
+                ok = bool(scene.ReadFromMRB(str(path), clear, msgs))
         else:
             scene.SetURL(str(path))
             ok = bool(scene.Connect(msgs) if clear else scene.Import(msgs))
@@ -632,11 +710,20 @@ class HeadlessIOManager:
             return False
 
     def exportNodes(  # noqa: N802
-        self, nodeIDs, fileNames, properties, hardenTransform=False, userMessages=None  # noqa: N803
+        self,
+        nodeIDs,
+        fileNames,
+        properties,
+        hardenTransform=False,
+        userMessages=None,  # noqa: N803
     ) -> bool:
         """Write nodes to files without changing their storage nodes (``slicer.util.exportNode``)."""
+        nodeIDs, fileNames = list(nodeIDs), list(fileNames)  # noqa: N806
+        if len(nodeIDs) != len(fileNames):
+            self._message(userMessages, "exportNodes: one file name per node ID is needed")
+            return False
         ok = True
-        for node_id, file_name in zip(nodeIDs, fileNames):
+        for node_id, file_name in zip(nodeIDs, fileNames, strict=True):
             node = self._scene.GetNodeByID(str(node_id))
             if node is None:
                 self._message(userMessages, f"exportNodes: no node {node_id!r}")
@@ -676,7 +763,8 @@ class HeadlessIOManager:
         scene = self._scene
         if path.suffix.lower() == ".mrb":
             path.parent.mkdir(parents=True, exist_ok=True)
-            return bool(scene.WriteToMRB(str(path), None, msgs))
+            with _quiet_vtk_text():
+                return bool(scene.WriteToMRB(str(path), None, msgs))
         if path.suffix.lower() == ".mrml":
             path.parent.mkdir(parents=True, exist_ok=True)
             scene.SetRootDirectory(str(path.parent))

@@ -173,7 +173,9 @@ class MultiScaleMILNet(nn.Module):
         if len(dw) != 3:
             raise ValueError("decoder_widths needs 3 entries (levels 1, 2, 3)")
         if cfg.decoder_full_res not in ("skip_logit", "conv"):
-            raise ValueError(f"decoder_full_res must be 'skip_logit' or 'conv': {cfg.decoder_full_res}")
+            raise ValueError(
+                f"decoder_full_res must be 'skip_logit' or 'conv': {cfg.decoder_full_res}"
+            )
         A, P = cfg.n_attributes, cfg.pyramid_channels
 
         # Encoder: level 1 at full resolution; levels 2-4 start with a stride-2 conv, which costs
@@ -182,7 +184,9 @@ class MultiScaleMILNet(nn.Module):
         cin = cfg.in_channels
         for level in range(4):
             blocks = [ConvNormAct(cin, w[level], 3, stride=1 if level == 0 else 2, groups=g)]
-            blocks += [ConvNormAct(w[level], w[level], 3, groups=g) for _ in range(convs[level] - 1)]
+            blocks += [
+                ConvNormAct(w[level], w[level], 3, groups=g) for _ in range(convs[level] - 1)
+            ]
             self.encoder.append(nn.Sequential(*blocks))
             cin = w[level]
 
@@ -227,7 +231,7 @@ class MultiScaleMILNet(nn.Module):
         B = x.shape[0]
 
         pyr = []
-        for f, embed in zip(mil_feats, self.embed):
+        for f, embed in zip(mil_feats, self.embed, strict=True):
             coords = coordinate_grid(f.shape[-3:], device=f.device, dtype=f.dtype)
             coords = coords.unsqueeze(0).expand(B, -1, -1, -1, -1)
             pyr.append(embed(torch.cat([f, coords], dim=1)))
@@ -236,7 +240,9 @@ class MultiScaleMILNet(nn.Module):
 
         pool_dtype = torch.promote_types(x.dtype, torch.float32)
         gates, instances = [], []
-        for p, f, gate_head, inst_head in zip(pyr, mil_feats, self.gate_heads, self.instance_heads):
+        for p, f, gate_head, inst_head in zip(
+            pyr, mil_feats, self.gate_heads, self.instance_heads, strict=True
+        ):
             s = gate_head(p).to(pool_dtype)
             gates.append(GATE_EPS + (1.0 - 2.0 * GATE_EPS) * torch.sigmoid(s))
             instances.append(inst_head(f).to(pool_dtype))
@@ -272,7 +278,7 @@ def gated_pooling(gates: Sequence[torch.Tensor], instances: Sequence[torch.Tenso
     (B, A, ...)). The bag logit is computed as the sum of the contributions, so the evidence
     identity holds by construction up to summation round-off.
     """
-    weighted = [g * e for g, e in zip(gates, instances)]
+    weighted = [g * e for g, e in zip(gates, instances, strict=True)]
     gate_sums = [g.sum(dim=(2, 3, 4)) for g in gates]  # (B, 1) each
     total = gate_sums[0]
     for s in gate_sums[1:]:
@@ -283,7 +289,7 @@ def gated_pooling(gates: Sequence[torch.Tensor], instances: Sequence[torch.Tenso
     for c in contributions[1:]:
         bag = bag + c.sum(dim=(2, 3, 4))
     scale_logits = torch.stack(
-        [we.sum(dim=(2, 3, 4)) / gs for we, gs in zip(weighted, gate_sums)], dim=1
+        [we.sum(dim=(2, 3, 4)) / gs for we, gs in zip(weighted, gate_sums, strict=True)], dim=1
     )
     return {"bag_logits": bag, "scale_logits": scale_logits, "contributions": contributions}
 
@@ -371,7 +377,7 @@ def _max_abs_diff(a: dict, b: dict) -> float:
     for key, va in a.items():
         la = va if isinstance(va, (list, tuple)) else [va]
         lb = b[key] if isinstance(b[key], (list, tuple)) else [b[key]]
-        for ta, tb in zip(la, lb):
+        for ta, tb in zip(la, lb, strict=True):
             diff = max(diff, float((ta - tb).abs().max()))
     return diff
 

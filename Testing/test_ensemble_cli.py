@@ -87,7 +87,7 @@ def test_cli_analyze_writes_all_outputs(tiny_dir, ct_0001_path, nodule_point, tm
     out = tmp_path / "out"
     code = cli.main(
         [
-            "analyze", "--ct", str(ct_0001_path), "--point", ",".join(map(str, ras)),
+            "analyze", "--ct", str(ct_0001_path), "--point=" + ",".join(map(str, ras)),
             "--frame", "ras", "--out", str(out), "--models", str(tiny_dir), "--device", "cpu",
         ]
     )

@@ -79,8 +79,9 @@ def cluster_bootstrap_weights(groups, n_boot: int = N_BOOT, seed: int = SEED) ->
     return counts[:, idx].astype(float)
 
 
-def _groups_or_cases(groups, n: int, keep: np.ndarray):
-    return np.arange(n) if groups is None else np.asarray(groups)[keep]
+def _groups_or_cases(groups, keep: np.ndarray) -> np.ndarray:
+    """Cluster ids of the kept rows; without groups every nodule is its own cluster."""
+    return np.arange(int(keep.sum())) if groups is None else np.asarray(groups)[keep]
 
 
 def auroc_ci(
@@ -93,8 +94,9 @@ def auroc_ci(
     out["n_boot"] = int(n_boot)
     if out["n_pos"] == 0 or out["n_neg"] == 0:
         return out
-    w = cluster_bootstrap_weights(_groups_or_cases(groups, len(keep), keep), n_boot, seed)
+    w = cluster_bootstrap_weights(_groups_or_cases(groups, keep), n_boot, seed)
     boot = _weighted_auroc(y, s, w)
+    out["n_boot_valid"] = int(np.isfinite(boot).sum())  # resamples holding both classes
     tail = 100 * (1 - level) / 2
     out["lo"], out["hi"] = (float(v) for v in np.nanpercentile(boot, [tail, 100 - tail]))
     return out
@@ -114,7 +116,7 @@ def paired_auroc_difference(
     out.update(n=int(len(y)), n_boot=int(n_boot))
     if not np.isfinite(diff):
         return out
-    w = cluster_bootstrap_weights(_groups_or_cases(groups, len(keep), keep), n_boot, seed)
+    w = cluster_bootstrap_weights(_groups_or_cases(groups, keep), n_boot, seed)
     d = _weighted_auroc(y, a, w) - _weighted_auroc(y, b, w)
     d = d[np.isfinite(d)]
     tail = 100 * (1 - level) / 2
@@ -122,6 +124,7 @@ def paired_auroc_difference(
     below = ((d <= 0).sum() + 1) / (len(d) + 1)
     above = ((d >= 0).sum() + 1) / (len(d) + 1)
     out["p"] = float(min(1.0, 2 * min(below, above)))
+    out["p_floor"] = float(2 / (len(d) + 1))  # smallest p these resamples can give
     return out
 
 
@@ -163,8 +166,18 @@ def dice_summary(dice) -> dict:
     d = np.asarray(dice, dtype=float)
     d = d[np.isfinite(d)]
     if not len(d):
-        return {"n": 0, "mean": float("nan"), "median": float("nan"), "q1": float("nan"),
-                "q3": float("nan")}
+        return {
+            "n": 0,
+            "mean": float("nan"),
+            "median": float("nan"),
+            "q1": float("nan"),
+            "q3": float("nan"),
+        }
     q1, med, q3 = np.percentile(d, [25, 50, 75])
-    return {"n": int(len(d)), "mean": float(d.mean()), "median": float(med), "q1": float(q1),
-            "q3": float(q3)}
+    return {
+        "n": int(len(d)),
+        "mean": float(d.mean()),
+        "median": float(med),
+        "q1": float(q1),
+        "q3": float(q3),
+    }

@@ -1,0 +1,177 @@
+"""Reference points the model has to beat, all fitted out of fold on the model's own folds.
+
+* size only: on LIDC the readers' malignancy score follows nodule size closely, so a logistic
+  regression on log(mean reader diameter) is the baseline any image model must clear;
+* constant predictor: the training folds' mean of each attribute, the floor for attribute MAE;
+* human agreement: how far one reader is from the mean of the other readers of the same nodule;
+* Platt scaling and fusion, cross-fitted so that no nodule's prediction is calibrated on itself.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ORDINAL_ATTRIBUTES
+from ..fusion import apply_fusion, fit_fusion, fit_logistic
+
+# reader_labels.csv spells internal structure in camel case.
+READER_COLUMN = {"internal_structure": "internalStructure"}
+
+
+def cross_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds,
+    fit: Callable[[np.ndarray, np.ndarray], object],
+    predict: Callable[[object, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Out-of-fold predictions: rows of fold k are predicted by a model fitted on the other folds.
+
+    Only labelled rows (finite y) of the other folds are used for fitting; every row of fold k
+    (labelled or not) gets a prediction. A training set with one class predicts its prevalence.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    folds = np.asarray(folds)
+    out = np.full(len(y), np.nan)
+    for k in np.unique(folds):
+        test = folds == k
+        train = ~test & np.isfinite(y) & np.all(np.isfinite(x.reshape(len(y), -1)), axis=1)
+        if not train.any():
+            continue
+        if len(np.unique(y[train])) < 2:
+            out[test] = y[train].mean()
+            continue
+        out[test] = predict(fit(x[train], y[train]), x[test])
+    return out
+
+
+def _logistic_fit(x, y):
+    return fit_logistic(np.asarray(x).reshape(len(y), -1), y)
+
+
+def _logistic_predict(model, x):
+    coef, intercept, mean, scale = model
+    x = np.asarray(x).reshape(len(x), -1)
+    return 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept)))
+
+
+def size_baseline_oof(diameter_mm, label, folds) -> np.ndarray:
+    """Out-of-fold P(malignant) from log(mean reader diameter) alone (1-parameter logistic)."""
+    d = np.log(np.maximum(np.asarray(diameter_mm, dtype=float), 0.1))
+    return cross_fit(d, label, folds, _logistic_fit, _logistic_predict)
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def platt_oof(prob, label, folds) -> np.ndarray:
+    """Platt scaling (logistic on the logit) of a probability, cross-fitted over the folds."""
+    return cross_fit(_logit(prob), label, folds, _logistic_fit, _logistic_predict)
+
+
+def fusion_oof(mil_logit, volume_mm3, label, folds) -> np.ndarray:
+    """The late-fusion head (MIL logit + log segmented volume) refitted out of fold.
+
+    Guards against a fused column whose fusion was fitted on the very predictions it is scored on.
+    """
+    x = np.column_stack([np.asarray(mil_logit, float), np.asarray(volume_mm3, float)])
+
+    def fit(xt, yt):
+        return fit_fusion(xt[:, 0], xt[:, 1], yt)
+
+    def predict(model, xs):
+        return apply_fusion(model, xs[:, 0], xs[:, 1])
+
+    return cross_fit(x, label, folds, fit, predict)
+
+
+def constant_predictor_mae(target, folds) -> float:
+    """MAE (1-5 scale) of predicting the other folds' mean target for every nodule of a fold."""
+    t = np.asarray(target, dtype=float)
+    folds = np.asarray(folds)
+    pred = np.full(len(t), np.nan)
+    for k in np.unique(folds):
+        test = folds == k
+        train = ~test & np.isfinite(t)
+        if train.any():
+            pred[test] = t[train].mean()
+    ok = np.isfinite(t) & np.isfinite(pred)
+    return float(np.mean(np.abs(4 * (pred[ok] - t[ok])))) if ok.any() else float("nan")
+
+
+def nodule_key(patient_id, nodule_id) -> tuple[str, str]:
+    """(patient, nodule) key that matches across tables ('3.0' and '3' are the same nodule)."""
+    try:
+        nodule = str(int(float(nodule_id)))
+    except (TypeError, ValueError):
+        nodule = str(nodule_id).strip()
+    return str(patient_id).strip(), nodule
+
+
+def read_reader_table(path) -> list[dict]:
+    """Rows of reader_labels.csv as dicts of strings."""
+    with open(Path(path), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def parse_ratings(text: str) -> np.ndarray:
+    """'3;4;3' -> array([3., 4., 3.]); blanks and non-numbers are dropped."""
+    values = []
+    for part in (text or "").split(";"):
+        try:
+            values.append(float(part))
+        except ValueError:
+            continue
+    return np.asarray(values)
+
+
+def reader_ratings(row: dict, attribute: str) -> np.ndarray:
+    """One nodule's per-reader ratings of an attribute."""
+    name = READER_COLUMN.get(attribute, attribute)
+    return parse_ratings(row.get(f"{name}_readers", ""))
+
+
+def human_agreement(
+    rows: list[dict], attributes: tuple[str, ...] = ORDINAL_ATTRIBUTES, keys: set | None = None
+) -> dict:
+    """Per attribute: MAE of one reader against the mean of the other readers (1-5 scale).
+
+    Nodules with >= 2 readers; the leave-one-out errors are averaged over the readers of a
+    nodule, then over nodules, so every nodule counts once as in the model's MAE. ``keys``
+    restricts to ``nodule_key`` pairs, e.g. the nodules that were evaluated.
+    """
+    out = {}
+    for attr in attributes:
+        per_nodule, n_pairs = [], 0
+        for row in rows:
+            if keys is not None and nodule_key(row["patient_id"], row["nodule_id"]) not in keys:
+                continue
+            r = reader_ratings(row, attr)
+            if len(r) < 2:
+                continue
+            others = (r.sum() - r) / (len(r) - 1)
+            per_nodule.append(np.abs(r - others).mean())
+            n_pairs += len(r)
+        out[attr] = {
+            "mae": float(np.mean(per_nodule)) if per_nodule else float("nan"),
+            "n_nodules": len(per_nodule),
+            "n_reader_ratings": n_pairs,
+        }
+    return out
+
+
+def reader_means(rows: list[dict], attribute: str) -> np.ndarray:
+    """Per-nodule training target of an ordinal attribute, (mean rating - 1) / 4."""
+    return np.array(
+        [
+            (r.mean() - 1) / 4 if len(r) else np.nan
+            for r in (reader_ratings(x, attribute) for x in rows)
+        ]
+    )

@@ -1,0 +1,564 @@
+"""``evaluate``: every figure of the out-of-fold evaluation in one call -> EVALUATION.md + JSON.
+
+All numbers are pooled over out-of-fold predictions (each nodule is scored by the fold model that
+never saw its patient), compared on the same nodules and folds with the size-only baseline, and
+given patient-level bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
+from . import baselines, metrics
+
+SMALL_MM = 10.0
+ID_COLUMNS = ("patient_id", "nodule_id")
+TARGETS = {
+    "auroc": 0.95,
+    "attribute_mae": 0.40,
+    "dice": 0.80,
+    "ece_calibrated": 0.05,
+}
+
+
+def load_table(path) -> dict[str, np.ndarray]:
+    """CSV -> column arrays: ids as strings, everything else float (blank -> NaN)."""
+    with open(Path(path), newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    cols = {}
+    for name in rows[0]:
+        values = [r[name] for r in rows]
+        if name in ID_COLUMNS:
+            cols[name] = np.array([str(v).strip() for v in values])
+            continue
+        try:
+            cols[name] = np.array([float(v) if str(v).strip() != "" else np.nan for v in values])
+        except ValueError:
+            cols[name] = np.array(values)
+    return cols
+
+
+def load_folds(path) -> dict[str, int]:
+    """folds.csv -> {patient_id: fold}."""
+    with open(Path(path), newline="") as f:
+        return {r["patient_id"].strip(): int(float(r["fold"])) for r in csv.DictReader(f)}
+
+
+def _labels(oof: dict) -> np.ndarray:
+    """Binary label: the ``label`` column, else derived from the reader mean (3 -> excluded)."""
+    if "label" in oof:
+        return oof["label"].astype(float)
+    m = oof["malignancy_mean"]
+    return np.where(m > 3, 1.0, np.where(m < 3, 0.0, np.nan))
+
+
+def _resolve_folds(oof: dict, folds_csv) -> tuple[np.ndarray, list[str]]:
+    """Folds per nodule from folds.csv (patients missing there: the OOF ``fold`` column)."""
+    notes = []
+    own = oof.get("fold")
+    if folds_csv is None or not Path(folds_csv).exists():
+        if own is None:
+            raise ValueError(
+                "no folds: the OOF table has no 'fold' column and folds.csv is missing"
+            )
+        notes.append("folds.csv not given/found: folds taken from the OOF table's `fold` column.")
+        return own.astype(int), notes
+    table = load_folds(folds_csv)
+    folds = np.array([table.get(p, -1) for p in oof["patient_id"]])
+    missing = folds < 0
+    if missing.any():
+        if own is None:
+            raise ValueError(f"{missing.sum()} OOF patients are not in {folds_csv}")
+        folds[missing] = own[missing].astype(int)
+        notes.append(f"{int(missing.sum())} nodules' patients not in folds.csv: OOF `fold` used.")
+    if own is not None:
+        differ = int((own[~missing].astype(int) != folds[~missing]).sum())
+        if differ:
+            notes.append(
+                f"WARNING: {differ} nodules have a `fold` in oof.csv different from folds.csv; "
+                "folds.csv was used for the baselines and cross-fitting."
+            )
+    return folds, notes
+
+
+def _finite(x) -> object:
+    """JSON-safe: NaN/inf -> None, numpy scalars/arrays -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _finite(x.tolist())
+    if isinstance(x, np.integer | np.bool_):
+        return x.item()
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
+    """The malignancy scores to compare, each {label, prob}; the first is the primary one."""
+    scores = {}
+    if "malignancy_fused_prob" in oof and np.isfinite(oof["malignancy_fused_prob"]).any():
+        scores["model_fused"] = {
+            "label": "model, fused (`malignancy_fused_prob`)",
+            "prob": oof["malignancy_fused_prob"],
+        }
+    scores["model_raw"] = {
+        "label": "model, MIL only (`malignancy_prob`)",
+        "prob": oof["malignancy_prob"],
+    }
+    if {"malignancy_logit", "seg_volume_mm3"} <= oof.keys() and np.isfinite(
+        oof["seg_volume_mm3"]
+    ).any():
+        scores["fusion_crossfit"] = {
+            "label": "fusion refitted here out of fold (MIL logit + log seg volume)",
+            "prob": baselines.fusion_oof(oof["malignancy_logit"], oof["seg_volume_mm3"], y, folds),
+        }
+        vol = np.log(np.maximum(oof["seg_volume_mm3"], 1.0))
+        scores["size_seg"] = {
+            "label": "size only, model's own segmentation (log volume, out of fold)",
+            "prob": baselines.cross_fit(
+                vol, y, folds, baselines._logistic_fit, baselines._logistic_predict
+            ),
+        }
+    scores["size_reader"] = {
+        "label": "size only, mean reader diameter (log, out of fold)",
+        "prob": baselines.size_baseline_oof(oof["diameter_mean_mm"], y, folds),
+    }
+    return scores
+
+
+def evaluate(
+    oof_csv,
+    folds_csv,
+    reader_labels_csv,
+    out_dir,
+    n_boot: int = metrics.N_BOOT,
+    seed: int = metrics.SEED,
+    command: str | None = None,
+) -> dict:
+    """Evaluate an out-of-fold predictions table; writes EVALUATION.md, metrics.json, figures/.
+
+    ``folds_csv`` and ``reader_labels_csv`` may be None (OOF ``fold`` column is used; the human
+    agreement is left out). Returns the metrics dict that is written to metrics.json.
+    """
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    oof = load_table(oof_csv)
+    for col in ("patient_id", "malignancy_prob", "diameter_mean_mm"):
+        if col not in oof:
+            raise ValueError(f"{oof_csv}: missing column {col!r}")
+    y = _labels(oof)
+    folds, notes = _resolve_folds(oof, folds_csv)
+    groups = oof["patient_id"]
+    small = oof["diameter_mean_mm"] < SMALL_MM
+    scores = _scores(oof, y, folds)
+    primary = next(iter(scores))
+    boot = {"n_boot": n_boot, "seed": seed}
+
+    res: dict = {
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {
+            "oof": str(oof_csv),
+            "folds": None if folds_csv is None else str(folds_csv),
+            "reader_labels": None if reader_labels_csv is None else str(reader_labels_csv),
+        },
+        "command": command,
+        "bootstrap": {"n_boot": n_boot, "seed": seed, "unit": "patient (cluster bootstrap)"},
+        "primary_score": primary,
+        "counts": _counts(oof, y, folds, small),
+    }
+
+    # Malignancy discrimination: every score, all nodules and < 10 mm, and paired differences.
+    disc = {}
+    for subset, mask in (("all", np.ones(len(y), bool)), ("small", small)):
+        disc[subset] = {}
+        for key, sc in scores.items():
+            disc[subset][key] = metrics.auroc_ci(y[mask], sc["prob"][mask], groups[mask], **boot)
+        disc[subset]["vs_size_reader"] = {
+            key: metrics.paired_auroc_difference(
+                y[mask],
+                sc["prob"][mask],
+                scores["size_reader"]["prob"][mask],
+                groups[mask],
+                **boot,
+            )
+            for key, sc in scores.items()
+            if key != "size_reader"
+        }
+    res["malignancy_auroc"] = disc
+    res["score_labels"] = {k: v["label"] for k, v in scores.items()}
+    res["per_fold_auroc"] = {
+        key: {
+            int(k): metrics.auroc(y[folds == k], sc["prob"][folds == k]) for k in np.unique(folds)
+        }
+        for key, sc in scores.items()
+    }
+
+    res["attributes"] = _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes)
+    res["dice"] = metrics.dice_summary(oof["dice"]) if "dice" in oof else None
+    res["calibration"] = {
+        key: _calibration(y, scores[key]["prob"], folds)
+        for key in scores
+        if key.startswith("model") or key == "fusion_crossfit"
+    }
+    res["targets"] = _targets(res, primary)
+    notes.extend(_standard_notes())
+    res["notes"] = notes
+    res["figures"] = _figures(y, scores, small, res["calibration"][primary], fig_dir, primary)
+
+    (out_dir / "metrics.json").write_text(json.dumps(_finite(res), indent=2) + "\n")
+    (out_dir / "EVALUATION.md").write_text(_markdown(res))
+    return _finite(res)
+
+
+def _counts(oof, y, folds, small) -> dict:
+    m = oof.get("malignancy_mean")
+    return {
+        "nodules": int(len(y)),
+        "patients": int(len(np.unique(oof["patient_id"]))),
+        "folds": int(len(np.unique(folds))),
+        "labelled": int(np.isfinite(y).sum()),
+        "malignant": int((y == 1).sum()),
+        "benign": int((y == 0).sum()),
+        "excluded_mean_3": int(np.isnan(y).sum()),
+        "excluded_check_mean_eq_3": None if m is None else int((m == 3).sum()),
+        "small_nodules": int(small.sum()),
+        "small_labelled": int((small & np.isfinite(y)).sum()),
+        "small_malignant": int((small & (y == 1)).sum()),
+    }
+
+
+def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> dict:
+    """Ordinal MAE beside constant predictor and human agreement; presence AUROC."""
+    out = {"ordinal": {}, "presence": {}}
+    human = {}
+    if reader_labels_csv is not None and Path(reader_labels_csv).exists():
+        rows = baselines.read_reader_table(reader_labels_csv)
+        keys = None
+        if "nodule_id" in oof:
+            ids = zip(oof["patient_id"], oof["nodule_id"], strict=True)
+            keys = {baselines.nodule_key(p, n) for p, n in ids}
+        matched = [
+            r
+            for r in rows
+            if keys is None or baselines.nodule_key(r["patient_id"], r["nodule_id"]) in keys
+        ]
+        if keys is not None and len(matched) < len(keys):
+            notes.append(
+                f"human agreement: {len(matched)} of {len(keys)} OOF nodules found in the reader "
+                "table; computed on those."
+            )
+        if not matched:
+            matched = rows
+            notes.append("human agreement: no OOF nodule matched the reader table; used all rows.")
+        human = baselines.human_agreement(matched)
+    else:
+        notes.append("reader table not found: human agreement left out.")
+    for attr in ORDINAL_ATTRIBUTES:
+        t, p = oof.get(f"{attr}_target"), oof.get(f"{attr}_prob")
+        if t is None or p is None:
+            continue
+        out["ordinal"][attr] = {
+            "model_mae": metrics.mae_1to5(p, t),
+            "constant_mae": baselines.constant_predictor_mae(t, folds),
+            "human_mae": human.get(attr, {}).get("mae", float("nan")),
+            "human_n_nodules": human.get(attr, {}).get("n_nodules", 0),
+            "n": int((np.isfinite(t) & np.isfinite(p)).sum()),
+        }
+    for attr in PRESENCE_ATTRIBUTES:
+        t, p = oof.get(f"{attr}_target"), oof.get(f"{attr}_prob")
+        if t is None or p is None:
+            continue
+        pos = np.where(np.isfinite(t), (t > 0.5).astype(float), np.nan)
+        out["presence"][attr] = metrics.auroc_ci(pos, p, groups, **boot)
+    ords = out["ordinal"]
+    if ords:
+        out["mean_model_mae"] = float(np.mean([v["model_mae"] for v in ords.values()]))
+        out["mean_constant_mae"] = float(np.mean([v["constant_mae"] for v in ords.values()]))
+        hm = [v["human_mae"] for v in ords.values()]
+        out["mean_human_mae"] = float(np.mean(hm)) if all(np.isfinite(hm)) else float("nan")
+    return out
+
+
+def _calibration(y, prob, folds) -> dict:
+    """ECE and reliability data before and after out-of-fold Platt scaling."""
+    platt = baselines.platt_oof(prob, y, folds)
+    return {
+        "ece_raw": metrics.ece(y, prob),
+        "ece_platt_oof": metrics.ece(y, platt),
+        "reliability_raw": metrics.reliability(y, prob),
+        "reliability_platt_oof": metrics.reliability(y, platt),
+    }
+
+
+def _targets(res, primary) -> list[dict]:
+    """Pass/miss of each project target (on the primary score)."""
+    a, s = res["malignancy_auroc"]["all"], res["malignancy_auroc"]["small"]
+    d_all = a["vs_size_reader"][primary]
+    d_small = s["vs_size_reader"][primary]
+    attrs = res["attributes"].get("mean_model_mae", float("nan"))
+    dice = (res["dice"] or {}).get("mean", float("nan"))
+    ece = res["calibration"][primary]["ece_platt_oof"]
+
+    def ok(cond) -> bool | None:
+        return None if cond is None else bool(cond)
+
+    def finite(*v) -> bool:
+        return all(isinstance(x, int | float) and math.isfinite(x) for x in v)
+
+    auc = a[primary]["auroc"]
+    return [
+        {
+            "target": "OOF AUROC >= 0.95 and above size-only (CI of difference excludes 0)",
+            "value": f"AUROC {auc:.3f}; diff {d_all['diff']:+.3f} "
+            f"[{d_all['lo']:+.3f}, {d_all['hi']:+.3f}]",
+            "pass": ok(auc >= TARGETS["auroc"] and d_all["lo"] > 0) if finite(auc) else None,
+        },
+        {
+            "target": "AUROC on nodules < 10 mm above size-only",
+            "value": f"{s[primary]['auroc']:.3f} vs {s['size_reader']['auroc']:.3f}; diff "
+            f"{d_small['diff']:+.3f} [{d_small['lo']:+.3f}, {d_small['hi']:+.3f}]",
+            "pass": ok(d_small["diff"] > 0) if finite(d_small["diff"]) else None,
+        },
+        {
+            "target": "mean MAE over the 7 ordinal attributes <= 0.40 (1-5 scale)",
+            "value": f"{attrs:.3f}",
+            "pass": ok(attrs <= TARGETS["attribute_mae"]) if finite(attrs) else None,
+        },
+        {
+            "target": "mean Dice >= 0.80",
+            "value": f"{dice:.3f}",
+            "pass": ok(dice >= TARGETS["dice"]) if finite(dice) else None,
+        },
+        {
+            "target": "ECE <= 0.05 after (out-of-fold Platt) calibration",
+            "value": f"{ece:.3f}",
+            "pass": ok(ece <= TARGETS["ece_calibrated"]) if finite(ece) else None,
+        },
+    ]
+
+
+def _standard_notes() -> list[str]:
+    return [
+        "Label: malignant = mean reader malignancy > 3, benign = < 3; nodules whose mean is "
+        "exactly 3 are excluded from every AUROC, calibration and size baseline fit, but kept for "
+        "attribute MAE and Dice.",
+        "Every prediction is out of fold: a nodule is scored by the fold model that did not train "
+        "on its patient; baselines, Platt scaling and the refitted fusion are cross-fitted on the "
+        "same patient folds.",
+        "95 % intervals: percentile patient-level cluster bootstrap (several nodules per patient); "
+        "p values: two-sided paired bootstrap on the same resamples.",
+        "The size-only baseline uses the mean READER diameter, i.e. reader input the model never "
+        "sees at inference; it is a strong and slightly optimistic reference. The model's own "
+        "segmented volume gives the reader-free size baseline when `seg_volume_mm3` is present.",
+        "Small nodules: mean reader diameter < 10 mm.",
+        "Attribute MAE is on the 1-5 LIDC scale (score = 1 + 4 p) against the mean of the readers. "
+        "Human agreement is one reader's integer rating against the mean of the OTHER readers of "
+        "the nodule (>= 2 readers): a reference for reader disagreement, not the same task (the "
+        "model predicts a mean, which also makes the constant predictor hard to beat).",
+        "Calcification / internal structure: positive = more than half of the readers rated it "
+        "present (calcified / not soft tissue); few positives make these AUROCs unstable.",
+    ]
+
+
+def _figures(y, scores, small, calib, fig_dir: Path, primary: str) -> dict:
+    """ROC curves (model vs size, all and < 10 mm) and the reliability diagram, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    for subset, mask, title in (
+        ("all", np.ones(len(y), bool), "all labelled nodules"),
+        ("small", small, f"nodules < {SMALL_MM:g} mm"),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for key, sc in scores.items():
+            fpr, tpr, _ = metrics.roc_curve(y[mask], sc["prob"][mask])
+            auc = metrics.auroc(y[mask], sc["prob"][mask])
+            style = "-" if key.startswith("model") else "--"
+            ax.plot(fpr, tpr, style, lw=2 if key == primary else 1.2, label=f"{key} ({auc:.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+        n = int(np.isfinite(y[mask]).sum())
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC, {title} (n={n})")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_aspect("equal")
+        path = fig_dir / f"roc_{subset}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files[f"roc_{subset}"] = f"figures/{path.name}"
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for key, lab in (("reliability_raw", "raw"), ("reliability_platt_oof", "Platt (out of fold)")):
+        r = calib[key]
+        ax.plot(r["mean_prob"], r["frac_pos"], "o-", label=lab)
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed malignant fraction",
+        title=f"Reliability, {primary} (10 bins)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(fig_dir / "reliability.png", dpi=110)
+    plt.close(fig)
+    files["reliability"] = "figures/reliability.png"
+    return files
+
+
+def _f(x, nd: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{float(x):.{nd}f}"
+
+
+MIN_CLASS_FOR_CI = 10
+
+
+def _ci(d: dict) -> str:
+    if min(d.get("n_pos", 0), d.get("n_neg", 0)) < MIN_CLASS_FOR_CI:
+        return f"{_f(d['auroc'])} (too few in one class for a CI)"
+    return f"{_f(d['auroc'])} [{_f(d['lo'])}, {_f(d['hi'])}]"
+
+
+def _p(d: dict) -> str:
+    p = d.get("p")
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if p <= d.get("p_floor", 0) * (1 + 1e-9):
+        return f"p <= {d['p_floor']:.2g}"
+    return f"p = {p:.3f}"
+
+
+def _markdown(res: dict) -> str:
+    c = res["counts"]
+    lab = res["score_labels"]
+    L = ["# Out-of-fold evaluation", ""]
+    L += [f"Generated {res['generated']} from `{res['inputs']['oof']}`.", ""]
+    L += ["Reproduce with:", "", "```", res["command"] or "(called from Python)", "```", ""]
+    L += [
+        f"Primary score: **{res['primary_score']}** ({lab[res['primary_score']]}).",
+        "",
+        "## Targets",
+        "",
+        "| target | value | result |",
+        "|---|---|---|",
+    ]
+    for t in res["targets"]:
+        mark = {True: "PASS", False: "MISS", None: "n/a"}[t["pass"]]
+        L.append(f"| {t['target']} | {t['value']} | **{mark}** |")
+    L += [
+        "",
+        "## Data",
+        "",
+        f"{c['nodules']} nodules of {c['patients']} patients in {c['folds']} folds; "
+        f"{c['labelled']} labelled ({c['malignant']} malignant, {c['benign']} benign), "
+        f"{c['excluded_mean_3']} excluded (mean reader malignancy exactly 3). "
+        f"Nodules < {SMALL_MM:g} mm: {c['small_nodules']} ({c['small_labelled']} labelled, "
+        f"{c['small_malignant']} malignant).",
+        "",
+        "## Malignancy AUROC (95 % CI)",
+        "",
+        "| score | all | < 10 mm |",
+        "|---|---|---|",
+    ]
+    a, s = res["malignancy_auroc"]["all"], res["malignancy_auroc"]["small"]
+    for key in lab:
+        L.append(f"| {lab[key]} | {_ci(a[key])} | {_ci(s[key])} |")
+    L += [
+        "",
+        "Paired difference against size-only (mean reader diameter), same nodules and resamples:",
+        "",
+        "| score | all: diff [95 % CI], p | < 10 mm: diff [95 % CI], p |",
+        "|---|---|---|",
+    ]
+    for key, d in a["vs_size_reader"].items():
+        e = s["vs_size_reader"][key]
+        L.append(
+            f"| {key} | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)} "
+            f"| {e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}], {_p(e)} |"
+        )
+    folds = sorted({k for v in res["per_fold_auroc"].values() for k in v})
+    L += ["", "Per-fold AUROC (spread between folds):", ""]
+    L += ["| score | " + " | ".join(f"fold {k}" for k in folds) + " |"]
+    L += ["|---|" + "---|" * len(folds)]
+    for key, v in res["per_fold_auroc"].items():
+        L.append(f"| {key} | " + " | ".join(_f(v.get(k)) for k in folds) + " |")
+    L += [
+        "",
+        f"![ROC, all]({res['figures']['roc_all']}) ![ROC, < 10 mm]({res['figures']['roc_small']})",
+        "",
+    ]
+
+    at = res["attributes"]
+    L += [
+        "## Attributes",
+        "",
+        "MAE on the 1-5 scale against the mean reader rating:",
+        "",
+        "| attribute | model | constant (training-fold mean) | one reader vs other readers | n |",
+        "|---|---|---|---|---|",
+    ]
+    for attr, v in at["ordinal"].items():
+        L.append(
+            f"| {attr} | {_f(v['model_mae'])} | {_f(v['constant_mae'])} | {_f(v['human_mae'])} "
+            f"| {v['n']} |"
+        )
+    if at["ordinal"]:
+        L.append(
+            f"| **mean** | **{_f(at['mean_model_mae'])}** | {_f(at['mean_constant_mae'])} "
+            f"| {_f(at['mean_human_mae'])} | |"
+        )
+    if at["presence"]:
+        L += ["", "| presence attribute | AUROC [95 % CI] | positives / n |", "|---|---|---|"]
+        for attr, v in at["presence"].items():
+            L.append(f"| {attr} | {_ci(v)} | {v['n_pos']} / {v['n']} |")
+    d = res["dice"]
+    L += ["", "## Segmentation (Dice against the consensus mask)", ""]
+    if d and d["n"]:
+        L += [
+            "| n | mean | median | IQR |",
+            "|---|---|---|---|",
+            f"| {d['n']} | {_f(d['mean'])} | {_f(d['median'])} | {_f(d['q1'])}-{_f(d['q3'])} |",
+        ]
+    else:
+        L.append("No Dice values in the OOF table.")
+    L += [
+        "",
+        "## Calibration (ECE, 10 equal-width bins, labelled nodules)",
+        "",
+        "| score | ECE raw | ECE after out-of-fold Platt |",
+        "|---|---|---|",
+    ]
+    for key, v in res["calibration"].items():
+        L.append(f"| {key} | {_f(v['ece_raw'])} | {_f(v['ece_platt_oof'])} |")
+    L += ["", f"![Reliability]({res['figures']['reliability']})", "", "## Notes", ""]
+    L += [f"* {n}" for n in res["notes"]]
+    L += [
+        "",
+        f"Bootstrap: {res['bootstrap']['n_boot']} resamples of patients, seed "
+        f"{res['bootstrap']['seed']}. All numbers also in `metrics.json`.",
+        "",
+    ]
+    return "\n".join(L)
+
+
+def command_line(args_list: list[str]) -> str:
+    """The shell command that reproduces a report, for EVALUATION.md."""
+    return shlex.join(["nodule-malignancy", "evaluate", *args_list])

@@ -1,0 +1,4 @@
+"""Training of the K-fold MIL ensemble: canvas cache, folds, augmentation, loop, export.
+
+Kept out of the inference path: nothing here is imported by analysis or the Slicer module.
+"""

@@ -1,0 +1,81 @@
+"""Shared pytest fixtures: the data folder, an isolated cache, sample CTs, the headless scene.
+
+The data folder comes from ``NODULE_MALIGNANCY_DATA`` (CI sets it); tests that need it fail,
+rather than skip, when it is missing, so a misconfigured run cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA_ENV = "NODULE_MALIGNANCY_DATA"
+CACHE_ENV = "NODULE_MALIGNANCY_CACHE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory) -> Path:
+    """Point ``NODULE_MALIGNANCY_CACHE`` at a per-session temporary folder.
+
+    Why: tests must not write decoded CTs into the user's home; the folder is shared by the
+    whole session (one decode per sample) and removed at the end (the CTs are ~44 MB each).
+    """
+    folder = tmp_path_factory.mktemp("nodule_malignancy_cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The LIDC data folder from ``NODULE_MALIGNANCY_DATA``; fails when unset or missing."""
+    value = os.environ.get(DATA_ENV, "")
+    if not value:
+        pytest.fail(
+            f"{DATA_ENV} is not set: point it at the data folder that contains lidc_ct/ and "
+            f"lidc_vois/ (e.g. {DATA_ENV}=../shared/data); `make test` sets it when ../shared/data "
+            "exists",
+            pytrace=False,
+        )
+    folder = Path(value).expanduser()
+    if not (folder / "lidc_ct").is_dir():
+        pytest.fail(
+            f"{DATA_ENV}={value}: {folder / 'lidc_ct'} does not exist; point {DATA_ENV} at the "
+            "data folder that contains lidc_ct/ and lidc_vois/",
+            pytrace=False,
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ct_0001_path(data_dir, _session_cache) -> Path:
+    """Cached, checksum-verified NRRD of LIDC-IDRI-0001 (decoded once per session)."""
+    from NoduleMalignancyLib import samples
+
+    return samples.sample_path("LIDC-IDRI-0001", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def slicer_runtime(tmp_path_factory):
+    """The ``slicer`` module with the headless runtime (scene, app, modules) installed."""
+    from NoduleMalignancyLib.headless import ensure_slicer_runtime
+
+    return ensure_slicer_runtime(cache_dir=tmp_path_factory.mktemp("slicer_cache"))
+
+
+@pytest.fixture
+def mrml_scene(slicer_runtime):
+    """A cleared ``slicer.mrmlScene`` for one test (as a Slicer test's ``setUp``)."""
+    from NoduleMalignancyLib.headless import reset_scene
+
+    scene = reset_scene()
+    yield scene
+    reset_scene()

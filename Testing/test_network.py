@@ -1,0 +1,251 @@
+"""The multi-scale MIL network and its losses (DESIGN §3): shapes, the evidence identity, folds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from NoduleMalignancyLib.config import ATTRIBUTES, NetworkConfig
+from NoduleMalignancyLib.losses import (
+    LossWeights,
+    dice_loss,
+    gate_entropy,
+    multitask_loss,
+    segmentation_loss,
+    soft_focal_loss,
+)
+from NoduleMalignancyLib.network import (
+    build_network,
+    count_parameters,
+    forward_folds,
+    forward_folds_loop,
+    forward_folds_vmap,
+    stack_folds,
+)
+
+A = len(ATTRIBUTES)
+# A narrow configuration keeps the slower checks (float64, training steps) fast.
+SMALL = NetworkConfig(widths=(8, 8, 16, 16), pyramid_channels=16, groups=4)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _model(cfg=SMALL, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return build_network(cfg).to(dtype).eval()
+
+
+def _check_shapes(out, b, grid):
+    d, h, w = grid
+    assert out["bag_logits"].shape == (b, A)
+    assert out["scale_logits"].shape == (b, 3, A)
+    assert out["seg_logits"].shape == (b, 1, d, h, w)
+    for key, ch in (("gates", 1), ("instance_logits", A), ("contributions", A)):
+        assert len(out[key]) == 3
+        for level, t in enumerate(out[key]):
+            s = 2 ** (level + 1)
+            assert t.shape == (b, ch, d // s, h // s, w // s), (key, level)
+
+
+@pytest.mark.parametrize("grid", [(32, 48, 48), (16, 32, 32)])
+def test_shapes_default_config(grid):
+    model = _model(NetworkConfig())
+    x = torch.randn(2, 3, *grid)
+    with torch.no_grad():
+        out = model(x)
+    _check_shapes(out, 2, grid)
+    for g in out["gates"]:
+        assert torch.all(g > 0) and torch.all(g < 1)
+    assert all(torch.isfinite(v).all() for v in (out["bag_logits"], out["seg_logits"]))
+
+
+def test_parameter_count_and_config_round_trip():
+    cfg = NetworkConfig()
+    n = count_parameters(build_network(cfg))
+    print(f"\nMultiScaleMILNet default config: {n:,} parameters")
+    assert 200_000 < n < 3_000_000
+    assert NetworkConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_conv_decoder_variant_and_bad_input():
+    model = _model(replace(SMALL, decoder_full_res="conv", pyramid_kernel=3, pyramid_layers=1))
+    with torch.no_grad():
+        _check_shapes(model(torch.randn(1, 3, 16, 24, 24)), 1, (16, 24, 24))
+        assert "seg_logits" not in model(torch.randn(1, 3, 16, 24, 24), with_seg=False)
+        with pytest.raises(ValueError):
+            model(torch.randn(1, 3, 12, 24, 24))
+
+
+def test_gates_stay_inside_unit_interval_when_saturated():
+    model = _model()
+    with torch.no_grad():
+        for head in model.gate_heads:
+            head[-1].bias.fill_(60.0)
+        out = model(torch.randn(1, 3, 16, 24, 24))
+    for g in out["gates"]:
+        assert torch.all(g > 0) and torch.all(g < 1)
+
+
+def test_evidence_identity_float64():
+    model = _model(NetworkConfig(), dtype=torch.float64)
+    with torch.no_grad():
+        for head in model.instance_heads:  # non-trivial per-attribute biases
+            head.bias.uniform_(-2.0, 2.0)
+        out = model(torch.randn(2, 3, 16, 32, 32, dtype=torch.float64))
+    gates, inst, contrib = out["gates"], out["instance_logits"], out["contributions"]
+    total = sum(c.sum(dim=(2, 3, 4)) for c in contrib)
+    torch.testing.assert_close(total, out["bag_logits"], rtol=0, atol=1e-10)
+    # Independently: one normaliser across all scales.
+    num = sum((g * e).sum(dim=(2, 3, 4)) for g, e in zip(gates, inst, strict=True))
+    den = sum(g.sum(dim=(2, 3, 4)) for g in gates)
+    torch.testing.assert_close(out["bag_logits"], num / den, rtol=0, atol=1e-10)
+    # Per-scale auxiliary logits use the per-scale normaliser.
+    for level, (g, e) in enumerate(zip(gates, inst, strict=True)):
+        expected = (g * e).sum(dim=(2, 3, 4)) / g.sum(dim=(2, 3, 4))
+        torch.testing.assert_close(out["scale_logits"][:, level], expected, rtol=0, atol=1e-10)
+    # The bag logit is a convex combination of instance logits: bounded by them.
+    lo = torch.stack([e.amin(dim=(2, 3, 4)) for e in inst]).amin(0)
+    hi = torch.stack([e.amax(dim=(2, 3, 4)) for e in inst]).amax(0)
+    assert torch.all(out["bag_logits"] >= lo) and torch.all(out["bag_logits"] <= hi)
+
+
+def test_evidence_identity_float32_default():
+    model = _model(NetworkConfig())
+    with torch.no_grad():
+        out = model.forward_inference(torch.randn(1, 3, 32, 48, 48))
+    total = sum(c.sum(dim=(2, 3, 4)) for c in out["contributions"])
+    torch.testing.assert_close(total, out["bag_logits"], rtol=1e-5, atol=1e-5)
+    assert torch.all((out["seg_probs"] >= 0) & (out["seg_probs"] <= 1))
+
+
+def test_deterministic_in_eval_mode():
+    model = _model(NetworkConfig())
+    x = torch.randn(1, 3, 32, 48, 48)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    for key in ("bag_logits", "scale_logits", "seg_logits"):
+        assert torch.equal(a[key], b[key])
+    for key in ("gates", "instance_logits", "contributions"):
+        assert all(torch.equal(u, v) for u, v in zip(a[key], b[key], strict=True))
+
+
+def test_fold_batching_vmap_equals_loop():
+    models = [_model(SMALL, seed=s) for s in range(3)]
+    x = torch.randn(2, 3, 16, 24, 24)
+    with torch.no_grad():
+        loop = forward_folds_loop(models, x)
+        vm = forward_folds_vmap(stack_folds(models), x)
+        auto = forward_folds(models, x, method="vmap")
+    assert loop["bag_logits"].shape == (3, 2, A)
+    assert vm["seg_logits"].shape == (3, 2, 1, 16, 24, 24)
+    for out in (vm, auto):
+        for key, ref in loop.items():
+            refs = ref if isinstance(ref, list) else [ref]
+            got = out[key] if isinstance(out[key], list) else [out[key]]
+            for r, g in zip(refs, got, strict=True):
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    # Folds really differ, so the comparison above is not vacuous.
+    assert not torch.allclose(loop["bag_logits"][0], loop["bag_logits"][1])
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+
+def test_soft_focal_loss_behaviour():
+    t = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0]])
+    at_target = torch.logit(t.clamp(1e-6, 1 - 1e-6))
+    assert float(soft_focal_loss(at_target, t)) < 1e-9
+    off = soft_focal_loss(at_target + 1.0, t)
+    assert float(off) > 1e-3
+    # gamma = 0 is plain BCE; focal down-weights easy entries, so it is smaller.
+    logits = torch.randn(4, 5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t.expand(4, 5))
+    torch.testing.assert_close(soft_focal_loss(logits, t.expand(4, 5), gamma=0.0), bce)
+    assert float(soft_focal_loss(logits, t.expand(4, 5))) < float(bce)
+    # Missing labels do not count, whatever their value.
+    mask = torch.tensor([[True, True, False, False, True]])
+    garbage = t.clone()
+    garbage[0, 2:4] = 1.0 - garbage[0, 2:4]
+    torch.testing.assert_close(
+        soft_focal_loss(logits[:1], t, mask=mask), soft_focal_loss(logits[:1], garbage, mask=mask)
+    )
+    none = soft_focal_loss(logits[:1], t, mask=torch.zeros_like(mask))
+    assert float(none) == 0.0
+
+
+def test_dice_and_segmentation_loss():
+    mask = torch.zeros(2, 1, 8, 16, 16)
+    mask[:, :, 2:6, 4:12, 4:12] = 1
+    perfect = (mask * 2 - 1) * 30.0
+    assert float(dice_loss(perfect, mask)) < 1e-4
+    assert float(segmentation_loss(perfect, mask)) < 1e-4
+    assert float(dice_loss(-perfect, mask)) > 0.99
+    # Voxels outside the valid region do not count, however wrong they are.
+    valid = torch.ones_like(mask)
+    valid[:, :, :, :, 12:] = 0
+    wrong_outside = perfect.clone()
+    wrong_outside[:, :, :, :, 12:] = 30.0
+    assert float(segmentation_loss(wrong_outside, mask, valid)) < 1e-4
+    assert float(segmentation_loss(wrong_outside, mask)) > 0.1
+    # Empty mask, empty prediction: perfect, not NaN.
+    assert float(dice_loss(torch.full_like(mask, -30.0), torch.zeros_like(mask))) < 1e-4
+
+
+def test_gate_entropy_range():
+    half = [torch.full((1, 1, 2, 2, 2), 0.5)] * 3
+    torch.testing.assert_close(gate_entropy(half), torch.tensor(0.6931472))
+    decisive = [torch.full((1, 1, 2, 2, 2), 1e-5)] * 3
+    assert float(gate_entropy(decisive)) < 1e-3
+
+
+def _targets(b, grid, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.zeros(b, 1, *grid)
+    d, h, w = grid
+    seg[:, :, d // 4 : 3 * d // 4, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    mask = torch.ones(b, A, dtype=torch.bool)
+    mask[0, 1] = False
+    return {
+        "attributes": torch.rand(b, A, generator=g),
+        "attribute_mask": mask,
+        "seg": seg,
+        "valid": torch.ones(b, 1, *grid),
+    }
+
+
+def test_multitask_loss_parts_and_decrease():
+    torch.manual_seed(0)
+    model = build_network(SMALL).train()
+    grid = (16, 24, 24)
+    x = torch.randn(2, 3, *grid)
+    targets = _targets(2, grid)
+    weights = LossWeights(attribute_weights=tuple([1.0] * (A - 3) + [2.0, 1.0, 1.0]))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(12):
+        total, parts = multitask_loss(model(x), targets, weights)
+        assert torch.isfinite(total)
+        assert set(parts) == {"total", "attributes", "scales", "gate_entropy", "segmentation"}
+        assert all(isinstance(v, float) for v in parts.values())
+        opt.zero_grad()
+        total.backward()
+        # The attribute losses reach the gates through the pooling.
+        assert float(model.gate_heads[0][-1].weight.grad.abs().sum()) > 0
+        opt.step()
+        history.append(parts["total"])
+    assert history[-1] < 0.8 * history[0], history
+    # Without segmentation targets the segmentation part is zero, and dict weights work.
+    no_seg = {k: v for k, v in targets.items() if k not in ("seg", "valid")}
+    _, parts = multitask_loss(model(x), no_seg, {"gate": -0.1})
+    assert parts["segmentation"] == 0.0
+    with pytest.raises(ValueError):
+        LossWeights.from_any({"bogus": 1.0})
