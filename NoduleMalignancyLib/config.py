@@ -38,7 +38,7 @@ class VoiConfig:
 
     @property
     def extent_mm_zyx(self) -> tuple[float, float, float]:
-        return tuple(n * s for n, s in zip(self.shape_zyx, self.spacing_zyx))
+        return tuple(n * s for n, s in zip(self.shape_zyx, self.spacing_zyx, strict=True))
 
     def to_dict(self) -> dict:
         return asdict(self)
