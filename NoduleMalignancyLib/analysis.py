@@ -134,7 +134,9 @@ def analyze_point(
     logits = out.bag_logits[:, 0]  # (K, A)
     probs = _sigmoid(logits)
     fold_mal = apply_fusion(ensemble.manifest.fusion, logits[:, MALIGNANCY], fold_sizes)
-    evidence = evidence_maps([c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3)
+    evidence = evidence_maps(
+        [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
+    )
     result = NoduleResult(
         point_lps=tuple(map(float, point_lps)),
         malignancy_probability=float(fold_mal.mean()),
@@ -179,6 +181,7 @@ def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
     result.ct_grid = grid
     result.segmentation_mask_ct = prob_ct >= SEGMENTATION_THRESHOLD
     result.evidence_ct = {
-        name: voi_map_to_ct(m, result.voi_geometry, ct)[0] for name, m in result.evidence_voi.items()
+        name: voi_map_to_ct(m, result.voi_geometry, ct)[0]
+        for name, m in result.evidence_voi.items()
     }
     assert COMBINED in result.evidence_ct

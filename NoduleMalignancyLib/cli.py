@@ -159,7 +159,9 @@ def cmd_predict(args) -> int:
                 )
                 if args.masks_dir:
                     write_volume(
-                        _full_mask(r, geometry), geometry, Path(args.masks_dir) / f"{row['id']}.nii.gz"
+                        _full_mask(r, geometry),
+                        geometry,
+                        Path(args.masks_dir) / f"{row['id']}.nii.gz",
                     )
                 scored += 1
             except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch

@@ -41,7 +41,7 @@ def evidence_maps(
     """
     per_ml = 1000.0 / voxel_volume_mm3
     maps: dict[str, np.ndarray] = {}
-    for name, c in zip(SCALE_NAMES, contributions):
+    for name, c in zip(SCALE_NAMES, contributions, strict=False):
         maps[name] = (spread_to_voi(c[:, attribute_index], voi_shape_zyx).mean(0) * per_ml).astype(
             np.float32
         )

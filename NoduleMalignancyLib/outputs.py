@@ -35,5 +35,7 @@ def write_analysis(
     hu = sample_voi(image_zyx, geometry, result.point_lps, voi_config).hu
     files["report"] = write_report(result, hu, out / f"{name}_report.png", title=name)
     summary = result.summary() | {"files": {k: p.name for k, p in files.items()}}
-    files["json"] = write_json(summary, out / "result.json" if name == "nodule" else out / f"{name}.json")
+    files["json"] = write_json(
+        summary, out / "result.json" if name == "nodule" else out / f"{name}.json"
+    )
     return files

@@ -38,6 +38,7 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
             _planes(hu_voi),
             _planes(result.segmentation_mask_voi.astype(float)),
             _planes(evidence),
+            strict=False,
         )
     ):
         ax = fig.add_subplot(grid[0, col])
@@ -53,9 +54,14 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
     names = list(result.scores)
     vals = [result.scores[n] for n in names]
     ax.barh(names, [v - 1 for v in vals], left=1, color="#4c72b0")
-    for i, (n, v) in enumerate(zip(names, vals)):
-        ax.text(5.05, i, f"{v:.1f}  {LIDC_WORDING[n][int(np.clip(round(v), 1, 5)) - 1]}", va="center",
-                fontsize=8)
+    for i, (n, v) in enumerate(zip(names, vals, strict=False)):
+        ax.text(
+            5.05,
+            i,
+            f"{v:.1f}  {LIDC_WORDING[n][int(np.clip(round(v), 1, 5)) - 1]}",
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlim(1, 7.2)
     ax.set_xticks([1, 2, 3, 4, 5])
     ax.invert_yaxis()
@@ -63,8 +69,14 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
     ax = fig.add_subplot(grid[1, 2])
     p, sd = result.malignancy_probability, result.malignancy_sd
     ax.bar([0], [p], yerr=[sd], color="#c44e52", capsize=8, width=0.5)
-    ax.scatter(np.zeros(len(result.fold_malignancy_probabilities)),
-               result.fold_malignancy_probabilities, color="k", s=10, zorder=3, label="folds")
+    ax.scatter(
+        np.zeros(len(result.fold_malignancy_probabilities)),
+        result.fold_malignancy_probabilities,
+        color="k",
+        s=10,
+        zorder=3,
+        label="folds",
+    )
     ax.set_ylim(0, 1)
     ax.set_xlim(-1, 1)
     ax.set_xticks([])

@@ -38,7 +38,7 @@ def write_segmentation(
     image = to_sitk(np.asarray(mask_zyx, dtype=np.uint8), geometry)
     nz = np.argwhere(mask_zyx)
     extent = (
-        [int(v) for pair in zip(nz.min(0)[::-1], nz.max(0)[::-1]) for v in pair]
+        [int(v) for pair in zip(nz.min(0)[::-1], nz.max(0)[::-1], strict=False) for v in pair]
         if len(nz)
         else [0, -1, 0, -1, 0, -1]
     )

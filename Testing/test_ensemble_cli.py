@@ -60,7 +60,13 @@ def test_analyze_point_result_and_evidence_identity(tiny_dir, ct, nodule_point):
     assert 0 < r.malignancy_probability < 1 and r.malignancy_sd >= 0
     assert len(r.fold_malignancy_probabilities) == 2
     assert set(r.scores) == {
-        "subtlety", "sphericity", "margin", "lobulation", "spiculation", "texture", "malignancy",
+        "subtlety",
+        "sphericity",
+        "margin",
+        "lobulation",
+        "spiculation",
+        "texture",
+        "malignancy",
     }
     assert all(1 <= v <= 5 for v in r.scores.values())
     assert set(r.evidence_voi) == {"fine", "medium", "coarse", COMBINED}
@@ -87,15 +93,30 @@ def test_cli_analyze_writes_all_outputs(tiny_dir, ct_0001_path, nodule_point, tm
     out = tmp_path / "out"
     code = cli.main(
         [
-            "analyze", "--ct", str(ct_0001_path), "--point=" + ",".join(map(str, ras)),
-            "--frame", "ras", "--out", str(out), "--models", str(tiny_dir), "--device", "cpu",
+            "analyze",
+            "--ct",
+            str(ct_0001_path),
+            "--point=" + ",".join(map(str, ras)),
+            "--frame",
+            "ras",
+            "--out",
+            str(out),
+            "--models",
+            str(tiny_dir),
+            "--device",
+            "cpu",
         ]
     )
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert np.allclose(result["point_lps"], nodule_point)  # RAS input converted to LPS
-    for name in ("nodule.seg.nrrd", "nodule_mask.nii.gz", "nodule_report.png",
-                 "nodule_evidence_combined.nrrd", "nodule_evidence_fine.nrrd"):
+    for name in (
+        "nodule.seg.nrrd",
+        "nodule_mask.nii.gz",
+        "nodule_report.png",
+        "nodule_evidence_combined.nrrd",
+        "nodule_evidence_fine.nrrd",
+    ):
         assert (out / name).is_file(), name
     seg = sitk.ReadImage(str(out / "nodule.seg.nrrd"))
     assert seg.GetMetaData("Segment0_Name") == "nodule"
@@ -104,8 +125,17 @@ def test_cli_analyze_writes_all_outputs(tiny_dir, ct_0001_path, nodule_point, tm
 
 def test_cli_analyze_point_outside_is_an_error(tiny_dir, ct_0001_path, tmp_path, capsys):
     code = cli.main(
-        ["analyze", "--ct", str(ct_0001_path), "--point", "0,0,5000", "--out",
-         str(tmp_path), "--models", str(tiny_dir)]
+        [
+            "analyze",
+            "--ct",
+            str(ct_0001_path),
+            "--point",
+            "0,0,5000",
+            "--out",
+            str(tmp_path),
+            "--models",
+            str(tiny_dir),
+        ]
     )
     assert code == 2
     assert "outside the volume" in capsys.readouterr().err
@@ -123,8 +153,17 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
     pred = tmp_path / "p.csv"
     masks = tmp_path / "masks"
     code = cli.main(
-        ["predict", "--manifest", str(manifest), "--out", str(pred), "--masks-dir", str(masks),
-         "--models", str(tiny_dir)]
+        [
+            "predict",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(pred),
+            "--masks-dir",
+            str(masks),
+            "--models",
+            str(tiny_dir),
+        ]
     )
     assert code == 0
     rows = list(csv.DictReader(open(pred)))
@@ -137,5 +176,9 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
     assert mask.GetSize() == sitk.ReadImage(str(ct_0001_path)).GetSize()
     # Nothing scorable -> non-zero exit.
     manifest.write_text(f"id,image,x,y,z\nbad,{ct_0001_path},0,0,5000\n")
-    assert cli.main(["predict", "--manifest", str(manifest), "--out", str(pred),
-                     "--models", str(tiny_dir)]) == 1
+    assert (
+        cli.main(
+            ["predict", "--manifest", str(manifest), "--out", str(pred), "--models", str(tiny_dir)]
+        )
+        == 1
+    )

@@ -26,8 +26,9 @@ def voi_rows(data_dir):
         rows = [
             r
             for r in csv.DictReader(f)
-            if (data_dir / "lidc_vois" / "image" / f"{r['patient_id']}_R_{r['nodule_id']}.nii.gz")
-            .is_file()
+            if (
+                data_dir / "lidc_vois" / "image" / f"{r['patient_id']}_R_{r['nodule_id']}.nii.gz"
+            ).is_file()
         ]
     return rows
 

@@ -341,12 +341,25 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
 def test_phases_train_only_active_parts(slice_data, slice_folds, tmp_path):
     run = tmp_path / "run"
     p1 = PhaseConfig(name="all", epochs=1, lr=2e-3)
+    # Fine-tuning on "another cohort" (here: the slice again, under another name).
     p2 = PhaseConfig(
-        name="malignancy", epochs=1, lr=2e-3, attributes=("malignancy",), segmentation=False
+        name="malignancy",
+        epochs=1,
+        lr=2e-3,
+        attributes=("malignancy",),
+        segmentation=False,
+        data="other-cohort",
     )
     train_fold(0, tiny_config(phases=(p1,)), slice_data, run, folds=slice_folds)
     before = torch.load(run / "fold0" / CHECKPOINT, weights_only=True)["model"]
-    train_fold(0, tiny_config(phases=(p1, p2)), slice_data, run, folds=slice_folds)
+    train_fold(
+        0,
+        tiny_config(phases=(p1, p2)),
+        slice_data,
+        run,
+        folds=slice_folds,
+        phase_data={"other-cohort": slice_data},
+    )
     after = torch.load(run / "fold0" / CHECKPOINT, weights_only=True)["model"]
     hist = _history(run / "fold0" / HISTORY)
     assert [h["phase"] for h in hist] == ["all", "malignancy"]
@@ -366,6 +379,17 @@ def test_phases_train_only_active_parts(slice_data, slice_folds, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in enc)
 
 
+def test_class_balanced_sampling():
+    from NoduleMalignancyLib.training.train import _epoch_order
+
+    labels = np.array([1.0] * 10 + [0.0] * 90 + [np.nan] * 20)
+    gen = torch.Generator().manual_seed(0)
+    assert sorted(_epoch_order(120, labels, False, gen).tolist()) == list(range(120))
+    drawn = np.concatenate([_epoch_order(120, labels, True, gen).numpy() for _ in range(50)])
+    share = np.bincount(np.where(np.isfinite(labels), labels, 2).astype(int)[drawn]) / len(drawn)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.03)
+
+
 def test_cli_registers_train(tmp_path):
     from NoduleMalignancyLib.cli import build_parser
     from NoduleMalignancyLib.training.cli import build_config
@@ -378,9 +402,7 @@ def test_cli_registers_train(tmp_path):
     assert cfg.total_epochs == 3 and cfg.network == WIDTH_PRESETS["tiny"]
     conf = tmp_path / "c.json"
     conf.write_text(
-        json.dumps(
-            {"phases": [{"epochs": 2}, {"epochs": 1, "attributes": ["malignancy"]}], "k": 5}
-        )
+        json.dumps({"phases": [{"epochs": 2}, {"epochs": 1, "attributes": ["malignancy"]}], "k": 5})
     )
     args = build_parser().parse_args(["train", "--config", str(conf), "--batch-size", "8"])
     cfg = build_config(args)

@@ -23,6 +23,4 @@ def make_tiny_ensemble(directory: Path, k: int = 2, seed: int = 0, fusion: dict 
     """Write a K-fold random ensemble with a real manifest and sha256 to ``directory``."""
     torch.manual_seed(seed)
     models = [build_network(TINY_NETWORK) for _ in range(k)]
-    return save_ensemble(
-        models, directory, "test-random", VoiConfig(), TINY_NETWORK, fusion=fusion
-    )
+    return save_ensemble(models, directory, "test-random", VoiConfig(), TINY_NETWORK, fusion=fusion)

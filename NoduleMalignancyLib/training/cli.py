@@ -12,10 +12,10 @@ from pathlib import Path
 from .dataset import DATA_ENV
 from .folds import DEFAULT_FOLDS_FILE
 
-# Chosen from measured CPU cost (see README / DESIGN): the light preset, 30 epochs, trains the
-# 5 folds in about an hour on 2 cores.
+# Chosen from measured CPU cost: the light preset (channels-last) takes ~26-30 s per epoch on
+# 2 cores, so 25 epochs x 5 folds is ~60 min of wall time (more when the cores are shared).
 DEFAULT_WIDTH = "light"
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 25
 
 
 def _fold_list(text: str) -> list[int]:

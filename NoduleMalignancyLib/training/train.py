@@ -70,7 +70,7 @@ class PhaseConfig:
     """
 
     name: str = "lidc"
-    epochs: int = 30
+    epochs: int = 25
     lr: float = 2e-3
     warmup: float = 0.2
     attributes: tuple[str, ...] = ATTRIBUTES
@@ -96,7 +96,8 @@ class TrainConfig:
     """Everything that defines a training run (written to ``config.json``)."""
 
     voi: VoiConfig = field(default_factory=VoiConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # The light preset: ~26-30 s/epoch on 2 CPU cores vs ~65-150 s for the default widths.
+    network: NetworkConfig = field(default_factory=lambda: WIDTH_PRESETS["light"])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     phases: tuple[PhaseConfig, ...] = (PhaseConfig(),)
     loss: dict = field(default_factory=dict)
@@ -115,6 +116,8 @@ class TrainConfig:
     select_dice_weight: float = 0.05
     select_mae_weight: float = 0.05
     device: str = "auto"
+    # channels-last 3D tensors: ~1.4-1.8x faster convolutions on CPU (oneDNN), same numbers.
+    channels_last: bool = True
 
     @property
     def total_epochs(self) -> int:
@@ -255,7 +258,8 @@ def _fmt(v):
 
 
 def _state_copy(model: torch.nn.Module) -> dict:
-    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    """Plain contiguous CPU copies (best.pt must not depend on the training memory format)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,9 +269,12 @@ def _state_copy(model: torch.nn.Module) -> dict:
 class Batcher:
     """Turns nodule indices of a TrainingData into network inputs and targets."""
 
-    def __init__(self, data: TrainingData, voi: VoiConfig, device: torch.device):
+    def __init__(
+        self, data: TrainingData, voi: VoiConfig, device: torch.device, channels_last=False
+    ):
         self.voi = voi
         self.device = device
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.hu = torch.from_numpy(np.ascontiguousarray(data.hu))
         self.valid = torch.from_numpy(np.ascontiguousarray(data.valid))
         self.mask = torch.from_numpy(np.ascontiguousarray(data.mask))
@@ -284,7 +291,7 @@ class Batcher:
         weight = valid * self.has_mask[idx].view(-1, 1, 1, 1, 1)
         dev = self.device
         return {
-            "x": x.to(dev),
+            "x": x.to(dev).contiguous(memory_format=self.memory_format),
             "attributes": self.targets[idx].to(dev),
             "attribute_mask": self.target_mask[idx].to(dev),
             "seg": seg.to(dev),
@@ -373,6 +380,13 @@ def _phase_schedule(cfg: TrainConfig) -> list[tuple[int, int]]:
     return [(p, e) for p, ph in enumerate(cfg.phases) for e in range(ph.epochs)]
 
 
+def _new_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    model = build_network(cfg.network).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
 def _make_optimizer(model: torch.nn.Module, phase: PhaseConfig, cfg: TrainConfig):
     for name, p in model.named_parameters():
         p.requires_grad_(not any(name.startswith(f) for f in phase.freeze))
@@ -438,15 +452,15 @@ def train_fold(
     device = _device(cfg.device)
     _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold))
 
-    val_idx = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold])
-    val_batcher = Batcher(data, cfg.voi, device)
+    val_idx = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold], int)
+    val_batcher = Batcher(data, cfg.voi, device, cfg.channels_last)
     batchers = {None: val_batcher}
     for ph in cfg.phases:
         if ph.data is not None and ph.data not in batchers:
-            batchers[ph.data] = Batcher(phase_data[ph.data], cfg.voi, device)
+            batchers[ph.data] = Batcher(phase_data[ph.data], cfg.voi, device, cfg.channels_last)
 
     torch.manual_seed(cfg.seed + fold)
-    model = build_network(cfg.network).to(device)
+    model = _new_model(cfg, device)
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 100 + fold)
     schedule = _phase_schedule(cfg)
@@ -480,6 +494,7 @@ def train_fold(
                 echo(f"fold {fold}: already finished")
                 return json.loads((fold_dir / SUMMARY).read_text())
 
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     for epoch in range(state["epoch"], len(schedule)):
         p_idx, e_in_phase = schedule[epoch]
         phase = cfg.phases[p_idx]
@@ -488,6 +503,8 @@ def train_fold(
         weights = LossWeights.from_any({**cfg.loss, **phase.loss_weights})
         active = _phase_mask(phase).to(device)
         src, train_idx = _train_indices_for_phase(phase, fold, data, folds, phase_data)
+        if len(train_idx) == 0:
+            raise ValueError(f"fold {fold}, phase {phase.name}: no training nodules")
         batcher = batchers[phase.data]
         steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
         total_steps = steps * phase.epochs
@@ -496,7 +513,6 @@ def train_fold(
         order = _epoch_order(len(train_idx), src.labels[train_idx], cfg.balanced_sampling, gen)
         sums: dict[str, float] = {}
         seen = 0
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
         for s in range(steps):
             lr = phase_lr(phase, e_in_phase * steps + s, total_steps)
             for group in optimizer.param_groups:
@@ -581,7 +597,7 @@ def train_fold(
     if best_state is None:
         best_state = _state_copy(ema.model)
     torch.save(best_state, fold_dir / BEST)
-    final = build_network(cfg.network).to(device)
+    final = _new_model(cfg, device)
     final.load_state_dict(best_state)
     oof_rows = write_oof(final, val_batcher, data, val_idx, fold, fold_dir / OOF, cfg)
     summary = {
@@ -696,8 +712,21 @@ def oof_metrics(rows: list[dict]) -> dict:
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(_finite_json(obj), indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
+
+
+def _finite_json(o):
+    """NaN/inf -> None, recursively (the manifest must stay strict JSON)."""
+    if isinstance(o, dict):
+        return {k: _finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_json(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
 
 
 def _json_default(o):
@@ -774,7 +803,7 @@ def run_training(
     summaries = []
     for k in info["folds"]:
         summaries.append(train_fold(k, config, td, run_dir, resume, folds, phase_data, echo=echo))
-    result = {"folds": summaries}
+    result = {"folds": summaries, "oof_rows": len(pool_oof(run_dir))}
     if export_to is not None:
         result["manifest"] = export_ensemble(run_dir, export_to, echo=echo)
     return result
@@ -783,6 +812,22 @@ def run_training(
 def _read_oof(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _finished_folds(run_dir: Path) -> list[Path]:
+    return sorted(
+        (d for d in run_dir.glob("fold*") if (d / BEST).is_file() and (d / OOF).is_file()),
+        key=lambda d: int(d.name[4:]),
+    )
+
+
+def pool_oof(run_dir: str | os.PathLike) -> list[dict]:
+    """Concatenate the finished folds' oof.csv into ``<run_dir>/oof.csv`` (evaluation reads it)."""
+    run_dir = Path(run_dir)
+    rows = [r for d in _finished_folds(run_dir) for r in _read_oof(d / OOF)]
+    if rows:
+        _write_csv(run_dir / OOF, rows, OOF_COLUMNS)
+    return rows
 
 
 def export_ensemble(
@@ -801,18 +846,14 @@ def export_ensemble(
     run_dir = Path(run_dir)
     info = json.loads((run_dir / CONFIG).read_text())
     cfg = TrainConfig.from_dict(info["train"])
-    fold_dirs = sorted(
-        (d for d in run_dir.glob("fold*") if (d / BEST).is_file() and (d / OOF).is_file()),
-        key=lambda d: int(d.name[4:]),
-    )
+    fold_dirs = _finished_folds(run_dir)
     if not fold_dirs:
         raise FileNotFoundError(f"No finished fold (best.pt + oof.csv) in {run_dir}.")
-    models, rows, per_fold = [], [], []
+    models, per_fold = [], []
     for d in fold_dirs:
         model = build_network(cfg.network)
         model.load_state_dict(torch.load(d / BEST, map_location="cpu", weights_only=True))
         models.append(model.eval())
-        rows += _read_oof(d / OOF)
         summary = json.loads((d / SUMMARY).read_text()) if (d / SUMMARY).is_file() else {}
         per_fold.append(
             {
@@ -823,7 +864,7 @@ def export_ensemble(
                 "oof_auroc": summary.get("oof_auroc"),
             }
         )
-    _write_csv(run_dir / OOF, rows, OOF_COLUMNS)
+    rows = pool_oof(run_dir)
     label = np.array([_num(r["label"]) for r in rows])
     logit = np.array([_num(r["malignancy_logit"]) for r in rows])
     vol = np.array([_num(r["seg_volume_mm3"]) for r in rows])
@@ -835,6 +876,16 @@ def export_ensemble(
         metrics["oof_auroc_fused_in_sample"] = auroc(
             label[keep], apply_fusion(fusion, logit[keep], vol[keep])
         )
+        # Honest variant: each fold's rows scored by a fusion fitted on the other folds only.
+        fold_col = np.array([int(r["fold"]) for r in rows])
+        fused = np.full(len(rows), np.nan)
+        for k in np.unique(fold_col[keep]):
+            train = keep & (fold_col != k)
+            if train.sum() >= 4 and len(np.unique(label[train])) == 2:
+                f_k = fit_fusion(logit[train], vol[train], label[train])
+                test = keep & (fold_col == k)
+                fused[test] = apply_fusion(f_k, logit[test], vol[test])
+        metrics["oof_auroc_fused_cross_fold"] = auroc(label, fused)
     else:
         echo("export: too few labelled OOF nodules for the fusion; exporting without it")
     folds_file = info.get("folds_file")
@@ -858,7 +909,13 @@ def export_ensemble(
         }
     }
     manifest = save_ensemble(
-        models, Path(models_dir), version, cfg.voi, cfg.network, fusion=fusion, extra=extra
+        models,
+        Path(models_dir),
+        version,
+        cfg.voi,
+        cfg.network,
+        fusion=fusion,
+        extra=_finite_json(extra),
     )
     echo(
         f"exported {len(models)} fold(s) as {version} to {models_dir} "
