@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ORDINAL_ATTRIBUTES
 from .geometry import ImageGeometry, ras_to_lps
 
 
@@ -86,16 +87,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
+# malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
 PREDICT_COLUMNS = (
     "id",
     "malignancy_probability",
     "malignancy_sd",
-    "subtlety",
-    "sphericity",
-    "margin",
-    "lobulation",
-    "spiculation",
-    "texture",
+    *(a for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
     "malignancy_score",
     "calcification_probability",
     "internal_structure_probability",

@@ -37,7 +37,7 @@ from vtk.util import numpy_support
 from .analysis import NoduleResult, analyze_point
 from .config import ORDINAL_ATTRIBUTES
 from .evidence import COMBINED, SCALE_NAMES
-from .geometry import ImageGeometry, lps_to_ras, ras_to_lps
+from .geometry import ImageGeometry, ras_to_lps
 from .voi import PointOutsideVolumeError, sub_grid
 
 __all__ = [
@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 MODULE_NAME = "NoduleMalignancy"
 ATTRIBUTE_PREFIX = "NoduleMalignancy."
 EVIDENCE_SCALES: tuple[str, ...] = (COMBINED, *SCALE_NAMES)
-EVIDENCE_COLOR_TABLE_FILE = Path(__file__).resolve().parent / "resources" / (
-    "NoduleMalignancyEvidence.ctbl"
+EVIDENCE_COLOR_TABLE_FILE = (
+    Path(__file__).resolve().parent / "resources" / "NoduleMalignancyEvidence.ctbl"
 )
 EVIDENCE_COLOR_NODE_NAME = "NoduleMalignancyEvidence"
 DEFAULT_EVIDENCE_OPACITY = 0.7
@@ -76,8 +76,6 @@ ROLE_EVIDENCE = "EvidenceVolume"
 ROLE_COLOR = "EvidenceColorTable"
 PARAM_SCALE = "EvidenceScale"
 PARAM_OPACITY = "EvidenceOpacity"
-PARAM_DEVICE = "Device"
-PARAM_AUTO = "AnalyzeOnPlacement"
 PARAM_CURRENT_POINT = "CurrentPointID"
 
 # Node references / attributes / segment tags that tie outputs to their inputs.
@@ -127,7 +125,7 @@ SEGMENT_COLORS: tuple[tuple[float, float, float], ...] = (
 )
 
 
-# Errors ---------------------------------------------------------------------------------------
+# Errors ---------------
 class InputError(ValueError):
     """The input cannot be analysed; the message says why and what to do. Scene untouched."""
 
@@ -148,7 +146,7 @@ class AnalysisCancelledError(RuntimeError):
     """The run was cancelled; nothing in the scene was changed."""
 
 
-# Plain records -------------------------------------------------------------------------------
+# Plain records ---------------
 @dataclass(frozen=True)
 class PointRequest:
     """One markups point to analyse, as read on the main thread."""
@@ -170,7 +168,6 @@ class AnalysisRequest:
     image_zyx: np.ndarray  # (z, y, x) view of the volume's voxels
     geometry: ImageGeometry  # world LPS geometry (parent transform hardened)
     local_geometry: ImageGeometry  # the volume's own IJKToRAS (what the outputs use)
-    transform_id: str | None  # the volume's parent transform node ID
     points: list[PointRequest]
 
 
@@ -192,7 +189,7 @@ ProgressCallback = Callable[[float, str], None]
 LogCallback = Callable[[str], None]
 
 
-# Geometry helpers ----------------------------------------------------------------------------
+# Geometry helpers ---------------
 def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     m = vtk.vtkMatrix4x4()
     for i in range(4):
@@ -247,7 +244,7 @@ def evidence_to_grid(
     return out.astype(np.float32)
 
 
-# The logic -----------------------------------------------------------------------------------
+# The logic ---------------
 class NoduleMalignancyLogic:
     """Analyse markups points on a CT volume and keep the results in MRML.
 
@@ -289,8 +286,6 @@ class NoduleMalignancyLogic:
         for name, default in (
             (PARAM_SCALE, COMBINED),
             (PARAM_OPACITY, str(DEFAULT_EVIDENCE_OPACITY)),
-            (PARAM_DEVICE, "auto"),
-            (PARAM_AUTO, "false"),
         ):
             if not node.GetParameter(name):
                 node.SetParameter(name, default)
@@ -340,7 +335,7 @@ class NoduleMalignancyLogic:
             placed point of the list.
         :raises InputError: (or a subclass) with a message that says what is wrong.
         """
-        image, local, world, transform_id = self._read_volume(volumeNode)
+        image, local, world = self._read_volume(volumeNode)
         if markupsNode is None or not markupsNode.IsA("vtkMRMLMarkupsNode"):
             raise InputError("Select a markups point list: each point marks one nodule.")
         n = markupsNode.GetNumberOfControlPoints()
@@ -361,8 +356,7 @@ class NoduleMalignancyLogic:
             for i in indices:
                 if not 0 <= i < n:
                     raise InputError(
-                        f"Point index {i} does not exist in {markupsNode.GetName()!r} "
-                        f"({n} points)."
+                        f"Point index {i} does not exist in {markupsNode.GetName()!r} ({n} points)."
                     )
         points = []
         for i in indices:
@@ -390,12 +384,11 @@ class NoduleMalignancyLogic:
             image_zyx=image,
             geometry=world,
             local_geometry=local,
-            transform_id=transform_id,
             points=points,
         )
 
     def _read_volume(self, volumeNode):  # noqa: N803
-        """Voxels (z, y, x), local and world geometry, parent transform ID; validates CT."""
+        """Voxels (z, y, x), local and world (transform hardened) geometry; validates CT."""
         if volumeNode is None:
             raise InputError("Select the CT volume to analyse.")
         name = volumeNode.GetName()
@@ -442,7 +435,7 @@ class NoduleMalignancyLogic:
             world_matrix = _numpy_matrix(to_world) @ world_matrix
         world = ImageGeometry.from_ijk_to_ras(world_matrix, dims)
         array = slicer.util.arrayFromVolume(volumeNode)
-        return array, local, world, (transform.GetID() if transform is not None else None)
+        return array, local, world
 
     # 2. compute (any thread) -----------------------------------------------------------------
     def compute(
@@ -540,8 +533,9 @@ class NoduleMalignancyLogic:
                 request, point, result, volume, markups, color, created
             )
         self._remove_stale(markups, segmentation, table)
-        for node in [segmentation, *(n for d in evidence.values() for n in d.values())]:
-            node.SetAndObserveTransformNodeID(request.transform_id)
+        # Outputs live in the volume's local frame: they follow its (current) parent transform.
+        for node in [segmentation, *self._evidence_nodes(markups.GetID())]:
+            node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
         wasModifying = param.StartModify()  # noqa: N806
         param.SetNodeReferenceID(ROLE_VOLUME, volume.GetID())
         param.SetNodeReferenceID(ROLE_MARKUPS, markups.GetID())
@@ -589,9 +583,7 @@ class NoduleMalignancyLogic:
         results = self.compute(request, device, progressCallback, logCallback, cancelEvent)
         t2 = time.perf_counter()
         output = self.apply(request, results, cancelEvent)
-        output.timings_s.update(
-            prepare=t1 - t0, compute=t2 - t1, total=time.perf_counter() - t0
-        )
+        output.timings_s.update(prepare=t1 - t0, compute=t2 - t1, total=time.perf_counter() - t0)
         return output
 
     # MRML nodes ------------------------------------------------------------------------------
@@ -774,10 +766,11 @@ class NoduleMalignancyLogic:
         return nodes
 
     def _update_evidence(self, request, point, result, volume, markups, color, created):
-        """One scalar volume per scale on the CT sub-grid, shipped colour table, symmetric window."""
+        """One scalar volume per scale on the CT sub-grid; shipped colours, symmetric window."""
         local_grid, _ = self._local_sub_grid(request, result.ct_grid)
         existing = {
-            n.GetAttribute(ATTR_SCALE): n for n in self._evidence_nodes(markups.GetID(), point.point_id)
+            n.GetAttribute(ATTR_SCALE): n
+            for n in self._evidence_nodes(markups.GetID(), point.point_id)
         }
         combined = np.abs(result.evidence_ct[COMBINED])
         window = float(np.percentile(combined, 99.5)) if combined.size else 0.0
@@ -929,8 +922,3 @@ def _segment_tag(segment, key: str) -> str:
 def _safe_file_name(name: str) -> str:
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return keep or "nodule_results"
-
-
-def point_lps_to_ras(point_lps) -> tuple[float, float, float]:
-    """World LPS -> RAS as a tuple (markups take RAS)."""
-    return tuple(map(float, lps_to_ras(point_lps)))

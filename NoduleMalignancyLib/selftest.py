@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "SAMPLE",
+    "SAMPLE_ARCHIVE_SHA256",
     "DICE_THRESHOLD",
     "EVIDENCE_TOLERANCE",
     "HeadlessSelfTestCase",
@@ -44,6 +45,12 @@ __all__ = [
 ]
 
 SAMPLE = "LIDC-IDRI-0001"
+# SHA256 of the shipped archives (<data>/lidc_ct/<name>.tar.gz): Slicer's SampleData verifies
+# the file with it; samples.py then verifies the decoded voxels.
+SAMPLE_ARCHIVE_SHA256 = {
+    "LIDC-IDRI-0001": "8876956865143438d06d61d7eb652aa2f8c2246074514f869344c320c945fe64",
+    "LIDC-IDRI-0006": "7989482af62715ec88a6d1ad3fcc66a6f6e88cf69e804e64326b890ab7a97df5",
+}
 # Segmentation of the trained ensemble vs. the readers' 50 % consensus on the CT grid. The
 # nodule is ~23 mm; the consensus (at least half of the 4 readers) is tighter than the
 # 25 %-consensus masks the model was trained on, so 0.5 leaves room for that difference while
@@ -68,7 +75,7 @@ _TINY_NETWORK = {
 _ENSEMBLES: dict[str, object] = {}
 
 
-# Test ensembles -----------------------------------------------------------------------------
+# Test ensembles ---------------
 def make_random_ensemble(directory: str | Path, k: int = 2, seed: int = 0):
     """Write a K-fold randomly initialised tiny ensemble (manifest + sha256) to ``directory``.
 
@@ -109,7 +116,7 @@ def _trained_ensemble():
     return _ENSEMBLES["trained"], ""
 
 
-# Reader consensus from the LIDC XML ----------------------------------------------------------
+# Reader consensus from the LIDC XML ---------------
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
@@ -231,7 +238,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
-# The shared test bodies ----------------------------------------------------------------------
+# The shared test bodies ---------------
 class NoduleMalignancySelfTestMixin:
     """``test_*`` methods shared by the Slicer self-test and the headless suite.
 
@@ -377,7 +384,10 @@ class NoduleMalignancySelfTestMixin:
 
         table = output.table_node
         self.assertEqual(table.GetNumberOfRows(), 1)
-        cell = {table.GetColumnName(c): table.GetCellText(0, c) for c in range(table.GetNumberOfColumns())}
+        cell = {
+            table.GetColumnName(c): table.GetCellText(0, c)
+            for c in range(table.GetNumberOfColumns())
+        }
         self.assertEqual(cell["point"], label)
         self.assertEqual(cell["point_id"], point_id)
         ras = np.array([float(cell[c]) for c in ("r", "a", "s")])
@@ -515,7 +525,9 @@ class NoduleMalignancySelfTestMixin:
         eight_bit = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "photo")
         slicer.util.updateVolumeFromArray(eight_bit, np.full((4, 8, 8), 7, np.uint8))
         mr_like = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr")
-        slicer.util.updateVolumeFromArray(mr_like, np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8))
+        slicer.util.updateVolumeFromArray(
+            mr_like, np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8)
+        )
         empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
         outside = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "outside")
         outside.AddControlPoint(400.0, 400.0, 400.0, "far away")
@@ -568,7 +580,9 @@ class NoduleMalignancySelfTestMixin:
         evidence = moved.evidence_nodes[point_id][COMBINED]
         self.assertEqual(evidence.GetTransformNodeID(), translation.GetID())
         self.assertEqual(moved.segmentation_node.GetTransformNodeID(), translation.GetID())
-        self.assertLess(np.abs(util.arrayFromVTKMatrix(_ijk_to_ras(evidence)) - base_matrix).max(), 1e-4)
+        self.assertLess(
+            np.abs(util.arrayFromVTKMatrix(_ijk_to_ras(evidence)) - base_matrix).max(), 1e-4
+        )
         self.assertLess(np.abs(util.arrayFromVolume(evidence) - base_array).max(), 1e-4)
         self.assertSegmentMatchesResult(moved, point_id, volume, base_result)
 
@@ -578,7 +592,9 @@ class NoduleMalignancySelfTestMixin:
         markups.SetNthControlPointPositionWorld(0, *point_ras)
         again = self.logic.analyze(volume, markups)
         self.assertIsNone(again.segmentation_node.GetTransformNodeID())
-        self.assertAlmostEqual(again.results[0].malignancy_logit, base_result.malignancy_logit, places=4)
+        self.assertAlmostEqual(
+            again.results[0].malignancy_logit, base_result.malignancy_logit, places=4
+        )
         self.assertSegmentMatchesResult(again, point_id, volume, base_result)
 
         # Rotated volume: the evidence grid is centred on the point in world coordinates.
@@ -602,7 +618,7 @@ class NoduleMalignancySelfTestMixin:
     def test_scene_saves_and_reloads_as_mrb(self):
         """Everything survives a .mrb round trip, and re-analysis still updates in place."""
         from .evidence import COMBINED
-        from .mrml_logic import NoduleMalignancyLogic, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
+        from .mrml_logic import ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE, NoduleMalignancyLogic
 
         slicer = self.slicer
         util = slicer.util
@@ -612,7 +628,9 @@ class NoduleMalignancySelfTestMixin:
         table = output.table_node
         rows = [[table.GetCellText(0, c) for c in range(table.GetNumberOfColumns())]]
         segment = self.segmentArray(output, point_id, volume).copy()
-        evidence = {s: util.arrayFromVolume(n).copy() for s, n in output.evidence_nodes[point_id].items()}
+        evidence = {
+            s: util.arrayFromVolume(n).copy() for s, n in output.evidence_nodes[point_id].items()
+        }
         folder = Path(tempfile.mkdtemp(prefix="NoduleMalignancy-mrb-"))
         bundle = folder / "scene.mrb"
         try:
@@ -641,18 +659,24 @@ class NoduleMalignancySelfTestMixin:
             markups2.GetNthControlPointLabel(0)
         )
         self.assertTrue(
-            np.array_equal(util.arrayFromSegmentBinaryLabelmap(segmentation2, segment_id, volume2), segment)
+            np.array_equal(
+                util.arrayFromSegmentBinaryLabelmap(segmentation2, segment_id, volume2), segment
+            )
         )
         for scale, array in evidence.items():
             node = logic.evidenceNode(point_id, scale)
             self.assertIsNotNone(node, scale)
             self.assertLess(np.abs(util.arrayFromVolume(node) - array).max(), 1e-6)
-            self.assertEqual(node.GetDisplayNode().GetColorNode().GetName(), "NoduleMalignancyEvidence")
+            self.assertEqual(
+                node.GetDisplayNode().GetColorNode().GetName(), "NoduleMalignancyEvidence"
+            )
         again = logic.analyze(volume2, markups2)
         self.assertIs(again.table_node, table2)
         self.assertEqual(table2.GetNumberOfRows(), 1)
         self.assertEqual(segmentation2.GetSegmentation().GetNumberOfSegments(), 1)
-        self.assertEqual(again.evidence_nodes[point_id][COMBINED].GetID(), logic.evidenceNode(point_id).GetID())
+        self.assertEqual(
+            again.evidence_nodes[point_id][COMBINED].GetID(), logic.evidenceNode(point_id).GetID()
+        )
         colors = param.GetNodeReference("EvidenceColorTable")
         self.assertIsNotNone(colors)
         self.assertEqual(colors.GetNumberOfColors(), 256)
@@ -694,7 +718,7 @@ def _ijk_to_ras(volume_node):
     return matrix
 
 
-# Headless host -------------------------------------------------------------------------------
+# Headless host ---------------
 class HeadlessSelfTestCase(NoduleMalignancySelfTestMixin, unittest.TestCase):
     """The mixin on the slicer-core runtime (no Qt, no application)."""
 
@@ -719,7 +743,7 @@ class HeadlessSelfTestCase(NoduleMalignancySelfTestMixin, unittest.TestCase):
             self.fail(f"{exc} (set {samples.DATA_ENV} to the data folder)")
 
 
-# Latency -------------------------------------------------------------------------------------
+# Latency ---------------
 def measure_latency(logic, volume, markups, repeats: int = 3, offset_mm: float = 1.5) -> dict:
     """Point placement -> overlays in MRML, warm: median seconds of ``repeats`` placements.
 
@@ -746,16 +770,22 @@ def measure_latency(logic, volume, markups, repeats: int = 3, offset_mm: float =
     }
 
 
-# CLI -----------------------------------------------------------------------------------------
+# CLI ---------------
 def register(subparsers) -> None:
     """Add ``nodule-malignancy selftest`` (the module self-test, headless)."""
     parser = subparsers.add_parser(
         "selftest",
         help="run the Slicer module self-test headless on slicer-core (exit code = result)",
     )
-    parser.add_argument("--data", default=None, help="data folder (default: $NODULE_MALIGNANCY_DATA)")
     parser.add_argument(
-        "-k", dest="patterns", action="append", default=[], help="only tests whose name contains this"
+        "--data", default=None, help="data folder (default: $NODULE_MALIGNANCY_DATA)"
+    )
+    parser.add_argument(
+        "-k",
+        dest="patterns",
+        action="append",
+        default=[],
+        help="only tests whose name contains this",
     )
     parser.add_argument("--latency", action="store_true", help="also print the overlay latency")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -785,7 +815,9 @@ def run_selftest(args) -> int:
         figures = measure_latency(logic, volume, markups)
         print(
             "latency (tiny random ensemble, CPU, warm): "
-            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+            )
         )
         reset_scene()
     return 0 if ok else 1

@@ -1,17 +1,278 @@
 """Headless MRML logic: the module's self-test bodies on slicer-core, plus pytest-only checks.
 
 The ``test_*`` methods of :class:`NoduleMalignancyLib.selftest.NoduleMalignancySelfTestMixin`
-run here exactly as in Slicer's Reload and Test; this file adds the checks that only make sense
-outside Slicer (module file syntax, UI and CMake wiring, dependency report, latency figures).
+run here exactly as in Slicer's Reload and Test; this file adds what only makes sense outside
+Slicer: the module file and its wiring (with stand-ins for Qt), the reader-consensus parser
+against an independent mask, mass-conserving evidence resampling, the dependency report, the
+``selftest`` sub-command and the latency figures.
 """
 
 from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import sys
+import types
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from NoduleMalignancyLib import selftest
 
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_DIR = ROOT / "NoduleMalignancy"
+
 
 class TestNoduleMalignancyLogicHeadless(selftest.HeadlessSelfTestCase):
     """The shared self-test on the headless runtime (pytest collects it as unittest)."""
+
+
+# Evidence on the CT grid ---------------
+def test_evidence_to_grid_conserves_the_integral():
+    from NoduleMalignancyLib.config import VoiConfig
+    from NoduleMalignancyLib.evidence import integrate
+    from NoduleMalignancyLib.geometry import ImageGeometry
+    from NoduleMalignancyLib.mrml_logic import evidence_to_grid
+    from NoduleMalignancyLib.voi import ct_sub_grid_covering, grid_points_lps, voi_geometry
+
+    rng = np.random.default_rng(0)
+    cfg = VoiConfig()
+    voi = voi_geometry([10.3, -20.1, -115.86], cfg)
+    density = (rng.normal(size=cfg.shape_zyx) + 0.5).astype(np.float32)
+    spacing, size = (0.703125, 0.703125, 2.5), (512, 512, 300)
+    for origin, direction in (
+        ((-180.0, -200.0, -300.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+        ((180.0, -200.0, 100.0), (-1, 0, 0, 0, 1, 0, 0, 0, -1)),  # flipped x and z
+        ((-180.0, -200.0, -300.0), (0, 1, 0, 1, 0, 0, 0, 0, 1)),  # i along y, j along x
+    ):
+        ct = ImageGeometry(origin, spacing, direction, size)
+        grid = ct_sub_grid_covering(voi, ct)
+        shown = evidence_to_grid(density, voi, grid)
+        assert shown.shape == grid.shape_zyx
+        expected = integrate(density, voi.voxel_volume_mm3())
+        assert abs(expected) > 1.0
+        assert integrate(shown, grid.voxel_volume_mm3()) == pytest.approx(expected, rel=1e-5)
+        # Mass lands where it was: an off-centre blob keeps its world centroid.
+        blob = np.exp(-(((grid_points_lps(voi) - [14.0, -24.0, -110.0]) ** 2).sum(-1)) / 20.0)
+        moved = evidence_to_grid(blob.astype(np.float32), voi, grid)
+        before = (grid_points_lps(voi) * blob[..., None]).sum((0, 1, 2)) / blob.sum()
+        after = (grid_points_lps(grid) * moved[..., None]).sum((0, 1, 2)) / moved.sum()
+        assert np.abs(after - before).max() < 0.3
+    oblique = ImageGeometry(
+        (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1), (64, 64, 64)
+    )
+    assert evidence_to_grid(density, voi, oblique) is None
+
+
+# Reader consensus parser, cross-checked against the independent lidc_vois mask -----------------
+def test_reader_consensus_matches_the_lidc_voi_mask(data_dir, ct_0001_path):
+    import SimpleITK as sitk
+
+    from NoduleMalignancyLib import samples
+    from NoduleMalignancyLib.geometry import ImageGeometry
+
+    geometry = ImageGeometry.from_sitk(sitk.ReadImage(str(ct_0001_path)))
+    point = samples.nodule_points_lps(selftest.SAMPLE, data_dir=data_dir)[0][1]
+    xml = samples.reader_xml_path(selftest.SAMPLE, data_dir=data_dir)
+    consensus, readers = selftest.reader_consensus_mask(xml, geometry, point, level=0.25)
+    assert readers == 4
+    # lidc_vois masks are pylidc's 25 % consensus of the same readers, cropped from this CT.
+    mask_image = sitk.ReadImage(
+        str(data_dir / "lidc_vois" / "nodule_mask" / "LIDC-IDRI-0001_R_1.nii.gz")
+    )
+    crop = sitk.GetArrayFromImage(mask_image) > 0
+    lo = np.rint(geometry.lps_to_index(mask_image.GetOrigin())).astype(int)
+    reference = np.zeros(geometry.shape_zyx, dtype=bool)
+    nz, ny, nx = crop.shape
+    reference[lo[2] : lo[2] + nz, lo[1] : lo[1] + ny, lo[0] : lo[0] + nx] = crop
+    assert selftest.dice(consensus, reference) > 0.85
+
+
+# Dependencies ---------------
+def test_dependency_report_and_policy():
+    from NoduleMalignancyLib import dependencies as deps
+
+    assert deps.missing_requirements() == []  # this environment has everything
+    absent = deps.Requirement("no_such_module_xyz", "no-such-dist", "1.0", False, "testing")
+    bundled = deps.Requirement("no_such_bundled_xyz", "bundled-dist", "1.0", True, "testing")
+    old = deps.Requirement("numpy", "numpy", "999.0", True, "testing")
+    missing = deps.missing_requirements([absent, bundled, old])
+    assert [m.requirement for m in missing] == [absent, bundled, old]
+    text = deps.describe_missing(missing)
+    assert (
+        "no-such-dist>=1.0" in text and "never reinstalled" in text and "older than 999.0" in text
+    )
+    assert not deps.inside_slicer()
+    assert isinstance(deps.default_installer(), deps.PlainPythonInstaller)
+    with pytest.raises(deps.DependencyError, match="pip install"):
+        deps.ensure_dependencies(requirements=[absent])  # plain Python: report, never install
+    declined = []
+    with pytest.raises(deps.DependencyError, match="declined"):
+        deps.ensure_dependencies(
+            confirm=lambda text: declined.append(text) or False,
+            installer=deps.SlicerInstaller(),
+            requirements=[absent],
+        )
+    assert declined and "Install now?" in declined[0]
+    with pytest.raises(deps.DependencyError, match="Reinstall Slicer"):
+        deps.SlicerInstaller().install(missing[1:])  # bundled packages are never pip-installed
+
+
+# Module file, UI and CMake wiring ---------------
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_library_never_imports_qt_at_module_level():
+    for name in ("mrml_logic.py", "selftest.py", "dependencies.py"):
+        imports = _top_level_imports(ROOT / "NoduleMalignancyLib" / name)
+        assert not imports & {"qt", "ctk", "slicer.ScriptedLoadableModule"}, name
+    assert "torch" not in _top_level_imports(ROOT / "NoduleMalignancyLib" / "selftest.py")
+    assert "slicer" not in _top_level_imports(ROOT / "NoduleMalignancyLib" / "selftest.py")
+    module_imports = _top_level_imports(MODULE_DIR / "NoduleMalignancy.py")
+    assert "torch" not in module_imports and "NoduleMalignancyLib.mrml_logic" not in module_imports
+
+
+def test_ui_file_has_the_widgets_the_module_uses():
+    root = ET.parse(MODULE_DIR / "Resources" / "UI" / "NoduleMalignancy.ui").getroot()
+    widgets = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    expected = {
+        "inputVolumeSelector": "qMRMLNodeComboBox",
+        "markupsWidget": "qSlicerSimpleMarkupsWidget",
+        "deviceComboBox": "QComboBox",
+        "autoAnalyzeCheckBox": "QCheckBox",
+        "analyzeButton": "QPushButton",
+        "progressBar": "QProgressBar",
+        "resultsTableView": "qMRMLTableView",
+        "evidenceScaleComboBox": "QComboBox",
+        "opacitySliderWidget": "ctkSliderWidget",
+        "exportButton": "QPushButton",
+    }
+    for name, cls in expected.items():
+        assert widgets.get(name) == cls, name
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    assert {c for c in widgets.values() if c[0] in "qc"} <= declared
+    source = (MODULE_DIR / "NoduleMalignancy.py").read_text(encoding="utf-8")
+    for name in expected:
+        assert f"ui.{name}" in source, f"{name} is not wired in the module"
+    scales = [
+        i.findtext("property/string")
+        for i in root.iter("widget")
+        if i.get("name") == "evidenceScaleComboBox"
+        for i in i.iter("item")
+    ]
+    assert scales == ["combined", "fine", "medium", "coarse"]
+
+
+def test_cmake_lists_build_the_scripted_module():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    for needle in (
+        "slicerMacroBuildScriptedModule",
+        "WITH_GENERIC_TESTS",
+        "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)",
+        "../NoduleMalignancyLib/*.py",
+        "../NoduleMalignancyLib/training/*.py",
+        "../NoduleMalignancyLib/evaluation/*.py",
+        "../NoduleMalignancyLib/resources/*",
+        "Resources/UI/${MODULE_NAME}.ui",
+        "Resources/Icons/${MODULE_NAME}.png",
+        "add_subdirectory(Testing/Python)",
+    ):
+        assert needle in text, needle
+    assert (MODULE_DIR / "Resources" / "Icons" / "NoduleMalignancy.png").stat().st_size > 1000
+    assert (
+        "slicer_add_python_unittest"
+        in (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    )
+
+
+@pytest.fixture
+def module_file(slicer_runtime, monkeypatch):
+    """Import NoduleMalignancy.py with stand-ins for what only the Slicer application has."""
+    fake = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class _Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    fake.ScriptedLoadableModule = _Base
+    fake.ScriptedLoadableModuleWidget = _Base
+    fake.ScriptedLoadableModuleTest = unittest.TestCase
+    qt_stub = types.ModuleType("qt")
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", fake)
+    monkeypatch.setitem(sys.modules, "qt", qt_stub)
+    spec = importlib.util.spec_from_file_location(
+        "NoduleMalignancy", MODULE_DIR / "NoduleMalignancy.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(slicer_runtime, "ScriptedLoadableModule"):
+        monkeypatch.delattr(slicer_runtime, "ScriptedLoadableModule")
+    return module
+
+
+def test_module_file_reexports_the_logic_and_runs_the_self_test(module_file):
+    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+
+    assert module_file.NoduleMalignancyLogic is NoduleMalignancyLogic
+    for name in ("NoduleMalignancy", "NoduleMalignancyWidget", "NoduleMalignancyTest"):
+        assert isinstance(getattr(module_file, name), type), name
+    test_class = module_file.NoduleMalignancyTest
+    assert issubclass(test_class, selftest.NoduleMalignancySelfTestMixin)
+    assert selftest.SAMPLE_ARCHIVE_SHA256[selftest.SAMPLE]
+    # One shared body through the module's own Test class (sample from the cache: no SampleData).
+    suite = unittest.TestSuite([test_class("test_invalid_inputs_leave_scene_unchanged")])
+    result = unittest.TextTestRunner(verbosity=0, stream=open("/dev/null", "w")).run(suite)
+    assert result.wasSuccessful(), result.failures + result.errors
+
+
+# selftest sub-command ---------------
+def test_selftest_subcommand_runs_the_mixin(data_dir, capsys):
+    parser = argparse.ArgumentParser(prog="nodule-malignancy")
+    selftest.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["selftest", "--data", str(data_dir), "-k", "invalid_inputs", "-q"])
+    assert args.func(args) == 0
+    args = parser.parse_args(["selftest", "-k", "no_such_test_name", "-q"])
+    assert args.func(args) == 0  # nothing selected is not a failure of the code
+
+
+# Latency ---------------
+def test_latency_point_to_overlay(slicer_runtime, mrml_scene, ct_0001_path, data_dir, capsys):
+    """Point placement -> overlays in MRML (headless, CPU, warm): printed, loosely bounded."""
+    from NoduleMalignancyLib import samples
+    from NoduleMalignancyLib.geometry import lps_to_ras
+    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+
+    volume = slicer_runtime.util.loadVolume(str(ct_0001_path))
+    name, point = samples.nodule_points_lps(selftest.SAMPLE, data_dir=data_dir)[0]
+    markups = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+    markups.AddControlPoint(*lps_to_ras(point), name)
+    lines = []
+    ensembles = [("tiny random ensemble", selftest.random_test_ensemble())]
+    trained, _ = selftest._trained_ensemble()
+    if trained is not None:
+        ensembles.append((f"trained ensemble {trained.version}", trained))
+    for label, ensemble in ensembles:
+        figures = selftest.measure_latency(
+            NoduleMalignancyLogic(ensemble=ensemble), volume, markups
+        )
+        lines.append(
+            f"latency {label} (CPU, warm, median of {figures['repeats']}): placement -> overlay "
+            f"{figures['placement_to_overlay_s']:.2f} s (compute {figures['compute_s']:.2f} s, "
+            f"MRML update {figures['mrml_update_s'] * 1000:.0f} ms)"
+        )
+        assert figures["mrml_update_s"] < 2.0
+        assert figures["placement_to_overlay_s"] < 60.0
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))

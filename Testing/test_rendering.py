@@ -30,10 +30,9 @@ def offscreen_backend() -> str | None:
     """The first offscreen OpenGL window class that renders here (cached), or ``None``."""
     if _BACKEND:
         return _BACKEND[0]
+    import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 (registers the OpenGL factories)
     from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkRenderingCore import vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter
-
-    import vtkmodules.vtkRenderingOpenGL2  # noqa: F401 (registers the OpenGL factories)
 
     found = None
     first = os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", _BACKENDS[0])
@@ -245,7 +244,9 @@ def test_background_is_the_ct_at_the_nodule(rendered):
     size = image.shape[0]
     centre = image[size // 2 - 3 : size // 2 + 4, size // 2 - 3 : size // 2 + 4].mean()
     assert image.std() > 20, "the background layer is blank"
-    assert centre > np.percentile(image, 50), "the nodule (soft tissue) should be brighter than lung"
+    assert centre > np.percentile(image, 50), (
+        "the nodule (soft tissue) should be brighter than lung"
+    )
 
 
 def test_evidence_overlay_is_on_the_nodule(rendered):
@@ -296,10 +297,21 @@ def test_segmentation_outline_is_on_the_segment(rendered):
     assert np.all(ijk[:, 2] == k)
     # Dilate the slice mask by one voxel: the outline is drawn on the segment's border.
     near = mask[k].astype(bool)
-    near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
+    near = (
+        near
+        | np.roll(near, 1, 0)
+        | np.roll(near, -1, 0)
+        | np.roll(near, 1, 1)
+        | np.roll(near, -1, 1)
+    )
     on_segment = near[ijk[:, 1], ijk[:, 0]]
     assert on_segment.mean() > 0.95, "outline pixels away from the segment (frame mix-up?)"
-    assert np.abs(view.xy_to_ras(np.column_stack([xs, ys]).astype(float)).mean(0) - rendered["point_ras"])[:2].max() < 16.0
+    assert (
+        np.abs(
+            view.xy_to_ras(np.column_stack([xs, ys]).astype(float)).mean(0) - rendered["point_ras"]
+        )[:2].max()
+        < 16.0
+    )
 
 
 def test_backend_is_reported(rendered):

@@ -381,7 +381,7 @@ def build_cache(
     seconds = time.perf_counter() - t0
     meta = {"build_seconds": seconds, "n": len(records), "canvas_zyx": list(canvas.shape_zyx)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(
         tmp,
         hu=hu,

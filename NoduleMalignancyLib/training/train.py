@@ -235,14 +235,14 @@ class EMA:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> None:
     columns = list(columns or (rows[0].keys() if rows else []))
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
         w.writeheader()
@@ -711,7 +711,7 @@ def oof_metrics(rows: list[dict]) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
     tmp.write_text(json.dumps(_finite_json(obj), indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
 
