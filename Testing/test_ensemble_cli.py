@@ -182,3 +182,39 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
         )
         == 1
     )
+
+
+def _ensembles_to_check(tiny_dir):
+    """The tiny random ensemble always; the shipped one too once it exists."""
+    from NoduleMalignancyLib.ensemble import DEFAULT_MODELS_DIR, MANIFEST_NAME
+
+    dirs = [tiny_dir]
+    if (DEFAULT_MODELS_DIR / MANIFEST_NAME).is_file():
+        dirs.append(DEFAULT_MODELS_DIR)
+    return dirs
+
+
+def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
+    """Same world point, same context crop: same prediction (tolerance 1e-3 in probability,
+    1e-3 in attribute score, identical segmentation voxels but for float round-off)."""
+    voi_image = sitk.ReadImage(str(data_dir / "lidc_vois" / "image" / "LIDC-IDRI-0001_R_1.nii.gz"))
+    with open(data_dir / "lidc_vois" / "metadata.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["patient_id"] == "LIDC-IDRI-0001")
+    point = np.array([float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])])
+    voi_geometry = ImageGeometry.from_sitk(voi_image)
+    array, geometry = ct
+    for directory in _ensembles_to_check(tiny_dir):
+        ens = Ensemble.load(directory, device="cpu")
+        a = analyze_point(
+            sitk.GetArrayFromImage(voi_image),
+            voi_geometry,
+            point,
+            ens,
+            context=voi_geometry,
+            map_to_ct=False,
+        )
+        b = analyze_point(array, geometry, point, ens, context=voi_geometry, map_to_ct=False)
+        assert abs(a.malignancy_probability - b.malignancy_probability) < 1e-3
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-3
+        diff = np.abs(a.segmentation_probability_voi - b.segmentation_probability_voi).max()
+        assert diff < 1e-3
