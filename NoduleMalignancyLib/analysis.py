@@ -14,7 +14,7 @@ import numpy as np
 from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
-from .evidence import COMBINED, evidence_maps
+from .evidence import evidence_maps
 from .fusion import apply_fusion
 from .geometry import ImageGeometry
 from .measurements import component_at_center, nodule_size
@@ -174,14 +174,14 @@ def analyze_point(
 def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
     """Resample segmentation and evidence maps onto a sub-grid of the CT.
 
-    Evidence stays a density (logit per mL), so its integral over the CT grid is preserved up to
-    resampling; the mask is the resampled probability thresholded at 0.5.
+    Evidence stays a density (logit per mL) averaged over each CT voxel, so the displayed map
+    still integrates to the logit (exactly for axis-aligned CTs, up to trilinear resampling for
+    oblique ones); the mask is the resampled probability thresholded at 0.5.
     """
     prob_ct, grid = voi_map_to_ct(result.segmentation_probability_voi, result.voi_geometry, ct)
     result.ct_grid = grid
     result.segmentation_mask_ct = prob_ct >= SEGMENTATION_THRESHOLD
     result.evidence_ct = {
-        name: voi_map_to_ct(m, result.voi_geometry, ct)[0]
+        name: voi_map_to_ct(m, result.voi_geometry, ct, density=True)[0]
         for name, m in result.evidence_voi.items()
     }
-    assert COMBINED in result.evidence_ct

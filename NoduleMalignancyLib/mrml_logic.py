@@ -53,7 +53,6 @@ __all__ = [
     "NotCTError",
     "PointOutsideError",
     "PointRequest",
-    "evidence_to_grid",
 ]
 
 log = logging.getLogger(__name__)
@@ -200,48 +199,6 @@ def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
 
 def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
-
-
-def evidence_to_grid(
-    map_voi: np.ndarray, voi: ImageGeometry, target: ImageGeometry
-) -> np.ndarray | None:
-    """Mass-conserving resampling of a VOI density map onto an axis-aligned target grid.
-
-    Why: trilinear point sampling of the piecewise-constant evidence density at the CT's
-    2.5 mm slices aliases (the displayed map then integrates to the logit only within ~20 %).
-    Averaging the density over each target voxel's box keeps the integral exact wherever the
-    target covers the VOI. Returns ``None`` when either grid is oblique (the caller keeps the
-    trilinear map).
-    """
-    voi_dir = voi.direction_matrix
-    target_dir = target.direction_matrix
-    if not np.allclose(voi_dir, np.eye(3), atol=1e-6):
-        return None
-    rounded = np.rint(target_dir)
-    if not np.allclose(target_dir, rounded, atol=1e-6) or not np.allclose(
-        np.abs(rounded).sum(0), 1.0
-    ):
-        return None
-    letters = "xyz"  # world axis 0, 1, 2 = VOI array axes x, y, z
-    weights, subscripts = [], []
-    for axis in range(3):  # target i, j, k
-        world = int(np.argmax(np.abs(rounded[:, axis])))
-        sign = rounded[world, axis]
-        step = target.spacing[axis]
-        c_t = target.origin[world] + sign * step * np.arange(target.size[axis])
-        c_v = voi.origin[world] + voi.spacing[world] * np.arange(voi.size[world])
-        h_t, h_v = step / 2.0, voi.spacing[world] / 2.0
-        overlap = np.minimum(c_t[:, None] + h_t, c_v[None, :] + h_v) - np.maximum(
-            c_t[:, None] - h_t, c_v[None, :] - h_v
-        )
-        weights.append(np.clip(overlap, 0.0, None) / step)
-        subscripts.append(letters[world])
-    # out[k, j, i] = sum_{z,y,x} map[z, y, x] * Wk[k, .] * Wj[j, .] * Wi[i, .]
-    spec = f"zyx,k{subscripts[2]},j{subscripts[1]},i{subscripts[0]}->kji"
-    out = np.einsum(
-        spec, map_voi.astype(np.float64), weights[2], weights[1], weights[0], optimize="greedy"
-    )
-    return out.astype(np.float32)
 
 
 # The logic ---------------
@@ -463,12 +420,6 @@ class NoduleMalignancyLogic:
             result = analyze_point(
                 request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
             )
-            t = time.perf_counter()
-            for scale, density in result.evidence_voi.items():
-                exact = evidence_to_grid(density, result.voi_geometry, result.ct_grid)
-                if exact is not None:
-                    result.evidence_ct[scale] = exact
-            result.timings_s["evidence_display_grid"] = time.perf_counter() - t
             say(
                 f"{point.label}: malignancy {100 * result.malignancy_probability:.1f} % "
                 f"(SD {100 * result.malignancy_sd:.1f}), diameter {result.diameter_mm:.1f} mm, "

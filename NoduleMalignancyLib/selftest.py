@@ -39,6 +39,7 @@ __all__ = [
     "dice",
     "make_random_ensemble",
     "random_test_ensemble",
+    "trained_ensemble",
     "measure_latency",
     "reader_consensus_mask",
     "register",
@@ -104,7 +105,7 @@ def random_test_ensemble():
     return _ENSEMBLES["random"]
 
 
-def _trained_ensemble():
+def trained_ensemble():
     """The shipped ensemble, or ``None`` (with the reason) when no manifest is there."""
     from .ensemble import MANIFEST_NAME, Ensemble, models_dir
 
@@ -699,7 +700,7 @@ class NoduleMalignancySelfTestMixin:
         centre = geometry.index_to_lps(np.argwhere(consensus)[:, ::-1].mean(0))
         self.assertLess(float(np.linalg.norm(centre - point_lps)), 5.0)
 
-        trained, reason = _trained_ensemble()
+        trained, reason = trained_ensemble()
         if trained is None:
             self.skipTest(f"Dice >= {DICE_THRESHOLD} needs the trained ensemble ({reason})")
         logic = NoduleMalignancyLogic(ensemble=trained)

@@ -242,8 +242,58 @@ def ct_sub_grid_covering(voi: ImageGeometry, ct: ImageGeometry) -> ImageGeometry
 
 
 def voi_map_to_ct(
-    map_voi: np.ndarray, voi: ImageGeometry, ct: ImageGeometry
+    map_voi: np.ndarray, voi: ImageGeometry, ct: ImageGeometry, density: bool = False
 ) -> tuple[np.ndarray, ImageGeometry]:
-    """Map a VOI-grid map onto the CT grid: returns (array on a CT sub-grid, that sub-grid)."""
+    """Map a VOI-grid map onto the CT grid: returns (array on a CT sub-grid, that sub-grid).
+
+    ``density=True`` averages the map over each CT voxel (mass-conserving) where both grids are
+    axis-aligned, so a density's integral is unchanged; otherwise trilinear sampling.
+    """
     target = ct_sub_grid_covering(voi, ct)
+    if density:
+        exact = density_to_grid(map_voi, voi, target)
+        if exact is not None:
+            return exact, target
     return resample_to_grid(map_voi, voi, target, fill=0.0), target
+
+
+def density_to_grid(
+    map_voi: np.ndarray, voi: ImageGeometry, target: ImageGeometry
+) -> np.ndarray | None:
+    """Mass-conserving resampling of a VOI density map onto an axis-aligned target grid.
+
+    Why: trilinear point sampling of the piecewise-constant evidence density at the CT's
+    2.5 mm slices aliases (the displayed map then integrates to the logit only within ~20 %).
+    Averaging the density over each target voxel's box keeps the integral exact wherever the
+    target covers the VOI. Returns ``None`` when either grid is oblique (the caller keeps the
+    trilinear map).
+    """
+    voi_dir = voi.direction_matrix
+    target_dir = target.direction_matrix
+    if not np.allclose(voi_dir, np.eye(3), atol=1e-6):
+        return None
+    rounded = np.rint(target_dir)
+    if not np.allclose(target_dir, rounded, atol=1e-6) or not np.allclose(
+        np.abs(rounded).sum(0), 1.0
+    ):
+        return None
+    letters = "xyz"  # world axis 0, 1, 2 = VOI array axes x, y, z
+    weights, subscripts = [], []
+    for axis in range(3):  # target i, j, k
+        world = int(np.argmax(np.abs(rounded[:, axis])))
+        sign = rounded[world, axis]
+        step = target.spacing[axis]
+        c_t = target.origin[world] + sign * step * np.arange(target.size[axis])
+        c_v = voi.origin[world] + voi.spacing[world] * np.arange(voi.size[world])
+        h_t, h_v = step / 2.0, voi.spacing[world] / 2.0
+        overlap = np.minimum(c_t[:, None] + h_t, c_v[None, :] + h_v) - np.maximum(
+            c_t[:, None] - h_t, c_v[None, :] - h_v
+        )
+        weights.append(np.clip(overlap, 0.0, None) / step)
+        subscripts.append(letters[world])
+    # out[k, j, i] = sum_{z,y,x} map[z, y, x] * Wk[k, .] * Wj[j, .] * Wi[i, .]
+    spec = f"zyx,k{subscripts[2]},j{subscripts[1]},i{subscripts[0]}->kji"
+    out = np.einsum(
+        spec, map_voi.astype(np.float64), weights[2], weights[1], weights[0], optimize="greedy"
+    )
+    return out.astype(np.float32)

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from NoduleMalignancyLib.geometry import lps_to_ras
     from NoduleMalignancyLib.headless import ensure_slicer_runtime, reset_scene
     from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
-    from NoduleMalignancyLib.selftest import SAMPLE, _trained_ensemble, random_test_ensemble
+    from NoduleMalignancyLib.selftest import SAMPLE, random_test_ensemble, trained_ensemble
 
     backend = offscreen_backend()
     if backend is None:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     slicer = ensure_slicer_runtime()
     scene = reset_scene()
-    ensemble, reason = _trained_ensemble()
+    ensemble, reason = trained_ensemble()
     note = ""
     if ensemble is None:
         print(f"warning: {reason}; using the tiny random test ensemble", file=sys.stderr)

@@ -32,12 +32,16 @@ class TestNoduleMalignancyLogicHeadless(selftest.HeadlessSelfTestCase):
 
 
 # Evidence on the CT grid ---------------
-def test_evidence_to_grid_conserves_the_integral():
+def test_density_to_grid_conserves_the_integral():
     from NoduleMalignancyLib.config import VoiConfig
     from NoduleMalignancyLib.evidence import integrate
     from NoduleMalignancyLib.geometry import ImageGeometry
-    from NoduleMalignancyLib.mrml_logic import evidence_to_grid
-    from NoduleMalignancyLib.voi import ct_sub_grid_covering, grid_points_lps, voi_geometry
+    from NoduleMalignancyLib.voi import (
+        ct_sub_grid_covering,
+        density_to_grid,
+        grid_points_lps,
+        voi_geometry,
+    )
 
     rng = np.random.default_rng(0)
     cfg = VoiConfig()
@@ -51,21 +55,21 @@ def test_evidence_to_grid_conserves_the_integral():
     ):
         ct = ImageGeometry(origin, spacing, direction, size)
         grid = ct_sub_grid_covering(voi, ct)
-        shown = evidence_to_grid(density, voi, grid)
+        shown = density_to_grid(density, voi, grid)
         assert shown.shape == grid.shape_zyx
         expected = integrate(density, voi.voxel_volume_mm3())
         assert abs(expected) > 1.0
         assert integrate(shown, grid.voxel_volume_mm3()) == pytest.approx(expected, rel=1e-5)
         # Mass lands where it was: an off-centre blob keeps its world centroid.
         blob = np.exp(-(((grid_points_lps(voi) - [14.0, -24.0, -110.0]) ** 2).sum(-1)) / 20.0)
-        moved = evidence_to_grid(blob.astype(np.float32), voi, grid)
+        moved = density_to_grid(blob.astype(np.float32), voi, grid)
         before = (grid_points_lps(voi) * blob[..., None]).sum((0, 1, 2)) / blob.sum()
         after = (grid_points_lps(grid) * moved[..., None]).sum((0, 1, 2)) / moved.sum()
         assert np.abs(after - before).max() < 0.3
     oblique = ImageGeometry(
         (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, 1), (64, 64, 64)
     )
-    assert evidence_to_grid(density, voi, oblique) is None
+    assert density_to_grid(density, voi, oblique) is None
 
 
 # Reader consensus parser, cross-checked against the independent lidc_vois mask -----------------
@@ -260,7 +264,7 @@ def test_latency_point_to_overlay(slicer_runtime, mrml_scene, ct_0001_path, data
     markups.AddControlPoint(*lps_to_ras(point), name)
     lines = []
     ensembles = [("tiny random ensemble", selftest.random_test_ensemble())]
-    trained, _ = selftest._trained_ensemble()
+    trained, _ = selftest.trained_ensemble()
     if trained is not None:
         ensembles.append((f"trained ensemble {trained.version}", trained))
     for label, ensemble in ensembles:
