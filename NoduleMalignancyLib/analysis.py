@@ -15,7 +15,7 @@ from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
 from .evidence import evidence_maps
-from .fusion import apply_fusion
+from .fusion import apply_attribute_calibration, apply_fusion
 from .geometry import ImageGeometry
 from .measurements import component_at_center, nodule_size
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
@@ -143,7 +143,11 @@ def analyze_point(
         malignancy_sd=float(fold_mal.std()),
         fold_malignancy_probabilities=[float(p) for p in fold_mal],
         scores={
-            a: score_from_probability(probs[:, ATTRIBUTES.index(a)].mean())
+            a: score_from_probability(
+                apply_attribute_calibration(
+                    ensemble.manifest.attribute_calibration, a, logits[:, ATTRIBUTES.index(a)]
+                ).mean()
+            )
             for a in ORDINAL_ATTRIBUTES
         },
         calcification_probability=float(probs[:, ATTRIBUTES.index("calcification")].mean()),

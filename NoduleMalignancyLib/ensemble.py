@@ -55,6 +55,8 @@ class Manifest:
     folds: list[dict]  # {"file": ..., "sha256": ...}
     fusion: dict | None = None  # optional out-of-fold fitted malignancy fusion (see fusion.py)
     extra: dict = field(default_factory=dict)
+    # optional out-of-fold fitted per-attribute Platt scaling of the ordinal heads (fusion.py)
+    attribute_calibration: dict | None = None
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
@@ -66,7 +68,15 @@ class Manifest:
             )
         try:
             d = json.loads(path.read_text())
-            known = {"version", "voi", "network", "attributes", "folds", "fusion"}
+            known = {
+                "version",
+                "voi",
+                "network",
+                "attributes",
+                "folds",
+                "fusion",
+                "attribute_calibration",
+            }
             return cls(
                 version=str(d["version"]),
                 voi=VoiConfig.from_dict(d["voi"]),
@@ -74,6 +84,7 @@ class Manifest:
                 attributes=tuple(d["attributes"]),
                 folds=list(d["folds"]),
                 fusion=d.get("fusion"),
+                attribute_calibration=d.get("attribute_calibration"),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -87,6 +98,7 @@ class Manifest:
             "attributes": list(self.attributes),
             "folds": self.folds,
             "fusion": self.fusion,
+            "attribute_calibration": self.attribute_calibration,
             **self.extra,
         }
 
@@ -100,6 +112,7 @@ def save_ensemble(
     fusion: dict | None = None,
     extra: dict | None = None,
     half: bool = True,
+    attribute_calibration: dict | None = None,
 ) -> Manifest:
     """Write one weights file per fold (fp16 by default) and the manifest with their sha256."""
     directory = Path(directory)
@@ -113,7 +126,9 @@ def save_ensemble(
         name = f"fold{k}.pt"
         torch.save(state, directory / name)
         folds.append({"file": name, "sha256": sha256_of(directory / name)})
-    manifest = Manifest(version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}))
+    manifest = Manifest(
+        version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}), attribute_calibration
+    )
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return manifest
 

@@ -66,3 +66,57 @@ def fit_fusion(mil_logit, volume_mm3, label) -> dict:
         "mean": mean.tolist(),
         "scale": scale.tolist(),
     }
+
+
+def logit(p) -> np.ndarray:
+    """Inverse sigmoid, clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_attribute_calibration(
+    logits: dict[str, np.ndarray], targets: dict[str, np.ndarray]
+) -> dict:
+    """Per-attribute Platt scaling of the ordinal heads, fitted on out-of-fold predictions.
+
+    The heads are trained with a focal loss, which leaves their soft-target regression biased;
+    a two-parameter map per attribute (fitted with the soft targets themselves) removes that
+    bias. Returns the manifest entry {attribute: {coef, intercept, mean, scale}}.
+    """
+    entry = {}
+    for name, z in logits.items():
+        z = np.asarray(z, dtype=float)
+        t = np.asarray(targets[name], dtype=float)
+        keep = np.isfinite(z) & np.isfinite(t)
+        if keep.sum() < 10:
+            continue
+        coef, intercept, mean, scale = fit_logistic(z[keep, None], t[keep])
+        entry[name] = {
+            "coef": float(coef[0]),
+            "intercept": intercept,
+            "mean": float(mean[0]),
+            "scale": float(scale[0]),
+        }
+    return entry
+
+
+def apply_attribute_calibration(calibration: dict | None, name: str, logit) -> np.ndarray:
+    """Calibrated probability of an attribute head (sigmoid of the logit when uncalibrated)."""
+    z = np.asarray(logit, dtype=float)
+    c = (calibration or {}).get(name)
+    if c:
+        z = (z - c["mean"]) / c["scale"] * c["coef"] + c["intercept"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def attribute_calibration_oof(prob, target, folds) -> np.ndarray:
+    """Out-of-fold calibrated probabilities: each fold mapped by a fit on the other folds."""
+    z = logit(prob)
+    t = np.asarray(target, dtype=float)
+    folds = np.asarray(folds)
+    out = np.full(len(z), np.nan)
+    for k in np.unique(folds):
+        test = folds == k
+        cal = fit_attribute_calibration({"a": z[~test]}, {"a": t[~test]})
+        out[test] = apply_attribute_calibration(cal, "a", z[test])
+    return out

@@ -218,3 +218,25 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
         assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-3
         diff = np.abs(a.segmentation_probability_voi - b.segmentation_probability_voi).max()
         assert diff < 1e-3
+
+
+def test_manifest_attribute_calibration_is_applied(ct, nodule_point, tmp_path):
+    """A calibration that ignores the logit (coef 0) pins every ordinal score to its intercept."""
+    calibration = {
+        a: {"coef": 0.0, "intercept": 0.0, "mean": 0.0, "scale": 1.0}
+        for a in (
+            "subtlety",
+            "sphericity",
+            "margin",
+            "lobulation",
+            "spiculation",
+            "texture",
+            "malignancy",
+        )
+    }
+    make_tiny_ensemble(tmp_path, attribute_calibration=calibration)
+    ens = Ensemble.load(tmp_path, device="cpu")
+    assert ens.manifest.attribute_calibration == calibration
+    array, geometry = ct
+    r = analyze_point(array, geometry, nodule_point, ens, map_to_ct=False)
+    assert all(abs(v - 3.0) < 1e-9 for v in r.scores.values())

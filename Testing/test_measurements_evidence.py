@@ -72,3 +72,24 @@ def test_fusion_uses_size_and_logit():
     p = apply_fusion(fusion, logit, vol)
     assert fusion["coef"][1] > 0 and np.all((p > 0) & (p < 1))
     assert np.allclose(apply_fusion(None, [0.0], [10.0]), 0.5)
+
+
+def test_attribute_calibration_removes_a_bias_out_of_fold():
+    from NoduleMalignancyLib.fusion import (
+        apply_attribute_calibration,
+        attribute_calibration_oof,
+        fit_attribute_calibration,
+    )
+
+    rng = np.random.default_rng(3)
+    t = rng.uniform(0.1, 0.9, 600)
+    z = 2.5 * (np.log(t / (1 - t)) + 0.8) + rng.normal(scale=0.3, size=600)  # biased, too steep
+    raw = 1 / (1 + np.exp(-z))
+    cal = fit_attribute_calibration({"margin": z}, {"margin": t})
+    fitted = apply_attribute_calibration(cal, "margin", z)
+    assert np.abs(fitted - t).mean() < 0.5 * np.abs(raw - t).mean()
+    folds = np.arange(600) % 5
+    oof = attribute_calibration_oof(raw, t, folds)
+    assert np.abs(oof - t).mean() < 0.5 * np.abs(raw - t).mean()
+    # Without an entry the head's own probability is used.
+    assert np.allclose(apply_attribute_calibration(None, "margin", [0.0]), 0.5)

@@ -19,8 +19,22 @@ TINY_NETWORK = NetworkConfig(
 )
 
 
-def make_tiny_ensemble(directory: Path, k: int = 2, seed: int = 0, fusion: dict | None = None):
+def make_tiny_ensemble(
+    directory: Path,
+    k: int = 2,
+    seed: int = 0,
+    fusion: dict | None = None,
+    attribute_calibration: dict | None = None,
+):
     """Write a K-fold random ensemble with a real manifest and sha256 to ``directory``."""
     torch.manual_seed(seed)
     models = [build_network(TINY_NETWORK) for _ in range(k)]
-    return save_ensemble(models, directory, "test-random", VoiConfig(), TINY_NETWORK, fusion=fusion)
+    return save_ensemble(
+        models,
+        directory,
+        "test-random",
+        VoiConfig(),
+        TINY_NETWORK,
+        fusion=fusion,
+        attribute_calibration=attribute_calibration,
+    )

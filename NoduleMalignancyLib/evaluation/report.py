@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
+from ..fusion import attribute_calibration_oof
 from . import baselines, metrics
 
 SMALL_MM = 10.0
@@ -277,6 +278,8 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
             continue
         out["ordinal"][attr] = {
             "model_mae": metrics.mae_1to5(p, t),
+            # What ships: the head after per-attribute Platt scaling, refitted here out of fold.
+            "calibrated_mae": metrics.mae_1to5(attribute_calibration_oof(p, t, folds), t),
             "constant_mae": baselines.constant_predictor_mae(t, folds),
             "human_mae": human.get(attr, {}).get("mae", float("nan")),
             "human_n_nodules": human.get(attr, {}).get("n_nodules", 0),
@@ -291,6 +294,7 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
     ords = out["ordinal"]
     if ords:
         out["mean_model_mae"] = float(np.mean([v["model_mae"] for v in ords.values()]))
+        out["mean_calibrated_mae"] = float(np.mean([v["calibrated_mae"] for v in ords.values()]))
         out["mean_constant_mae"] = float(np.mean([v["constant_mae"] for v in ords.values()]))
         hm = [v["human_mae"] for v in ords.values()]
         out["mean_human_mae"] = float(np.mean(hm)) if all(np.isfinite(hm)) else float("nan")
@@ -313,7 +317,7 @@ def _targets(res, primary) -> list[dict]:
     a, s = res["malignancy_auroc"]["all"], res["malignancy_auroc"]["small"]
     d_all = a["vs_size_reader"][primary]
     d_small = s["vs_size_reader"][primary]
-    attrs = res["attributes"].get("mean_model_mae", float("nan"))
+    attrs = res["attributes"].get("mean_calibrated_mae", float("nan"))
     dice = (res["dice"] or {}).get("mean", float("nan"))
     ece = res["calibration"][primary]["ece_platt_oof"]
 
@@ -516,18 +520,19 @@ def _markdown(res: dict) -> str:
         "",
         "MAE on the 1-5 scale against the mean reader rating:",
         "",
-        "| attribute | model | constant (training-fold mean) | one reader vs other readers | n |",
-        "|---|---|---|---|---|",
+        "| attribute | model, calibrated out of fold (ships) | model, raw head | constant "
+        "(training-fold mean) | one reader vs other readers | n |",
+        "|---|---|---|---|---|---|",
     ]
     for attr, v in at["ordinal"].items():
         L.append(
-            f"| {attr} | {_f(v['model_mae'])} | {_f(v['constant_mae'])} | {_f(v['human_mae'])} "
-            f"| {v['n']} |"
+            f"| {attr} | {_f(v['calibrated_mae'])} | {_f(v['model_mae'])} | "
+            f"{_f(v['constant_mae'])} | {_f(v['human_mae'])} | {v['n']} |"
         )
     if at["ordinal"]:
         L.append(
-            f"| **mean** | **{_f(at['mean_model_mae'])}** | {_f(at['mean_constant_mae'])} "
-            f"| {_f(at['mean_human_mae'])} | |"
+            f"| **mean** | **{_f(at['mean_calibrated_mae'])}** | {_f(at['mean_model_mae'])} | "
+            f"{_f(at['mean_constant_mae'])} | {_f(at['mean_human_mae'])} | |"
         )
     if at["presence"]:
         L += ["", "| presence attribute | AUROC [95 % CI] | positives / n |", "|---|---|---|"]

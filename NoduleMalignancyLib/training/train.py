@@ -841,7 +841,8 @@ def export_ensemble(
     with a 0/1 label. The pooled OOF table is also written to ``<run_dir>/oof.csv``.
     """
     from ..ensemble import save_ensemble
-    from ..fusion import apply_fusion, fit_fusion
+    from ..fusion import apply_fusion, fit_attribute_calibration, fit_fusion
+    from ..fusion import logit as to_logit
 
     run_dir = Path(run_dir)
     info = json.loads((run_dir / CONFIG).read_text())
@@ -908,6 +909,11 @@ def export_ensemble(
             "oof": metrics,
         }
     }
+    # Per-attribute Platt scaling of the ordinal heads on the pooled OOF predictions.
+    attribute_calibration = fit_attribute_calibration(
+        {a: to_logit([_num(r[f"{a}_prob"]) for r in rows]) for a in ORDINAL_ATTRIBUTES},
+        {a: np.array([_num(r[f"{a}_target"]) for r in rows]) for a in ORDINAL_ATTRIBUTES},
+    )
     manifest = save_ensemble(
         models,
         Path(models_dir),
@@ -916,6 +922,7 @@ def export_ensemble(
         cfg.network,
         fusion=fusion,
         extra=_finite_json(extra),
+        attribute_calibration=attribute_calibration,
     )
     echo(
         f"exported {len(models)} fold(s) as {version} to {models_dir} "
