@@ -113,19 +113,28 @@ def save_ensemble(
     extra: dict | None = None,
     half: bool = True,
     attribute_calibration: dict | None = None,
+    fold_ids: list[int] | None = None,
 ) -> Manifest:
-    """Write one weights file per fold (fp16 by default) and the manifest with their sha256."""
+    """Write one weights file per fold (fp16 by default) and the manifest with their sha256.
+
+    ``fold_ids`` names each file after the cross-validation fold it was validated on.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     folds = []
-    for k, model in enumerate(models):
+    fold_ids = list(fold_ids) if fold_ids is not None else list(range(len(models)))
+    for k, model in zip(fold_ids, models, strict=True):
         state = {
             n: (t.detach().half() if half and t.is_floating_point() else t.detach()).cpu()
             for n, t in model.state_dict().items()
         }
         name = f"fold{k}.pt"
         torch.save(state, directory / name)
-        folds.append({"file": name, "sha256": sha256_of(directory / name)})
+        folds.append({"file": name, "fold": int(k), "sha256": sha256_of(directory / name)})
+    written = {f["file"] for f in folds}
+    for stale in directory.glob("fold*.pt"):  # weights of an earlier export, now unlisted
+        if stale.name not in written:
+            stale.unlink()
     manifest = Manifest(
         version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}), attribute_calibration
     )

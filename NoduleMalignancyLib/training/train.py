@@ -923,6 +923,7 @@ def export_ensemble(
         fusion=fusion,
         extra=_finite_json(extra),
         attribute_calibration=attribute_calibration,
+        fold_ids=[f["fold"] for f in per_fold],
     )
     echo(
         f"exported {len(models)} fold(s) as {version} to {models_dir} "
