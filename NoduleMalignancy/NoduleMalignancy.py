@@ -56,6 +56,11 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+def __dir__():
+    """List the lazily imported logic class too, so lookups of the four classes by name see it."""
+    return sorted([*globals(), "NoduleMalignancyLogic"])
+
+
 #
 # Module
 #

@@ -812,10 +812,13 @@ def run_selftest(args) -> int:
         host = HeadlessSelfTestCase("test_analyze_creates_segment_evidence_and_row")
         reset_scene()
         volume, markups, _ = host.loadSample()
-        logic = NoduleMalignancyLogic(ensemble=random_test_ensemble())
+        trained, _ = trained_ensemble()
+        ensemble = trained or random_test_ensemble()
+        logic = NoduleMalignancyLogic(ensemble=ensemble)
         figures = measure_latency(logic, volume, markups)
+        which = f"ensemble {ensemble.version}" if trained else "tiny random ensemble"
         print(
-            "latency (tiny random ensemble, CPU, warm): "
+            f"latency ({which}, {ensemble.device}, warm): "
             + ", ".join(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
             )

@@ -12,6 +12,7 @@ from tiny_models import make_tiny_ensemble
 
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.analysis import analyze_point
+from NoduleMalignancyLib.config import ORDINAL_ATTRIBUTES
 from NoduleMalignancyLib.ensemble import Ensemble, WeightsError
 from NoduleMalignancyLib.evidence import COMBINED, integrate
 from NoduleMalignancyLib.geometry import ImageGeometry, lps_to_ras
@@ -59,15 +60,7 @@ def test_analyze_point_result_and_evidence_identity(tiny_dir, ct, nodule_point):
     r = analyze_point(array, geometry, nodule_point, ens)
     assert 0 < r.malignancy_probability < 1 and r.malignancy_sd >= 0
     assert len(r.fold_malignancy_probabilities) == 2
-    assert set(r.scores) == {
-        "subtlety",
-        "sphericity",
-        "margin",
-        "lobulation",
-        "spiculation",
-        "texture",
-        "malignancy",
-    }
+    assert tuple(r.scores) == ORDINAL_ATTRIBUTES
     assert all(1 <= v <= 5 for v in r.scores.values())
     assert set(r.evidence_voi) == {"fine", "medium", "coarse", COMBINED}
     # The displayed maps add up to the fold-mean malignancy bag logit.
@@ -223,16 +216,7 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
 def test_manifest_attribute_calibration_is_applied(ct, nodule_point, tmp_path):
     """A calibration that ignores the logit (coef 0) pins every ordinal score to its intercept."""
     calibration = {
-        a: {"coef": 0.0, "intercept": 0.0, "mean": 0.0, "scale": 1.0}
-        for a in (
-            "subtlety",
-            "sphericity",
-            "margin",
-            "lobulation",
-            "spiculation",
-            "texture",
-            "malignancy",
-        )
+        a: {"coef": 0.0, "intercept": 0.0, "mean": 0.0, "scale": 1.0} for a in ORDINAL_ATTRIBUTES
     }
     make_tiny_ensemble(tmp_path, attribute_calibration=calibration)
     ens = Ensemble.load(tmp_path, device="cpu")
