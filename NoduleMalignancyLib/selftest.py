@@ -797,6 +797,10 @@ def run_selftest(args) -> int:
     """Run :class:`HeadlessSelfTestCase` with unittest; 0 when everything passed."""
     if args.data:
         os.environ["NODULE_MALIGNANCY_DATA"] = str(Path(args.data).expanduser().resolve())
+    if not args.quiet:  # show the tests' own figures (Dice, timings) as they run
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="  %(message)s")
     loader = unittest.TestLoader()
     names = loader.getTestCaseNames(HeadlessSelfTestCase)
     if args.patterns:
