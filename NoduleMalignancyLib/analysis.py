@@ -127,13 +127,14 @@ def analyze_point(
     prob = out.seg_probability[:, 0].mean(0)
     mask = component_at_center(prob >= SEGMENTATION_THRESHOLD)
     size = nodule_size(mask, spacing_zyx)
-    fold_sizes = [
-        nodule_size(component_at_center(p >= SEGMENTATION_THRESHOLD), spacing_zyx).volume_mm3
+    # The fusion needs each fold's own segmented volume, not its diameters.
+    fold_volumes = [
+        float(component_at_center(p >= SEGMENTATION_THRESHOLD).sum()) * voxel_mm3
         for p in out.seg_probability[:, 0]
     ]
     logits = out.bag_logits[:, 0]  # (K, A)
     probs = _sigmoid(logits)
-    fold_mal = apply_fusion(ensemble.manifest.fusion, logits[:, MALIGNANCY], fold_sizes)
+    fold_mal = apply_fusion(ensemble.manifest.fusion, logits[:, MALIGNANCY], fold_volumes)
     evidence = evidence_maps(
         [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
     )

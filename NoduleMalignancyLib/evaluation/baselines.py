@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ORDINAL_ATTRIBUTES
-from ..fusion import apply_fusion, fit_fusion, fit_logistic
+from ..fusion import apply_fusion, fit_fusion, fit_logistic, logit
 
 # reader_labels.csv spells internal structure in camel case.
 READER_COLUMN = {"internal_structure": "internalStructure"}
@@ -66,14 +66,9 @@ def size_baseline_oof(diameter_mm, label, folds) -> np.ndarray:
     return cross_fit(d, label, folds, _logistic_fit, _logistic_predict)
 
 
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def platt_oof(prob, label, folds) -> np.ndarray:
     """Platt scaling (logistic on the logit) of a probability, cross-fitted over the folds."""
-    return cross_fit(_logit(prob), label, folds, _logistic_fit, _logistic_predict)
+    return cross_fit(logit(prob), label, folds, _logistic_fit, _logistic_predict)
 
 
 def fusion_oof(mil_logit, volume_mm3, label, folds) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
+from ..evaluation.metrics import auroc
 from ..losses import LossWeights, multitask_loss
 from ..measurements import component_at_center, nodule_size
 from ..network import build_network
@@ -157,28 +158,6 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def auroc(labels, scores) -> float:
-    """Rank-based AUROC (Mann-Whitney, ties count 1/2); NaN rows dropped; NaN if one class."""
-    y = np.asarray(labels, dtype=float)
-    s = np.asarray(scores, dtype=float)
-    keep = np.isfinite(y) & np.isfinite(s)
-    y, s = y[keep], s[keep]
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str | None:
