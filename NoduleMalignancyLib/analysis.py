@@ -15,9 +15,9 @@ from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
 from .evidence import evidence_maps
-from .fusion import apply_attribute_calibration, apply_fusion
+from .fusion import MALIGNANCY_PROBABILITY, apply_fusion, measured_features
 from .geometry import ImageGeometry
-from .measurements import component_at_center, nodule_size
+from .measurements import component_at_center, nodule_density, nodule_size
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -39,6 +39,8 @@ class NoduleResult:
     diameter_mm: float  # longest axial diameter
     short_axis_mm: float
     mean_diameter_mm: float
+    mean_hu: float  # inside the segmentation
+    calcified_fraction: float  # of the segmented voxels >= 200 HU
     model_version: str
     voi_geometry: ImageGeometry
     segmentation_probability_voi: np.ndarray
@@ -70,13 +72,11 @@ class NoduleResult:
             "diameter_mm": self.diameter_mm,
             "short_axis_mm": self.short_axis_mm,
             "mean_diameter_mm": self.mean_diameter_mm,
+            "mean_hu": self.mean_hu,
+            "calcified_fraction": self.calcified_fraction,
             "model_version": self.model_version,
             "timings_s": self.timings_s,
         }
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _segment_points_lps(prob_voi: np.ndarray, voi: ImageGeometry) -> np.ndarray:
@@ -127,14 +127,25 @@ def analyze_point(
     prob = out.seg_probability[:, 0].mean(0)
     mask = component_at_center(prob >= SEGMENTATION_THRESHOLD)
     size = nodule_size(mask, spacing_zyx)
-    # The fusion needs each fold's own segmented volume, not its diameters.
-    fold_volumes = [
-        float(component_at_center(p >= SEGMENTATION_THRESHOLD).sum()) * voxel_mm3
-        for p in out.seg_probability[:, 0]
+    density = nodule_density(sample.hu, mask & (sample.valid > 0.5))
+    # Each fold's heads are fused with what is measured on that fold's own segmentation, as in
+    # the out-of-fold rows the fusion was fitted on; the fold probabilities are then averaged.
+    fold_masks = [
+        component_at_center(p >= SEGMENTATION_THRESHOLD) for p in out.seg_probability[:, 0]
     ]
+    fold_density = [nodule_density(sample.hu, m & (sample.valid > 0.5)) for m in fold_masks]
+    measured = measured_features(
+        [float(m.sum()) * voxel_mm3 for m in fold_masks],
+        [d.mean_hu for d in fold_density],
+        [d.calcified_fraction for d in fold_density],
+    )
     logits = out.bag_logits[:, 0]  # (K, A)
-    probs = _sigmoid(logits)
-    fold_mal = apply_fusion(ensemble.manifest.fusion, logits[:, MALIGNANCY], fold_volumes)
+    fusion = ensemble.manifest.fusion
+
+    def fused(output: str, head: str) -> np.ndarray:
+        return apply_fusion(fusion, output, logits[:, ATTRIBUTES.index(head)], measured)
+
+    fold_mal = fused(MALIGNANCY_PROBABILITY, "malignancy")
     evidence = evidence_maps(
         [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
     )
@@ -143,22 +154,17 @@ def analyze_point(
         malignancy_probability=float(fold_mal.mean()),
         malignancy_sd=float(fold_mal.std()),
         fold_malignancy_probabilities=[float(p) for p in fold_mal],
-        scores={
-            a: score_from_probability(
-                apply_attribute_calibration(
-                    ensemble.manifest.attribute_calibration, a, logits[:, ATTRIBUTES.index(a)]
-                ).mean()
-            )
-            for a in ORDINAL_ATTRIBUTES
-        },
-        calcification_probability=float(probs[:, ATTRIBUTES.index("calcification")].mean()),
+        scores={a: score_from_probability(fused(a, a).mean()) for a in ORDINAL_ATTRIBUTES},
+        calcification_probability=float(fused("calcification", "calcification").mean()),
         internal_structure_probability=float(
-            probs[:, ATTRIBUTES.index("internal_structure")].mean()
+            fused("internal_structure", "internal_structure").mean()
         ),
         volume_mm3=size.volume_mm3,
         diameter_mm=size.diameter_mm,
         short_axis_mm=size.short_axis_mm,
         mean_diameter_mm=size.mean_diameter_mm,
+        mean_hu=density.mean_hu,
+        calcified_fraction=density.calcified_fraction,
         model_version=ensemble.version,
         voi_geometry=vgeom,
         segmentation_probability_voi=prob.astype(np.float32),

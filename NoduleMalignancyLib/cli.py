@@ -99,6 +99,8 @@ PREDICT_COLUMNS = (
     "internal_structure_probability",
     "volume_mm3",
     "diameter_mm",
+    "mean_hu",
+    "calcified_fraction",
     "error",
 )
 
@@ -154,6 +156,8 @@ def cmd_predict(args) -> int:
                     internal_structure_probability=f"{r.internal_structure_probability:.6f}",
                     volume_mm3=f"{r.volume_mm3:.2f}",
                     diameter_mm=f"{r.diameter_mm:.2f}",
+                    mean_hu=f"{r.mean_hu:.1f}",
+                    calcified_fraction=f"{r.calcified_fraction:.4f}",
                 )
                 if args.masks_dir:
                     write_volume(

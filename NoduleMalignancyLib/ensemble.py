@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .config import ATTRIBUTES, NetworkConfig, VoiConfig
+from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,8 @@ class Manifest:
     network: NetworkConfig
     attributes: tuple[str, ...]
     folds: list[dict]  # {"file": ..., "sha256": ...}
-    fusion: dict | None = None  # optional out-of-fold fitted malignancy fusion (see fusion.py)
+    fusion: dict | None = None  # out-of-fold fitted fusion of heads and measurements (fusion.py)
     extra: dict = field(default_factory=dict)
-    # optional out-of-fold fitted per-attribute Platt scaling of the ordinal heads (fusion.py)
-    attribute_calibration: dict | None = None
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
@@ -68,15 +67,8 @@ class Manifest:
             )
         try:
             d = json.loads(path.read_text())
-            known = {
-                "version",
-                "voi",
-                "network",
-                "attributes",
-                "folds",
-                "fusion",
-                "attribute_calibration",
-            }
+            known = {"version", "voi", "network", "attributes", "folds", "fusion"}
+            check_fusion(d.get("fusion"))
             return cls(
                 version=str(d["version"]),
                 voi=VoiConfig.from_dict(d["voi"]),
@@ -84,7 +76,6 @@ class Manifest:
                 attributes=tuple(d["attributes"]),
                 folds=list(d["folds"]),
                 fusion=d.get("fusion"),
-                attribute_calibration=d.get("attribute_calibration"),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -98,7 +89,6 @@ class Manifest:
             "attributes": list(self.attributes),
             "folds": self.folds,
             "fusion": self.fusion,
-            "attribute_calibration": self.attribute_calibration,
             **self.extra,
         }
 
@@ -112,7 +102,6 @@ def save_ensemble(
     fusion: dict | None = None,
     extra: dict | None = None,
     half: bool = True,
-    attribute_calibration: dict | None = None,
     fold_ids: list[int] | None = None,
 ) -> Manifest:
     """Write one weights file per fold (fp16 by default) and the manifest with their sha256.
@@ -135,9 +124,8 @@ def save_ensemble(
     for stale in directory.glob("fold*.pt"):  # weights of an earlier export, now unlisted
         if stale.name not in written:
             stale.unlink()
-    manifest = Manifest(
-        version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}), attribute_calibration
-    )
+    check_fusion(fusion)
+    manifest = Manifest(version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}))
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return manifest
 

@@ -1,34 +1,46 @@
-"""Late fusion of the MIL malignancy logit with the model's own nodule size.
+"""Fusion of the network's heads with what is measured on its own segmentation.
 
-On LIDC, size alone predicts the readers' malignancy label very well, so the size signal is made
-explicit: a two-feature logistic model (MIL logit, log of the segmented volume) fitted on
-out-of-fold predictions. It needs no reader input at inference: the volume comes from the
-ensemble's own segmentation. Stored in the manifest as plain numbers.
+On LIDC the readers' ratings follow facts that are easy to measure and hard for a small network
+to learn from 800 nodules: size (malignancy, subtlety), calcium (calcification, and through it a
+benign malignancy rating) and attenuation (texture: ground glass vs solid). So every output gets
+a small logistic model on (its head's logit, log segmented volume, mean HU, calcified fraction),
+fitted on out-of-fold predictions and stored in the manifest as plain numbers. Nothing here
+needs reader input at inference: the measurements come from the ensemble's segmentation.
+
+Outputs: the 9 attribute heads (fitted to the readers' soft targets, giving the 1-5 scores and
+the presence probabilities) and ``malignancy_probability`` (fitted to the 0/1 label: mean reader
+malignancy > 3 vs < 3), which uses the malignancy head's logit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FEATURES = ("mil_logit", "log_volume_mm3")
+from .config import ATTRIBUTES
+
+MEASURED_FEATURES = ("log_volume_mm3", "mean_hu", "calcified_fraction")
+FEATURES = ("head_logit", *MEASURED_FEATURES)
+MALIGNANCY_PROBABILITY = "malignancy_probability"
+OUTPUTS = (*ATTRIBUTES, MALIGNANCY_PROBABILITY)
 
 
-def fusion_features(mil_logit, volume_mm3) -> np.ndarray:
-    """(N, 2) features: MIL malignancy logit and log volume (1 mm^3 floor)."""
-    mil_logit = np.atleast_1d(np.asarray(mil_logit, dtype=float))
+def head_of(output: str) -> str:
+    """The attribute head whose logit an output fuses."""
+    return "malignancy" if output == MALIGNANCY_PROBABILITY else output
+
+
+def measured_features(volume_mm3, mean_hu, calcified_fraction) -> np.ndarray:
+    """(N, 3) measured features: log volume (1 mm^3 floor), mean HU, calcified fraction."""
     vol = np.atleast_1d(np.asarray(volume_mm3, dtype=float))
-    return np.stack([mil_logit, np.log(np.maximum(vol, 1.0))], axis=-1)
+    hu = np.atleast_1d(np.asarray(mean_hu, dtype=float))
+    calc = np.atleast_1d(np.asarray(calcified_fraction, dtype=float))
+    return np.stack([np.log(np.maximum(vol, 1.0)), hu, calc], axis=-1)
 
 
-def apply_fusion(fusion: dict | None, mil_logit, volume_mm3) -> np.ndarray:
-    """Malignancy probability: fused when a fusion model is given, else sigmoid of the logit."""
-    z = np.atleast_1d(np.asarray(mil_logit, dtype=float))
-    if fusion:
-        x = fusion_features(z, volume_mm3)
-        mean = np.asarray(fusion["mean"])
-        scale = np.asarray(fusion["scale"])
-        z = ((x - mean) / scale) @ np.asarray(fusion["coef"]) + float(fusion["intercept"])
-    return 1.0 / (1.0 + np.exp(-z))
+def _inputs(head_logit, measured) -> np.ndarray:
+    z = np.atleast_1d(np.asarray(head_logit, dtype=float))
+    m = np.asarray(measured, dtype=float).reshape(len(z), len(MEASURED_FEATURES))
+    return np.column_stack([z, m])
 
 
 def fit_logistic(
@@ -36,7 +48,8 @@ def fit_logistic(
 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """L2-regularised logistic regression by Newton's method on standardised features.
 
-    Returns (coef, intercept, mean, scale). Small and dependency-free (no scikit-learn).
+    ``y`` may be soft (in [0, 1]). Returns (coef, intercept, mean, scale). Small and
+    dependency-free (no scikit-learn).
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -55,12 +68,15 @@ def fit_logistic(
     return w[1:], float(w[0]), mean, scale
 
 
-def fit_fusion(mil_logit, volume_mm3, label) -> dict:
-    """Fit the fusion model; returns the manifest entry."""
-    coef, intercept, mean, scale = fit_logistic(fusion_features(mil_logit, volume_mm3), label)
+def fit_output(head_logit, measured, target) -> dict | None:
+    """One output's logistic model, or None with fewer than 10 usable nodules."""
+    x = _inputs(head_logit, measured)
+    t = np.asarray(target, dtype=float)
+    keep = np.isfinite(t) & np.isfinite(x).all(1)
+    if keep.sum() < 10:
+        return None
+    coef, intercept, mean, scale = fit_logistic(x[keep], t[keep])
     return {
-        "type": "logistic",
-        "features": list(FEATURES),
         "coef": coef.tolist(),
         "intercept": intercept,
         "mean": mean.tolist(),
@@ -68,55 +84,96 @@ def fit_fusion(mil_logit, volume_mm3, label) -> dict:
     }
 
 
-def logit(p) -> np.ndarray:
-    """Inverse sigmoid, clipped away from 0 and 1."""
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+def fit_fusion(head_logits: dict, measured: np.ndarray, targets: dict) -> dict:
+    """The manifest entry: a model per output that has a target (see the module docstring)."""
+    models = {}
+    for out in OUTPUTS:
+        if out in targets and head_of(out) in head_logits:
+            m = fit_output(head_logits[head_of(out)], measured, targets[out])
+            if m is not None:
+                models[out] = m
+    return {"type": "logistic", "features": list(FEATURES), "outputs": models}
 
 
-def fit_attribute_calibration(
-    logits: dict[str, np.ndarray], targets: dict[str, np.ndarray]
-) -> dict:
-    """Per-attribute Platt scaling of the ordinal heads, fitted on out-of-fold predictions.
-
-    The heads are trained with a focal loss, which leaves their soft-target regression biased;
-    a two-parameter map per attribute (fitted with the soft targets themselves) removes that
-    bias. Returns the manifest entry {attribute: {coef, intercept, mean, scale}}.
-    """
-    entry = {}
-    for name, z in logits.items():
-        z = np.asarray(z, dtype=float)
-        t = np.asarray(targets[name], dtype=float)
-        keep = np.isfinite(z) & np.isfinite(t)
-        if keep.sum() < 10:
-            continue
-        coef, intercept, mean, scale = fit_logistic(z[keep, None], t[keep])
-        entry[name] = {
-            "coef": float(coef[0]),
-            "intercept": intercept,
-            "mean": float(mean[0]),
-            "scale": float(scale[0]),
-        }
-    return entry
-
-
-def apply_attribute_calibration(calibration: dict | None, name: str, logit) -> np.ndarray:
-    """Calibrated probability of an attribute head (sigmoid of the logit when uncalibrated)."""
-    z = np.asarray(logit, dtype=float)
-    c = (calibration or {}).get(name)
-    if c:
-        z = (z - c["mean"]) / c["scale"] * c["coef"] + c["intercept"]
+def apply_output(model: dict | None, head_logit, measured) -> np.ndarray:
+    """Fused probability of one output; the sigmoid of the head's logit without a model."""
+    z = np.atleast_1d(np.asarray(head_logit, dtype=float))
+    if model:
+        x = _inputs(z, measured)
+        z = ((x - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(
+            model["coef"]
+        ) + float(model["intercept"])
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def attribute_calibration_oof(prob, target, folds) -> np.ndarray:
-    """Out-of-fold calibrated probabilities: each fold mapped by a fit on the other folds."""
-    z = logit(prob)
-    t = np.asarray(target, dtype=float)
+def apply_fusion(fusion: dict | None, output: str, head_logit, measured) -> np.ndarray:
+    """Fused probability of ``output`` under a manifest fusion entry (None: raw head)."""
+    return apply_output((fusion or {}).get("outputs", {}).get(output), head_logit, measured)
+
+
+def check_fusion(fusion: dict | None) -> None:
+    """Raise ValueError for a fusion entry this code cannot apply (e.g. an older format)."""
+    if fusion is None:
+        return
+    if fusion.get("features") != list(FEATURES) or not isinstance(fusion.get("outputs"), dict):
+        raise ValueError(
+            f"fusion features {fusion.get('features')} are not {list(FEATURES)}: the manifest was "
+            "written by another version; re-export the ensemble"
+        )
+    unknown = set(fusion["outputs"]) - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"fusion has unknown outputs {sorted(unknown)}")
+
+
+def fusion_oof(head_logit, measured, target, folds) -> np.ndarray:
+    """One output's fusion cross-fitted over the folds: each fold scored by a fit on the others.
+
+    The honest estimate of the shipped fusion, which is fitted on all out-of-fold rows.
+    """
+    z = np.asarray(head_logit, dtype=float)
+    m = np.asarray(measured, dtype=float)
     folds = np.asarray(folds)
     out = np.full(len(z), np.nan)
     for k in np.unique(folds):
         test = folds == k
-        cal = fit_attribute_calibration({"a": z[~test]}, {"a": t[~test]})
-        out[test] = apply_attribute_calibration(cal, "a", z[test])
+        model = fit_output(z[~test], m[~test], np.asarray(target, dtype=float)[~test])
+        if model is None:  # too few training rows: no estimate rather than a raw head
+            continue
+        out[test] = apply_output(model, z[test], m[test])
     return out
+
+
+# Out-of-fold table columns (training writes them, export and evaluation read them).
+MEASURED_COLUMNS = ("seg_volume_mm3", "seg_mean_hu", "seg_calcified_fraction")
+
+
+def oof_fusion_inputs(table: dict) -> tuple[dict, np.ndarray, dict] | None:
+    """(head logits, measured features, targets) of an out-of-fold table of column arrays.
+
+    None when the table lacks the measured columns (written by an older version).
+    """
+    if not set(MEASURED_COLUMNS) <= table.keys():
+        return None
+    col = {k: np.asarray(v, dtype=float) for k, v in table.items() if k in _NUMERIC}
+    measured = measured_features(*(col[c] for c in MEASURED_COLUMNS))
+    heads = {a: logit(col[f"{a}_prob"]) for a in ATTRIBUTES if f"{a}_prob" in col}
+    if "malignancy_logit" in col:
+        heads["malignancy"] = col["malignancy_logit"]
+    targets = {a: col[f"{a}_target"] for a in ATTRIBUTES if f"{a}_target" in col}
+    if "label" in col:
+        targets[MALIGNANCY_PROBABILITY] = col["label"]
+    return heads, measured, targets
+
+
+_NUMERIC = {
+    *MEASURED_COLUMNS,
+    "malignancy_logit",
+    "label",
+    *(f"{a}_{s}" for a in ATTRIBUTES for s in ("prob", "target")),
+}
+
+
+def logit(p) -> np.ndarray:
+    """Inverse sigmoid, clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))

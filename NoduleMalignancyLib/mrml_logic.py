@@ -108,6 +108,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
     ("diameter_mm", "double", "Diameter (longest axial)", "mm", 1),
     ("short_axis_mm", "double", "Short axis", "mm", 1),
     ("mean_diameter_mm", "double", "Mean diameter", "mm", 1),
+    ("mean_hu", "double", "Mean attenuation", "HU", 0),
+    ("calcified_fraction", "double", "Calcified fraction (>= 200 HU)", "", 3),
     ("model_version", "string", "Model version", "", 0),
 )
 
@@ -635,6 +637,8 @@ class NoduleMalignancyLogic:
             "diameter_mm": result.diameter_mm,
             "short_axis_mm": result.short_axis_mm,
             "mean_diameter_mm": result.mean_diameter_mm,
+            "mean_hu": result.mean_hu,
+            "calcified_fraction": result.calcified_fraction,
             "model_version": result.model_version,
         }
         wording = result.wording

@@ -85,7 +85,9 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
     fig.suptitle(
         (title + "  " if title else "")
         + f"volume {result.volume_mm3:.0f} mm³, diameter {result.diameter_mm:.1f} mm "
-        f"(mean {result.mean_diameter_mm:.1f} mm), calcification p={result.calcification_probability:.2f}"
+        f"(mean {result.mean_diameter_mm:.1f} mm), {result.mean_hu:.0f} HU, "
+        f"calcification p={result.calcification_probability:.2f} "
+        f"({100 * result.calcified_fraction:.0f} % of voxels >= 200 HU)"
         f"\nmodel {result.model_version} - research use only, not a diagnostic device",
         fontsize=10,
     )

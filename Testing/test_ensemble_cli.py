@@ -213,14 +213,36 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
         assert diff < 1e-3
 
 
-def test_manifest_attribute_calibration_is_applied(ct, nodule_point, tmp_path):
-    """A calibration that ignores the logit (coef 0) pins every ordinal score to its intercept."""
-    calibration = {
-        a: {"coef": 0.0, "intercept": 0.0, "mean": 0.0, "scale": 1.0} for a in ORDINAL_ATTRIBUTES
-    }
-    make_tiny_ensemble(tmp_path, attribute_calibration=calibration)
+def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
+    """A fusion that ignores its inputs (coef 0) pins every output to its intercept."""
+    from NoduleMalignancyLib.fusion import FEATURES, MALIGNANCY_PROBABILITY, OUTPUTS
+
+    def constant(p: float) -> dict:
+        n = len(FEATURES)
+        return {"coef": [0.0] * n, "intercept": float(np.log(p / (1 - p))), "mean": [0.0] * n,
+                "scale": [1.0] * n}  # fmt: skip
+
+    outputs = {o: constant(0.5) for o in OUTPUTS}
+    outputs[MALIGNANCY_PROBABILITY] = constant(0.2)
+    outputs["calcification"] = constant(0.9)
+    fusion = {"type": "logistic", "features": list(FEATURES), "outputs": outputs}
+    make_tiny_ensemble(tmp_path, fusion=fusion)
     ens = Ensemble.load(tmp_path, device="cpu")
-    assert ens.manifest.attribute_calibration == calibration
+    assert ens.manifest.fusion == fusion
     array, geometry = ct
     r = analyze_point(array, geometry, nodule_point, ens, map_to_ct=False)
     assert all(abs(v - 3.0) < 1e-9 for v in r.scores.values())
+    assert abs(r.malignancy_probability - 0.2) < 1e-9 and r.malignancy_sd < 1e-9
+    assert abs(r.calcification_probability - 0.9) < 1e-9
+    # The measurements the fusion reads are reported too.
+    assert -1000.0 <= r.mean_hu <= 3000.0 and 0.0 <= r.calcified_fraction <= 1.0
+
+
+def test_manifest_with_an_outdated_fusion_is_refused(tmp_path):
+    make_tiny_ensemble(tmp_path)
+    path = tmp_path / "manifest.json"
+    d = json.loads(path.read_text())
+    d["fusion"] = {"type": "logistic", "features": ["mil_logit", "log_volume_mm3"], "coef": [1, 1]}
+    path.write_text(json.dumps(d))
+    with pytest.raises(WeightsError, match="re-export"):
+        Ensemble.load(tmp_path, device="cpu")

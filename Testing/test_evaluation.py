@@ -231,7 +231,8 @@ def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
     header = ["patient_id", "nodule_id", "fold", "label", "malignancy_mean", "diameter_mean_mm"]
     for a in ATTRIBUTES:
         header += [f"{a}_target", f"{a}_prob"]
-    header += ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "dice"]
+    header += ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "seg_mean_hu"]
+    header += ["seg_calcified_fraction", "dice"]
     header += ["malignancy_fused_prob"]
     out = []
     for r in rows:
@@ -261,6 +262,10 @@ def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
         rec["malignancy_prob"] = 1 / (1 + np.exp(-logit))
         rec["seg_volume_mm3"] = float(r["volume_mean_mm3"]) * np.exp(rng.normal(0, 0.2))
         rec["seg_diameter_mm"] = float(r["diameter_mean_mm"]) * np.exp(rng.normal(0, 0.1))
+        rec["seg_mean_hu"] = -800 + 800 * rec["texture_target"] + rng.normal(0, 60)
+        rec["seg_calcified_fraction"] = float(
+            np.clip(0.4 * rec["calcification_target"] + rng.normal(0, 0.03), 0, 1)
+        )
         rec["dice"] = float(np.clip(rng.normal(0.82, 0.1), 0, 1))
         rec["malignancy_fused_prob"] = 1 / (
             1 + np.exp(-(logit + np.log(rec["seg_volume_mm3"]) - 5))
@@ -297,7 +302,12 @@ def test_evaluate_writes_report(tmp_path):
     assert 0.85 < a["size_reader"]["auroc"] < 0.95
     assert len(res["attributes"]["ordinal"]) == 7
     assert res["attributes"]["mean_model_mae"] < res["attributes"]["mean_constant_mae"]
-    assert res["attributes"]["presence"]["calcification"]["n_pos"] > 20
+    # The shipped attributes fuse each head with the measurements: mean HU carries texture here.
+    ords = res["attributes"]["ordinal"]
+    assert ords["texture"]["fused_mae"] < ords["texture"]["model_mae"]
+    calc = res["attributes"]["presence"]["calcification"]
+    assert calc["n_pos"] > 20 and calc["auroc"] > calc["raw_head_auroc"]
+    assert {"fusion_crossfit", "measured_only", "size_seg"} <= res["score_labels"].keys()
     assert len(res["targets"]) == 5
     text = (out / "EVALUATION.md").read_text()
     assert "figures/roc_all.png" in text and "PASS" in text and "excluded" in text

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from NoduleMalignancyLib.evaluation.metrics import auroc
 from NoduleMalignancyLib.evidence import COMBINED, evidence_maps, integrate, spread_to_voi
-from NoduleMalignancyLib.fusion import apply_fusion, fit_fusion
-from NoduleMalignancyLib.measurements import component_at_center, nodule_size
+from NoduleMalignancyLib.fusion import (
+    FEATURES,
+    MALIGNANCY_PROBABILITY,
+    apply_fusion,
+    check_fusion,
+    fit_fusion,
+    fusion_oof,
+    measured_features,
+)
+from NoduleMalignancyLib.measurements import (
+    CALCIFIED_HU,
+    EMPTY_DENSITY,
+    component_at_center,
+    nodule_density,
+    nodule_size,
+)
 
 SPACING = (1.0, 0.667, 0.667)
 
@@ -63,33 +79,79 @@ def test_evidence_maps_add_up_to_the_fold_mean_logit():
     assert np.isclose(integrate(maps[COMBINED], vox), logits[:, 6].mean(), rtol=1e-5, atol=1e-4)
 
 
-def test_fusion_uses_size_and_logit():
-    rng = np.random.default_rng(2)
-    vol = np.exp(rng.uniform(2, 9, 400))
-    logit = rng.normal(size=400)
-    y = (np.log(vol) + 0.5 * logit + rng.normal(scale=0.5, size=400) > 5.5).astype(float)
-    fusion = fit_fusion(logit, vol, y)
-    p = apply_fusion(fusion, logit, vol)
-    assert fusion["coef"][1] > 0 and np.all((p > 0) & (p < 1))
-    assert np.allclose(apply_fusion(None, [0.0], [10.0]), 0.5)
-
-
-def test_attribute_calibration_removes_a_bias_out_of_fold():
-    from NoduleMalignancyLib.fusion import (
-        apply_attribute_calibration,
-        attribute_calibration_oof,
-        fit_attribute_calibration,
+def test_density_mean_hu_and_calcified_fraction():
+    z, y, x = _grid()
+    nodule = z**2 + y**2 + x**2 <= 5.0**2
+    hu = np.full(nodule.shape, -850.0)
+    hu[nodule] = 30.0
+    core = z**2 + y**2 + x**2 <= 2.0**2
+    hu[core] = 600.0  # a central calcification
+    d = nodule_density(hu, nodule)
+    assert np.isclose(d.calcified_fraction, core.sum() / nodule.sum())
+    assert np.isclose(d.mean_hu, hu[nodule].mean())
+    assert nodule_density(hu, np.zeros_like(nodule)) == EMPTY_DENSITY
+    # The threshold is inclusive: exactly CALCIFIED_HU counts as calcium.
+    assert (
+        nodule_density(
+            np.full((2, 2, 2), CALCIFIED_HU), np.ones((2, 2, 2), bool)
+        ).calcified_fraction
+        == 1.0
     )
 
-    rng = np.random.default_rng(3)
-    t = rng.uniform(0.1, 0.9, 600)
-    z = 2.5 * (np.log(t / (1 - t)) + 0.8) + rng.normal(scale=0.3, size=600)  # biased, too steep
-    raw = 1 / (1 + np.exp(-z))
-    cal = fit_attribute_calibration({"margin": z}, {"margin": t})
-    fitted = apply_attribute_calibration(cal, "margin", z)
-    assert np.abs(fitted - t).mean() < 0.5 * np.abs(raw - t).mean()
-    folds = np.arange(600) % 5
-    oof = attribute_calibration_oof(raw, t, folds)
-    assert np.abs(oof - t).mean() < 0.5 * np.abs(raw - t).mean()
-    # Without an entry the head's own probability is used.
-    assert np.allclose(apply_attribute_calibration(None, "margin", [0.0]), 0.5)
+
+def _synthetic_oof(n=600, seed=2):
+    """Heads that know little, measurements that decide the targets (as on LIDC)."""
+    rng = np.random.default_rng(seed)
+    vol = np.exp(rng.uniform(2, 9, n))
+    hu = rng.uniform(-800, 100, n)
+    calc = np.where(rng.random(n) < 0.15, rng.uniform(0.2, 0.9, n), 0.0)
+    measured = measured_features(vol, hu, calc)
+    z = np.log(vol) - 5.5 - 8.0 * calc + rng.normal(scale=0.7, size=n)
+    label = (z > 0).astype(float)
+    head = 0.3 * z + rng.normal(scale=1.0, size=n)
+    texture = 1 / (1 + np.exp(-(hu + 350) / 120))  # soft target from attenuation
+    return (
+        measured,
+        {"malignancy": head, "texture": head * 0.0},
+        {
+            MALIGNANCY_PROBABILITY: label,
+            "texture": texture,
+        },
+    )
+
+
+def test_fusion_learns_from_the_measurements():
+    measured, heads, targets = _synthetic_oof()
+    fusion = fit_fusion(heads, measured, targets)
+    check_fusion(fusion)
+    assert set(fusion["outputs"]) == {MALIGNANCY_PROBABILITY, "texture"}
+    p = apply_fusion(fusion, MALIGNANCY_PROBABILITY, heads["malignancy"], measured)
+    y = targets[MALIGNANCY_PROBABILITY]
+    assert auroc(y, p) > auroc(y, heads["malignancy"]) + 0.1
+    # Calcium pushes towards benign, size towards malignant (standardised coefficients).
+    coef = dict(zip(FEATURES, fusion["outputs"][MALIGNANCY_PROBABILITY]["coef"], strict=True))
+    assert coef["log_volume_mm3"] > 0 > coef["calcified_fraction"]
+    t = apply_fusion(fusion, "texture", heads["texture"], measured)
+    assert np.abs(t - targets["texture"]).mean() < 0.05
+    # Without a model for an output the head's own probability is used.
+    assert np.allclose(apply_fusion(fusion, "margin", [0.0], measured[:1]), 0.5)
+    assert np.allclose(apply_fusion(None, "margin", [0.0], measured[:1]), 0.5)
+
+
+def test_fusion_out_of_fold_is_not_fitted_on_its_own_rows():
+    measured, heads, targets = _synthetic_oof(n=300)
+    y = targets[MALIGNANCY_PROBABILITY]
+    folds = np.arange(len(y)) % 5
+    oof = fusion_oof(heads["malignancy"], measured, y, folds)
+    assert np.isfinite(oof).all() and auroc(y, oof) > 0.85
+    # Changing one fold's labels leaves that fold's own out-of-fold predictions unchanged.
+    y2 = y.copy()
+    y2[folds == 0] = 1 - y2[folds == 0]
+    oof2 = fusion_oof(heads["malignancy"], measured, y2, folds)
+    assert np.allclose(oof[folds == 0], oof2[folds == 0])
+    assert not np.allclose(oof[folds == 1], oof2[folds == 1])
+
+
+def test_outdated_fusion_entry_is_refused():
+    with pytest.raises(ValueError, match="re-export"):
+        check_fusion({"type": "logistic", "features": ["mil_logit", "log_volume_mm3"]})

@@ -309,6 +309,22 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
     with open(fold_dir / OOF, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == OOF_COLUMNS
+
+    # An oof.csv of an older version (without the measured columns) is rewritten from best.pt,
+    # identically; the fold's provenance (config.json) stays that of the run that trained it.
+    provenance = (fold_dir / "config.json").read_text()
+    old = [c for c in OOF_COLUMNS if c not in ("seg_mean_hu", "seg_calcified_fraction")]
+    with open(fold_dir / OOF, "w", newline="") as f:
+        w = csv.DictWriter(f, old, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    train_fold(0, tiny_config(epochs=2), slice_data, run, folds=slice_folds)
+    assert "out-of-fold table rewritten" in capsys.readouterr().out
+    with open(fold_dir / OOF, newline="") as f:
+        assert list(csv.DictReader(f)) == rows
+    assert (fold_dir / "config.json").read_text() == provenance
+    for r in rows:
+        assert -1000.0 <= float(r["seg_mean_hu"]) and 0.0 <= float(r["seg_calcified_fraction"]) <= 1
     held_out = {p for p, k in slice_folds.items() if k == 0}
     assert {r["patient_id"] for r in rows} == held_out
     assert len(rows) == sum(p in held_out for p in slice_data.patient_ids)
@@ -330,6 +346,7 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
     manifest = json.loads((models / "manifest.json").read_text())
     assert manifest["version"].startswith("lidc-mil-")
     assert manifest["training"]["data_hash"] == slice_data.data_hash
+    assert set(manifest["fusion"]["features"]) >= {"head_logit", "calcified_fraction"}
     assert (run / OOF).is_file()
     # The exported fp16 weights are the best EMA weights.
     best = torch.load(run / "fold0" / BEST, weights_only=True)

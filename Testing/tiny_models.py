@@ -24,7 +24,6 @@ def make_tiny_ensemble(
     k: int = 2,
     seed: int = 0,
     fusion: dict | None = None,
-    attribute_calibration: dict | None = None,
 ):
     """Write a K-fold random ensemble with a real manifest and sha256 to ``directory``."""
     torch.manual_seed(seed)
@@ -36,5 +35,4 @@ def make_tiny_ensemble(
         VoiConfig(),
         TINY_NETWORK,
         fusion=fusion,
-        attribute_calibration=attribute_calibration,
     )

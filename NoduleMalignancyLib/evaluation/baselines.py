@@ -4,7 +4,7 @@
   regression on log(mean reader diameter) is the baseline any image model must clear;
 * constant predictor: the training folds' mean of each attribute, the floor for attribute MAE;
 * human agreement: how far one reader is from the mean of the other readers of the same nodule;
-* Platt scaling and fusion, cross-fitted so that no nodule's prediction is calibrated on itself.
+* Platt scaling, cross-fitted so that no nodule's prediction is calibrated on itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ORDINAL_ATTRIBUTES
-from ..fusion import apply_fusion, fit_fusion, fit_logistic, logit
+from ..fusion import fit_logistic, logit
 
 # reader_labels.csv spells internal structure in camel case.
 READER_COLUMN = {"internal_structure": "internalStructure"}
@@ -69,22 +69,6 @@ def size_baseline_oof(diameter_mm, label, folds) -> np.ndarray:
 def platt_oof(prob, label, folds) -> np.ndarray:
     """Platt scaling (logistic on the logit) of a probability, cross-fitted over the folds."""
     return cross_fit(logit(prob), label, folds, _logistic_fit, _logistic_predict)
-
-
-def fusion_oof(mil_logit, volume_mm3, label, folds) -> np.ndarray:
-    """The late-fusion head (MIL logit + log segmented volume) refitted out of fold.
-
-    Guards against a fused column whose fusion was fitted on the very predictions it is scored on.
-    """
-    x = np.column_stack([np.asarray(mil_logit, float), np.asarray(volume_mm3, float)])
-
-    def fit(xt, yt):
-        return fit_fusion(xt[:, 0], xt[:, 1], yt)
-
-    def predict(model, xs):
-        return apply_fusion(model, xs[:, 0], xs[:, 1])
-
-    return cross_fit(x, label, folds, fit, predict)
 
 
 def constant_predictor_mae(target, folds) -> float:

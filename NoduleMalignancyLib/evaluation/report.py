@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
-from ..fusion import attribute_calibration_oof
+from ..fusion import fusion_oof, oof_fusion_inputs
 from . import baselines, metrics
 
 SMALL_MM = 10.0
@@ -119,18 +119,25 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
         "label": "model, MIL only (`malignancy_prob`)",
         "prob": oof["malignancy_prob"],
     }
-    if {"malignancy_logit", "seg_volume_mm3"} <= oof.keys() and np.isfinite(
-        oof["seg_volume_mm3"]
-    ).any():
+    fused = oof_fusion_inputs(oof)
+    if fused is not None:
+        heads, measured, targets = fused
         scores["fusion_crossfit"] = {
-            "label": "fusion refitted here out of fold (MIL logit + log seg volume)",
-            "prob": baselines.fusion_oof(oof["malignancy_logit"], oof["seg_volume_mm3"], y, folds),
+            "label": "fusion refitted here out of fold (malignancy head + log seg volume + "
+            "mean HU + calcified fraction)",
+            "prob": fusion_oof(heads["malignancy"], measured, y, folds),
         }
-        vol = np.log(np.maximum(oof["seg_volume_mm3"], 1.0))
+        scores["measured_only"] = {
+            "label": "measurements only, no network head (log seg volume, mean HU, calcified "
+            "fraction; out of fold)",
+            "prob": baselines.cross_fit(
+                measured, y, folds, baselines._logistic_fit, baselines._logistic_predict
+            ),
+        }
         scores["size_seg"] = {
             "label": "size only, model's own segmentation (log volume, out of fold)",
             "prob": baselines.cross_fit(
-                vol, y, folds, baselines._logistic_fit, baselines._logistic_predict
+                measured[:, 0], y, folds, baselines._logistic_fit, baselines._logistic_predict
             ),
         }
     scores["size_reader"] = {
@@ -138,10 +145,21 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
         "prob": baselines.size_baseline_oof(oof["diameter_mean_mm"], y, folds),
     }
     if "model_fused" not in scores and "fusion_crossfit" in scores:
-        # What ships is the MIL logit fused with the segmented size (manifest "fusion"); its
-        # honest estimate is the fusion refitted without each nodule's own fold.
+        # What ships is the malignancy head fused with the measurements (manifest "fusion");
+        # its honest estimate is the fusion refitted without each nodule's own fold.
         scores = {"fusion_crossfit": scores["fusion_crossfit"]} | scores
     return scores
+
+
+def _fused_attribute_oof(oof: dict, attr: str, folds: np.ndarray) -> np.ndarray | None:
+    """What ships for an attribute: its head fused with the measurements, refitted out of fold."""
+    fused = oof_fusion_inputs(oof)
+    if fused is None:
+        return None
+    heads, measured, targets = fused
+    if attr not in heads or attr not in targets:
+        return None
+    return fusion_oof(heads[attr], measured, targets[attr], folds)
 
 
 def evaluate(
@@ -276,10 +294,11 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
         t, p = oof.get(f"{attr}_target"), oof.get(f"{attr}_prob")
         if t is None or p is None:
             continue
+        shipped = _fused_attribute_oof(oof, attr, folds)
         out["ordinal"][attr] = {
             "model_mae": metrics.mae_1to5(p, t),
-            # What ships: the head after per-attribute Platt scaling, refitted here out of fold.
-            "calibrated_mae": metrics.mae_1to5(attribute_calibration_oof(p, t, folds), t),
+            # What ships: the head fused with the measurements, refitted here out of fold.
+            "fused_mae": metrics.mae_1to5(shipped, t) if shipped is not None else math.nan,
             "constant_mae": baselines.constant_predictor_mae(t, folds),
             "human_mae": human.get(attr, {}).get("mae", float("nan")),
             "human_n_nodules": human.get(attr, {}).get("n_nodules", 0),
@@ -290,11 +309,15 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
         if t is None or p is None:
             continue
         pos = np.where(np.isfinite(t), (t > 0.5).astype(float), np.nan)
-        out["presence"][attr] = metrics.auroc_ci(pos, p, groups, **boot)
+        shipped = _fused_attribute_oof(oof, attr, folds)
+        out["presence"][attr] = metrics.auroc_ci(
+            pos, shipped if shipped is not None else p, groups, **boot
+        )
+        out["presence"][attr]["raw_head_auroc"] = metrics.auroc(pos, p)
     ords = out["ordinal"]
     if ords:
         out["mean_model_mae"] = float(np.mean([v["model_mae"] for v in ords.values()]))
-        out["mean_calibrated_mae"] = float(np.mean([v["calibrated_mae"] for v in ords.values()]))
+        out["mean_fused_mae"] = float(np.mean([v["fused_mae"] for v in ords.values()]))
         out["mean_constant_mae"] = float(np.mean([v["constant_mae"] for v in ords.values()]))
         hm = [v["human_mae"] for v in ords.values()]
         out["mean_human_mae"] = float(np.mean(hm)) if all(np.isfinite(hm)) else float("nan")
@@ -317,7 +340,7 @@ def _targets(res, primary) -> list[dict]:
     a, s = res["malignancy_auroc"]["all"], res["malignancy_auroc"]["small"]
     d_all = a["vs_size_reader"][primary]
     d_small = s["vs_size_reader"][primary]
-    attrs = res["attributes"].get("mean_calibrated_mae", float("nan"))
+    attrs = res["attributes"].get("mean_fused_mae", float("nan"))
     dice = (res["dice"] or {}).get("mean", float("nan"))
     ece = res["calibration"][primary]["ece_platt_oof"]
 
@@ -520,24 +543,29 @@ def _markdown(res: dict) -> str:
         "",
         "MAE on the 1-5 scale against the mean reader rating:",
         "",
-        "| attribute | model, calibrated out of fold (ships) | model, raw head | constant "
+        "| attribute | model, head fused with measurements out of fold (ships) | model, raw head "
+        "| constant "
         "(training-fold mean) | one reader vs other readers | n |",
         "|---|---|---|---|---|---|",
     ]
     for attr, v in at["ordinal"].items():
         L.append(
-            f"| {attr} | {_f(v['calibrated_mae'])} | {_f(v['model_mae'])} | "
+            f"| {attr} | {_f(v['fused_mae'])} | {_f(v['model_mae'])} | "
             f"{_f(v['constant_mae'])} | {_f(v['human_mae'])} | {v['n']} |"
         )
     if at["ordinal"]:
         L.append(
-            f"| **mean** | **{_f(at['mean_calibrated_mae'])}** | {_f(at['mean_model_mae'])} | "
+            f"| **mean** | **{_f(at['mean_fused_mae'])}** | {_f(at['mean_model_mae'])} | "
             f"{_f(at['mean_constant_mae'])} | {_f(at['mean_human_mae'])} | |"
         )
     if at["presence"]:
-        L += ["", "| presence attribute | AUROC [95 % CI] | positives / n |", "|---|---|---|"]
+        L += [
+            "",
+            "| presence attribute | fused AUROC [95 % CI] (ships) | raw head AUROC | positives / n |",
+            "|---|---|---|---|",
+        ]
         for attr, v in at["presence"].items():
-            L.append(f"| {attr} | {_ci(v)} | {v['n_pos']} / {v['n']} |")
+            L.append(f"| {attr} | {_ci(v)} | {_f(v['raw_head_auroc'])} | {v['n_pos']} / {v['n']} |")
     d = res["dice"]
     L += ["", "## Segmentation (Dice against the consensus mask)", ""]
     if d and d["n"]:

@@ -29,9 +29,9 @@ import torch
 from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
 from ..evaluation.metrics import auroc
 from ..losses import LossWeights, multitask_loss
-from ..measurements import component_at_center, nodule_size
+from ..measurements import component_at_center, nodule_density, nodule_size
 from ..network import build_network
-from .augment import AugmentConfig, make_batch
+from .augment import AugmentConfig, center_crop, make_batch
 from .dataset import DEFAULT_CANVAS_ZYX, REPO_ROOT, TrainingData, load_training_data
 from .folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
 
@@ -283,10 +283,12 @@ class Batcher:
 def predict(
     model: torch.nn.Module, batcher: Batcher, indices, batch_size: int = 32, sizes: bool = False
 ) -> dict:
-    """Centre-crop predictions: bag logits (N, 9), per-nodule Dice and (optionally) seg size."""
+    """Centre-crop predictions: bag logits (N, 9), per-nodule Dice and (optionally) what is
+    measured on the predicted segmentation (size, mean HU, calcified fraction), as at inference."""
     model.eval()
     dev = batcher.device
     logits, dices, volumes, diameters, losses = [], [], [], [], []
+    mean_hu, calcified = [], []
     spacing = batcher.voi.spacing_zyx
     indices = list(indices)
     for s in range(0, len(indices), batch_size):
@@ -301,21 +303,30 @@ def predict(
         prob = torch.sigmoid(out["seg_logits"].float()).cpu()[:, 0].numpy()
         valid = b["valid_input"][:, 0].numpy() > 0.5
         ref = b["seg"][:, 0].cpu().numpy() >= 0.5
+        if sizes:
+            rows = torch.as_tensor(indices[s : s + batch_size], dtype=torch.long)
+            hu = center_crop(batcher.hu[rows], batcher.voi.shape_zyx).float().numpy()
         for i in range(len(prob)):
             pred = (prob[i] >= 0.5) & valid[i]
             gt = ref[i] & valid[i]
             denom = pred.sum() + gt.sum()
             dices.append(1.0 if denom == 0 else 2.0 * (pred & gt).sum() / denom)
             if sizes:
-                size = nodule_size(component_at_center(pred), spacing)
+                nodule = component_at_center(pred)
+                size = nodule_size(nodule, spacing)
+                density = nodule_density(hu[i], nodule)
                 volumes.append(size.volume_mm3)
                 diameters.append(size.diameter_mm)
+                mean_hu.append(density.mean_hu)
+                calcified.append(density.calcified_fraction)
     has_mask = batcher.has_mask[torch.as_tensor(indices, dtype=torch.long)].numpy() > 0
     return {
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(ATTRIBUTES))),
         "dice": np.where(has_mask, np.asarray(dices, dtype=float), np.nan),
         "volume_mm3": np.asarray(volumes, dtype=float),
         "diameter_mm": np.asarray(diameters, dtype=float),
+        "mean_hu": np.asarray(mean_hu, dtype=float),
+        "calcified_fraction": np.asarray(calcified, dtype=float),
         "loss": sum(losses) / max(1, len(indices)),
     }
 
@@ -429,7 +440,10 @@ def train_fold(
     phase_data = phase_data or {}
     torch.set_num_threads(int(cfg.threads))
     device = _device(cfg.device)
-    _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold))
+    ckpt_path = fold_dir / CHECKPOINT
+    if not (resume and ckpt_path.is_file() and (fold_dir / CONFIG).is_file()):
+        # Provenance of the run that trains the fold; a resumed or finished fold keeps its own.
+        _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold))
 
     val_idx = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold], int)
     val_batcher = Batcher(data, cfg.voi, device, cfg.channels_last)
@@ -446,7 +460,6 @@ def train_fold(
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
     best_state = None
     optimizer, opt_phase, elapsed = None, -1, 0.0
-    ckpt_path = fold_dir / CHECKPOINT
 
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -471,6 +484,7 @@ def train_fold(
         if state["epoch"] >= len(schedule) and (fold_dir / OOF).is_file():
             if (fold_dir / BEST).is_file() and (fold_dir / SUMMARY).is_file():
                 echo(f"fold {fold}: already finished")
+                refresh_oof(fold_dir, cfg, val_batcher, data, val_idx, fold, echo)
                 return json.loads((fold_dir / SUMMARY).read_text())
 
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -611,7 +625,8 @@ OOF_COLUMNS = (
     ["patient_id", "nodule_id", "fold", "label", "malignancy_mean", "diameter_mean_mm"]
     + [f"{a}_target" for a in ATTRIBUTES]
     + [f"{a}_prob" for a in ATTRIBUTES]
-    + ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "dice"]
+    + ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "seg_mean_hu"]
+    + ["seg_calcified_fraction", "dice"]
 )
 
 
@@ -646,10 +661,36 @@ def write_oof(
             row["malignancy_logit"] = float(pred["logits"][j, MALIGNANCY])
             row["seg_volume_mm3"] = float(pred["volume_mm3"][j])
             row["seg_diameter_mm"] = float(pred["diameter_mm"][j])
+            row["seg_mean_hu"] = float(pred["mean_hu"][j])
+            row["seg_calcified_fraction"] = float(pred["calcified_fraction"][j])
             row["dice"] = float(pred["dice"][j])
             rows.append(row)
     _write_csv(path, rows, OOF_COLUMNS)
     return rows
+
+
+def refresh_oof(
+    fold_dir: Path,
+    cfg: TrainConfig,
+    batcher: Batcher,
+    data: TrainingData,
+    indices,
+    fold: int,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Rewrite a finished fold's oof.csv from its best.pt when its columns are outdated.
+
+    Folds trained by an older version lack newer measured columns (the fusion needs them);
+    predicting them again from the saved weights costs seconds, retraining hours.
+    """
+    with open(fold_dir / OOF, newline="") as f:
+        header = next(csv.reader(f), [])
+    if list(header) == OOF_COLUMNS:
+        return
+    model = _new_model(cfg, batcher.device)
+    model.load_state_dict(torch.load(fold_dir / BEST, map_location="cpu", weights_only=True))
+    write_oof(model, batcher, data, indices, fold, fold_dir / OOF, cfg)
+    echo(f"fold {fold}: out-of-fold table rewritten with the current columns from {BEST}")
 
 
 def _num(v) -> float:
@@ -778,9 +819,14 @@ def run_training(
         folds_sha256=folds_sha256(folds_file),
         folds=list(folds_to_train if folds_to_train is not None else range(config.k)),
     )
+    if resume and (run_dir / CONFIG).is_file():
+        # Keep the provenance of the run that trained the existing folds (commit, date); only
+        # the list of folds grows. Each fold's own config.json records who trained it.
+        earlier = json.loads((run_dir / CONFIG).read_text())
+        info = earlier | {"folds": sorted(set(earlier.get("folds", [])) | set(info["folds"]))}
     _write_json(run_dir / CONFIG, info)
     summaries = []
-    for k in info["folds"]:
+    for k in folds_to_train if folds_to_train is not None else range(config.k):
         summaries.append(train_fold(k, config, td, run_dir, resume, folds, phase_data, echo=echo))
     result = {"folds": summaries, "oof_rows": len(pool_oof(run_dir))}
     if export_to is not None:
@@ -816,12 +862,18 @@ def export_ensemble(
 ) -> dict:
     """Write the finished folds of a run as an ensemble (fp16 weights + manifest) with fusion.
 
-    The malignancy fusion (MIL logit + log segmented volume) is fitted on the pooled OOF rows
-    with a 0/1 label. The pooled OOF table is also written to ``<run_dir>/oof.csv``.
+    The fusion (fusion.py: each head with the measured size and density) is fitted on the pooled
+    OOF rows, which are also written to ``<run_dir>/oof.csv``.
     """
     from ..ensemble import save_ensemble
-    from ..fusion import apply_fusion, fit_attribute_calibration, fit_fusion
-    from ..fusion import logit as to_logit
+    from ..fusion import (
+        MALIGNANCY_PROBABILITY,
+        MEASURED_COLUMNS,
+        apply_fusion,
+        fit_fusion,
+        fusion_oof,
+        oof_fusion_inputs,
+    )
 
     run_dir = Path(run_dir)
     info = json.loads((run_dir / CONFIG).read_text())
@@ -845,29 +897,22 @@ def export_ensemble(
             }
         )
     rows = pool_oof(run_dir)
-    label = np.array([_num(r["label"]) for r in rows])
-    logit = np.array([_num(r["malignancy_logit"]) for r in rows])
-    vol = np.array([_num(r["seg_volume_mm3"]) for r in rows])
-    keep = np.isfinite(label) & np.isfinite(logit) & np.isfinite(vol)
-    fusion = None
     metrics = oof_metrics(rows)
-    if keep.sum() >= 4 and len(np.unique(label[keep])) == 2:
-        fusion = fit_fusion(logit[keep], vol[keep], label[keep])
-        metrics["oof_auroc_fused_in_sample"] = auroc(
-            label[keep], apply_fusion(fusion, logit[keep], vol[keep])
-        )
-        # Honest variant: each fold's rows scored by a fusion fitted on the other folds only.
-        fold_col = np.array([int(r["fold"]) for r in rows])
-        fused = np.full(len(rows), np.nan)
-        for k in np.unique(fold_col[keep]):
-            train = keep & (fold_col != k)
-            if train.sum() >= 4 and len(np.unique(label[train])) == 2:
-                f_k = fit_fusion(logit[train], vol[train], label[train])
-                test = keep & (fold_col == k)
-                fused[test] = apply_fusion(f_k, logit[test], vol[test])
-        metrics["oof_auroc_fused_cross_fold"] = auroc(label, fused)
-    else:
-        echo("export: too few labelled OOF nodules for the fusion; exporting without it")
+    present = [c for c in OOF_COLUMNS if rows and c in rows[0]]
+    table = {c: np.array([_num(r[c]) for r in rows]) for c in present}
+    inputs = oof_fusion_inputs(table)
+    if inputs is None:
+        raise ValueError(f"{run_dir}/oof.csv lacks {MEASURED_COLUMNS}: rerun train to refresh it")
+    heads, measured, targets = inputs
+    fusion = fit_fusion(heads, measured, targets)
+    # Honest variant: each fold's rows scored by a fusion fitted on the other folds only.
+    fold_col = np.array([int(r["fold"]) for r in rows])
+    label = targets[MALIGNANCY_PROBABILITY]
+    mal = heads["malignancy"]
+    metrics["oof_auroc_fused_in_sample"] = auroc(
+        label, apply_fusion(fusion, MALIGNANCY_PROBABILITY, mal, measured)
+    )
+    metrics["oof_auroc_fused_cross_fold"] = auroc(label, fusion_oof(mal, measured, label, fold_col))
     folds_file = info.get("folds_file")
     commit = info.get("git_commit")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
@@ -880,6 +925,7 @@ def export_ensemble(
             "folds_sha256": info.get("folds_sha256"),
             "data_hash": info.get("data_hash"),
             "git_commit": commit,
+            "exported_with_commit": git_commit(),
             "torch": info.get("torch"),
             "seed": cfg.seed,
             "phases": [asdict(p) for p in cfg.phases],
@@ -888,11 +934,6 @@ def export_ensemble(
             "oof": metrics,
         }
     }
-    # Per-attribute Platt scaling of the ordinal heads on the pooled OOF predictions.
-    attribute_calibration = fit_attribute_calibration(
-        {a: to_logit([_num(r[f"{a}_prob"]) for r in rows]) for a in ORDINAL_ATTRIBUTES},
-        {a: np.array([_num(r[f"{a}_target"]) for r in rows]) for a in ORDINAL_ATTRIBUTES},
-    )
     manifest = save_ensemble(
         models,
         Path(models_dir),
@@ -901,7 +942,6 @@ def export_ensemble(
         cfg.network,
         fusion=fusion,
         extra=_finite_json(extra),
-        attribute_calibration=attribute_calibration,
         fold_ids=[f["fold"] for f in per_fold],
     )
     echo(
