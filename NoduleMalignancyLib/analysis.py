@@ -17,10 +17,23 @@ from .ensemble import Ensemble
 from .evidence import evidence_maps
 from .fusion import MALIGNANCY_PROBABILITY, apply_fusion, measured_features
 from .geometry import ImageGeometry
-from .measurements import component_at_center, nodule_density, nodule_size
+from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
+# NoduleResult fields filled from measurements.measure_nodule (same names).
+MEASURED_FIELDS = (
+    "volume_mm3",
+    "diameter_mm",
+    "short_axis_mm",
+    "mean_diameter_mm",
+    "mean_hu",
+    "calcified_fraction",
+    "elongation",
+    "compactness",
+    "boundary_gradient_hu_per_mm",
+    "boundary_contrast_hu",
+)
 SEGMENTATION_THRESHOLD = 0.5
 
 
@@ -41,6 +54,10 @@ class NoduleResult:
     mean_diameter_mm: float
     mean_hu: float  # inside the segmentation
     calcified_fraction: float  # of the segmented voxels >= 200 HU
+    elongation: float  # short axis / longest axial diameter
+    compactness: float  # 36 pi V^2 / A^3 of the voxel surface
+    boundary_gradient_hu_per_mm: float  # margin sharpness
+    boundary_contrast_hu: float  # inside vs a 2-voxel shell outside
     model_version: str
     voi_geometry: ImageGeometry
     segmentation_probability_voi: np.ndarray
@@ -68,12 +85,7 @@ class NoduleResult:
             "wording": self.wording,
             "calcification_probability": self.calcification_probability,
             "internal_structure_probability": self.internal_structure_probability,
-            "volume_mm3": self.volume_mm3,
-            "diameter_mm": self.diameter_mm,
-            "short_axis_mm": self.short_axis_mm,
-            "mean_diameter_mm": self.mean_diameter_mm,
-            "mean_hu": self.mean_hu,
-            "calcified_fraction": self.calcified_fraction,
+            **{f: getattr(self, f) for f in MEASURED_FIELDS},
             "model_version": self.model_version,
             "timings_s": self.timings_s,
         }
@@ -126,18 +138,19 @@ def analyze_point(
     voxel_mm3 = float(np.prod(spacing_zyx))
     prob = out.seg_probability[:, 0].mean(0)
     mask = component_at_center(prob >= SEGMENTATION_THRESHOLD)
-    size = nodule_size(mask, spacing_zyx)
-    density = nodule_density(sample.hu, mask & (sample.valid > 0.5))
+    gradient = hu_gradient_magnitude(sample.hu, spacing_zyx)
+
+    def measure(m: np.ndarray) -> dict[str, float]:
+        return measure_nodule(sample.hu, m, spacing_zyx, sample.valid, gradient)
+
+    measured_all = measure(mask)
     # Each fold's heads are fused with what is measured on that fold's own segmentation, as in
     # the out-of-fold rows the fusion was fitted on; the fold probabilities are then averaged.
-    fold_masks = [
-        component_at_center(p >= SEGMENTATION_THRESHOLD) for p in out.seg_probability[:, 0]
-    ]
-    fold_density = [nodule_density(sample.hu, m & (sample.valid > 0.5)) for m in fold_masks]
     measured = measured_features(
-        [float(m.sum()) * voxel_mm3 for m in fold_masks],
-        [d.mean_hu for d in fold_density],
-        [d.calcified_fraction for d in fold_density],
+        [
+            measure(component_at_center(p >= SEGMENTATION_THRESHOLD))
+            for p in out.seg_probability[:, 0]
+        ]
     )
     logits = out.bag_logits[:, 0]  # (K, A)
     fusion = ensemble.manifest.fusion
@@ -159,12 +172,7 @@ def analyze_point(
         internal_structure_probability=float(
             fused("internal_structure", "internal_structure").mean()
         ),
-        volume_mm3=size.volume_mm3,
-        diameter_mm=size.diameter_mm,
-        short_axis_mm=size.short_axis_mm,
-        mean_diameter_mm=size.mean_diameter_mm,
-        mean_hu=density.mean_hu,
-        calcified_fraction=density.calcified_fraction,
+        **{f: measured_all[f] for f in MEASURED_FIELDS},
         model_version=ensemble.version,
         voi_geometry=vgeom,
         segmentation_probability_voi=prob.astype(np.float32),

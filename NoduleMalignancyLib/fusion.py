@@ -3,9 +3,12 @@
 On LIDC the readers' ratings follow facts that are easy to measure and hard for a small network
 to learn from 800 nodules: size (malignancy, subtlety), calcium (calcification, and through it a
 benign malignancy rating) and attenuation (texture: ground glass vs solid). So every output gets
-a small logistic model on (its head's logit, log segmented volume, mean HU, calcified fraction),
+a small logistic model on its head's logit and these measurements (FEATURES),
 fitted on out-of-fold predictions and stored in the manifest as plain numbers. Nothing here
 needs reader input at inference: the measurements come from the ensemble's segmentation.
+
+Shape and margin measurements (elongation, compactness, boundary sharpness and contrast) join
+them for what readers judge by eye (sphericity, margin, lobulation, spiculation).
 
 Outputs: the 9 attribute heads (fitted to the readers' soft targets, giving the 1-5 scores and
 the presence probabilities) and ``malignancy_probability`` (fitted to the 0/1 label: mean reader
@@ -18,7 +21,17 @@ import numpy as np
 
 from .config import ATTRIBUTES
 
-MEASURED_FEATURES = ("log_volume_mm3", "mean_hu", "calcified_fraction")
+# The measurements the fusion reads (measurements.measure_nodule names) and its features.
+MEASUREMENTS = (
+    "volume_mm3",
+    "mean_hu",
+    "calcified_fraction",
+    "elongation",
+    "compactness",
+    "boundary_gradient_hu_per_mm",
+    "boundary_contrast_hu",
+)
+MEASURED_FEATURES = ("log_volume_mm3", *MEASUREMENTS[1:4], "log_compactness", *MEASUREMENTS[5:])
 FEATURES = ("head_logit", *MEASURED_FEATURES)
 MALIGNANCY_PROBABILITY = "malignancy_probability"
 OUTPUTS = (*ATTRIBUTES, MALIGNANCY_PROBABILITY)
@@ -29,12 +42,17 @@ def head_of(output: str) -> str:
     return "malignancy" if output == MALIGNANCY_PROBABILITY else output
 
 
-def measured_features(volume_mm3, mean_hu, calcified_fraction) -> np.ndarray:
-    """(N, 3) measured features: log volume (1 mm^3 floor), mean HU, calcified fraction."""
-    vol = np.atleast_1d(np.asarray(volume_mm3, dtype=float))
-    hu = np.atleast_1d(np.asarray(mean_hu, dtype=float))
-    calc = np.atleast_1d(np.asarray(calcified_fraction, dtype=float))
-    return np.stack([np.log(np.maximum(vol, 1.0)), hu, calc], axis=-1)
+def measured_features(values) -> np.ndarray:
+    """(N, 7) features from measurements (a dict of arrays, or a list of such dicts).
+
+    Volume and compactness span orders of magnitude and enter as logs (with small floors).
+    """
+    if not isinstance(values, dict):
+        values = {m: [v[m] for v in values] for m in MEASUREMENTS}
+    col = {m: np.atleast_1d(np.asarray(values[m], dtype=float)) for m in MEASUREMENTS}
+    col["volume_mm3"] = np.log(np.maximum(col["volume_mm3"], 1.0))
+    col["compactness"] = np.log(np.maximum(col["compactness"], 1e-3))
+    return np.stack([col[m] for m in MEASUREMENTS], axis=-1)
 
 
 def _inputs(head_logit, measured) -> np.ndarray:
@@ -144,7 +162,7 @@ def fusion_oof(head_logit, measured, target, folds) -> np.ndarray:
 
 
 # Out-of-fold table columns (training writes them, export and evaluation read them).
-MEASURED_COLUMNS = ("seg_volume_mm3", "seg_mean_hu", "seg_calcified_fraction")
+MEASURED_COLUMNS = tuple(f"seg_{m}" for m in MEASUREMENTS)
 
 
 def oof_fusion_inputs(table: dict) -> tuple[dict, np.ndarray, dict] | None:
@@ -155,7 +173,7 @@ def oof_fusion_inputs(table: dict) -> tuple[dict, np.ndarray, dict] | None:
     if not set(MEASURED_COLUMNS) <= table.keys():
         return None
     col = {k: np.asarray(v, dtype=float) for k, v in table.items() if k in _NUMERIC}
-    measured = measured_features(*(col[c] for c in MEASURED_COLUMNS))
+    measured = measured_features({m: col[f"seg_{m}"] for m in MEASUREMENTS})
     heads = {a: logit(col[f"{a}_prob"]) for a in ATTRIBUTES if f"{a}_prob" in col}
     if "malignancy_logit" in col:
         heads["malignancy"] = col["malignancy_logit"]

@@ -1,9 +1,10 @@
-"""Nodule size and density from a segmentation: volume and axial diameters (as radiologists
-measure them), mean HU and the calcified fraction."""
+"""What is measured on a nodule segmentation: size (volume and axial diameters, as radiologists
+measure them), density (mean HU, calcified fraction) and shape and margin (elongation,
+compactness, sharpness and contrast of the boundary)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -98,3 +99,93 @@ def nodule_size(mask_zyx: np.ndarray, spacing_zyx) -> NoduleSize:
     pixel = (sy + sx) / 2.0
     long_mm, short_mm = best[0] + pixel, best[1] + pixel
     return NoduleSize(volume, long_mm, short_mm, (long_mm + short_mm) / 2.0)
+
+
+@dataclass(frozen=True)
+class NoduleShape:
+    """Shape and margin: what readers judge as sphericity, lobulation/spiculation and margin."""
+
+    elongation: float  # short axis / longest axial diameter (1 = round on its widest slice)
+    compactness: float  # 36 pi V^2 / A^3 with A the voxel-face area (sphere-like is highest)
+    boundary_gradient_hu_per_mm: float  # mean |grad HU| on the boundary voxels: sharp = steep
+    boundary_contrast_hu: float  # mean HU inside minus mean HU of a 2-voxel shell outside
+
+
+EMPTY_SHAPE = NoduleShape(0.0, 0.0, 0.0, 0.0)
+
+
+def hu_gradient_magnitude(hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
+    """|grad HU| in HU/mm of the lung-windowed image (-1000..400 HU, so bone does not dominate).
+
+    Computed once per VOI and shared by the folds' segmentations.
+    """
+    clipped = np.clip(np.asarray(hu_zyx, dtype=np.float32), -1000.0, 400.0)
+    grads = np.gradient(clipped, *(float(s) for s in spacing_zyx))
+    return np.sqrt(sum(g * g for g in grads))
+
+
+def _surface_area(mask: np.ndarray, spacing_zyx) -> float:
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    p = np.pad(mask, 1).astype(np.int8)
+    faces = (sy * sx, sz * sx, sz * sy)
+    return float(sum(np.abs(np.diff(p, axis=a)).sum() * f for a, f in enumerate(faces)))
+
+
+def nodule_shape(
+    hu_zyx: np.ndarray,
+    mask_zyx: np.ndarray,
+    spacing_zyx,
+    size: NoduleSize,
+    gradient: np.ndarray | None = None,
+    valid_zyx: np.ndarray | None = None,
+) -> NoduleShape:
+    """Shape and margin measurements of ``mask_zyx`` (``size`` from :func:`nodule_size`).
+
+    ``gradient`` (from :func:`hu_gradient_magnitude`) may be passed to share it between masks;
+    ``valid_zyx`` excludes voxels outside the scan from the outer shell.
+    """
+    mask = np.asarray(mask_zyx, dtype=bool)
+    if not mask.any():
+        return EMPTY_SHAPE
+    hu = np.asarray(hu_zyx, dtype=np.float64)
+    if gradient is None:
+        gradient = hu_gradient_magnitude(hu, spacing_zyx)
+    p = np.pad(mask, 1)
+    interior = (
+        p[:-2, 1:-1, 1:-1] & p[2:, 1:-1, 1:-1] & p[1:-1, :-2, 1:-1]
+        & p[1:-1, 2:, 1:-1] & p[1:-1, 1:-1, :-2] & p[1:-1, 1:-1, 2:]
+    )  # fmt: skip
+    boundary = mask & ~interior
+    dilated = sitk.BinaryDilate(sitk.GetImageFromArray(mask.astype(np.uint8)), [2, 2, 2])
+    shell = (sitk.GetArrayFromImage(dilated) > 0) & ~mask
+    if valid_zyx is not None:
+        shell &= np.asarray(valid_zyx) > 0.5
+    contrast = float(hu[mask].mean() - hu[shell].mean()) if shell.any() else 0.0
+    area = _surface_area(mask, spacing_zyx)
+    return NoduleShape(
+        elongation=size.short_axis_mm / size.diameter_mm if size.diameter_mm > 0 else 0.0,
+        compactness=36.0 * np.pi * size.volume_mm3**2 / area**3,
+        boundary_gradient_hu_per_mm=float(gradient[boundary].mean()),
+        boundary_contrast_hu=contrast,
+    )
+
+
+def measure_nodule(
+    hu_zyx: np.ndarray,
+    mask_zyx: np.ndarray,
+    spacing_zyx,
+    valid_zyx: np.ndarray | None = None,
+    gradient: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Every measurement of one segmentation, by field name (size, density, shape).
+
+    Inference and training's out-of-fold rows both call this, so the fusion sees the same
+    numbers in both.
+    """
+    mask = np.asarray(mask_zyx, dtype=bool)
+    if valid_zyx is not None:
+        mask = mask & (np.asarray(valid_zyx) > 0.5)
+    size = nodule_size(mask, spacing_zyx)
+    density = nodule_density(hu_zyx, mask)
+    shape = nodule_shape(hu_zyx, mask, spacing_zyx, size, gradient, valid_zyx)
+    return {**asdict(size), **asdict(density), **asdict(shape)}

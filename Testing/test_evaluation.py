@@ -232,7 +232,8 @@ def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
     for a in ATTRIBUTES:
         header += [f"{a}_target", f"{a}_prob"]
     header += ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "seg_mean_hu"]
-    header += ["seg_calcified_fraction", "dice"]
+    header += ["seg_calcified_fraction", "seg_elongation", "seg_compactness"]
+    header += ["seg_boundary_gradient_hu_per_mm", "seg_boundary_contrast_hu", "dice"]
     header += ["malignancy_fused_prob"]
     out = []
     for r in rows:
@@ -266,6 +267,10 @@ def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
         rec["seg_calcified_fraction"] = float(
             np.clip(0.4 * rec["calcification_target"] + rng.normal(0, 0.03), 0, 1)
         )
+        rec["seg_elongation"] = float(rng.uniform(0.4, 1.0))
+        rec["seg_compactness"] = float(rng.uniform(0.2, 0.7))
+        rec["seg_boundary_gradient_hu_per_mm"] = float(rng.uniform(50, 300))
+        rec["seg_boundary_contrast_hu"] = float(rng.uniform(300, 900))
         rec["dice"] = float(np.clip(rng.normal(0.82, 0.1), 0, 1))
         rec["malignancy_fused_prob"] = 1 / (
             1 + np.exp(-(logit + np.log(rec["seg_volume_mm3"]) - 5))

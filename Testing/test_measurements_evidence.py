@@ -10,6 +10,7 @@ from NoduleMalignancyLib.evidence import COMBINED, evidence_maps, integrate, spr
 from NoduleMalignancyLib.fusion import (
     FEATURES,
     MALIGNANCY_PROBABILITY,
+    MEASUREMENTS,
     apply_fusion,
     check_fusion,
     fit_fusion,
@@ -20,6 +21,7 @@ from NoduleMalignancyLib.measurements import (
     CALCIFIED_HU,
     EMPTY_DENSITY,
     component_at_center,
+    measure_nodule,
     nodule_density,
     nodule_size,
 )
@@ -99,13 +101,36 @@ def test_density_mean_hu_and_calcified_fraction():
     )
 
 
+def test_shape_of_a_sphere_and_an_elongated_blurred_blob():
+    z, y, x = _grid()
+    r2 = z**2 + y**2 + x**2
+    sphere = r2 <= 6.0**2
+    hu = np.where(sphere, 40.0, -850.0)
+    m = measure_nodule(hu, sphere, SPACING)
+    assert m["elongation"] > 0.9
+    assert m["boundary_contrast_hu"] > 800
+    cigar = (x / 10.0) ** 2 + (y / 3.0) ** 2 + (z / 3.0) ** 2 <= 1
+    blurred = 40.0 - 890.0 * np.clip(
+        np.sqrt((x / 10) ** 2 + (y / 3) ** 2 + (z / 3) ** 2) - 0.6, 0, 1
+    )
+    c = measure_nodule(blurred, cigar, SPACING)
+    assert c["elongation"] < 0.45 and c["compactness"] < m["compactness"]
+    assert c["boundary_contrast_hu"] < m["boundary_contrast_hu"]
+    # Every measurement the fusion needs is there, with the size and density ones.
+    assert set(MEASUREMENTS) <= m.keys()
+    assert m["volume_mm3"] == nodule_size(sphere, SPACING).volume_mm3
+    empty = measure_nodule(hu, np.zeros_like(sphere), SPACING)
+    assert empty["volume_mm3"] == 0 and empty["mean_hu"] == EMPTY_DENSITY.mean_hu
+
+
 def _synthetic_oof(n=600, seed=2):
     """Heads that know little, measurements that decide the targets (as on LIDC)."""
     rng = np.random.default_rng(seed)
     vol = np.exp(rng.uniform(2, 9, n))
     hu = rng.uniform(-800, 100, n)
     calc = np.where(rng.random(n) < 0.15, rng.uniform(0.2, 0.9, n), 0.0)
-    measured = measured_features(vol, hu, calc)
+    shape = rng.uniform(0.3, 1.0, (4, n))  # uninformative shape/margin measurements
+    measured = measured_features(dict(zip(MEASUREMENTS, (vol, hu, calc, *shape), strict=True)))
     z = np.log(vol) - 5.5 - 8.0 * calc + rng.normal(scale=0.7, size=n)
     label = (z > 0).astype(float)
     head = 0.3 * z + rng.normal(scale=1.0, size=n)

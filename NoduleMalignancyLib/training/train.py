@@ -28,8 +28,9 @@ import torch
 
 from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
 from ..evaluation.metrics import auroc
+from ..fusion import MEASUREMENTS
 from ..losses import LossWeights, multitask_loss
-from ..measurements import component_at_center, nodule_density, nodule_size
+from ..measurements import component_at_center, measure_nodule
 from ..network import build_network
 from .augment import AugmentConfig, center_crop, make_batch
 from .dataset import DEFAULT_CANVAS_ZYX, REPO_ROOT, TrainingData, load_training_data
@@ -287,8 +288,8 @@ def predict(
     measured on the predicted segmentation (size, mean HU, calcified fraction), as at inference."""
     model.eval()
     dev = batcher.device
-    logits, dices, volumes, diameters, losses = [], [], [], [], []
-    mean_hu, calcified = [], []
+    logits, dices, losses = [], [], []
+    measured: dict[str, list[float]] = {m: [] for m in ("diameter_mm", *MEASUREMENTS)}
     spacing = batcher.voi.spacing_zyx
     indices = list(indices)
     for s in range(0, len(indices), batch_size):
@@ -312,21 +313,14 @@ def predict(
             denom = pred.sum() + gt.sum()
             dices.append(1.0 if denom == 0 else 2.0 * (pred & gt).sum() / denom)
             if sizes:
-                nodule = component_at_center(pred)
-                size = nodule_size(nodule, spacing)
-                density = nodule_density(hu[i], nodule)
-                volumes.append(size.volume_mm3)
-                diameters.append(size.diameter_mm)
-                mean_hu.append(density.mean_hu)
-                calcified.append(density.calcified_fraction)
+                values = measure_nodule(hu[i], component_at_center(pred), spacing, valid[i])
+                for m, v in measured.items():
+                    v.append(values[m])
     has_mask = batcher.has_mask[torch.as_tensor(indices, dtype=torch.long)].numpy() > 0
     return {
         "logits": torch.cat(logits).numpy() if logits else np.zeros((0, len(ATTRIBUTES))),
         "dice": np.where(has_mask, np.asarray(dices, dtype=float), np.nan),
-        "volume_mm3": np.asarray(volumes, dtype=float),
-        "diameter_mm": np.asarray(diameters, dtype=float),
-        "mean_hu": np.asarray(mean_hu, dtype=float),
-        "calcified_fraction": np.asarray(calcified, dtype=float),
+        **{m: np.asarray(v, dtype=float) for m, v in measured.items()},
         "loss": sum(losses) / max(1, len(indices)),
     }
 
@@ -625,8 +619,7 @@ OOF_COLUMNS = (
     ["patient_id", "nodule_id", "fold", "label", "malignancy_mean", "diameter_mean_mm"]
     + [f"{a}_target" for a in ATTRIBUTES]
     + [f"{a}_prob" for a in ATTRIBUTES]
-    + ["malignancy_logit", "seg_volume_mm3", "seg_diameter_mm", "seg_mean_hu"]
-    + ["seg_calcified_fraction", "dice"]
+    + ["malignancy_logit", "seg_diameter_mm", *(f"seg_{m}" for m in MEASUREMENTS), "dice"]
 )
 
 
@@ -659,10 +652,8 @@ def write_oof(
                 row[f"{name}_target"] = float(r.targets[a])
                 row[f"{name}_prob"] = float(prob[j, a])
             row["malignancy_logit"] = float(pred["logits"][j, MALIGNANCY])
-            row["seg_volume_mm3"] = float(pred["volume_mm3"][j])
-            row["seg_diameter_mm"] = float(pred["diameter_mm"][j])
-            row["seg_mean_hu"] = float(pred["mean_hu"][j])
-            row["seg_calcified_fraction"] = float(pred["calcified_fraction"][j])
+            for m in ("diameter_mm", *MEASUREMENTS):
+                row[f"seg_{m}"] = float(pred[m][j])
             row["dice"] = float(pred["dice"][j])
             rows.append(row)
     _write_csv(path, rows, OOF_COLUMNS)
