@@ -15,25 +15,14 @@ from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
 from .evidence import evidence_maps
-from .fusion import MALIGNANCY_PROBABILITY, apply_fusion, measured_features
+from .fusion import MALIGNANCY_PROBABILITY, MEASUREMENTS, apply_fusion, measured_features
 from .geometry import ImageGeometry
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
 # NoduleResult fields filled from measurements.measure_nodule (same names).
-MEASURED_FIELDS = (
-    "volume_mm3",
-    "diameter_mm",
-    "short_axis_mm",
-    "mean_diameter_mm",
-    "mean_hu",
-    "calcified_fraction",
-    "elongation",
-    "compactness",
-    "boundary_gradient_hu_per_mm",
-    "boundary_contrast_hu",
-)
+MEASURED_FIELDS = (*MEASUREMENTS, "short_axis_mm", "mean_diameter_mm")
 SEGMENTATION_THRESHOLD = 0.5
 
 

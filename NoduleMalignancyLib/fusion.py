@@ -24,6 +24,7 @@ from .config import ATTRIBUTES
 # The measurements the fusion reads (measurements.measure_nodule names) and its features.
 MEASUREMENTS = (
     "volume_mm3",
+    "diameter_mm",
     "mean_hu",
     "calcified_fraction",
     "elongation",
@@ -31,7 +32,10 @@ MEASUREMENTS = (
     "boundary_gradient_hu_per_mm",
     "boundary_contrast_hu",
 )
-MEASURED_FEATURES = ("log_volume_mm3", *MEASUREMENTS[1:4], "log_compactness", *MEASUREMENTS[5:])
+# Sizes and compactness span orders of magnitude: they enter as logs (with small floors).
+LOG_FLOORS = {"volume_mm3": 1.0, "diameter_mm": 1.0, "compactness": 1e-3}
+MEASURED_FEATURES = tuple(f"log_{m}" if m in LOG_FLOORS else m for m in MEASUREMENTS)
+FEATURES = ("log_volume_mm3", *MEASUREMENTS[1:4], "log_compactness", *MEASUREMENTS[5:])
 FEATURES = ("head_logit", *MEASURED_FEATURES)
 MALIGNANCY_PROBABILITY = "malignancy_probability"
 OUTPUTS = (*ATTRIBUTES, MALIGNANCY_PROBABILITY)
@@ -43,15 +47,12 @@ def head_of(output: str) -> str:
 
 
 def measured_features(values) -> np.ndarray:
-    """(N, 7) features from measurements (a dict of arrays, or a list of such dicts).
-
-    Volume and compactness span orders of magnitude and enter as logs (with small floors).
-    """
+    """(N, len(MEASURED_FEATURES)) features from measurements (dict of arrays or list of dicts)."""
     if not isinstance(values, dict):
         values = {m: [v[m] for v in values] for m in MEASUREMENTS}
     col = {m: np.atleast_1d(np.asarray(values[m], dtype=float)) for m in MEASUREMENTS}
-    col["volume_mm3"] = np.log(np.maximum(col["volume_mm3"], 1.0))
-    col["compactness"] = np.log(np.maximum(col["compactness"], 1e-3))
+    for m, floor in LOG_FLOORS.items():
+        col[m] = np.log(np.maximum(col[m], floor))
     return np.stack([col[m] for m in MEASUREMENTS], axis=-1)
 
 

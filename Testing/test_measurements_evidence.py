@@ -129,8 +129,14 @@ def _synthetic_oof(n=600, seed=2):
     vol = np.exp(rng.uniform(2, 9, n))
     hu = rng.uniform(-800, 100, n)
     calc = np.where(rng.random(n) < 0.15, rng.uniform(0.2, 0.9, n), 0.0)
-    shape = rng.uniform(0.3, 1.0, (4, n))  # uninformative shape/margin measurements
-    measured = measured_features(dict(zip(MEASUREMENTS, (vol, hu, calc, *shape), strict=True)))
+    values = {m: rng.uniform(0.3, 1.0, n) for m in MEASUREMENTS}  # uninformative shape/margin
+    values |= {
+        "volume_mm3": vol,
+        "diameter_mm": (6 * vol / np.pi) ** (1 / 3),
+        "mean_hu": hu,
+        "calcified_fraction": calc,
+    }
+    measured = measured_features(values)
     z = np.log(vol) - 5.5 - 8.0 * calc + rng.normal(scale=0.7, size=n)
     label = (z > 0).astype(float)
     head = 0.3 * z + rng.normal(scale=1.0, size=n)

@@ -123,13 +123,12 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
     if fused is not None:
         heads, measured, targets = fused
         scores["fusion_crossfit"] = {
-            "label": "fusion refitted here out of fold (malignancy head + log seg volume + "
-            "mean HU + calcified fraction)",
+            "label": "fusion refitted here out of fold (malignancy head + measurements of the "
+            "segmentation: size, density, shape, margin)",
             "prob": fusion_oof(heads["malignancy"], measured, y, folds),
         }
         scores["measured_only"] = {
-            "label": "measurements only, no network head (log seg volume, mean HU, calcified "
-            "fraction; out of fold)",
+            "label": "measurements of the segmentation only, no network head (out of fold)",
             "prob": baselines.cross_fit(
                 measured, y, folds, baselines._logistic_fit, baselines._logistic_predict
             ),

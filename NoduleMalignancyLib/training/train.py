@@ -289,7 +289,7 @@ def predict(
     model.eval()
     dev = batcher.device
     logits, dices, losses = [], [], []
-    measured: dict[str, list[float]] = {m: [] for m in ("diameter_mm", *MEASUREMENTS)}
+    measured: dict[str, list[float]] = {m: [] for m in MEASUREMENTS}
     spacing = batcher.voi.spacing_zyx
     indices = list(indices)
     for s in range(0, len(indices), batch_size):
@@ -619,7 +619,7 @@ OOF_COLUMNS = (
     ["patient_id", "nodule_id", "fold", "label", "malignancy_mean", "diameter_mean_mm"]
     + [f"{a}_target" for a in ATTRIBUTES]
     + [f"{a}_prob" for a in ATTRIBUTES]
-    + ["malignancy_logit", "seg_diameter_mm", *(f"seg_{m}" for m in MEASUREMENTS), "dice"]
+    + ["malignancy_logit", *(f"seg_{m}" for m in MEASUREMENTS), "dice"]
 )
 
 
@@ -652,7 +652,7 @@ def write_oof(
                 row[f"{name}_target"] = float(r.targets[a])
                 row[f"{name}_prob"] = float(prob[j, a])
             row["malignancy_logit"] = float(pred["logits"][j, MALIGNANCY])
-            for m in ("diameter_mm", *MEASUREMENTS):
+            for m in MEASUREMENTS:
                 row[f"seg_{m}"] = float(pred[m][j])
             row["dice"] = float(pred["dice"][j])
             rows.append(row)
