@@ -85,6 +85,13 @@ ATTR_SCALE = ATTRIBUTE_PREFIX + "EvidenceScale"
 ATTR_WINDOW = ATTRIBUTE_PREFIX + "EvidenceWindow"
 ATTR_ROLE = ATTRIBUTE_PREFIX + "Role"
 
+
+def score_column(attribute: str) -> str:
+    """Table column of an attribute's 1-5 score: ``malignancy_score`` for malignancy (as in the
+    batch CSV), so it is not mistaken for the malignancy probability beside it."""
+    return "malignancy_score" if attribute == "malignancy" else attribute
+
+
 # Table columns: (name, vtk type, title, unit, decimals). Names follow the CLI / JSON fields.
 TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
     ("point", "string", "Point", "", 0),
@@ -98,8 +105,8 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
         item
         for name in ORDINAL_ATTRIBUTES
         for item in (
-            (name, "double", f"{name.replace('_', ' ').capitalize()} (LIDC 1-5)", "", 2),
-            (f"{name}_wording", "string", f"{name.replace('_', ' ').capitalize()} (LIDC)", "", 0),
+            (score_column(name), "double", f"{name.capitalize()} (LIDC 1-5)", "", 2),
+            (f"{name}_wording", "string", f"{name.capitalize()} (LIDC)", "", 0),
         )
     ),
     ("calcification_probability", "double", "Calcification probability", "", 3),
@@ -643,7 +650,7 @@ class NoduleMalignancyLogic:
         }
         wording = result.wording
         for name in ORDINAL_ATTRIBUTES:
-            values[name] = result.scores[name]
+            values[score_column(name)] = result.scores[name]
             values[f"{name}_wording"] = wording[name]
         was = table.StartModify()
         row = self._row_of(table, point.point_id)

@@ -399,7 +399,7 @@ class NoduleMalignancySelfTestMixin:
         for name in ("subtlety", "sphericity", "margin", "lobulation", "spiculation", "texture"):
             self.assertTrue(1.0 <= float(cell[name]) <= 5.0, name)
             self.assertTrue(cell[f"{name}_wording"], name)
-        self.assertTrue(1.0 <= float(cell["malignancy"]) <= 5.0)
+        self.assertTrue(1.0 <= float(cell["malignancy_score"]) <= 5.0)
         self.assertEqual(cell["model_version"], result.model_version)
         self.assertAlmostEqual(float(cell["volume_mm3"]), result.volume_mm3, delta=0.051)
 
