@@ -246,6 +246,33 @@ def test_augmentations_keep_shape_and_ranges(slice_data):
     assert reach_z <= (slice_data.canvas_zyx[0] - 1) / 2 * voi.spacing_zyx[0]
 
 
+def test_context_shrink_cuts_the_crop_but_never_the_nodule(slice_data):
+    voi = slice_data.voi
+    hu = torch.from_numpy(slice_data.hu)
+    valid = torch.from_numpy(slice_data.valid)
+    mask = torch.from_numpy(slice_data.mask)
+    h, v, m = augment.warp(
+        hu,
+        valid,
+        mask,
+        augment.affine_theta(augment.identity_params(len(hu)), voi, hu.shape[-3:]),
+        voi,
+    )
+    full = torch.ones(len(hu), 6, dtype=torch.float64)
+    h2, v2 = augment.shrink_context(h, v, m, full, 6.0, voi)
+    nodule = m >= 0.5
+    assert torch.all(v2[nodule] == v[nodule])  # the nodule stays in view
+    assert float(v2.sum()) < float(v.sum())  # the crop shrank
+    assert torch.all(h2[v2 == 0] == voi.outside_hu) and torch.all(h2[v2 > 0] == h[v2 > 0])
+    assert torch.equal(augment.shrink_context(h, v, m, full * 0, 6.0, voi)[1], v)
+    # Off by default, and drawn from the generator only when on (older runs resume unchanged).
+    assert augment.AugmentConfig().context_shrink_mm == 0.0
+    assert "context_shrink" not in augment.random_params(2, augment.AugmentConfig())
+    cfg = augment.AugmentConfig(context_shrink_mm=4.0)
+    x, seg, vb = augment.make_batch(hu, valid, mask, voi, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(x[:, -1:], vb) and float(seg.sum()) > 0
+
+
 def test_canvas_requires_even_margin():
     with pytest.raises(ValueError):
         canvas_config(VoiConfig(), (33, 72, 72))

@@ -33,6 +33,10 @@ class AugmentConfig:
     shift_mm: float = 2.5
     window_shift_hu: float = 30.0
     window_scale: float = 0.1
+    # Shrink each side of the context crop (the validity box) by up to this many mm, never into
+    # the nodule. The LIDC crops sit a fixed margin around the nodule, so without this the
+    # network can read the nodule's edge off the crop's edge (and follow a crop that grows).
+    context_shrink_mm: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +64,10 @@ def random_params(
         return torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
 
     shift = (torch.rand(n, 3, generator=generator, dtype=torch.float64) * 2 - 1) * cfg.shift_mm
-    return {
+    extra = {}
+    if cfg.context_shrink_mm > 0:  # drawn only when used: older runs keep their random stream
+        extra["context_shrink"] = torch.rand(n, 6, generator=generator, dtype=torch.float64)
+    return extra | {
         "flip_zyx": torch.stack([flip(cfg.flip_z), flip(cfg.flip_y), flip(cfg.flip_x)], 1),
         "angle": torch.deg2rad(_uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator)),
         # Log-uniform, so zooming in and out are equally likely.
@@ -142,6 +149,43 @@ def warp(
     return hu_out, valid_out, mask_out
 
 
+def shrink_context(
+    hu: torch.Tensor,
+    valid: torch.Tensor,
+    mask: torch.Tensor,
+    fractions: torch.Tensor,
+    max_mm: float,
+    voi: VoiConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each side of every sample's validity box by ``fractions`` (B, 6) x ``max_mm``.
+
+    Sides order: z-, z+, y-, y+, x-, x+. The box never shrinks past the nodule's (mask >= 0.5)
+    bounding box. Cut voxels become invalid with ``outside_hu``, as outside a crop at inference.
+    """
+    hu, valid = hu.clone(), valid.clone()
+    for b in range(valid.shape[0]):
+        inside = valid[b] > 0.5
+        if not inside.any():
+            continue
+        nodule = mask[b] >= 0.5
+        keep = torch.ones_like(inside)
+        for axis in range(3):
+            others = tuple(a for a in range(3) if a != axis)
+            occupied = torch.nonzero(inside.any(dim=others)).flatten()
+            lo, hi = int(occupied.min()), int(occupied.max())
+            cut = (fractions[b, 2 * axis : 2 * axis + 2] * max_mm / voi.spacing_zyx[axis]).long()
+            new_lo, new_hi = lo + int(cut[0]), hi - int(cut[1])
+            if nodule.any():
+                span = torch.nonzero(nodule.any(dim=others)).flatten()
+                new_lo, new_hi = min(new_lo, int(span.min())), max(new_hi, int(span.max()))
+            index = torch.arange(valid.shape[1 + axis])
+            line = (index >= new_lo) & (index <= new_hi)
+            keep &= line.view([-1 if a == axis else 1 for a in range(3)])
+        valid[b] = valid[b] * keep
+        hu[b] = torch.where(keep, hu[b], torch.full_like(hu[b], voi.outside_hu))
+    return hu, valid
+
+
 def center_crop(arr: torch.Tensor, voi_zyx, canvas_zyx=None) -> torch.Tensor:
     """Exact centre crop of (B, D, H, W) canvas arrays to the VOI shape."""
     canvas_zyx = tuple(arr.shape[-3:]) if canvas_zyx is None else tuple(canvas_zyx)
@@ -202,6 +246,8 @@ def make_batch(
         p = random_params(hu.shape[0], cfg, generator)
         theta = affine_theta(p, voi, hu.shape[-3:])
         h, v, m = warp(hu, valid, mask, theta, voi)
+        if cfg.context_shrink_mm > 0:
+            h, v = shrink_context(h, v, m, p["context_shrink"], cfg.context_shrink_mm, voi)
         x = make_channels(h, v, voi.windows, p["window_shift"], p["window_scale"])
     else:
         h = center_crop(hu, voi.shape_zyx).float()
