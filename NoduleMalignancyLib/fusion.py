@@ -35,7 +35,6 @@ MEASUREMENTS = (
 # Sizes and compactness span orders of magnitude: they enter as logs (with small floors).
 LOG_FLOORS = {"volume_mm3": 1.0, "diameter_mm": 1.0, "compactness": 1e-3}
 MEASURED_FEATURES = tuple(f"log_{m}" if m in LOG_FLOORS else m for m in MEASUREMENTS)
-FEATURES = ("log_volume_mm3", *MEASUREMENTS[1:4], "log_compactness", *MEASUREMENTS[5:])
 FEATURES = ("head_logit", *MEASURED_FEATURES)
 MALIGNANCY_PROBABILITY = "malignancy_probability"
 OUTPUTS = (*ATTRIBUTES, MALIGNANCY_PROBABILITY)
