@@ -58,6 +58,7 @@ class NoduleResult:
     segmentation_mask_ct: np.ndarray | None = None
     evidence_ct: dict[str, np.ndarray] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    context_passes: int = 1  # network passes the context policy needed (1 with a given context)
 
     @property
     def wording(self) -> dict[str, str]:
@@ -77,6 +78,7 @@ class NoduleResult:
             "internal_structure_probability": self.internal_structure_probability,
             **{f: getattr(self, f) for f in MEASURED_FIELDS},
             "model_version": self.model_version,
+            "context_passes": self.context_passes,
             "timings_s": self.timings_s,
         }
 
@@ -118,10 +120,10 @@ def analyze_point(
         timings["network"] += time.perf_counter() - t
         return sample, out
 
+    passes = 1
     if context is None:
         box = context_box_for_nodule(geometry, point_lps)
         sample, out = run(box)
-        passes = 1
         while passes < MAX_CONTEXT_PASSES:
             seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
             if not seen.any():
@@ -133,7 +135,6 @@ def analyze_point(
             box = grown
             sample, out = run(box)
             passes += 1
-        timings["context_passes"] = float(passes)
     else:
         sample, out = run(context)
 
@@ -189,6 +190,7 @@ def analyze_point(
         timings["evidence_resampling"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     result.timings_s = timings
+    result.context_passes = passes
     return result
 
 

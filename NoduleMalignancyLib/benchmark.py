@@ -27,11 +27,13 @@ def run_benchmark(args) -> dict:
     t = time.perf_counter()
     analyze_point(array, geometry, point, ensemble)
     first_s = time.perf_counter() - t
-    runs = []
+    runs, passes = [], 0
     for _ in range(args.repeats):
         if ensemble.device.type == "cuda":
             torch.cuda.synchronize()
-        runs.append(analyze_point(array, geometry, point, ensemble).timings_s)
+        result = analyze_point(array, geometry, point, ensemble)
+        runs.append(result.timings_s)
+        passes = result.context_passes
     keys = list(runs[0])
     median = {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in keys}
     figures = {
@@ -43,6 +45,7 @@ def run_benchmark(args) -> dict:
         "cold_click_s": load_s + first_s,
         "warm_click_median_s": median["total"],
         "warm_split_median_s": median,
+        "context_passes": passes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if ensemble.device.type == "cuda":

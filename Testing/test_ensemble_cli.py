@@ -282,6 +282,6 @@ def test_full_ct_segmentations_stay_near_the_readers_size(data_dir):
         ]
         r = analyze_point(array, geometry, point, ens, map_to_ct=False)
         ratios.append(r.diameter_mm / np.mean(near))
-        assert r.timings_s["context_passes"] <= 3
+        assert 1 <= r.context_passes <= 3
     assert len(ratios) == 4
     assert max(ratios) < 1.6 and np.median(ratios) < 1.4, ratios
