@@ -163,6 +163,12 @@ def fusion_oof(head_logit, measured, target, folds) -> np.ndarray:
 
 # Out-of-fold table columns (training writes them, export and evaluation read them).
 MEASURED_COLUMNS = tuple(f"seg_{m}" for m in MEASUREMENTS)
+_NUMERIC = {
+    *MEASURED_COLUMNS,
+    "malignancy_logit",
+    "label",
+    *(f"{a}_{s}" for a in ATTRIBUTES for s in ("prob", "target")),
+}
 
 
 def oof_fusion_inputs(table: dict) -> tuple[dict, np.ndarray, dict] | None:
@@ -181,14 +187,6 @@ def oof_fusion_inputs(table: dict) -> tuple[dict, np.ndarray, dict] | None:
     if "label" in col:
         targets[MALIGNANCY_PROBABILITY] = col["label"]
     return heads, measured, targets
-
-
-_NUMERIC = {
-    *MEASURED_COLUMNS,
-    "malignancy_logit",
-    "label",
-    *(f"{a}_{s}" for a in ATTRIBUTES for s in ("prob", "target")),
-}
 
 
 def logit(p) -> np.ndarray:

@@ -60,11 +60,17 @@ def component_at_center(mask_zyx: np.ndarray) -> np.ndarray:
     return labels == labels[tuple(nearest)]
 
 
-def _boundary(slice_yx: np.ndarray) -> np.ndarray:
-    """Pixels of a 2D mask with a 4-neighbour outside it (the chords' end points lie there)."""
-    p = np.pad(slice_yx, 1)
-    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    return slice_yx & ~interior
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels/voxels of a mask with a face neighbour outside it (4-neighbours in 2D, 6 in 3D):
+    an axial slice's chord end points, a nodule's margin."""
+    p = np.pad(mask, 1)
+    interior = np.ones(mask.shape, dtype=bool)
+    for axis in range(mask.ndim):
+        for shifted in (slice(None, -2), slice(2, None)):
+            index = [slice(1, -1)] * mask.ndim
+            index[axis] = shifted
+            interior &= p[tuple(index)]
+    return mask & ~interior
 
 
 def _axial_diameters(points_mm: np.ndarray) -> tuple[float, float]:
@@ -150,12 +156,7 @@ def nodule_shape(
     hu = np.asarray(hu_zyx, dtype=np.float64)
     if gradient is None:
         gradient = hu_gradient_magnitude(hu, spacing_zyx)
-    p = np.pad(mask, 1)
-    interior = (
-        p[:-2, 1:-1, 1:-1] & p[2:, 1:-1, 1:-1] & p[1:-1, :-2, 1:-1]
-        & p[1:-1, 2:, 1:-1] & p[1:-1, 1:-1, :-2] & p[1:-1, 1:-1, 2:]
-    )  # fmt: skip
-    boundary = mask & ~interior
+    boundary = _boundary(mask)
     dilated = sitk.BinaryDilate(sitk.GetImageFromArray(mask.astype(np.uint8)), [2, 2, 2])
     shell = (sitk.GetArrayFromImage(dilated) > 0) & ~mask
     if valid_zyx is not None:

@@ -150,9 +150,11 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
     return scores
 
 
-def _fused_attribute_oof(oof: dict, attr: str, folds: np.ndarray) -> np.ndarray | None:
-    """What ships for an attribute: its head fused with the measurements, refitted out of fold."""
-    fused = oof_fusion_inputs(oof)
+def _fused_attribute_oof(fused, attr: str, folds: np.ndarray) -> np.ndarray | None:
+    """What ships for an attribute: its head fused with the measurements, refitted out of fold.
+
+    ``fused`` is :func:`oof_fusion_inputs` of the table (None without measurements).
+    """
     if fused is None:
         return None
     heads, measured, targets = fused
@@ -289,11 +291,12 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
         human = baselines.human_agreement(matched)
     else:
         notes.append("reader table not found: human agreement left out.")
+    fused = oof_fusion_inputs(oof)
     for attr in ORDINAL_ATTRIBUTES:
         t, p = oof.get(f"{attr}_target"), oof.get(f"{attr}_prob")
         if t is None or p is None:
             continue
-        shipped = _fused_attribute_oof(oof, attr, folds)
+        shipped = _fused_attribute_oof(fused, attr, folds)
         out["ordinal"][attr] = {
             "model_mae": metrics.mae_1to5(p, t),
             # What ships: the head fused with the measurements, refitted here out of fold.
@@ -308,7 +311,7 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
         if t is None or p is None:
             continue
         pos = np.where(np.isfinite(t), (t > 0.5).astype(float), np.nan)
-        shipped = _fused_attribute_oof(oof, attr, folds)
+        shipped = _fused_attribute_oof(fused, attr, folds)
         out["presence"][attr] = metrics.auroc_ci(
             pos, shipped if shipped is not None else p, groups, **boot
         )
