@@ -46,15 +46,34 @@ ABSENT_RATING = {"calcification": 6, "internal_structure": 1}
 READER_COLUMN = {name: name for name in ATTRIBUTES} | {"internal_structure": "internalStructure"}
 
 
+def parse_ratings(text: str | None) -> np.ndarray:
+    """'3;4;3' (a reader_labels.csv "<attribute>_readers" cell) -> [3.0, 4.0, 3.0].
+
+    Blanks and non-numbers are dropped: some nodules were rated by fewer readers.
+    """
+    values = []
+    for part in (text or "").split(";"):
+        try:
+            values.append(float(part))
+        except ValueError:
+            continue
+    return np.asarray(values, dtype=float)
+
+
+def reader_ratings(row: dict, attribute: str) -> np.ndarray:
+    """One nodule's per-reader ratings of an attribute (a reader_labels.csv row)."""
+    return parse_ratings(row.get(f"{READER_COLUMN[attribute]}_readers"))
+
+
 def ordinal_target(mean_rating: float) -> float:
     """Soft target in [0, 1] from the mean reader rating on the 1-5 scale."""
     return float(np.clip((mean_rating - 1.0) / 4.0, 0.0, 1.0))
 
 
-def presence_target(ratings: list[int], attribute: str) -> float:
+def presence_target(ratings, attribute: str) -> float:
     """Fraction of readers who rated the attribute as present (not "absent"/"soft tissue")."""
-    absent = ABSENT_RATING[attribute]
-    return float(np.mean([r != absent for r in ratings])) if ratings else float("nan")
+    ratings = np.asarray(ratings, dtype=float)
+    return float(np.mean(ratings != ABSENT_RATING[attribute])) if len(ratings) else float("nan")
 
 
 def score_from_probability(p: float) -> float:
@@ -75,6 +94,8 @@ __all__ = [
     "LIDC_WORDING",
     "READER_COLUMN",
     "ordinal_target",
+    "parse_ratings",
+    "reader_ratings",
     "presence_target",
     "score_from_probability",
     "wording",

@@ -17,6 +17,8 @@ malignancy > 3 vs < 3), which uses the malignancy head's logit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .config import ATTRIBUTES
@@ -143,22 +145,49 @@ def check_fusion(fusion: dict | None) -> None:
         raise ValueError(f"fusion has unknown outputs {sorted(unknown)}")
 
 
+def cross_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds,
+    fit: Callable[[np.ndarray, np.ndarray], object],
+    predict: Callable[[object, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Out-of-fold predictions: rows of fold k are predicted by a model fitted on the other folds.
+
+    Only labelled rows (finite y, finite x) of the other folds are used for fitting; every row of
+    fold k (labelled or not) gets a prediction. A training set with one class predicts its
+    prevalence; a ``fit`` that returns None (too few rows) leaves the fold NaN.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    folds = np.asarray(folds)
+    out = np.full(len(y), np.nan)
+    for k in np.unique(folds):
+        test = folds == k
+        train = ~test & np.isfinite(y) & np.all(np.isfinite(x.reshape(len(y), -1)), axis=1)
+        if not train.any():
+            continue
+        if len(np.unique(y[train])) < 2:
+            out[test] = y[train].mean()
+            continue
+        model = fit(x[train], y[train])
+        if model is not None:
+            out[test] = predict(model, x[test])
+    return out
+
+
 def fusion_oof(head_logit, measured, target, folds) -> np.ndarray:
     """One output's fusion cross-fitted over the folds: each fold scored by a fit on the others.
 
     The honest estimate of the shipped fusion, which is fitted on all out-of-fold rows.
     """
-    z = np.asarray(head_logit, dtype=float)
-    m = np.asarray(measured, dtype=float)
-    folds = np.asarray(folds)
-    out = np.full(len(z), np.nan)
-    for k in np.unique(folds):
-        test = folds == k
-        model = fit_output(z[~test], m[~test], np.asarray(target, dtype=float)[~test])
-        if model is None:  # too few training rows: no estimate rather than a raw head
-            continue
-        out[test] = apply_output(model, z[test], m[test])
-    return out
+    return cross_fit(
+        _inputs(head_logit, measured),
+        target,
+        folds,
+        lambda x, y: fit_output(x[:, 0], x[:, 1:], y),
+        lambda model, x: apply_output(model, x[:, 0], x[:, 1:]),
+    )
 
 
 # Out-of-fold table columns (training writes them, export and evaluation read them).

@@ -10,44 +10,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..attributes import reader_ratings
 from ..config import ORDINAL_ATTRIBUTES
-from ..fusion import fit_logistic, logit
-
-# reader_labels.csv spells internal structure in camel case.
-READER_COLUMN = {"internal_structure": "internalStructure"}
-
-
-def cross_fit(
-    x: np.ndarray,
-    y: np.ndarray,
-    folds,
-    fit: Callable[[np.ndarray, np.ndarray], object],
-    predict: Callable[[object, np.ndarray], np.ndarray],
-) -> np.ndarray:
-    """Out-of-fold predictions: rows of fold k are predicted by a model fitted on the other folds.
-
-    Only labelled rows (finite y) of the other folds are used for fitting; every row of fold k
-    (labelled or not) gets a prediction. A training set with one class predicts its prevalence.
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    folds = np.asarray(folds)
-    out = np.full(len(y), np.nan)
-    for k in np.unique(folds):
-        test = folds == k
-        train = ~test & np.isfinite(y) & np.all(np.isfinite(x.reshape(len(y), -1)), axis=1)
-        if not train.any():
-            continue
-        if len(np.unique(y[train])) < 2:
-            out[test] = y[train].mean()
-            continue
-        out[test] = predict(fit(x[train], y[train]), x[test])
-    return out
+from ..fusion import cross_fit, fit_logistic, logit
 
 
 def _logistic_fit(x, y):
@@ -98,23 +67,6 @@ def read_reader_table(path) -> list[dict]:
     """Rows of reader_labels.csv as dicts of strings."""
     with open(Path(path), newline="") as f:
         return list(csv.DictReader(f))
-
-
-def parse_ratings(text: str) -> np.ndarray:
-    """'3;4;3' -> array([3., 4., 3.]); blanks and non-numbers are dropped."""
-    values = []
-    for part in (text or "").split(";"):
-        try:
-            values.append(float(part))
-        except ValueError:
-            continue
-    return np.asarray(values)
-
-
-def reader_ratings(row: dict, attribute: str) -> np.ndarray:
-    """One nodule's per-reader ratings of an attribute."""
-    name = READER_COLUMN.get(attribute, attribute)
-    return parse_ratings(row.get(f"{name}_readers", ""))
 
 
 def human_agreement(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attributes import READER_COLUMN, ordinal_target, presence_target
+from ..attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
 from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES, VoiConfig
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,6 @@ def malignancy_label(mean_rating: float) -> float:
     return 1.0 if mean_rating > LABEL_THRESHOLD else 0.0
 
 
-def _ratings(text: str) -> list[int]:
-    return [int(float(v)) for v in (text or "").split(";") if v.strip()]
-
-
 def _float(text) -> float:
     try:
         return float(text)
@@ -123,13 +119,13 @@ def targets_from_reader_row(row: dict) -> np.ndarray:
         if name in ORDINAL_ATTRIBUTES:
             mean = _float(row.get(f"{col}_mean"))
             if not np.isfinite(mean):
-                ratings = _ratings(row.get(f"{col}_readers", ""))
-                mean = float(np.mean(ratings)) if ratings else math.nan
+                ratings = reader_ratings(row, name)
+                mean = float(np.mean(ratings)) if len(ratings) else math.nan
             if np.isfinite(mean):
                 out[a] = ordinal_target(mean)
         elif name in PRESENCE_ATTRIBUTES:
-            ratings = _ratings(row.get(f"{col}_readers", ""))
-            if ratings:
+            ratings = reader_ratings(row, name)
+            if len(ratings):
                 out[a] = presence_target(ratings, name)
     return out
 
