@@ -29,15 +29,19 @@ def _logistic_predict(model, x):
     return 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ coef + intercept)))
 
 
+def logistic_oof(x, label, folds) -> np.ndarray:
+    """Out-of-fold probabilities of a logistic regression on the features ``x`` (N or N x F)."""
+    return cross_fit(x, label, folds, _logistic_fit, _logistic_predict)
+
+
 def size_baseline_oof(diameter_mm, label, folds) -> np.ndarray:
     """Out-of-fold P(malignant) from log(mean reader diameter) alone (1-parameter logistic)."""
-    d = np.log(np.maximum(np.asarray(diameter_mm, dtype=float), 0.1))
-    return cross_fit(d, label, folds, _logistic_fit, _logistic_predict)
+    return logistic_oof(np.log(np.maximum(np.asarray(diameter_mm, dtype=float), 0.1)), label, folds)
 
 
 def platt_oof(prob, label, folds) -> np.ndarray:
     """Platt scaling (logistic on the logit) of a probability, cross-fitted over the folds."""
-    return cross_fit(logit(prob), label, folds, _logistic_fit, _logistic_predict)
+    return logistic_oof(logit(prob), label, folds)
 
 
 def constant_predictor_mae(target, folds) -> float:

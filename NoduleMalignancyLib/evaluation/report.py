@@ -129,15 +129,11 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
         }
         scores["measured_only"] = {
             "label": "measurements of the segmentation only, no network head (out of fold)",
-            "prob": baselines.cross_fit(
-                measured, y, folds, baselines._logistic_fit, baselines._logistic_predict
-            ),
+            "prob": baselines.logistic_oof(measured, y, folds),
         }
         scores["size_seg"] = {
             "label": "size only, model's own segmentation (log volume, out of fold)",
-            "prob": baselines.cross_fit(
-                measured[:, 0], y, folds, baselines._logistic_fit, baselines._logistic_predict
-            ),
+            "prob": baselines.logistic_oof(measured[:, 0], y, folds),
         }
     scores["size_reader"] = {
         "label": "size only, mean reader diameter (log, out of fold)",
