@@ -10,6 +10,14 @@ needs reader input at inference: the measurements come from the ensemble's segme
 Shape and margin measurements (elongation, compactness, boundary sharpness and contrast) join
 them for what readers judge by eye (sphericity, margin, lobulation, spiculation).
 
+For the 1-5 ratings each measurement also enters squared (after centring and scaling on the
+fitting rows): ratings saturate and turn (texture is "solid" for anything denser than soft
+tissue; subtlety stops growing with size), which a straight line in the logit cannot follow.
+Cross-validated on the lidc-v1, v2 and v3 runs this lowers the ordinal attribute MAE in 19 of 21
+attribute-run pairs (lidc-v2: 0.411 -> 0.405). The malignancy probability, fitted to a 0/1
+label on fewer nodules, stays linear: squares did not raise its AUROC on any run (lidc-v3: 0.919
+-> 0.909).
+
 Outputs: the 9 attribute heads (fitted to the readers' soft targets, giving the 1-5 scores and
 the presence probabilities) and ``malignancy_probability`` (fitted to the 0/1 label: mean reader
 malignancy > 3 vs < 3), which uses the malignancy head's logit.
@@ -21,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import ATTRIBUTES
+from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 
 # The measurements the fusion reads (measurements.measure_nodule names) and its features.
 MEASUREMENTS = (
@@ -37,9 +45,17 @@ MEASUREMENTS = (
 # Sizes and compactness span orders of magnitude: they enter as logs (with small floors).
 LOG_FLOORS = {"volume_mm3": 1.0, "diameter_mm": 1.0, "compactness": 1e-3}
 MEASURED_FEATURES = tuple(f"log_{m}" if m in LOG_FLOORS else m for m in MEASUREMENTS)
-FEATURES = ("head_logit", *MEASURED_FEATURES)
+LINEAR_FEATURES = ("head_logit", *MEASURED_FEATURES)
+SQUARED_FEATURES = tuple(f"{f}_squared" for f in MEASURED_FEATURES)
+FEATURES = (*LINEAR_FEATURES, *SQUARED_FEATURES)
 MALIGNANCY_PROBABILITY = "malignancy_probability"
 OUTPUTS = (*ATTRIBUTES, MALIGNANCY_PROBABILITY)
+SQUARED_OUTPUTS = ORDINAL_ATTRIBUTES  # outputs whose models also read SQUARED_FEATURES
+
+
+def features_of(output: str) -> tuple[str, ...]:
+    """The features an output's model reads, in coefficient order."""
+    return FEATURES if output in SQUARED_OUTPUTS else LINEAR_FEATURES
 
 
 def head_of(output: str) -> str:
@@ -57,10 +73,16 @@ def measured_features(values) -> np.ndarray:
     return np.stack([col[m] for m in MEASUREMENTS], axis=-1)
 
 
-def _inputs(head_logit, measured) -> np.ndarray:
+def _columns(head_logit, measured) -> tuple[np.ndarray, np.ndarray]:
     z = np.atleast_1d(np.asarray(head_logit, dtype=float))
-    m = np.asarray(measured, dtype=float).reshape(len(z), len(MEASURED_FEATURES))
-    return np.column_stack([z, m])
+    return z, np.asarray(measured, dtype=float).reshape(len(z), len(MEASURED_FEATURES))
+
+
+def _inputs(z: np.ndarray, m: np.ndarray, center=None, scale=None) -> np.ndarray:
+    """The head's logit, the measurements and (given a centre and scale) their centred squares."""
+    if center is None:
+        return np.column_stack([z, m])
+    return np.column_stack([z, m, ((m - np.asarray(center)) / np.asarray(scale)) ** 2])
 
 
 def fit_logistic(
@@ -88,20 +110,21 @@ def fit_logistic(
     return w[1:], float(w[0]), mean, scale
 
 
-def fit_output(head_logit, measured, target) -> dict | None:
-    """One output's logistic model, or None with fewer than 10 usable nodules."""
-    x = _inputs(head_logit, measured)
+def fit_output(output: str, head_logit, measured, target) -> dict | None:
+    """One output's logistic model (features_of(output)), or None with < 10 usable nodules."""
+    z, m = _columns(head_logit, measured)
     t = np.asarray(target, dtype=float)
-    keep = np.isfinite(t) & np.isfinite(x).all(1)
+    keep = np.isfinite(t) & np.isfinite(z) & np.isfinite(m).all(1)
     if keep.sum() < 10:
         return None
-    coef, intercept, mean, scale = fit_logistic(x[keep], t[keep])
-    return {
-        "coef": coef.tolist(),
-        "intercept": intercept,
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-    }
+    squares = {}
+    if output in SQUARED_OUTPUTS:
+        squares = {"square_center": m[keep].mean(0), "square_scale": m[keep].std(0) + 1e-12}
+    x = _inputs(z[keep], m[keep], squares.get("square_center"), squares.get("square_scale"))
+    coef, intercept, mean, scale = fit_logistic(x, t[keep])
+    model = {"features": list(features_of(output)), "coef": coef, "intercept": intercept}
+    model |= {"mean": mean, "scale": scale, **squares}
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in model.items()}
 
 
 def fit_fusion(head_logits: dict, measured: np.ndarray, targets: dict) -> dict:
@@ -109,7 +132,7 @@ def fit_fusion(head_logits: dict, measured: np.ndarray, targets: dict) -> dict:
     models = {}
     for out in OUTPUTS:
         if out in targets and head_of(out) in head_logits:
-            m = fit_output(head_logits[head_of(out)], measured, targets[out])
+            m = fit_output(out, head_logits[head_of(out)], measured, targets[out])
             if m is not None:
                 models[out] = m
     return {"type": "logistic", "features": list(FEATURES), "outputs": models}
@@ -117,9 +140,9 @@ def fit_fusion(head_logits: dict, measured: np.ndarray, targets: dict) -> dict:
 
 def apply_output(model: dict | None, head_logit, measured) -> np.ndarray:
     """Fused probability of one output; the sigmoid of the head's logit without a model."""
-    z = np.atleast_1d(np.asarray(head_logit, dtype=float))
+    z, m = _columns(head_logit, measured)
     if model:
-        x = _inputs(z, measured)
+        x = _inputs(z, m, model.get("square_center"), model.get("square_scale"))
         z = ((x - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(
             model["coef"]
         ) + float(model["intercept"])
@@ -143,6 +166,19 @@ def check_fusion(fusion: dict | None) -> None:
     unknown = set(fusion["outputs"]) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"fusion has unknown outputs {sorted(unknown)}")
+    for name, model in fusion["outputs"].items():
+        features = features_of(name)
+        if model.get("features") != list(features):
+            raise ValueError(
+                f"fusion output {name!r} reads {model.get('features')}, not {list(features)}: "
+                "re-export the ensemble"
+            )
+        sizes = dict.fromkeys(("coef", "mean", "scale"), len(features))
+        if features == FEATURES:
+            sizes |= dict.fromkeys(("square_center", "square_scale"), len(MEASURED_FEATURES))
+        bad = [k for k, n in sizes.items() if len(np.atleast_1d(model.get(k, []))) != n]
+        if bad or not np.isfinite(float(model.get("intercept", np.nan))):
+            raise ValueError(f"fusion output {name!r} has malformed {bad or ['intercept']}")
 
 
 def cross_fit(
@@ -176,16 +212,16 @@ def cross_fit(
     return out
 
 
-def fusion_oof(head_logit, measured, target, folds) -> np.ndarray:
+def fusion_oof(output: str, head_logit, measured, target, folds) -> np.ndarray:
     """One output's fusion cross-fitted over the folds: each fold scored by a fit on the others.
 
     The honest estimate of the shipped fusion, which is fitted on all out-of-fold rows.
     """
     return cross_fit(
-        _inputs(head_logit, measured),
+        np.column_stack(_columns(head_logit, measured)),
         target,
         folds,
-        lambda x, y: fit_output(x[:, 0], x[:, 1:], y),
+        lambda x, y: fit_output(output, x[:, 0], x[:, 1:], y),
         lambda model, x: apply_output(model, x[:, 0], x[:, 1:]),
     )
 

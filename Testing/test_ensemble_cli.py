@@ -215,16 +215,26 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
 
 def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
     """A fusion that ignores its inputs (coef 0) pins every output to its intercept."""
-    from NoduleMalignancyLib.fusion import FEATURES, MALIGNANCY_PROBABILITY, OUTPUTS
+    from NoduleMalignancyLib.fusion import (
+        FEATURES,
+        MALIGNANCY_PROBABILITY,
+        MEASURED_FEATURES,
+        OUTPUTS,
+        features_of,
+    )
 
-    def constant(p: float) -> dict:
-        n = len(FEATURES)
-        return {"coef": [0.0] * n, "intercept": float(np.log(p / (1 - p))), "mean": [0.0] * n,
-                "scale": [1.0] * n}  # fmt: skip
+    def constant(output: str, p: float) -> dict:
+        features = features_of(output)
+        n, m = len(features), len(MEASURED_FEATURES)
+        model = {"features": list(features), "coef": [0.0] * n, "mean": [0.0] * n,
+                 "scale": [1.0] * n, "intercept": float(np.log(p / (1 - p)))}  # fmt: skip
+        if features == FEATURES:
+            model |= {"square_center": [0.0] * m, "square_scale": [1.0] * m}
+        return model
 
-    outputs = {o: constant(0.5) for o in OUTPUTS}
-    outputs[MALIGNANCY_PROBABILITY] = constant(0.2)
-    outputs["calcification"] = constant(0.9)
+    outputs = {o: constant(o, 0.5) for o in OUTPUTS}
+    outputs[MALIGNANCY_PROBABILITY] = constant(MALIGNANCY_PROBABILITY, 0.2)
+    outputs["calcification"] = constant("calcification", 0.9)
     fusion = {"type": "logistic", "features": list(FEATURES), "outputs": outputs}
     make_tiny_ensemble(tmp_path, fusion=fusion)
     ens = Ensemble.load(tmp_path, device="cpu")

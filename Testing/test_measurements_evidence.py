@@ -9,10 +9,13 @@ from NoduleMalignancyLib.evaluation.metrics import auroc
 from NoduleMalignancyLib.evidence import COMBINED, evidence_maps, integrate, spread_to_voi
 from NoduleMalignancyLib.fusion import (
     FEATURES,
+    LINEAR_FEATURES,
     MALIGNANCY_PROBABILITY,
+    MEASURED_FEATURES,
     MEASUREMENTS,
     apply_fusion,
     check_fusion,
+    features_of,
     fit_fusion,
     fusion_oof,
     measured_features,
@@ -160,7 +163,9 @@ def test_fusion_learns_from_the_measurements():
     y = targets[MALIGNANCY_PROBABILITY]
     assert auroc(y, p) > auroc(y, heads["malignancy"]) + 0.1
     # Calcium pushes towards benign, size towards malignant (standardised coefficients).
-    coef = dict(zip(FEATURES, fusion["outputs"][MALIGNANCY_PROBABILITY]["coef"], strict=True))
+    model = fusion["outputs"][MALIGNANCY_PROBABILITY]
+    assert model["features"] == list(features_of(MALIGNANCY_PROBABILITY))
+    coef = dict(zip(model["features"], model["coef"], strict=True))
     assert coef["log_volume_mm3"] > 0 > coef["calcified_fraction"]
     t = apply_fusion(fusion, "texture", heads["texture"], measured)
     assert np.abs(t - targets["texture"]).mean() < 0.05
@@ -173,16 +178,42 @@ def test_fusion_out_of_fold_is_not_fitted_on_its_own_rows():
     measured, heads, targets = _synthetic_oof(n=300)
     y = targets[MALIGNANCY_PROBABILITY]
     folds = np.arange(len(y)) % 5
-    oof = fusion_oof(heads["malignancy"], measured, y, folds)
+    oof = fusion_oof(MALIGNANCY_PROBABILITY, heads["malignancy"], measured, y, folds)
     assert np.isfinite(oof).all() and auroc(y, oof) > 0.85
     # Changing one fold's labels leaves that fold's own out-of-fold predictions unchanged.
     y2 = y.copy()
     y2[folds == 0] = 1 - y2[folds == 0]
-    oof2 = fusion_oof(heads["malignancy"], measured, y2, folds)
+    oof2 = fusion_oof(MALIGNANCY_PROBABILITY, heads["malignancy"], measured, y2, folds)
     assert np.allclose(oof[folds == 0], oof2[folds == 0])
     assert not np.allclose(oof[folds == 1], oof2[folds == 1])
+
+
+def test_ratings_read_squared_measurements_and_the_probability_does_not():
+    """The 1-5 ratings fit a curve in each measurement (texture saturates with attenuation)."""
+    measured, heads, targets = _synthetic_oof()
+    fusion = fit_fusion(heads, measured, targets)
+    texture = fusion["outputs"]["texture"]
+    assert texture["features"] == list(FEATURES) and len(texture["coef"]) == len(FEATURES)
+    assert len(texture["square_center"]) == len(MEASURED_FEATURES)
+    assert "square_center" not in fusion["outputs"][MALIGNANCY_PROBABILITY]
+    # A U-shaped target in one measurement: linear features cannot follow it, squares can.
+    hu = measured[:, MEASURED_FEATURES.index("mean_hu")]
+    u = 1 / (1 + np.exp(-(((hu - hu.mean()) / hu.std()) ** 2 - 1)))
+    folds = np.arange(len(u)) % 5
+    curved = fusion_oof("texture", heads["texture"], measured, u, folds)
+    straight = fusion_oof(MALIGNANCY_PROBABILITY, heads["texture"], measured, u, folds)
+    assert np.abs(curved - u).mean() < 0.5 * np.abs(straight - u).mean()
 
 
 def test_outdated_fusion_entry_is_refused():
     with pytest.raises(ValueError, match="re-export"):
         check_fusion({"type": "logistic", "features": ["mil_logit", "log_volume_mm3"]})
+    measured, heads, targets = _synthetic_oof()
+    fusion = fit_fusion(heads, measured, targets)
+    fusion["outputs"]["texture"]["features"] = list(LINEAR_FEATURES)  # written before squares
+    with pytest.raises(ValueError, match="re-export"):
+        check_fusion(fusion)
+    fusion = fit_fusion(heads, measured, targets)
+    fusion["outputs"]["texture"]["square_scale"] = [1.0]
+    with pytest.raises(ValueError, match="square_scale"):
+        check_fusion(fusion)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
-from ..fusion import fusion_oof, oof_fusion_inputs
+from ..fusion import MALIGNANCY_PROBABILITY, fusion_oof, oof_fusion_inputs
 from . import baselines, metrics
 
 SMALL_MM = 10.0
@@ -125,7 +125,7 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
         scores["fusion_crossfit"] = {
             "label": "fusion refitted here out of fold (malignancy head + measurements of the "
             "segmentation: size, density, shape, margin)",
-            "prob": fusion_oof(heads["malignancy"], measured, y, folds),
+            "prob": fusion_oof(MALIGNANCY_PROBABILITY, heads["malignancy"], measured, y, folds),
         }
         scores["measured_only"] = {
             "label": "measurements of the segmentation only, no network head (out of fold)",
@@ -156,7 +156,7 @@ def _fused_attribute_oof(fused, attr: str, folds: np.ndarray) -> np.ndarray | No
     heads, measured, targets = fused
     if attr not in heads or attr not in targets:
         return None
-    return fusion_oof(heads[attr], measured, targets[attr], folds)
+    return fusion_oof(attr, heads[attr], measured, targets[attr], folds)
 
 
 def evaluate(

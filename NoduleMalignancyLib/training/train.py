@@ -903,7 +903,9 @@ def export_ensemble(
     metrics["oof_auroc_fused_in_sample"] = auroc(
         label, apply_fusion(fusion, MALIGNANCY_PROBABILITY, mal, measured)
     )
-    metrics["oof_auroc_fused_cross_fold"] = auroc(label, fusion_oof(mal, measured, label, fold_col))
+    metrics["oof_auroc_fused_cross_fold"] = auroc(
+        label, fusion_oof(MALIGNANCY_PROBABILITY, mal, measured, label, fold_col)
+    )
     folds_file = info.get("folds_file")
     commit = info.get("git_commit")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")

@@ -68,7 +68,9 @@ def main(oof_csv: str) -> None:
         _line(
             "own segmentation: head + measured",
             y,
-            fusion.fusion_oof(heads["malignancy"], measured, y, folds),
+            fusion.fusion_oof(
+                fusion.MALIGNANCY_PROBABILITY, heads["malignancy"], measured, y, folds
+            ),
             size,
             groups,
             small,
