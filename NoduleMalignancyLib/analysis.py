@@ -15,7 +15,13 @@ from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
 from .evidence import evidence_maps
-from .fusion import MALIGNANCY_PROBABILITY, MEASUREMENTS, apply_fusion, measured_features
+from .fusion import (
+    MALIGNANCY_PROBABILITY,
+    MEASUREMENTS,
+    apply_fusion,
+    head_of,
+    measured_features,
+)
 from .geometry import ImageGeometry
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
@@ -158,10 +164,11 @@ def analyze_point(
     logits = out.bag_logits[:, 0]  # (K, A)
     fusion = ensemble.manifest.fusion
 
-    def fused(output: str, head: str) -> np.ndarray:
-        return apply_fusion(fusion, output, logits[:, ATTRIBUTES.index(head)], measured)
+    def fused(output: str) -> np.ndarray:
+        head = logits[:, ATTRIBUTES.index(head_of(output))]
+        return apply_fusion(fusion, output, head, measured)
 
-    fold_mal = fused(MALIGNANCY_PROBABILITY, "malignancy")
+    fold_mal = fused(MALIGNANCY_PROBABILITY)
     evidence = evidence_maps(
         [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
     )
@@ -170,11 +177,9 @@ def analyze_point(
         malignancy_probability=float(fold_mal.mean()),
         malignancy_sd=float(fold_mal.std()),
         fold_malignancy_probabilities=[float(p) for p in fold_mal],
-        scores={a: score_from_probability(fused(a, a).mean()) for a in ORDINAL_ATTRIBUTES},
-        calcification_probability=float(fused("calcification", "calcification").mean()),
-        internal_structure_probability=float(
-            fused("internal_structure", "internal_structure").mean()
-        ),
+        scores={a: score_from_probability(fused(a).mean()) for a in ORDINAL_ATTRIBUTES},
+        calcification_probability=float(fused("calcification").mean()),
+        internal_structure_probability=float(fused("internal_structure").mean()),
         **{f: measured_all[f] for f in MEASURED_FIELDS},
         model_version=ensemble.version,
         voi_geometry=vgeom,

@@ -107,8 +107,11 @@ def _finite(x) -> object:
     return x
 
 
-def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
-    """The malignancy scores to compare, each {label, prob}; the first is the primary one."""
+def _scores(oof: dict, fused, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
+    """The malignancy scores to compare, each {label, prob}; the first is the primary one.
+
+    ``fused`` is :func:`oof_fusion_inputs` of the table (None without measurements).
+    """
     scores = {}
     if "malignancy_fused_prob" in oof and np.isfinite(oof["malignancy_fused_prob"]).any():
         scores["model_fused"] = {
@@ -119,9 +122,8 @@ def _scores(oof: dict, y: np.ndarray, folds: np.ndarray) -> dict[str, dict]:
         "label": "model, MIL only (`malignancy_prob`)",
         "prob": oof["malignancy_prob"],
     }
-    fused = oof_fusion_inputs(oof)
     if fused is not None:
-        heads, measured, targets = fused
+        heads, measured, _ = fused
         scores["fusion_crossfit"] = {
             "label": "fusion refitted here out of fold (malignancy head + measurements of the "
             "segmentation: size, density, shape, margin)",
@@ -184,7 +186,8 @@ def evaluate(
     folds, notes = _resolve_folds(oof, folds_csv)
     groups = oof["patient_id"]
     small = oof["diameter_mean_mm"] < SMALL_MM
-    scores = _scores(oof, y, folds)
+    fused = oof_fusion_inputs(oof)  # head logits, measurements, targets: shared by both parts
+    scores = _scores(oof, fused, y, folds)
     primary = next(iter(scores))
     boot = {"n_boot": n_boot, "seed": seed}
 
@@ -227,7 +230,9 @@ def evaluate(
         for key, sc in scores.items()
     }
 
-    res["attributes"] = _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes)
+    res["attributes"] = _attribute_metrics(
+        oof, fused, folds, groups, reader_labels_csv, boot, notes
+    )
     res["dice"] = metrics.dice_summary(oof["dice"]) if "dice" in oof else None
     res["calibration"] = {
         key: _calibration(y, scores[key]["prob"], folds)
@@ -261,7 +266,7 @@ def _counts(oof, y, folds, small) -> dict:
     }
 
 
-def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> dict:
+def _attribute_metrics(oof, fused, folds, groups, reader_labels_csv, boot, notes) -> dict:
     """Ordinal MAE beside constant predictor and human agreement; presence AUROC."""
     out = {"ordinal": {}, "presence": {}}
     human = {}
@@ -287,7 +292,6 @@ def _attribute_metrics(oof, folds, groups, reader_labels_csv, boot, notes) -> di
         human = baselines.human_agreement(matched)
     else:
         notes.append("reader table not found: human agreement left out.")
-    fused = oof_fusion_inputs(oof)
     for attr in ORDINAL_ATTRIBUTES:
         t, p = oof.get(f"{attr}_target"), oof.get(f"{attr}_prob")
         if t is None or p is None:
