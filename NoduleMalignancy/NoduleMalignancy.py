@@ -2,7 +2,7 @@
 
 Thin Slicer module: UI wiring, progress, cancel, dependency installation on first use and the
 self-test entry. Everything else lives in ``NoduleMalignancyLib`` (GUI-free, tested headless):
-the logic is :class:`NoduleMalignancyLib.mrml_logic.NoduleMalignancyLogic`, re-exported here.
+the logic is :class:`NoduleMalignancyLib.mrml.logic.NoduleMalignancyLogic`, re-exported here.
 
 Threads: torch runs on one persistent worker thread (a single-worker executor made once per
 widget: per-thread CUDA/cuDNN state stays warm); MRML is only touched on the main thread
@@ -32,8 +32,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_ROOT, "NoduleMalignancyLib")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from NoduleMalignancyLib import dependencies  # noqa: E402 (no torch needed to import)
-from NoduleMalignancyLib.selftest import (  # noqa: E402
+from NoduleMalignancyLib.mrml import dependencies  # noqa: E402 (no torch needed to import)
+from NoduleMalignancyLib.mrml.selftest import (  # noqa: E402
     SAMPLE,
     SAMPLE_ARCHIVE_SHA256,
     NoduleMalignancySelfTestMixin,
@@ -50,7 +50,7 @@ def __getattr__(name):
     the module; the widget installs it on first use.
     """
     if name == "NoduleMalignancyLogic":
-        from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+        from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
 
         return NoduleMalignancyLogic
     raise AttributeError(name)
@@ -94,9 +94,10 @@ def registerSampleData():
         import SampleData
     except ImportError:
         return
-    from NoduleMalignancyLib import samples
+    from NoduleMalignancyLib.core import settings
+    from NoduleMalignancyLib.files import samples
 
-    folder = samples.data_dir()
+    folder = settings.data_dir()
     if folder is None:
         return
     archive = folder / samples.CT_SUBFOLDER / samples.SAMPLES[SAMPLE].archive
@@ -194,7 +195,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except dependencies.DependencyError as exc:
                 slicer.util.errorDisplay(str(exc))
                 return None
-        from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+        from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
 
         self.logic = NoduleMalignancyLogic()
         return self.logic
@@ -211,7 +212,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logic = self._ensureLogic()
         if logic is None or self._future is not None:
             return
-        from NoduleMalignancyLib.mrml_logic import InputError
+        from NoduleMalignancyLib.mrml.logic import InputError
 
         device = self.ui.deviceComboBox.currentText
         try:
@@ -255,7 +256,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._future = self._request = self._cancel = None
         self.ui.analyzeButton.text = "Analyze"
         self.ui.progressBar.setVisible(False)
-        from NoduleMalignancyLib.mrml_logic import AnalysisCancelledError, InputError
+        from NoduleMalignancyLib.mrml.logic import AnalysisCancelledError, InputError
 
         try:
             output = self.logic.apply(request, future.result(), cancel)
@@ -353,7 +354,7 @@ class NoduleMalignancyTest(ScriptedLoadableModuleTest, NoduleMalignancySelfTestM
 
     def sampleVolumePath(self):
         """LIDC-IDRI-0001 through SampleData (SHA256-verified) when registered, else the cache."""
-        from NoduleMalignancyLib import samples
+        from NoduleMalignancyLib.files import samples
 
         try:
             import SampleData

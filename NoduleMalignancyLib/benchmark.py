@@ -10,10 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .analysis import analyze_point
-from .ensemble import Ensemble
-from .geometry import ImageGeometry
-from .samples import nodule_points_lps, sample_path
+from .core.analysis import analyze_point
+from .core.ensemble import Ensemble
+from .core.geometry import ImageGeometry
+from .files.samples import nodule_points_lps, sample_path
 
 
 def run_benchmark(args) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ORDINAL_ATTRIBUTES
-from .geometry import ImageGeometry, ras_to_lps
+from .core.config import ORDINAL_ATTRIBUTES
+from .core.geometry import ImageGeometry, ras_to_lps
 
 
 def _point(text: str) -> np.ndarray:
@@ -27,21 +27,21 @@ def _point(text: str) -> np.ndarray:
 def _load_image(path):
     import SimpleITK as sitk
 
-    from .samples import read_ct
+    from .files.samples import read_ct
 
     image = read_ct(path)
     return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
 
 
 def _ensemble(args):
-    from .ensemble import Ensemble
+    from .core.ensemble import Ensemble
 
     return Ensemble.load(args.models, device=args.device)
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import analyze_point
-    from .outputs import write_analysis
+    from .core.analysis import analyze_point
+    from .files.outputs import write_analysis
 
     array, geometry = _load_image(args.ct)
     point = ras_to_lps(args.point) if args.frame == "ras" else args.point
@@ -70,9 +70,9 @@ def _print_result(result) -> None:
 def cmd_demo(args) -> int:
     import SimpleITK as sitk
 
-    from .analysis import analyze_point
-    from .outputs import write_analysis
-    from .samples import nodule_points_lps, sample_path
+    from .core.analysis import analyze_point
+    from .files.outputs import write_analysis
+    from .files.samples import nodule_points_lps, sample_path
 
     path = sample_path(args.sample)
     image = sitk.ReadImage(str(path))
@@ -115,8 +115,8 @@ def _progress(i: int, n: int, start: float) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .analysis import analyze_point
-    from .writers import write_volume
+    from .core.analysis import analyze_point
+    from .files.writers import write_volume
 
     with open(args.manifest, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands():
     """Sub-commands that live in their own modules (training, evaluation, self-test)."""
     from .evaluation.cli import register as register_evaluation
-    from .selftest import register as register_selftest
+    from .mrml.selftest import register as register_selftest
     from .training.cli import register as register_training
 
     return [register_training, register_evaluation, register_selftest]

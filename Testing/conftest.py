@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-DATA_ENV = "NODULE_MALIGNANCY_DATA"
-CACHE_ENV = "NODULE_MALIGNANCY_CACHE"
+from NoduleMalignancyLib.core.settings import CACHE_ENV, DATA_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +57,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def ct_0001_path(data_dir, _session_cache) -> Path:
     """Cached, checksum-verified NRRD of LIDC-IDRI-0001 (decoded once per session)."""
-    from NoduleMalignancyLib import samples
+    from NoduleMalignancyLib.files import samples
 
     return samples.sample_path("LIDC-IDRI-0001", data_dir=data_dir)
 
@@ -66,7 +65,7 @@ def ct_0001_path(data_dir, _session_cache) -> Path:
 @pytest.fixture(scope="session")
 def slicer_runtime(tmp_path_factory):
     """The ``slicer`` module with the headless runtime (scene, app, modules) installed."""
-    from NoduleMalignancyLib.headless import ensure_slicer_runtime
+    from NoduleMalignancyLib.mrml.runtime import ensure_slicer_runtime
 
     return ensure_slicer_runtime(cache_dir=tmp_path_factory.mktemp("slicer_cache"))
 
@@ -74,7 +73,7 @@ def slicer_runtime(tmp_path_factory):
 @pytest.fixture
 def mrml_scene(slicer_runtime):
     """A cleared ``slicer.mrmlScene`` for one test (as a Slicer test's ``setUp``)."""
-    from NoduleMalignancyLib.headless import reset_scene
+    from NoduleMalignancyLib.mrml.runtime import reset_scene
 
     scene = reset_scene()
     yield scene

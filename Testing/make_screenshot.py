@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from NoduleMalignancyLib import samples
-    from NoduleMalignancyLib.geometry import lps_to_ras
-    from NoduleMalignancyLib.headless import ensure_slicer_runtime, reset_scene
-    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
-    from NoduleMalignancyLib.selftest import SAMPLE, random_test_ensemble, trained_ensemble
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.files import samples
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.mrml.runtime import ensure_slicer_runtime, reset_scene
+    from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble, trained_ensemble
 
     backend = offscreen_backend()
     if backend is None:

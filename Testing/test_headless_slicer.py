@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib import headless, samples
+from NoduleMalignancyLib.files import samples
+from NoduleMalignancyLib.mrml import runtime
 
 NAME = "LIDC-IDRI-0001"
 
@@ -66,11 +67,11 @@ def _add_segmentation(slicer, volume, mask, name="nodule"):
 
 
 def test_runtime_is_complete_and_idempotent(slicer_runtime, mrml_scene):
-    slicer = headless.ensure_slicer_runtime()
+    slicer = runtime.ensure_slicer_runtime()
     assert slicer is slicer_runtime
     assert slicer.mrmlScene is mrml_scene
-    assert headless.ensure_slicer_runtime().mrmlScene is mrml_scene
-    assert headless.is_headless_runtime()
+    assert runtime.ensure_slicer_runtime().mrmlScene is mrml_scene
+    assert runtime.is_headless_runtime()
     app_logic = slicer.app.applicationLogic()
     assert slicer.app.mrmlScene() is mrml_scene
     assert app_logic.GetMRMLScene() is mrml_scene
@@ -109,18 +110,18 @@ def test_runtime_is_complete_and_idempotent(slicer_runtime, mrml_scene):
 
 def test_inside_slicer_application_is_left_alone():
     real_app = types.SimpleNamespace(commandOptions=lambda: None)
-    assert headless._inside_slicer_application(types.SimpleNamespace(app=real_app))
-    assert headless._inside_slicer_application(
+    assert runtime._inside_slicer_application(types.SimpleNamespace(app=real_app))
+    assert runtime._inside_slicer_application(
         types.SimpleNamespace(ScriptedLoadableModule=object())
     )
-    assert not headless._inside_slicer_application(types.SimpleNamespace())
+    assert not runtime._inside_slicer_application(types.SimpleNamespace())
 
 
 def test_reset_scene_clears_nodes(slicer_runtime, mrml_scene):
     slicer = slicer_runtime
     slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "points")
     slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "table")
-    headless.reset_scene()
+    runtime.reset_scene()
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode") == 0
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
     assert slicer.mrmlScene.GetNodeByID("vtkMRMLColorTableNodeFileGenericColors.txt")
@@ -192,7 +193,7 @@ def test_save_and_load_nodes_through_util(
     assert b"encoding: raw" in (tmp_path / "ct.nrrd").read_bytes()[:1000]
     assert volume.GetStorageNode().GetFileName() == str(ct_0001_path)  # export changes nothing
 
-    headless.reset_scene()
+    runtime.reset_scene()
     volume2 = slicer.util.loadVolume(str(tmp_path / "ct.nrrd"), {"name": "ct"})
     assert volume2.GetName() == "ct"
     np.testing.assert_array_equal(
@@ -228,7 +229,7 @@ def test_mrb_round_trip(slicer_runtime, mrml_scene, ct_0001_path, sitk_ct, nodul
     assert slicer.util.saveScene(str(bundle))
     assert bundle.is_file() and bundle.stat().st_size > 1_000_000
 
-    headless.reset_scene()
+    runtime.reset_scene()
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == 0
     slicer.util.loadScene(str(bundle))
 

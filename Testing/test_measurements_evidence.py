@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.evaluation.metrics import auroc
-from NoduleMalignancyLib.evidence import COMBINED, evidence_maps, integrate, spread_to_voi
-from NoduleMalignancyLib.fusion import (
+from NoduleMalignancyLib.core.evidence import COMBINED, evidence_maps, integrate, spread_to_voi
+from NoduleMalignancyLib.core.fusion import (
     FEATURES,
     LINEAR_FEATURES,
     MALIGNANCY_PROBABILITY,
@@ -20,7 +19,7 @@ from NoduleMalignancyLib.fusion import (
     fusion_oof,
     measured_features,
 )
-from NoduleMalignancyLib.measurements import (
+from NoduleMalignancyLib.core.measurements import (
     CALCIFIED_HU,
     EMPTY_DENSITY,
     component_at_center,
@@ -28,6 +27,7 @@ from NoduleMalignancyLib.measurements import (
     nodule_density,
     nodule_size,
 )
+from NoduleMalignancyLib.core.metrics import auroc
 
 SPACING = (1.0, 0.667, 0.667)
 

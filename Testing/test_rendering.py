@@ -185,11 +185,11 @@ def _ras_to_ijk(volume_node, ras: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def rendered(slicer_runtime, ct_0001_path, data_dir):
     """Analyse the sample nodule and render the axial view three ways."""
-    from NoduleMalignancyLib import samples
-    from NoduleMalignancyLib.geometry import lps_to_ras
-    from NoduleMalignancyLib.headless import reset_scene
-    from NoduleMalignancyLib.mrml_logic import NoduleMalignancyLogic
-    from NoduleMalignancyLib.selftest import SAMPLE, random_test_ensemble
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.files import samples
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.mrml.runtime import reset_scene
+    from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
 
     backend = offscreen_backend()
     if backend is None:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib import samples
+from NoduleMalignancyLib.core import settings
+from NoduleMalignancyLib.files import samples
 
 NAME = "LIDC-IDRI-0001"
 
@@ -31,7 +32,7 @@ def dicom_folder_0001(data_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     """An empty samples cache for one test (removed afterwards: decoded CTs are ~44 MB)."""
-    monkeypatch.setenv(samples.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(settings.CACHE_ENV, str(tmp_path / "cache"))
     yield tmp_path / "cache" / "samples"
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
 
@@ -74,7 +75,7 @@ def test_second_call_is_fast_and_does_not_decode(ct_0001_path, monkeypatch):
 
     monkeypatch.setattr(samples, "_read_ct_with_xml", no_decode)
     monkeypatch.setattr(samples.sitk, "ReadImage", no_decode)
-    monkeypatch.delenv(samples.DATA_ENV, raising=False)  # the cache alone must do
+    monkeypatch.delenv(settings.DATA_ENV, raising=False)  # the cache alone must do
     start = time.perf_counter()
     assert samples.sample_path(NAME) == ct_0001_path
     assert time.perf_counter() - start < 0.5
@@ -121,16 +122,16 @@ def test_tampered_registry_checksum_raises(ct_0001_path, fresh_cache, tmp_path, 
 
 
 def test_missing_data_folder_raises(fresh_cache, tmp_path, monkeypatch):
-    monkeypatch.delenv(samples.DATA_ENV, raising=False)
+    monkeypatch.delenv(settings.DATA_ENV, raising=False)
     with pytest.raises(samples.SampleNotFoundError) as excinfo:
         samples.sample_path(NAME)
     message = str(excinfo.value)
-    assert samples.DATA_ENV in message
+    assert settings.DATA_ENV in message
     assert f"lidc_ct/{samples.SAMPLES[NAME].archive}" in message
     assert "10.7937/K9/TCIA.2015.LO9QL9SX" in message
 
     missing = tmp_path / "no_such_folder"
-    monkeypatch.setenv(samples.DATA_ENV, str(missing))
+    monkeypatch.setenv(settings.DATA_ENV, str(missing))
     with pytest.raises(samples.SampleNotFoundError, match=str(missing)):
         samples.sample_path(NAME)
 
@@ -138,7 +139,7 @@ def test_missing_data_folder_raises(fresh_cache, tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(samples.SampleNotFoundError, match="no local copy") as excinfo:
         samples.sample_path(NAME, data_dir=empty)
-    assert samples.DATA_ENV in str(excinfo.value)
+    assert settings.DATA_ENV in str(excinfo.value)
 
 
 def test_unknown_sample_name():
@@ -147,18 +148,18 @@ def test_unknown_sample_name():
 
 
 def test_data_dir_setting(tmp_path, monkeypatch):
-    monkeypatch.delenv(samples.DATA_ENV, raising=False)
-    assert samples.data_dir() is None
-    monkeypatch.setenv(samples.DATA_ENV, str(tmp_path / "env"))
-    assert samples.data_dir() == tmp_path / "env"
-    assert samples.data_dir(tmp_path / "arg") == tmp_path / "arg"
-    assert samples.data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
+    monkeypatch.delenv(settings.DATA_ENV, raising=False)
+    assert settings.data_dir() is None
+    monkeypatch.setenv(settings.DATA_ENV, str(tmp_path / "env"))
+    assert settings.data_dir() == tmp_path / "env"
+    assert settings.data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert settings.data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
 
 
 def test_cache_location(monkeypatch, tmp_path):
-    monkeypatch.delenv(samples.CACHE_ENV, raising=False)
+    monkeypatch.delenv(settings.CACHE_ENV, raising=False)
     assert samples.samples_cache_dir() == Path.home() / ".cache" / "NoduleMalignancy" / "samples"
-    monkeypatch.setenv(samples.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(settings.CACHE_ENV, str(tmp_path))
     assert samples.samples_cache_dir() == tmp_path / "samples"
 
 
@@ -238,5 +239,5 @@ def test_nodule_points_lps(data_dir, ct_0001_path, monkeypatch):
     assert sitk.GetArrayViewFromImage(image)[k, j, i] > -300
 
     # Without a data folder the copy stored with the cached sample answers.
-    monkeypatch.delenv(samples.DATA_ENV, raising=False)
+    monkeypatch.delenv(settings.DATA_ENV, raising=False)
     assert samples.nodule_points_lps(NAME) == points

@@ -20,9 +20,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.config import ATTRIBUTES, VoiConfig
-from NoduleMalignancyLib.geometry import ImageGeometry
-from NoduleMalignancyLib.training import augment, folds
+from NoduleMalignancyLib.core import folds
+from NoduleMalignancyLib.core.config import ATTRIBUTES, VoiConfig
+from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.voi import sample_voi
+from NoduleMalignancyLib.training import augment
 from NoduleMalignancyLib.training.dataset import (
     build_cache,
     canvas_config,
@@ -44,7 +46,6 @@ from NoduleMalignancyLib.training.train import (
     export_ensemble,
     train_fold,
 )
-from NoduleMalignancyLib.voi import sample_voi
 
 SLICE_PATIENTS = (
     "LIDC-IDRI-0001",
@@ -160,7 +161,7 @@ def test_folds_patient_disjoint_stratified_and_reread(records, tmp_path):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("patient_id,fold\nP1,0\nP1,1\n")
-    with pytest.raises(AssertionError, match="P1"):
+    with pytest.raises(ValueError, match="P1"):
         folds.load_folds(bad)
     with pytest.raises(ValueError, match="not in"):
         folds.ensure_folds(["P2"], [4.0], path=path)
@@ -198,7 +199,7 @@ def test_identity_augmentation_equals_sample_voi(slice_data):
 
 
 def test_canvas_mask_matches_direct_resampling(slice_data):
-    from NoduleMalignancyLib.voi import resample_to_grid
+    from NoduleMalignancyLib.core.voi import resample_to_grid
 
     i = next(i for i, r in enumerate(slice_data.records) if r.name == "LIDC-IDRI-0001_R_1")
     r = slice_data.records[i]
@@ -366,7 +367,7 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
     train_fold(1, cfg, slice_data, run, folds=slice_folds)
     models = tmp_path / "models"
     export_ensemble(run, models)
-    from NoduleMalignancyLib.ensemble import Ensemble
+    from NoduleMalignancyLib.core.ensemble import Ensemble
 
     ens = Ensemble.load(models, device="cpu")
     assert len(ens.models) == 2

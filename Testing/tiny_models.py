@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from NoduleMalignancyLib.config import NetworkConfig, VoiConfig
-from NoduleMalignancyLib.ensemble import save_ensemble
-from NoduleMalignancyLib.network import build_network
+from NoduleMalignancyLib.core.config import NetworkConfig, VoiConfig
+from NoduleMalignancyLib.core.ensemble import save_ensemble
+from NoduleMalignancyLib.core.network import build_network
 
 TINY_NETWORK = NetworkConfig(
     widths=(4, 8, 8, 8),

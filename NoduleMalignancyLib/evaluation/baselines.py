@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attributes import reader_ratings
-from ..config import ORDINAL_ATTRIBUTES
-from ..fusion import cross_fit, fit_logistic, logit
+from ..core.attributes import reader_ratings
+from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.fusion import cross_fit, fit_logistic, logit
 
 
 def _logistic_fit(x, y):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-DATA_ENV = "NODULE_MALIGNANCY_DATA"
+from ..core.settings import DATA_ENV, data_dir
 
 
 def latest_oof(runs_dir: str | Path = "runs") -> Path | None:
@@ -18,10 +17,9 @@ def latest_oof(runs_dir: str | Path = "runs") -> Path | None:
 def reader_labels_path(data: str | None) -> Path | None:
     """reader_labels.csv from --data or $NODULE_MALIGNANCY_DATA (the folder holding lidc_vois/,
     or lidc_vois/ itself); None when neither is set."""
-    root = data or os.environ.get(DATA_ENV)
-    if not root:
+    root = data_dir(data)
+    if root is None:
         return None
-    root = Path(root)
     for cand in (root / "lidc_vois" / "reader_labels.csv", root / "reader_labels.csv"):
         if cand.exists():
             return cand
@@ -52,7 +50,7 @@ def cmd_evaluate(args) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` sub-command to the main CLI's sub-parsers."""
-    from .metrics import N_BOOT, SEED
+    from ..core.metrics import N_BOOT, SEED
 
     sp = subparsers.add_parser("evaluate", help="out-of-fold evaluation report from oof.csv")
     sp.add_argument(

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
-from ..fusion import MALIGNANCY_PROBABILITY, fusion_oof, oof_fusion_inputs
-from . import baselines, metrics
+from ..core import metrics
+from ..core.config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
+from ..core.folds import load_folds
+from ..core.fusion import MALIGNANCY_PROBABILITY, fusion_oof, oof_fusion_inputs
+from . import baselines
 
 SMALL_MM = 10.0
 ID_COLUMNS = ("patient_id", "nodule_id")
@@ -47,12 +49,6 @@ def load_table(path) -> dict[str, np.ndarray]:
         except ValueError:
             cols[name] = np.array(values)
     return cols
-
-
-def load_folds(path) -> dict[str, int]:
-    """folds.csv -> {patient_id: fold}."""
-    with open(Path(path), newline="") as f:
-        return {r["patient_id"].strip(): int(float(r["fold"])) for r in csv.DictReader(f)}
 
 
 def _labels(oof: dict) -> np.ndarray:

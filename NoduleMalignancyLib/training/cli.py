@@ -9,8 +9,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from .dataset import DATA_ENV
-from .folds import DEFAULT_FOLDS_FILE
+from ..core.folds import DEFAULT_FOLDS_FILE
+from ..core.settings import DATA_ENV
 
 # Chosen from measured CPU cost: the light preset (channels-last) takes ~26-30 s per epoch on
 # 2 cores, so 25 epochs x 5 folds is ~60 min of wall time (more when the cores are shared).

@@ -1,7 +1,7 @@
 """Training data: per-nodule targets from the reader ratings and a one-time sampled canvas cache.
 
 Every nodule is sampled ONCE around its metadata world centre (LPS) with the core's
-:func:`~NoduleMalignancyLib.voi.sample_voi` on a canvas larger than the VOI (same spacing), so
+:func:`~NoduleMalignancyLib.core.voi.sample_voi` on a canvas larger than the VOI (same spacing), so
 that augmentation (shift, rotation about z, scale) can be done later in torch by resampling the
 canvas onto the VOI grid, never touching the NIfTI files again. The consensus mask is resampled
 onto the same canvas. Arrays live in one ``.npz`` file keyed by a hash of the data files and the
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
-from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES, VoiConfig
+from ..core.attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
+from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES, VoiConfig
+from ..core.settings import cache_dir, require_data_dir
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_ENV = "NODULE_MALIGNANCY_DATA"
-CACHE_ENV = "NODULE_MALIGNANCY_CACHE"
 VOI_FOLDER = "lidc_vois"
 # Canvas around each nodule at the VOI spacing: room for +-2.5 mm shifts, any rotation about z
 # and scale 0.8-1.2 of the 32 x 48 x 48 VOI (the LIDC crops rarely extend beyond +-24 mm anyway;
@@ -41,19 +39,9 @@ CACHE_VERSION = 2
 LABEL_THRESHOLD = 3.0
 
 
-def data_root(explicit: str | os.PathLike | None = None) -> Path:
-    """The folder with ``lidc_vois/``: explicit argument, else ``$NODULE_MALIGNANCY_DATA``."""
-    root = explicit or os.environ.get(DATA_ENV)
-    if not root:
-        raise FileNotFoundError(
-            f"No data folder: pass --data or set {DATA_ENV} to the folder containing {VOI_FOLDER}/."
-        )
-    return Path(root)
-
-
 def voi_dir(data: str | os.PathLike | None = None) -> Path:
     """Accept either the data root (containing ``lidc_vois/``) or a VOI folder itself."""
-    root = data_root(data)
+    root = require_data_dir(data, f"{VOI_FOLDER}/")
     if (root / "metadata.csv").is_file():
         return root
     if (root / VOI_FOLDER / "metadata.csv").is_file():
@@ -61,12 +49,9 @@ def voi_dir(data: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"No metadata.csv in {root} or {root / VOI_FOLDER}.")
 
 
-def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """Cache folder: explicit, ``$NODULE_MALIGNANCY_CACHE/training``, or ``<repo>/.cache/training``."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(CACHE_ENV)
-    return (Path(env) if env else REPO_ROOT / ".cache") / "training"
+def training_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Canvas cache: ``explicit``, else ``<cache>/training`` (see :mod:`..core.settings`)."""
+    return Path(explicit) if explicit else cache_dir("training")
 
 
 @dataclass
@@ -217,8 +202,8 @@ def sample_record(record: NoduleRecord, canvas: VoiConfig) -> dict:
     """HU, validity and resampled consensus mask of one nodule on the canvas grid."""
     import SimpleITK as sitk
 
-    from ..geometry import ImageGeometry
-    from ..voi import resample_to_grid, sample_voi
+    from ..core.geometry import ImageGeometry
+    from ..core.voi import resample_to_grid, sample_voi
 
     image = sitk.ReadImage(str(record.image_path))
     array = sitk.GetArrayFromImage(image)
@@ -337,7 +322,7 @@ def build_cache(
     """Load the canvas cache for these nodules, building (and timing) it when absent or stale."""
     canvas = canvas_config(voi, canvas_zyx)
     key = data_hash(records, voi, canvas.shape_zyx)
-    path = cache_dir(cache) / f"canvas_{key[:20]}.npz"
+    path = training_cache_dir(cache) / f"canvas_{key[:20]}.npz"
     if path.is_file() and not rebuild:
         try:
             with np.load(path, allow_pickle=False) as z:

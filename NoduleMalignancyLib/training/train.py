@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
-from ..evaluation.metrics import auroc
-from ..fusion import MEASUREMENTS
-from ..losses import LossWeights, multitask_loss
-from ..measurements import component_at_center, measure_nodule
-from ..network import build_network
+from ..core import settings
+from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
+from ..core.folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
+from ..core.fusion import MEASUREMENTS
+from ..core.measurements import component_at_center, measure_nodule
+from ..core.metrics import auroc
+from ..core.network import build_network
+from ..core.settings import SOURCE_ROOT
 from .augment import AugmentConfig, center_crop, make_batch
-from .dataset import DEFAULT_CANVAS_ZYX, REPO_ROOT, TrainingData, load_training_data
-from .folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
+from .dataset import DEFAULT_CANVAS_ZYX, TrainingData, load_training_data
+from .losses import LossWeights, multitask_loss
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ class TrainConfig:
 # Small helpers
 
 
-def git_commit(repo: Path = REPO_ROOT) -> str | None:
+def git_commit(repo: Path = SOURCE_ROOT) -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
@@ -778,8 +780,8 @@ def run_training(
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Cache, folds file, every requested fold, then (optionally) the ensemble export."""
+    from ..core.folds import ensure_folds
     from .dataset import load_records
-    from .folds import ensure_folds
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -805,7 +807,7 @@ def run_training(
     info = _run_info(
         config,
         td,
-        data_dir=str(data) if data else os.environ.get("NODULE_MALIGNANCY_DATA"),
+        data_dir=str(settings.data_dir(data) or ""),
         folds_file=str(folds_file),
         folds_sha256=folds_sha256(folds_file),
         folds=list(folds_to_train if folds_to_train is not None else range(config.k)),
@@ -856,8 +858,8 @@ def export_ensemble(
     The fusion (fusion.py: each head with the measured size and density) is fitted on the pooled
     OOF rows, which are also written to ``<run_dir>/oof.csv``.
     """
-    from ..ensemble import save_ensemble
-    from ..fusion import (
+    from ..core.ensemble import save_ensemble
+    from ..core.fusion import (
         MALIGNANCY_PROBABILITY,
         MEASURED_COLUMNS,
         apply_fusion,

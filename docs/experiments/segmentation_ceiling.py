@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import torch
 
-from NoduleMalignancyLib import fusion
-from NoduleMalignancyLib.config import VoiConfig
+from NoduleMalignancyLib.core import fusion
+from NoduleMalignancyLib.core.config import VoiConfig
+from NoduleMalignancyLib.core.measurements import component_at_center, measure_nodule
+from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
 from NoduleMalignancyLib.evaluation.baselines import logistic_oof, size_baseline_oof
-from NoduleMalignancyLib.evaluation.metrics import auroc, paired_auroc_difference
 from NoduleMalignancyLib.evaluation.report import load_table
-from NoduleMalignancyLib.measurements import component_at_center, measure_nodule
 from NoduleMalignancyLib.training.augment import center_crop
 from NoduleMalignancyLib.training.dataset import load_training_data
 

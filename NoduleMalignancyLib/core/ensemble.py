@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +20,15 @@ import torch
 from .config import ATTRIBUTES, NetworkConfig, VoiConfig
 from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
+from .settings import MODELS_ENV, models_dir
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 class WeightsError(RuntimeError):
     """The ensemble's weights are missing, corrupt or do not match the manifest."""
-
-
-def models_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The ensemble folder: explicit argument, ``NODULE_MALIGNANCY_MODELS``, or the shipped one."""
-    return Path(explicit or os.environ.get("NODULE_MALIGNANCY_MODELS") or DEFAULT_MODELS_DIR)
 
 
 def sha256_of(path: Path) -> str:
@@ -63,7 +57,7 @@ class Manifest:
         if not path.is_file():
             raise WeightsError(
                 f"No ensemble manifest at {path}. Train one (nodule-malignancy train) or point "
-                "NODULE_MALIGNANCY_MODELS at a folder with manifest.json and the fold weights."
+                f"{MODELS_ENV} at a folder with manifest.json and the fold weights."
             )
         try:
             d = json.loads(path.read_text())

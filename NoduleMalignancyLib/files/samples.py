@@ -31,15 +31,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.settings import DATA_ENV, cache_dir, data_dir
+
 __all__ = [
-    "DATA_ENV",
-    "CACHE_ENV",
     "SAMPLES",
     "SampleRecord",
     "SampleNotFoundError",
     "SampleChecksumError",
-    "cache_root",
-    "data_dir",
     "nodule_points_lps",
     "read_ct",
     "reader_xml_path",
@@ -48,8 +46,6 @@ __all__ = [
     "voxel_sha256",
 ]
 
-DATA_ENV = "NODULE_MALIGNANCY_DATA"
-CACHE_ENV = "NODULE_MALIGNANCY_CACHE"
 
 # Sub-folder of the data folder that holds complete CTs, and the points file beside them.
 CT_SUBFOLDER = "lidc_ct"
@@ -140,30 +136,9 @@ class SampleChecksumError(RuntimeError):
     """A local copy of a sample decodes to voxels other than the registered ones."""
 
 
-# Settings ------------------------------------------------------------------------------------
-def data_dir(explicit: str | Path | None = None) -> Path | None:
-    """The configured data folder: ``explicit`` if given, else ``$NODULE_MALIGNANCY_DATA``.
-
-    Why: the data is never part of the repository; code finds it through this one setting.
-    Returns ``None`` when neither is set (existence is not checked here).
-    """
-    value = explicit if explicit not in (None, "") else os.environ.get(DATA_ENV, "")
-    if value in (None, ""):
-        return None
-    return Path(value).expanduser()
-
-
-def cache_root() -> Path:
-    """The project's cache folder: ``$NODULE_MALIGNANCY_CACHE`` or ``~/.cache/NoduleMalignancy``."""
-    value = os.environ.get(CACHE_ENV, "")
-    if value:
-        return Path(value).expanduser()
-    return Path.home() / ".cache" / "NoduleMalignancy"
-
-
 def samples_cache_dir() -> Path:
-    """Where decoded samples are kept (``<cache root>/samples``); not created here."""
-    return cache_root() / "samples"
+    """Where decoded samples are kept (``<cache>/samples``); not created here."""
+    return cache_dir("samples")
 
 
 # Samples -------------------------------------------------------------------------------------

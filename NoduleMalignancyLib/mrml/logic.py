@@ -34,11 +34,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .analysis import NoduleResult, analyze_point
-from .config import ORDINAL_ATTRIBUTES
-from .evidence import COMBINED, SCALE_NAMES
-from .geometry import ImageGeometry, ras_to_lps
-from .voi import PointOutsideVolumeError, sub_grid
+from ..core.analysis import NoduleResult, analyze_point
+from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.evidence import COMBINED, SCALE_NAMES
+from ..core.geometry import ImageGeometry, ras_to_lps
+from ..core.settings import RESOURCES_DIR
+from ..core.voi import PointOutsideVolumeError, sub_grid
 
 __all__ = [
     "MODULE_NAME",
@@ -60,9 +61,7 @@ log = logging.getLogger(__name__)
 MODULE_NAME = "NoduleMalignancy"
 ATTRIBUTE_PREFIX = "NoduleMalignancy."
 EVIDENCE_SCALES: tuple[str, ...] = (COMBINED, *SCALE_NAMES)
-EVIDENCE_COLOR_TABLE_FILE = (
-    Path(__file__).resolve().parent / "resources" / "NoduleMalignancyEvidence.ctbl"
-)
+EVIDENCE_COLOR_TABLE_FILE = RESOURCES_DIR / "NoduleMalignancyEvidence.ctbl"
 EVIDENCE_COLOR_NODE_NAME = "NoduleMalignancyEvidence"
 DEFAULT_EVIDENCE_OPACITY = 0.7
 
@@ -214,7 +213,7 @@ def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
 class NoduleMalignancyLogic:
     """Analyse markups points on a CT volume and keep the results in MRML.
 
-    :param ensemble: an already loaded :class:`~NoduleMalignancyLib.ensemble.Ensemble` (tests,
+    :param ensemble: an already loaded :class:`~NoduleMalignancyLib.core.ensemble.Ensemble` (tests,
         batch jobs); default: :meth:`Ensemble.load` on first use.
     :param modelsDir: folder of the ensemble to load (default: the shipped ``models/``).
     """
@@ -230,7 +229,7 @@ class NoduleMalignancyLogic:
     def scene(self):
         """``slicer.mrmlScene``; headless, the runtime is created on first use."""
         if getattr(slicer, "mrmlScene", None) is None:
-            from .headless import ensure_slicer_runtime
+            from .runtime import ensure_slicer_runtime
 
             ensure_slicer_runtime()
         return slicer.mrmlScene
@@ -283,7 +282,7 @@ class NoduleMalignancyLogic:
 
     def ensemble(self, device: str = "auto"):
         """The ensemble on ``device``, loaded (and sha256-verified) on first use."""
-        from .ensemble import Ensemble, resolve_device
+        from ..core.ensemble import Ensemble, resolve_device
 
         name = self.resolveDevice(device)
         with self._ensemble_lock:

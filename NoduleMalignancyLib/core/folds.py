@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import REPO_ROOT
+from .settings import shipped_models_dir
 
 DEFAULT_K = 5
 DEFAULT_SEED = 2026
-DEFAULT_FOLDS_FILE = REPO_ROOT / "models" / "folds.csv"
+DEFAULT_FOLDS_FILE = shipped_models_dir() / "folds.csv"
 # Stratum upper bounds on a patient's max mean malignancy (LIDC 1-5): clearly benign, leaning
 # benign, indeterminate (exactly 3, excluded from AUROC), leaning malignant, clearly malignant.
 STRATA = ("<=2", "(2,3)", "=3", "(3,4]", ">4", "unknown")
@@ -100,7 +100,7 @@ def load_folds(path: str | os.PathLike = DEFAULT_FOLDS_FILE) -> dict[str, int]:
         for row in csv.DictReader(f):
             pid, fold = row["patient_id"].strip(), int(row["fold"])
             if pid in out and out[pid] != fold:
-                raise AssertionError(f"{path}: patient {pid} is in folds {out[pid]} and {fold}")
+                raise ValueError(f"{path}: patient {pid} is in folds {out[pid]} and {fold}")
             out[pid] = fold
     return out
 

@@ -11,9 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .analysis import NoduleResult  # noqa: E402
-from .attributes import LIDC_WORDING  # noqa: E402
-from .evidence import COMBINED  # noqa: E402
+from ..core.analysis import NoduleResult  # noqa: E402
+from ..core.attributes import LIDC_WORDING  # noqa: E402
+from ..core.evidence import COMBINED  # noqa: E402
 
 
 def _planes(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import NoduleResult
-from .config import VoiConfig
-from .geometry import ImageGeometry
-from .report import write_report
-from .voi import sample_voi
+from ..core.analysis import NoduleResult
+from ..core.config import VoiConfig
+from ..core.geometry import ImageGeometry
+from ..core.voi import sample_voi
+from .report_image import write_report
 from .writers import write_json, write_segmentation, write_volume
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import ImageGeometry
+from ..core.geometry import ImageGeometry
 
 NODULE_COLOR = (0.95, 0.55, 0.1)
 

@@ -84,9 +84,9 @@ def make_random_ensemble(directory: str | Path, k: int = 2, seed: int = 0):
     """
     import torch
 
-    from .config import NetworkConfig, VoiConfig
-    from .ensemble import save_ensemble
-    from .network import build_network
+    from ..core.config import NetworkConfig, VoiConfig
+    from ..core.ensemble import save_ensemble
+    from ..core.network import build_network
 
     network = NetworkConfig(**_TINY_NETWORK)
     torch.manual_seed(seed)
@@ -97,7 +97,7 @@ def make_random_ensemble(directory: str | Path, k: int = 2, seed: int = 0):
 def random_test_ensemble():
     """The process-wide random test ensemble (CPU), written to a temporary folder once."""
     if "random" not in _ENSEMBLES:
-        from .ensemble import Ensemble
+        from ..core.ensemble import Ensemble
 
         folder = Path(tempfile.mkdtemp(prefix="NoduleMalignancy-selftest-"))
         make_random_ensemble(folder)
@@ -107,7 +107,8 @@ def random_test_ensemble():
 
 def trained_ensemble():
     """The shipped ensemble, or ``None`` (with the reason) when no manifest is there."""
-    from .ensemble import MANIFEST_NAME, Ensemble, models_dir
+    from ..core.ensemble import MANIFEST_NAME, Ensemble
+    from ..core.settings import models_dir
 
     folder = models_dir()
     if not (folder / MANIFEST_NAME).is_file():
@@ -252,19 +253,19 @@ class NoduleMalignancySelfTestMixin:
     @property
     def slicer(self):
         """The ``slicer`` module (headless runtime created when needed)."""
-        from .headless import ensure_slicer_runtime
+        from .runtime import ensure_slicer_runtime
 
         return ensure_slicer_runtime()
 
     def dataDir(self) -> Path | None:  # noqa: N802
         """The LIDC data folder (``NODULE_MALIGNANCY_DATA``), or ``None`` when unset."""
-        from . import samples
+        from ..core import settings
 
-        return samples.data_dir()
+        return settings.data_dir()
 
     def sampleVolumePath(self) -> Path:  # noqa: N802
         """The cached, checksum-verified NRRD of the sample CT."""
-        from . import samples
+        from ..files import samples
 
         return samples.sample_path(SAMPLE, data_dir=self.dataDir())
 
@@ -274,7 +275,7 @@ class NoduleMalignancySelfTestMixin:
 
     def clearScene(self) -> None:  # noqa: N802
         """Empty the scene as Slicer's test ``setUp`` does."""
-        from .headless import is_headless_runtime, reset_scene
+        from .runtime import is_headless_runtime, reset_scene
 
         if is_headless_runtime():
             reset_scene()
@@ -283,7 +284,7 @@ class NoduleMalignancySelfTestMixin:
 
     def setUpTest(self) -> None:  # noqa: N802
         """Clear the scene and make a fresh logic with the test ensemble."""
-        from .mrml_logic import NoduleMalignancyLogic
+        from .logic import NoduleMalignancyLogic
 
         self.clearScene()
         self.logic = NoduleMalignancyLogic(ensemble=self.selfTestEnsemble())
@@ -314,8 +315,8 @@ class NoduleMalignancySelfTestMixin:
     # Fixtures ----------------------------------------------------------------------------------
     def loadSample(self):  # noqa: N802
         """Load the sample CT and a point list with one point on the readers' nodule."""
-        from . import samples
-        from .geometry import lps_to_ras
+        from ..core.geometry import lps_to_ras
+        from ..files import samples
 
         slicer = self.slicer
         volume = slicer.util.loadVolume(str(self.sampleVolumePath()))
@@ -352,7 +353,7 @@ class NoduleMalignancySelfTestMixin:
 
     def assertSegmentMatchesResult(self, output, point_id, volume, result):  # noqa: N802
         """The segment, on the CT grid, is the result's mask at the right voxels."""
-        from .geometry import ImageGeometry
+        from ..core.geometry import ImageGeometry
 
         seg = self.segmentArray(output, point_id, volume)
         matrix = self.slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
@@ -369,8 +370,8 @@ class NoduleMalignancySelfTestMixin:
     # Tests -------------------------------------------------------------------------------------
     def test_analyze_creates_segment_evidence_and_row(self):
         """One point -> one segment, four evidence volumes, one table row, references."""
-        from .evidence import COMBINED
-        from .mrml_logic import EVIDENCE_SCALES, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
+        from ..core.evidence import COMBINED
+        from .logic import EVIDENCE_SCALES, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
 
         slicer = self.slicer
         volume, markups, point_lps = self.loadSample()
@@ -428,7 +429,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_evidence_identity_on_displayed_maps(self):
         """The displayed evidence volumes integrate to the malignancy logit."""
-        from .evidence import COMBINED, SCALE_NAMES, integrate
+        from ..core.evidence import COMBINED, SCALE_NAMES, integrate
 
         slicer = self.slicer
         volume, markups, _ = self.loadSample()
@@ -485,7 +486,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_cancel_leaves_scene_unchanged(self):
         """Cancelling before or during a run changes nothing in the scene."""
-        from .mrml_logic import AnalysisCancelledError
+        from .logic import AnalysisCancelledError
 
         volume, markups, point_lps = self.loadSample()
         before = self.sceneSnapshot()
@@ -512,7 +513,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_invalid_inputs_leave_scene_unchanged(self):
         """Non-CT, empty volumes and points outside give clear errors; nothing changes."""
-        from .mrml_logic import (
+        from .logic import (
             EmptyVolumeError,
             InputError,
             NotCTError,
@@ -553,7 +554,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_parent_transforms(self):
         """Transforms on the volume or the points are hardened; outputs follow the volume."""
-        from .evidence import COMBINED
+        from ..core.evidence import COMBINED
 
         slicer = self.slicer
         util = slicer.util
@@ -618,8 +619,8 @@ class NoduleMalignancySelfTestMixin:
 
     def test_scene_saves_and_reloads_as_mrb(self):
         """Everything survives a .mrb round trip, and re-analysis still updates in place."""
-        from .evidence import COMBINED
-        from .mrml_logic import ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE, NoduleMalignancyLogic
+        from ..core.evidence import COMBINED
+        from .logic import ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE, NoduleMalignancyLogic
 
         slicer = self.slicer
         util = slicer.util
@@ -684,9 +685,9 @@ class NoduleMalignancySelfTestMixin:
 
     def test_segmentation_matches_reader_consensus(self):
         """Readers' consensus from the LIDC XML; Dice with the trained ensemble."""
-        from . import samples
-        from .geometry import ImageGeometry
-        from .mrml_logic import NoduleMalignancyLogic
+        from ..core.geometry import ImageGeometry
+        from ..files import samples
+        from .logic import NoduleMalignancyLogic
 
         slicer = self.slicer
         volume, markups, point_lps = self.loadSample()
@@ -725,7 +726,7 @@ class HeadlessSelfTestCase(NoduleMalignancySelfTestMixin, unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        from .headless import ensure_slicer_runtime
+        from .runtime import ensure_slicer_runtime
 
         ensure_slicer_runtime()
 
@@ -736,12 +737,13 @@ class HeadlessSelfTestCase(NoduleMalignancySelfTestMixin, unittest.TestCase):
         self.clearScene()
 
     def sampleVolumePath(self) -> Path:  # noqa: N802
-        from . import samples
+        from ..core import settings
+        from ..files import samples
 
         try:
             return samples.sample_path(SAMPLE, data_dir=self.dataDir())
         except samples.SampleNotFoundError as exc:
-            self.fail(f"{exc} (set {samples.DATA_ENV} to the data folder)")
+            self.fail(f"{exc} (set {settings.DATA_ENV} to the data folder)")
 
 
 # Latency ---------------
@@ -809,8 +811,8 @@ def run_selftest(args) -> int:
     result = unittest.TextTestRunner(verbosity=1 if args.quiet else 2).run(suite)
     ok = result.wasSuccessful()
     if ok and args.latency:
-        from .headless import ensure_slicer_runtime, reset_scene
-        from .mrml_logic import NoduleMalignancyLogic
+        from .logic import NoduleMalignancyLogic
+        from .runtime import ensure_slicer_runtime, reset_scene
 
         ensure_slicer_runtime()
         host = HeadlessSelfTestCase("test_analyze_creates_segment_evidence_and_row")

@@ -1,0 +1,107 @@
+"""The library's layers (docs/DESIGN.md, "Layers") are enforced here, on every import statement.
+
+Floors, bottom to top: ``core`` (numpy + torch), ``files`` (file formats, reports), ``mrml``
+(the Slicer MRML layer), then the applications (``training``, ``evaluation``, ``cli``, ...). A
+module imports only from its own floor or below; ``core`` and ``files`` never import ``slicer``
+or ``vtk``; nothing in the library imports Qt. Function-level imports count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "NoduleMalignancyLib"
+FLOORS = {"core": 0, "files": 1, "mrml": 2}
+APPLICATIONS = 3
+SLICER_ROOTS = {"slicer", "vtk", "vtkmodules", "trame_slicer", "mrml"}
+QT_ROOTS = {"qt", "ctk", "PythonQt"}
+NO_SLICER_BELOW = FLOORS["mrml"]
+
+
+def floor_of(module: str) -> int:
+    """``NoduleMalignancyLib.core.voi`` -> 0; the package root counts as the core."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE or len(parts) == 1:
+        return 0
+    return FLOORS.get(parts[1], APPLICATIONS)
+
+
+def _imports(path: Path, module: str):
+    """(imported module, line) for every import in the file, relative ones resolved."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if node.module is None or node.level and target == package:
+                # "from . import x": x is a module of that package
+                for alias in node.names:
+                    yield f"{target}.{alias.name}", node.lineno
+            else:
+                yield target, node.lineno
+
+
+def import_violations(package_dir: Path) -> list[str]:
+    """Every import that breaks a layer rule, as ``file:line: message``."""
+    problems = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir.parent)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        floor = floor_of(module)
+        for target, line in _imports(path, module):
+            root = target.split(".")[0]
+            where = f"{rel}:{line}"
+            if root in QT_ROOTS or target.startswith("slicer.ScriptedLoadableModule"):
+                problems.append(f"{where}: imports {target} (the library never imports Qt)")
+            elif root in SLICER_ROOTS and floor < NO_SLICER_BELOW:
+                problems.append(f"{where}: imports {target} below the MRML layer")
+            elif root == PACKAGE and floor_of(target) > floor:
+                problems.append(
+                    f"{where}: floor {floor} imports {target} from floor {floor_of(target)}"
+                )
+    return problems
+
+
+def test_every_module_sits_on_a_floor_and_imports_downwards():
+    assert import_violations(ROOT / PACKAGE) == []
+    top = {p.name for p in (ROOT / PACKAGE).iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert set(FLOORS) <= top, "the layer folders exist"
+
+
+def test_the_rule_catches_a_core_module_importing_slicer(tmp_path):
+    """Shown once: the same check fails on a copy whose core imports slicer (and Qt, upwards)."""
+    copy = tmp_path / PACKAGE
+    shutil.copytree(ROOT / PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    geometry = copy / "core" / "geometry.py"
+    geometry.write_text(geometry.read_text() + "\n\ndef _f():\n    import slicer\n")
+    voi = copy / "core" / "voi.py"
+    voi.write_text(voi.read_text() + "\nfrom ..mrml import logic\n")
+    writers = copy / "files" / "writers.py"
+    writers.write_text(writers.read_text() + "\nimport qt\n")
+    problems = import_violations(copy)
+    assert len(problems) == 3, problems
+    assert any("core/geometry.py" in p and "below the MRML layer" in p for p in problems)
+    assert any("core/voi.py" in p and "floor 0 imports" in p for p in problems)
+    assert any("files/writers.py" in p and "never imports Qt" in p for p in problems)
+
+
+def test_the_module_file_stays_light_at_import():
+    """Slicer imports the module file at start-up, before torch may be installed."""
+    tree = ast.parse((ROOT / "NoduleMalignancy" / "NoduleMalignancy.py").read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module)
+    assert "torch" not in top
+    assert not {m for m in top if m.startswith(PACKAGE + ".core")}, top
