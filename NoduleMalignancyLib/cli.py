@@ -183,12 +183,11 @@ def cmd_predict(args) -> int:
 
 def _full_mask(result, geometry: ImageGeometry) -> np.ndarray:
     """The segmentation as a binary mask in the whole input image's geometry."""
-    mask = np.zeros(geometry.shape_zyx, dtype=np.uint8)
-    grid = result.ct_grid
-    lo = np.rint(geometry.lps_to_index(grid.origin)).astype(int)
-    nx, ny, nz = grid.size
-    mask[lo[2] : lo[2] + nz, lo[1] : lo[1] + ny, lo[0] : lo[0] + nx] = result.segmentation_mask_ct
-    return mask
+    from .core.voi import embed_sub_grid, sub_grid_offset
+
+    offset = sub_grid_offset(geometry, result.ct_grid)
+    mask = result.segmentation_mask_ct.astype(np.uint8)
+    return embed_sub_grid(mask, offset, geometry.shape_zyx)
 
 
 def cmd_bench(args) -> int:

@@ -78,3 +78,13 @@ def mrml_scene(slicer_runtime):
     scene = reset_scene()
     yield scene
     reset_scene()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random 2-fold ensemble folder (real manifest and sha256), written once."""
+    from NoduleMalignancyLib.core.ensemble import write_random_ensemble
+
+    folder = tmp_path_factory.mktemp("tiny_ensemble")
+    write_random_ensemble(folder)
+    return folder

@@ -8,22 +8,14 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from tiny_models import make_tiny_ensemble
 
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.core.analysis import analyze_point
 from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.core.ensemble import Ensemble, WeightsError
+from NoduleMalignancyLib.core.ensemble import Ensemble, WeightsError, write_random_ensemble
 from NoduleMalignancyLib.core.evidence import COMBINED, integrate
 from NoduleMalignancyLib.core.geometry import ImageGeometry, lps_to_ras
 from NoduleMalignancyLib.files.samples import nodule_points_lps
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_ensemble")
-    make_tiny_ensemble(d)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +33,7 @@ def test_ensemble_loads_and_refuses_bad_weights(tiny_dir, tmp_path):
     ens = Ensemble.load(tiny_dir, device="cpu")
     assert len(ens.models) == 2 and ens.version == "test-random"
     bad = tmp_path / "bad"
-    make_tiny_ensemble(bad)
+    write_random_ensemble(bad)
     with open(bad / "fold1.pt", "r+b") as f:
         f.seek(100)
         f.write(b"corrupt!")
@@ -237,7 +229,7 @@ def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
     outputs[MALIGNANCY_PROBABILITY] = constant(MALIGNANCY_PROBABILITY, 0.2)
     outputs["calcification"] = constant("calcification", 0.9)
     fusion = {"type": "logistic", "features": list(FEATURES), "outputs": outputs}
-    make_tiny_ensemble(tmp_path, fusion=fusion)
+    write_random_ensemble(tmp_path, fusion=fusion)
     ens = Ensemble.load(tmp_path, device="cpu")
     assert ens.manifest.fusion == fusion
     array, geometry = ct
@@ -250,7 +242,7 @@ def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
 
 
 def test_manifest_with_an_outdated_fusion_is_refused(tmp_path):
-    make_tiny_ensemble(tmp_path)
+    write_random_ensemble(tmp_path)
     path = tmp_path / "manifest.json"
     d = json.loads(path.read_text())
     d["fusion"] = {"type": "logistic", "features": ["mil_logit", "log_volume_mm3"], "coef": [1, 1]}

@@ -110,11 +110,10 @@ def test_runtime_is_complete_and_idempotent(slicer_runtime, mrml_scene):
 
 def test_inside_slicer_application_is_left_alone():
     real_app = types.SimpleNamespace(commandOptions=lambda: None)
-    assert runtime._inside_slicer_application(types.SimpleNamespace(app=real_app))
-    assert runtime._inside_slicer_application(
-        types.SimpleNamespace(ScriptedLoadableModule=object())
-    )
-    assert not runtime._inside_slicer_application(types.SimpleNamespace())
+    assert runtime.inside_slicer(types.SimpleNamespace(app=real_app))
+    assert runtime.inside_slicer(types.SimpleNamespace(ScriptedLoadableModule=object()))
+    assert not runtime.inside_slicer(types.SimpleNamespace())
+    assert not runtime.inside_slicer()  # the headless runtime is not the application
 
 
 def test_reset_scene_clears_nodes(slicer_runtime, mrml_scene):

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from NoduleMalignancyLib.core.metrics import dice
+from NoduleMalignancyLib.files.lidc_xml import reader_consensus_mask
 from NoduleMalignancyLib.mrml import selftest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +83,7 @@ def test_reader_consensus_matches_the_lidc_voi_mask(data_dir, ct_0001_path):
     geometry = ImageGeometry.from_sitk(sitk.ReadImage(str(ct_0001_path)))
     point = samples.nodule_points_lps(selftest.SAMPLE, data_dir=data_dir)[0][1]
     xml = samples.reader_xml_path(selftest.SAMPLE, data_dir=data_dir)
-    consensus, readers = selftest.reader_consensus_mask(xml, geometry, point, level=0.25)
+    consensus, readers = reader_consensus_mask(xml, geometry, point, level=0.25)
     assert readers == 4
     # lidc_vois masks are pylidc's 25 % consensus of the same readers, cropped from this CT.
     mask_image = sitk.ReadImage(
@@ -92,7 +94,7 @@ def test_reader_consensus_matches_the_lidc_voi_mask(data_dir, ct_0001_path):
     reference = np.zeros(geometry.shape_zyx, dtype=bool)
     nz, ny, nx = crop.shape
     reference[lo[2] : lo[2] + nz, lo[1] : lo[1] + ny, lo[0] : lo[0] + nx] = crop
-    assert selftest.dice(consensus, reference) > 0.85
+    assert dice(consensus, reference) > 0.85
 
 
 # Dependencies ---------------

@@ -84,3 +84,14 @@ class NetworkConfig:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+# The smallest network of the same architecture: random test ensembles (self-test, pytest) and
+# the "tiny" training preset. Never shipped as "the model".
+TINY_NETWORK = NetworkConfig(
+    widths=(4, 8, 8, 8),
+    pyramid_channels=8,
+    pyramid_layers=1,
+    groups=2,
+    decoder_widths=(4, 4, 8),
+)

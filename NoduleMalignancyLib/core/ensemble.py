@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ATTRIBUTES, NetworkConfig, VoiConfig
+from .config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
+from .device import device_choice, resolve_device
 from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
 from .settings import MODELS_ENV, models_dir
@@ -124,6 +125,24 @@ def save_ensemble(
     return manifest
 
 
+def write_random_ensemble(
+    directory: str | Path,
+    k: int = 2,
+    seed: int = 0,
+    fusion: dict | None = None,
+    version: str = "test-random",
+) -> Manifest:
+    """A K-fold randomly initialised :data:`~.config.TINY_NETWORK` ensemble, saved for real.
+
+    Why: the self-test, the MRML plumbing and the CLI are tested without trained weights, in
+    seconds and reproducibly, through the same manifest, sha256 and loading path as the shipped
+    ensemble.
+    """
+    torch.manual_seed(seed)
+    models = [build_network(TINY_NETWORK) for _ in range(k)]
+    return save_ensemble(models, Path(directory), version, VoiConfig(), TINY_NETWORK, fusion=fusion)
+
+
 def load_verified_state(path: Path, sha256: str) -> dict:
     """Check a weights file against its manifest checksum, then load it safely."""
     if not path.is_file():
@@ -138,16 +157,6 @@ def load_verified_state(path: Path, sha256: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise WeightsError(f"Weights file {path} cannot be read: {exc}") from exc
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` = first CUDA device when available, else CPU; ``cpu``; ``cuda``/``cuda:N``."""
-    device = (device or "auto").lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"Device {device!r} requested but CUDA is not available here.")
-    return torch.device(device)
 
 
 @dataclass
@@ -200,14 +209,31 @@ class Ensemble:
         return self.manifest.version
 
     def to(self, device: str) -> Ensemble:
-        self.device = resolve_device(device)
-        for m in self.models:
-            m.eval().to(self.device)
-        self._stack = stack_folds(self.models) if len(self.models) > 1 else None
+        """Run on ``device`` (a :func:`~.device.device_choice` name) from now on."""
+        self.device_choice = device_choice(device)
+        self.fell_back_to_cpu = False
+        self._place(resolve_device(device))
         return self
+
+    def use(self, device: str) -> Ensemble:
+        """Like :meth:`to`, but a choice already in force is kept as it is.
+
+        Why: after a GPU out-of-memory fallback the ensemble stays on the CPU for the same
+        choice (``auto``); moving it back on every call would pay the failure on every click.
+        """
+        if device_choice(device) != self.device_choice:
+            self.to(device)
+        return self
+
+    def _place(self, device: torch.device) -> None:
+        self.device = device
+        for m in self.models:
+            m.eval().to(device)
+        self._stack = stack_folds(self.models) if len(self.models) > 1 else None
 
     @torch.inference_mode()
     def _run(self, x: torch.Tensor) -> FoldOutputs:
+        x = x.to(self.device)
         use_amp = self.device.type == "cuda"
         with torch.autocast(self.device.type, enabled=use_amp, dtype=torch.float16):
             if self._stack is not None and x.shape[0] <= self.VMAP_MAX_BATCH:
@@ -229,13 +255,15 @@ class Ensemble:
         """Run all folds on VOI channels (N, C, D, H, W); CUDA out-of-memory falls back to CPU."""
         x = torch.as_tensor(np.ascontiguousarray(channels), dtype=torch.float32)
         try:
-            return self._run(x.to(self.device))
+            return self._run(x)
         except torch.cuda.OutOfMemoryError:
             warnings.warn(
-                "GPU out of memory while analysing; falling back to CPU for this ensemble.",
+                "GPU out of memory while analysing; falling back to CPU for this ensemble "
+                "(choose the device again to retry the GPU).",
                 RuntimeWarning,
                 stacklevel=2,
             )
             torch.cuda.empty_cache()
-            self.to("cpu")
+            self._place(torch.device("cpu"))
+            self.fell_back_to_cpu = True
             return self._run(x)

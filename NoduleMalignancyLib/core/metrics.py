@@ -156,9 +156,19 @@ def ece(y, prob, n_bins: int = 10) -> float:
 
 
 def mae_1to5(prob, target) -> float:
-    """MAE on the LIDC 1-5 scale: both sides are (rating - 1) / 4 fractions, score = 1 + 4 p."""
+    """MAE on the LIDC 1-5 scale: both sides are (rating - 1) / 4 fractions, score = 1 + 4 p.
+
+    Any shape (all cells pooled); cells where either side is missing are left out.
+    """
     t, p, _ = _clean(target, prob)
     return float(np.mean(np.abs(4 * p - 4 * t))) if len(t) else float("nan")
+
+
+def dice(a, b) -> float:
+    """Dice overlap of two binary masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
 def dice_summary(dice) -> dict:

@@ -171,6 +171,30 @@ def sub_grid(geometry: ImageGeometry, lo_ijk, hi_ijk) -> ImageGeometry:
     )
 
 
+def sub_grid_offset(geometry: ImageGeometry, grid: ImageGeometry) -> np.ndarray:
+    """(i, j, k) of ``grid``'s first voxel in ``geometry``; ``grid`` must lie on its lattice.
+
+    The one place that locates a CT sub-grid (the analysis' ``ct_grid``) in its image: the
+    full-image mask of ``predict``, the segment and evidence nodes of the MRML logic.
+    """
+    index = np.asarray(geometry.lps_to_index(grid.origin), dtype=float)
+    lo = np.rint(index).astype(int)
+    if np.abs(index - lo).max() > 1e-3:
+        raise ValueError(f"grid origin {grid.origin} is not a voxel of the image (index {index})")
+    return lo
+
+
+def embed_sub_grid(
+    values_zyx: np.ndarray, offset_ijk, shape_zyx: tuple[int, int, int]
+) -> np.ndarray:
+    """An image of ``shape_zyx`` (zeros) holding ``values_zyx`` at the sub-grid's voxels."""
+    full = np.zeros(shape_zyx, dtype=values_zyx.dtype)
+    i, j, k = (int(v) for v in offset_ijk)
+    nz, ny, nx = values_zyx.shape
+    full[k : k + nz, j : j + ny, i : i + nx] = values_zyx
+    return full
+
+
 def context_box_for_nodule(
     geometry: ImageGeometry,
     center_lps,

@@ -17,6 +17,7 @@ import numpy as np
 from ..core.attributes import reader_ratings
 from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.fusion import cross_fit, fit_logistic, logit
+from ..core.metrics import mae_1to5
 
 
 def _logistic_fit(x, y):
@@ -54,8 +55,7 @@ def constant_predictor_mae(target, folds) -> float:
         train = ~test & np.isfinite(t)
         if train.any():
             pred[test] = t[train].mean()
-    ok = np.isfinite(t) & np.isfinite(pred)
-    return float(np.mean(np.abs(4 * (pred[ok] - t[ok])))) if ok.any() else float("nan")
+    return mae_1to5(pred, t)
 
 
 def nodule_key(patient_id, nodule_id) -> tuple[str, str]:

@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..core.analysis import NoduleResult  # noqa: E402
-from ..core.attributes import LIDC_WORDING  # noqa: E402
 from ..core.evidence import COMBINED  # noqa: E402
 
 
@@ -58,7 +57,7 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
         ax.text(
             5.05,
             i,
-            f"{v:.1f}  {LIDC_WORDING[n][int(np.clip(round(v), 1, 5)) - 1]}",
+            f"{v:.1f}  {result.wording[n]}",
             va="center",
             fontsize=8,
         )

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .runtime import inside_slicer
+
 __all__ = [
     "REQUIREMENTS",
     "DependencyError",
@@ -131,13 +133,6 @@ def describe_missing(missing: Sequence[MissingRequirement]) -> str:
             "them with pip)."
         )
     return "\n".join(lines)
-
-
-def inside_slicer() -> bool:
-    """True inside the Slicer application (not on the headless slicer-core runtime)."""
-    slicer = sys.modules.get("slicer")
-    app = getattr(slicer, "app", None) if slicer is not None else None
-    return app is not None and hasattr(app, "commandOptions")
 
 
 class PlainPythonInstaller:

@@ -39,7 +39,7 @@ from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.evidence import COMBINED, SCALE_NAMES
 from ..core.geometry import ImageGeometry, ras_to_lps
 from ..core.settings import RESOURCES_DIR
-from ..core.voi import PointOutsideVolumeError, sub_grid
+from ..core.voi import PointOutsideVolumeError, sub_grid, sub_grid_offset
 
 __all__ = [
     "MODULE_NAME",
@@ -260,20 +260,12 @@ class NoduleMalignancyLogic:
     @staticmethod
     def resolveDevice(device: str | None) -> str:  # noqa: N802
         """UI names (auto / CPU / GPU) -> torch device names; raises :class:`InputError`."""
-        name = (device or "auto").strip().lower()
-        if name == "gpu":
-            name = "cuda"
-        if name not in ("auto", "cpu") and not name.startswith("cuda"):
-            raise InputError(f"Unknown device {device!r}: use auto, CPU or GPU.")
-        if name.startswith("cuda"):
-            import torch
+        from ..core.device import DeviceError, device_choice
 
-            if not torch.cuda.is_available():
-                raise InputError(
-                    "GPU requested but no CUDA device is available to PyTorch here; choose "
-                    "auto or CPU."
-                )
-        return name
+        try:
+            return device_choice(device)
+        except DeviceError as exc:
+            raise InputError(str(exc)) from None
 
     def setEnsemble(self, ensemble) -> None:  # noqa: N802
         """Use this ensemble from now on (e.g. a test ensemble)."""
@@ -282,14 +274,14 @@ class NoduleMalignancyLogic:
 
     def ensemble(self, device: str = "auto"):
         """The ensemble on ``device``, loaded (and sha256-verified) on first use."""
-        from ..core.ensemble import Ensemble, resolve_device
+        from ..core.ensemble import Ensemble
 
         name = self.resolveDevice(device)
         with self._ensemble_lock:
             if self._ensemble is None:
                 self._ensemble = Ensemble.load(self._models_dir, device=name)
-            elif self._ensemble.device != resolve_device(name):
-                self._ensemble.to(name)
+            else:
+                self._ensemble.use(name)
             return self._ensemble
 
     # 1. prepare (main thread) ----------------------------------------------------------------
@@ -698,7 +690,7 @@ class NoduleMalignancyLogic:
     @staticmethod
     def _local_sub_grid(request: AnalysisRequest, grid: ImageGeometry):
         """The volume-local sub-grid with the same voxels as the world ``grid``; and its lo."""
-        lo = np.rint(request.geometry.lps_to_index(grid.origin)).astype(int)
+        lo = sub_grid_offset(request.geometry, grid)
         hi = lo + np.asarray(grid.size) - 1
         return sub_grid(request.local_geometry, lo, hi), lo
 

@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import types
@@ -34,6 +35,7 @@ __all__ = [
     "HeadlessApplication",
     "HeadlessIOManager",
     "ensure_slicer_runtime",
+    "inside_slicer",
     "is_headless_runtime",
     "reset_scene",
 ]
@@ -94,7 +96,7 @@ def ensure_slicer_runtime(
     import slicer
 
     global _RUNTIME
-    if _inside_slicer_application(slicer):
+    if inside_slicer(slicer):
         return slicer
     with _LOCK:
         if _RUNTIME is None:
@@ -118,13 +120,20 @@ def reset_scene() -> Any:
     slicer = ensure_slicer_runtime()
     scene = slicer.mrmlScene
     scene.Clear(False)
-    if _RUNTIME is not None and not _inside_slicer_application(slicer):
+    if _RUNTIME is not None and not inside_slicer(slicer):
         _RUNTIME.restore_defaults()
     return scene
 
 
-def _inside_slicer_application(slicer: types.ModuleType) -> bool:
-    """True inside the Slicer application (its ``slicer.app`` is a real Qt application)."""
+def inside_slicer(slicer: types.ModuleType | None = None) -> bool:
+    """True inside the Slicer application (its ``slicer.app`` is a real Qt application).
+
+    The one test of "are we in Slicer" (the dependency installer and the runtime both ask it).
+    ``slicer`` defaults to the imported module; never imported, it is not Slicer.
+    """
+    slicer = slicer if slicer is not None else sys.modules.get("slicer")
+    if slicer is None:
+        return False
     app = getattr(slicer, "app", None)
     if isinstance(app, HeadlessApplication):
         return False

@@ -24,10 +24,12 @@ import tempfile
 import threading
 import time
 import unittest
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+
+from ..core.metrics import dice
+from ..files.lidc_xml import reader_consensus_mask
 
 __all__ = [
     "SAMPLE",
@@ -37,11 +39,9 @@ __all__ = [
     "HeadlessSelfTestCase",
     "NoduleMalignancySelfTestMixin",
     "dice",
-    "make_random_ensemble",
     "random_test_ensemble",
     "trained_ensemble",
     "measure_latency",
-    "reader_consensus_mask",
     "register",
 ]
 
@@ -64,43 +64,17 @@ CONSENSUS_LEVEL = 0.5
 EVIDENCE_TOLERANCE = 1e-3
 VOI_IDENTITY_TOLERANCE = 1e-4
 
-# Tiny network for the random test ensemble (same sizes as Testing/tiny_models.py).
-_TINY_NETWORK = {
-    "widths": (4, 8, 8, 8),
-    "pyramid_channels": 8,
-    "pyramid_layers": 1,
-    "groups": 2,
-    "decoder_widths": (4, 4, 8),
-}
-
 _ENSEMBLES: dict[str, object] = {}
 
 
 # Test ensembles ---------------
-def make_random_ensemble(directory: str | Path, k: int = 2, seed: int = 0):
-    """Write a K-fold randomly initialised tiny ensemble (manifest + sha256) to ``directory``.
-
-    Why: the MRML plumbing is tested without trained weights, in seconds, reproducibly.
-    """
-    import torch
-
-    from ..core.config import NetworkConfig, VoiConfig
-    from ..core.ensemble import save_ensemble
-    from ..core.network import build_network
-
-    network = NetworkConfig(**_TINY_NETWORK)
-    torch.manual_seed(seed)
-    models = [build_network(network) for _ in range(k)]
-    return save_ensemble(models, Path(directory), "selftest-random", VoiConfig(), network)
-
-
 def random_test_ensemble():
     """The process-wide random test ensemble (CPU), written to a temporary folder once."""
     if "random" not in _ENSEMBLES:
-        from ..core.ensemble import Ensemble
+        from ..core.ensemble import Ensemble, write_random_ensemble
 
         folder = Path(tempfile.mkdtemp(prefix="NoduleMalignancy-selftest-"))
-        make_random_ensemble(folder)
+        write_random_ensemble(folder, version="selftest-random")
         _ENSEMBLES["random"] = Ensemble.load(folder, device="cpu")
     return _ENSEMBLES["random"]
 
@@ -116,128 +90,6 @@ def trained_ensemble():
     if "trained" not in _ENSEMBLES:
         _ENSEMBLES["trained"] = Ensemble.load(folder, device="auto")
     return _ENSEMBLES["trained"], ""
-
-
-# Reader consensus from the LIDC XML ---------------
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _children(element, name: str):
-    return [c for c in element if _local(c.tag) == name]
-
-
-def _text(element, name: str) -> str:
-    found = _children(element, name)
-    return found[0].text.strip() if found and found[0].text else ""
-
-
-def read_reader_contours(xml_path: str | Path) -> list[list[list[tuple[float, bool, np.ndarray]]]]:
-    """Every reader's nodule outlines: ``[session][nodule][roi] = (z_mm, inclusion, xy)``.
-
-    ``xy`` is an (N, 2) int array of the edge pixels (column, row). Only nodules with outlines
-    (>= 3 mm, more than one edge point) are kept.
-    """
-    root = ET.parse(str(xml_path)).getroot()
-    sessions = []
-    for session in root.iter():
-        if _local(session.tag) != "readingSession":
-            continue
-        nodules = []
-        for nodule in _children(session, "unblindedReadNodule"):
-            rois = []
-            for roi in _children(nodule, "roi"):
-                xy = np.array(
-                    [
-                        (int(_text(e, "xCoord")), int(_text(e, "yCoord")))
-                        for e in _children(roi, "edgeMap")
-                    ],
-                    dtype=int,
-                ).reshape(-1, 2)
-                inclusion = _text(roi, "inclusion").upper() != "FALSE"
-                rois.append((float(_text(roi, "imageZposition")), inclusion, xy))
-            if rois and max(len(r[2]) for r in rois) > 1:
-                nodules.append(rois)
-        sessions.append(nodules)
-    return sessions
-
-
-def _fill_polygon(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (columns, rows) inside an outline (even-odd rule) plus the outline pixels."""
-    xs, ys = xy[:, 0], xy[:, 1]
-    x0, y0 = xs.min(), ys.min()
-    gx, gy = np.meshgrid(np.arange(x0, xs.max() + 1), np.arange(y0, ys.max() + 1))
-    inside = np.zeros(gx.shape, dtype=bool)
-    xa, ya = xs.astype(float), ys.astype(float)
-    xb, yb = np.roll(xa, 1), np.roll(ya, 1)
-    for x1, y1, x2, y2 in zip(xa, ya, xb, yb, strict=True):
-        if y1 == y2:
-            continue
-        crosses = (y1 > gy) != (y2 > gy)
-        x_at = (x2 - x1) * (gy - y1) / (y2 - y1) + x1
-        inside ^= crosses & (gx < x_at)
-    inside[ys - y0, xs - x0] = True
-    rows, cols = np.nonzero(inside)
-    return cols + x0, rows + y0
-
-
-def reader_consensus_mask(
-    xml_path: str | Path,
-    geometry,
-    point_lps,
-    level: float = CONSENSUS_LEVEL,
-    max_distance_mm: float = 10.0,
-) -> tuple[np.ndarray, int]:
-    """The readers' consensus mask of the nodule at ``point_lps`` on the CT grid (z, y, x).
-
-    Each reader's nodule nearest to the point (outline centroid within ``max_distance_mm``) is
-    rasterised slice by slice (inclusion outlines filled, exclusion outlines removed); a voxel
-    is in the consensus when at least ``level`` of the matched readers include it. Returns the
-    mask and the number of matched readers. Assumes axial slices (LIDC).
-    """
-    point_lps = np.asarray(point_lps, dtype=float)
-    shape = geometry.shape_zyx
-    votes = np.zeros(shape, dtype=np.int16)
-    readers = 0
-    origin = np.asarray(geometry.origin, dtype=float)
-    for nodules in read_reader_contours(xml_path):
-        best, best_distance = None, max_distance_mm
-        for rois in nodules:
-            pts = []
-            for z, inclusion, xy in rois:
-                if not inclusion:
-                    continue
-                k = geometry.lps_to_index([origin[0], origin[1], z])[2]
-                pts.append(np.column_stack([xy, np.full(len(xy), k)]))
-            if not pts:
-                continue
-            centre = geometry.index_to_lps(np.concatenate(pts).astype(float)).mean(0)
-            distance = float(np.linalg.norm(centre - point_lps))
-            if distance < best_distance:
-                best, best_distance = rois, distance
-        if best is None:
-            continue
-        readers += 1
-        mask = np.zeros(shape, dtype=bool)
-        for z, inclusion, xy in sorted(best, key=lambda r: not r[1]):  # inclusions first
-            k_float = geometry.lps_to_index([origin[0], origin[1], z])[2]
-            k = int(round(k_float))
-            if abs(k - k_float) > 0.1 or not 0 <= k < shape[0] or len(xy) < 2:
-                continue
-            cols, rows = _fill_polygon(xy)
-            keep = (cols >= 0) & (cols < shape[2]) & (rows >= 0) & (rows < shape[1])
-            mask[k, rows[keep], cols[keep]] = inclusion
-        votes += mask
-    if readers == 0:
-        return np.zeros(shape, dtype=bool), 0
-    return votes >= max(1, int(np.ceil(level * readers - 1e-9))), readers
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
 # The shared test bodies ---------------
@@ -352,14 +204,21 @@ class NoduleMalignancySelfTestMixin:
         )
 
     def assertSegmentMatchesResult(self, output, point_id, volume, result):  # noqa: N802
-        """The segment, on the CT grid, is the result's mask at the right voxels."""
-        from ..core.geometry import ImageGeometry
+        """The segment, on the CT grid, is the result's mask at the right voxels.
+
+        The oracle for where the sub-grid lies is the volume node's own RAS-to-IJK matrix
+        (VTK), independent of the library's geometry code that placed it.
+        """
+        import vtk
 
         seg = self.segmentArray(output, point_id, volume)
-        matrix = self.slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
-        geometry = ImageGeometry.from_ijk_to_ras(matrix, volume.GetImageData().GetDimensions())
+        ras_to_ijk = vtk.vtkMatrix4x4()
+        volume.GetRASToIJKMatrix(ras_to_ijk)
+        x, y, z = result.ct_grid.origin  # world LPS; the volume has no parent transform here
+        ijk = ras_to_ijk.MultiplyPoint((-x, -y, z, 1.0))[:3]
+        lo = np.rint(ijk).astype(int)
+        self.assertLess(float(np.abs(np.asarray(ijk) - lo).max()), 1e-3)
         expected = np.zeros(seg.shape, dtype=bool)
-        lo = np.rint(geometry.lps_to_index(result.ct_grid.origin)).astype(int)
         nz, ny, nx = result.segmentation_mask_ct.shape
         expected[lo[2] : lo[2] + nz, lo[1] : lo[1] + ny, lo[0] : lo[0] + nx] = (
             result.segmentation_mask_ct
@@ -695,7 +554,7 @@ class NoduleMalignancySelfTestMixin:
         self.assertIsNotNone(xml, "the sample's LIDC reader XML is missing from the cache")
         matrix = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
         geometry = ImageGeometry.from_ijk_to_ras(matrix, volume.GetImageData().GetDimensions())
-        consensus, readers = reader_consensus_mask(xml, geometry, point_lps)
+        consensus, readers = reader_consensus_mask(xml, geometry, point_lps, level=CONSENSUS_LEVEL)
         self.assertGreaterEqual(readers, 3)
         self.assertGreater(int(consensus.sum()), 200)
         centre = geometry.index_to_lps(np.argwhere(consensus)[:, ::-1].mean(0))

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from ..core import settings
-from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, NetworkConfig, VoiConfig
+from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
+from ..core.device import resolve_device
 from ..core.folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
 from ..core.fusion import MEASUREMENTS
 from ..core.measurements import component_at_center, measure_nodule
-from ..core.metrics import auroc
+from ..core.metrics import auroc, dice, mae_1to5
 from ..core.network import build_network
 from ..core.settings import SOURCE_ROOT
 from .augment import AugmentConfig, center_crop, make_batch
@@ -53,13 +54,7 @@ CONFIG = "config.json"
 WIDTH_PRESETS: dict[str, NetworkConfig] = {
     "default": NetworkConfig(),
     "light": NetworkConfig(widths=(8, 16, 32, 64), pyramid_channels=32, decoder_widths=(8, 16, 32)),
-    "tiny": NetworkConfig(
-        widths=(4, 8, 8, 8),
-        pyramid_channels=8,
-        pyramid_layers=1,
-        groups=2,
-        decoder_widths=(4, 4, 8),
-    ),
+    "tiny": TINY_NETWORK,
 }
 
 
@@ -173,12 +168,6 @@ def git_commit(repo: Path = SOURCE_ROOT) -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def phase_lr(phase: PhaseConfig, step: int, total_steps: int) -> float:
@@ -311,9 +300,7 @@ def predict(
             hu = center_crop(batcher.hu[rows], batcher.voi.shape_zyx).float().numpy()
         for i in range(len(prob)):
             pred = (prob[i] >= 0.5) & valid[i]
-            gt = ref[i] & valid[i]
-            denom = pred.sum() + gt.sum()
-            dices.append(1.0 if denom == 0 else 2.0 * (pred & gt).sum() / denom)
+            dices.append(dice(pred, ref[i] & valid[i]))
             if sizes:
                 values = measure_nodule(hu[i], component_at_center(pred), spacing, valid[i])
                 for m, v in measured.items():
@@ -333,10 +320,9 @@ def validation_metrics(pred: dict, data: TrainingData, indices) -> dict:
     prob = 1.0 / (1.0 + np.exp(-pred["logits"]))
     labels = data.labels[idx]
     t = data.targets[idx][:, ORDINAL_IDX]
-    err = np.abs(4.0 * prob[:, ORDINAL_IDX] - 4.0 * t)
     return {
         "val_auroc": auroc(labels, prob[:, MALIGNANCY]) if len(idx) else math.nan,
-        "val_mae": float(np.nanmean(err)) if np.isfinite(err).any() else math.nan,
+        "val_mae": mae_1to5(prob[:, ORDINAL_IDX], t),
         "val_dice": float(np.nanmean(pred["dice"]))
         if np.isfinite(pred["dice"]).any()
         else math.nan,
@@ -435,7 +421,7 @@ def train_fold(
     folds = folds if folds is not None else load_folds(DEFAULT_FOLDS_FILE)
     phase_data = phase_data or {}
     torch.set_num_threads(int(cfg.threads))
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     ckpt_path = fold_dir / CHECKPOINT
     if not (resume and ckpt_path.is_file() and (fold_dir / CONFIG).is_file()):
         # Provenance of the run that trains the fold; a resumed or finished fold keeps its own.
@@ -704,8 +690,7 @@ def oof_metrics(rows: list[dict]) -> dict:
     for a in ORDINAL_ATTRIBUTES:
         t = np.array([_num(r[f"{a}_target"]) for r in rows])
         p = np.array([_num(r[f"{a}_prob"]) for r in rows])
-        e = np.abs(4 * p - 4 * t)
-        mae[a] = float(np.nanmean(e)) if np.isfinite(e).any() else math.nan
+        mae[a] = mae_1to5(p, t)
     finite = [v for v in mae.values() if np.isfinite(v)]
     return {
         "n": len(rows),
