@@ -4,16 +4,14 @@ Thin Slicer module: UI wiring, progress, cancel, dependency installation on firs
 self-test entry. Everything else lives in ``NoduleMalignancyLib`` (GUI-free, tested headless):
 the logic is :class:`NoduleMalignancyLib.mrml.logic.NoduleMalignancyLogic`, re-exported here.
 
-Threads: torch runs on one persistent worker thread (a single-worker executor made once per
-widget: per-thread CUDA/cuDNN state stays warm); MRML is only touched on the main thread
-(``logic.prepare`` before submitting, ``logic.apply`` when a QTimer sees the result).
+Threads: :class:`NoduleMalignancyLib.mrml.runner.AnalysisRunner` keeps torch on one persistent
+worker thread and MRML on the main thread; a QTimer here only calls its ``poll`` and shows
+the result (tested headless in Testing/test_runner.py).
 """
 
-import concurrent.futures
 import logging
 import os
 import sys
-import threading
 import unittest
 
 import qt
@@ -39,7 +37,14 @@ from NoduleMalignancyLib.mrml.selftest import (  # noqa: E402
     NoduleMalignancySelfTestMixin,
 )
 
-DEBOUNCE_MS = 500
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer before 5.4 has no translation helpers
+
+    def _(text):
+        return text
+
+
 POLL_MS = 50
 
 
@@ -67,17 +72,17 @@ def __dir__():
 class NoduleMalignancy(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Nodule Malignancy"
-        self.parent.categories = ["Chest Imaging"]
+        self.parent.title = _("Nodule Malignancy")
+        self.parent.categories = [_("Chest Imaging")]
         self.parent.dependencies = []
         self.parent.contributors = ["NoduleMalignancy developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Place a point on a lung nodule: a K-fold ensemble of a multi-scale multiple-instance-"
             "learning network returns the nodule segmentation, evidence maps (where the "
             "malignancy evidence lies, per scale), the LIDC attributes and a malignancy "
             "probability with its spread across folds. Research use only; not a medical device."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Sample data: LIDC-IDRI (The Cancer Imaging Archive, CC BY 3.0), Armato SG III et al., "
             "Med Phys 38(2):915-931, 2011."
         )
@@ -119,17 +124,13 @@ def registerSampleData():
 # Widget
 #
 class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """UI wiring only: the concurrency lives in ``NoduleMalignancyLib.mrml.runner``."""
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._executor = None
-        self._future = None
-        self._request = None
-        self._cancel = None
-        self._progress = (0.0, "")
-        self._messages = []
-        self._pendingPoints = set()
+        self.runner = None
         self._observedMarkups = None
 
     def setup(self):
@@ -144,16 +145,9 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self.ui.markupsWidget.setNodeBaseName("Nodules")
 
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="NoduleMalignancy"
-        )
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_MS)
         self._pollTimer.connect("timeout()", self._poll)
-        self._debounceTimer = qt.QTimer()
-        self._debounceTimer.setSingleShot(True)
-        self._debounceTimer.setInterval(DEBOUNCE_MS)
-        self._debounceTimer.connect("timeout()", self._analyzePending)
 
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
@@ -169,20 +163,19 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClose)
 
     def cleanup(self):
-        self._cancelRunning()
         self._pollTimer.stop()
-        self._debounceTimer.stop()
         self.removeObservers()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        if self.runner is not None:
+            self.runner.shutdown()
 
     def onSceneClose(self, caller=None, event=None):
-        self._cancelRunning()
-        self._pendingPoints.clear()
+        if self.runner is not None:
+            self.runner.cancel()
+            self.runner.clear_pending()
 
     # Logic and dependencies ------------------------------------------------------------------
     def _ensureLogic(self):
-        """Install missing packages (after asking) and create the logic, once."""
+        """Install missing packages (after asking) and create the logic and runner, once."""
         if self.logic is not None:
             return self.logic
         if dependencies.missing_requirements():
@@ -196,129 +189,98 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(str(exc))
                 return None
         from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+        from NoduleMalignancyLib.mrml.runner import AnalysisRunner
 
         self.logic = NoduleMalignancyLogic()
+        self.runner = AnalysisRunner(self.logic, self._currentInputs)
         return self.logic
+
+    def _currentInputs(self):
+        markups = self._observedMarkups or self.ui.markupsWidget.currentNode()
+        volume = self.ui.inputVolumeSelector.currentNode()
+        return volume, markups, self.ui.deviceComboBox.currentText
 
     # Analysis --------------------------------------------------------------------------------
     def onAnalyzeButton(self):
-        if self._future is not None:
-            self._cancelRunning()
+        if self.runner is not None and self.runner.running:
+            self.runner.cancel()
         else:
             self.startAnalysis(None)
 
     def startAnalysis(self, pointIndex):
         """prepare (main thread) -> compute (worker) -> apply (main thread, in _poll)."""
-        logic = self._ensureLogic()
-        if logic is None or self._future is not None:
+        if self._ensureLogic() is None:
             return
         from NoduleMalignancyLib.mrml.logic import InputError
 
-        device = self.ui.deviceComboBox.currentText
+        volume, markups, device = self._currentInputs()
         try:
-            logic.resolveDevice(device)
-            request = logic.prepare(
-                self.ui.inputVolumeSelector.currentNode(),
-                self.ui.markupsWidget.currentNode(),
-                pointIndex,
-            )
+            started = self.runner.start(volume, markups, pointIndex, device)
         except InputError as exc:
             slicer.util.errorDisplay(str(exc))
             return
-        self._request = request
-        self._cancel = threading.Event()
-        self._progress = (0.0, "Starting")
-        self._future = self._executor.submit(
-            logic.compute, request, device, self._onProgress, self._messages.append, self._cancel
-        )
-        self.ui.analyzeButton.text = "Cancel"
-        self.ui.progressBar.setVisible(True)
-        self._pollTimer.start()
+        if started:
+            self._setBusy(True)
+            self._pollTimer.start()
 
-    def _onProgress(self, fraction, message):
-        self._progress = (fraction, message)  # worker thread: one atomic assignment
-
-    def _cancelRunning(self):
-        if self._cancel is not None:
-            self._cancel.set()
+    def _setBusy(self, busy):
+        self.ui.analyzeButton.text = _("Cancel") if busy else _("Analyze")
+        self.ui.progressBar.setVisible(busy)
 
     def _poll(self):
-        fraction, message = self._progress
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.statusLabel.text = message
-        while self._messages:
-            logging.info(self._messages.pop(0))
-        future = self._future
-        if future is None or not future.done():
-            return
-        self._pollTimer.stop()
-        request, cancel = self._request, self._cancel
-        self._future = self._request = self._cancel = None
-        self.ui.analyzeButton.text = "Analyze"
-        self.ui.progressBar.setVisible(False)
-        from NoduleMalignancyLib.mrml.logic import AnalysisCancelledError, InputError
+        from NoduleMalignancyLib.mrml.logic import InputError
 
-        try:
-            output = self.logic.apply(request, future.result(), cancel)
-        except AnalysisCancelledError:
-            self.ui.statusLabel.text = "Cancelled; nothing was changed."
-        except InputError as exc:
-            self.ui.statusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc))
-        except Exception as exc:  # noqa: BLE001 - shown to the user, details in the log
-            logging.exception("NoduleMalignancy analysis failed")
-            slicer.util.errorDisplay(f"Analysis failed: {exc}")
-        else:
-            self.ui.resultsTableView.setMRMLTableNode(output.table_node)
-            r = output.results[-1]
-            self.ui.statusLabel.text = (
-                f"{output.points[-1].label}: malignancy {100 * r.malignancy_probability:.0f} % "
-                f"(SD {100 * r.malignancy_sd:.0f})"
+        update = self.runner.poll()
+        self.ui.progressBar.value = int(100 * update.fraction)
+        if update.message:
+            self.ui.statusLabel.text = update.message
+        for message in update.log:
+            logging.info(message)
+        if update.output is not None:
+            self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
+            r = update.output.results[-1]
+            self.ui.statusLabel.text = _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
+                label=update.output.points[-1].label,
+                p=100 * r.malignancy_probability,
+                sd=100 * r.malignancy_sd,
             )
-        if self._pendingPoints:
-            self._debounceTimer.start()
+        elif update.cancelled:
+            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+        elif isinstance(update.error, InputError):
+            self.ui.statusLabel.text = str(update.error)
+            slicer.util.errorDisplay(str(update.error))
+        elif update.error is not None:
+            logging.error("NoduleMalignancy analysis failed", exc_info=update.error)
+            slicer.util.errorDisplay(_("Analysis failed: {error}").format(error=update.error))
+        self._setBusy(update.running)
+        if self.runner.idle:
+            self._pollTimer.stop()
 
     # Analyse on placement / move -------------------------------------------------------------
     def _observeMarkups(self):
+        events = (
+            slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+            slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
+        )
         if self._observedMarkups is not None:
-            self.removeObserver(
-                self._observedMarkups,
-                slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
-                self.onPointChanged,
-            )
-            self.removeObserver(
-                self._observedMarkups,
-                slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
-                self.onPointChanged,
-            )
+            for event in events:
+                self.removeObserver(self._observedMarkups, event, self.onPointChanged)
         node = self.ui.markupsWidget.currentNode()
         self._observedMarkups = node if self.ui.autoAnalyzeCheckBox.checked else None
         if self._observedMarkups is not None:
-            self.addObserver(
-                node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onPointChanged
-            )
-            self.addObserver(
-                node, slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, self.onPointChanged
-            )
+            for event in events:
+                self.addObserver(node, event, self.onPointChanged)
 
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointChanged(self, caller, event, index=None):
+        if self._ensureLogic() is None:
+            return
         if index is None or not 0 <= index < caller.GetNumberOfControlPoints():
             display = caller.GetDisplayNode()
             index = display.GetActiveControlPoint() if display is not None else -1
         if 0 <= index < caller.GetNumberOfControlPoints():
-            self._pendingPoints.add(caller.GetNthControlPointID(index))
-        self._debounceTimer.start()  # restarts: analyse ~500 ms after the last change
-
-    def _analyzePending(self):
-        markups = self._observedMarkups
-        if self._future is not None or markups is None:
-            return  # _poll restarts the timer when the running analysis ends
-        indices = [markups.GetControlPointIndexByID(i) for i in self._pendingPoints]
-        self._pendingPoints.clear()
-        indices = sorted(i for i in indices if i >= 0)
-        if indices:
-            self.startAnalysis(indices)
+            self.runner.point_changed(caller.GetNthControlPointID(index))
+            self._pollTimer.start()  # the runner starts it after the debounce
 
     # Results ---------------------------------------------------------------------------------
     def _show(self, scale=None, opacity=None):
@@ -332,12 +294,14 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExport(self):
         if self.logic is None:
             return
-        folder = qt.QFileDialog.getExistingDirectory(None, "Export nodule results to")
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Export nodule results to"))
         if not folder:
             return
-        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             files = self.logic.exportResults(folder)
-            self.ui.statusLabel.text = f"Wrote {len(files)} files to {folder}"
+            self.ui.statusLabel.text = _("Wrote {n} files to {folder}").format(
+                n=len(files), folder=folder
+            )
 
 
 #

@@ -26,25 +26,35 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import slicer
 import vtk
-from vtk.util import numpy_support
 
 from ..core.analysis import NoduleResult, analyze_point
-from ..core.config import ORDINAL_ATTRIBUTES
-from ..core.evidence import COMBINED, SCALE_NAMES
+from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
-from ..core.settings import RESOURCES_DIR
-from ..core.voi import PointOutsideVolumeError, sub_grid, sub_grid_offset
+from ..core.voi import PointOutsideVolumeError
+from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
+from .requests import AnalysisOutput, AnalysisRequest, PointRequest
+from .roles import (
+    ATTR_SCALE,
+    DEFAULT_EVIDENCE_OPACITY,
+    EVIDENCE_SCALES,
+    MODULE_NAME,
+    PARAM_CURRENT_POINT,
+    PARAM_OPACITY,
+    PARAM_SCALE,
+    ROLE_COLOR,
+    ROLE_EVIDENCE,
+    ROLE_MARKUPS,
+    ROLE_SEGMENTATION,
+    ROLE_TABLE,
+    ROLE_VOLUME,
+)
 
 __all__ = [
-    "MODULE_NAME",
-    "EVIDENCE_SCALES",
-    "TABLE_COLUMNS",
     "AnalysisCancelledError",
     "AnalysisOutput",
     "AnalysisRequest",
@@ -57,79 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MODULE_NAME = "NoduleMalignancy"
-ATTRIBUTE_PREFIX = "NoduleMalignancy."
-EVIDENCE_SCALES: tuple[str, ...] = (COMBINED, *SCALE_NAMES)
-EVIDENCE_COLOR_TABLE_FILE = RESOURCES_DIR / "NoduleMalignancyEvidence.ctbl"
-EVIDENCE_COLOR_NODE_NAME = "NoduleMalignancyEvidence"
-DEFAULT_EVIDENCE_OPACITY = 0.7
-
-# Parameter node: reference roles and parameter names (one name per concept, see DESIGN §1).
-ROLE_VOLUME = "InputVolume"
-ROLE_MARKUPS = "InputMarkups"
-ROLE_SEGMENTATION = "Segmentation"
-ROLE_TABLE = "ResultsTable"
-ROLE_EVIDENCE = "EvidenceVolume"
-ROLE_COLOR = "EvidenceColorTable"
-PARAM_SCALE = "EvidenceScale"
-PARAM_OPACITY = "EvidenceOpacity"
-PARAM_CURRENT_POINT = "CurrentPointID"
-
-# Node references / attributes / segment tags that tie outputs to their inputs.
-REF_VOLUME = "noduleMalignancyVolume"
-REF_MARKUPS = "noduleMalignancyMarkups"
-ATTR_POINT = ATTRIBUTE_PREFIX + "PointID"
-ATTR_SCALE = ATTRIBUTE_PREFIX + "EvidenceScale"
-ATTR_WINDOW = ATTRIBUTE_PREFIX + "EvidenceWindow"
-ATTR_ROLE = ATTRIBUTE_PREFIX + "Role"
-
-
-def score_column(attribute: str) -> str:
-    """Table column of an attribute's 1-5 score: ``malignancy_score`` for malignancy (as in the
-    batch CSV), so it is not mistaken for the malignancy probability beside it."""
-    return "malignancy_score" if attribute == "malignancy" else attribute
-
-
-# Table columns: (name, vtk type, title, unit, decimals). Names follow the CLI / JSON fields.
-TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
-    ("point", "string", "Point", "", 0),
-    ("point_id", "string", "Control point ID", "", 0),
-    ("r", "double", "R", "mm", 2),
-    ("a", "double", "A", "mm", 2),
-    ("s", "double", "S", "mm", 2),
-    ("malignancy_percent", "double", "Malignancy", "%", 1),
-    ("malignancy_sd_percent", "double", "Malignancy spread (SD over folds)", "%", 1),
-    *(
-        item
-        for name in ORDINAL_ATTRIBUTES
-        for item in (
-            (score_column(name), "double", f"{name.capitalize()} (LIDC 1-5)", "", 2),
-            (f"{name}_wording", "string", f"{name.capitalize()} (LIDC)", "", 0),
-        )
-    ),
-    ("calcification_probability", "double", "Calcification probability", "", 3),
-    ("internal_structure_probability", "double", "Internal structure (not soft tissue)", "", 3),
-    ("volume_mm3", "double", "Volume", "mm3", 1),
-    ("diameter_mm", "double", "Diameter (longest axial)", "mm", 1),
-    ("short_axis_mm", "double", "Short axis", "mm", 1),
-    ("mean_diameter_mm", "double", "Mean diameter", "mm", 1),
-    ("mean_hu", "double", "Mean attenuation", "HU", 0),
-    ("calcified_fraction", "double", "Calcified fraction (>= 200 HU)", "", 3),
-    ("model_version", "string", "Model version", "", 0),
-)
-
-# Distinct segment colours (Slicer-like palette), used in table-row order.
-SEGMENT_COLORS: tuple[tuple[float, float, float], ...] = (
-    (1.0, 0.85, 0.0),
-    (0.0, 0.85, 0.35),
-    (0.95, 0.35, 0.95),
-    (0.2, 0.8, 1.0),
-    (1.0, 0.5, 0.0),
-    (0.55, 0.4, 1.0),
-    (0.6, 1.0, 0.3),
-    (1.0, 0.3, 0.45),
-)
 
 
 # Errors ---------------
@@ -153,60 +90,8 @@ class AnalysisCancelledError(RuntimeError):
     """The run was cancelled; nothing in the scene was changed."""
 
 
-# Plain records ---------------
-@dataclass(frozen=True)
-class PointRequest:
-    """One markups point to analyse, as read on the main thread."""
-
-    point_id: str  # markups control point ID (stable across moves and renames)
-    label: str
-    index: int  # control point index at read time
-    position_ras: tuple[float, float, float]  # world RAS (transforms hardened)
-    point_lps: tuple[float, float, float]  # the same point in world LPS
-
-
-@dataclass
-class AnalysisRequest:
-    """Everything :meth:`NoduleMalignancyLogic.compute` needs: plain arrays, no MRML."""
-
-    volume_id: str
-    markups_id: str
-    volume_name: str
-    image_zyx: np.ndarray  # (z, y, x) view of the volume's voxels
-    geometry: ImageGeometry  # world LPS geometry (parent transform hardened)
-    local_geometry: ImageGeometry  # the volume's own IJKToRAS (what the outputs use)
-    points: list[PointRequest]
-
-
-@dataclass
-class AnalysisOutput:
-    """What :meth:`NoduleMalignancyLogic.analyze` returns: results and the MRML nodes."""
-
-    points: list[PointRequest]
-    results: list[NoduleResult]
-    segmentation_node: object
-    table_node: object
-    segment_ids: dict[str, str]  # point ID -> segment ID
-    rows: dict[str, int]  # point ID -> table row
-    evidence_nodes: dict[str, dict[str, object]]  # point ID -> scale -> volume node
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-
 ProgressCallback = Callable[[float, str], None]
 LogCallback = Callable[[str], None]
-
-
-# Geometry helpers ---------------
-def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
-    m = vtk.vtkMatrix4x4()
-    for i in range(4):
-        for j in range(4):
-            m.SetElement(i, j, float(array[i, j]))
-    return m
-
-
-def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
 
 
 # The logic ---------------
@@ -227,12 +112,18 @@ class NoduleMalignancyLogic:
     # Scene and parameter node ----------------------------------------------------------------
     @property
     def scene(self):
-        """``slicer.mrmlScene``; headless, the runtime is created on first use."""
-        if getattr(slicer, "mrmlScene", None) is None:
-            from .runtime import ensure_slicer_runtime
+        """``slicer.mrmlScene``: Slicer's, or the headless runtime's.
 
-            ensure_slicer_runtime()
-        return slicer.mrmlScene
+        The logic never builds a runtime behind the caller's back: headless entry points (CLI,
+        tests, the browser station) call :func:`.runtime.ensure_slicer_runtime` first.
+        """
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise RuntimeError(
+                "No MRML scene: outside the Slicer application call "
+                "NoduleMalignancyLib.mrml.runtime.ensure_slicer_runtime() before using the logic."
+            )
+        return scene
 
     def getParameterNode(self):  # noqa: N802 (Slicer API name)
         """The module's singleton ``vtkMRMLScriptedModuleNode``, created when missing.
@@ -378,9 +269,9 @@ class NoduleMalignancyLogic:
             )
         ijk_to_ras = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijk_to_ras)
-        local = ImageGeometry.from_ijk_to_ras(_numpy_matrix(ijk_to_ras), dims)
+        local = ImageGeometry.from_ijk_to_ras(numpy_matrix(ijk_to_ras), dims)
         transform = volumeNode.GetParentTransformNode()
-        world_matrix = _numpy_matrix(ijk_to_ras)
+        world_matrix = numpy_matrix(ijk_to_ras)
         if transform is not None:
             if not transform.IsTransformToWorldLinear():
                 raise InputError(
@@ -389,9 +280,11 @@ class NoduleMalignancyLogic:
                 )
             to_world = vtk.vtkMatrix4x4()
             transform.GetMatrixTransformToWorld(to_world)
-            world_matrix = _numpy_matrix(to_world) @ world_matrix
+            world_matrix = numpy_matrix(to_world) @ world_matrix
         world = ImageGeometry.from_ijk_to_ras(world_matrix, dims)
-        array = slicer.util.arrayFromVolume(volumeNode)
+        # A copy, not a view of the VTK memory: compute() reads it on a worker thread while the
+        # scene may change the volume (about 15 ms for a 512 x 512 x 133 CT).
+        array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
         return array, local, world
 
     # 2. compute (any thread) -----------------------------------------------------------------
@@ -470,22 +363,23 @@ class NoduleMalignancyLogic:
 
     def _apply(self, request, results, volume, markups, created) -> AnalysisOutput:
         scene = self.scene
+        nodes = ResultNodes(scene)
         param = self.getParameterNode()
-        color = self._evidence_color_node(created)
-        segmentation = self._segmentation_node(volume, markups, created)
-        table = self._table_node(volume, markups, created)
+        color = nodes.evidence_color_node(created)
+        segmentation = nodes.segmentation_node(volume, markups, created)
+        table = nodes.table_node(volume, markups, created)
         segment_ids, rows, evidence = {}, {}, {}
         for point, result in zip(request.points, results, strict=True):
-            rows[point.point_id] = self._update_row(table, point, result)
-            segment_ids[point.point_id] = self._update_segment(
+            rows[point.point_id] = nodes.update_row(table, point, result)
+            segment_ids[point.point_id] = nodes.update_segment(
                 segmentation, request, point, result, rows[point.point_id]
             )
-            evidence[point.point_id] = self._update_evidence(
+            evidence[point.point_id] = nodes.update_evidence(
                 request, point, result, volume, markups, color, created
             )
-        self._remove_stale(markups, segmentation, table)
+        nodes.remove_stale(markups, segmentation, table)
         # Outputs live in the volume's local frame: they follow its (current) parent transform.
-        for node in [segmentation, *self._evidence_nodes(markups.GetID())]:
+        for node in [segmentation, *nodes.evidence_nodes(markups.GetID())]:
             node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
         wasModifying = param.StartModify()  # noqa: N806
         param.SetNodeReferenceID(ROLE_VOLUME, volume.GetID())
@@ -494,7 +388,7 @@ class NoduleMalignancyLogic:
         param.SetNodeReferenceID(ROLE_TABLE, table.GetID())
         param.SetNodeReferenceID(ROLE_COLOR, color.GetID())
         param.RemoveNodeReferenceIDs(ROLE_EVIDENCE)
-        for node in self._evidence_nodes(markups.GetID()):
+        for node in nodes.evidence_nodes(markups.GetID()):
             param.AddNodeReferenceID(ROLE_EVIDENCE, node.GetID())
         param.SetParameter(PARAM_CURRENT_POINT, request.points[-1].point_id)
         param.EndModify(wasModifying)
@@ -537,248 +431,13 @@ class NoduleMalignancyLogic:
         output.timings_s.update(prepare=t1 - t0, compute=t2 - t1, total=time.perf_counter() - t0)
         return output
 
-    # MRML nodes ------------------------------------------------------------------------------
-    def _evidence_color_node(self, created):
-        """The shipped evidence colour table, loaded once per scene."""
-        scene = self.scene
-        for node in _nodes_by_class(scene, "vtkMRMLColorTableNode"):
-            if node.GetAttribute(ATTR_ROLE) == "EvidenceColors":
-                return node
-        node = slicer.modules.colors.logic().LoadColorFile(
-            str(EVIDENCE_COLOR_TABLE_FILE), EVIDENCE_COLOR_NODE_NAME
-        )
-        if node is None:
-            raise RuntimeError(f"cannot load the evidence colour table {EVIDENCE_COLOR_TABLE_FILE}")
-        node.SetName(EVIDENCE_COLOR_NODE_NAME)  # the loader makes names unique; keep ours
-        node.SetAttribute(ATTR_ROLE, "EvidenceColors")
-        created.append(node)
-        return node
-
-    def _find_output(self, class_name: str, role: str, volume, markups):
-        for node in _nodes_by_class(self.scene, class_name):
-            if (
-                node.GetAttribute(ATTR_ROLE) == role
-                and node.GetNodeReferenceID(REF_VOLUME) == volume.GetID()
-                and node.GetNodeReferenceID(REF_MARKUPS) == markups.GetID()
-            ):
-                return node
-        return None
-
-    @staticmethod
-    def _tag_output(node, role: str, volume, markups) -> None:
-        """Role attribute plus references to the inputs (references survive ID remapping when
-        a saved scene is imported; plain ID attributes would not)."""
-        node.SetAttribute(ATTR_ROLE, role)
-        node.SetNodeReferenceID(REF_VOLUME, volume.GetID())
-        node.SetNodeReferenceID(REF_MARKUPS, markups.GetID())
-
-    def _segmentation_node(self, volume, markups, created):
-        node = self._find_output("vtkMRMLSegmentationNode", "Segmentation", volume, markups)
-        if node is not None:
-            return node
-        scene = self.scene
-        node = scene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode",
-            scene.GenerateUniqueName(f"{volume.GetName()} nodules"),
-        )
-        created.append(node)
-        node.CreateDefaultDisplayNodes()
-        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        self._tag_output(node, "Segmentation", volume, markups)
-        display = node.GetDisplayNode()
-        display.SetOpacity2DFill(0.15)
-        display.SetOpacity2DOutline(1.0)
-        display.SetSliceIntersectionThickness(2)
-        return node
-
-    def _table_node(self, volume, markups, created):
-        node = self._find_output("vtkMRMLTableNode", "ResultsTable", volume, markups)
-        if node is not None:
-            return node
-        scene = self.scene
-        node = scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{volume.GetName()} nodule results")
-        )
-        created.append(node)
-        self._tag_output(node, "ResultsTable", volume, markups)
-        for name, kind, title, unit, _ in TABLE_COLUMNS:
-            array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
-            array.SetName(name)
-            node.AddColumn(array)
-            node.SetColumnTitle(name, title)
-            if unit:
-                node.SetColumnUnitLabel(name, unit)
-        node.SetUseColumnTitleAsColumnHeader(True)
-        node.SetLocked(True)
-        return node
-
-    @staticmethod
-    def _row_of(table, point_id: str) -> int:
-        column = table.GetTable().GetColumnByName("point_id")
-        for row in range(table.GetNumberOfRows()):
-            if column.GetValue(row) == point_id:
-                return row
-        return -1
-
-    def _update_row(self, table, point: PointRequest, result: NoduleResult) -> int:
-        values = {
-            "point": point.label,
-            "point_id": point.point_id,
-            "r": point.position_ras[0],
-            "a": point.position_ras[1],
-            "s": point.position_ras[2],
-            "malignancy_percent": 100.0 * result.malignancy_probability,
-            "malignancy_sd_percent": 100.0 * result.malignancy_sd,
-            "calcification_probability": result.calcification_probability,
-            "internal_structure_probability": result.internal_structure_probability,
-            "volume_mm3": result.volume_mm3,
-            "diameter_mm": result.diameter_mm,
-            "short_axis_mm": result.short_axis_mm,
-            "mean_diameter_mm": result.mean_diameter_mm,
-            "mean_hu": result.mean_hu,
-            "calcified_fraction": result.calcified_fraction,
-            "model_version": result.model_version,
-        }
-        wording = result.wording
-        for name in ORDINAL_ATTRIBUTES:
-            values[score_column(name)] = result.scores[name]
-            values[f"{name}_wording"] = wording[name]
-        was = table.StartModify()
-        row = self._row_of(table, point.point_id)
-        if row < 0:
-            row = table.AddEmptyRow()
-        vtable = table.GetTable()
-        for name, kind, _, _, decimals in TABLE_COLUMNS:
-            column = vtable.GetColumnByName(name)
-            value = values[name]
-            if kind == "string":
-                column.SetValue(row, str(value))
-            else:
-                column.SetValue(row, round(float(value), decimals))
-            column.Modified()
-        vtable.Modified()
-        table.Modified()
-        table.EndModify(was)
-        return row
-
-    @staticmethod
-    def _segment_id(point_id: str) -> str:
-        return f"nodule_{point_id}"
-
-    def _update_segment(self, segmentation_node, request, point, result, row) -> str:
-        """Replace (or create) the point's segment with the result's mask on the CT grid."""
-        segmentation = segmentation_node.GetSegmentation()
-        segment_id = self._segment_id(point.point_id)
-        color = SEGMENT_COLORS[row % len(SEGMENT_COLORS)]
-        segment = segmentation.GetSegment(segment_id)
-        if segment is None:
-            segmentation.AddEmptySegment(segment_id, point.label, color)
-            segment = segmentation.GetSegment(segment_id)
-        segment.SetName(point.label)
-        segment.SetTag(ATTR_POINT, point.point_id)
-        labelmap = self._oriented_mask(result, request)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        # Clear the old extent too (the point may have moved): replace over the whole union.
-        if not logic.SetBinaryLabelmapToSegment(
-            labelmap, segmentation_node, segment_id, logic.MODE_REPLACE, None
-        ):
-            raise RuntimeError(f"could not write the segment of {point.label}")
-        if not segmentation.ContainsRepresentation("Closed surface"):
-            segmentation_node.CreateClosedSurfaceRepresentation()
-        return segment_id
-
-    @staticmethod
-    def _local_sub_grid(request: AnalysisRequest, grid: ImageGeometry):
-        """The volume-local sub-grid with the same voxels as the world ``grid``; and its lo."""
-        lo = sub_grid_offset(request.geometry, grid)
-        hi = lo + np.asarray(grid.size) - 1
-        return sub_grid(request.local_geometry, lo, hi), lo
-
-    def _oriented_mask(self, result: NoduleResult, request: AnalysisRequest):
-        """The CT-grid mask as a vtkOrientedImageData in the volume's local frame."""
-        _, lo = self._local_sub_grid(request, result.ct_grid)
-        mask = np.ascontiguousarray(result.segmentation_mask_ct.astype(np.uint8))
-        nz, ny, nx = mask.shape
-        image = slicer.vtkOrientedImageData()
-        image.SetExtent(lo[0], lo[0] + nx - 1, lo[1], lo[1] + ny - 1, lo[2], lo[2] + nz - 1)
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        image.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(mask.ravel()))
-        image.SetImageToWorldMatrix(_vtk_matrix(request.local_geometry.ijk_to_ras_matrix()))
-        return image
-
-    def _evidence_nodes(self, markups_id: str, point_id: str | None = None) -> list:
-        nodes = []
-        for node in _nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode"):
-            if node.GetAttribute(ATTR_ROLE) != "Evidence":
-                continue
-            if node.GetNodeReferenceID(REF_MARKUPS) != markups_id:
-                continue
-            if point_id is not None and node.GetAttribute(ATTR_POINT) != point_id:
-                continue
-            nodes.append(node)
-        return nodes
-
-    def _update_evidence(self, request, point, result, volume, markups, color, created):
-        """One scalar volume per scale on the CT sub-grid; shipped colours, symmetric window."""
-        local_grid, _ = self._local_sub_grid(request, result.ct_grid)
-        existing = {
-            n.GetAttribute(ATTR_SCALE): n
-            for n in self._evidence_nodes(markups.GetID(), point.point_id)
-        }
-        combined = np.abs(result.evidence_ct[COMBINED])
-        window = float(np.percentile(combined, 99.5)) if combined.size else 0.0
-        window = window if window > 0 else 1.0
-        nodes = {}
-        scene = self.scene
-        for scale in EVIDENCE_SCALES:
-            node = existing.get(scale)
-            name = f"{point.label} evidence {scale}"
-            if node is None:
-                node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-                created.append(node)
-                self._tag_output(node, "Evidence", volume, markups)
-                node.SetAttribute(ATTR_POINT, point.point_id)
-                node.SetAttribute(ATTR_SCALE, scale)
-            node.SetName(name)
-            node.SetAttribute(ATTR_WINDOW, f"{window:.6g}")
-            slicer.util.updateVolumeFromArray(
-                node, np.ascontiguousarray(result.evidence_ct[scale], dtype=np.float32)
-            )
-            node.SetIJKToRASMatrix(_vtk_matrix(local_grid.ijk_to_ras_matrix()))
-            display = node.GetDisplayNode()
-            if display is None:
-                node.CreateDefaultDisplayNodes()
-                display = node.GetDisplayNode()
-            display.SetAndObserveColorNodeID(color.GetID())
-            display.AutoWindowLevelOff()
-            display.SetWindowLevel(2.0 * window, 0.0)
-            display.SetInterpolate(False)
-            nodes[scale] = node
-        return nodes
-
-    def _remove_stale(self, markups, segmentation, table) -> None:
-        """Drop rows, segments and evidence of points that were deleted from the list."""
-        alive = {markups.GetNthControlPointID(i) for i in range(markups.GetNumberOfControlPoints())}
-        column = table.GetTable().GetColumnByName("point_id")
-        for row in reversed(range(table.GetNumberOfRows())):
-            if column.GetValue(row) not in alive:
-                table.RemoveRow(row)
-        seg = segmentation.GetSegmentation()
-        for segment_id in list(seg.GetSegmentIDs()):
-            point_id = _segment_tag(seg.GetSegment(segment_id), ATTR_POINT)
-            if point_id and point_id not in alive:
-                seg.RemoveSegment(segment_id)
-        for node in self._evidence_nodes(markups.GetID()):
-            if node.GetAttribute(ATTR_POINT) not in alive:
-                self.scene.RemoveNode(node)
-
     # Display ---------------------------------------------------------------------------------
     def evidenceNode(self, pointId: str, scale: str = COMBINED, markupsNode=None):  # noqa: N802, N803
         """The evidence volume of a point at a scale (current point list by default)."""
         markups = markupsNode or self.getParameterNode().GetNodeReference(ROLE_MARKUPS)
         if markups is None:
             return None
-        for node in self._evidence_nodes(markups.GetID(), pointId):
+        for node in ResultNodes(self.scene).evidence_nodes(markups.GetID(), pointId):
             if node.GetAttribute(ATTR_SCALE) == scale:
                 return node
         return None
@@ -810,7 +469,7 @@ class NoduleMalignancyLogic:
         pointId = param.GetParameter(PARAM_CURRENT_POINT)  # noqa: N806
         volume = volumeNode or param.GetNodeReference(ROLE_VOLUME)
         node = self.evidenceNode(pointId, scale, markupsNode) if pointId else None
-        for composite in _nodes_by_class(self.scene, "vtkMRMLSliceCompositeNode"):
+        for composite in nodes_by_class(self.scene, "vtkMRMLSliceCompositeNode"):
             was = composite.StartModify()
             if volume is not None:
                 composite.SetBackgroundVolumeID(volume.GetID())
@@ -844,14 +503,14 @@ class NoduleMalignancyLogic:
             raise InputError("Nothing to export yet: analyse a nodule first.")
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        jobs = [("table", table, folder / f"{_safe_file_name(table.GetName())}.csv")]
+        jobs = [("table", table, folder / f"{safe_file_name(table.GetName())}.csv")]
         segmentation = param.GetNodeReference(ROLE_SEGMENTATION)
         if segmentation is not None:
-            name = _safe_file_name(segmentation.GetName())
+            name = safe_file_name(segmentation.GetName())
             jobs.append(("segmentation", segmentation, folder / f"{name}.seg.nrrd"))
         for i in range(param.GetNumberOfNodeReferences(ROLE_EVIDENCE)):
             node = param.GetNthNodeReference(ROLE_EVIDENCE, i)
-            name = _safe_file_name(node.GetName())
+            name = safe_file_name(node.GetName())
             jobs.append((f"evidence {node.GetName()}", node, folder / f"{name}.nrrd"))
         files = {}
         for key, node, path in jobs:
@@ -859,19 +518,3 @@ class NoduleMalignancyLogic:
                 raise RuntimeError(f"could not write {path}")
             files[key] = path
         return files
-
-
-def _nodes_by_class(scene, class_name: str) -> list:
-    collection = scene.GetNodesByClass(class_name)
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
-
-
-def _segment_tag(segment, key: str) -> str:
-    """A segment tag's value ('' when absent); the VTK API returns it through a reference."""
-    value = vtk.reference("")
-    return str(value) if segment is not None and segment.GetTag(key, value) else ""
-
-
-def _safe_file_name(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    return keep or "nodule_results"

@@ -230,7 +230,7 @@ class NoduleMalignancySelfTestMixin:
     def test_analyze_creates_segment_evidence_and_row(self):
         """One point -> one segment, four evidence volumes, one table row, references."""
         from ..core.evidence import COMBINED
-        from .logic import EVIDENCE_SCALES, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
+        from .roles import EVIDENCE_SCALES, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
 
         slicer = self.slicer
         volume, markups, point_lps = self.loadSample()
@@ -285,6 +285,17 @@ class NoduleMalignancySelfTestMixin:
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             self.assertEqual(composite.GetForegroundVolumeID(), evidence[COMBINED].GetID())
             self.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())
+
+    def test_request_holds_a_copy_of_the_voxels(self):
+        """compute() runs on a worker thread: it must not read the volume's live VTK memory."""
+        volume, markups, _ = self.loadSample()
+        request = self.logic.prepare(volume, markups)
+        live = self.slicer.util.arrayFromVolume(volume)
+        self.assertFalse(np.shares_memory(request.image_zyx, live))
+        before = request.image_zyx[::7, ::7, ::7].copy()
+        live[:] = -1000
+        self.slicer.util.arrayFromVolumeModified(volume)
+        self.assertTrue(np.array_equal(request.image_zyx[::7, ::7, ::7], before))
 
     def test_evidence_identity_on_displayed_maps(self):
         """The displayed evidence volumes integrate to the malignancy logit."""
@@ -479,7 +490,8 @@ class NoduleMalignancySelfTestMixin:
     def test_scene_saves_and_reloads_as_mrb(self):
         """Everything survives a .mrb round trip, and re-analysis still updates in place."""
         from ..core.evidence import COMBINED
-        from .logic import ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE, NoduleMalignancyLogic
+        from .logic import NoduleMalignancyLogic
+        from .roles import ATTR_ROLE, ROLE_COLOR, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
 
         slicer = self.slicer
         util = slicer.util
@@ -513,7 +525,7 @@ class NoduleMalignancySelfTestMixin:
         )
         self.assertEqual(param.GetNumberOfNodeReferences(ROLE_EVIDENCE), len(evidence))
         volume2 = util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        volume2 = [v for v in volume2 if not v.GetAttribute("NoduleMalignancy.Role")][0]
+        volume2 = [v for v in volume2 if not v.GetAttribute(ATTR_ROLE)][0]
         markups2 = util.getNodesByClass("vtkMRMLMarkupsFiducialNode")[0]
         self.assertEqual(markups2.GetNthControlPointID(0), point_id)
         segment_id = segmentation2.GetSegmentation().GetSegmentIdBySegmentName(
@@ -538,7 +550,7 @@ class NoduleMalignancySelfTestMixin:
         self.assertEqual(
             again.evidence_nodes[point_id][COMBINED].GetID(), logic.evidenceNode(point_id).GetID()
         )
-        colors = param.GetNodeReference("EvidenceColorTable")
+        colors = param.GetNodeReference(ROLE_COLOR)
         self.assertIsNotNone(colors)
         self.assertEqual(colors.GetNumberOfColors(), 256)
 

@@ -1,0 +1,311 @@
+"""The node writers: a nodule's results into MRML nodes (segment, evidence volumes, table row).
+
+Why apart from the logic: the logic decides what to analyse and when; these functions only
+know how the outputs look in a scene (names, roles, references, display), so the browser
+station and the batch paths write the same nodes. MRML only: no Qt, no torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from ..core.analysis import NoduleResult
+from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.evidence import COMBINED
+from ..core.geometry import ImageGeometry
+from ..core.voi import sub_grid, sub_grid_offset
+from .requests import AnalysisRequest, PointRequest
+from .roles import (
+    ATTR_POINT,
+    ATTR_ROLE,
+    ATTR_SCALE,
+    ATTR_WINDOW,
+    EVIDENCE_COLOR_NODE_NAME,
+    EVIDENCE_COLOR_TABLE_FILE,
+    EVIDENCE_SCALES,
+    REF_MARKUPS,
+    REF_VOLUME,
+    ROLE_COLOR,
+    ROLE_EVIDENCE,
+    ROLE_SEGMENTATION,
+    ROLE_TABLE,
+    SEGMENT_COLORS,
+    TABLE_COLUMNS,
+    score_column,
+)
+
+
+class ResultNodes:
+    """Find, create and update the output nodes of one scene.
+
+    Nodes created during one ``apply`` are appended to ``created`` so that the caller can
+    remove them again when a later step fails (the scene is left as it was).
+    """
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    def evidence_color_node(self, created):
+        """The shipped evidence colour table, loaded once per scene."""
+        scene = self.scene
+        for node in nodes_by_class(scene, "vtkMRMLColorTableNode"):
+            if node.GetAttribute(ATTR_ROLE) == ROLE_COLOR:
+                return node
+        node = slicer.modules.colors.logic().LoadColorFile(
+            str(EVIDENCE_COLOR_TABLE_FILE), EVIDENCE_COLOR_NODE_NAME
+        )
+        if node is None:
+            raise RuntimeError(f"cannot load the evidence colour table {EVIDENCE_COLOR_TABLE_FILE}")
+        node.SetName(EVIDENCE_COLOR_NODE_NAME)  # the loader makes names unique; keep ours
+        node.SetAttribute(ATTR_ROLE, ROLE_COLOR)
+        created.append(node)
+        return node
+
+    def _find_output(self, class_name: str, role: str, volume, markups):
+        for node in nodes_by_class(self.scene, class_name):
+            if (
+                node.GetAttribute(ATTR_ROLE) == role
+                and node.GetNodeReferenceID(REF_VOLUME) == volume.GetID()
+                and node.GetNodeReferenceID(REF_MARKUPS) == markups.GetID()
+            ):
+                return node
+        return None
+
+    @staticmethod
+    def _tag_output(node, role: str, volume, markups) -> None:
+        """Role attribute plus references to the inputs (references survive ID remapping when
+        a saved scene is imported; plain ID attributes would not)."""
+        node.SetAttribute(ATTR_ROLE, role)
+        node.SetNodeReferenceID(REF_VOLUME, volume.GetID())
+        node.SetNodeReferenceID(REF_MARKUPS, markups.GetID())
+
+    def segmentation_node(self, volume, markups, created):
+        node = self._find_output("vtkMRMLSegmentationNode", ROLE_SEGMENTATION, volume, markups)
+        if node is not None:
+            return node
+        scene = self.scene
+        node = scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode",
+            scene.GenerateUniqueName(f"{volume.GetName()} nodules"),
+        )
+        created.append(node)
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        self._tag_output(node, ROLE_SEGMENTATION, volume, markups)
+        display = node.GetDisplayNode()
+        display.SetOpacity2DFill(0.15)
+        display.SetOpacity2DOutline(1.0)
+        display.SetSliceIntersectionThickness(2)
+        return node
+
+    def table_node(self, volume, markups, created):
+        node = self._find_output("vtkMRMLTableNode", ROLE_TABLE, volume, markups)
+        if node is not None:
+            return node
+        scene = self.scene
+        node = scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{volume.GetName()} nodule results")
+        )
+        created.append(node)
+        self._tag_output(node, ROLE_TABLE, volume, markups)
+        for name, kind, title, unit, _ in TABLE_COLUMNS:
+            array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
+            array.SetName(name)
+            node.AddColumn(array)
+            node.SetColumnTitle(name, title)
+            if unit:
+                node.SetColumnUnitLabel(name, unit)
+        node.SetUseColumnTitleAsColumnHeader(True)
+        node.SetLocked(True)
+        return node
+
+    @staticmethod
+    def _row_of(table, point_id: str) -> int:
+        column = table.GetTable().GetColumnByName("point_id")
+        for row in range(table.GetNumberOfRows()):
+            if column.GetValue(row) == point_id:
+                return row
+        return -1
+
+    def update_row(self, table, point: PointRequest, result: NoduleResult) -> int:
+        values = {
+            "point": point.label,
+            "point_id": point.point_id,
+            "r": point.position_ras[0],
+            "a": point.position_ras[1],
+            "s": point.position_ras[2],
+            "malignancy_percent": 100.0 * result.malignancy_probability,
+            "malignancy_sd_percent": 100.0 * result.malignancy_sd,
+            "calcification_probability": result.calcification_probability,
+            "internal_structure_probability": result.internal_structure_probability,
+            "volume_mm3": result.volume_mm3,
+            "diameter_mm": result.diameter_mm,
+            "short_axis_mm": result.short_axis_mm,
+            "mean_diameter_mm": result.mean_diameter_mm,
+            "mean_hu": result.mean_hu,
+            "calcified_fraction": result.calcified_fraction,
+            "model_version": result.model_version,
+        }
+        wording = result.wording
+        for name in ORDINAL_ATTRIBUTES:
+            values[score_column(name)] = result.scores[name]
+            values[f"{name}_wording"] = wording[name]
+        was = table.StartModify()
+        row = self._row_of(table, point.point_id)
+        if row < 0:
+            row = table.AddEmptyRow()
+        vtable = table.GetTable()
+        for name, kind, _, _, decimals in TABLE_COLUMNS:
+            column = vtable.GetColumnByName(name)
+            value = values[name]
+            if kind == "string":
+                column.SetValue(row, str(value))
+            else:
+                column.SetValue(row, round(float(value), decimals))
+            column.Modified()
+        vtable.Modified()
+        table.Modified()
+        table.EndModify(was)
+        return row
+
+    @staticmethod
+    def _segment_id(point_id: str) -> str:
+        return f"nodule_{point_id}"
+
+    def update_segment(self, segmentation_node, request, point, result, row) -> str:
+        """Replace (or create) the point's segment with the result's mask on the CT grid."""
+        segmentation = segmentation_node.GetSegmentation()
+        segment_id = self._segment_id(point.point_id)
+        color = SEGMENT_COLORS[row % len(SEGMENT_COLORS)]
+        segment = segmentation.GetSegment(segment_id)
+        if segment is None:
+            segmentation.AddEmptySegment(segment_id, point.label, color)
+            segment = segmentation.GetSegment(segment_id)
+        segment.SetName(point.label)
+        segment.SetTag(ATTR_POINT, point.point_id)
+        labelmap = self._oriented_mask(result, request)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        # Clear the old extent too (the point may have moved): replace over the whole union.
+        if not logic.SetBinaryLabelmapToSegment(
+            labelmap, segmentation_node, segment_id, logic.MODE_REPLACE, None
+        ):
+            raise RuntimeError(f"could not write the segment of {point.label}")
+        if not segmentation.ContainsRepresentation("Closed surface"):
+            segmentation_node.CreateClosedSurfaceRepresentation()
+        return segment_id
+
+    @staticmethod
+    def local_sub_grid(request: AnalysisRequest, grid: ImageGeometry):
+        """The volume-local sub-grid with the same voxels as the world ``grid``; and its lo."""
+        lo = sub_grid_offset(request.geometry, grid)
+        hi = lo + np.asarray(grid.size) - 1
+        return sub_grid(request.local_geometry, lo, hi), lo
+
+    def _oriented_mask(self, result: NoduleResult, request: AnalysisRequest):
+        """The CT-grid mask as a vtkOrientedImageData in the volume's local frame."""
+        _, lo = self.local_sub_grid(request, result.ct_grid)
+        mask = np.ascontiguousarray(result.segmentation_mask_ct.astype(np.uint8))
+        nz, ny, nx = mask.shape
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(lo[0], lo[0] + nx - 1, lo[1], lo[1] + ny - 1, lo[2], lo[2] + nz - 1)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(mask.ravel()))
+        image.SetImageToWorldMatrix(vtk_matrix(request.local_geometry.ijk_to_ras_matrix()))
+        return image
+
+    def evidence_nodes(self, markups_id: str, point_id: str | None = None) -> list:
+        nodes = []
+        for node in nodes_by_class(self.scene, "vtkMRMLScalarVolumeNode"):
+            if node.GetAttribute(ATTR_ROLE) != ROLE_EVIDENCE:
+                continue
+            if node.GetNodeReferenceID(REF_MARKUPS) != markups_id:
+                continue
+            if point_id is not None and node.GetAttribute(ATTR_POINT) != point_id:
+                continue
+            nodes.append(node)
+        return nodes
+
+    def update_evidence(self, request, point, result, volume, markups, color, created):
+        """One scalar volume per scale on the CT sub-grid; shipped colours, symmetric window."""
+        local_grid, _ = self.local_sub_grid(request, result.ct_grid)
+        existing = {
+            n.GetAttribute(ATTR_SCALE): n
+            for n in self.evidence_nodes(markups.GetID(), point.point_id)
+        }
+        combined = np.abs(result.evidence_ct[COMBINED])
+        window = float(np.percentile(combined, 99.5)) if combined.size else 0.0
+        window = window if window > 0 else 1.0
+        nodes = {}
+        scene = self.scene
+        for scale in EVIDENCE_SCALES:
+            node = existing.get(scale)
+            name = f"{point.label} evidence {scale}"
+            if node is None:
+                node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+                created.append(node)
+                self._tag_output(node, ROLE_EVIDENCE, volume, markups)
+                node.SetAttribute(ATTR_POINT, point.point_id)
+                node.SetAttribute(ATTR_SCALE, scale)
+            node.SetName(name)
+            node.SetAttribute(ATTR_WINDOW, f"{window:.6g}")
+            slicer.util.updateVolumeFromArray(
+                node, np.ascontiguousarray(result.evidence_ct[scale], dtype=np.float32)
+            )
+            node.SetIJKToRASMatrix(vtk_matrix(local_grid.ijk_to_ras_matrix()))
+            display = node.GetDisplayNode()
+            if display is None:
+                node.CreateDefaultDisplayNodes()
+                display = node.GetDisplayNode()
+            display.SetAndObserveColorNodeID(color.GetID())
+            display.AutoWindowLevelOff()
+            display.SetWindowLevel(2.0 * window, 0.0)
+            display.SetInterpolate(False)
+            nodes[scale] = node
+        return nodes
+
+    def remove_stale(self, markups, segmentation, table) -> None:
+        """Drop rows, segments and evidence of points that were deleted from the list."""
+        alive = {markups.GetNthControlPointID(i) for i in range(markups.GetNumberOfControlPoints())}
+        column = table.GetTable().GetColumnByName("point_id")
+        for row in reversed(range(table.GetNumberOfRows())):
+            if column.GetValue(row) not in alive:
+                table.RemoveRow(row)
+        seg = segmentation.GetSegmentation()
+        for segment_id in list(seg.GetSegmentIDs()):
+            point_id = segment_tag(seg.GetSegment(segment_id), ATTR_POINT)
+            if point_id and point_id not in alive:
+                seg.RemoveSegment(segment_id)
+        for node in self.evidence_nodes(markups.GetID()):
+            if node.GetAttribute(ATTR_POINT) not in alive:
+                self.scene.RemoveNode(node)
+
+
+def vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    for i in range(4):
+        for j in range(4):
+            m.SetElement(i, j, float(array[i, j]))
+    return m
+
+
+def numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def nodes_by_class(scene, class_name: str) -> list:
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def segment_tag(segment, key: str) -> str:
+    """A segment tag's value ('' when absent); the VTK API returns it through a reference."""
+    value = vtk.reference("")
+    return str(value) if segment is not None and segment.GetTag(key, value) else ""
+
+
+def safe_file_name(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return keep or "nodule_results"
