@@ -98,8 +98,7 @@ def test_runtime_is_complete_and_idempotent(slicer_runtime, mrml_scene):
         ("a/ct.nrrd", "VolumeFile"),
         ("a/ct.nii.gz", "VolumeFile"),
         ("a/nodule.seg.nrrd", "SegmentationFile"),
-        ("a/points.mrk.json", "MarkupsFile"),
-        ("a/results.tsv", "TableFile"),
+        ("a/points.mrk.json", "NoFile"),  # not read headless (fenced)
         ("a/scene.mrb", "SceneFile"),
         ("a/notes.xyz", "NoFile"),
     ):
@@ -203,13 +202,15 @@ def test_save_and_load_nodes_through_util(
     np.testing.assert_array_equal(
         slicer.util.arrayFromSegmentBinaryLabelmap(seg2, sid2, volume2), mask
     )
-    points2 = slicer.util.loadMarkups(str(tmp_path / "nodules.mrk.json"))
-    np.testing.assert_allclose(
-        points2.GetNthControlPointPosition(0), nodule_lps * [-1.0, -1.0, 1.0], atol=1e-6
+    assert '"controlPoints"' in (tmp_path / "nodules.mrk.json").read_text()
+    assert (tmp_path / "results.tsv").read_text().splitlines()[1:] == ["1.5\t3", "2.5\t4"]
+    # Reading is fenced to volumes, segmentations and scenes, with a message that says so.
+    messages = slicer.vtkMRMLMessageCollection()
+    io = slicer.app.coreIOManager()
+    assert not io.loadNodes(
+        "MarkupsFile", {"fileName": str(tmp_path / "nodules.mrk.json")}, None, messages
     )
-    table2 = slicer.util.loadNodeFromFile(str(tmp_path / "results.tsv"))  # type from extension
-    assert table2.IsA("vtkMRMLTableNode")
-    np.testing.assert_allclose(slicer.util.arrayFromTableColumn(table2, "diameter_mm"), [1.5, 2.5])
+    assert "not read by the headless runtime" in messages.GetAllMessagesAsString()
     with pytest.raises(RuntimeError, match="missing.nrrd"):
         slicer.util.loadVolume(str(tmp_path / "missing.nrrd"))
 

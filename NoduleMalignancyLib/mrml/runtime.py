@@ -396,11 +396,6 @@ class HeadlessApplication:
 _FILE_TYPE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "SceneFile": (".mrb", ".mrml"),
     "SegmentationFile": (".seg.nrrd", ".seg.nhdr", ".seg.nii.gz", ".seg.nii", ".seg.vtm"),
-    "MarkupsFile": (".mrk.json", ".json", ".fcsv"),
-    "TableFile": (".tsv", ".csv"),
-    "TransformFile": (".h5", ".hdf5", ".tfm", ".mat"),
-    "ModelFile": (".vtk", ".vtp", ".vtu", ".stl", ".obj", ".ply"),
-    "ColorTableFile": (".ctbl",),
     "VolumeFile": (
         ".nrrd",
         ".nhdr",
@@ -429,11 +424,7 @@ _FILE_TYPE_EXTENSIONS: dict[str, tuple[str, ...]] = {
 _NODE_FILE_TYPES: tuple[tuple[str, str], ...] = (
     ("vtkMRMLSegmentationNode", "SegmentationFile"),
     ("vtkMRMLVolumeNode", "VolumeFile"),
-    ("vtkMRMLMarkupsNode", "MarkupsFile"),
-    ("vtkMRMLTransformNode", "TransformFile"),
     ("vtkMRMLTableNode", "TableFile"),
-    ("vtkMRMLModelNode", "ModelFile"),
-    ("vtkMRMLColorTableNode", "ColorTableFile"),
 )
 
 
@@ -451,10 +442,10 @@ def _base_name(file_name: str) -> str:
 class HeadlessIOManager:
     """Qt-free stand-in for ``qSlicerCoreIOManager``: the calls ``slicer.util`` makes.
 
-    ``loadNodes(fileType, properties, loadedNodes, userMessages) -> bool`` and
-    ``saveNodes(fileType, properties, userMessages) -> bool`` follow Slicer's readers/writers
-    for volumes, segmentations, markups, tables, transforms, models, colour tables and scenes
-    (``.mrml``, ``.mrb`` and scene-directory). ``properties`` keys are Slicer's
+    Fenced to what the product, the self-test and the browser station use: reading volumes,
+    segmentations and scenes (``.mrml``, ``.mrb``, scene directory); writing any node through
+    its storage node (``saveNode`` / ``exportNode``) and the scene. Other file types are refused
+    with a message, not half-supported. ``properties`` keys are Slicer's
     (``fileName``, ``name``, ``labelmap``, ``singleFile``, ``center``, ``discardOrientation``,
     ``autoWindowLevel``, ``show``, ``colorNodeID``, ``fileNames``, ``clear``, ``nodeID``,
     ``useCompression``).
@@ -536,16 +527,15 @@ class HeadlessIOManager:
         loaders = {
             "VolumeFile": self._load_volume,
             "SegmentationFile": self._load_segmentation,
-            "MarkupsFile": self._load_markups,
-            "TableFile": self._load_table,
-            "TransformFile": self._load_transform,
-            "ModelFile": self._load_model,
-            "ColorTableFile": self._load_color_table,
             "SceneFile": self._load_scene,
         }
         loader = loaders.get(str(fileType))
         if loader is None:
-            self._message(userMessages, f"file type {fileType!r} is not supported headless")
+            self._message(
+                userMessages,
+                f"file type {fileType!r} is not read by the headless runtime (it reads volumes, "
+                "segmentations and scenes: what this module uses); use Slicer for other types",
+            )
             return False
         try:
             nodes = loader(file_name, properties, userMessages)
@@ -622,56 +612,6 @@ class HeadlessIOManager:
         node = self._logic("Segmentations").LoadSegmentationFromFile(
             file_name, auto_opacities, name or None, color_node, msgs
         )
-        return [node] if node is not None else None
-
-    def _load_markups(self, file_name, properties, messages):
-        from slicer import vtkMRMLMessageCollection
-
-        msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        name = properties.get("name")
-        node_id = self._logic("Markups").LoadMarkups(file_name, str(name) if name else None, msgs)
-        if not node_id:
-            return None
-        # One file may hold several markups; LoadMarkups returns the first node's ID.
-        return [self._scene.GetNodeByID(node_id)]
-
-    def _load_table(self, file_name, properties, messages):
-        from slicer import vtkMRMLMessageCollection
-
-        msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        name = str(properties.get("name") or _base_name(file_name))
-        node = self._logic("Tables").AddTable(file_name, name, True, None, msgs)
-        return [node] if node is not None else None
-
-    def _load_transform(self, file_name, properties, messages):
-        from slicer import vtkMRMLMessageCollection
-
-        msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        node = self._logic("Transforms").AddTransform(file_name, self._scene, msgs)
-        if node is not None and properties.get("name"):
-            node.SetName(str(properties["name"]))
-        return [node] if node is not None else None
-
-    def _load_model(self, file_name, properties, messages):
-        from slicer import vtkMRMLMessageCollection, vtkMRMLStorageNode
-
-        msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        coordinate_system = properties.get(
-            "coordinateSystem", vtkMRMLStorageNode.CoordinateSystemLPS
-        )
-        if isinstance(coordinate_system, str):
-            coordinate_system = vtkMRMLStorageNode.GetCoordinateSystemFromString(coordinate_system)
-        node = self._logic("Models").AddModel(file_name, int(coordinate_system), msgs)
-        if node is not None and properties.get("name"):
-            node.SetName(str(properties["name"]))
-        return [node] if node is not None else None
-
-    def _load_color_table(self, file_name, properties, messages):
-        from slicer import vtkMRMLMessageCollection
-
-        msgs = messages if messages is not None else vtkMRMLMessageCollection()
-        name = properties.get("name")
-        node = self._logic("Colors").LoadColorFile(file_name, str(name) if name else None, msgs)
         return [node] if node is not None else None
 
     def _load_scene(self, file_name, properties, messages):
