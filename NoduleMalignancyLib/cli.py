@@ -116,6 +116,7 @@ def _progress(i: int, n: int, start: float) -> None:
 
 def cmd_predict(args) -> int:
     from .core.analysis import analyze_point
+    from .core.atomic import write_csv
     from .files.writers import write_volume
 
     with open(args.manifest, newline="") as f:
@@ -125,8 +126,7 @@ def cmd_predict(args) -> int:
         print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
         return 2
     ensemble = _ensemble(args)
-    images: dict[str, object] = {}
-    out_rows, scored, start = [], 0, time.time()
+    scored, start = 0, time.time()
     by_image: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_image.setdefault(row["image"], []).append(i)
@@ -134,9 +134,9 @@ def cmd_predict(args) -> int:
     done = 0
     for image_path, indices in by_image.items():  # each image read once
         try:
-            images = {"data": _load_image(image_path)}
+            array, geometry = _load_image(image_path)
             load_error = None
-        except Exception as exc:  # noqa: BLE001 - reported per row, the run goes on
+        except Exception as exc:
             load_error = f"cannot read image: {exc}"
         for i in indices:
             row = rows[i]
@@ -144,7 +144,6 @@ def cmd_predict(args) -> int:
             try:
                 if load_error:
                     raise ValueError(load_error)
-                array, geometry = images["data"]
                 point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
                 r = analyze_point(array, geometry, point, ensemble, map_to_ct=bool(args.masks_dir))
                 rec.update(
@@ -166,17 +165,12 @@ def cmd_predict(args) -> int:
                         Path(args.masks_dir) / f"{row['id']}.nii.gz",
                     )
                 scored += 1
-            except Exception as exc:  # noqa: BLE001 - a bad row must not stop the batch
+            except Exception as exc:
                 rec["error"] = str(exc).replace("\n", " ")
             results[i] = rec
             done += 1
             _progress(done, len(rows), start)
-    out_rows = [results[i] for i in range(len(rows))]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PREDICT_COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(out_rows)
+    write_csv(args.out, [results[i] for i in range(len(rows))], PREDICT_COLUMNS)
     print(f"scored {scored}/{len(rows)} rows -> {args.out}")
     return 0 if scored or not rows else 1
 

@@ -34,7 +34,7 @@ class SteppedExecutor(concurrent.futures.Executor):
         future.set_running_or_notify_cancel()
         try:
             future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - the runner must see it as the widget would
+        except Exception as exc:
             future.set_exception(exc)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # The nine LIDC attributes, in the order of the network's attribute heads.
 ORDINAL_ATTRIBUTES: tuple[str, ...] = (
@@ -63,7 +63,6 @@ class NetworkConfig:
     pyramid_layers: int = 2
     n_attributes: int = len(ATTRIBUTES)
     groups: int = 8
-    extra: dict = field(default_factory=dict)
     # Encoder convs per level (level 1 is full resolution, where every conv is expensive on CPU).
     convs_per_level: tuple[int, int, int, int] = (1, 1, 2, 2)
     # Decoder widths at levels 1, 2, 3 (level 1 only used with decoder_full_res="conv").
@@ -80,6 +79,8 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, d: dict) -> NetworkConfig:
         d = dict(d)
+        if d.pop("extra", None):  # an unused field of earlier versions, always written empty
+            raise ValueError(f"network configuration has an unknown 'extra' section: {d}")
         for key in ("widths", "convs_per_level", "decoder_widths"):
             if key in d:
                 d[key] = tuple(d[key])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import write_json
 from .config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
 from .device import device_choice, resolve_device
 from .fusion import check_fusion
@@ -121,7 +122,7 @@ def save_ensemble(
             stale.unlink()
     check_fusion(fusion)
     manifest = Manifest(version, voi, network, ATTRIBUTES, folds, fusion, dict(extra or {}))
-    (directory / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    write_json(directory / MANIFEST_NAME, manifest.to_dict())
     return manifest
 
 
@@ -155,7 +156,7 @@ def load_verified_state(path: Path, sha256: str) -> dict:
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as exc:
         raise WeightsError(f"Weights file {path} cannot be read: {exc}") from exc
 
 

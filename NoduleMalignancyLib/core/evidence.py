@@ -21,10 +21,10 @@ def spread_to_voi(contribution: np.ndarray, voi_shape_zyx) -> np.ndarray:
     the VOI equals the sum over the coarse map.
     """
     d, h, w = contribution.shape[-3:]
-    D, H, W = voi_shape_zyx
-    if D % d or H % h or W % w:
-        raise ValueError(f"Coarse map {d, h, w} does not tile the VOI grid {D, H, W}.")
-    fz, fy, fx = D // d, H // h, W // w
+    vd, vh, vw = voi_shape_zyx
+    if vd % d or vh % h or vw % w:
+        raise ValueError(f"Coarse map {d, h, w} does not tile the VOI grid {vd, vh, vw}.")
+    fz, fy, fx = vd // d, vh // h, vw // w
     out = np.repeat(np.repeat(np.repeat(contribution, fz, -3), fy, -2), fx, -1)
     return out / float(fz * fy * fx)
 

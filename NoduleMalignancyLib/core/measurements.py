@@ -142,8 +142,8 @@ def nodule_shape(
     mask_zyx: np.ndarray,
     spacing_zyx,
     size: NoduleSize,
-    gradient: np.ndarray | None = None,
     valid_zyx: np.ndarray | None = None,
+    gradient: np.ndarray | None = None,
 ) -> NoduleShape:
     """Shape and margin measurements of ``mask_zyx`` (``size`` from :func:`nodule_size`).
 
@@ -188,5 +188,5 @@ def measure_nodule(
         mask = mask & (np.asarray(valid_zyx) > 0.5)
     size = nodule_size(mask, spacing_zyx)
     density = nodule_density(hu_zyx, mask)
-    shape = nodule_shape(hu_zyx, mask, spacing_zyx, size, gradient, valid_zyx)
+    shape = nodule_shape(hu_zyx, mask, spacing_zyx, size, valid_zyx, gradient)
     return {**asdict(size), **asdict(density), **asdict(shape)}

@@ -20,14 +20,12 @@ strided convs, the pyramid uses 1x1x1 convs, and the default decoder's full-reso
 
 Fold ensembles: :func:`stack_folds` / :func:`forward_folds_vmap` evaluate K models of one
 architecture as a single vmapped call; :func:`forward_folds_loop` is the plain loop and the
-fallback; :func:`benchmark_fold_batching` measures both.
+fallback (``nodule-malignancy bench`` reports which one a click uses).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import time
 from collections.abc import Sequence
 
 import torch
@@ -41,7 +39,6 @@ N_SCALES = 3
 # (a plain sigmoid rounds to exactly 1.0 above a logit of ~17), the pooling normaliser can never
 # vanish and the gate entropy stays finite.
 GATE_EPS = 1e-5
-OUTPUT_KEYS = ("bag_logits", "scale_logits", "gates", "instance_logits", "contributions")
 
 
 def _group_count(channels: int, groups: int) -> int:
@@ -176,7 +173,7 @@ class MultiScaleMILNet(nn.Module):
             raise ValueError(
                 f"decoder_full_res must be 'skip_logit' or 'conv': {cfg.decoder_full_res}"
             )
-        A, P = cfg.n_attributes, cfg.pyramid_channels
+        n_attr, p_ch = cfg.n_attributes, cfg.pyramid_channels
 
         # Encoder: level 1 at full resolution; levels 2-4 start with a stride-2 conv, which costs
         # a quarter of pool-then-conv's full-resolution work.
@@ -192,17 +189,19 @@ class MultiScaleMILNet(nn.Module):
 
         # Gates: coordinate-aware embedding -> BiFPN -> 1x1x1 MLP -> sigmoid.
         feat_ch = w[1:]
-        self.embed = nn.ModuleList(ConvNormAct(c + 4, P, 1, groups=g) for c in feat_ch)
+        self.embed = nn.ModuleList(ConvNormAct(c + 4, p_ch, 1, groups=g) for c in feat_ch)
         self.pyramid = nn.ModuleList(
-            BiFPNLayer(P, cfg.pyramid_kernel, g) for _ in range(cfg.pyramid_layers)
+            BiFPNLayer(p_ch, cfg.pyramid_kernel, g) for _ in range(cfg.pyramid_layers)
         )
-        hidden = max(1, P // 2)
+        hidden = max(1, p_ch // 2)
         self.gate_heads = nn.ModuleList(
-            nn.Sequential(nn.Conv3d(P, hidden, 1), nn.ReLU(inplace=True), nn.Conv3d(hidden, 1, 1))
+            nn.Sequential(
+                nn.Conv3d(p_ch, hidden, 1), nn.ReLU(inplace=True), nn.Conv3d(hidden, 1, 1)
+            )
             for _ in feat_ch
         )
         # Instances: the conv bias is the per-attribute bias (identity stays exact).
-        self.instance_heads = nn.ModuleList(nn.Conv3d(c, A, 1) for c in feat_ch)
+        self.instance_heads = nn.ModuleList(nn.Conv3d(c, n_attr, 1) for c in feat_ch)
 
         # Decoder: upsample, concatenate the skip, one 3x3x3 conv per level.
         self.dec3 = ConvNormAct(w[3] + w[2], dw[2], 3, groups=g)
@@ -228,12 +227,12 @@ class MultiScaleMILNet(nn.Module):
             h = block(h)
             feats.append(h)
         mil_feats = feats[1:]
-        B = x.shape[0]
+        batch = x.shape[0]
 
         pyr = []
         for f, embed in zip(mil_feats, self.embed, strict=True):
             coords = coordinate_grid(f.shape[-3:], device=f.device, dtype=f.dtype)
-            coords = coords.unsqueeze(0).expand(B, -1, -1, -1, -1)
+            coords = coords.unsqueeze(0).expand(batch, -1, -1, -1, -1)
             pyr.append(embed(torch.cat([f, coords], dim=1)))
         for layer in self.pyramid:
             pyr = layer(pyr)
@@ -365,7 +364,7 @@ def forward_folds(models: Sequence[nn.Module], x: torch.Tensor, method: str = "l
     if method == "vmap":
         try:
             return forward_folds_vmap(stack_folds(models), x)
-        except Exception:  # noqa: BLE001 - any unsupported op: the loop is always correct
+        except Exception:
             pass
     elif method != "loop":
         raise ValueError(f"method must be 'loop' or 'vmap': {method}")
@@ -380,56 +379,3 @@ def _max_abs_diff(a: dict, b: dict) -> float:
         for ta, tb in zip(la, lb, strict=True):
             diff = max(diff, float((ta - tb).abs().max()))
     return diff
-
-
-def benchmark_fold_batching(
-    k: int = 5,
-    cfg: NetworkConfig | None = None,
-    batch: int = 1,
-    shape_zyx: Sequence[int] = (32, 48, 48),
-    repeats: int = 3,
-    threads: int = 2,
-    seed: int = 0,
-) -> dict:
-    """Time K-fold inference on CPU as a plain loop and as one vmapped call.
-
-    Returns seconds per call (best of ``repeats`` after one warm-up) for both, whether vmap ran,
-    its error if not, and the largest difference between the two outputs.
-    """
-    cfg = cfg if cfg is not None else NetworkConfig()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        models = [build_network(cfg).eval() for _ in range(k)]
-        x = torch.randn(batch, cfg.in_channels, *shape_zyx)
-        result = {"k": k, "batch": batch, "shape_zyx": tuple(shape_zyx), "threads": threads}
-
-        def best(fn) -> float:
-            fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return min(times)
-
-        with torch.inference_mode():
-            ref = forward_folds_loop(models, x)
-            result["loop_s"] = best(lambda: forward_folds_loop(models, x))
-            try:
-                stack = stack_folds(models)
-                out = forward_folds_vmap(stack, x)
-                result["vmap_s"] = best(lambda: forward_folds_vmap(stack, x))
-                result["vmap_ok"] = True
-                result["max_abs_diff"] = _max_abs_diff(ref, out)
-                result["error"] = None
-            except Exception as exc:  # noqa: BLE001 - report, the loop is the fallback
-                result.update(vmap_s=math.nan, vmap_ok=False, max_abs_diff=math.nan)
-                result["error"] = f"{type(exc).__name__}: {exc}"
-        result["faster"] = (
-            "vmap" if result["vmap_ok"] and result["vmap_s"] < result["loop_s"] else "loop"
-        )
-        return result
-    finally:
-        torch.set_num_threads(old_threads)

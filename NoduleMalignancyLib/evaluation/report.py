@@ -8,7 +8,6 @@ given patient-level bootstrap intervals.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shlex
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import metrics
+from ..core.atomic import write_json
 from ..core.config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
 from ..core.folds import load_folds
 from ..core.fusion import MALIGNANCY_PROBABILITY, fusion_oof, oof_fusion_inputs
@@ -240,7 +240,7 @@ def evaluate(
     res["notes"] = notes
     res["figures"] = _figures(y, scores, small, res["calibration"][primary], fig_dir, primary)
 
-    (out_dir / "metrics.json").write_text(json.dumps(_finite(res), indent=2) + "\n")
+    write_json(out_dir / "metrics.json", _finite(res))
     (out_dir / "EVALUATION.md").write_text(_markdown(res))
     return _finite(res)
 
@@ -478,10 +478,10 @@ def _p(d: dict) -> str:
 def _markdown(res: dict) -> str:
     c = res["counts"]
     lab = res["score_labels"]
-    L = ["# Out-of-fold evaluation", ""]
-    L += [f"Generated {res['generated']} from `{res['inputs']['oof']}`.", ""]
-    L += ["Reproduce with:", "", "```", res["command"] or "(called from Python)", "```", ""]
-    L += [
+    lines = ["# Out-of-fold evaluation", ""]
+    lines += [f"Generated {res['generated']} from `{res['inputs']['oof']}`.", ""]
+    lines += ["Reproduce with:", "", "```", res["command"] or "(called from Python)", "```", ""]
+    lines += [
         f"Primary score: **{res['primary_score']}** ({lab[res['primary_score']]}).",
         "",
         "## Targets",
@@ -491,8 +491,8 @@ def _markdown(res: dict) -> str:
     ]
     for t in res["targets"]:
         mark = {True: "PASS", False: "MISS", None: "n/a"}[t["pass"]]
-        L.append(f"| {t['target']} | {t['value']} | **{mark}** |")
-    L += [
+        lines.append(f"| {t['target']} | {t['value']} | **{mark}** |")
+    lines += [
         "",
         "## Data",
         "",
@@ -509,8 +509,8 @@ def _markdown(res: dict) -> str:
     ]
     a, s = res["malignancy_auroc"]["all"], res["malignancy_auroc"]["small"]
     for key in lab:
-        L.append(f"| {lab[key]} | {_ci(a[key])} | {_ci(s[key])} |")
-    L += [
+        lines.append(f"| {lab[key]} | {_ci(a[key])} | {_ci(s[key])} |")
+    lines += [
         "",
         "Paired difference against size-only (mean reader diameter), same nodules and resamples:",
         "",
@@ -519,24 +519,24 @@ def _markdown(res: dict) -> str:
     ]
     for key, d in a["vs_size_reader"].items():
         e = s["vs_size_reader"][key]
-        L.append(
+        lines.append(
             f"| {key} | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)} "
             f"| {e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}], {_p(e)} |"
         )
     folds = sorted({k for v in res["per_fold_auroc"].values() for k in v})
-    L += ["", "Per-fold AUROC (spread between folds):", ""]
-    L += ["| score | " + " | ".join(f"fold {k}" for k in folds) + " |"]
-    L += ["|---|" + "---|" * len(folds)]
+    lines += ["", "Per-fold AUROC (spread between folds):", ""]
+    lines += ["| score | " + " | ".join(f"fold {k}" for k in folds) + " |"]
+    lines += ["|---|" + "---|" * len(folds)]
     for key, v in res["per_fold_auroc"].items():
-        L.append(f"| {key} | " + " | ".join(_f(v.get(k)) for k in folds) + " |")
-    L += [
+        lines.append(f"| {key} | " + " | ".join(_f(v.get(k)) for k in folds) + " |")
+    lines += [
         "",
         f"![ROC, all]({res['figures']['roc_all']}) ![ROC, < 10 mm]({res['figures']['roc_small']})",
         "",
     ]
 
     at = res["attributes"]
-    L += [
+    lines += [
         "## Attributes",
         "",
         "MAE on the 1-5 scale against the mean reader rating:",
@@ -547,34 +547,36 @@ def _markdown(res: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for attr, v in at["ordinal"].items():
-        L.append(
+        lines.append(
             f"| {attr} | {_f(v['fused_mae'])} | {_f(v['model_mae'])} | "
             f"{_f(v['constant_mae'])} | {_f(v['human_mae'])} | {v['n']} |"
         )
     if at["ordinal"]:
-        L.append(
+        lines.append(
             f"| **mean** | **{_f(at['mean_fused_mae'])}** | {_f(at['mean_model_mae'])} | "
             f"{_f(at['mean_constant_mae'])} | {_f(at['mean_human_mae'])} | |"
         )
     if at["presence"]:
-        L += [
+        lines += [
             "",
             "| presence attribute | fused AUROC [95 % CI] (ships) | raw head AUROC | positives / n |",
             "|---|---|---|---|",
         ]
         for attr, v in at["presence"].items():
-            L.append(f"| {attr} | {_ci(v)} | {_f(v['raw_head_auroc'])} | {v['n_pos']} / {v['n']} |")
+            lines.append(
+                f"| {attr} | {_ci(v)} | {_f(v['raw_head_auroc'])} | {v['n_pos']} / {v['n']} |"
+            )
     d = res["dice"]
-    L += ["", "## Segmentation (Dice against the consensus mask)", ""]
+    lines += ["", "## Segmentation (Dice against the consensus mask)", ""]
     if d and d["n"]:
-        L += [
+        lines += [
             "| n | mean | median | IQR |",
             "|---|---|---|---|",
             f"| {d['n']} | {_f(d['mean'])} | {_f(d['median'])} | {_f(d['q1'])}-{_f(d['q3'])} |",
         ]
     else:
-        L.append("No Dice values in the OOF table.")
-    L += [
+        lines.append("No Dice values in the OOF table.")
+    lines += [
         "",
         "## Calibration (ECE, 10 equal-width bins, labelled nodules)",
         "",
@@ -582,16 +584,16 @@ def _markdown(res: dict) -> str:
         "|---|---|---|",
     ]
     for key, v in res["calibration"].items():
-        L.append(f"| {key} | {_f(v['ece_raw'])} | {_f(v['ece_platt_oof'])} |")
-    L += ["", f"![Reliability]({res['figures']['reliability']})", "", "## Notes", ""]
-    L += [f"* {n}" for n in res["notes"]]
-    L += [
+        lines.append(f"| {key} | {_f(v['ece_raw'])} | {_f(v['ece_platt_oof'])} |")
+    lines += ["", f"![Reliability]({res['figures']['reliability']})", "", "## Notes", ""]
+    lines += [f"* {n}" for n in res["notes"]]
+    lines += [
         "",
         f"Bootstrap: {res['bootstrap']['n_boot']} resamples of patients, seed "
         f"{res['bootstrap']['seed']}. All numbers also in `metrics.json`.",
         "",
     ]
-    return "\n".join(L)
+    return "\n".join(lines)
 
 
 def command_line(args_list: list[str]) -> str:

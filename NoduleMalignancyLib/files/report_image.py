@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ..core.analysis import NoduleResult  # noqa: E402
-from ..core.evidence import COMBINED  # noqa: E402
+from ..core.analysis import NoduleResult
+from ..core.evidence import COMBINED
 
 
 def _planes(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:

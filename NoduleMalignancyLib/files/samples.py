@@ -24,14 +24,15 @@ import os
 import tarfile
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.settings import DATA_ENV, cache_dir, data_dir
+from ..core.atomic import atomic_path
+from ..core.settings import DATA_ENV, cache_dir
+from ..core.settings import data_dir as configured_data_dir
 
 __all__ = [
     "SAMPLES",
@@ -199,7 +200,7 @@ def sample_path(name: str, data_dir: str | Path | None = None) -> Path:
     if target.is_file() and stamp and stamp.get("voxel_sha256") == record.voxel_sha256:
         return target
 
-    root = _configured(data_dir)
+    root = configured_data_dir(data_dir)
     if root is None:
         raise SampleNotFoundError(
             f"sample {name!r} is not cached in {cache} and no data folder is configured: "
@@ -216,10 +217,6 @@ def sample_path(name: str, data_dir: str | Path | None = None) -> Path:
         )
     _seed(record, source, cache, root)
     return target
-
-
-def _configured(explicit: str | Path | None) -> Path | None:
-    return data_dir(explicit)
 
 
 def _seed(record: SampleRecord, source: Path, cache: Path, root: Path) -> None:
@@ -266,21 +263,13 @@ def _seed(record: SampleRecord, source: Path, cache: Path, root: Path) -> None:
 
 
 def _atomic_write_image(image: sitk.Image, target: Path) -> None:
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.nrrd")
-    try:
+    with atomic_path(target) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _atomic_write_bytes(data: bytes, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(target) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def reader_xml_path(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -365,7 +354,7 @@ def nodule_points_lps(
     the cached sample when no data folder is configured.
     """
     record = _record(name)
-    root = _configured(data_dir)
+    root = configured_data_dir(data_dir)
     points = _points_from_file(root, name) if root is not None else None
     if points is None:
         stamp = _read_stamp(samples_cache_dir(), name)
@@ -435,7 +424,7 @@ def _read_dicom_archive(path: Path, want_xml: bool) -> tuple[sitk.Image, dict[st
                             raise ValueError(f"unsafe path in archive: {member.name}")
                         if member.issym() or member.islnk():
                             raise ValueError(f"link in archive: {member.name}")
-                    archive.extractall(tmp)  # noqa: S202 (members checked above)
+                    archive.extractall(tmp)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ValueError(
                 f"cannot read a CT from {path}: not a readable tar archive ({exc})"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..core import atomic
 from ..core.geometry import ImageGeometry
 
 NODULE_COLOR = (0.95, 0.55, 0.1)
@@ -66,7 +66,5 @@ def write_segmentation(
 
 
 def write_json(data: dict, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    """``result.json`` and the like, atomically (see :mod:`..core.atomic`)."""
+    return atomic.write_json(path, data)

@@ -103,7 +103,7 @@ class NoduleMalignancyLogic:
     :param modelsDir: folder of the ensemble to load (default: the shipped ``models/``).
     """
 
-    def __init__(self, ensemble=None, modelsDir: str | Path | None = None):  # noqa: N803
+    def __init__(self, ensemble=None, modelsDir: str | Path | None = None):
         self._ensemble = ensemble
         self._models_dir = modelsDir
         self._ensemble_lock = threading.Lock()
@@ -125,7 +125,7 @@ class NoduleMalignancyLogic:
             )
         return scene
 
-    def getParameterNode(self):  # noqa: N802 (Slicer API name)
+    def getParameterNode(self):
         """The module's singleton ``vtkMRMLScriptedModuleNode``, created when missing.
 
         Made directly (not through ScriptedLoadableModuleLogic, absent headless) with the same
@@ -149,7 +149,7 @@ class NoduleMalignancyLogic:
 
     # Ensemble --------------------------------------------------------------------------------
     @staticmethod
-    def resolveDevice(device: str | None) -> str:  # noqa: N802
+    def resolveDevice(device: str | None) -> str:
         """UI names (auto / CPU / GPU) -> torch device names; raises :class:`InputError`."""
         from ..core.device import DeviceError, device_choice
 
@@ -158,7 +158,7 @@ class NoduleMalignancyLogic:
         except DeviceError as exc:
             raise InputError(str(exc)) from None
 
-    def setEnsemble(self, ensemble) -> None:  # noqa: N802
+    def setEnsemble(self, ensemble) -> None:
         """Use this ensemble from now on (e.g. a test ensemble)."""
         with self._ensemble_lock:
             self._ensemble = ensemble
@@ -176,7 +176,7 @@ class NoduleMalignancyLogic:
             return self._ensemble
 
     # 1. prepare (main thread) ----------------------------------------------------------------
-    def prepare(self, volumeNode, markupsNode, pointIndex=None) -> AnalysisRequest:  # noqa: N803
+    def prepare(self, volumeNode, markupsNode, pointIndex=None) -> AnalysisRequest:
         """Read and validate the inputs; the scene is not changed.
 
         :param pointIndex: control point index, a sequence of them, or ``None`` for every
@@ -235,7 +235,7 @@ class NoduleMalignancyLogic:
             points=points,
         )
 
-    def _read_volume(self, volumeNode):  # noqa: N803
+    def _read_volume(self, volumeNode):
         """Voxels (z, y, x), local and world (transform hardened) geometry; validates CT."""
         if volumeNode is None:
             raise InputError("Select the CT volume to analyse.")
@@ -292,9 +292,9 @@ class NoduleMalignancyLogic:
         self,
         request: AnalysisRequest,
         device: str = "auto",
-        progressCallback: ProgressCallback | None = None,  # noqa: N803
-        logCallback: LogCallback | None = None,  # noqa: N803
-        cancelEvent: threading.Event | None = None,  # noqa: N803
+        progressCallback: ProgressCallback | None = None,
+        logCallback: LogCallback | None = None,
+        cancelEvent: threading.Event | None = None,
     ) -> list[NoduleResult]:
         """Run the ensemble for every point of the request; touches no MRML.
 
@@ -324,7 +324,7 @@ class NoduleMalignancyLogic:
         return results
 
     @staticmethod
-    def _check_cancel(cancelEvent) -> None:  # noqa: N803
+    def _check_cancel(cancelEvent) -> None:
         if cancelEvent is not None and cancelEvent.is_set():
             raise AnalysisCancelledError("Analysis cancelled; the scene was not changed.")
 
@@ -333,7 +333,7 @@ class NoduleMalignancyLogic:
         self,
         request: AnalysisRequest,
         results: Sequence[NoduleResult],
-        cancelEvent: threading.Event | None = None,  # noqa: N803
+        cancelEvent: threading.Event | None = None,
     ) -> AnalysisOutput:
         """Write the results into MRML: segment, evidence volumes and table row per point.
 
@@ -381,7 +381,7 @@ class NoduleMalignancyLogic:
         # Outputs live in the volume's local frame: they follow its (current) parent transform.
         for node in [segmentation, *nodes.evidence_nodes(markups.GetID())]:
             node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-        wasModifying = param.StartModify()  # noqa: N806
+        wasModifying = param.StartModify()
         param.SetNodeReferenceID(ROLE_VOLUME, volume.GetID())
         param.SetNodeReferenceID(ROLE_MARKUPS, markups.GetID())
         param.SetNodeReferenceID(ROLE_SEGMENTATION, segmentation.GetID())
@@ -408,13 +408,13 @@ class NoduleMalignancyLogic:
     # 1 + 2 + 3 -------------------------------------------------------------------------------
     def analyze(
         self,
-        volumeNode,  # noqa: N803
-        markupsNode,  # noqa: N803
-        pointIndex=None,  # noqa: N803
+        volumeNode,
+        markupsNode,
+        pointIndex=None,
         device: str = "auto",
-        progressCallback: ProgressCallback | None = None,  # noqa: N803
-        logCallback: LogCallback | None = None,  # noqa: N803
-        cancelEvent: threading.Event | None = None,  # noqa: N803
+        progressCallback: ProgressCallback | None = None,
+        logCallback: LogCallback | None = None,
+        cancelEvent: threading.Event | None = None,
     ) -> AnalysisOutput:
         """Analyse the point(s) and update the MRML nodes (blocking).
 
@@ -432,7 +432,7 @@ class NoduleMalignancyLogic:
         return output
 
     # Display ---------------------------------------------------------------------------------
-    def evidenceNode(self, pointId: str, scale: str = COMBINED, markupsNode=None):  # noqa: N802, N803
+    def evidenceNode(self, pointId: str, scale: str = COMBINED, markupsNode=None):
         """The evidence volume of a point at a scale (current point list by default)."""
         markups = markupsNode or self.getParameterNode().GetNodeReference(ROLE_MARKUPS)
         if markups is None:
@@ -444,11 +444,11 @@ class NoduleMalignancyLogic:
 
     def showEvidence(
         self,
-        pointId: str | None = None,  # noqa: N803
+        pointId: str | None = None,
         scale: str | None = None,
         opacity: float | None = None,
-        volumeNode=None,  # noqa: N803
-        markupsNode=None,  # noqa: N803
+        volumeNode=None,
+        markupsNode=None,
     ):
         """Show a point's evidence volume as foreground (CT as background) in all slice views.
 
@@ -466,7 +466,7 @@ class NoduleMalignancyLogic:
             param.SetParameter(PARAM_CURRENT_POINT, pointId)
         scale = param.GetParameter(PARAM_SCALE) or COMBINED
         opacity = float(param.GetParameter(PARAM_OPACITY) or DEFAULT_EVIDENCE_OPACITY)
-        pointId = param.GetParameter(PARAM_CURRENT_POINT)  # noqa: N806
+        pointId = param.GetParameter(PARAM_CURRENT_POINT)
         volume = volumeNode or param.GetNodeReference(ROLE_VOLUME)
         node = self.evidenceNode(pointId, scale, markupsNode) if pointId else None
         for composite in nodes_by_class(self.scene, "vtkMRMLSliceCompositeNode"):
@@ -478,7 +478,7 @@ class NoduleMalignancyLogic:
             composite.EndModify(was)
         return node
 
-    def jumpToNodule(self, row: int) -> tuple[float, float, float] | None:  # noqa: N802
+    def jumpToNodule(self, row: int) -> tuple[float, float, float] | None:
         """Centre the slice views on a table row's point and show its evidence."""
         table = self.getParameterNode().GetNodeReference(ROLE_TABLE)
         if table is None or not 0 <= row < table.GetNumberOfRows():
@@ -492,7 +492,7 @@ class NoduleMalignancyLogic:
         return ras
 
     # Export ----------------------------------------------------------------------------------
-    def exportResults(self, directory: str | Path) -> dict[str, Path]:  # noqa: N802
+    def exportResults(self, directory: str | Path) -> dict[str, Path]:
         """Write the results table (CSV), the segmentation (.seg.nrrd) and evidence (.nrrd).
 
         Storage nodes of the scene are not changed (``slicer.util.exportNode``).

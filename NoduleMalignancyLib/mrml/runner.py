@@ -144,7 +144,7 @@ class AnalysisRunner:
             update.running = False
             try:
                 update.output = self.logic.apply(request, future.result(), cancel)
-            except Exception as exc:  # noqa: BLE001 - handed to the caller to show
+            except Exception as exc:
                 update.error = exc
                 update.cancelled = isinstance(exc, AnalysisCancelledError)
         if not self.running and self._pending and self._clock() >= (self._due or 0.0):
@@ -167,7 +167,7 @@ class AnalysisRunner:
             return False
         try:
             return self.start(volume, markups, indices, device)
-        except Exception as exc:  # noqa: BLE001 - e.g. an InputError for a point outside the CT
+        except Exception as exc:
             update.error = exc
             return False
 

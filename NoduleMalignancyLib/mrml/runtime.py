@@ -345,45 +345,45 @@ class HeadlessApplication:
         self._runtime = runtime
 
     # Scene and logic -------------------------------------------------------------------------
-    def mrmlScene(self):  # noqa: N802 (Slicer API name)
+    def mrmlScene(self):
         return self._runtime.scene
 
-    def applicationLogic(self):  # noqa: N802
+    def applicationLogic(self):
         return self._runtime.app_logic
 
-    def coreIOManager(self) -> HeadlessIOManager:  # noqa: N802
+    def coreIOManager(self) -> HeadlessIOManager:
         return self._runtime.io_manager
 
-    def ioManager(self) -> HeadlessIOManager:  # noqa: N802
+    def ioManager(self) -> HeadlessIOManager:
         return self._runtime.io_manager
 
-    def layoutManager(self):  # noqa: N802
+    def layoutManager(self):
         """No views headless: callers must handle ``None`` as in Slicer's ``--no-main-window``."""
         return None
 
     # Paths -----------------------------------------------------------------------------------
     @property
-    def temporaryPath(self) -> str:  # noqa: N802
+    def temporaryPath(self) -> str:
         return str(self._runtime.temporary_path)
 
     @property
-    def cachePath(self) -> str:  # noqa: N802
+    def cachePath(self) -> str:
         return str(self._runtime.cache_dir)
 
     # Event loop and rendering (nothing to do without Qt) -------------------------------------
-    def processEvents(self, *args, **kwargs) -> None:  # noqa: N802
+    def processEvents(self, *args, **kwargs) -> None:
         return None
 
-    def pauseRender(self) -> None:  # noqa: N802
+    def pauseRender(self) -> None:
         self._runtime.app_logic.PauseRender()
 
-    def resumeRender(self) -> None:  # noqa: N802
+    def resumeRender(self) -> None:
         self._runtime.app_logic.ResumeRender()
 
-    def testingEnabled(self) -> bool:  # noqa: N802
+    def testingEnabled(self) -> bool:
         return False
 
-    def isHeadless(self) -> bool:  # noqa: N802
+    def isHeadless(self) -> bool:
         """Not a Slicer API: lets code ask whether it runs on this stand-in."""
         return True
 
@@ -465,7 +465,7 @@ class HeadlessIOManager:
         return logic
 
     # File types ------------------------------------------------------------------------------
-    def fileType(self, fileName) -> str:  # noqa: N802, N803
+    def fileType(self, fileName) -> str:
         """The Slicer file type for a path, from its extension ("NoFile" when unknown)."""
         name = str(fileName).lower()
         best, best_len = "NoFile", 0
@@ -475,13 +475,13 @@ class HeadlessIOManager:
                     best, best_len = file_type, len(ext)
         return best
 
-    def fileWriterFileType(self, node) -> str:  # noqa: N802
+    def fileWriterFileType(self, node) -> str:
         for class_name, file_type in _NODE_FILE_TYPES:
             if node is not None and node.IsA(class_name):
                 return file_type
         return "NoFile"
 
-    def fileWriterExtensions(self, node) -> list[str]:  # noqa: N802
+    def fileWriterExtensions(self, node) -> list[str]:
         """Slicer-style format strings, e.g. ``"NRRD (.nrrd)"``, the node's storage can write.
 
         The storage node's own list when it has one; the volume archetype storage node's list
@@ -502,7 +502,7 @@ class HeadlessIOManager:
             ]
         return formats
 
-    def extractKnownExtension(self, fileName, node) -> str:  # noqa: N802, N803
+    def extractKnownExtension(self, fileName, node) -> str:
         from slicer import vtkDataFileFormatHelper
 
         name = str(fileName).lower()
@@ -514,7 +514,7 @@ class HeadlessIOManager:
         return best
 
     # Loading ---------------------------------------------------------------------------------
-    def loadNodes(self, fileType, properties, loadedNodes=None, userMessages=None) -> bool:  # noqa: N802, N803
+    def loadNodes(self, fileType, properties, loadedNodes=None, userMessages=None) -> bool:
         """Load one file into the scene; loaded nodes are appended to ``loadedNodes``."""
         properties = dict(properties)
         file_name = str(properties.get("fileName", ""))
@@ -549,7 +549,7 @@ class HeadlessIOManager:
                 loadedNodes.AddItem(node)
         return True
 
-    def loadNodesAndGetFirst(self, fileType, properties):  # noqa: N802, N803
+    def loadNodesAndGetFirst(self, fileType, properties):
         from vtkmodules.vtkCommonCore import vtkCollection
 
         collection = vtkCollection()
@@ -632,7 +632,7 @@ class HeadlessIOManager:
         return [] if ok else None
 
     # Saving ----------------------------------------------------------------------------------
-    def saveNodes(self, fileType, properties, userMessages=None) -> bool:  # noqa: N802, N803
+    def saveNodes(self, fileType, properties, userMessages=None) -> bool:
         """Save a node (``nodeID``) or the whole scene (``SceneFile``) to ``fileName``."""
         properties = dict(properties)
         file_name = str(properties.get("fileName", ""))
@@ -658,16 +658,16 @@ class HeadlessIOManager:
             self._message(userMessages, f"failed to save {file_name}: {exc}")
             return False
 
-    def exportNodes(  # noqa: N802
+    def exportNodes(
         self,
         nodeIDs,
         fileNames,
         properties,
         hardenTransform=False,
-        userMessages=None,  # noqa: N803
+        userMessages=None,
     ) -> bool:
         """Write nodes to files without changing their storage nodes (``slicer.util.exportNode``)."""
-        nodeIDs, fileNames = list(nodeIDs), list(fileNames)  # noqa: N806
+        nodeIDs, fileNames = list(nodeIDs), list(fileNames)
         if len(nodeIDs) != len(fileNames):
             self._message(userMessages, "exportNodes: one file name per node ID is needed")
             return False

@@ -109,23 +109,23 @@ class NoduleMalignancySelfTestMixin:
 
         return ensure_slicer_runtime()
 
-    def dataDir(self) -> Path | None:  # noqa: N802
+    def dataDir(self) -> Path | None:
         """The LIDC data folder (``NODULE_MALIGNANCY_DATA``), or ``None`` when unset."""
         from ..core import settings
 
         return settings.data_dir()
 
-    def sampleVolumePath(self) -> Path:  # noqa: N802
+    def sampleVolumePath(self) -> Path:
         """The cached, checksum-verified NRRD of the sample CT."""
         from ..files import samples
 
         return samples.sample_path(SAMPLE, data_dir=self.dataDir())
 
-    def selfTestEnsemble(self):  # noqa: N802
+    def selfTestEnsemble(self):
         """The ensemble most checks use: tiny, random, CPU."""
         return random_test_ensemble()
 
-    def clearScene(self) -> None:  # noqa: N802
+    def clearScene(self) -> None:
         """Empty the scene as Slicer's test ``setUp`` does."""
         from .runtime import is_headless_runtime, reset_scene
 
@@ -134,7 +134,7 @@ class NoduleMalignancySelfTestMixin:
         else:
             self.slicer.mrmlScene.Clear(0)
 
-    def setUpTest(self) -> None:  # noqa: N802
+    def setUpTest(self) -> None:
         """Clear the scene and make a fresh logic with the test ensemble."""
         from .logic import NoduleMalignancyLogic
 
@@ -151,10 +151,10 @@ class NoduleMalignancySelfTestMixin:
 
             logging.getLogger(__name__).info("%s", message)
 
-    def selfTestNames(self) -> list[str]:  # noqa: N802
+    def selfTestNames(self) -> list[str]:
         return sorted(n for n in dir(self) if n.startswith("test_"))
 
-    def runSelfTests(self) -> None:  # noqa: N802
+    def runSelfTests(self) -> None:
         """Slicer's ``runTest``: every ``test_*`` after a fresh ``setUp``; skips are logged."""
         for name in self.selfTestNames():
             self.setUp()
@@ -165,7 +165,7 @@ class NoduleMalignancySelfTestMixin:
         self.say("NoduleMalignancy self-test passed")
 
     # Fixtures ----------------------------------------------------------------------------------
-    def loadSample(self):  # noqa: N802
+    def loadSample(self):
         """Load the sample CT and a point list with one point on the readers' nodule."""
         from ..core.geometry import lps_to_ras
         from ..files import samples
@@ -177,7 +177,7 @@ class NoduleMalignancySelfTestMixin:
         markups.AddControlPoint(*lps_to_ras(point_lps), name)
         return volume, markups, np.asarray(point_lps, dtype=float)
 
-    def sceneSnapshot(self) -> dict:  # noqa: N802
+    def sceneSnapshot(self) -> dict:
         """Node IDs, table contents and segment IDs: what "unchanged" compares."""
         scene = self.slicer.mrmlScene
         nodes = {}
@@ -198,12 +198,12 @@ class NoduleMalignancySelfTestMixin:
             nodes[node.GetID()] = entry
         return nodes
 
-    def segmentArray(self, output, point_id: str, volume) -> np.ndarray:  # noqa: N802
+    def segmentArray(self, output, point_id: str, volume) -> np.ndarray:
         return self.slicer.util.arrayFromSegmentBinaryLabelmap(
             output.segmentation_node, output.segment_ids[point_id], volume
         )
 
-    def assertSegmentMatchesResult(self, output, point_id, volume, result):  # noqa: N802
+    def assertSegmentMatchesResult(self, output, point_id, volume, result):
         """The segment, on the CT grid, is the result's mask at the right voxels.
 
         The oracle for where the sub-grid lies is the volume node's own RAS-to-IJK matrix
@@ -607,7 +607,7 @@ class HeadlessSelfTestCase(NoduleMalignancySelfTestMixin, unittest.TestCase):
     def tearDown(self):
         self.clearScene()
 
-    def sampleVolumePath(self) -> Path:  # noqa: N802
+    def sampleVolumePath(self) -> Path:
         from ..core import settings
         from ..files import samples
 

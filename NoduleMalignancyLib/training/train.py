@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core import settings
+from ..core.atomic import atomic_path, write_csv, write_json
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
 from ..core.device import resolve_device
 from ..core.folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
@@ -206,20 +207,13 @@ class EMA:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> None:
     columns = list(columns or (rows[0].keys() if rows else []))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-    os.replace(tmp, path)
+    write_csv(path, rows, columns, _fmt)
 
 
 def _fmt(v):
@@ -709,9 +703,7 @@ def oof_metrics(rows: list[dict]) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: folds may run in parallel
-    tmp.write_text(json.dumps(_finite_json(obj), indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json(path, _finite_json(obj), default=_json_default)
 
 
 def _finite_json(o):

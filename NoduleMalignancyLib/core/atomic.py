@@ -1,0 +1,57 @@
+"""Atomic file writes: a reader (or a resumed run after kill -9) sees the old file or the new one.
+
+One home for the temp-file-and-rename pattern that the training checkpoints, the run tables,
+the manifest, the sample cache and the batch CSVs all need.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "write_csv", "write_json"]
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``target``, renamed onto it when the block ends without error.
+
+    The temporary name keeps the whole file name as suffix (``.<uuid>.ct.nrrd``), so writers
+    that choose the format by extension still do. Unique per call: parallel folds and
+    processes never share one. The parent folder is created.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{uuid.uuid4().hex}.{target.name}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data, default: Callable | None = None) -> Path:
+    """``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
+    return Path(path)
+
+
+def write_csv(
+    path: str | os.PathLike,
+    rows: Iterable[dict],
+    columns: Sequence[str],
+    format_value: Callable = lambda v: v,
+) -> Path:
+    """Rows as CSV with these columns (missing cells empty, extra keys ignored), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: format_value(v) for k, v in row.items()})
+    return Path(path)
