@@ -1,4 +1,4 @@
-"""The library's layers (docs/DESIGN.md, "Layers") are enforced here, on every import statement.
+"""The library's layers (docs/DESIGN.md §1) are enforced here, on every import statement.
 
 Floors, bottom to top: ``core`` (numpy + torch), ``files`` (file formats, reports), ``mrml``
 (the Slicer MRML layer), then the applications (``training``, ``evaluation``, ``cli``, ...). A
@@ -105,3 +105,21 @@ def test_the_module_file_stays_light_at_import():
             top.add(node.module)
     assert "torch" not in top
     assert not {m for m in top if m.startswith(PACKAGE + ".core")}, top
+
+
+def test_docstrings_cite_only_documents_inside_the_repository():
+    """Every ``docs/DESIGN.md §N`` cited exists, and no other design document is cited."""
+    import re
+
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\.", design, flags=re.M))
+    sources = [*(ROOT / PACKAGE).rglob("*.py"), *(ROOT / "Testing").glob("*.py")]
+    sources.append(ROOT / "NoduleMalignancy" / "NoduleMalignancy.py")
+    cited = set()
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?<!docs/)DESIGN(\.md)? §", text), f"{path}: cite docs/DESIGN.md"
+        assert "shared/DESIGN" not in text, path
+        cited |= {(path.name, n) for n in re.findall(r"docs/DESIGN\.md §(\d+)", text)}
+    missing = {c for c in cited if c[1] not in sections}
+    assert cited and not missing, missing

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import sys
 import types
 import unittest
@@ -214,11 +215,22 @@ def test_module_file_reexports_the_logic_and_runs_the_self_test(module_file):
         assert isinstance(getattr(module_file, name), type), name
     test_class = module_file.NoduleMalignancyTest
     assert issubclass(test_class, selftest.NoduleMalignancySelfTestMixin)
-    assert selftest.SAMPLE_ARCHIVE_SHA256[selftest.SAMPLE]
     # One shared body through the module's own Test class (sample from the cache: no SampleData).
     suite = unittest.TestSuite([test_class("test_invalid_inputs_leave_scene_unchanged")])
-    result = unittest.TextTestRunner(verbosity=0, stream=open("/dev/null", "w")).run(suite)
-    assert result.wasSuccessful(), result.failures + result.errors
+    stream = io.StringIO()
+    result = unittest.TextTestRunner(verbosity=0, stream=stream).run(suite)
+    assert result.wasSuccessful() and result.testsRun == 1, stream.getvalue()
+
+
+def test_sample_archive_checksum_is_the_archive_in_the_data_folder(data_dir):
+    """SampleData verifies the archive with this SHA256: it must be the real file's."""
+    import hashlib
+
+    from NoduleMalignancyLib.files import samples
+
+    archive = data_dir / samples.CT_SUBFOLDER / samples.SAMPLES[selftest.SAMPLE].archive
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert digest == selftest.SAMPLE_ARCHIVE_SHA256[selftest.SAMPLE]
 
 
 # selftest sub-command ---------------
@@ -227,8 +239,10 @@ def test_selftest_subcommand_runs_the_mixin(data_dir, capsys):
     selftest.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["selftest", "--data", str(data_dir), "-k", "invalid_inputs", "-q"])
     assert args.func(args) == 0
+    assert "1 self-test(s) passed" in capsys.readouterr().out
     args = parser.parse_args(["selftest", "-k", "no_such_test_name", "-q"])
-    assert args.func(args) == 0  # nothing selected is not a failure of the code
+    assert args.func(args) == 2  # a selection that matches nothing is refused
+    assert "no self-test matches" in capsys.readouterr().err
 
 
 # Latency ---------------
@@ -256,7 +270,8 @@ def test_latency_point_to_overlay(slicer_runtime, mrml_scene, ct_0001_path, data
             f"{figures['placement_to_overlay_s']:.2f} s (compute {figures['compute_s']:.2f} s, "
             f"MRML update {figures['mrml_update_s'] * 1000:.0f} ms)"
         )
-        assert figures["mrml_update_s"] < 2.0
-        assert figures["placement_to_overlay_s"] < 60.0
+        # The split must add up (the figures themselves are a benchmark, not a test).
+        total = figures["compute_s"] + figures["mrml_update_s"]
+        assert abs(figures["placement_to_overlay_s"] - total) < 0.25 * total + 0.05
     with capsys.disabled():
         print("\n" + "\n".join(lines))

@@ -1,4 +1,4 @@
-"""The multi-scale MIL network and its losses (DESIGN §3): shapes, the evidence identity, folds."""
+"""The multi-scale MIL network and its losses (docs/DESIGN.md §3): shapes, the evidence identity, folds."""
 
 from __future__ import annotations
 

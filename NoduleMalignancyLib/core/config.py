@@ -55,7 +55,7 @@ class VoiConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Sizes of the multi-scale MIL network (DESIGN §3)."""
+    """Sizes of the multi-scale MIL network (docs/DESIGN.md §3)."""
 
     in_channels: int = 3
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)

@@ -1,4 +1,4 @@
-"""The multi-scale MIL network of DESIGN §3 (torch only; never imports ``slicer``).
+"""The multi-scale MIL network of docs/DESIGN.md §3 (torch only; never imports ``slicer``).
 
 A 3D U-Net encoder (4 levels) feeds three things:
 
@@ -294,7 +294,7 @@ def gated_pooling(gates: Sequence[torch.Tensor], instances: Sequence[torch.Tenso
 
 
 def build_network(cfg: NetworkConfig | None = None) -> MultiScaleMILNet:
-    """The network for a configuration (defaults: DESIGN §3)."""
+    """The network for a configuration (defaults: docs/DESIGN.md §3)."""
     return MultiScaleMILNet(cfg if cfg is not None else NetworkConfig())
 
 

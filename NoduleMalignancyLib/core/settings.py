@@ -3,7 +3,7 @@
 Why one module: the data, cache and models folders are read by the CLI, training, evaluation,
 the samples registry, the MRML logic and the tests; each used to define its own default and the
 copies drifted. Every folder is resolved here, from an explicit argument first, then the
-environment variable, then the default (see docs/DESIGN.md, "Settings").
+environment variable, then the default (docs/DESIGN.md §6).
 """
 
 from __future__ import annotations

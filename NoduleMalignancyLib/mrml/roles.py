@@ -18,7 +18,7 @@ EVIDENCE_COLOR_NODE_NAME = "NoduleMalignancyEvidence"
 DEFAULT_EVIDENCE_OPACITY = 0.7
 
 # Output roles: one word per kind of node, used both as the parameter node's reference role and
-# as the node's own ATTR_ROLE attribute (docs/DESIGN.md, "One name per concept").
+# as the node's own ATTR_ROLE attribute (docs/DESIGN.md §10).
 ROLE_VOLUME = "InputVolume"
 ROLE_MARKUPS = "InputMarkups"
 ROLE_SEGMENTATION = "Segmentation"

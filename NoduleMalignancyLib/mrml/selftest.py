@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -678,9 +679,13 @@ def run_selftest(args) -> int:
     names = loader.getTestCaseNames(HeadlessSelfTestCase)
     if args.patterns:
         names = [n for n in names if any(p in n for p in args.patterns)]
+    if not names:  # a selection that matches nothing is a typo, not a pass
+        print(f"error: no self-test matches {args.patterns}", file=sys.stderr)
+        return 2
     suite = unittest.TestSuite(HeadlessSelfTestCase(n) for n in names)
     result = unittest.TextTestRunner(verbosity=1 if args.quiet else 2).run(suite)
     ok = result.wasSuccessful()
+    print(f"{result.testsRun} self-test(s) {'passed' if ok else 'FAILED'}")
     if ok and args.latency:
         from .logic import NoduleMalignancyLogic
         from .runtime import ensure_slicer_runtime, reset_scene

@@ -79,7 +79,7 @@ class NoduleRecord:
 
 
 def malignancy_label(mean_rating: float) -> float:
-    """Label protocol of DESIGN §4: > 3 malignant, < 3 benign, == 3 excluded (NaN)."""
+    """Label protocol of docs/DESIGN.md §4: > 3 malignant, < 3 benign, == 3 excluded (NaN)."""
     if mean_rating is None or not np.isfinite(mean_rating) or mean_rating == LABEL_THRESHOLD:
         return math.nan
     return 1.0 if mean_rating > LABEL_THRESHOLD else 0.0

@@ -1,4 +1,4 @@
-"""Losses of the multi-task MIL network (DESIGN §3; torch only).
+"""Losses of the multi-task MIL network (docs/DESIGN.md §3; torch only).
 
 Total loss (defaults in :class:`LossWeights`)::
 
