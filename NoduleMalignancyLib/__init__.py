@@ -1,7 +1,7 @@
-"""NoduleMalignancy library: everything that is not Qt.
+"""NoduleMalignancy library: everything that is not Qt, in floors (docs/DESIGN.md §1).
 
-The torch/numpy core (geometry, VOI sampling, network, ensemble, evidence, training) never imports
-``slicer``; only the MRML layer does.
+``core/`` (numpy + torch) < ``files/`` (formats, reports) < ``mrml/`` (Slicer MRML) <
+the applications (``training/``, ``evaluation/``, ``cli.py``); each imports only downwards.
 """
 
 __version__ = "0.1.0"

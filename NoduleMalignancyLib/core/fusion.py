@@ -13,10 +13,8 @@ them for what readers judge by eye (sphericity, margin, lobulation, spiculation)
 For the 1-5 ratings each measurement also enters squared (after centring and scaling on the
 fitting rows): ratings saturate and turn (texture is "solid" for anything denser than soft
 tissue; subtlety stops growing with size), which a straight line in the logit cannot follow.
-Cross-validated on the lidc-v1, v2 and v3 runs this lowers the ordinal attribute MAE in 19 of 21
-attribute-run pairs (lidc-v2: 0.411 -> 0.405). The malignancy probability, fitted to a 0/1
-label on fewer nodules, stays linear: squares did not raise its AUROC on any run (lidc-v3: 0.919
--> 0.909).
+The malignancy probability, fitted to a 0/1 label on fewer nodules, stays linear. The
+cross-validated measurements behind both choices are in docs/experiments/README.md.
 
 Outputs: the 9 attribute heads (fitted to the readers' soft targets, giving the 1-5 scores and
 the presence probabilities) and ``malignancy_probability`` (fitted to the 0/1 label: mean reader

@@ -82,19 +82,22 @@ class ResultNodes:
         node.SetNodeReferenceID(REF_VOLUME, volume.GetID())
         node.SetNodeReferenceID(REF_MARKUPS, markups.GetID())
 
-    def segmentation_node(self, volume, markups, created):
-        node = self._find_output("vtkMRMLSegmentationNode", ROLE_SEGMENTATION, volume, markups)
-        if node is not None:
-            return node
-        scene = self.scene
-        node = scene.AddNewNodeByClass(
-            "vtkMRMLSegmentationNode",
-            scene.GenerateUniqueName(f"{volume.GetName()} nodules"),
-        )
+    def _new_output(self, class_name: str, role: str, name: str, volume, markups, created):
+        """A new output node, tagged with its role and inputs; ``None`` if one exists."""
+        if self._find_output(class_name, role, volume, markups) is not None:
+            return None
+        node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
         created.append(node)
+        self._tag_output(node, role, volume, markups)
+        return node
+
+    def segmentation_node(self, volume, markups, created):
+        kind, name = "vtkMRMLSegmentationNode", f"{volume.GetName()} nodules"
+        node = self._new_output(kind, ROLE_SEGMENTATION, name, volume, markups, created)
+        if node is None:
+            return self._find_output(kind, ROLE_SEGMENTATION, volume, markups)
         node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        self._tag_output(node, ROLE_SEGMENTATION, volume, markups)
         display = node.GetDisplayNode()
         display.SetOpacity2DFill(0.15)
         display.SetOpacity2DOutline(1.0)
@@ -102,15 +105,10 @@ class ResultNodes:
         return node
 
     def table_node(self, volume, markups, created):
-        node = self._find_output("vtkMRMLTableNode", ROLE_TABLE, volume, markups)
-        if node is not None:
-            return node
-        scene = self.scene
-        node = scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{volume.GetName()} nodule results")
-        )
-        created.append(node)
-        self._tag_output(node, ROLE_TABLE, volume, markups)
+        kind, name = "vtkMRMLTableNode", f"{volume.GetName()} nodule results"
+        node = self._new_output(kind, ROLE_TABLE, name, volume, markups, created)
+        if node is None:
+            return self._find_output(kind, ROLE_TABLE, volume, markups)
         for name, kind, title, unit, _ in TABLE_COLUMNS:
             array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
             array.SetName(name)
