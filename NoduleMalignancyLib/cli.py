@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.config import ORDINAL_ATTRIBUTES
+from .core.explanation import PARTS
 from .core.geometry import ImageGeometry, ras_to_lps
 
 
@@ -101,6 +102,11 @@ PREDICT_COLUMNS = (
     "diameter_mm",
     "mean_hu",
     "calcified_fraction",
+    # The shown malignancy explained (docs/DESIGN.md §11): the network's unfused MIL logit, the
+    # mean fold logit of the fused model and its parts (they sum to it exactly).
+    "malignancy_mil_logit",
+    "malignancy_logit",
+    *(f"malignancy_logit_{part}" for part in PARTS),
     "error",
 )
 
@@ -157,6 +163,12 @@ def cmd_predict(args) -> int:
                     diameter_mm=f"{r.diameter_mm:.2f}",
                     mean_hu=f"{r.mean_hu:.1f}",
                     calcified_fraction=f"{r.calcified_fraction:.4f}",
+                    malignancy_mil_logit=f"{r.malignancy_mil_logit:.5f}",
+                    malignancy_logit=f"{r.explanation.logit:.5f}",
+                    **{
+                        f"malignancy_logit_{part}": f"{value:.5f}"
+                        for part, value in r.explanation.parts.items()
+                    },
                 )
                 if args.masks_dir:
                     write_volume(

@@ -57,7 +57,8 @@ def test_analyze_point_result_and_evidence_identity(tiny_dir, ct, nodule_point):
     assert set(r.evidence_voi) == {"fine", "medium", "coarse", COMBINED}
     # The displayed maps add up to the fold-mean malignancy bag logit.
     vox = float(np.prod(r.voi_geometry.spacing))
-    assert np.isclose(integrate(r.evidence_voi[COMBINED], vox), r.malignancy_logit, atol=1e-4)
+    image_part = r.explanation.parts["image_evidence"]
+    assert np.isclose(integrate(r.evidence_voi[COMBINED], vox), image_part, atol=1e-4)
     # Maps on the CT grid share the CT's spacing and direction.
     assert r.ct_grid.spacing == geometry.spacing and r.ct_grid.direction == geometry.direction
     assert r.evidence_ct[COMBINED].shape == r.ct_grid.shape_zyx

@@ -15,6 +15,7 @@ from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble
 from .evidence import evidence_maps
+from .explanation import MalignancyExplanation, explain_malignancy
 from .fusion import (
     MALIGNANCY_PROBABILITY,
     MEASUREMENTS,
@@ -22,6 +23,7 @@ from .fusion import (
     head_of,
     measured_features,
 )
+from .gates import gate_health
 from .geometry import ImageGeometry
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
@@ -59,7 +61,11 @@ class NoduleResult:
     segmentation_probability_voi: np.ndarray
     segmentation_mask_voi: np.ndarray
     evidence_voi: dict[str, np.ndarray]  # per scale + "combined", logit per mL
-    malignancy_logit: float  # fold-mean MIL bag logit, what the evidence maps add up to
+    malignancy_mil_logit: float  # fold-mean MIL bag logit (the network's, unfused)
+    # The shown logit in named parts; the evidence maps add up to its image_evidence part.
+    explanation: MalignancyExplanation
+    # Gate health per fold and scale (core/gates.py): is the attention alive?
+    gates: dict = field(default_factory=dict)
     ct_grid: ImageGeometry | None = None  # CT sub-grid of the maps below
     segmentation_mask_ct: np.ndarray | None = None
     evidence_ct: dict[str, np.ndarray] = field(default_factory=dict)
@@ -77,7 +83,9 @@ class NoduleResult:
             "malignancy_probability": self.malignancy_probability,
             "malignancy_sd": self.malignancy_sd,
             "fold_malignancy_probabilities": self.fold_malignancy_probabilities,
-            "malignancy_logit": self.malignancy_logit,
+            "malignancy_mil_logit": self.malignancy_mil_logit,
+            "explanation": self.explanation.summary(),
+            "gates": self.gates,
             "scores": self.scores,
             "wording": self.wording,
             "calcification_probability": self.calcification_probability,
@@ -169,9 +177,15 @@ def analyze_point(
         return apply_fusion(fusion, output, head, measured)
 
     fold_mal = fused(MALIGNANCY_PROBABILITY)
-    evidence = evidence_maps(
-        [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
-    )
+    explanation = explain_malignancy(fusion, logits[:, MALIGNANCY], measured)
+    # Scaled by the image coefficient, the maps add up to the image evidence part of the shown
+    # logit (docs/DESIGN.md §11), not to the unfused MIL logit.
+    evidence = {
+        name: (explanation.image_coefficient * m).astype(np.float32)
+        for name, m in evidence_maps(
+            [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
+        ).items()
+    }
     result = NoduleResult(
         point_lps=tuple(map(float, point_lps)),
         malignancy_probability=float(fold_mal.mean()),
@@ -186,7 +200,9 @@ def analyze_point(
         segmentation_probability_voi=prob.astype(np.float32),
         segmentation_mask_voi=mask,
         evidence_voi=evidence,
-        malignancy_logit=float(logits[:, MALIGNANCY].mean()),
+        malignancy_mil_logit=explanation.mil_logit,
+        explanation=explanation,
+        gates=gate_health([g[:, 0] for g in out.gates], sample.valid),
     )
     timings["measurements"] = time.perf_counter() - t
     if map_to_ct:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.evidence import COMBINED, SCALE_NAMES
+from ..core.explanation import PARTS
 from ..core.settings import RESOURCES_DIR
 
 MODULE_NAME = "NoduleMalignancy"
@@ -69,6 +70,13 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
     ("mean_diameter_mm", "double", "Mean diameter", "mm", 1),
     ("mean_hu", "double", "Mean attenuation", "HU", 0),
     ("calcified_fraction", "double", "Calcified fraction (>= 200 HU)", "", 3),
+    # The malignancy explained (docs/DESIGN.md §11): the parts sum to the malignancy logit.
+    ("malignancy_logit", "double", "Malignancy logit (explained)", "", 3),
+    *(
+        (f"malignancy_logit_{part}", "double", f"Logit part: {part.replace('_', ' ')}", "", 3)
+        for part in PARTS
+    ),
+    ("malignancy_mil_logit", "double", "MIL logit (network, unfused)", "", 3),
     ("model_version", "string", "Model version", "", 0),
 )
 

@@ -310,8 +310,9 @@ class NoduleMalignancySelfTestMixin:
         voxel_voi = result.voi_geometry.voxel_volume_mm3()
         self.assertAlmostEqual(
             integrate(result.evidence_voi[COMBINED], voxel_voi),
-            result.malignancy_logit,
-            delta=VOI_IDENTITY_TOLERANCE * max(1.0, abs(result.malignancy_logit)),
+            result.explanation.parts["image_evidence"],
+            delta=VOI_IDENTITY_TOLERANCE
+            * max(1.0, abs(result.explanation.parts["image_evidence"])),
         )
         magnitude = integrate(np.abs(result.evidence_voi[COMBINED]), voxel_voi)
         tolerance = EVIDENCE_TOLERANCE * max(1.0, magnitude)
@@ -319,7 +320,9 @@ class NoduleMalignancySelfTestMixin:
         for scale, node in output.evidence_nodes[point_id].items():
             voxel_ct = float(np.prod(node.GetSpacing()))
             shown[scale] = integrate(slicer.util.arrayFromVolume(node), voxel_ct)
-        self.assertAlmostEqual(shown[COMBINED], result.malignancy_logit, delta=tolerance)
+        self.assertAlmostEqual(
+            shown[COMBINED], result.explanation.parts["image_evidence"], delta=tolerance
+        )
         self.assertAlmostEqual(sum(shown[s] for s in SCALE_NAMES), shown[COMBINED], delta=tolerance)
 
     def test_reanalysis_after_move_updates_in_place(self):
@@ -449,7 +452,9 @@ class NoduleMalignancySelfTestMixin:
         moved = self.logic.analyze(volume, markups)
         result = moved.results[0]
         self.assertEqual(moved.table_node.GetNumberOfRows(), 1)
-        self.assertAlmostEqual(result.malignancy_logit, base_result.malignancy_logit, places=4)
+        self.assertAlmostEqual(
+            result.malignancy_mil_logit, base_result.malignancy_mil_logit, places=4
+        )
         evidence = moved.evidence_nodes[point_id][COMBINED]
         self.assertEqual(evidence.GetTransformNodeID(), translation.GetID())
         self.assertEqual(moved.segmentation_node.GetTransformNodeID(), translation.GetID())
@@ -466,7 +471,7 @@ class NoduleMalignancySelfTestMixin:
         again = self.logic.analyze(volume, markups)
         self.assertIsNone(again.segmentation_node.GetTransformNodeID())
         self.assertAlmostEqual(
-            again.results[0].malignancy_logit, base_result.malignancy_logit, places=4
+            again.results[0].malignancy_mil_logit, base_result.malignancy_mil_logit, places=4
         )
         self.assertSegmentMatchesResult(again, point_id, volume, base_result)
 
