@@ -13,7 +13,7 @@ import numpy as np
 
 from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from .ensemble import Ensemble
+from .ensemble import Ensemble, FoldOutputs
 from .evidence import evidence_maps
 from .explanation import MalignancyExplanation, explain_malignancy
 from .fusion import (
@@ -113,7 +113,31 @@ def analyze_point(
     context: ImageGeometry | None = None,
     map_to_ct: bool = True,
 ) -> NoduleResult:
-    """Analyse the nodule at a world LPS point of a CT.
+    """Analyse the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`)."""
+    t0 = time.perf_counter()
+    timings = {"voi_sampling": 0.0, "network": 0.0}
+    sample, out, passes = sample_and_run(image_zyx, geometry, point_lps, ensemble, context, timings)
+    result = _result(sample, out, ensemble, point_lps, timings)
+    if map_to_ct:
+        t = time.perf_counter()
+        map_results_to_ct(result, geometry)
+        timings["evidence_resampling"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    result.timings_s = timings
+    result.context_passes = passes
+    return result
+
+
+def sample_and_run(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    point_lps,
+    ensemble: Ensemble,
+    context: ImageGeometry | None = None,
+    timings: dict | None = None,
+) -> tuple[VoiSample, FoldOutputs, int]:
+    """The VOI the analysis settles on (context policy below), the folds' outputs on it, and
+    the number of network passes it took. Evaluation re-runs the network on this very sample.
 
     Context policy: the network was trained on tight crops, so it sees the same here. Without an
     explicit ``context`` a first pass uses the minimal crop around the point; its segmentation
@@ -122,8 +146,7 @@ def analyze_point(
     than the minimal crop needs more than one step; at most ``MAX_CONTEXT_PASSES`` passes).
     """
     cfg = ensemble.manifest.voi
-    t0 = time.perf_counter()
-    timings = {"voi_sampling": 0.0, "network": 0.0}
+    timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
 
     def run(ctx: ImageGeometry) -> tuple[VoiSample, object]:
         t = time.perf_counter()
@@ -151,7 +174,12 @@ def analyze_point(
             passes += 1
     else:
         sample, out = run(context)
+    return sample, out, passes
 
+
+def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, timings: dict):
+    """The result record of one sample's fold outputs (measurements, fusion, maps)."""
+    cfg = ensemble.manifest.voi
     t = time.perf_counter()
     vgeom = sample.geometry
     spacing_zyx = cfg.spacing_zyx
@@ -205,13 +233,6 @@ def analyze_point(
         gates=gate_health([g[:, 0] for g in out.gates], sample.valid),
     )
     timings["measurements"] = time.perf_counter() - t
-    if map_to_ct:
-        t = time.perf_counter()
-        map_results_to_ct(result, geometry)
-        timings["evidence_resampling"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    result.timings_s = timings
-    result.context_passes = passes
     return result
 
 

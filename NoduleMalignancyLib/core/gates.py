@@ -2,7 +2,7 @@
 
 Measured on the first shipped ensembles: the fine gate ~0 everywhere, other scales all ~1
 (plain averaging) or a handful of voxels. Three figures per fold and scale, over the cells
-whose input was real image data (the validity channel, pooled to the scale's grid):
+that hold real image data (the validity channel, pooled to the scale's grid):
 
 * ``mean_gate``: the mean gate value;
 * ``mass_share``: the scale's share of the total gate mass across scales (the pooling's single
@@ -23,11 +23,14 @@ GATE_FIGURES = ("mean_gate", "mass_share", "spread")
 
 
 def valid_cells(valid_zyx: np.ndarray, shape_zyx) -> np.ndarray:
-    """Cells of a coarse grid (which tiles the VOI) whose voxels are mostly real image data."""
+    """Cells of a coarse grid (which tiles the VOI) that hold any real image data.
+
+    "Any", not "most": the LIDC crops are often a few slices thick, thinner than a coarse cell.
+    """
     d, h, w = shape_zyx
     vd, vh, vw = valid_zyx.shape
     blocks = valid_zyx.reshape(d, vd // d, h, vh // h, w, vw // w)
-    return blocks.mean(axis=(1, 3, 5)) > 0.5
+    return blocks.max(axis=(1, 3, 5)) > 0.5
 
 
 def gate_health(gates: list[np.ndarray], valid_zyx: np.ndarray) -> dict:
