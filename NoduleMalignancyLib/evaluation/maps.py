@@ -87,7 +87,7 @@ def nodule_map_figures(image_zyx, geometry, point_lps, ensemble: Ensemble, rng) 
         drops[name] = logit - float(outputs.bag_logits[:, 0, MALIGNANCY].mean())
     mask = nodule_mask(out.seg_probability[:, 0].mean(0), sample.valid)
     near = _dilated(mask, cfg.spacing_zyx, LOCALITY_MM) if mask.any() else mask
-    figures |= drops | {"near_share": float(positive[near].sum() / positive.sum())}
+    figures |= drops | {"near_share": min(1.0, float(positive[near].sum() / positive.sum()))}
     return figures
 
 
