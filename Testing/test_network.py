@@ -249,3 +249,25 @@ def test_multitask_loss_parts_and_decrease():
     assert parts["segmentation"] == 0.0
     with pytest.raises(ValueError):
         LossWeights.from_any({"bogus": 1.0})
+
+
+def test_head_dropout_trains_stochastic_and_infers_exactly():
+    """Dropout 0.2 in the gate and instance heads: active in training, gone at inference (the
+    evidence identity holds), and without it the layout of the shipped weights is unchanged."""
+    from dataclasses import replace
+
+    from NoduleMalignancyLib.core.config import TINY_NETWORK
+
+    plain = build_network(TINY_NETWORK)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    model = build_network(replace(TINY_NETWORK, head_dropout=0.2))
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.modules()) == 6
+    x = torch.randn(1, 3, 32, 48, 48)
+    model.train()
+    a, b = model(x)["bag_logits"], model(x)["bag_logits"]
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    total = sum(c.sum(dim=(2, 3, 4)) for c in out["contributions"])
+    torch.testing.assert_close(total, out["bag_logits"], atol=1e-5, rtol=1e-5)

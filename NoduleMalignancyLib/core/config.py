@@ -72,6 +72,10 @@ class NetworkConfig:
     decoder_full_res: str = "skip_logit"
     # Conv after each BiFPN fusion: 1 = pointwise, 3 = depthwise-separable 3x3x3.
     pyramid_kernel: int = 1
+    # Dropout before the last conv of the gate and instance heads (the seed method: 0.2), to
+    # keep the gates from collapsing; 0 builds the heads without a dropout layer (the shipped
+    # weights' layout).
+    head_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -194,14 +194,23 @@ class MultiScaleMILNet(nn.Module):
             BiFPNLayer(p_ch, cfg.pyramid_kernel, g) for _ in range(cfg.pyramid_layers)
         )
         hidden = max(1, p_ch // 2)
+
+        def drop() -> list[nn.Module]:  # no layer at all at 0: the shipped weights' layout
+            return [nn.Dropout(cfg.head_dropout)] if cfg.head_dropout > 0 else []
+
         self.gate_heads = nn.ModuleList(
             nn.Sequential(
-                nn.Conv3d(p_ch, hidden, 1), nn.ReLU(inplace=True), nn.Conv3d(hidden, 1, 1)
+                nn.Conv3d(p_ch, hidden, 1), nn.ReLU(inplace=True), *drop(), nn.Conv3d(hidden, 1, 1)
             )
             for _ in feat_ch
         )
         # Instances: the conv bias is the per-attribute bias (identity stays exact).
-        self.instance_heads = nn.ModuleList(nn.Conv3d(c, n_attr, 1) for c in feat_ch)
+        self.instance_heads = nn.ModuleList(
+            nn.Sequential(*drop(), nn.Conv3d(c, n_attr, 1))
+            if cfg.head_dropout > 0
+            else nn.Conv3d(c, n_attr, 1)
+            for c in feat_ch
+        )
 
         # Decoder: upsample, concatenate the skip, one 3x3x3 conv per level.
         self.dec3 = ConvNormAct(w[3] + w[2], dw[2], 3, groups=g)
