@@ -103,21 +103,25 @@ def evaluate_maps(records, folds: dict[str, int], ensemble: Ensemble, seed: int 
     """Every nodule by its own fold's model; per-nodule rows and the summary figures."""
     rng = np.random.default_rng(seed)
     by_fold = _fold_ensembles(ensemble)
-    rows = []
+    rows, skipped = [], []
     for record in records:
         fold = folds.get(record.patient_id)
         if fold is None or fold not in by_fold:
             continue
         image = sitk.ReadImage(str(record.image_path))
-        figures = nodule_map_figures(
-            sitk.GetArrayFromImage(image).astype(np.float32),
-            ImageGeometry.from_sitk(image),
-            record.center_lps,
-            by_fold[fold],
-            rng,
-        )
+        try:
+            figures = nodule_map_figures(
+                sitk.GetArrayFromImage(image).astype(np.float32),
+                ImageGeometry.from_sitk(image),
+                record.center_lps,
+                by_fold[fold],
+                rng,
+            )
+        except ValueError as exc:  # e.g. a listed centre outside its own VOI: say so, go on
+            skipped.append({"name": record.name, "reason": str(exc)})
+            continue
         rows.append({"name": record.name, "fold": fold, "label": record.label, **figures})
-    return {"rows": rows, "summary": summarise(rows)}
+    return {"rows": rows, "skipped": skipped, "summary": summarise(rows) | {"skipped": skipped}}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -188,6 +192,8 @@ def report_markdown(summary: dict, version: str, command: str) -> str:
         f"{100 * summary['near_share_mean']:.1f} % (mean over nodules).",
         "",
     ]
+    for skip in summary.get("skipped", []):
+        lines.append(f"Skipped {skip['name']}: {skip['reason']}")
     return "\n".join(lines)
 
 
