@@ -243,7 +243,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 label=update.output.points[-1].label,
                 p=100 * r.malignancy_probability,
                 sd=100 * r.malignancy_sd,
-            )
+            ) + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
         elif update.cancelled:
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
         elif isinstance(update.error, InputError):

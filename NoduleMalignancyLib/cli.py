@@ -66,6 +66,8 @@ def _print_result(result) -> None:
         f"  calcification p={result.calcification_probability:.2f}, "
         f"internal structure (non soft tissue) p={result.internal_structure_probability:.2f}"
     )
+    for warning in result.warnings:
+        print(f"  warning {warning.code}: {warning.message}")
 
 
 def cmd_demo(args) -> int:
@@ -107,6 +109,7 @@ PREDICT_COLUMNS = (
     "malignancy_mil_logit",
     "malignancy_logit",
     *(f"malignancy_logit_{part}" for part in PARTS),
+    "warnings",  # scope warning codes, ";"-separated (core/validation.py)
     "error",
 )
 
@@ -123,6 +126,7 @@ def _progress(i: int, n: int, start: float) -> None:
 def cmd_predict(args) -> int:
     from .core.analysis import analyze_point
     from .core.atomic import write_csv
+    from .core.validation import RefusedError
     from .files.writers import write_volume
 
     with open(args.manifest, newline="") as f:
@@ -169,6 +173,7 @@ def cmd_predict(args) -> int:
                         f"malignancy_logit_{part}": f"{value:.5f}"
                         for part, value in r.explanation.parts.items()
                     },
+                    warnings=";".join(w.code for w in r.warnings),
                 )
                 if args.masks_dir:
                     write_volume(
@@ -177,6 +182,8 @@ def cmd_predict(args) -> int:
                         Path(args.masks_dir) / f"{row['id']}.nii.gz",
                     )
                 scored += 1
+            except RefusedError as exc:
+                rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
             except Exception as exc:
                 rec["error"] = str(exc).replace("\n", " ")
             results[i] = rec
@@ -259,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        code = getattr(exc, "code", None)  # a refusal of the scope layer names its code
+        print(f"refused ({code}): {exc}" if code else f"error: {exc}", file=sys.stderr)
         return 2
 
 

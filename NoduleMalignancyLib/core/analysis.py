@@ -26,6 +26,7 @@ from .fusion import (
 from .gates import gate_health
 from .geometry import ImageGeometry
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
+from .validation import Finding, check_image, check_point, check_result
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -66,6 +67,9 @@ class NoduleResult:
     explanation: MalignancyExplanation
     # Gate health per fold and scale (core/gates.py): is the attention alive?
     gates: dict = field(default_factory=dict)
+    # Scope warnings (core/validation.py): the numbers are shown, flagged.
+    warnings: list[Finding] = field(default_factory=list)
+    scope_figures: dict = field(default_factory=dict)
     ct_grid: ImageGeometry | None = None  # CT sub-grid of the maps below
     segmentation_mask_ct: np.ndarray | None = None
     evidence_ct: dict[str, np.ndarray] = field(default_factory=dict)
@@ -86,6 +90,8 @@ class NoduleResult:
             "malignancy_mil_logit": self.malignancy_mil_logit,
             "explanation": self.explanation.summary(),
             "gates": self.gates,
+            "warnings": [w.to_dict() for w in self.warnings],
+            "scope_figures": self.scope_figures,
             "scores": self.scores,
             "wording": self.wording,
             "calcification_probability": self.calcification_probability,
@@ -116,8 +122,22 @@ def analyze_point(
     """Analyse the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`)."""
     t0 = time.perf_counter()
     timings = {"voi_sampling": 0.0, "network": 0.0}
+    image_warnings = check_image(image_zyx, geometry)
+    check_point(image_zyx, geometry, point_lps)
+    timings["checks"] = time.perf_counter() - t0
     sample, out, passes = sample_and_run(image_zyx, geometry, point_lps, ensemble, context, timings)
     result = _result(sample, out, ensemble, point_lps, timings)
+    t = time.perf_counter()
+    found, result.scope_figures = check_result(
+        result.segmentation_mask_voi,
+        sample.valid,
+        sample.hu,
+        ensemble.manifest.voi.spacing_zyx,
+        result.diameter_mm,
+        result.malignancy_sd,
+    )
+    result.warnings = [*image_warnings, *found]
+    timings["checks"] += time.perf_counter() - t
     if map_to_ct:
         t = time.perf_counter()
         map_results_to_ct(result, geometry)

@@ -35,6 +35,7 @@ import vtk
 from ..core.analysis import NoduleResult, analyze_point
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
+from ..core.validation import RefusedError, check_image
 from ..core.voi import PointOutsideVolumeError
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
 from .requests import AnalysisOutput, AnalysisRequest, PointRequest
@@ -255,18 +256,6 @@ class NoduleMalignancyLogic:
                 f"{name!r} has {image.GetNumberOfScalarComponents()} components per voxel "
                 "(colour or vector image), not CT Hounsfield units."
             )
-        if image.GetScalarType() in (vtk.VTK_CHAR, vtk.VTK_SIGNED_CHAR, vtk.VTK_UNSIGNED_CHAR):
-            raise NotCTError(
-                f"{name!r} is an 8-bit image ({image.GetScalarTypeAsString()}): CT Hounsfield "
-                "units need at least 16 bits. Load the original CT (DICOM/NRRD)."
-            )
-        lo, hi = image.GetScalarRange()
-        if lo > -500.0 or hi < 0.0:
-            raise NotCTError(
-                f"{name!r} does not look like a CT in Hounsfield units (value range "
-                f"{lo:g} .. {hi:g}; a chest CT has air near -1000 and soft tissue above 0). "
-                "Rescaled or MR volumes are not supported."
-            )
         ijk_to_ras = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(ijk_to_ras)
         local = ImageGeometry.from_ijk_to_ras(numpy_matrix(ijk_to_ras), dims)
@@ -285,6 +274,12 @@ class NoduleMalignancyLogic:
         # A copy, not a view of the VTK memory: compute() reads it on a worker thread while the
         # scene may change the volume (about 15 ms for a 512 x 512 x 133 CT).
         array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+        try:  # the one scope layer of every entry point (core/validation.py)
+            check_image(array, world)
+        except RefusedError as exc:
+            error = NotCTError(f"{name!r}: {exc}")
+            error.code = exc.code
+            raise error from None
         return array, local, world
 
     # 2. compute (any thread) -----------------------------------------------------------------
@@ -310,9 +305,14 @@ class NoduleMalignancyLogic:
         for i, point in enumerate(request.points):
             self._check_cancel(cancelEvent)
             progress(i / n, f"Analysing {point.label} ({i + 1}/{n})")
-            result = analyze_point(
-                request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
-            )
+            try:
+                result = analyze_point(
+                    request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
+                )
+            except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
+                error = InputError(f"{point.label}: {exc}")
+                error.code = exc.code
+                raise error from None
             say(
                 f"{point.label}: malignancy {100 * result.malignancy_probability:.1f} % "
                 f"(SD {100 * result.malignancy_sd:.1f}), diameter {result.diameter_mm:.1f} mm, "

@@ -146,6 +146,7 @@ class ResultNodes:
             "mean_hu": result.mean_hu,
             "calcified_fraction": result.calcified_fraction,
             "model_version": result.model_version,
+            "warnings": "; ".join(w.message for w in result.warnings),
             "malignancy_logit": result.explanation.logit,
             "malignancy_mil_logit": result.malignancy_mil_logit,
             **{f"malignancy_logit_{p}": v for p, v in result.explanation.parts.items()},

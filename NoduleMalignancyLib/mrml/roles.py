@@ -77,6 +77,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
         for part in PARTS
     ),
     ("malignancy_mil_logit", "double", "MIL logit (network, unfused)", "", 3),
+    ("warnings", "string", "Warnings (scope)", "", 0),
     ("model_version", "string", "Model version", "", 0),
 )
 

@@ -408,6 +408,11 @@ class NoduleMalignancySelfTestMixin:
         outside = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "outside")
         outside.AddControlPoint(400.0, 400.0, 400.0, "far away")
         no_points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "none")
+        air = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "air")
+        corner = _ijk_to_ras(volume).MultiplyPoint(
+            (3, 3, volume.GetImageData().GetDimensions()[2] // 2, 1)
+        )
+        air.AddControlPoint(*corner[:3], "outside the body")
         before = self.sceneSnapshot()
         cases = (
             (label, markups, NotCTError, "label map"),
@@ -416,6 +421,7 @@ class NoduleMalignancySelfTestMixin:
             (empty, markups, EmptyVolumeError, "empty"),
             (None, markups, InputError, "CT volume"),
             (volume, outside, PointOutsideError, "outside the volume"),
+            (volume, air, InputError, "no tissue"),
             (volume, no_points, InputError, "no placed points"),
             (volume, None, InputError, "point list"),
         )

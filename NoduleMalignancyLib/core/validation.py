@@ -1,0 +1,259 @@
+"""Scope: refuse what the model cannot answer, flag what lies outside what it was trained on.
+
+One layer for every entry point (``analyze_point`` and so the CLI, ``predict``, the MRML logic,
+the batch paths). Two outcomes, each with a stable code and a plain message:
+
+* **refused** (:class:`RefusedError`, no numbers): ``not_3d``, ``not_ct``, ``no_tissue``,
+  ``no_nodule_at_point``;
+* **warning** (:class:`Finding` in ``result.warnings``, numbers shown): ``thick_slices``,
+  ``exceeds_field_of_view``, ``large_mass``, ``segmentation_leak``, ``folds_disagree``,
+  ``outside_lung``.
+
+The model was trained on LIDC nodules (3-30 mm, slices <= 2.5 mm, tight crops). Thresholds
+are :class:`ScopeConfig` fields; how often each warning fires on the 794 LIDC VOIs is in
+docs/experiments/README.md ("Scope warnings"). docs/DESIGN.md §12.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import ImageGeometry
+from .measurements import component_at_center
+
+__all__ = [
+    "REFUSALS",
+    "WARNINGS",
+    "Finding",
+    "RefusedError",
+    "ScopeConfig",
+    "check_image",
+    "check_point",
+    "check_result",
+]
+
+REFUSALS = ("not_3d", "not_ct", "no_tissue", "no_nodule_at_point")
+WARNINGS = (
+    "thick_slices",
+    "exceeds_field_of_view",
+    "large_mass",
+    "segmentation_leak",
+    "folds_disagree",
+    "outside_lung",
+)
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    """Where the model's training data ends (LIDC), in the units a radiologist uses."""
+
+    min_slices: int = 2  # fewer is a 2D image
+    ct_min_hu_below: float = -500.0  # a chest CT has air near -1000 HU ...
+    ct_max_hu_above: float = 0.0  # ... and soft tissue above 0 HU
+    tissue_hu: float = -800.0  # no voxel above this within tissue_radius_mm: air or padding
+    tissue_radius_mm: float = 3.0
+    min_nodule_diameter_mm: float = 2.0  # smaller segmentations are no nodule (LIDC: >= 3 mm)
+    max_slice_mm: float = 2.5  # LIDC slices
+    max_diameter_mm: float = 30.0  # a lesion above is a mass, outside the intended use
+    leak_faces: int = 3  # segmentation touching this many faces of the field of view
+    max_fold_sd: float = 0.15  # spread of the fold malignancy probabilities
+    lung_hu: float = -500.0  # lung parenchyma is below this
+    lung_shell_mm: tuple[float, float] = (2.0, 5.0)  # shell around the segmentation
+    min_lung_share: float = 0.15  # of the shell's valid voxels that are lung
+    dense_hu: float = -300.0  # soft tissue and denser
+    max_dense_fill: float = 0.6  # share of the field of view filled by the clicked dense region
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RefusedError(ValueError):
+    """The input cannot be answered; ``code`` is one of :data:`REFUSALS`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_image(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry | None = None,
+    modality: str | None = None,
+    scope: ScopeConfig = ScopeConfig(),
+) -> list[Finding]:
+    """Refuse a volume that is not a 3D CT; warn about slices thicker than LIDC's."""
+    image = np.asarray(image_zyx)
+    if image.ndim != 3 or image.shape[0] < scope.min_slices:
+        raise RefusedError(
+            "not_3d",
+            f"This is not a 3D image (shape {tuple(image.shape)}): the model needs a CT volume "
+            f"with at least {scope.min_slices} slices. Load the whole CT series.",
+        )
+    if modality and modality.upper() != "CT":
+        raise RefusedError(
+            "not_ct", f"The image is {modality}, not CT: the model reads CT Hounsfield units."
+        )
+    if image.dtype == bool or image.dtype == np.uint8 or image.dtype == np.int8:
+        raise RefusedError(
+            "not_ct",
+            f"This is an 8-bit image ({image.dtype}), not CT Hounsfield units (they need at "
+            "least 16 bits). Load the original CT (DICOM, NRRD, NIfTI, MHA).",
+        )
+    # A strided view is enough for the range and keeps the check cheap on a whole CT.
+    step = max(1, int(round((image.size / 2e6) ** (1 / 3))))
+    view = image[::step, ::step, ::step]
+    lo, hi = float(np.min(view)), float(np.max(view))
+    if hi < scope.tissue_hu and lo < scope.ct_min_hu_below:
+        raise RefusedError(
+            "no_tissue",
+            f"The image holds no tissue (all values from {lo:g} to {hi:g} HU: air or padding "
+            "outside the scanner's field of view). Load the CT with the patient in it.",
+        )
+    if lo > scope.ct_min_hu_below or hi < scope.ct_max_hu_above:
+        raise RefusedError(
+            "not_ct",
+            f"The values range from {lo:g} to {hi:g}: not a CT in Hounsfield units (a chest CT "
+            "has air near -1000 HU and soft tissue above 0). Rescaled or MR images are not "
+            "supported.",
+        )
+    findings = []
+    if geometry is not None and geometry.spacing[2] > scope.max_slice_mm + 1e-3:
+        findings.append(
+            Finding(
+                "thick_slices",
+                f"Slices are {geometry.spacing[2]:.1f} mm apart; the model was trained on slices "
+                f"of at most {scope.max_slice_mm} mm. Small nodules may be missed or mis-sized.",
+            )
+        )
+    return findings
+
+
+def check_point(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    point_lps,
+    scope: ScopeConfig = ScopeConfig(),
+) -> None:
+    """Refuse a point with no tissue around it (air, or padding outside the scanner's view)."""
+    centre = np.asarray(geometry.lps_to_index(point_lps), dtype=float)  # (i, j, k)
+    radius = np.ceil(scope.tissue_radius_mm / np.asarray(geometry.spacing, dtype=float))
+    lo = np.maximum(np.floor(centre - radius).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + radius).astype(int) + 1, np.asarray(geometry.size))
+    if np.any(hi <= lo):
+        return  # outside the image: the VOI sampler says so in its own words
+    block = np.asarray(image_zyx)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    if block.size and float(block.max()) < scope.tissue_hu:
+        raise RefusedError(
+            "no_tissue",
+            f"There is no tissue at this point (nothing above {scope.tissue_hu:g} HU within "
+            f"{scope.tissue_radius_mm:g} mm: air, or outside the scanner's field of view). "
+            "Place the point on the nodule.",
+        )
+
+
+def _faces_touched(mask: np.ndarray) -> int:
+    faces = 0
+    for axis in range(3):
+        for index in (0, -1):
+            faces += bool(np.take(mask, index, axis=axis).any())
+    return faces
+
+
+def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu) -> float:
+    """Share of lung-density voxels among the valid voxels 2-5 mm around the segmentation."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    distance = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, useImageSpacing=True)
+    )
+    shell = (distance > shell_mm[0]) & (distance <= shell_mm[1]) & (valid > 0.5)
+    if not shell.any():
+        return float("nan")
+    return float((hu[shell] < lung_hu).mean())
+
+
+def check_result(
+    mask_voi: np.ndarray,
+    valid_voi: np.ndarray,
+    hu_voi: np.ndarray,
+    spacing_zyx,
+    diameter_mm: float,
+    malignancy_sd: float,
+    scope: ScopeConfig = ScopeConfig(),
+) -> tuple[list[Finding], dict]:
+    """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
+
+    Returns the warnings and the figures they were decided on (for the result and the
+    firing-rate measurement).
+    """
+    mask = np.asarray(mask_voi, dtype=bool)
+    if not mask.any() or diameter_mm < scope.min_nodule_diameter_mm:
+        raise RefusedError(
+            "no_nodule_at_point",
+            "No nodule was found at this point (the segmentation is empty or smaller than "
+            f"{scope.min_nodule_diameter_mm:g} mm). Place the point on the nodule's centre.",
+        )
+    faces = _faces_touched(mask)
+    share = _lung_share(hu_voi, mask, valid_voi, spacing_zyx, scope.lung_shell_mm, scope.lung_hu)
+    valid = np.asarray(valid_voi) > 0.5
+    dense = component_at_center((np.asarray(hu_voi) > scope.dense_hu) & valid)
+    fill = float(dense.sum() / max(1, valid.sum()))
+    figures = {
+        "fov_faces_touched": faces,
+        "lung_share": share,
+        "fold_sd": malignancy_sd,
+        "dense_fill": fill,
+    }
+    findings = []
+    if faces >= scope.leak_faces:
+        findings.append(
+            Finding(
+                "segmentation_leak",
+                f"The segmentation touches {faces} sides of the 32 mm field of view: it may have "
+                "leaked into neighbouring structures. Check the outline; the measurements and "
+                "the malignancy may be wrong.",
+            )
+        )
+    elif faces or fill > scope.max_dense_fill:
+        findings.append(
+            Finding(
+                "exceeds_field_of_view",
+                "The lesion reaches the edge of the model's 32 mm field of view (or the point "
+                "lies in solid tissue that fills it): its size and measurements are truncated.",
+            )
+        )
+    if diameter_mm > scope.max_diameter_mm:
+        findings.append(
+            Finding(
+                "large_mass",
+                f"The lesion measures {diameter_mm:.0f} mm: larger than {scope.max_diameter_mm:g} "
+                "mm it is a mass, outside the nodules the model was trained on.",
+            )
+        )
+    if malignancy_sd > scope.max_fold_sd:
+        findings.append(
+            Finding(
+                "folds_disagree",
+                f"The ensemble's folds disagree (spread {100 * malignancy_sd:.0f} percentage "
+                "points): treat the malignancy as uncertain.",
+            )
+        )
+    if np.isfinite(share) and share < scope.min_lung_share:
+        findings.append(
+            Finding(
+                "outside_lung",
+                f"Only {100 * share:.0f} % of the tissue around the lesion is lung: the point may "
+                "not be on a lung nodule (the model knows only lung nodules).",
+            )
+        )
+    return findings, figures
