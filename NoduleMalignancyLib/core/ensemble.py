@@ -141,6 +141,11 @@ def write_random_ensemble(
     """
     torch.manual_seed(seed)
     models = [build_network(TINY_NETWORK) for _ in range(k)]
+    for model in models:  # segment the whole field of view: the plumbing always has a nodule
+        with torch.no_grad():
+            for head in (model.seg_head, getattr(model, "seg_head_half", None)):
+                if head is not None:
+                    head.bias.fill_(4.0)
     return save_ensemble(models, Path(directory), version, VoiConfig(), TINY_NETWORK, fusion=fusion)
 
 
