@@ -46,6 +46,10 @@ def test_images_that_cannot_be_answered_are_refused():
     _refused("not_ct", check_image, np.linspace(0, 1000, 20 * 64 * 64).reshape(20, 64, 64))
     _refused("not_ct", check_image, ct, GEOMETRY, "MR")
     _refused("no_tissue", check_image, np.full((20, 64, 64), -2048, np.int16))
+    # A tight crop of a ground-glass nodule has no voxel above 0 HU and is still a CT.
+    ground_glass = np.full((3, 43, 43), -950, np.int16)
+    ground_glass[1, 15:28, 15:28] = -450
+    assert check_image(ground_glass, GEOMETRY) == []
 
 
 def test_thick_slices_are_flagged_and_air_is_refused():
@@ -138,3 +142,28 @@ def test_predict_writes_warning_codes_and_refusal_codes(ct_0001_path, nodule, tm
     got = {r["id"]: r for r in csv.DictReader(out.open())}
     assert got["nodule"]["error"] == "" and got["nodule"]["warnings"] == ""
     assert got["air"]["error"].startswith("no_tissue: ")
+
+
+def test_a_segmentation_away_from_the_point_is_no_nodule_at_it():
+    from NoduleMalignancyLib.core.validation import check_result
+
+    spacing = (1.0, 0.667, 0.667)
+    hu = np.full((32, 48, 48), -850.0)
+    valid = np.ones_like(hu)
+    centred = np.zeros(hu.shape, bool)
+    centred[13:19, 19:29, 19:29] = True
+    hu[centred] = 40.0
+    findings, figures = check_result(centred, valid, hu, spacing, 6.7, 0.01)
+    assert findings == [] and figures["point_distance_mm"] < 1.0
+    assert figures["lung_share"] > 0.9
+    away = np.roll(centred, 16, axis=2)  # the same blob 10.7 mm beside the point
+    error = _refused("no_nodule_at_point", check_result, away, valid, hu, spacing, 6.7, 0.01)
+    assert "away from the point" in str(error)
+
+
+def test_a_click_on_normal_lung_is_no_nodule_at_the_point():
+    lung = np.full((20, 64, 64), -850, np.int16)  # tissue around, but no nodule at the point
+    lung[:, 20:40, 20:40] = 40
+    check_point(lung, GEOMETRY, GEOMETRY.index_to_lps(np.array([30.0, 30.0, 10.0])))
+    point = GEOMETRY.index_to_lps(np.array([50.0, 50.0, 10.0]))
+    assert "normal lung" in str(_refused("no_nodule_at_point", check_point, lung, GEOMETRY, point))

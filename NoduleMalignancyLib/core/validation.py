@@ -51,11 +51,18 @@ class ScopeConfig:
     """Where the model's training data ends (LIDC), in the units a radiologist uses."""
 
     min_slices: int = 2  # fewer is a 2D image
-    ct_min_hu_below: float = -500.0  # a chest CT has air near -1000 HU ...
-    ct_max_hu_above: float = 0.0  # ... and soft tissue above 0 HU
+    # A chest CT (even a tight crop of a ground-glass nodule) holds air or lung below this;
+    # MR, rescaled or unsigned images do not. (Soft tissue above 0 HU is not required: 20 of
+    # the LIDC VOIs, crops of ground-glass nodules, have no voxel above 0 HU.)
+    ct_min_hu_below: float = -500.0
     tissue_hu: float = -800.0  # no voxel above this within tissue_radius_mm: air or padding
     tissue_radius_mm: float = 3.0
+    # Nodule tissue at the click: on the 794 LIDC nodules the densest voxel within 1.5 mm of
+    # the centre is never below -632 HU; a click on normal lung (about -850 HU) is.
+    nodule_hu: float = -700.0
+    nodule_radius_mm: float = 1.5
     min_nodule_diameter_mm: float = 2.0  # smaller segmentations are no nodule (LIDC: >= 3 mm)
+    max_point_distance_mm: float = 3.0  # the segmentation must reach this close to the point
     max_slice_mm: float = 2.5  # LIDC slices
     max_diameter_mm: float = 30.0  # a lesion above is a mass, outside the intended use
     leak_faces: int = 3  # segmentation touching this many faces of the field of view
@@ -119,12 +126,11 @@ def check_image(
             f"The image holds no tissue (all values from {lo:g} to {hi:g} HU: air or padding "
             "outside the scanner's field of view). Load the CT with the patient in it.",
         )
-    if lo > scope.ct_min_hu_below or hi < scope.ct_max_hu_above:
+    if lo > scope.ct_min_hu_below:
         raise RefusedError(
             "not_ct",
             f"The values range from {lo:g} to {hi:g}: not a CT in Hounsfield units (a chest CT "
-            "has air near -1000 HU and soft tissue above 0). Rescaled or MR images are not "
-            "supported.",
+            "has air and lung near -1000 HU). Rescaled or MR images are not supported.",
         )
     findings = []
     if geometry is not None and geometry.spacing[2] > scope.max_slice_mm + 1e-3:
@@ -138,27 +144,50 @@ def check_image(
     return findings
 
 
+def _densest_near(image_zyx, geometry: ImageGeometry, point_lps, radius_mm: float) -> float:
+    """The highest value within ``radius_mm`` (a box) of the point; NaN outside the image."""
+    centre = np.asarray(geometry.lps_to_index(point_lps), dtype=float)  # (i, j, k)
+    radius = np.ceil(radius_mm / np.asarray(geometry.spacing, dtype=float))
+    lo = np.maximum(np.floor(centre - radius).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + radius).astype(int) + 1, np.asarray(geometry.size))
+    if np.any(hi <= lo):
+        return float("nan")
+    return float(np.asarray(image_zyx)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]].max())
+
+
 def check_point(
     image_zyx: np.ndarray,
     geometry: ImageGeometry,
     point_lps,
     scope: ScopeConfig = ScopeConfig(),
 ) -> None:
-    """Refuse a point with no tissue around it (air, or padding outside the scanner's view)."""
-    centre = np.asarray(geometry.lps_to_index(point_lps), dtype=float)  # (i, j, k)
-    radius = np.ceil(scope.tissue_radius_mm / np.asarray(geometry.spacing, dtype=float))
-    lo = np.maximum(np.floor(centre - radius).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + radius).astype(int) + 1, np.asarray(geometry.size))
-    if np.any(hi <= lo):
+    """Refuse a point with no tissue around it (air, padding) or no nodule tissue at it (lung)."""
+    densest = _densest_near(image_zyx, geometry, point_lps, scope.tissue_radius_mm)
+    if not np.isfinite(densest):
         return  # outside the image: the VOI sampler says so in its own words
-    block = np.asarray(image_zyx)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
-    if block.size and float(block.max()) < scope.tissue_hu:
+    if densest < scope.tissue_hu:
         raise RefusedError(
             "no_tissue",
             f"There is no tissue at this point (nothing above {scope.tissue_hu:g} HU within "
             f"{scope.tissue_radius_mm:g} mm: air, or outside the scanner's field of view). "
             "Place the point on the nodule.",
         )
+    at_point = _densest_near(image_zyx, geometry, point_lps, scope.nodule_radius_mm)
+    if at_point < scope.nodule_hu:
+        raise RefusedError(
+            "no_nodule_at_point",
+            f"There is no nodule tissue at this point (nothing above {scope.nodule_hu:g} HU "
+            f"within {scope.nodule_radius_mm:g} mm: normal lung). Place the point on the nodule.",
+        )
+
+
+def _distance_to_centre_mm(mask: np.ndarray, spacing_zyx) -> float:
+    """Distance (mm) from the VOI centre (the clicked point) to the nearest segmented voxel."""
+    if not mask.any():
+        return float("inf")
+    centre = (np.asarray(mask.shape) - 1) / 2.0
+    offsets = (np.argwhere(mask) - centre) * np.asarray(spacing_zyx, dtype=float)
+    return float(np.sqrt((offsets**2).sum(1)).min())
 
 
 def _faces_touched(mask: np.ndarray) -> int:
@@ -197,11 +226,17 @@ def check_result(
     firing-rate measurement).
     """
     mask = np.asarray(mask_voi, dtype=bool)
-    if not mask.any() or diameter_mm < scope.min_nodule_diameter_mm:
+    distance = _distance_to_centre_mm(mask, spacing_zyx)
+    if (
+        not mask.any()
+        or diameter_mm < scope.min_nodule_diameter_mm
+        or distance > scope.max_point_distance_mm
+    ):
         raise RefusedError(
             "no_nodule_at_point",
-            "No nodule was found at this point (the segmentation is empty or smaller than "
-            f"{scope.min_nodule_diameter_mm:g} mm). Place the point on the nodule's centre.",
+            "No nodule was found at this point (the segmentation is empty, smaller than "
+            f"{scope.min_nodule_diameter_mm:g} mm, or more than {scope.max_point_distance_mm:g} mm "
+            "away from the point). Place the point on the nodule's centre.",
         )
     faces = _faces_touched(mask)
     share = _lung_share(hu_voi, mask, valid_voi, spacing_zyx, scope.lung_shell_mm, scope.lung_hu)
@@ -209,6 +244,7 @@ def check_result(
     dense = component_at_center((np.asarray(hu_voi) > scope.dense_hu) & valid)
     fill = float(dense.sum() / max(1, valid.sum()))
     figures = {
+        "point_distance_mm": distance,
         "fov_faces_touched": faces,
         "lung_share": share,
         "fold_sd": malignancy_sd,
