@@ -55,7 +55,7 @@ class ScopeConfig:
     # MR, rescaled or unsigned images do not. (Soft tissue above 0 HU is not required: 20 of
     # the LIDC VOIs, crops of ground-glass nodules, have no voxel above 0 HU.)
     ct_min_hu_below: float = -500.0
-    tissue_hu: float = -800.0  # no voxel above this within tissue_radius_mm: air or padding
+    tissue_hu: float = -950.0  # no voxel above this within tissue_radius_mm: air or padding
     tissue_radius_mm: float = 3.0
     # Nodule tissue at the click: on the 794 LIDC nodules the densest voxel within 1.5 mm of
     # the centre is never below -632 HU; a click on normal lung (about -850 HU) is.
