@@ -144,7 +144,7 @@ def test_predict_writes_warning_codes_and_refusal_codes(ct_0001_path, nodule, tm
     assert got["air"]["error"].startswith("no_tissue: ")
 
 
-def test_a_segmentation_away_from_the_point_is_no_nodule_at_it():
+def test_an_empty_segmentation_is_no_nodule_and_a_centred_one_passes():
     from NoduleMalignancyLib.core.validation import check_result
 
     spacing = (1.0, 0.667, 0.667)
@@ -156,9 +156,10 @@ def test_a_segmentation_away_from_the_point_is_no_nodule_at_it():
     findings, figures = check_result(centred, valid, hu, spacing, 6.7, 0.01)
     assert findings == [] and figures["point_distance_mm"] < 1.0
     assert figures["lung_share"] > 0.9
-    away = np.roll(centred, 16, axis=2)  # the same blob 10.7 mm beside the point
-    error = _refused("no_nodule_at_point", check_result, away, valid, hu, spacing, 6.7, 0.01)
-    assert "away from the point" in str(error)
+    empty = np.zeros(hu.shape, bool)
+    _refused("no_nodule_at_point", check_result, empty, valid, hu, spacing, 0.0, 0.01)
+    (finding,) = check_result(centred, valid, hu, spacing, 6.7, 0.3)[0]
+    assert finding.code == "folds_disagree"
 
 
 def test_a_click_on_normal_lung_is_no_nodule_at_the_point():
