@@ -11,7 +11,7 @@ the batch paths). Two outcomes, each with a stable code and a plain message:
 
 The model was trained on LIDC nodules (3-30 mm, slices <= 2.5 mm, tight crops). Thresholds
 are :class:`ScopeConfig` fields; how often each warning fires on the 794 LIDC VOIs is in
-docs/experiments/README.md ("Scope warnings"). docs/DESIGN.md §12.
+docs/experiments/README.md ("Scope"). docs/DESIGN.md §12.
 """
 
 from __future__ import annotations

@@ -72,7 +72,14 @@ log = logging.getLogger(__name__)
 
 # Errors ---------------
 class InputError(ValueError):
-    """The input cannot be analysed; the message says why and what to do. Scene untouched."""
+    """The input cannot be analysed; the message says why and what to do. Scene untouched.
+
+    ``code`` is the scope layer's refusal code (core/validation.py) when it refused the input.
+    """
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class NotCTError(InputError):
@@ -277,9 +284,7 @@ class NoduleMalignancyLogic:
         try:  # the one scope layer of every entry point (core/validation.py)
             check_image(array, world)
         except RefusedError as exc:
-            error = NotCTError(f"{name!r}: {exc}")
-            error.code = exc.code
-            raise error from None
+            raise NotCTError(f"{name!r}: {exc}", code=exc.code) from None
         return array, local, world
 
     # 2. compute (any thread) -----------------------------------------------------------------
@@ -310,9 +315,7 @@ class NoduleMalignancyLogic:
                     request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
                 )
             except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
-                error = InputError(f"{point.label}: {exc}")
-                error.code = exc.code
-                raise error from None
+                raise InputError(f"{point.label}: {exc}", code=exc.code) from None
             say(
                 f"{point.label}: malignancy {100 * result.malignancy_probability:.1f} % "
                 f"(SD {100 * result.malignancy_sd:.1f}), diameter {result.diameter_mm:.1f} mm, "

@@ -82,33 +82,45 @@ class ResultNodes:
         node.SetNodeReferenceID(REF_VOLUME, volume.GetID())
         node.SetNodeReferenceID(REF_MARKUPS, markups.GetID())
 
-    def _new_output(self, class_name: str, role: str, name: str, volume, markups, created):
-        """A new output node, tagged with its role and inputs; ``None`` if one exists."""
-        if self._find_output(class_name, role, volume, markups) is not None:
-            return None
-        node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
-        created.append(node)
-        self._tag_output(node, role, volume, markups)
+    def _output(self, class_name: str, role: str, name: str, volume, markups, created, set_up):
+        """The output node of this role for these inputs; made, tagged and ``set_up`` if new."""
+        node = self._find_output(class_name, role, volume, markups)
+        if node is None:
+            node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
+            created.append(node)
+            self._tag_output(node, role, volume, markups)
+            set_up(node, volume)
         return node
 
     def segmentation_node(self, volume, markups, created):
-        kind, name = "vtkMRMLSegmentationNode", f"{volume.GetName()} nodules"
-        node = self._new_output(kind, ROLE_SEGMENTATION, name, volume, markups, created)
-        if node is None:
-            return self._find_output(kind, ROLE_SEGMENTATION, volume, markups)
+        name = f"{volume.GetName()} nodules"
+        return self._output(
+            "vtkMRMLSegmentationNode",
+            ROLE_SEGMENTATION,
+            name,
+            volume,
+            markups,
+            created,
+            self._set_up_segmentation,
+        )
+
+    def table_node(self, volume, markups, created):
+        name = f"{volume.GetName()} nodule results"
+        return self._output(
+            "vtkMRMLTableNode", ROLE_TABLE, name, volume, markups, created, self._set_up_table
+        )
+
+    @staticmethod
+    def _set_up_segmentation(node, volume) -> None:
         node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         display = node.GetDisplayNode()
         display.SetOpacity2DFill(0.15)
         display.SetOpacity2DOutline(1.0)
         display.SetSliceIntersectionThickness(2)
-        return node
 
-    def table_node(self, volume, markups, created):
-        kind, name = "vtkMRMLTableNode", f"{volume.GetName()} nodule results"
-        node = self._new_output(kind, ROLE_TABLE, name, volume, markups, created)
-        if node is None:
-            return self._find_output(kind, ROLE_TABLE, volume, markups)
+    @staticmethod
+    def _set_up_table(node, volume) -> None:
         for name, kind, title, unit, _ in TABLE_COLUMNS:
             array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
             array.SetName(name)
@@ -118,7 +130,6 @@ class ResultNodes:
                 node.SetColumnUnitLabel(name, unit)
         node.SetUseColumnTitleAsColumnHeader(True)
         node.SetLocked(True)
-        return node
 
     @staticmethod
     def _row_of(table, point_id: str) -> int:

@@ -158,11 +158,7 @@ class AnalysisRunner:
         self._due = None
         if markups is None:
             return False
-        indices = sorted(
-            i
-            for i in (markups.GetControlPointIndexByID(p) for p in ids)
-            if i is not None and i >= 0
-        )
+        indices = sorted(i for i in (markups.GetControlPointIndexByID(p) for p in ids) if i >= 0)
         if not indices:
             return False
         try:
