@@ -1,1 +1,1 @@
-"""Batch paths: training-patch export, LUNA25 challenge I/O, cohort runs (docs/DESIGN.md §7)."""
+"""Batch paths: training-patch export, LUNA25 challenge I/O, cohort runs (docs/DESIGN.md §13)."""

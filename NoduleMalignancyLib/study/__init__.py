@@ -1,1 +1,1 @@
-"""Reading studies: study files, the SQLite store of readers' ratings, MRMC analysis (docs/DESIGN.md §7)."""
+"""Reading studies: study files, the SQLite store of readers' ratings, MRMC analysis (docs/DESIGN.md §14)."""
