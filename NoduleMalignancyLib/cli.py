@@ -253,12 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     """Sub-commands that live in their own modules (training, evaluation, self-test)."""
+    from .batch.export import register as register_export
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
     from .training.cli import register as register_training
 
-    return [register_training, register_evaluation, register_maps, register_selftest]
+    return [
+        register_training,
+        register_evaluation,
+        register_maps,
+        register_selftest,
+        register_export,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,25 @@ class VoiConfig:
         )
 
 
+# Canvas around each nodule at the VOI spacing: room for +-2.5 mm shifts, any rotation about z
+# and scale 0.8-1.2 of the 32 x 48 x 48 VOI (the LIDC crops rarely extend beyond +-24 mm anyway;
+# samples that leave the canvas count as invalid, exactly like samples that leave the crop).
+DEFAULT_CANVAS_ZYX: tuple[int, int, int] = (48, 72, 72)
+
+
+def canvas_config(voi: VoiConfig, canvas_zyx=DEFAULT_CANVAS_ZYX) -> VoiConfig:
+    """A VoiConfig for the canvas: same spacing, windows and padding policy, larger grid.
+
+    Canvas and VOI grids are both centred on the nodule, so with an even size difference the VOI
+    voxel centres are canvas voxel centres and the centre crop reproduces ``sample_voi`` exactly.
+    """
+    canvas_zyx = tuple(int(n) for n in canvas_zyx)
+    for c, v in zip(canvas_zyx, voi.shape_zyx, strict=True):
+        if c < v or (c - v) % 2:
+            raise ValueError(f"canvas {canvas_zyx} must exceed the VOI {voi.shape_zyx} evenly")
+    return VoiConfig(canvas_zyx, voi.spacing_zyx, voi.windows, voi.outside_hu)
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """Sizes of the multi-scale MIL network (docs/DESIGN.md §3)."""

@@ -9,6 +9,7 @@ environment variable, then the default (docs/DESIGN.md §6).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 __all__ = [
@@ -87,3 +88,17 @@ def shipped_models_dir() -> Path:
 def models_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The ensemble folder: ``explicit``, ``$NODULE_MALIGNANCY_MODELS``, or the shipped one."""
     return _from_env(explicit, MODELS_ENV) or shipped_models_dir()
+
+
+def git_commit(repo: Path = SOURCE_ROOT) -> str | None:
+    """The checked-out commit of the source tree (provenance of runs and exports); None when
+    installed from a wheel or git is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+        )
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -24,16 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from ..core.attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
-from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES, VoiConfig
+from ..core.config import (
+    ATTRIBUTES,
+    DEFAULT_CANVAS_ZYX,
+    ORDINAL_ATTRIBUTES,
+    PRESENCE_ATTRIBUTES,
+    VoiConfig,
+    canvas_config,
+)
 from ..core.settings import cache_dir, require_data_dir
 
 log = logging.getLogger(__name__)
 
 VOI_FOLDER = "lidc_vois"
-# Canvas around each nodule at the VOI spacing: room for +-2.5 mm shifts, any rotation about z
-# and scale 0.8-1.2 of the 32 x 48 x 48 VOI (the LIDC crops rarely extend beyond +-24 mm anyway;
-# samples that leave the canvas count as invalid, exactly like samples that leave the crop).
-DEFAULT_CANVAS_ZYX: tuple[int, int, int] = (48, 72, 72)
 # Bump when the cache layout or the sampling code changes meaning.
 CACHE_VERSION = 2
 LABEL_THRESHOLD = 3.0
@@ -183,19 +186,6 @@ def load_records(data: str | os.PathLike | None = None) -> list[NoduleRecord]:
 
 # ----------------------------------------------------------------------------------------------
 # The canvas cache
-
-
-def canvas_config(voi: VoiConfig, canvas_zyx=DEFAULT_CANVAS_ZYX) -> VoiConfig:
-    """A VoiConfig for the canvas: same spacing, windows and padding policy, larger grid.
-
-    Canvas and VOI grids are both centred on the nodule, so with an even size difference the VOI
-    voxel centres are canvas voxel centres and the centre crop reproduces ``sample_voi`` exactly.
-    """
-    canvas_zyx = tuple(int(n) for n in canvas_zyx)
-    for c, v in zip(canvas_zyx, voi.shape_zyx, strict=True):
-        if c < v or (c - v) % 2:
-            raise ValueError(f"canvas {canvas_zyx} must exceed the VOI {voi.shape_zyx} evenly")
-    return VoiConfig(canvas_zyx, voi.spacing_zyx, voi.windows, voi.outside_hu)
 
 
 def sample_record(record: NoduleRecord, canvas: VoiConfig) -> dict:

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +34,7 @@ from ..core.fusion import MEASUREMENTS
 from ..core.measurements import component_at_center, measure_nodule
 from ..core.metrics import auroc, dice, mae_1to5
 from ..core.network import build_network
-from ..core.settings import SOURCE_ROOT
+from ..core.settings import git_commit
 from .augment import AugmentConfig, center_crop, make_batch
 from .dataset import DEFAULT_CANVAS_ZYX, TrainingData, load_training_data
 from .losses import LossWeights, multitask_loss
@@ -157,18 +156,6 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def git_commit(repo: Path = SOURCE_ROOT) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
-        )
-        if out.returncode != 0:
-            return None
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def phase_lr(phase: PhaseConfig, step: int, total_steps: int) -> float:

