@@ -252,13 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands():
-    """Sub-commands that live in their own modules (training, evaluation, self-test)."""
+    """Sub-commands that live in their own modules (training, evaluation, self-test, batch)."""
+    from .batch.luna25 import register as register_luna25
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
     from .training.cli import register as register_training
 
-    return [register_training, register_evaluation, register_maps, register_selftest]
+    return [
+        register_training,
+        register_evaluation,
+        register_maps,
+        register_selftest,
+        register_luna25,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
