@@ -252,11 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands():
-    """Sub-commands that live in their own modules (training, evaluation, self-test)."""
+    """Sub-commands that live in their own modules (training, evaluation, self-test, batch
+    paths, reading studies)."""
     from .batch.export import register as register_export
+    from .batch.luna25 import register as register_luna25
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
+    from .study.cli import register as register_mrmc
+    from .study.store_cli import register as register_study_store
     from .training.cli import register as register_training
 
     return [
@@ -265,6 +269,9 @@ def _optional_commands():
         register_maps,
         register_selftest,
         register_export,
+        register_luna25,
+        register_mrmc,
+        register_study_store,
     ]
 
 
