@@ -252,13 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_commands():
-    """Sub-commands that live in their own modules (training, evaluation, self-test)."""
+    """Sub-commands that live in their own modules (training, evaluation, self-test, MRMC)."""
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
+    from .study.cli import register as register_mrmc
     from .training.cli import register as register_training
 
-    return [register_training, register_evaluation, register_maps, register_selftest]
+    return [register_training, register_evaluation, register_maps, register_selftest, register_mrmc]
 
 
 def main(argv: list[str] | None = None) -> int:
