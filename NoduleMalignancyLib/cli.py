@@ -256,9 +256,16 @@ def _optional_commands():
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
+    from .study.store_cli import register as register_study_store
     from .training.cli import register as register_training
 
-    return [register_training, register_evaluation, register_maps, register_selftest]
+    return [
+        register_training,
+        register_evaluation,
+        register_maps,
+        register_selftest,
+        register_study_store,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
