@@ -189,3 +189,103 @@ def test_exported_folder_trains_and_evaluates(lidc_export, ct_0001_path, tmp_pat
         ensemble,
     )
     assert 0.0 <= r.malignancy_probability <= 1.0 and len(ensemble.models) == 2
+
+
+def test_slicer_scene_points_export(slicer_runtime, mrml_scene, ct_0001_path, tmp_path):
+    """A reader labels points in Slicer (descriptions) and exports through the logic."""
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.mrml.logic import InputError, NoduleMalignancyLogic
+
+    slicer = slicer_runtime
+    volume = slicer.util.loadVolume(str(ct_0001_path))
+    nodule_lps = np.array([56.17, 86.2, -115.86])
+    points = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+    points.AddControlPoint(*lps_to_ras(nodule_lps), "n0")
+    points.SetNthControlPointDescription(0, "Malignant")
+    # The reader's own segment for n0: an 8 mm ball around the point.
+    seg = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = seg.GetSegmentation().AddEmptySegment("n0", "n0")
+    image = sitk.ReadImage(str(ct_0001_path))
+    grid = ImageGeometry.from_sitk(image)
+    k, j, i = np.indices(grid.shape_zyx, sparse=True)
+    centre = grid.lps_to_index(nodule_lps)
+    spacing = np.asarray(grid.spacing)
+    d2 = sum(((idx - c) * s) ** 2 for idx, c, s in zip((i, j, k), centre, spacing, strict=True))
+    ball = (d2 <= 8.0**2).astype(np.uint8)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(ball, seg, segment_id, volume)
+
+    logic = NoduleMalignancyLogic()
+    out = tmp_path / "scene_export"
+    summary = logic.exportTrainingPatches(
+        volume, points, out, patientId="reader-case-7", segmentationNode=seg
+    )
+    assert (summary.done, summary.failed) == (1, 0)
+    (row,) = _rows(out / "metadata.csv")
+    assert row["patient_id"] == "reader-case-7" and row["nodule_id"] == "n0"
+    assert row["label"] == "1" and row["has_mask"] == "1" and row["source_kind"] == "slicer-scene"
+    mask = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(out / "nodule_mask" / "reader-case-7_R_n0.nii.gz"))
+    )
+    ball_mm3 = 4 / 3 * np.pi * 8.0**3
+    assert mask.sum() * 0.667 * 0.667 * 1.0 == pytest.approx(ball_mm3, rel=0.1)
+
+    # Unchanged scene: nothing redone; a new point is exported on the next call.
+    assert logic.exportTrainingPatches(volume, points, out, patientId="reader-case-7").done == 0
+    points.AddControlPoint(*lps_to_ras(nodule_lps + [0.0, 0.0, 2.5]), "n1")
+    summary = logic.exportTrainingPatches(volume, points, out, patientId="reader-case-7")
+    assert summary.done == 1 and len(_rows(out / "metadata.csv")) == 2
+
+    points.SetNthControlPointDescription(1, "probably bad")
+    with pytest.raises(InputError, match="'n1'.*not a label"):
+        logic.exportTrainingPatches(volume, points, out)
+
+
+def _voi_manifest(data_dir, path, n):
+    rows = _rows(data_dir / "lidc_vois" / "metadata.csv")[:n]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "x", "y", "z", "patient_id"])
+        for r in rows:
+            name = f"{r['patient_id']}_R_{r['nodule_id']}"
+            image = data_dir / "lidc_vois" / "image" / f"{name}.nii.gz"
+            w.writerow(
+                [r["nodule_id"], image, r["coordX"], r["coordY"], r["coordZ"], r["patient_id"]]
+            )
+    return path
+
+
+def _dataset_fingerprint(folder):
+    """Everything an export wrote, minus the run's own timing (dataset.json created/last_run)."""
+    info = json.loads((folder / "dataset.json").read_text())
+    info.pop("created"), info.pop("last_run")
+    voxels = {
+        p.relative_to(folder).as_posix(): sitk.GetArrayFromImage(sitk.ReadImage(str(p))).tobytes()
+        for p in sorted(folder.glob("*/*.nii.gz"))
+    }
+    return info, (folder / "metadata.csv").read_text(), voxels
+
+
+def test_kill_dash_nine_then_resume_equals_an_uninterrupted_export(data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest = _voi_manifest(data_dir, tmp_path / "points.csv", 24)
+    command = [sys.executable, "-m", "NoduleMalignancyLib.cli", "export", "--quiet", "--points"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([*command, str(manifest), "--out", str(reference)], check=True)
+
+    child = subprocess.Popen([*command, str(manifest), "--out", str(killed)])
+    deadline = time.time() + 120
+    while len(list((killed / "image").glob("*.nii.gz"))) < 8 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    written = len(list((killed / "image").glob("*.nii.gz")))
+    assert 8 <= written < 24, "the kill must land in the middle of the export"
+    subprocess.run([*command, str(manifest), "--out", str(killed)], check=True)
+    assert _dataset_fingerprint(killed) == _dataset_fingerprint(reference)
+    assert not list(killed.rglob(".*")), "no temporary file left behind"

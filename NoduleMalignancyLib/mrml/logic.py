@@ -495,6 +495,36 @@ class NoduleMalignancyLogic:
         return ras
 
     # Export ----------------------------------------------------------------------------------
+    def exportTrainingPatches(
+        self,
+        volumeNode,
+        markupsNode,
+        outputDirectory: str | Path,
+        patientId: str | None = None,
+        segmentationNode=None,
+        resume: bool = True,
+    ):
+        """Training patches of the placed points, labelled by their descriptions.
+
+        The folder is the layout ``nodule-malignancy train --data`` reads (docs/DESIGN.md §13);
+        a segment named like a point becomes its mask. Returns the export summary.
+        """
+        from .training_export import export_scene_points
+
+        request = self.prepare(volumeNode, markupsNode)
+        try:
+            return export_scene_points(
+                request,
+                markupsNode,
+                volumeNode,
+                outputDirectory,
+                patient_id=patientId,
+                segmentation_node=segmentationNode,
+                resume=resume,
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
     def exportResults(self, directory: str | Path) -> dict[str, Path]:
         """Write the results table (CSV), the segmentation (.seg.nrrd) and evidence (.nrrd).
 
