@@ -11,6 +11,7 @@ from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.evaluation.maps import (
     _deleted,
+    edge_band,
     evaluate_maps,
     lung_background_hu,
     report_markdown,
@@ -49,7 +50,22 @@ def test_evaluate_maps_out_of_fold(records, tiny_dir):
         assert 0.0 <= row["near_share"] <= 1.0 + 1e-6
         shares = [s["mass_share"] for s in row["gates"]["mean"].values()]
         assert sum(shares) == pytest.approx(1.0)
+        assert 0.0 <= row["edge_share"] <= 1.0
+        # No positive evidence (possible with random weights): no band figure either.
+        assert np.isnan(row["top_drop"]) or 0.0 < row["edge_fraction"] < 1.0
     summary = result["summary"]
     assert set(summary["gates"]) == {0, 1}
     text = report_markdown(summary, ensemble.version, "nodule-malignancy maps")
-    assert "| 0 | fine |" in text and "Deletion test" in text
+    assert "| 0 | fine |" in text and "Deletion test" in text and "Crop-edge band" in text
+
+
+def test_edge_band_is_the_rim_of_the_valid_region():
+    valid = np.zeros((10, 12, 12), dtype=bool)
+    valid[2:8, 2:10, 2:10] = True  # a 6 x 8 x 8 crop inside an invalid margin
+    band = edge_band(valid, (1.0, 1.0, 1.0), mm=1.0)
+    assert not band[~valid].any()
+    assert band[2, 5, 5] and band[5, 2, 5] and band[5, 5, 9]  # each face of the crop
+    assert not band[5, 5, 5] and not band[3, 4, 4]  # two voxels in: interior
+    full = np.ones((6, 6, 6), dtype=bool)  # no invalid voxel: the VOI faces are the edge
+    assert edge_band(full, (1.0, 1.0, 1.0), mm=1.0)[0, 3, 3]
+    assert not edge_band(full, (1.0, 1.0, 1.0), mm=1.0)[3, 3, 3]

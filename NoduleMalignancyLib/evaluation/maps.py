@@ -8,7 +8,11 @@ click is (context policy, VOI, gates, contributions). Per nodule:
   (by contribution density, valid voxels only) is replaced by the VOI's lung background, and the
   MIL logit's drop is compared with the drop after replacing the same number of random valid
   voxels; the nodule passes when the top-evidence deletion drops the logit more;
-* **locality**: the share of positive evidence mass within the segmentation dilated by 5 mm.
+* **locality**: the share of positive evidence mass within the segmentation dilated by 5 mm;
+* **crop-edge band**: the share of positive evidence mass in the valid voxels within 2 mm of
+  the crop's edge (an invalid voxel or the VOI face) and away from the nodule, beside the share
+  of valid voxels that band holds: evidence piling up there is the network reacting to the
+  validity boundary, not to the patient.
 
 ``nodule-malignancy maps`` writes ``MAPS.md`` and ``maps.json`` (see docs/DESIGN.md §11).
 """
@@ -36,6 +40,7 @@ __all__ = ["evaluate_maps", "lung_background_hu", "register"]
 DELETION_FRACTION = 0.10
 LOCALITY_MM = 5.0
 LUNG_HU = -400.0  # valid voxels below this are lung parenchyma (or air)
+EDGE_BAND_MM = 2.0
 
 
 def lung_background_hu(hu: np.ndarray, valid: np.ndarray) -> float:
@@ -59,6 +64,15 @@ def _dilated(mask: np.ndarray, spacing_zyx, mm: float) -> np.ndarray:
     return sitk.GetArrayFromImage(ball) > 0
 
 
+def edge_band(valid: np.ndarray, spacing_zyx, mm: float = EDGE_BAND_MM) -> np.ndarray:
+    """Valid voxels within ``mm`` of an invalid voxel or of the VOI's faces."""
+    from scipy.ndimage import distance_transform_edt
+
+    padded = np.pad(valid, 1, constant_values=False)
+    distance = distance_transform_edt(padded, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return valid & (distance <= mm)
+
+
 def nodule_map_figures(image_zyx, geometry, point_lps, ensemble: Ensemble, rng) -> dict:
     """Gate health, deletion drops and locality of one nodule under a one-fold ensemble."""
     cfg = ensemble.manifest.voi
@@ -73,6 +87,7 @@ def nodule_map_figures(image_zyx, geometry, point_lps, ensemble: Ensemble, rng) 
     figures = {"mil_logit": logit, "gates": gate_health([g[:, 0] for g in out.gates], sample.valid)}
     if positive.sum() <= 0:
         figures |= {"top_drop": float("nan"), "random_drop": float("nan"), "near_share": 0.0}
+        figures |= {"edge_share": 0.0, "edge_fraction": float("nan")}
         return figures
     order = np.argsort(positive, axis=None)[::-1][:n_delete]
     top = np.zeros(density.size, dtype=bool)
@@ -88,6 +103,11 @@ def nodule_map_figures(image_zyx, geometry, point_lps, ensemble: Ensemble, rng) 
     mask = nodule_mask(out.seg_probability[:, 0].mean(0), sample.valid)
     near = _dilated(mask, cfg.spacing_zyx, LOCALITY_MM) if mask.any() else mask
     figures |= drops | {"near_share": min(1.0, float(positive[near].sum() / positive.sum()))}
+    band = edge_band(valid, cfg.spacing_zyx) & ~near
+    figures |= {
+        "edge_share": float(positive[band].sum() / positive.sum()),
+        "edge_fraction": float(band.sum() / valid.sum()),
+    }
     return figures
 
 
@@ -156,7 +176,14 @@ def summarise(rows: list[dict]) -> dict:
         if tested
         else 0.0,
         "near_share_mean": float(np.mean([r["near_share"] for r in rows])) if rows else 0.0,
+        "edge_share_mean": _mean(rows, "edge_share"),
+        "edge_fraction_mean": _mean(rows, "edge_fraction"),
     }
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def report_markdown(summary: dict, version: str, command: str) -> str:
@@ -190,6 +217,11 @@ def report_markdown(summary: dict, version: str, command: str) -> str:
         f"{summary['median_random_drop']:+.3f} (random).",
         f"* Share of positive evidence within the segmentation dilated by {LOCALITY_MM:.0f} mm: "
         f"{100 * summary['near_share_mean']:.1f} % (mean over nodules).",
+        f"* Crop-edge band (valid voxels within {EDGE_BAND_MM:.0f} mm of the crop's edge, more "
+        f"than {LOCALITY_MM:.0f} mm from the segmentation): "
+        f"{100 * summary.get('edge_share_mean', float('nan')):.1f} % of the positive evidence "
+        f"on {100 * summary.get('edge_fraction_mean', float('nan')):.1f} % of the valid voxels "
+        "(mean over nodules; evidence spread evenly would give equal shares).",
         "",
     ]
     for skip in summary.get("skipped", []):
