@@ -256,6 +256,7 @@ def _optional_commands():
     paths, reading studies)."""
     from .batch.export import register as register_export
     from .batch.luna25 import register as register_luna25
+    from .batch.report_cli import register as register_report
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
@@ -270,6 +271,7 @@ def _optional_commands():
         register_selftest,
         register_export,
         register_luna25,
+        register_report,
         register_mrmc,
         register_study_store,
     ]

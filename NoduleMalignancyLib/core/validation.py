@@ -25,6 +25,7 @@ from .geometry import ImageGeometry
 from .measurements import component_at_center
 
 __all__ = [
+    "DESCRIPTIONS",
     "REFUSALS",
     "WARNINGS",
     "Finding",
@@ -80,6 +81,29 @@ class Finding:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_DEFAULT = ScopeConfig()
+# One plain sentence per code, for readers that have only the code (a predictions CSV read back
+# by the batch review report); the messages raised below also carry the case's own figures.
+DESCRIPTIONS: dict[str, str] = {
+    "not_3d": "Not a 3D image: the model needs a CT volume, not a single slice.",
+    "not_ct": "Not a CT in Hounsfield units (8-bit, another modality, or no air or lung).",
+    "no_tissue": "No tissue at the point: air, or outside the scanner's field of view.",
+    "no_nodule_at_point": "No nodule at the point: normal lung, or an empty or tiny segmentation.",
+    "thick_slices": f"Slices thicker than {_DEFAULT.max_slice_mm:g} mm (the training data's): "
+    "small nodules may be missed or mis-sized.",
+    "exceeds_field_of_view": "The lesion reaches the edge of the model's 32 mm field of view: "
+    "its size and measurements are truncated.",
+    "large_mass": f"Larger than {_DEFAULT.max_diameter_mm:g} mm: a mass, outside the nodules the "
+    "model was trained on.",
+    "segmentation_leak": f"The segmentation touches {_DEFAULT.leak_faces} or more sides of the "
+    "field of view: it may have leaked; check the outline.",
+    "folds_disagree": f"The folds disagree (spread above {100 * _DEFAULT.max_fold_sd:.0f} "
+    "percentage points): treat the malignancy as uncertain.",
+    "outside_lung": f"Under {100 * _DEFAULT.min_lung_share:.0f} % lung around the lesion: the "
+    "point may not be on a lung nodule.",
+}
 
 
 class RefusedError(ValueError):
