@@ -14,7 +14,10 @@ A study file is JSON::
         {"id": "LIDC-IDRI-0001_n1",        # letters, digits and . _ : - (no commas or spaces)
          "ct": "ct/LIDC-IDRI-0001.nrrd",   # relative to the study file's folder, or absolute
          "points": [{"name": "n1", "point": [-128.7, -175.3, -252.3]}],  # optional, world LPS mm
-         "truth": 1}                       # optional: 1 malignant, 0 benign, null unknown
+         "truth": 1,                       # optional: 1 malignant, 0 benign, null unknown
+         "reference": {"malignancy_mean": 3.75, "n_readers": 4},  # optional: the LIDC readers'
+                                           # means (<characteristic>_mean, LIDC scales)
+         "model": {"malignancy_probability": 0.62, "malignancy_score": 3.9}}  # optional
       ]
     }
 
@@ -26,6 +29,11 @@ model's output is shown and the reader rates again (aided). *independent*: two s
 unaided and one aided; readers of even index (0, 2, ...) read unaided first, odd ones aided first.
 The case order is shuffled per reader and session from ``seed``, the reader's id and the session.
 Unknown keys are refused (a typo must not silently change the design).
+
+``reference`` and ``model`` feed the analysis only (agreement with the LIDC readers and with the
+model, ``study/summary.py``); readers never see them through the store. ``model`` is the
+ensemble's output for the case's nodule: ``malignancy_probability`` (0-1) and
+``malignancy_score`` (the expected 1-5 malignancy rating).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .ratings import RATING_FIELDS, validate_required
+from .ratings import CHARACTERISTICS, RATING_FIELDS, SCALES, validate_required
 
 DESIGNS = ("sequential", "independent")
 # Session numbers per design: the sequential design reads both modalities in one session.
@@ -46,7 +54,10 @@ MODALITIES = ("unaided", "aided")
 STUDY_VERSION = 1
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _TOP_KEYS = {"version", "name", "design", "seed", "hide_model_until_commit", "required", "cases"}
-_CASE_KEYS = {"id", "ct", "points", "truth"}
+_CASE_KEYS = {"id", "ct", "points", "truth", "reference", "model"}
+REFERENCE_MEANS = tuple(f"{name}_mean" for name in CHARACTERISTICS)
+_REFERENCE_KEYS = {*REFERENCE_MEANS, "n_readers"}
+MODEL_RANGES = {"malignancy_probability": (0.0, 1.0), "malignancy_score": (1.0, 5.0)}
 
 
 class StudyFileError(ValueError):
@@ -62,6 +73,30 @@ class Point:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """The LIDC readers' ratings of a case: their mean per characteristic and their number."""
+
+    means: tuple[tuple[str, float], ...] = ()  # ("malignancy_mean", 3.75), ...
+    n_readers: int | None = None
+
+    def mean(self, characteristic: str) -> float | None:
+        """The readers' mean of ``characteristic`` (e.g. "malignancy"), or None if not given."""
+        return dict(self.means).get(f"{characteristic}_mean")
+
+    @property
+    def malignancy_mean(self) -> float | None:
+        return self.mean("malignancy")
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """The model's output for a case, as the study file gives it (None where not given)."""
+
+    malignancy_probability: float | None = None
+    malignancy_score: float | None = None  # the expected 1-5 malignancy rating
+
+
+@dataclass(frozen=True)
 class Case:
     """One rated unit: a CT, its nodule points, and the truth where known (0/1 or None)."""
 
@@ -70,6 +105,8 @@ class Case:
     ct_path: Path  # resolved against the study file's folder
     points: tuple[Point, ...] = ()
     truth: int | None = None
+    reference: Reference | None = None
+    model: ModelOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +215,61 @@ def _parse_case(raw: object, where: str, base_dir: Path, fail) -> Case:
     truth = raw.get("truth")
     if truth is not None and (not _is_int(truth) or truth not in (0, 1)):
         raise fail(f"{where}.truth", f"expected 0, 1 or null, got {truth!r}")
-    return Case(case_id, ct, ct_path, parsed_points, truth)
+    reference = _parse_reference(raw.get("reference"), f"{where}.reference", fail)
+    model = _parse_model(raw.get("model"), f"{where}.model", fail)
+    return Case(case_id, ct, ct_path, parsed_points, truth, reference, model)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _known_object(raw: object, where: str, keys: set[str], fail) -> dict | None:
+    """``raw`` as a non-empty object of known keys, or None where it is absent (null)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise fail(where, f"expected an object of {', '.join(sorted(keys))} (or null)")
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise fail(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
+    return raw
+
+
+def _in_range(raw: dict, key: str, low: float, high: float, where: str, fail) -> float:
+    value = raw[key]
+    if not _is_number(value) or not low <= value <= high:
+        raise fail(f"{where}.{key}", f"expected a number {low:g}-{high:g}, got {value!r}")
+    return float(value)
+
+
+def _parse_reference(raw: object, where: str, fail) -> Reference | None:
+    """The LIDC readers' means, each on its characteristic's LIDC scale."""
+    raw = _known_object(raw, where, _REFERENCE_KEYS, fail)
+    if raw is None:
+        return None
+    means = tuple(
+        (key, _in_range(raw, key, *SCALES[key.removesuffix("_mean")], where, fail))
+        for key in REFERENCE_MEANS
+        if key in raw and raw[key] is not None
+    )
+    n_readers = raw.get("n_readers")
+    if n_readers is not None and (not _is_int(n_readers) or n_readers < 1):
+        raise fail(f"{where}.n_readers", f"expected an integer >= 1, got {n_readers!r}")
+    return Reference(means, n_readers)
+
+
+def _parse_model(raw: object, where: str, fail) -> ModelOutput | None:
+    """The model's probability (0-1) and 1-5 malignancy score; null values mean not given."""
+    raw = _known_object(raw, where, set(MODEL_RANGES), fail)
+    if raw is None:
+        return None
+    values = {
+        key: _in_range(raw, key, *bounds, where, fail)
+        for key, bounds in MODEL_RANGES.items()
+        if raw.get(key) is not None
+    }
+    return ModelOutput(**values)
 
 
 def _parse_point(raw: object, where: str, fail) -> Point:

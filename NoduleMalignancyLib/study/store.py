@@ -33,7 +33,16 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from ..core.atomic import write_csv
-from .design import MODALITIES, SESSIONS, case_order, load_study, order_seed, session_modality
+from .design import (
+    MODALITIES,
+    SESSIONS,
+    Study,
+    case_order,
+    load_study,
+    order_seed,
+    parse_study,
+    session_modality,
+)
 from .ratings import CHARACTERISTICS, validate_rating
 
 SCHEMA_VERSION = 1
@@ -150,6 +159,19 @@ _SCHEMA = (
 
 class StudyStateError(ValueError):
     """The study's workflow does not allow this now (a locked rating, aided before unaided...)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The study file, the readers and every rating as one read saw them (for the analysis).
+
+    Why one read: the exported files and the summary computed from them must show the same
+    ratings while readers keep submitting.
+    """
+
+    study: Study  # parsed from the study file's text recorded at creation
+    readers: list[dict]  # name, reader_index, created_at, unaided, aided (counts)
+    ratings: list[dict]  # the rows of ratings.csv (RATING_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -425,13 +447,17 @@ class StudyStore:
         """Every reader with their index and how many ratings they committed per modality."""
         with self._read() as con:
             self._owner(con, owner_token)
-            rows = con.execute(
-                "SELECT r.name, r.reader_index, r.created_at, "
-                "sum(g.modality = 'unaided') AS unaided, sum(g.modality = 'aided') AS aided "
-                "FROM readers r LEFT JOIN ratings g ON g.reader_id = r.id "
-                "GROUP BY r.id ORDER BY r.reader_index"
-            ).fetchall()
-        return [{**dict(r), "unaided": r["unaided"] or 0, "aided": r["aided"] or 0} for r in rows]
+            return _reader_rows(con)
+
+    def snapshot(self, owner_token: str) -> Snapshot:
+        """The study file, readers and ratings in one read (the owner's: it holds the truth)."""
+        with self._read() as con:
+            self._owner(con, owner_token)
+            row = con.execute("SELECT study_file, study_json FROM study").fetchone()
+            readers, ratings = _reader_rows(con), _rating_rows(con)
+        source = row["study_file"]
+        study = parse_study(json.loads(row["study_json"]), Path(source).parent, source=source)
+        return Snapshot(study, readers, ratings)
 
     def export_rows(
         self, owner_token: str, score: str = "malignancy", known_truth_only: bool = True
@@ -450,12 +476,27 @@ class StudyStore:
         """Every field of every rating (with reader, truth, order and times) as CSV, atomically."""
         return write_csv(path, self._rating_rows(owner_token), RATING_COLUMNS, _cell)
 
-    def export(self, owner_token: str, out_dir: str | Path, score: str = "malignancy") -> dict:
-        """``ratings.csv`` (every field) and ``scores.csv`` (the long MRMC table) in ``out_dir``."""
+    def export(
+        self,
+        owner_token: str,
+        out_dir: str | Path,
+        score: str = "malignancy",
+        snapshot: Snapshot | None = None,
+    ) -> dict:
+        """``ratings.csv`` (every field) and ``scores.csv`` (the long MRMC table) in ``out_dir``.
+
+        ``snapshot``: write the ratings of that earlier read (the analysis exports exactly the
+        ratings it analyses); by default a new read.
+        """
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         out_dir = Path(out_dir)
-        ratings = self._rating_rows(owner_token)  # one read: both files show the same ratings
+        if snapshot is None:
+            ratings = self._rating_rows(owner_token)  # one read: both files show the same ratings
+        else:
+            with self._read() as con:
+                self._owner(con, owner_token)
+            ratings = snapshot.ratings
         scores = _score_rows(ratings, score, known_truth_only=True)
         paths = {
             "ratings": write_csv(out_dir / "ratings.csv", ratings, RATING_COLUMNS, _cell),
@@ -468,17 +509,7 @@ class StudyStore:
     def _rating_rows(self, owner_token: str) -> list[dict]:
         with self._read() as con:
             self._owner(con, owner_token)
-            rows = con.execute(
-                'SELECT r.name AS reader, r.reader_index, g.case_id AS "case", c.truth, '
-                "g.session, g.modality, g.order_index, s.order_seed, "
-                f"{', '.join('g.' + f for f in CHARACTERISTICS)}, g.confidence, g.lung_rads, "
-                "g.comment, g.model_visible, g.opened_at, g.submitted_at, g.reading_time_s "
-                "FROM ratings g JOIN readers r ON r.id = g.reader_id "
-                "JOIN cases c ON c.id = g.case_id "
-                "JOIN sessions s ON s.reader_id = g.reader_id AND s.session = g.session "
-                "ORDER BY r.reader_index, c.position, g.modality = 'aided'"
-            ).fetchall()
-        return [dict(r) for r in rows]
+            return _rating_rows(con)
 
     # -- reader ------------------------------------------------------------------------------
 
@@ -715,6 +746,30 @@ class StudyStore:
             model_visible=self._visible(modality),
             unaided=unaided,
         )
+
+
+def _reader_rows(con: sqlite3.Connection) -> list[dict]:
+    rows = con.execute(
+        "SELECT r.name, r.reader_index, r.created_at, "
+        "sum(g.modality = 'unaided') AS unaided, sum(g.modality = 'aided') AS aided "
+        "FROM readers r LEFT JOIN ratings g ON g.reader_id = r.id "
+        "GROUP BY r.id ORDER BY r.reader_index"
+    ).fetchall()
+    return [{**dict(r), "unaided": r["unaided"] or 0, "aided": r["aided"] or 0} for r in rows]
+
+
+def _rating_rows(con: sqlite3.Connection) -> list[dict]:
+    rows = con.execute(
+        'SELECT r.name AS reader, r.reader_index, g.case_id AS "case", c.truth, '
+        "g.session, g.modality, g.order_index, s.order_seed, "
+        f"{', '.join('g.' + f for f in CHARACTERISTICS)}, g.confidence, g.lung_rads, "
+        "g.comment, g.model_visible, g.opened_at, g.submitted_at, g.reading_time_s "
+        "FROM ratings g JOIN readers r ON r.id = g.reader_id "
+        "JOIN cases c ON c.id = g.case_id "
+        "JOIN sessions s ON s.reader_id = g.reader_id AND s.session = g.session "
+        "ORDER BY r.reader_index, c.position, g.modality = 'aided'"
+    ).fetchall()
+    return [dict(r) for r in rows]
 
 
 def _score_rows(ratings: list[dict], score: str, known_truth_only: bool) -> list[dict]:

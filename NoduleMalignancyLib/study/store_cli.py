@@ -1,4 +1,6 @@
-"""``nodule-malignancy study create | add-reader | export``: the owner's commands (docs/DESIGN.md §14).
+"""``nodule-malignancy study create | add-reader | export | analyze``: the owner's commands.
+
+See docs/DESIGN.md §14.
 
 The ``study`` group is shared with the analysis commands of ``study/cli.py``: both add their
 sub-commands through :func:`study_commands`, which makes the group once.
@@ -16,7 +18,9 @@ def study_commands(subparsers: argparse._SubParsersAction) -> argparse._SubParse
     """The sub-parsers of the ``study`` group, made on first use (argparse refuses a second)."""
     parser = subparsers.choices.get("study")
     if parser is None:
-        parser = subparsers.add_parser("study", help="reading studies: create, readers, export")
+        parser = subparsers.add_parser(
+            "study", help="reading studies: create, readers, export, analyze"
+        )
         parser.study_commands = parser.add_subparsers(dest="study_command", required=True)
     return parser.study_commands
 
@@ -56,8 +60,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .summary import analyze_study
+
+    try:
+        summary = analyze_study(
+            args.db, args.owner_token, args.out, score=args.score, covariance=args.covariance
+        )
+    except PermissionError as exc:
+        return _refused(exc)
+    part = summary["mrmc"]
+    if part["available"]:
+        print(part["headline"]["main_line"])
+    else:
+        print(f"MRMC not available: {part['reason']}")
+    for left in part["excluded"]:
+        print(f"left out of the MRMC: {left['reader']}: {left['reason']}")
+    print(f"wrote summary.md, summary.json, mrmc.md, mrmc.json and the exports to {args.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``study create``, ``study add-reader`` and ``study export`` to the main CLI."""
+    """Add ``study create``, ``add-reader``, ``export`` and ``analyze`` to the main CLI."""
+    from .mrmc import COVARIANCES
+
     study = study_commands(subparsers)
 
     sp = study.add_parser(
@@ -84,3 +110,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--score", choices=SCORES, default="malignancy", help="scores.csv score column's source"
     )
     sp.set_defaults(func=cmd_export)
+
+    sp = study.add_parser(
+        "analyze", help="exports, per-reader summary, MRMC of aided vs unaided, reader ROCs"
+    )
+    sp.add_argument("--db", required=True)
+    sp.add_argument("--owner-token", required=True)
+    sp.add_argument("--out", required=True, help="output folder (summary.md, mrmc.md, ...)")
+    sp.add_argument(
+        "--score", choices=SCORES, default="malignancy", help="AUROC and MRMC score's source"
+    )
+    sp.add_argument(
+        "--covariance",
+        choices=COVARIANCES,
+        default=COVARIANCES[0],
+        help="AUC covariance over cases: jackknife (default, as the Iowa program) or DeLong",
+    )
+    sp.set_defaults(func=cmd_analyze)
