@@ -51,6 +51,16 @@ PHASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, as each training process here: spinning threads on a busy machine
+    slow the float64 convolutions many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sharding
 
@@ -237,12 +247,9 @@ def test_two_gloo_processes_match_one_process(subset, data_dir, capsys):
     folder, _ = subset
     from NoduleMalignancyLib.cli import main
 
-    threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    try:  # the reference in this process: the CLI's own code, no second interpreter to start
-        assert main(_train_args(folder, data_dir, "one")) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # The reference in this process: the CLI's own code, no second interpreter to start.
+    assert main(_train_args(folder, data_dir, "one")) == 0
     capsys.readouterr()
     t1 = time.perf_counter()
     cli = ["-m", "NoduleMalignancyLib.cli", *_train_args(folder, data_dir, "two")]
