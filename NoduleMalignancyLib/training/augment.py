@@ -236,14 +236,16 @@ def make_batch(
     cfg: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
     train: bool = True,
+    params: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network input (B, C, d, h, w), seg target and validity (B, 1, d, h, w) from canvases.
 
     ``train`` with an enabled config: random transforms and window jitter; otherwise the exact
-    centre crop, no jitter.
+    centre crop, no jitter. ``params`` (one row per sample) are used instead of drawing them: a
+    process training a shard of a batch takes its rows of the whole batch's draw.
     """
     if train and cfg is not None and cfg.enabled:
-        p = random_params(hu.shape[0], cfg, generator)
+        p = params if params is not None else random_params(hu.shape[0], cfg, generator)
         theta = affine_theta(p, voi, hu.shape[-3:])
         h, v, m = warp(hu, valid, mask, theta, voi)
         if cfg.context_shrink_mm > 0:

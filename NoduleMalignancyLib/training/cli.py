@@ -80,26 +80,39 @@ def build_config(args):
 
 
 def cmd_train(args) -> int:
+    """Train; under ``torchrun`` every process joins the process group first (one per GPU)."""
+    from ..core.device import resolve_device
+    from .distributed import init_distributed, shutdown
     from .train import run_training
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = build_config(args)
-    name = args.name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(args.run_dir or Path("runs") / name)
-    print(
-        f"training folds {args.folds or list(range(cfg.k))} into {run_dir}: widths "
-        f"{cfg.network.widths}, {cfg.total_epochs} epochs, batch {cfg.batch_size}, "
-        f"{cfg.threads} threads"
-    )
-    run_training(
-        cfg,
-        args.data,
-        run_dir,
-        folds_to_train=args.folds,
-        resume=args.resume,
-        export_to=args.export_to,
-        folds_file=args.folds_file,
-        cache=args.cache_dir,
-        limit=args.limit,
-    )
+    dist = init_distributed(resolve_device(cfg.device))
+    try:
+        logging.basicConfig(
+            level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s"
+        )
+        # A run named by the clock would differ between ranks started a second apart.
+        name = dist.broadcast(args.name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+        run_dir = Path(args.run_dir or Path("runs") / name)
+        if dist.is_main:
+            processes = f", {dist.world} processes" if dist.enabled else ""
+            print(
+                f"training folds {args.folds or list(range(cfg.k))} into {run_dir}: widths "
+                f"{cfg.network.widths}, {cfg.total_epochs} epochs, batch {cfg.batch_size}, "
+                f"{cfg.threads} threads{processes}"
+            )
+        run_training(
+            cfg,
+            args.data,
+            run_dir,
+            folds_to_train=args.folds,
+            resume=args.resume,
+            export_to=args.export_to,
+            folds_file=args.folds_file,
+            cache=args.cache_dir,
+            limit=args.limit,
+            dist=dist,
+        )
+    finally:
+        shutdown(dist)
     return 0

@@ -48,11 +48,55 @@ class LossWeights:
         return cls(**dict(w))
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over entries where mask is set (weights if float); 0 (with a graph) if none are."""
+@dataclass(frozen=True)
+class Normalisers:
+    """Denominators of the loss's means, taken over the global batch of several processes.
+
+    Each is the global count divided by the number of processes: DDP averages the ranks'
+    gradients, so a rank's sum over its shard divided by these gives exactly the gradient of the
+    mean over the whole batch, even when shards hold different numbers of valid targets
+    (docs/DESIGN.md §13). ``samples``: items; ``attributes``: valid attribute targets;
+    ``seg_voxels``: the summed voxel weights of the segmentation loss.
+    """
+
+    samples: float
+    attributes: float
+    seg_voxels: float
+
+    @classmethod
+    def from_counts(cls, counts: torch.Tensor, world: int) -> Normalisers:
+        """From the (all-reduced) :func:`loss_counts`; clamped at 1 like the local means."""
+        n, a, v = (max(float(c), 1.0) / world for c in counts.tolist())
+        return cls(n, a, v)
+
+
+def loss_counts(targets: Mapping) -> torch.Tensor:
+    """This shard's (items, valid attribute targets, seg voxel weight), float64 on CPU."""
+    n = targets["attributes"].shape[0]
+    mask = targets.get("attribute_mask")
+    a = float(mask.sum()) if mask is not None else float(targets["attributes"].numel())
+    valid = targets.get("valid")
+    if "seg" not in targets:
+        v = 0.0
+    elif valid is not None:
+        v = float(valid.double().sum())
+    else:
+        v = float(targets["seg"].numel())
+    return torch.tensor([n, a, v], dtype=torch.float64)
+
+
+def _masked_mean(
+    values: torch.Tensor, mask: torch.Tensor | None, denominator: float | None = None
+) -> torch.Tensor:
+    """Mean over entries where mask is set (weights if float); 0 (with a graph) if none are.
+
+    ``denominator`` replaces the local count (a global one, see :class:`Normalisers`).
+    """
     if mask is None:
-        return values.mean()
+        return values.mean() if denominator is None else values.sum() / denominator
     m = mask.to(values.dtype).expand_as(values)
+    if denominator is not None:
+        return (values * m).sum() / denominator
     return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
@@ -62,13 +106,15 @@ def soft_focal_loss(
     gamma: float = 2.0,
     mask: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> torch.Tensor:
     """Binary focal loss with soft targets t in [0, 1]: BCE(p, t) * |t - p|^gamma, masked mean.
 
     The |t - p| modulation is the usual generalisation to soft labels: it is zero exactly when the
     prediction equals the (mean reader) target, so the minimum stays at p = t, and gamma = 0 gives
     plain BCE. ``mask`` (bool or float, broadcastable) drops missing labels; ``weight``
-    (broadcastable, e.g. per attribute) scales entries without changing the normaliser.
+    (broadcastable, e.g. per attribute) scales entries without changing the normaliser;
+    ``denominator`` replaces the local count of entries.
     """
     targets = targets.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -76,7 +122,7 @@ def soft_focal_loss(
         bce = bce * (targets - torch.sigmoid(logits)).abs().pow(gamma)
     if weight is not None:
         bce = bce * weight.to(logits.dtype)
-    return _masked_mean(bce, mask)
+    return _masked_mean(bce, mask, denominator)
 
 
 def dice_loss(
@@ -84,11 +130,13 @@ def dice_loss(
     mask: torch.Tensor,
     weight: torch.Tensor | None = None,
     smooth: float = 1.0,
+    samples: float | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss, 1 - mean over samples of (2|P.M| + s) / (|P| + |M| + s).
 
     ``weight`` (e.g. the validity channel) excludes voxels outside the real crop. The smoothing
-    term makes an empty mask with an empty prediction a perfect score, not 0/0.
+    term makes an empty mask with an empty prediction a perfect score, not 0/0. ``samples``
+    replaces the local number of samples (a global count, :class:`Normalisers`).
     """
     p = torch.sigmoid(seg_logits)
     m = mask.to(p.dtype)
@@ -98,7 +146,10 @@ def dice_loss(
     dims = tuple(range(1, p.dim()))
     inter = (p * m).sum(dims)
     denom = p.sum(dims) + m.sum(dims)
-    return 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
+    score = (2.0 * inter + smooth) / (denom + smooth)
+    if samples is not None:
+        return (1.0 - score).sum() / samples
+    return 1.0 - score.mean()
 
 
 def segmentation_loss(
@@ -106,34 +157,43 @@ def segmentation_loss(
     mask: torch.Tensor,
     weight: torch.Tensor | None = None,
     focal_gamma: float = 0.0,
+    norm: Normalisers | None = None,
 ) -> torch.Tensor:
     """Dice + BCE (focal with ``focal_gamma`` > 0), both restricted by the per-voxel ``weight``."""
-    return dice_loss(seg_logits, mask, weight) + soft_focal_loss(
-        seg_logits, mask, gamma=focal_gamma, mask=weight
+    samples = None if norm is None else norm.samples
+    voxels = None if norm is None else norm.seg_voxels
+    return dice_loss(seg_logits, mask, weight, samples=samples) + soft_focal_loss(
+        seg_logits, mask, gamma=focal_gamma, mask=weight, denominator=voxels
     )
 
 
-def gate_entropy(gates: Sequence[torch.Tensor]) -> torch.Tensor:
+def gate_entropy(gates: Sequence[torch.Tensor], samples: float | None = None) -> torch.Tensor:
     """Mean binary entropy (nats) of the gate maps, each scale weighted equally.
 
     Per-scale means are averaged so the coarse scale (few voxels) counts as much as the fine one.
+    ``samples`` replaces the local number of samples (a global count, :class:`Normalisers`).
     """
     parts = []
     for g in gates:
         g = g.clamp(1e-7, 1.0 - 1e-7)
-        parts.append(-(g * torch.log(g) + (1.0 - g) * torch.log1p(-g)).mean())
+        h = -(g * torch.log(g) + (1.0 - g) * torch.log1p(-g))
+        parts.append(h.mean() if samples is None else h.sum() / (samples * h[0].numel()))
     return torch.stack(parts).mean()
 
 
 def multitask_loss(
-    outputs: Mapping, targets: Mapping, weights: LossWeights | Mapping | None = None
+    outputs: Mapping,
+    targets: Mapping,
+    weights: LossWeights | Mapping | None = None,
+    norm: Normalisers | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total training loss and its parts (floats, for logging).
 
     ``outputs`` is the network's dict. ``targets``: "attributes" (B, A) in [0, 1],
     "attribute_mask" (B, A) bool (optional: all present), "seg" (B, 1, D, H, W) and "valid"
     (B, 1, D, H, W) (both optional: no segmentation loss without "seg"; all voxels count without
-    "valid").
+    "valid"). ``norm``: global denominators when the batch is one process's shard (without it
+    every mean is over this batch).
     """
     w = LossWeights.from_any(weights)
     bag = outputs["bag_logits"]
@@ -143,7 +203,9 @@ def multitask_loss(
     if w.attribute_weights is not None:
         attr_w = torch.as_tensor(w.attribute_weights, dtype=bag.dtype, device=bag.device)
 
-    l_attr = soft_focal_loss(bag, t, w.focal_gamma, mask, attr_w)
+    l_attr = soft_focal_loss(
+        bag, t, w.focal_gamma, mask, attr_w, None if norm is None else norm.attributes
+    )
     scale_logits = outputs["scale_logits"]  # (B, S, A): broadcast targets over scales
     l_scale = soft_focal_loss(
         scale_logits,
@@ -151,11 +213,14 @@ def multitask_loss(
         w.focal_gamma,
         None if mask is None else mask[:, None, :],
         attr_w,
+        None if norm is None else norm.attributes * scale_logits.shape[1],
     )
-    l_gate = gate_entropy(outputs["gates"])
+    l_gate = gate_entropy(outputs["gates"], None if norm is None else norm.samples)
     zero = bag.sum() * 0.0
     if "seg" in targets and "seg_logits" in outputs:
-        l_seg = segmentation_loss(outputs["seg_logits"], targets["seg"], targets.get("valid"))
+        l_seg = segmentation_loss(
+            outputs["seg_logits"], targets["seg"], targets.get("valid"), norm=norm
+        )
     else:
         l_seg = zero
 

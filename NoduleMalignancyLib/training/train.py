@@ -35,9 +35,10 @@ from ..core.measurements import component_at_center, measure_nodule
 from ..core.metrics import auroc, dice, mae_1to5
 from ..core.network import build_network
 from ..core.settings import git_commit
-from .augment import AugmentConfig, center_crop, make_batch
+from .augment import AugmentConfig, center_crop, make_batch, random_params
 from .dataset import DEFAULT_CANVAS_ZYX, TrainingData, load_training_data
-from .losses import LossWeights, multitask_loss
+from .distributed import SINGLE, DistContext, check_batch_size, shard_rows, wrap_model
+from .losses import LossWeights, Normalisers, loss_counts, multitask_loss
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,29 @@ class Batcher:
         self.targets = torch.from_numpy(np.nan_to_num(t, nan=0.0)).float()
         self.target_mask = torch.from_numpy(np.isfinite(t))
 
-    def batch(self, idx, augment: AugmentConfig | None, generator=None, train=True) -> dict:
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    def batch(
+        self, idx, augment: AugmentConfig | None, generator=None, train=True, rows=None
+    ) -> dict:
+        """The batch of nodules ``idx``, or only its ``rows`` (a process's shard): the random
+        transforms are drawn for the whole batch either way, so a row is augmented the same in
+        both (docs/DESIGN.md §13)."""
+        idx = np.asarray(idx)
+        params = None
+        if rows is not None:
+            if train and augment is not None and augment.enabled:
+                drawn = random_params(len(idx), augment, generator)
+                params = {k: v[rows] for k, v in drawn.items()}
+            idx = idx[np.asarray(rows, dtype=int)]
+        idx = torch.as_tensor(idx, dtype=torch.long)
         x, seg, valid = make_batch(
-            self.hu[idx], self.valid[idx], self.mask[idx], self.voi, augment, generator, train
+            self.hu[idx],
+            self.valid[idx],
+            self.mask[idx],
+            self.voi,
+            augment,
+            generator,
+            train,
+            params,
         )
         weight = valid * self.has_mask[idx].view(-1, 1, 1, 1, 1)
         dev = self.device
@@ -381,6 +401,61 @@ def _epoch_order(n: int, labels: np.ndarray, balanced: bool, gen: torch.Generato
     return torch.multinomial(torch.as_tensor(w), n, replacement=True, generator=gen)
 
 
+def _silent(_: str) -> None:
+    """The echo of ranks other than 0 (one log per run)."""
+
+
+def _global_parts(parts: dict[str, float], share: float, dist: DistContext) -> dict[str, float]:
+    """The loss parts of the whole batch: each rank's part is its shard's share times world."""
+    keys = list(parts)
+    values = torch.tensor([parts[k] * share for k in keys], dtype=torch.float64)
+    summed = dist.all_reduce_sum(values).tolist()
+    return {k: v / dist.world for k, v in zip(keys, summed, strict=True)}
+
+
+def _train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batcher: Batcher,
+    idx: np.ndarray,
+    phase: PhaseConfig,
+    active: torch.Tensor,
+    weights: LossWeights,
+    gen: torch.Generator,
+    cfg: TrainConfig,
+    dist: DistContext,
+) -> dict[str, float]:
+    """One optimiser step on the global batch ``idx``; the loss parts of the whole batch.
+
+    Under torchrun this process computes only its rows of the batch; the loss's denominators
+    are the global ones, so DDP's gradient average is the full-batch gradient (docs/DESIGN.md
+    §13).
+    """
+    rows, share = shard_rows(len(idx), dist.rank, dist.world) if dist.enabled else (None, 1.0)
+    b = batcher.batch(idx, cfg.augment, gen, train=True, rows=rows)
+    b["attribute_mask"] = b["attribute_mask"] & active
+    if not phase.segmentation:
+        b.pop("seg")
+    norm = None
+    if dist.enabled:
+        norm = Normalisers.from_counts(dist.all_reduce_sum(loss_counts(b) * share), dist.world)
+    device = batcher.device
+    with torch.autocast(device.type, enabled=device.type == "cuda", dtype=torch.float16):
+        out = net(b["x"], with_seg=phase.segmentation)
+    out = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in out.items()}
+    loss, parts = multitask_loss(out, b, weights, norm)
+    if share != 1.0:  # a rank without rows joins the all-reduce with a zero gradient
+        loss = loss * share
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return _global_parts(parts, share, dist) if dist.enabled else parts
+
+
 def train_fold(
     fold: int,
     config: TrainConfig,
@@ -390,23 +465,30 @@ def train_fold(
     folds: dict[str, int] | None = None,
     phase_data: dict[str, TrainingData] | None = None,
     echo: Callable[[str], None] = print,
+    dist: DistContext = SINGLE,
 ) -> dict:
     """Train fold ``fold`` into ``<out_dir>/fold<k>``; returns its summary.
 
     Resumes from the checkpoint of the last finished epoch when ``resume`` (a finished fold is
     not retrained). Writes history.csv every epoch and oof.csv, best.pt, summary.json at the end.
+    Under torchrun (``dist``) every rank trains its shard of each batch and only rank 0
+    validates and writes (docs/DESIGN.md §13).
     """
     cfg = config
+    check_batch_size(cfg.batch_size, dist.world)
+    echo = echo if dist.is_main else _silent
     fold_dir = Path(out_dir) / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     folds = folds if folds is not None else load_folds(DEFAULT_FOLDS_FILE)
     phase_data = phase_data or {}
     torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    device = dist.device(resolve_device(cfg.device))
     ckpt_path = fold_dir / CHECKPOINT
-    if not (resume and ckpt_path.is_file() and (fold_dir / CONFIG).is_file()):
+    dist.barrier()  # every rank sees the same files when it decides whether to resume
+    fresh = not (resume and ckpt_path.is_file() and (fold_dir / CONFIG).is_file())
+    if fresh and dist.is_main:
         # Provenance of the run that trains the fold; a resumed or finished fold keeps its own.
-        _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold))
+        _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold, processes=dist.world))
 
     val_idx = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold], int)
     val_batcher = Batcher(data, cfg.voi, device, cfg.channels_last)
@@ -423,6 +505,7 @@ def train_fold(
     state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": -1}
     best_state = None
     optimizer, opt_phase, elapsed = None, -1, 0.0
+    net, net_phase = model, -1
 
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -447,7 +530,9 @@ def train_fold(
         if state["epoch"] >= len(schedule) and (fold_dir / OOF).is_file():
             if (fold_dir / BEST).is_file() and (fold_dir / SUMMARY).is_file():
                 echo(f"fold {fold}: already finished")
-                refresh_oof(fold_dir, cfg, val_batcher, data, val_idx, fold, echo)
+                if dist.is_main:
+                    refresh_oof(fold_dir, cfg, val_batcher, data, val_idx, fold, echo)
+                dist.barrier()
                 return json.loads((fold_dir / SUMMARY).read_text())
 
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -456,6 +541,8 @@ def train_fold(
         phase = cfg.phases[p_idx]
         if optimizer is None or opt_phase != p_idx:
             optimizer, opt_phase = _make_optimizer(model, phase, cfg), p_idx
+        if net_phase != p_idx:  # DDP records the trained parameters when it is built
+            net, net_phase = wrap_model(model, dist, device, not phase.segmentation), p_idx
         weights = LossWeights.from_any({**cfg.loss, **phase.loss_weights})
         active = _phase_mask(phase).to(device)
         src, train_idx = _train_indices_for_phase(phase, fold, data, folds, phase_data)
@@ -465,7 +552,7 @@ def train_fold(
         steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
         total_steps = steps * phase.epochs
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         order = _epoch_order(len(train_idx), src.labels[train_idx], cfg.balanced_sampling, gen)
         sums: dict[str, float] = {}
         seen = 0
@@ -474,25 +561,9 @@ def train_fold(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = train_idx[order[s * cfg.batch_size : (s + 1) * cfg.batch_size].numpy()]
-            b = batcher.batch(idx, cfg.augment, gen, train=True)
-            b["attribute_mask"] = b["attribute_mask"] & active
-            if not phase.segmentation:
-                b.pop("seg")
-            with torch.autocast(device.type, enabled=device.type == "cuda", dtype=torch.float16):
-                out = model(b["x"], with_seg=phase.segmentation)
-            out = {
-                k: (v.float() if torch.is_tensor(v) else [t.float() for t in v])
-                for k, v in out.items()
-            }
-            loss, parts = multitask_loss(out, b, weights)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+            parts = _train_step(
+                net, optimizer, scaler, batcher, idx, phase, active, weights, gen, cfg, dist
             )
-            scaler.step(optimizer)
-            scaler.update()
             ema.update(model)
             n = len(idx)
             seen += n
@@ -501,12 +572,12 @@ def train_fold(
         train_s = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        if len(val_idx):
-            pred = predict(ema.model, val_batcher, val_idx, cfg.eval_batch_size)
-            metrics = validation_metrics(pred, data, val_idx)
-        else:
-            metrics = dict.fromkeys(("val_auroc", "val_mae", "val_dice", "val_loss"), math.nan)
+        metrics = None
+        if dist.is_main:  # the other ranks wait in the broadcast
+            metrics = _validate(ema.model, val_batcher, data, val_idx, cfg)
         val_s = time.perf_counter() - t1
+        # Rank 0's numbers everywhere: every rank then makes the same selection.
+        metrics, train_s, val_s = dist.broadcast((metrics, train_s, val_s))
         row = {
             "epoch": epoch + 1,
             "phase": phase.name,
@@ -526,6 +597,8 @@ def train_fold(
         row["best_epoch"] = state["best_epoch"]
         state["epoch"] = epoch + 1
         elapsed += train_s + val_s
+        if not dist.is_main:
+            continue
         _atomic_save(
             {
                 "model": model.state_dict(),
@@ -552,13 +625,47 @@ def train_fold(
 
     if best_state is None:
         best_state = _state_copy(ema.model)
+    summary = None
+    if dist.is_main:
+        summary = _finish_fold(
+            fold_dir, fold, cfg, best_state, val_batcher, data, val_idx, state, elapsed
+        )
+        echo(
+            f"fold {fold} done: best epoch {summary['best_epoch']}, OOF AUROC "
+            f"{summary['oof_auroc']:.3f}, {elapsed / 60:.1f} min"
+        )
+    return dist.broadcast(summary)
+
+
+def _validate(
+    model: torch.nn.Module, batcher: Batcher, data: TrainingData, val_idx: np.ndarray, cfg
+) -> dict:
+    """Validation metrics of the EMA weights on the held-out fold (NaN when it is empty)."""
+    if len(val_idx):
+        pred = predict(model, batcher, val_idx, cfg.eval_batch_size)
+        return validation_metrics(pred, data, val_idx)
+    return dict.fromkeys(("val_auroc", "val_mae", "val_dice", "val_loss"), math.nan)
+
+
+def _finish_fold(
+    fold_dir: Path,
+    fold: int,
+    cfg: TrainConfig,
+    best_state: dict,
+    val_batcher: Batcher,
+    data: TrainingData,
+    val_idx: np.ndarray,
+    state: dict,
+    elapsed: float,
+) -> dict:
+    """best.pt, oof.csv and summary.json of a trained fold; returns the summary."""
     torch.save(best_state, fold_dir / BEST)
-    final = _new_model(cfg, device)
+    final = _new_model(cfg, val_batcher.device)
     final.load_state_dict(best_state)
     oof_rows = write_oof(final, val_batcher, data, val_idx, fold, fold_dir / OOF, cfg)
     summary = {
         "fold": fold,
-        "epochs": len(schedule),
+        "epochs": cfg.total_epochs,
         "best_epoch": state["best_epoch"],
         "best_score": state["best_score"],
         "train_seconds": elapsed,
@@ -568,10 +675,6 @@ def train_fold(
         **oof_metrics(oof_rows),
     }
     _write_json(fold_dir / SUMMARY, summary)
-    echo(
-        f"fold {fold} done: best epoch {summary['best_epoch']}, OOF AUROC "
-        f"{summary['oof_auroc']:.3f}, {elapsed / 60:.1f} min"
-    )
     return summary
 
 
@@ -742,32 +845,71 @@ def run_training(
     cache: str | os.PathLike | None = None,
     limit: int | None = None,
     echo: Callable[[str], None] = print,
+    dist: DistContext = SINGLE,
 ) -> dict:
-    """Cache, folds file, every requested fold, then (optionally) the ensemble export."""
+    """Cache, folds file, every requested fold, then (optionally) the ensemble export.
+
+    Under torchrun (``dist``) rank 0 creates the folds file and the cache before the other
+    ranks read them, and alone writes the run's files (docs/DESIGN.md §13).
+    """
     from ..core.folds import ensure_folds
     from .dataset import load_records
 
+    check_batch_size(config.batch_size, dist.world)
+    echo = echo if dist.is_main else _silent
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(config.threads))
     all_records = load_records(data)
-    folds = ensure_folds(
-        [r.patient_id for r in all_records],
-        [r.malignancy_mean for r in all_records],
-        folds_file,
-        config.k,
+    folds = dist.main_first(
+        lambda: ensure_folds(
+            [r.patient_id for r in all_records],
+            [r.malignancy_mean for r in all_records],
+            folds_file,
+            config.k,
+        )
     )
     t0 = time.perf_counter()
-    td = load_training_data(data, config.voi, config.canvas_zyx, cache, limit=limit)
+    td = dist.main_first(
+        lambda: load_training_data(data, config.voi, config.canvas_zyx, cache, limit=limit)
+    )
     echo(
         f"data: {len(td)} nodules, cache {'hit' if td.meta.get('cache_hit') else 'built'} "
         f"in {time.perf_counter() - t0:.1f} s (build time {td.build_seconds:.1f} s)"
     )
-    phase_data = {
-        ph.data: load_training_data(ph.data, config.voi, config.canvas_zyx, cache)
-        for ph in config.phases
-        if ph.data is not None
-    }
+    phase_data = dist.main_first(
+        lambda: {
+            ph.data: load_training_data(ph.data, config.voi, config.canvas_zyx, cache)
+            for ph in config.phases
+            if ph.data is not None
+        }
+    )
+    if dist.is_main:
+        _write_run_config(run_dir, config, td, data, folds_file, folds_to_train, resume, dist)
+    summaries = []
+    for k in folds_to_train if folds_to_train is not None else range(config.k):
+        summaries.append(
+            train_fold(k, config, td, run_dir, resume, folds, phase_data, echo=echo, dist=dist)
+        )
+    result = None
+    if dist.is_main:
+        result = {"folds": summaries, "oof_rows": len(pool_oof(run_dir))}
+        if export_to is not None:
+            result["manifest"] = export_ensemble(run_dir, export_to, echo=echo)
+    return dist.broadcast(result)
+
+
+def _write_run_config(
+    run_dir: Path,
+    config: TrainConfig,
+    td: TrainingData,
+    data,
+    folds_file,
+    folds_to_train: Sequence[int] | None,
+    resume: bool,
+    dist: DistContext,
+) -> None:
+    """The run's ``config.json``: settings, data hash, folds file and commit (provenance)."""
     info = _run_info(
         config,
         td,
@@ -775,6 +917,7 @@ def run_training(
         folds_file=str(folds_file),
         folds_sha256=folds_sha256(folds_file),
         folds=list(folds_to_train if folds_to_train is not None else range(config.k)),
+        processes=dist.world,
     )
     if resume and (run_dir / CONFIG).is_file():
         # Keep the provenance of the run that trained the existing folds (commit, date); only
@@ -782,13 +925,6 @@ def run_training(
         earlier = json.loads((run_dir / CONFIG).read_text())
         info = earlier | {"folds": sorted(set(earlier.get("folds", [])) | set(info["folds"]))}
     _write_json(run_dir / CONFIG, info)
-    summaries = []
-    for k in folds_to_train if folds_to_train is not None else range(config.k):
-        summaries.append(train_fold(k, config, td, run_dir, resume, folds, phase_data, echo=echo))
-    result = {"folds": summaries, "oof_rows": len(pool_oof(run_dir))}
-    if export_to is not None:
-        result["manifest"] = export_ensemble(run_dir, export_to, echo=echo)
-    return result
 
 
 def _read_oof(path: Path) -> list[dict]:
