@@ -239,11 +239,15 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if update.output is not None:
             self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
             r = update.output.results[-1]
-            self.ui.statusLabel.text = _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
-                label=update.output.points[-1].label,
-                p=100 * r.malignancy_probability,
-                sd=100 * r.malignancy_sd,
-            ) + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
+            self.ui.statusLabel.text = (
+                _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
+                    label=update.output.points[-1].label,
+                    p=100 * r.malignancy_probability,
+                    sd=100 * r.malignancy_sd,
+                )
+                + (f"\n{r.lung_rads.wording}" if r.lung_rads else "")
+                + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
+            )
         elif update.cancelled:
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
         elif isinstance(update.error, InputError):

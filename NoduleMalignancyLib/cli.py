@@ -66,6 +66,8 @@ def _print_result(result) -> None:
         f"  calcification p={result.calcification_probability:.2f}, "
         f"internal structure (non soft tissue) p={result.internal_structure_probability:.2f}"
     )
+    if result.lung_rads is not None:
+        print(f"  {result.lung_rads.wording}")
     for warning in result.warnings:
         print(f"  warning {warning.code}: {warning.message}")
 
@@ -109,6 +111,9 @@ PREDICT_COLUMNS = (
     "malignancy_mil_logit",
     "malignancy_logit",
     *(f"malignancy_logit_{part}" for part in PARTS),
+    # Suggested Lung-RADS v2022 baseline category and its solid component (docs/DESIGN.md §16).
+    "lung_rads",
+    "lung_rads_solid_mean_diameter_mm",
     "warnings",  # scope warning codes, ";"-separated (core/validation.py)
     "error",
 )
@@ -173,6 +178,8 @@ def cmd_predict(args) -> int:
                         f"malignancy_logit_{part}": f"{value:.5f}"
                         for part, value in r.explanation.parts.items()
                     },
+                    lung_rads=r.lung_rads.category,
+                    lung_rads_solid_mean_diameter_mm=f"{r.lung_rads.solid_mean_diameter_mm:.1f}",
                     warnings=";".join(w.code for w in r.warnings),
                 )
                 if args.masks_dir:
