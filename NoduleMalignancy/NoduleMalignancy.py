@@ -151,6 +151,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.evidenceScaleComboBox.connect(
             "currentTextChanged(QString)", lambda text: self._show(scale=text)
         )
@@ -239,11 +240,15 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if update.output is not None:
             self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
             r = update.output.results[-1]
-            self.ui.statusLabel.text = _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
-                label=update.output.points[-1].label,
-                p=100 * r.malignancy_probability,
-                sd=100 * r.malignancy_sd,
-            ) + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
+            self.ui.statusLabel.text = (
+                _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
+                    label=update.output.points[-1].label,
+                    p=100 * r.malignancy_probability,
+                    sd=100 * r.malignancy_sd,
+                )
+                + (f"\n{r.lung_rads.wording}" if r.lung_rads else "")
+                + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
+            )
         elif update.cancelled:
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
         elif isinstance(update.error, InputError):
@@ -302,6 +307,33 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Wrote {n} files to {folder}").format(
                 n=len(files), folder=folder
             )
+
+    def onExportDicom(self):
+        """DICOM SEG + SR: the volume's DICOM instances when it came from the DICOM database,
+        else a series folder the user picks (a volume loaded from a file has no DICOM source)."""
+        if self.logic is None:
+            return
+        series = self._dicomFilesOfVolume() or qt.QFileDialog.getExistingDirectory(
+            None, _("DICOM series the CT was loaded from")
+        )
+        folder = series and qt.QFileDialog.getExistingDirectory(
+            None, _("Write DICOM SEG and SR to")
+        )
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("DICOM export failed."), waitCursor=True):
+            files = self.logic.exportDicom(folder, series)
+            self.ui.statusLabel.text = _("Wrote {seg} and {sr}").format(
+                seg=files["seg"].name, sr=files["sr"].name
+            )
+
+    def _dicomFilesOfVolume(self):
+        volume = self.ui.inputVolumeSelector.currentNode()
+        uids = volume.GetAttribute("DICOM.instanceUIDs") if volume is not None else None
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        return [f for f in (database.fileForInstance(uid) for uid in uids.split()) if f] or None
 
 
 #

@@ -34,6 +34,26 @@ def _load_image(path):
     return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
 
 
+def _load_dicom_image(path):
+    """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
+    import SimpleITK as sitk
+
+    from .files.samples import read_ct_with_dicom
+
+    image, datasets = read_ct_with_dicom(path)
+    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), datasets
+
+
+def _check_dicom_source(path) -> None:
+    from .files.samples import is_dicom_source
+
+    if not is_dicom_source(path):
+        raise ValueError(
+            f"--dicom-out needs a DICOM CT (a series folder, a .dcm file or a .tar.gz of a "
+            f"series): {path} is not DICOM, so there are no source instances to reference"
+        )
+
+
 def _ensemble(args):
     from .core.ensemble import Ensemble
 
@@ -44,11 +64,22 @@ def cmd_analyze(args) -> int:
     from .core.analysis import analyze_point
     from .files.outputs import write_analysis
 
-    array, geometry = _load_image(args.ct)
+    if args.dicom_out:
+        _check_dicom_source(args.ct)
+        array, geometry, datasets = _load_dicom_image(args.ct)
+    else:
+        array, geometry = _load_image(args.ct)
     point = ras_to_lps(args.point) if args.frame == "ras" else args.point
     ensemble = _ensemble(args)
     result = analyze_point(array, geometry, point, ensemble)
     files = write_analysis(result, array, geometry, Path(args.out), ensemble.manifest.voi)
+    if args.dicom_out:
+        from .files.dicom_outputs import write_dicom_outputs
+
+        dicom = write_dicom_outputs(
+            datasets, geometry, [_full_mask(result, geometry)], [result], args.dicom_out
+        )
+        print(f"wrote DICOM SEG {dicom['seg']} and SR {dicom['sr']}")
     _print_result(result)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
@@ -66,6 +97,8 @@ def _print_result(result) -> None:
         f"  calcification p={result.calcification_probability:.2f}, "
         f"internal structure (non soft tissue) p={result.internal_structure_probability:.2f}"
     )
+    if result.lung_rads is not None:
+        print(f"  {result.lung_rads.wording}")
     for warning in result.warnings:
         print(f"  warning {warning.code}: {warning.message}")
 
@@ -109,6 +142,9 @@ PREDICT_COLUMNS = (
     "malignancy_mil_logit",
     "malignancy_logit",
     *(f"malignancy_logit_{part}" for part in PARTS),
+    # Suggested Lung-RADS v2022 baseline category and its solid component (docs/DESIGN.md §16).
+    "lung_rads",
+    "lung_rads_solid_mean_diameter_mm",
     "warnings",  # scope warning codes, ";"-separated (core/validation.py)
     "error",
 )
@@ -143,8 +179,13 @@ def cmd_predict(args) -> int:
     results: dict[int, dict] = {}
     done = 0
     for image_path, indices in by_image.items():  # each image read once
+        # DICOM headers and (id, result, mask) of the image, for --dicom-out
+        datasets, dicom, geometry = None, [], None
         try:
-            array, geometry = _load_image(image_path)
+            if args.dicom_out:
+                array, geometry, datasets = _load_dicom_image(image_path)
+            else:
+                array, geometry = _load_image(image_path)
             load_error = None
         except Exception as exc:
             load_error = f"cannot read image: {exc}"
@@ -155,7 +196,8 @@ def cmd_predict(args) -> int:
                 if load_error:
                     raise ValueError(load_error)
                 point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
-                r = analyze_point(array, geometry, point, ensemble, map_to_ct=bool(args.masks_dir))
+                map_to_ct = bool(args.masks_dir or datasets)
+                r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
                 rec.update(
                     malignancy_probability=f"{r.malignancy_probability:.6f}",
                     malignancy_sd=f"{r.malignancy_sd:.6f}",
@@ -173,6 +215,8 @@ def cmd_predict(args) -> int:
                         f"malignancy_logit_{part}": f"{value:.5f}"
                         for part, value in r.explanation.parts.items()
                     },
+                    lung_rads=r.lung_rads.category,
+                    lung_rads_solid_mean_diameter_mm=f"{r.lung_rads.solid_mean_diameter_mm:.1f}",
                     warnings=";".join(w.code for w in r.warnings),
                 )
                 if args.masks_dir:
@@ -181,6 +225,8 @@ def cmd_predict(args) -> int:
                         geometry,
                         Path(args.masks_dir) / f"{row['id']}.nii.gz",
                     )
+                if datasets:
+                    dicom.append((row["id"], r, _full_mask(r, geometry)))
                 scored += 1
             except RefusedError as exc:
                 rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
@@ -189,9 +235,29 @@ def cmd_predict(args) -> int:
             results[i] = rec
             done += 1
             _progress(done, len(rows), start)
+        _write_predict_dicom(args.dicom_out, image_path, datasets, geometry, dicom, load_error)
     write_csv(args.out, [results[i] for i in range(len(rows))], PREDICT_COLUMNS)
     print(f"scored {scored}/{len(rows)} rows -> {args.out}")
     return 0 if scored or not rows else 1
+
+
+def _write_predict_dicom(folder, image_path, datasets, geometry, dicom, load_error) -> None:
+    """One SEG + SR per DICOM CT of a manifest, in ``<folder>/<series instance UID>/``."""
+    if not folder or load_error:
+        return
+    if datasets is None:
+        print(f"note: {image_path} is not DICOM: no DICOM SEG / SR for it", file=sys.stderr)
+        return
+    if not dicom:
+        return
+    from .files.dicom_outputs import write_dicom_outputs
+
+    ids, found, masks = zip(*dicom, strict=True)
+    out = Path(folder) / str(datasets[0].SeriesInstanceUID)
+    try:  # the rows are scored either way: one CT's DICOM failing does not stop the run
+        write_dicom_outputs(datasets, geometry, list(masks), list(found), out, labels=list(ids))
+    except Exception as exc:
+        print(f"error: DICOM SEG / SR for {image_path}: {exc}", file=sys.stderr)
 
 
 def _full_mask(result, geometry: ImageGeometry) -> np.ndarray:
@@ -223,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--point", required=True, type=_point, help="X,Y,Z in mm")
     sp.add_argument("--frame", choices=("lps", "ras"), default="lps", help="frame of --point")
     sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument(
+        "--dicom-out", default=None, help="also write DICOM SEG + SR (seg.dcm, sr.dcm) here"
+    )
     common(sp)
     sp.set_defaults(func=cmd_analyze)
 
@@ -230,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--manifest", required=True)
     sp.add_argument("--out", required=True, help="predictions CSV")
     sp.add_argument("--masks-dir", default=None, help="write <id>.nii.gz masks here")
+    sp.add_argument(
+        "--dicom-out", default=None, help="DICOM SEG + SR per DICOM CT: <dir>/<series UID>/"
+    )
     common(sp)
     sp.set_defaults(func=cmd_predict)
 

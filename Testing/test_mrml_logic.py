@@ -143,6 +143,7 @@ def test_ui_file_has_the_widgets_the_module_uses():
         "evidenceScaleComboBox": "QComboBox",
         "opacitySliderWidget": "ctkSliderWidget",
         "exportButton": "QPushButton",
+        "exportDicomButton": "QPushButton",
     }
     for name, cls in expected.items():
         assert widgets.get(name) == cls, name

@@ -25,6 +25,8 @@ from .fusion import (
 )
 from .gates import gate_health
 from .geometry import ImageGeometry
+from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
+from .lung_rads import texture_class as texture_class_of
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
 from .validation import Finding, check_image, check_point, check_result
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
@@ -75,6 +77,8 @@ class NoduleResult:
     evidence_ct: dict[str, np.ndarray] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     context_passes: int = 1  # network passes the context policy needed (1 with a given context)
+    # Suggested Lung-RADS v2022 baseline category with its inputs (docs/DESIGN.md §16).
+    lung_rads: LungRadsSuggestion | None = None
 
     @property
     def wording(self) -> dict[str, str]:
@@ -97,6 +101,7 @@ class NoduleResult:
             "calcification_probability": self.calcification_probability,
             "internal_structure_probability": self.internal_structure_probability,
             **{f: getattr(self, f) for f in MEASURED_FIELDS},
+            "lung_rads": self.lung_rads.to_dict() if self.lung_rads else None,
             "model_version": self.model_version,
             "context_passes": self.context_passes,
             "timings_s": self.timings_s,
@@ -234,13 +239,25 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
             [c[:, 0] for c in out.contributions], MALIGNANCY, cfg.shape_zyx, voxel_mm3
         ).items()
     }
+    scores = {a: score_from_probability(fused(a).mean()) for a in ORDINAL_ATTRIBUTES}
+    calcification = float(fused("calcification").mean())
+    lung_rads = suggest_lung_rads(
+        mean_diameter_mm=measured_all["mean_diameter_mm"],
+        texture_class=texture_class_of(scores["texture"]),
+        solid_mean_diameter_mm=solid_component_mean_diameter_mm(
+            sample.hu, mask & (sample.valid > 0.5), spacing_zyx
+        ),
+        calcification_probability=calcification,
+        spiculation_score=scores["spiculation"],
+        texture_score=scores["texture"],
+    )
     result = NoduleResult(
         point_lps=tuple(map(float, point_lps)),
         malignancy_probability=float(fold_mal.mean()),
         malignancy_sd=float(fold_mal.std()),
         fold_malignancy_probabilities=[float(p) for p in fold_mal],
-        scores={a: score_from_probability(fused(a).mean()) for a in ORDINAL_ATTRIBUTES},
-        calcification_probability=float(fused("calcification").mean()),
+        scores=scores,
+        calcification_probability=calcification,
         internal_structure_probability=float(fused("internal_structure").mean()),
         **{f: measured_all[f] for f in MEASURED_FIELDS},
         model_version=ensemble.version,
@@ -251,6 +268,7 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         malignancy_mil_logit=explanation.mil_logit,
         explanation=explanation,
         gates=gate_health([g[:, 0] for g in out.gates], sample.valid),
+        lung_rads=lung_rads,
     )
     timings["measurements"] = time.perf_counter() - t
     return result

@@ -59,7 +59,14 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
         f"(mean {result.mean_diameter_mm:.1f} mm), {result.mean_hu:.0f} HU, "
         f"calcification p={result.calcification_probability:.2f} "
         f"({100 * result.calcified_fraction:.0f} % of voxels >= 200 HU)"
-        f"\nmodel {result.model_version} - research use only, not a diagnostic device"
+        + (
+            f"\nLung-RADS (suggested): {result.lung_rads.category} - baseline screen, "
+            f"{result.lung_rads.texture_class}, the reader decides"
+            + ("; could support 4X: spiculation" if result.lung_rads.supports_4x else "")
+            if result.lung_rads
+            else ""
+        )
+        + f"\nmodel {result.model_version} - research use only, not a diagnostic device"
         + "".join(f"\nWARNING {w.code}: {w.message}" for w in result.warnings),
         fontsize=10,
     )

@@ -11,13 +11,16 @@ nodules, found the same way on every machine, verified bit for bit, and never do
 * :func:`sample_path` decodes that copy once, verifies the checksum and caches it as
   ``<cache>/<name>.nrrd`` (cache: ``$NODULE_MALIGNANCY_CACHE/samples``, default
   ``~/.cache/NoduleMalignancy/samples``); later calls return the cached file without decoding.
-* :func:`read_ct` reads a CT from an image file, a DICOM folder or a ``.tar.gz`` of DICOM.
+* :func:`read_ct` reads a CT from an image file, a DICOM folder or a ``.tar.gz`` of DICOM;
+  :func:`read_ct_with_dicom` also returns the series' DICOM headers, slice by slice, which the
+  DICOM outputs (SEG, SR) reference.
 
 Coordinates: points are world LPS (ITK / LIDC / LUNA convention), as their names say.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +44,10 @@ __all__ = [
     "SampleChecksumError",
     "nodule_points_lps",
     "read_ct",
+    "read_ct_with_dicom",
+    "read_dicom_instances",
+    "is_dicom_source",
+    "dicom_series_files",
     "reader_xml_path",
     "sample_path",
     "samples_cache_dir",
@@ -382,6 +389,96 @@ def read_ct(path: str | Path) -> sitk.Image:
     return image
 
 
+def dicom_series_files(path: str | Path) -> tuple[str, ...]:
+    """The DICOM files of the series :func:`read_ct` reads from a folder or a ``.dcm`` file,
+    sorted as the volume's slices (slice k of the image is file k).
+
+    Why: outputs for PACS (DICOM SEG and SR) must reference the source instances; an archive's
+    files exist only while it is extracted, so for archives use :func:`read_ct_with_dicom`.
+    Raises ``ValueError`` when there is no DICOM series.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _largest_series(path)[1]
+    if path.is_file() and path.name.lower().endswith((".dcm", ".ima")):
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ValueError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
+        uid = reader.GetMetaData("0020|000e") if reader.HasMetaDataKey("0020|000e") else ""
+        return _file_series(path, uid)
+    raise ValueError(f"{path} is not a DICOM folder or file")
+
+
+def is_dicom_source(path: str | Path) -> bool:
+    """Whether :func:`read_ct` reads ``path`` as DICOM (a folder, an archive, a ``.dcm``)."""
+    path = Path(path).expanduser()
+    lower = path.name.lower()
+    return path.is_dir() or lower.endswith((*_ARCHIVE_SUFFIXES, ".dcm", ".ima"))
+
+
+def read_ct_with_dicom(path: str | Path) -> tuple[sitk.Image, list | None]:
+    """:func:`read_ct`, plus the series' DICOM headers (pydicom datasets without pixel data,
+    in slice order) when the CT is DICOM; ``None`` for other files.
+
+    Why headers, not paths: an archive is extracted to a temporary folder that is gone when
+    this returns; the headers are all that SEG and SR need (docs/DESIGN.md §16).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"cannot read a CT from {path}: no such file or folder")
+    if not is_dicom_source(path):
+        return read_ct(path), None
+    if path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES):
+        with _extracted_archive(path) as folder:
+            try:
+                files = dicom_series_files(folder)
+            except ValueError as exc:
+                raise ValueError(f"cannot read a CT from {path}: {exc}") from None
+            return _read_series(files, str(path)), _dicom_headers(files)
+    files = dicom_series_files(path)
+    return _read_series(files, str(path)), _dicom_headers(files)
+
+
+def read_dicom_instances(files) -> tuple[sitk.Image, list]:
+    """A CT from a list of DICOM files in any order (e.g. the instances a DICOM database holds
+    for a loaded volume), and its headers in slice order.
+
+    The files of the series with the most instances are sorted along the slice normal, as GDCM
+    sorts a folder; raises ``ValueError`` when none is DICOM.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    headers = []
+    for f in files:
+        try:
+            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
+        except (InvalidDicomError, OSError) as exc:
+            raise ValueError(f"cannot read DICOM file {f}: {exc}") from None
+    if not headers:
+        raise ValueError("no DICOM files given")
+    series = [h.get("SeriesInstanceUID", "") for h in headers]
+    uid = max(set(series), key=series.count)
+    headers = [h for h in headers if h.get("SeriesInstanceUID", "") == uid]
+    row, col = (
+        np.asarray(v, dtype=float) for v in np.reshape(headers[0].ImageOrientationPatient, (2, 3))
+    )
+    normal = np.cross(row, col)
+    headers.sort(
+        key=lambda h: float(np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float)))
+    )
+    return _read_series([h.filename for h in headers], f"{len(headers)} DICOM files"), headers
+
+
+def _dicom_headers(files) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
 def _read_ct_with_xml(path: Path, want_xml: bool = True) -> tuple[sitk.Image, dict[str, bytes]]:
     """The CT and (``want_xml``) the XML files beside the DICOM (LIDC reader annotations)."""
     path = Path(path).expanduser()
@@ -411,6 +508,17 @@ def _xml_files(folder: Path) -> dict[str, bytes]:
 
 
 def _read_dicom_archive(path: Path, want_xml: bool) -> tuple[sitk.Image, dict[str, bytes]]:
+    with _extracted_archive(path) as folder:
+        try:
+            image = _read_dicom_folder(folder)
+        except ValueError as exc:
+            raise ValueError(f"cannot read a CT from {path}: {exc}") from None
+        return image, (_xml_files(folder) if want_xml else {})
+
+
+@contextlib.contextmanager
+def _extracted_archive(path: Path):
+    """A temporary folder holding the archive's files, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="NoduleMalignancy-ct-") as tmp:
         try:
             with tarfile.open(path) as archive:
@@ -429,12 +537,7 @@ def _read_dicom_archive(path: Path, want_xml: bool) -> tuple[sitk.Image, dict[st
             raise ValueError(
                 f"cannot read a CT from {path}: not a readable tar archive ({exc})"
             ) from None
-        folder = Path(tmp)
-        try:
-            image = _read_dicom_folder(folder)
-        except ValueError as exc:
-            raise ValueError(f"cannot read a CT from {path}: {exc}") from None
-        return image, (_xml_files(folder) if want_xml else {})
+        yield Path(tmp)
 
 
 def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -451,11 +554,16 @@ def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
+    uid, files = _largest_series(folder)
+    return _read_series(files, f"{folder} (series {uid})")
+
+
+def _largest_series(folder: Path) -> tuple[str, tuple[str, ...]]:
+    """The series :func:`read_ct` reads from a folder: the one with the most slices."""
     series = _dicom_series(folder)
     if not series:
         raise ValueError(f"cannot read a CT from {folder}: no DICOM series found in the folder")
-    uid, files = max(series, key=lambda s: len(s[1]))
-    return _read_series(files, f"{folder} (series {uid})")
+    return max(series, key=lambda s: len(s[1]))
 
 
 def _read_dicom_file_series(path: Path) -> sitk.Image:
@@ -467,10 +575,12 @@ def _read_dicom_file_series(path: Path) -> sitk.Image:
         uid = reader.GetMetaData("0020|000e") if reader.HasMetaDataKey("0020|000e") else ""
     except RuntimeError as exc:
         raise ValueError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
+    return _read_series(_file_series(path, uid), str(path))
+
+
+def _file_series(path: Path, uid: str) -> tuple[str, ...]:
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), uid) if uid else ()
-    if not files:
-        files = (str(path),)
-    return _read_series(files, str(path))
+    return tuple(files) or (str(path),)
 
 
 def _read_series(files, label: str) -> sitk.Image:

@@ -116,6 +116,8 @@ class NoduleMalignancyLogic:
         self._models_dir = modelsDir
         self._ensemble_lock = threading.Lock()
         self.lastOutput: AnalysisOutput | None = None
+        # (results table ID, control point ID) -> result: the DICOM export's nodules
+        self._results: dict[tuple[str, str], NoduleResult] = {}
 
     # Scene and parameter node ----------------------------------------------------------------
     @property
@@ -381,6 +383,8 @@ class NoduleMalignancyLogic:
                 request, point, result, volume, markups, color, created
             )
         nodes.remove_stale(markups, segmentation, table)
+        for point, result in zip(request.points, results, strict=True):
+            self._results[(table.GetID(), point.point_id)] = result
         # Outputs live in the volume's local frame: they follow its (current) parent transform.
         for node in [segmentation, *nodes.evidence_nodes(markups.GetID())]:
             node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
@@ -551,3 +555,47 @@ class NoduleMalignancyLogic:
                 raise RuntimeError(f"could not write {path}")
             files[key] = path
         return files
+
+    def exportDicom(self, directory: str | Path, dicomSeries) -> dict[str, Path]:
+        """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analysed nodules of the results table.
+
+        :param dicomSeries: the CT's DICOM series (folder, ``.tar.gz``, a ``.dcm`` of it, or
+            the list of its files): SEG and SR reference its instances, and the analysed volume
+            must lie on its grid (a volume loaded from a file carries no DICOM source).
+        """
+        from ..files.dicom_outputs import mask_on_ct, write_dicom_outputs
+        from ..files.samples import is_dicom_source, read_ct_with_dicom, read_dicom_instances
+
+        param = self.getParameterNode()
+        table = param.GetNodeReference(ROLE_TABLE)
+        if table is None:
+            raise InputError("Nothing to export yet: analyse a nodule first.")
+        labels, point_ids = (table.GetTable().GetColumnByName(c) for c in ("point", "point_id"))
+        rows = []  # (label, result) in table order
+        for r in range(table.GetNumberOfRows()):
+            result = self._results.get((table.GetID(), str(point_ids.GetValue(r))))
+            if result is not None:
+                rows.append((str(labels.GetValue(r)), result))
+        if not rows:
+            raise InputError("No analysed nodule of this session to export: analyse it again.")
+        if not dicomSeries:
+            raise InputError("Choose the CT's DICOM series: the SEG and SR reference its images.")
+        try:
+            if isinstance(dicomSeries, (str, Path)):
+                if not is_dicom_source(dicomSeries):
+                    raise ValueError(f"{dicomSeries} is not a DICOM series (folder, .dcm, .tar.gz)")
+                image, datasets = read_ct_with_dicom(dicomSeries)
+            else:
+                image, datasets = read_dicom_instances(list(dicomSeries))
+            geometry = ImageGeometry.from_sitk(image)
+            masks = [mask_on_ct(result, geometry) for _, result in rows]
+            return write_dicom_outputs(
+                datasets,
+                geometry,
+                masks,
+                [result for _, result in rows],
+                directory,
+                labels=[label for label, _ in rows],
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None

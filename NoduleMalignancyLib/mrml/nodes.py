@@ -161,6 +161,10 @@ class ResultNodes:
             "malignancy_logit": result.explanation.logit,
             "malignancy_mil_logit": result.malignancy_mil_logit,
             **{f"malignancy_logit_{p}": v for p, v in result.explanation.parts.items()},
+            "lung_rads": result.lung_rads.category if result.lung_rads else "",
+            "lung_rads_solid_mean_diameter_mm": (
+                result.lung_rads.solid_mean_diameter_mm if result.lung_rads else float("nan")
+            ),
         }
         wording = result.wording
         for name in ORDINAL_ATTRIBUTES:

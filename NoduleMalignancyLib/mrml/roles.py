@@ -77,6 +77,9 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
         for part in PARTS
     ),
     ("malignancy_mil_logit", "double", "MIL logit (network, unfused)", "", 3),
+    # A suggestion for the reader, baseline screen only (docs/DESIGN.md §16).
+    ("lung_rads", "string", "Lung-RADS (suggested, baseline)", "", 0),
+    ("lung_rads_solid_mean_diameter_mm", "double", "Lung-RADS solid component", "mm", 1),
     ("warnings", "string", "Warnings (scope)", "", 0),
     ("model_version", "string", "Model version", "", 0),
 )

@@ -1,0 +1,189 @@
+"""A suggested Lung-RADS v2022 category for a baseline screen, from one time point.
+
+Why a pure function of plain numbers: the category is a lookup in published size tables, and a
+reader must be able to check it; so every input that produced it is kept with it, and every
+edge of the tables is a unit test. Only the baseline categories apply to one CT ("new" and
+"growing" need a prior), 4X stays the reader's call, and the category is always a suggestion
+(docs/DESIGN.md §16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+import numpy as np
+import SimpleITK as sitk
+
+from .attributes import wording
+from .measurements import nodule_size
+
+SOLID = "solid"
+PART_SOLID = "part-solid"
+GROUND_GLASS = "ground-glass"
+TEXTURE_CLASSES = (SOLID, PART_SOLID, GROUND_GLASS)
+CATEGORIES = ("1", "2", "3", "4A", "4B")
+
+# Texture class from the predicted LIDC texture score (1 non-solid/GGO, 2 non-solid/mixed,
+# 3 part solid/mixed, 4 solid/mixed, 5 solid): the cut-offs are the midpoints between the
+# ratings, so the class agrees with the rating the score rounds to (docs/DESIGN.md §16).
+GROUND_GLASS_BELOW = 2.5  # ratings 1-2: non-solid
+SOLID_FROM = 4.5  # rating 5: solid; ratings 3-4 (any ground glass left) are part-solid
+# A solid component: segmented voxels at or above this attenuation (lung window), the
+# threshold that detected a solid component best in a volumetry study (docs/DESIGN.md §16).
+SOLID_COMPONENT_HU = -300.0
+# Category 1 for benign calcification only when the calcification head is this sure.
+HIGH_CALCIFICATION_PROBABILITY = 0.9
+# Predicted spiculation (LIDC 1-5) from which it is shown as supporting 4X: the score rounds to
+# "medium spiculation" or more; the head's scores shrink towards the mean (docs/DESIGN.md §16).
+SPICULATION_SUPPORTS_4X = 2.5
+CATEGORIES_ALLOWING_4X = ("3", "4A", "4B")
+
+
+@dataclass(frozen=True)
+class LungRadsSuggestion:
+    """The suggested category and the inputs that produced it (sizes to 0.1 mm)."""
+
+    category: str  # "1", "2", "3", "4A", "4B"
+    texture_class: str  # solid, part-solid, ground-glass
+    mean_diameter_mm: float  # mean of the long and short axial axes, to 0.1 mm
+    solid_mean_diameter_mm: float  # the solid component's, to 0.1 mm (used for part-solid)
+    calcification_probability: float
+    spiculation_score: float
+    texture_score: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    supports_4x: list[str] = field(default_factory=list)  # features a reader may weigh for 4X
+
+    @property
+    def wording(self) -> str:
+        return f"Suggested Lung-RADS {self.category} (baseline screen) — the reader decides"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"wording": self.wording}
+
+
+def round_mm(value: float) -> float:
+    """To 0.1 mm, halves up, as a reader rounds a shown value (5.95 -> 6.0, 5.85 -> 5.9)."""
+    return float(Decimal(repr(float(value))).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def texture_class(texture_score: float) -> str:
+    """Lung-RADS texture class of a predicted LIDC texture score (cut-offs above)."""
+    if texture_score < GROUND_GLASS_BELOW:
+        return GROUND_GLASS
+    if texture_score < SOLID_FROM:
+        return PART_SOLID
+    return SOLID
+
+
+def solid_component_mean_diameter_mm(
+    hu_zyx: np.ndarray,
+    mask_zyx: np.ndarray,
+    spacing_zyx,
+    threshold_hu: float = SOLID_COMPONENT_HU,
+) -> float:
+    """Mean axial diameter of the largest connected part of the segmentation at or above
+    ``threshold_hu`` (0 when there is none), measured as the whole nodule is.
+
+    The largest part, not all of them: a chord between two separate dense specks (vessels in
+    ground glass) is no solid component.
+    """
+    solid = np.asarray(mask_zyx, dtype=bool) & (np.asarray(hu_zyx) >= threshold_hu)
+    if not solid.any():
+        return 0.0
+    labels = sitk.RelabelComponent(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(solid.astype(np.uint8)), True)
+    )
+    largest = sitk.GetArrayFromImage(labels) == 1
+    return nodule_size(largest, spacing_zyx).mean_diameter_mm
+
+
+def _size_category(texture: str, mean_mm: float, solid_mm: float) -> tuple[str, str]:
+    """The baseline table's category and the row that gave it (sizes already rounded)."""
+    if texture == SOLID:
+        if mean_mm < 6.0:
+            return "2", "solid, mean diameter < 6 mm"
+        if mean_mm < 8.0:
+            return "3", "solid, mean diameter 6 to < 8 mm"
+        if mean_mm < 15.0:
+            return "4A", "solid, mean diameter 8 to < 15 mm"
+        return "4B", "solid, mean diameter >= 15 mm"
+    if texture == PART_SOLID:
+        if mean_mm < 6.0:
+            return "2", "part-solid, total mean diameter < 6 mm"
+        if solid_mm < 6.0:
+            return "3", "part-solid, total >= 6 mm with solid component < 6 mm"
+        if solid_mm < 8.0:
+            return "4A", "part-solid, solid component 6 to < 8 mm"
+        return "4B", "part-solid, solid component >= 8 mm"
+    if texture == GROUND_GLASS:
+        if mean_mm < 30.0:
+            return "2", "ground-glass (non-solid), mean diameter < 30 mm"
+        return "3", "ground-glass (non-solid), mean diameter >= 30 mm"
+    raise ValueError(f"unknown texture class {texture!r}; use one of {TEXTURE_CLASSES}")
+
+
+def suggest_lung_rads(
+    mean_diameter_mm: float,
+    texture_class: str,
+    solid_mean_diameter_mm: float,
+    calcification_probability: float,
+    spiculation_score: float,
+    texture_score: float | None = None,
+) -> LungRadsSuggestion:
+    """Lung-RADS v2022 baseline category from plain inputs (docs/DESIGN.md §16).
+
+    Sizes are rounded to 0.1 mm first, as Lung-RADS does. Category 1 (benign calcification)
+    only with a calcification probability of at least ``HIGH_CALCIFICATION_PROBABILITY``, and
+    the reasons then name the size category it replaces.
+    """
+    mean_mm = round_mm(mean_diameter_mm)
+    solid_mm = round_mm(solid_mean_diameter_mm)
+    size_category, row = _size_category(texture_class, mean_mm, solid_mm)
+    texture_text = (
+        f"texture score {texture_score:.2f} on the LIDC 1-5 scale ({wording('texture', texture_score)}) "
+        f"-> {texture_class} (ground-glass < {GROUND_GLASS_BELOW}, solid >= {SOLID_FROM})"
+        if texture_score is not None
+        else f"texture {texture_class}"
+    )
+    reasons = [
+        f"mean axial diameter {mean_mm:.1f} mm (long and short axis, to 0.1 mm)",
+        texture_text,
+    ]
+    if texture_class == PART_SOLID:
+        reasons.append(
+            f"solid component {solid_mm:.1f} mm (segmented voxels >= {SOLID_COMPONENT_HU:.0f} HU)"
+        )
+    reasons.append(f"{row} -> {size_category}")
+    category = size_category
+    p = float(calcification_probability)
+    if p >= HIGH_CALCIFICATION_PROBABILITY:
+        category = "1"
+        reasons.append(
+            f"calcification probability {p:.2f} >= {HIGH_CALCIFICATION_PROBABILITY:.2f}: "
+            f"category 1 (benign calcification) instead of {size_category}; it holds only for a "
+            "benign pattern (diffuse, central, laminated, popcorn) or fat: check it"
+        )
+    elif p >= 0.5:
+        reasons.append(
+            f"calcification probability {p:.2f}: possibly calcified, below "
+            f"{HIGH_CALCIFICATION_PROBABILITY:.2f} for category 1; a benign pattern would make it 1"
+        )
+    reasons.append("baseline screen: 'new' and 'growing' need a prior CT")
+    supports = []
+    if category in CATEGORIES_ALLOWING_4X and spiculation_score >= SPICULATION_SUPPORTS_4X:
+        supports.append(
+            f"spiculation {spiculation_score:.2f} on the LIDC 1-5 scale "
+            f"({wording('spiculation', spiculation_score)})"
+        )
+    return LungRadsSuggestion(
+        category=category,
+        texture_class=texture_class,
+        mean_diameter_mm=mean_mm,
+        solid_mean_diameter_mm=solid_mm,
+        calcification_probability=p,
+        spiculation_score=float(spiculation_score),
+        texture_score=None if texture_score is None else float(texture_score),
+        reasons=reasons,
+        supports_4x=supports,
+    )

@@ -1,0 +1,326 @@
+"""DICOM outputs for PACS: a Segmentation of the nodules and a TID 1500 measurement report.
+
+Why DICOM and why highdicom: a PACS stores and shows DICOM SEG and SR beside the CT they were
+derived from, and highdicom (on pydicom) writes both to the standard, including the references
+to the source instances. Both need the CT's own DICOM headers, slice by slice
+(``files.samples.read_ct_with_dicom``). Codes: standard (SCT, DCM, UCUM) where one exists, the
+private scheme ``99NODMAL`` otherwise (docs/DESIGN.md §16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
+import NoduleMalignancyLib  # the package root (floor 0): its version
+
+from ..core.analysis import NoduleResult
+from ..core.atomic import atomic_path
+from ..core.attributes import LIDC_WORDING, wording
+from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.geometry import ImageGeometry
+from ..core.lung_rads import GROUND_GLASS, PART_SOLID, SOLID
+from ..core.voi import embed_sub_grid, sub_grid_offset
+
+ALGORITHM_NAME = "NoduleMalignancy"
+MANUFACTURER = "NoduleMalignancy (research use only)"
+PRIVATE_SCHEME = "99NODMAL"
+SEG_FILE = "seg.dcm"
+SR_FILE = "sr.dcm"
+SEG_SERIES_NUMBER = 9101
+SR_SERIES_NUMBER = 9102
+
+
+def private_code(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
+
+
+# Private concepts: no standard code exists for these (docs/DESIGN.md §16 lists them).
+MALIGNANCY_SD = private_code("MALSD", "Malignancy probability SD over folds")
+CALCIFICATION_PROBABILITY = private_code("CALCP", "Calcification probability")
+INTERNAL_STRUCTURE_PROBABILITY = private_code("INTSTRP", "Internal structure probability")
+SOLID_COMPONENT_DIAMETER = private_code("SOLIDD", "Solid component mean diameter")
+LUNG_RADS = private_code("LRSUG", "Suggested Lung-RADS v2022 category (baseline)")
+LUNG_RADS_TEXTURE = private_code("LRTEX", "Lung-RADS texture class")
+SUPPORTS_4X = private_code("LR4XFEAT", "Feature that could support Lung-RADS 4X")
+TEXTURE_CLASS_CODES = {SOLID: "LRTEX-S", PART_SOLID: "LRTEX-PS", GROUND_GLASS: "LRTEX-GG"}
+SCORE_UNIT = hd.sr.CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
+
+
+def attribute_score_code(attribute: str) -> hd.sr.CodedConcept:
+    return private_code(f"{attribute[:8].upper()}S", f"{attribute.capitalize()} score (LIDC 1-5)")
+
+
+def attribute_code(attribute: str) -> hd.sr.CodedConcept:
+    return private_code(attribute[:8].upper(), f"{attribute.capitalize()} (LIDC)")
+
+
+def attribute_value_code(attribute: str, score: float) -> hd.sr.CodedConcept:
+    """The LIDC rating the score rounds to, as a code: ``SPICULAT-3`` "Medium spiculation"."""
+    rating = LIDC_WORDING[attribute].index(wording(attribute, score)) + 1
+    return private_code(f"{attribute[:8].upper()}-{rating}", wording(attribute, score))
+
+
+def lung_rads_code(category: str) -> hd.sr.CodedConcept:
+    return private_code(f"LR-{category}", f"Lung-RADS {category} (suggested, baseline screen)")
+
+
+def texture_class_code(texture_class: str) -> hd.sr.CodedConcept:
+    return private_code(TEXTURE_CLASS_CODES[texture_class], texture_class)
+
+
+def mask_on_ct(result: NoduleResult, geometry: ImageGeometry) -> np.ndarray:
+    """The result's CT-grid mask placed in the whole CT ``geometry`` (z, y, x, uint8).
+
+    Checks that the analysed grid is this CT's lattice (spacing, direction, voxel positions,
+    extent): a volume analysed in a scene must be the DICOM series its SEG will reference.
+    """
+    grid = result.ct_grid
+    if grid is None or result.segmentation_mask_ct is None:
+        raise ValueError("the result has no mask on the CT grid (analysed with map_to_ct=False)")
+    same = np.allclose(grid.spacing, geometry.spacing, atol=1e-4) and np.allclose(
+        grid.direction, geometry.direction, atol=1e-5
+    )
+    try:
+        offset = sub_grid_offset(geometry, grid) if same else None
+    except ValueError:  # not on the lattice
+        offset = None
+    if (
+        offset is None
+        or (offset < 0).any()
+        or (offset + np.asarray(grid.size) > geometry.size).any()
+    ):
+        raise ValueError(
+            "the analysed volume is not on this DICOM series' grid (spacing, direction or "
+            "position differ): choose the series the volume was loaded from"
+        )
+    return embed_sub_grid(result.segmentation_mask_ct.astype(np.uint8), offset, geometry.shape_zyx)
+
+
+def check_slices(datasets: Sequence, geometry: ImageGeometry) -> None:
+    """The headers must be the CT's slices in order: slice k of the volume is dataset k.
+
+    A mask frame is matched to its source instance by index, so a header out of order would put
+    a nodule on the wrong slice; checked on the image position of every slice (0.01 mm).
+    """
+    nx, ny, nz = geometry.size
+    if len(datasets) != nz:
+        raise ValueError(f"{len(datasets)} DICOM slices for a CT of {nz} slices")
+    for k, ds in enumerate(datasets):
+        if (int(ds.Rows), int(ds.Columns)) != (ny, nx):
+            raise ValueError(f"DICOM slice {k} is {ds.Rows} x {ds.Columns}, the CT {ny} x {nx}")
+        expected = geometry.index_to_lps((0, 0, k))
+        position = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        if np.abs(position - expected).max() > 1e-2:
+            raise ValueError(
+                f"DICOM slice {k} lies at {position.tolist()}, the CT's slice {k} at "
+                f"{np.round(expected, 3).tolist()}: not the series the CT was read from"
+            )
+
+
+def build_segmentation(
+    datasets: Sequence,
+    masks_zyx: Sequence[np.ndarray],
+    results: Sequence[NoduleResult],
+    labels: Sequence[str],
+) -> hd.seg.Segmentation:
+    """One BINARY segment per nodule; frames are the source slices that hold a nodule."""
+    version = results[0].model_version
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME, family=codes.cid7162.ArtificialIntelligence, version=version
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1,
+            segment_label=label[:64],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Nodule,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=label[:64],
+            anatomic_regions=[codes.SCT.Lung],
+        )
+        for i, label in enumerate(labels)
+    ]
+    pixels = np.stack([np.asarray(m, dtype=bool) for m in masks_zyx], axis=-1)
+    return hd.seg.Segmentation(
+        source_images=list(datasets),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=[NoduleMalignancyLib.__version__, version],
+        device_serial_number="0",
+        content_label="NODULES",
+        content_description="Lung nodule segmentation (suggestion, research use)",
+        series_description="NoduleMalignancy nodules",
+    )
+
+
+def _measurements(result: NoduleResult, algorithm) -> list[hd.sr.Measurement]:
+    mm, none = codes.UCUM.Millimeter, codes.UCUM.NoUnits
+
+    def m(name, value, unit, derivation=None):
+        return hd.sr.Measurement(
+            name=name,
+            value=float(value),
+            unit=unit,
+            derivation=derivation,
+            algorithm_id=algorithm,
+        )
+
+    out = [
+        m(codes.SCT.Volume, result.volume_mm3, codes.UCUM.CubicMillimeter),
+        m(codes.SCT.LongAxis, result.diameter_mm, mm),
+        m(codes.SCT.ShortAxis, result.short_axis_mm, mm),
+        m(codes.SCT.Diameter, result.mean_diameter_mm, mm, derivation=codes.SCT.Mean),
+        m(
+            codes.DCM.AttenuationCoefficient,
+            result.mean_hu,
+            codes.UCUM.HounsfieldUnit,
+            derivation=codes.SCT.Mean,
+        ),
+        m(codes.DCM.ProbabilityOfCancer, result.malignancy_probability, none),
+        m(MALIGNANCY_SD, result.malignancy_sd, none),
+        m(CALCIFICATION_PROBABILITY, result.calcification_probability, none),
+        m(INTERNAL_STRUCTURE_PROBABILITY, result.internal_structure_probability, none),
+        *(m(attribute_score_code(a), result.scores[a], SCORE_UNIT) for a in ORDINAL_ATTRIBUTES),
+    ]
+    if result.lung_rads is not None:
+        out.append(m(SOLID_COMPONENT_DIAMETER, result.lung_rads.solid_mean_diameter_mm, mm))
+    return out
+
+
+def _evaluations(result: NoduleResult) -> list[hd.sr.QualitativeEvaluation]:
+    out = [
+        hd.sr.QualitativeEvaluation(attribute_code(a), attribute_value_code(a, result.scores[a]))
+        for a in ORDINAL_ATTRIBUTES
+    ]
+    lr = result.lung_rads
+    if lr is not None:
+        out.append(hd.sr.QualitativeEvaluation(LUNG_RADS, lung_rads_code(lr.category)))
+        out.append(
+            hd.sr.QualitativeEvaluation(LUNG_RADS_TEXTURE, texture_class_code(lr.texture_class))
+        )
+        if lr.supports_4x:
+            out.append(
+                hd.sr.QualitativeEvaluation(SUPPORTS_4X, private_code("SPICULATION", "Spiculation"))
+            )
+    return out
+
+
+def _referenced_segment(segmentation, number: int, datasets, mask_zyx) -> hd.sr.ReferencedSegment:
+    """The segment and the CT instances it was drawn on (the slices its mask touches).
+
+    Built from the mask rather than with ``ReferencedSegment.from_segmentation``, which fails
+    on a one-segment SEG (its segment identification is shared, not per frame).
+    """
+    slices = np.flatnonzero(np.asarray(mask_zyx).reshape(len(datasets), -1).any(axis=1))
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=number,
+        source_images=[
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=datasets[k].SOPClassUID,
+                referenced_sop_instance_uid=datasets[k].SOPInstanceUID,
+            )
+            for k in slices
+        ],
+    )
+
+
+def build_report(
+    datasets: Sequence,
+    segmentation: hd.seg.Segmentation,
+    results: Sequence[NoduleResult],
+    labels: Sequence[str],
+    masks_zyx: Sequence[np.ndarray],
+) -> hd.sr.Comprehensive3DSR:
+    """TID 1500: one volumetric ROI group per nodule (TID 1411), referencing its segment."""
+    version = results[0].model_version
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=version)
+    groups = []
+    for i, (result, label) in enumerate(zip(results, labels, strict=True)):
+        description = segmentation.SegmentSequence[i]
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=description.TrackingUID, identifier=label[:64]
+                ),
+                referenced_segment=_referenced_segment(segmentation, i + 1, datasets, masks_zyx[i]),
+                finding_type=codes.SCT.Nodule,
+                finding_category=codes.SCT.MorphologicallyAbnormalStructure,
+                finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
+                algorithm_id=algorithm,
+                measurements=_measurements(result, algorithm),
+                qualitative_evaluations=_evaluations(result),
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=ALGORITHM_NAME, model_name=version
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*datasets, segmentation],
+        content=report[0],
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description="NoduleMalignancy measurements (suggestion, research use)",
+    )
+
+
+def write_dicom_outputs(
+    datasets: Sequence,
+    geometry: ImageGeometry,
+    masks_zyx: Sequence[np.ndarray],
+    results: Sequence[NoduleResult],
+    out_dir: str | Path,
+    labels: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write ``seg.dcm`` and ``sr.dcm`` for the nodules of one CT series.
+
+    ``datasets`` are the series' headers in slice order, ``masks_zyx`` each nodule's mask on
+    the whole CT grid (``geometry``), ``results`` the analyses. Returns the paths by kind.
+    """
+    if not results or len(masks_zyx) != len(results):
+        raise ValueError("one mask per result, at least one result")
+    labels = (
+        list(labels) if labels is not None else [f"nodule {i + 1}" for i in range(len(results))]
+    )
+    check_slices(datasets, geometry)
+    for mask in masks_zyx:
+        if tuple(mask.shape) != geometry.shape_zyx:
+            raise ValueError(f"mask of shape {mask.shape} for a CT of {geometry.shape_zyx}")
+    seg = build_segmentation(datasets, masks_zyx, results, labels)
+    sr = build_report(datasets, seg, results, labels, masks_zyx)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"seg": out / SEG_FILE, "sr": out / SR_FILE}
+    for dataset, path in ((seg, files["seg"]), (sr, files["sr"])):
+        with atomic_path(path) as tmp:
+            dataset.save_as(tmp, enforce_file_format=True)
+    return files
