@@ -217,6 +217,15 @@ def evaluate(
             for key, sc in scores.items()
             if key != "size_reader"
         }
+        if primary in scores and "measured_only" in scores:
+            # Does the network's head add to what is measured on its segmentation? (issue target)
+            disc[subset]["head_vs_measured_only"] = metrics.paired_auroc_difference(
+                y[mask],
+                scores[primary]["prob"][mask],
+                scores["measured_only"]["prob"][mask],
+                groups[mask],
+                **boot,
+            )
     res["malignancy_auroc"] = disc
     res["score_labels"] = {k: v["label"] for k, v in scores.items()}
     res["per_fold_auroc"] = {
@@ -523,6 +532,15 @@ def _markdown(res: dict) -> str:
             f"| {key} | {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)} "
             f"| {e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}], {_p(e)} |"
         )
+    if "head_vs_measured_only" in a:
+        d, e = a["head_vs_measured_only"], s["head_vs_measured_only"]
+        lines += [
+            "",
+            f"What the network's malignancy head adds: {res['primary_score']} minus the "
+            "measurements of the segmentation alone, same nodules and resamples: all "
+            f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)}; < 10 mm "
+            f"{e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}], {_p(e)}.",
+        ]
     folds = sorted({k for v in res["per_fold_auroc"].values() for k in v})
     lines += ["", "Per-fold AUROC (spread between folds):", ""]
     lines += ["| score | " + " | ".join(f"fold {k}" for k in folds) + " |"]
