@@ -330,6 +330,13 @@ class StationController:
             )
         self.current = output.points[-1].point_id
         self.fraction = 1.0
+        # Every slice view through the nodule (offsets only: the view the reader clicked in
+        # does not move under the mouse).
+        self.slicer.vtkMRMLSliceNode.JumpAllSlices(
+            self.logic.scene,
+            *output.points[-1].position_ras,
+            self.slicer.vtkMRMLSliceNode.DefaultJumpSlice,
+        )
         segmentation = output.segmentation_node
         if segmentation is not None:
             segmentation.CreateClosedSurfaceRepresentation()  # the 3D view shows the nodule
@@ -433,8 +440,20 @@ class StationController:
             "overlay": self.overlay,
             "opacity": self.opacity,
             "segmentation_visible": self.segmentation_visible,
+            "layers": self.layers(),
             "log": list(self.log[-8:]),
         }
+
+    def layers(self) -> dict:
+        """What the overlays hold now: segments in the segmentation, the evidence volume shown."""
+        param = self.logic.getParameterNode()
+        segmentation = param.GetNodeReference(ROLE_SEGMENTATION)
+        segments = segmentation.GetSegmentation().GetNumberOfSegments() if segmentation else 0
+        evidence = ""
+        if self.current in self.results and self.overlay != OVERLAY_OFF:
+            node = self.logic.evidenceNode(self.current, self.overlay)
+            evidence = node.GetName() if node is not None else ""
+        return {"segments": segments, "evidence": evidence}
 
     def snapshot_key(self) -> tuple:
         """Cheap change detector for :meth:`poll` (the page pushes state only on changes)."""
