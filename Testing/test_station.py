@@ -198,3 +198,107 @@ def test_real_worker_thread_run(slicer_runtime, mrml_scene, ct_0001_path):
         assert controller.snapshot()["status"] == "done"
     finally:
         controller.shutdown()
+
+
+# The page in a real browser ---------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def station_server(tiny_dir, ct_0001_path, data_dir):
+    """``nodule-malignancy app --sample LIDC-IDRI-0001`` on 127.0.0.1 (tiny ensemble, CPU)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    port = _free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [
+        sys.executable, "-m", "NoduleMalignancyLib.cli", "app", "--sample", SAMPLE,
+        "--port", str(port), "--models", str(tiny_dir), "--device", "cpu",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if "App running at" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not ready.wait(180) or process.poll() is not None:
+            pytest.fail("the station did not start:\n" + "".join(lines[-40:]), pytrace=False)
+        yield f"http://127.0.0.1:{port}/", lines
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path):
+    """Chromium opens the page, clicks on the nodule in the axial view (the pixel comes from the
+    slice node's XY-to-RAS inverse), sees the busy state end and the results panel."""
+    import os
+    import re
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    url, server_log = station_server
+    status = "() => document.querySelector('#station-status')?.dataset.status"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.wait_for_function(  # the four views' server-rendered images arrived
+                "() => { const i = Array.from(document.querySelectorAll('img'));"
+                " return i.length >= 4 && i.every(x => x.naturalWidth > 0); }",
+                timeout=60_000,
+            )
+            assert page.evaluate(status) == "ready"
+            page.wait_for_timeout(1000)  # the views' sizes settle, the slices are fitted
+            where = page.evaluate(
+                "(ras) => window.trame.trigger('station_view_point', [ras])", list(NODULE_RAS)
+            )
+            page.wait_for_timeout(500)
+            box = page.locator("#" + where["box_id"]).bounding_box()
+            assert box and 0 < where["fx"] < 1 and 0 < where["fy"] < 1, where
+            x, y = box["x"] + where["fx"] * box["width"], box["y"] + where["fy"] * box["height"]
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            page.wait_for_function(f"() => ['busy', 'done'].includes(({status})())", timeout=30_000)
+            page.wait_for_function(f"() => ({status})() !== 'busy'", timeout=120_000)
+            assert page.evaluate(status) == "done", page.locator("#station-status").inner_text()
+            text = page.locator("#station-malignancy").inner_text()
+            assert re.fullmatch(r"Malignancy \d{1,3}\.\d %", text.strip()), text
+            assert "1 segments" in page.locator("#station-segmentation").inner_text()
+            snapshot = page.evaluate("() => window.trame.trigger('station_snapshot', [])")
+            assert snapshot["layers"]["segments"] == 1 and snapshot["layers"]["evidence"]
+            (nodule,) = snapshot["nodules"]
+            assert np.allclose(nodule["ras"][:2], NODULE_RAS[:2], atol=3.0), nodule
+            assert page.locator(".station-warning").count() == len(snapshot["panel"]["warnings"])
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "station.png"))
+            assert (tmp_path / "station.png").stat().st_size > 10_000
+        finally:
+            browser.close()

@@ -136,14 +136,14 @@ def overlay_controls() -> None:
             hide_details=True,
             thumb_label=True,
         )
-        v3.VSwitch(
-            v_model=("segmentation_visible", True),
-            label=("`Segmentation outline (${st.layers.segments} segments)`",),
-            density="compact",
-            hide_details=True,
-            color="primary",
-            id="station-segmentation",
-        )
+        with html.Div(id="station-segmentation"):
+            v3.VSwitch(
+                v_model=("segmentation_visible", True),
+                label=("`Segmentation outline (${st.layers.segments} segments)`",),
+                density="compact",
+                hide_details=True,
+                color="primary",
+            )
 
 
 def results_panel() -> None:
