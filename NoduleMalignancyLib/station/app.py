@@ -166,6 +166,7 @@ class StationApp:
                 drawer.width = 440
                 drawer.location = "right"
                 with html.Div(classes="pa-3"):
+                    self._drawer_top()
                     ui.status_bar()
                     with html.Div(v_if="suggested.length", classes="mb-2"):
                         html.Div("Readers' nodules of this sample", classes="text-overline")
@@ -186,6 +187,9 @@ class StationApp:
                 with html.Div(style="position:relative;width:100%;height:calc(100vh - 64px);"):
                     self.views.layout.initialize_layout_grid(layout)
         return layout
+
+    def _drawer_top(self) -> None:
+        """Widgets above the status line (the reading study's panel goes here)."""
 
     def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
         """Serve the page (blocking); ``timeout=0``: never exit for lack of clients."""
