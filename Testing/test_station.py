@@ -9,6 +9,7 @@ browser test starts ``nodule-malignancy app`` in a subprocess and clicks on the 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 
 import numpy as np
@@ -212,9 +213,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def station_server(tiny_dir, ct_0001_path, data_dir):
-    """``nodule-malignancy app --sample LIDC-IDRI-0001`` on 127.0.0.1 (tiny ensemble, CPU)."""
+@contextlib.contextmanager
+def run_station(arguments: list[str], models_dir):
+    """``nodule-malignancy app ARGUMENTS`` on 127.0.0.1 and a free port (CPU, ``models_dir``);
+    yields (page address, the server's output lines) once it serves."""
     import os
     import subprocess
     import sys
@@ -225,8 +227,8 @@ def station_server(tiny_dir, ct_0001_path, data_dir):
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [
-        sys.executable, "-m", "NoduleMalignancyLib.cli", "app", "--sample", SAMPLE,
-        "--port", str(port), "--models", str(tiny_dir), "--device", "cpu",
+        sys.executable, "-m", "NoduleMalignancyLib.cli", "app", *arguments,
+        "--port", str(port), "--models", str(models_dir), "--device", "cpu",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -251,6 +253,13 @@ def station_server(tiny_dir, ct_0001_path, data_dir):
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def station_server(tiny_dir, ct_0001_path):
+    """``nodule-malignancy app --sample LIDC-IDRI-0001`` (tiny ensemble, CPU)."""
+    with run_station(["--sample", SAMPLE], tiny_dir) as served:
+        yield served
 
 
 def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path):
