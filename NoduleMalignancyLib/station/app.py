@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from ..mrml.logic import InputError
 from .controller import StationController
 from .views import AXIAL, StationViews
 
@@ -139,13 +140,15 @@ class StationApp:
                 if self.controller.poll():
                     self._push()
             except Exception as exc:  # a bug must not stop the page's polling
-                self.controller._set("error", f"Station error: {exc}")
+                self.controller.set_status("error", f"Station error: {exc}")
                 self._push()
 
     def _push(self) -> None:
         with self.server.state as state:
             state.st = self.controller.snapshot()
             state.suggested = self.suggested
+            if self.controller.window:  # a new CT starts on the lung preset
+                state.window_preset = self.controller.window
         self.views.refresh()
 
     # Page ------------------------------------------------------------------------------------
@@ -188,8 +191,34 @@ class StationApp:
                     self.views.layout.initialize_layout_grid(layout)
         return layout
 
+    def open_path(self, path: str) -> None:
+        """Open a CT by its path on the server (the page's "Open" field)."""
+        try:
+            self.load(str(path).strip())
+        except (InputError, OSError, RuntimeError, ValueError) as exc:
+            self.controller.set_status("error", f"Cannot open {path}: {exc}")
+            self._push()
+
     def _drawer_top(self) -> None:
-        """Widgets above the status line (the reading study's panel goes here)."""
+        """Widgets above the status line: opening a CT by path (the study replaces this)."""
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+
+        with html.Div(classes="d-flex align-center mb-2"):
+            v3.VTextField(
+                v_model=("ct_path", ""),
+                label="CT path on the server (file, DICOM folder, .tar.gz)",
+                density="compact",
+                hide_details=True,
+                disabled=("st.busy",),
+            )
+            v3.VBtn(
+                "Open",
+                click=(self.open_path, "[ct_path]"),
+                size="small",
+                classes="ml-2",
+                disabled=("st.busy || !ct_path",),
+            )
 
     def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
         """Serve the page (blocking); ``timeout=0``: never exit for lack of clients."""

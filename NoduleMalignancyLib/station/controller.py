@@ -107,7 +107,7 @@ class StationController:
         self.markups.SetName(MARKUPS_NAME)
         self.markups.CreateDefaultDisplayNodes()
         self.set_window(window)
-        self._set(
+        self.set_status(
             "ready",
             "Click on a nodule (place a point) to analyse it." if self.model_allowed else "",
         )
@@ -139,7 +139,7 @@ class StationController:
         self.results.clear()
         self.current = None
         self._busy_ids = []
-        self._set("empty", "Load a CT.")
+        self.set_status("empty", "Load a CT.")
 
     def set_window(self, preset: str) -> None:
         """Apply a window preset (``lung``: W1500/L-600, ``mediastinum``: W400/L40)."""
@@ -231,7 +231,7 @@ class StationController:
         self.points.clear()
         self.results.clear()
         self.current = None
-        self._set("ready", "Points cleared.")
+        self.set_status("ready", "Points cleared.")
 
     # Analyses --------------------------------------------------------------------------------
     def analyze(self, point_ids: Sequence[str] | None = None) -> bool:
@@ -241,7 +241,7 @@ class StationController:
         outside the CT) becomes the status message, not an exception.
         """
         if not self.model_allowed:
-            self._set(self.status, "The model is hidden for this step of the study.")
+            self.set_status(self.status, "The model is hidden for this step of the study.")
             return False
         ids = list(point_ids) if point_ids is not None else list(self.points)
         if self.runner.running:
@@ -266,7 +266,7 @@ class StationController:
                 self.points[point_id].update(status="busy", message="")
         labels = ", ".join(self.points[p]["label"] for p in ids if p in self.points)
         self.cancelling = False
-        self._set("busy", f"Analysing {labels}")
+        self.set_status("busy", f"Analysing {labels}")
 
     def cancel(self) -> None:
         """Ask the running analysis to stop; nothing is changed (reported by :meth:`poll`).
@@ -310,7 +310,7 @@ class StationController:
                 for point_id in ids:
                     if point_id in self.points:
                         self.points[point_id].update(status="error", message=str(update.error))
-                self._set("error", f"Analysis failed: {update.error}")
+                self.set_status("error", f"Analysis failed: {update.error}")
         if update.started:
             self._started(started_ids)
         elif update.output is None and update.error is None:
@@ -344,23 +344,24 @@ class StationController:
         self._show_overlay()
         labels = ", ".join(p.label for p in output.points)
         flagged = sum(bool(r.warnings) for r in output.results)
-        self._set("done", f"Analysed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
+        self.set_status("done", f"Analysed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
 
     def _cancelled(self, ids: list[str]) -> None:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="cancelled", message="Analysis cancelled.")
         self.cancelling = False
-        self._set("cancelled", "Analysis cancelled; nothing was changed.")
+        self.set_status("cancelled", "Analysis cancelled; nothing was changed.")
 
     def _refuse(self, ids: Sequence[str], exc: InputError) -> None:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="refused", message=str(exc))
         self.code = exc.code or ""
-        self._set("refused", str(exc))
+        self.set_status("refused", str(exc))
 
-    def _set(self, status: str, message: str) -> None:
+    def set_status(self, status: str, message: str) -> None:
+        """The status line: one of the states in the snapshot, and its message."""
         self.status, self.message = status, message
         if status != "busy":
             self.cancelling = False

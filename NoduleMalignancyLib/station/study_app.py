@@ -43,7 +43,7 @@ class StudyStationApp(StationApp):
         self.fields = rating_form(self.store.required)
         super().__init__(**kwargs)
         self.controller.model_allowed = False
-        self.controller._set("empty", "Sign in with your reader token.")
+        self.controller.set_status("empty", "Sign in with your reader token.")
         state = self.server.state
         state.trame__title = f"Reading study {self.store.name}".strip()
         state.study = self._study_state()
@@ -77,7 +77,7 @@ class StudyStationApp(StationApp):
         assignment = self.session.open_next()
         if assignment is None:
             self.controller.close_ct()
-            self.controller._set("done", "Every case is rated. Thank you.")
+            self.controller.set_status("done", "Every case is rated. Thank you.")
             self._push_study()
             return
         visible = self.session.model_visible()
@@ -92,7 +92,9 @@ class StudyStationApp(StationApp):
             if ids:  # the views through the case's (first) nodule
                 self.controller.select(ids[0])
             if not visible:
-                self.controller._set("ready", "Rate this nodule; the model is hidden for now.")
+                self.controller.set_status(
+                    "ready", "Rate this nodule; the model is hidden for now."
+                )
         self.server.state.form = self.session.initial_values()
         self._push_study()
 
