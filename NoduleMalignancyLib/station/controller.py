@@ -105,6 +105,7 @@ class StationController:
         self.volume_name = volume.GetName()
         self.markups = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
         self.markups.SetName(MARKUPS_NAME)
+        self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
         self.markups.CreateDefaultDisplayNodes()
         self.set_window(window)
         self.set_status(
