@@ -1,5 +1,5 @@
 """The station's reading-study mode (docs/DESIGN.md §14, §15): the reader's session without a
-browser, the controller keeping the model hidden, and (slow) the page in chromium.
+browser, the controller keeping the model hidden, and the page in chromium.
 
 A sequential study of one case (LIDC-IDRI-0001's nodule): the unaided rating is committed
 with the model hidden, then the model appears and the aided rating is committed.
@@ -138,9 +138,8 @@ def test_the_controller_keeps_the_model_hidden(slicer_runtime, mrml_scene, ct_00
         executor.shutdown()
 
 
-@pytest.mark.slow
 def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_dir, tmp_path):
-    """The page signs in from ?token=, hides the model, commits, then shows it (about 90 s)."""
+    """The page signs in from ?token=, hides the model, commits, then shows it (about 35 s)."""
     from test_station import CHROMIUM, run_station
 
     if not os.access(CHROMIUM, os.X_OK):
