@@ -325,13 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     """Sub-commands that live in their own modules (training, evaluation, self-test, batch
-    paths, reading studies)."""
+    paths, reading studies, the browser station)."""
     from .batch.export import register as register_export
     from .batch.luna25 import register as register_luna25
     from .batch.report_cli import register as register_report
     from .evaluation.cli import register as register_evaluation
     from .evaluation.maps import register as register_maps
     from .mrml.selftest import register as register_selftest
+    from .station.cli import register as register_station
     from .study.cli import register as register_mrmc
     from .study.store_cli import register as register_study_store
     from .training.cli import register as register_training
@@ -346,6 +347,7 @@ def _optional_commands():
         register_report,
         register_mrmc,
         register_study_store,
+        register_station,
     ]
 
 

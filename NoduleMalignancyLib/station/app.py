@@ -1,0 +1,230 @@
+"""The browser reading station: a trame page with Slicer's views over the MRML logic.
+
+Thin on purpose (docs/DESIGN.md §15): the state machine is :class:`.controller.StationController`
+(tested without a browser), the widgets are in ``ui.py``, the Slicer views in ``views.py``;
+this module builds the page, forwards its events to the controller and, from a timer on the
+server's event loop, polls the controller and pushes its snapshot to the browser. Torch runs on
+the runner's worker thread, never on the event loop (docs/DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ..mrml.logic import InputError
+from .controller import StationController
+from .views import AXIAL, StationViews
+
+__all__ = ["POLL_S", "StationApp"]
+
+POLL_S = 0.15  # the page's poll interval while the server runs
+
+
+class StationApp:
+    """The page, its controller and its views (one CT at a time).
+
+    :param server: a trame server (default: a new one).
+    :param models_dir: ensemble folder (default: the shipped ``models/``).
+    :param device: torch device for the analyses.
+    """
+
+    def __init__(self, server=None, *, models_dir: str | Path | None = None, device: str = "auto"):
+        from trame.app import get_server
+        from trame_slicer import module as trame_slicer_module
+
+        self.server = get_server(server, client_type="vue3")
+        self.server.enable_module(trame_slicer_module)
+        self.views = StationViews(self.server)  # first: the runtime adopts its scene
+        self.controller = StationController(models_dir=models_dir, device=device)
+        self.suggested: list[dict] = []
+        self._poll_task = None
+        state, ctrl = self.server.state, self.server.controller
+        state.trame__title = "Nodule malignancy reading station"
+        state.st = self.controller.snapshot()
+        state.suggested = []
+        state.change("window_preset")(self._on_window)
+        state.change("placing")(self._on_placing)
+        state.change("overlay", "opacity")(self._on_overlay)
+        state.change("segmentation_visible")(self._on_segmentation)
+        ctrl.on_server_ready.add(self._start_polling)
+        ctrl.trigger("station_view_point")(self.view_point)
+        ctrl.trigger("station_snapshot")(self.controller.snapshot)
+        self.ui = self._build_ui()
+
+    # Loading ---------------------------------------------------------------------------------
+    def load(self, path: str | Path, name: str | None = None, points_lps=()) -> None:
+        """Show a CT; ``points_lps``: known nodule points offered as shortcuts."""
+        volume = self.controller.load_ct(path, name)
+        self.views.show_volume(volume)
+        self.suggested = [
+            {"name": str(n), "lps": [float(v) for v in p]} for n, p in (points_lps or ())
+        ]
+        if self.suggested:  # show the slice of the first one (a start, not the answer)
+            from ..core.geometry import lps_to_ras
+
+            ras = lps_to_ras(self.suggested[0]["lps"])
+            self.views.slicer.vtkMRMLSliceNode.JumpAllSlices(
+                self.views.scene,
+                *map(float, ras),
+                self.views.slicer.vtkMRMLSliceNode.DefaultJumpSlice,
+            )
+        self.views.set_place_mode(self.controller.markups, bool(self.server.state.placing))
+        self._push()
+
+    def load_sample(self, name: str) -> None:
+        from ..files.samples import nodule_points_lps, sample_path
+
+        path = sample_path(name)
+        try:
+            points = nodule_points_lps(name)
+        except Exception:  # the points are a convenience; the CT is what matters
+            points = []
+        self.load(path, name, points)
+
+    # Events (event loop thread) --------------------------------------------------------------
+    def _on_window(self, window_preset, **_):
+        if self.controller.volume is not None:
+            self.controller.set_window(window_preset)
+            self._push()
+
+    def _on_placing(self, placing, **_):
+        self.views.set_place_mode(self.controller.markups, bool(placing))
+
+    def _on_overlay(self, overlay, opacity, **_):
+        self.controller.set_overlay(overlay, float(opacity))
+        self._push()
+
+    def _on_segmentation(self, segmentation_visible, **_):
+        self.controller.set_segmentation_visible(bool(segmentation_visible))
+        self._push()
+
+    def cancel(self) -> None:
+        self.controller.cancel()
+        self._push()
+
+    def analyze_all(self) -> None:
+        self.controller.analyze()
+        self._push()
+
+    def clear_points(self) -> None:
+        self.controller.clear_points()
+        self._push()
+
+    def select(self, point_id: str) -> None:
+        self.controller.select(point_id)
+        self._push()
+
+    def analyze_suggested(self, index: int) -> None:
+        point = self.suggested[int(index)]
+        self.controller.add_point_lps(point["lps"], point["name"].rsplit("_", 1)[-1])
+        self._push()
+
+    def view_point(self, ras, view: str = AXIAL) -> dict:
+        """Test and scripting hook: move a slice view onto a RAS point and say where it is
+        drawn (fractions of the view's box, ``views.StationViews.ras_to_view_fraction``)."""
+        where = self.views.ras_to_view_fraction(ras, view)
+        self.views.refresh()
+        return where
+
+    # Polling ---------------------------------------------------------------------------------
+    def _start_polling(self, **_):
+        if self._poll_task is None:
+            self._poll_task = asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self):
+        while True:
+            await asyncio.sleep(POLL_S)
+            try:
+                self.views.fit_resized()
+                if self.controller.poll():
+                    self._push()
+            except Exception as exc:  # a bug must not stop the page's polling
+                self.controller.set_status("error", f"Station error: {exc}")
+                self._push()
+
+    def _push(self) -> None:
+        with self.server.state as state:
+            state.st = self.controller.snapshot()
+            state.suggested = self.suggested
+            if self.controller.window:  # a new CT starts on the lung preset
+                state.window_preset = self.controller.window
+        self.views.refresh()
+
+    # Page ------------------------------------------------------------------------------------
+    def _build_ui(self):
+        from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+
+        from . import ui
+
+        with SinglePageWithDrawerLayout(self.server, theme="dark") as layout:
+            layout.title.set_text("Nodule malignancy")
+            with layout.toolbar:
+                html.Span("{{ st.volume }}", classes="text-caption mx-2")
+                v3.VSpacer()
+                ui.toolbar(self.cancel, self.analyze_all, self.clear_points)
+            with layout.drawer as drawer:
+                drawer.width = 440
+                drawer.location = "right"
+                with html.Div(classes="pa-3"):
+                    self._drawer_top()
+                    ui.status_bar()
+                    with html.Div(v_if="suggested.length", classes="mb-2"):
+                        html.Div("Readers' nodules of this sample", classes="text-overline")
+                        v3.VBtn(
+                            "Analyse {{ p.name }}",
+                            v_for="(p, i) in suggested",
+                            key="p.name",
+                            click=(self.analyze_suggested, "[i]"),
+                            size="small",
+                            variant="tonal",
+                            classes="mr-1 mb-1",
+                            disabled=("st.busy",),
+                        )
+                    ui.nodule_list(self.select)
+                    ui.overlay_controls()
+                    ui.results_panel()
+            with layout.content:
+                with html.Div(style="position:relative;width:100%;height:calc(100vh - 64px);"):
+                    self.views.layout.initialize_layout_grid(layout)
+        return layout
+
+    def open_path(self, path: str) -> None:
+        """Open a CT by its path on the server (the page's "Open" field)."""
+        try:
+            self.load(str(path).strip())
+        except (InputError, OSError, RuntimeError, ValueError) as exc:
+            self.controller.set_status("error", f"Cannot open {path}: {exc}")
+            self._push()
+
+    def _drawer_top(self) -> None:
+        """Widgets above the status line: opening a CT by path (the study replaces this)."""
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v3
+
+        with html.Div(classes="d-flex align-center mb-2"):
+            v3.VTextField(
+                v_model=("ct_path", ""),
+                label="CT path on the server (file, DICOM folder, .tar.gz)",
+                density="compact",
+                hide_details=True,
+                disabled=("st.busy",),
+            )
+            v3.VBtn(
+                "Open",
+                click=(self.open_path, "[ct_path]"),
+                size="small",
+                classes="ml-2",
+                disabled=("st.busy || !ct_path",),
+            )
+
+    def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
+        """Serve the page (blocking); ``timeout=0``: never exit for lack of clients."""
+        try:
+            self.server.start(
+                host=host, port=port, open_browser=False, timeout=0, exec_mode="main", **kwargs
+            )
+        finally:
+            self.controller.shutdown()

@@ -1,0 +1,490 @@
+"""The reading station's state machine, in plain Python (docs/DESIGN.md §15).
+
+Why apart from the web page: everything the station does (load a CT, window it, take points,
+analyse them through :class:`~..mrml.runner.AnalysisRunner`, poll, cancel, show overlays, jump
+between nodules) happens here, on MRML through the logic, and is tested without a browser. The
+trame page (``app.py``) only calls these methods and shows :meth:`StationController.snapshot`.
+
+Threads (docs/DESIGN.md §7): every method runs on the thread that owns the scene (the server's
+event loop); only the runner's worker runs torch. The page calls :meth:`poll` from a timer.
+Points come in two ways: :meth:`add_point` (a click mapped through the slice node's XY-to-RAS,
+or a test) analyses at once; points placed with Slicer's markups placement in a view are found
+by :meth:`sync_points` (run by every :meth:`poll`) and analysed after the runner's debounce.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..core.evidence import COMBINED
+from ..core.geometry import lps_to_ras
+from ..mrml.logic import InputError, NoduleMalignancyLogic
+from ..mrml.nodes import nodes_by_class
+from ..mrml.roles import ATTR_ROLE, EVIDENCE_SCALES, ROLE_SEGMENTATION, ROLE_TABLE
+from ..mrml.runner import DEBOUNCE_S, AnalysisRunner
+from ..mrml.runtime import ensure_slicer_runtime
+from .panel import result_panel
+
+__all__ = ["MARKUPS_NAME", "OVERLAY_OFF", "WINDOW_PRESETS", "StationController"]
+
+# Window presets (width, level) in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (1500.0, -600.0),
+    "mediastinum": (400.0, 40.0),
+}
+MARKUPS_NAME = "Nodules"
+OVERLAY_OFF = "off"
+# A point moved by less than this (mm) is the same point (no re-analysis).
+MOVE_TOLERANCE_MM = 0.05
+# Extensions the headless IO manager reads directly; anything else goes through read_ct.
+_DIRECT_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+class StationController:
+    """One CT, its nodule points and their analyses, as one reader sees them.
+
+    :param logic: the MRML logic (default: a new one with ``models_dir``'s ensemble).
+    :param device: torch device name for the analyses (``auto``, ``cpu``, ``cuda``).
+    :param executor, clock, debounce_s: passed to the runner (tests step them by hand).
+    """
+
+    def __init__(
+        self,
+        logic: NoduleMalignancyLogic | None = None,
+        *,
+        models_dir: str | Path | None = None,
+        device: str = "auto",
+        executor: concurrent.futures.Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        debounce_s: float = DEBOUNCE_S,
+    ):
+        self.slicer = ensure_slicer_runtime()
+        self.logic = logic or NoduleMalignancyLogic(modelsDir=models_dir)
+        self.device = device
+        self.runner = AnalysisRunner(
+            self.logic, self._inputs, executor=executor, debounce_s=debounce_s, clock=clock
+        )
+        self.volume = None
+        self.markups = None
+        self.volume_name = ""
+        self.window = ""
+        self.status = "empty"  # empty, ready, busy, done, refused, cancelled, error
+        self.message = "Load a CT."
+        self.code = ""  # the scope layer's refusal code of the last refusal
+        self.fraction = 0.0
+        self.cancelling = False
+        self.model_allowed = True  # a reading study hides the model until it may be shown
+        self.log: list[str] = []
+        self.points: dict[str, dict] = {}  # control point ID -> record (insertion order)
+        self.results: dict[str, object] = {}  # control point ID -> NoduleResult
+        self.current: str | None = None
+        self.overlay = COMBINED
+        self.opacity = 0.5
+        self.segmentation_visible = True
+        self._busy_ids: list[str] = []
+
+    # Loading ---------------------------------------------------------------------------------
+    def load_ct(self, path: str | Path, name: str | None = None, window: str = "lung"):
+        """Load a CT (replacing the current one and its results) and window it."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"No CT at {path}.")
+        self.close_ct()
+        name = name or path.name.split(".")[0]
+        lower = path.name.lower()
+        if path.is_file() and lower.endswith(_DIRECT_SUFFIXES):
+            volume = self.slicer.util.loadVolume(str(path), {"name": name, "show": True})
+        else:  # DICOM folder, archive, any other format SimpleITK reads
+            volume = self._load_through_sitk(path, name)
+        self.volume = volume
+        self.volume_name = volume.GetName()
+        self.markups = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        self.markups.SetName(MARKUPS_NAME)
+        self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
+        self.markups.CreateDefaultDisplayNodes()
+        self.set_window(window)
+        self.set_status(
+            "ready",
+            "Click on a nodule (place a point) to analyse it." if self.model_allowed else "",
+        )
+        return volume
+
+    def _load_through_sitk(self, path: Path, name: str):
+        import SimpleITK as sitk
+
+        from ..files.samples import read_ct
+
+        target = Path(self.slicer.app.temporaryPath) / f"station-{time.time_ns()}.nrrd"
+        sitk.WriteImage(read_ct(path), str(target))
+        try:
+            return self.slicer.util.loadVolume(str(target), {"name": name, "show": True})
+        finally:
+            target.unlink(missing_ok=True)
+
+    def close_ct(self) -> None:
+        """Remove the CT, its points and every output node; cancel a running analysis."""
+        self.runner.cancel()
+        self.runner.clear_pending()
+        scene = self.logic.scene
+        outputs = [n for n in nodes_by_class(scene, "vtkMRMLNode") if n.GetAttribute(ATTR_ROLE)]
+        for node in [*outputs, self.markups, self.volume]:
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
+        self.volume = self.markups = None
+        self.points.clear()
+        self.results.clear()
+        self.current = None
+        self._busy_ids = []
+        self.set_status("empty", "Load a CT.")
+
+    def set_window(self, preset: str) -> None:
+        """Apply a window preset (``lung``: W1500/L-600, ``mediastinum``: W400/L40)."""
+        if preset not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window preset {preset!r}; use one of {list(WINDOW_PRESETS)}")
+        width, level = WINDOW_PRESETS[preset]
+        display = self.volume.GetDisplayNode() if self.volume is not None else None
+        if display is None:
+            return
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevel(width, level)
+        self.window = preset
+
+    # Points ----------------------------------------------------------------------------------
+    def add_point(self, ras: Sequence[float], label: str | None = None) -> str:
+        """Place a point at a world RAS position (mm) and analyse it (after the running one)."""
+        if self.markups is None:
+            raise InputError("Load a CT first.")
+        n = self.markups.GetNumberOfControlPoints()
+        label = label or f"N{n + 1}"
+        index = self.markups.AddControlPoint(*map(float, ras), label)
+        point_id = self.markups.GetNthControlPointID(index)
+        self._record(point_id)
+        self.analyze([point_id])
+        return point_id
+
+    def add_point_lps(self, lps: Sequence[float], label: str | None = None) -> str:
+        """:meth:`add_point` for a world LPS point (the study files' and LUNA25's frame)."""
+        return self.add_point(lps_to_ras(np.asarray(lps, dtype=float)), label)
+
+    def sync_points(self) -> list[str]:
+        """Find points placed or moved in the views since the last call; queue them.
+
+        Returns the IDs queued (analysed by a later :meth:`poll`, after the debounce).
+        """
+        markups = self.markups
+        if markups is None:
+            return []
+        defined = self.slicer.vtkMRMLMarkupsNode.PositionDefined
+        seen, queued = set(), []
+        for i in range(markups.GetNumberOfControlPoints()):
+            if markups.GetNthControlPointPositionStatus(i) != defined:
+                continue  # the preview point of placement mode, or a point being placed
+            point_id = markups.GetNthControlPointID(i)
+            seen.add(point_id)
+            ras = list(markups.GetNthControlPointPositionWorld(i))
+            record = self.points.get(point_id)
+            if record is None:
+                if not markups.GetNthControlPointLabel(i):
+                    markups.SetNthControlPointLabel(i, f"N{len(self.points) + 1}")
+                self._record(point_id)
+            elif np.linalg.norm(np.subtract(ras, record["ras"])) <= MOVE_TOLERANCE_MM:
+                continue
+            self.points[point_id].update(ras=ras, label=markups.GetNthControlPointLabel(i))
+            if self.model_allowed:
+                self.points[point_id]["status"] = "pending"
+                self.runner.point_changed(point_id)
+                queued.append(point_id)
+        for point_id in [p for p in self.points if p not in seen]:
+            del self.points[point_id]
+            self.results.pop(point_id, None)
+        return queued
+
+    def _record(self, point_id: str) -> dict:
+        index = self.markups.GetControlPointIndexByID(point_id)
+        record = {
+            "id": point_id,
+            "label": self.markups.GetNthControlPointLabel(index),
+            "ras": list(self.markups.GetNthControlPointPositionWorld(index)),
+            "status": "placed",
+            "message": "",
+            "malignancy_percent": None,
+        }
+        self.points[point_id] = record
+        return record
+
+    def clear_points(self) -> None:
+        """Remove every point and its outputs (the CT stays)."""
+        self.runner.cancel()
+        self.runner.clear_pending()
+        scene = self.logic.scene
+        for node in nodes_by_class(scene, "vtkMRMLNode"):
+            if node.GetAttribute(ATTR_ROLE) in (ROLE_SEGMENTATION, ROLE_TABLE) or (
+                node.IsA("vtkMRMLScalarVolumeNode") and node.GetAttribute(ATTR_ROLE)
+            ):
+                scene.RemoveNode(node)
+        if self.markups is not None:
+            self.markups.RemoveAllControlPoints()
+        self.points.clear()
+        self.results.clear()
+        self.current = None
+        self.set_status("ready", "Points cleared.")
+
+    # Analyses --------------------------------------------------------------------------------
+    def analyze(self, point_ids: Sequence[str] | None = None) -> bool:
+        """Start analysing these points (default: all); queued when one is running.
+
+        Returns whether a run started now. A refusal before the run (no volume, a point
+        outside the CT) becomes the status message, not an exception.
+        """
+        if not self.model_allowed:
+            self.set_status(self.status, "The model is hidden for this step of the study.")
+            return False
+        ids = list(point_ids) if point_ids is not None else list(self.points)
+        if self.runner.running:
+            for point_id in ids:
+                self.points[point_id]["status"] = "pending"
+                self.runner.point_changed(point_id)
+            return False
+        indices = [self.markups.GetControlPointIndexByID(p) for p in ids]
+        try:
+            started = self.runner.start(self.volume, self.markups, indices, self.device)
+        except InputError as exc:
+            self._refuse(ids, exc)
+            return False
+        if started:
+            self._started(ids)
+        return started
+
+    def _started(self, ids: list[str]) -> None:
+        self._busy_ids = ids
+        for point_id in ids:
+            if point_id in self.points:
+                self.points[point_id].update(status="busy", message="")
+        labels = ", ".join(self.points[p]["label"] for p in ids if p in self.points)
+        self.cancelling = False
+        self.set_status("busy", f"Analysing {labels}")
+
+    def cancel(self) -> None:
+        """Ask the running analysis to stop; nothing is changed (reported by :meth:`poll`).
+
+        The network pass that is running finishes first (the logic checks between points).
+        """
+        if self.runner.running:
+            self.runner.cancel()
+            self.cancelling = True
+            self.message = "Cancelling: the running network pass finishes, then nothing is kept."
+        self.runner.clear_pending()
+        for record in self.points.values():
+            if record["status"] == "pending":
+                record["status"] = "placed"
+
+    def poll(self) -> bool:
+        """Pick up placed points, progress and a finished run. Returns whether anything changed."""
+        before = self.snapshot_key()
+        pending = self.runner.pending
+        self.sync_points()
+        pending |= self.runner.pending
+        update = self.runner.poll()
+        self.log.extend(update.log)
+        del self.log[:-50]
+        if update.running:
+            self.fraction = update.fraction
+            if not self.cancelling:
+                self.message = update.message or self.message
+        finished_ids, self._busy_ids = self._busy_ids, []
+        started_ids = [p for p in self.points if p in pending - self.runner.pending]
+        if update.output is not None:
+            self._finished(update.output)
+        if update.error is not None:
+            # The finished run's error, or (no run, or it succeeded) the pending start's.
+            ids = finished_ids if update.output is None and finished_ids else started_ids
+            if update.cancelled:
+                self._cancelled(ids)
+            elif isinstance(update.error, InputError):
+                self._refuse(ids, update.error)
+            else:
+                for point_id in ids:
+                    if point_id in self.points:
+                        self.points[point_id].update(status="error", message=str(update.error))
+                self.set_status("error", f"Analysis failed: {update.error}")
+        if update.started:
+            self._started(started_ids)
+        elif update.output is None and update.error is None:
+            self._busy_ids = finished_ids  # still running
+        return self.snapshot_key() != before
+
+    def _finished(self, output) -> None:
+        for point, result in zip(output.points, output.results, strict=True):
+            self.results[point.point_id] = result
+            record = self.points.get(point.point_id)
+            if record is None:  # placed through the API of the logic, not seen yet
+                record = self._record(point.point_id)
+            record.update(
+                status="done",
+                message="; ".join(w.code for w in result.warnings),
+                malignancy_percent=round(100 * result.malignancy_probability, 1),
+            )
+        self.current = output.points[-1].point_id
+        self.fraction = 1.0
+        # Every slice view through the nodule (offsets only: the view the reader clicked in
+        # does not move under the mouse).
+        self.slicer.vtkMRMLSliceNode.JumpAllSlices(
+            self.logic.scene,
+            *output.points[-1].position_ras,
+            self.slicer.vtkMRMLSliceNode.DefaultJumpSlice,
+        )
+        segmentation = output.segmentation_node
+        if segmentation is not None:
+            segmentation.CreateClosedSurfaceRepresentation()  # the 3D view shows the nodule
+            segmentation.GetDisplayNode().SetVisibility(self.segmentation_visible)
+        self._show_overlay()
+        labels = ", ".join(p.label for p in output.points)
+        flagged = sum(bool(r.warnings) for r in output.results)
+        self.set_status("done", f"Analysed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
+
+    def _cancelled(self, ids: list[str]) -> None:
+        for point_id in ids:
+            if point_id in self.points:
+                self.points[point_id].update(status="cancelled", message="Analysis cancelled.")
+        self.cancelling = False
+        self.set_status("cancelled", "Analysis cancelled; nothing was changed.")
+
+    def _refuse(self, ids: Sequence[str], exc: InputError) -> None:
+        for point_id in ids:
+            if point_id in self.points:
+                self.points[point_id].update(status="refused", message=str(exc))
+        self.code = exc.code or ""
+        self.set_status("refused", str(exc))
+
+    def set_status(self, status: str, message: str) -> None:
+        """The status line: one of the states in the snapshot, and its message."""
+        self.status, self.message = status, message
+        if status != "busy":
+            self.cancelling = False
+
+    @property
+    def busy(self) -> bool:
+        return self.runner.running
+
+    # Display ---------------------------------------------------------------------------------
+    def select(self, point_id: str) -> tuple[float, float, float] | None:
+        """Jump the views to a nodule and show its overlays (``logic.jumpToNodule``)."""
+        if point_id not in self.points:
+            return None
+        self.current = point_id
+        table = self.logic.getParameterNode().GetNodeReference(ROLE_TABLE)
+        row = _row_of(table, point_id)
+        if row is not None and point_id in self.results:
+            ras = self.logic.jumpToNodule(row)
+            self._show_overlay()
+            return ras
+        ras = tuple(self.points[point_id]["ras"])
+        self.slicer.vtkMRMLSliceNode.JumpAllSlices(
+            self.logic.scene, *ras, self.slicer.vtkMRMLSliceNode.CenteredJumpSlice
+        )
+        return ras
+
+    def set_overlay(self, overlay: str | None = None, opacity: float | None = None) -> None:
+        """Evidence overlay: ``combined``, a scale name or ``off``; foreground opacity 0-1."""
+        if overlay is not None:
+            if overlay not in (*EVIDENCE_SCALES, OVERLAY_OFF):
+                raise ValueError(f"unknown overlay {overlay!r}")
+            self.overlay = overlay
+        if opacity is not None:
+            self.opacity = float(min(max(opacity, 0.0), 1.0))
+        self._show_overlay()
+
+    def set_segmentation_visible(self, visible: bool) -> None:
+        self.segmentation_visible = bool(visible)
+        segmentation = self.logic.getParameterNode().GetNodeReference(ROLE_SEGMENTATION)
+        if segmentation is not None and segmentation.GetDisplayNode() is not None:
+            segmentation.GetDisplayNode().SetVisibility(self.segmentation_visible)
+
+    def _show_overlay(self) -> None:
+        if self.current not in self.results or not self.model_allowed:
+            return
+        if self.overlay == OVERLAY_OFF:
+            self.logic.showEvidence(self.current, opacity=self.opacity)
+            for composite in nodes_by_class(self.logic.scene, "vtkMRMLSliceCompositeNode"):
+                composite.SetForegroundVolumeID(None)
+            return
+        self.logic.showEvidence(self.current, scale=self.overlay, opacity=self.opacity)
+
+    # What the page shows ---------------------------------------------------------------------
+    def panel(self, point_id: str | None = None) -> dict | None:
+        """The results panel of a nodule (default: the current one), or ``None``."""
+        point_id = point_id or self.current
+        result = self.results.get(point_id) if point_id else None
+        if result is None or not self.model_allowed:
+            return None
+        return result_panel(result.summary(), self.points.get(point_id, {}).get("label", ""))
+
+    def snapshot(self) -> dict:
+        """Everything the page shows, as plain JSON-ready values."""
+        return {
+            "status": self.status,
+            "busy": self.busy,
+            "cancelling": self.cancelling,
+            "fraction": round(float(self.fraction), 3),
+            "message": self.message,
+            "code": self.code,
+            "volume": self.volume_name,
+            "window": self.window,
+            "model_allowed": self.model_allowed,
+            "nodules": [dict(r, ras=[round(v, 2) for v in r["ras"]]) for r in self.points.values()],
+            "current": self.current,
+            "panel": self.panel(),
+            "overlay": self.overlay,
+            "opacity": self.opacity,
+            "segmentation_visible": self.segmentation_visible,
+            "layers": self.layers(),
+            "log": list(self.log[-8:]),
+        }
+
+    def layers(self) -> dict:
+        """What the overlays hold now: segments in the segmentation, the evidence volume shown."""
+        param = self.logic.getParameterNode()
+        segmentation = param.GetNodeReference(ROLE_SEGMENTATION)
+        segments = segmentation.GetSegmentation().GetNumberOfSegments() if segmentation else 0
+        evidence = ""
+        if self.current in self.results and self.overlay != OVERLAY_OFF:
+            node = self.logic.evidenceNode(self.current, self.overlay)
+            evidence = node.GetName() if node is not None else ""
+        return {"segments": segments, "evidence": evidence}
+
+    def snapshot_key(self) -> tuple:
+        """Cheap change detector for :meth:`poll` (the page pushes state only on changes)."""
+        return (
+            self.status,
+            self.busy,
+            self.cancelling,
+            round(float(self.fraction), 2),
+            self.message,
+            self.current,
+            tuple((r["id"], r["status"], tuple(r["ras"])) for r in self.points.values()),
+            len(self.log),
+        )
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+
+    # Runner inputs (main thread) -------------------------------------------------------------
+    def _inputs(self):
+        return self.volume, self.markups, self.device
+
+
+def _row_of(table, point_id: str) -> int | None:
+    if table is None:
+        return None
+    column = table.GetTable().GetColumnByName("point_id")
+    if column is None:
+        return None
+    for row in range(table.GetNumberOfRows()):
+        if column.GetValue(row) == point_id:
+            return row
+    return None

@@ -1,0 +1,313 @@
+"""The browser reading station (docs/DESIGN.md §15): its controller without a browser, then the
+real page in Debian's chromium through Playwright.
+
+The controller tests drive the same state machine the page drives (load, place a point, run
+through the analysis runner, poll, cancel) on LIDC-IDRI-0001 with the tiny random ensemble; the
+browser test starts ``nodule-malignancy app`` in a subprocess and clicks on the nodule.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+from NoduleMalignancyLib.files import samples
+from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
+
+NODULE_LPS = (56.17, 86.2, -115.86)
+NODULE_RAS = (-56.17, -86.2, -115.86)
+
+
+class SteppedExecutor(concurrent.futures.Executor):
+    """Queues submitted jobs; :meth:`run_next` runs one on the calling thread."""
+
+    def __init__(self):
+        self.jobs: list = []
+
+    def submit(self, fn, *args, **kwargs):
+        future = concurrent.futures.Future()
+        self.jobs.append((future, fn, args, kwargs))
+        return future
+
+    def run_next(self) -> None:
+        future, fn, args, kwargs = self.jobs.pop(0)
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def station(slicer_runtime, mrml_scene, ct_0001_path):
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.station.controller import StationController
+
+    executor, clock = SteppedExecutor(), _Clock()
+    controller = StationController(
+        NoduleMalignancyLogic(ensemble=random_test_ensemble()),
+        device="cpu",
+        executor=executor,
+        clock=clock,
+    )
+    controller.load_ct(ct_0001_path, name=SAMPLE)
+    controller.clock = clock
+    yield controller, executor
+    controller.shutdown()
+
+
+def test_sample_point_is_the_known_nodule(data_dir):
+    (_, point), *_ = samples.nodule_points_lps(SAMPLE, data_dir=data_dir)
+    assert np.allclose(point, NODULE_LPS)
+
+
+def test_load_windows_the_ct_for_the_lung(station):
+    controller, _ = station
+    display = controller.volume.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == (1500.0, -600.0)
+    controller.set_window("mediastinum")
+    assert (display.GetWindow(), display.GetLevel()) == (400.0, 40.0)
+    snap = controller.snapshot()
+    assert (
+        snap["status"] == "ready" and snap["window"] == "mediastinum" and snap["volume"] == SAMPLE
+    )
+
+
+def test_point_on_the_nodule_gives_the_results_panel(station):
+    controller, executor = station
+    point_id = controller.add_point(NODULE_RAS)
+    snap = controller.snapshot()
+    assert snap["busy"] and snap["status"] == "busy" and snap["nodules"][0]["status"] == "busy"
+    executor.run_next()
+    assert controller.poll()
+    snap = controller.snapshot()
+    assert snap["status"] == "done" and not snap["busy"] and snap["current"] == point_id
+    panel = snap["panel"]
+    assert 0.0 <= panel["malignancy_percent"] <= 100.0 and panel["malignancy_sd_percent"] >= 0
+    assert isinstance(panel["warnings"], list)
+    assert all({"code", "message"} <= set(w) for w in panel["warnings"])
+    sections = {s["title"]: s["rows"] for s in panel["sections"]}
+    attributes = {r["key"]: r for r in sections["Attributes (LIDC 1-5 scale)"]}
+    assert {"subtlety", "spiculation", "malignancy"} <= set(attributes)
+    assert all(1.0 <= r["value"] <= 5.0 and r["note"] for r in attributes.values())
+    measured = {r["key"] for r in sections["Measurements"]}
+    assert {"volume_mm3", "diameter_mm"} <= measured
+    parts = sections["Explanation (logit parts, sum = logit)"]
+    total = parts[-1]["value"]
+    assert abs(sum(r["value"] for r in parts[:-1]) - total) < 1e-6, "the parts sum to the logit"
+    assert snap["nodules"][0]["malignancy_percent"] == panel["malignancy_percent"]
+    # The overlays are in the scene: segment, combined evidence as foreground.
+    segmentation = controller.logic.lastOutput.segmentation_node
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert controller.select(point_id) is not None
+
+
+def test_new_result_fields_appear_in_the_panel_without_ui_work():
+    from NoduleMalignancyLib.station.panel import result_panel
+
+    summary = {
+        "malignancy_probability": 0.25,
+        "malignancy_sd": 0.05,
+        "fold_malignancy_probabilities": [0.2, 0.3],
+        "scores": {"margin": 3.2},
+        "wording": {"margin": "Medium margin"},
+        "warnings": [{"code": "thick_slices", "message": "Slices are 3 mm thick."}],
+        "volume_mm3": 512.0,
+        "a_new_figure_mm": 1.5,
+        "a_new_group": {"x": 1.0, "y": 2.0},
+    }
+    panel = result_panel(summary, "N1")
+    assert panel["headline"].startswith("25.0 %") and panel["warnings"][0]["code"] == "thick_slices"
+    rows = {r["key"]: r for s in panel["sections"] for r in s["rows"]}
+    assert rows["a_new_figure_mm"]["text"] == "1.50" and "a_new_group.y" in rows
+    assert rows["volume_mm3"]["text"] == "512 mm³"
+
+
+def test_cancel_changes_nothing(station):
+    controller, executor = station
+    nodes_before = controller.logic.scene.GetNumberOfNodes()
+    controller.add_point(NODULE_RAS)
+    controller.cancel()
+    assert controller.snapshot()["cancelling"]
+    executor.run_next()
+    controller.poll()
+    snap = controller.snapshot()
+    assert snap["status"] == "cancelled" and snap["panel"] is None and not snap["busy"]
+    assert snap["nodules"][0]["status"] == "cancelled"
+    assert controller.logic.scene.GetNumberOfNodes() == nodes_before
+
+
+def test_a_point_in_air_is_refused_with_a_message_not_numbers(station):
+    controller, executor = station
+    volume = controller.volume
+    import vtk
+
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    k = volume.GetImageData().GetDimensions()[2] // 2
+    air = ijk_to_ras.MultiplyPoint((4.0, 4.0, float(k), 1.0))[:3]  # a corner: outside the body
+    controller.add_point(air)
+    executor.run_next()
+    controller.poll()
+    snap = controller.snapshot()
+    assert snap["status"] == "refused" and snap["code"] == "no_tissue", snap["message"]
+    assert snap["panel"] is None and snap["nodules"][0]["malignancy_percent"] is None
+    assert "air" in snap["message"].lower() or "tissue" in snap["message"].lower()
+
+
+def test_points_placed_in_a_view_are_analysed_after_the_debounce(station):
+    controller, executor = station
+    markups = controller.markups
+    markups.AddControlPoint(*NODULE_RAS, "")  # what markups placement in a slice view does
+    clock = controller.clock  # the debounce runs on a fake clock
+    controller.poll()
+    assert controller.snapshot()["nodules"][0]["status"] == "pending" and not executor.jobs
+    clock.now += 1.0
+    controller.poll()
+    assert controller.snapshot()["status"] == "busy" and len(executor.jobs) == 1
+    executor.run_next()
+    controller.poll()
+    assert controller.snapshot()["nodules"][0]["status"] == "done"
+
+
+def test_real_worker_thread_run(slicer_runtime, mrml_scene, ct_0001_path):
+    """The default executor (one worker thread): poll until the busy state ends."""
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.station.controller import StationController
+
+    controller = StationController(NoduleMalignancyLogic(ensemble=random_test_ensemble()))
+    try:
+        controller.load_ct(ct_0001_path, name=SAMPLE)
+        controller.add_point(NODULE_RAS)
+        deadline = time.monotonic() + 60
+        while controller.busy and time.monotonic() < deadline:
+            controller.poll()
+            time.sleep(0.05)
+        controller.poll()
+        assert controller.snapshot()["status"] == "done"
+    finally:
+        controller.shutdown()
+
+
+# The page in a real browser ---------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_station(arguments: list[str], models_dir):
+    """``nodule-malignancy app ARGUMENTS`` on 127.0.0.1 and a free port (CPU, ``models_dir``);
+    yields (page address, the server's output lines) once it serves."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    port = _free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [
+        sys.executable, "-m", "NoduleMalignancyLib.cli", "app", *arguments,
+        "--port", str(port), "--models", str(models_dir), "--device", "cpu",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if "App running at" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not ready.wait(180) or process.poll() is not None:
+            pytest.fail("the station did not start:\n" + "".join(lines[-40:]), pytrace=False)
+        yield f"http://127.0.0.1:{port}/", lines
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def station_server(tiny_dir, ct_0001_path):
+    """``nodule-malignancy app --sample LIDC-IDRI-0001`` (tiny ensemble, CPU)."""
+    with run_station(["--sample", SAMPLE], tiny_dir) as served:
+        yield served
+
+
+def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path):
+    """Chromium opens the page, clicks on the nodule in the axial view (the pixel comes from the
+    slice node's XY-to-RAS inverse), sees the busy state end and the results panel."""
+    import os
+    import re
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    url, server_log = station_server
+    status = "() => document.querySelector('#station-status')?.dataset.status"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.wait_for_function(  # the four views' server-rendered images arrived
+                "() => { const i = Array.from(document.querySelectorAll('img'));"
+                " return i.length >= 4 && i.every(x => x.naturalWidth > 0); }",
+                timeout=60_000,
+            )
+            assert page.evaluate(status) == "ready"
+            page.wait_for_timeout(1000)  # the views' sizes settle, the slices are fitted
+            where = page.evaluate(
+                "(ras) => window.trame.trigger('station_view_point', [ras])", list(NODULE_RAS)
+            )
+            page.wait_for_timeout(500)
+            box = page.locator("#" + where["box_id"]).bounding_box()
+            assert box and 0 < where["fx"] < 1 and 0 < where["fy"] < 1, where
+            x, y = box["x"] + where["fx"] * box["width"], box["y"] + where["fy"] * box["height"]
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            page.wait_for_function(f"() => ['busy', 'done'].includes(({status})())", timeout=30_000)
+            page.wait_for_function(f"() => ({status})() !== 'busy'", timeout=120_000)
+            assert page.evaluate(status) == "done", page.locator("#station-status").inner_text()
+            text = page.locator("#station-malignancy").inner_text()
+            assert re.fullmatch(r"Malignancy \d{1,3}\.\d %", text.strip()), text
+            assert "1 segments" in page.locator("#station-segmentation").inner_text()
+            snapshot = page.evaluate("() => window.trame.trigger('station_snapshot', [])")
+            assert snapshot["layers"]["segments"] == 1 and snapshot["layers"]["evidence"]
+            (nodule,) = snapshot["nodules"]
+            assert np.allclose(nodule["ras"][:2], NODULE_RAS[:2], atol=3.0), nodule
+            assert page.locator(".station-warning").count() == len(snapshot["panel"]["warnings"])
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "station.png"))
+            assert (tmp_path / "station.png").stat().st_size > 10_000
+        finally:
+            browser.close()

@@ -1,0 +1,179 @@
+"""The station's reading-study mode (docs/DESIGN.md §14, §15): the reader's session without a
+browser, the controller keeping the model hidden, and the page in chromium.
+
+A sequential study of one case (LIDC-IDRI-0001's nodule): the unaided rating is committed
+with the model hidden, then the model appears and the aided rating is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from NoduleMalignancyLib.study.ratings import CHARACTERISTICS, RatingError
+from NoduleMalignancyLib.study.store import StudyStore, create_study
+
+NODULE_LPS = [56.17, 86.2, -115.86]
+FORM = {
+    "subtlety": "4",
+    "internal_structure": 1,
+    "calcification": "6",
+    "sphericity": 3,
+    "margin": 3,
+    "lobulation": 2,
+    "spiculation": 2,
+    "texture": 5,
+    "malignancy": "4",
+    "confidence": "70",
+    "lung_rads": "4b",
+    "comment": "",
+}
+
+
+@pytest.fixture
+def study(tmp_path, ct_0001_path):
+    """(study file, database, reader token) of a one-case sequential study."""
+    study_file = tmp_path / "study.json"
+    study_file.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "station-test",
+                "design": "sequential",
+                "seed": 7,
+                "cases": [
+                    {
+                        "id": "c1",
+                        "ct": str(ct_0001_path),
+                        "points": [{"name": "n0", "point": NODULE_LPS}],
+                        "truth": 1,
+                    }
+                ],
+            }
+        )
+    )
+    db = tmp_path / "study.db"
+    owner = create_study(db, study_file)
+    token = StudyStore(db).add_reader(owner, "alice")
+    return study_file, db, token
+
+
+def test_the_form_has_the_lidc_scales_with_their_wording():
+    from NoduleMalignancyLib.station.study import rating_form
+
+    fields = {f["name"]: f for f in rating_form(("malignancy", "confidence"))}
+    assert set(CHARACTERISTICS) | {"confidence", "lung_rads", "comment"} == set(fields)
+    assert [c["title"] for c in fields["calcification"]["choices"]][-1] == "6: Absent"
+    assert fields["malignancy"]["choices"][4]["title"] == "5: Highly suspicious"
+    assert fields["malignancy"]["required"] and not fields["margin"]["required"]
+    assert fields["confidence"]["kind"] == "number" and fields["confidence"]["max"] == 100
+
+
+def test_a_reader_session_rates_unaided_then_aided(study):
+    from NoduleMalignancyLib.station.study import StudySession, open_store
+
+    study_file, db, token = study
+    store = open_store(study_file, db)
+    with pytest.raises(PermissionError):
+        StudySession(store, "not-a-token")
+    session = StudySession(store, token)
+    assignment = session.open_next()
+    assert (assignment.case, assignment.modality) == ("c1", "unaided")
+    assert not session.model_visible(), "the model is hidden until the unaided commit"
+    assert session.snapshot()["case"]["points"][0]["point"] == NODULE_LPS
+    with pytest.raises(RatingError, match="(?i)malignancy"):
+        session.submit({**FORM, "malignancy": "4.5"})
+    session.submit(FORM)
+    assignment = session.open_next()
+    assert assignment.modality == "aided" and session.model_visible()
+    assert session.initial_values()["malignancy"] == 4, "the aided form starts from unaided"
+    session.submit({**FORM, "malignancy": 5, "confidence": 85})
+    assert session.open_next() is None
+    progress = session.progress()
+    assert progress["done"] == progress["total"] == 2 and progress["finished"]
+    rows = store.my_ratings(token)
+    assert [(r["modality"], r["malignancy"], r["model_visible"]) for r in rows] == [
+        ("unaided", 4, False),
+        ("aided", 5, True),
+    ]
+    assert rows[0]["lung_rads"] == "4B" and rows[0]["comment"] is None
+
+
+def test_a_database_of_another_study_is_refused(study, tmp_path):
+    from NoduleMalignancyLib.station.study import open_store
+
+    study_file, db, _ = study
+    other = tmp_path / "other.json"
+    other.write_text(study_file.read_text().replace("station-test", "another"))
+    with pytest.raises(ValueError, match="another study file"):
+        open_store(other, db)
+
+
+def test_the_controller_keeps_the_model_hidden(slicer_runtime, mrml_scene, ct_0001_path):
+    import concurrent.futures
+
+    from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
+    from NoduleMalignancyLib.mrml.selftest import random_test_ensemble
+    from NoduleMalignancyLib.station.controller import StationController
+
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    controller = StationController(
+        NoduleMalignancyLogic(ensemble=random_test_ensemble()), device="cpu", executor=executor
+    )
+    try:
+        controller.model_allowed = False
+        controller.load_ct(ct_0001_path)
+        controller.add_point_lps(NODULE_LPS, "n0")
+        controller.poll()
+        snap = controller.snapshot()
+        assert (
+            not snap["busy"] and snap["panel"] is None and snap["nodules"][0]["status"] == "placed"
+        )
+        assert "hidden" in snap["message"]
+    finally:
+        controller.shutdown()
+        executor.shutdown()
+
+
+def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_dir, tmp_path):
+    """The page signs in from ?token=, hides the model, commits, then shows it (about 35 s)."""
+    from test_station import CHROMIUM, run_station
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    study_file, db, token = study
+    status = "() => document.querySelector('#station-status')?.dataset.status"
+    with run_station(["--study", str(study_file), "--db", str(db)], tiny_dir) as (url, _):
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"{url}?token={token}")
+                page.wait_for_selector("#study-case", timeout=60_000)
+                assert "token" not in page.url, "the token leaves the address bar"
+                assert "unaided reading" in page.locator("#study-case").inner_text()
+                assert page.locator("#station-results").count() == 0
+                page.evaluate("(f) => window.trame.state.set('form', f)", FORM)
+                page.click("#study-submit")
+                page.wait_for_function(
+                    "() => document.querySelector('#study-progress')?.innerText.includes('1 of 2')",
+                    timeout=30_000,
+                )
+                page.wait_for_function(f"() => ({status})() === 'done'", timeout=120_000)
+                text = page.locator("#station-malignancy").inner_text()
+                assert re.fullmatch(r"Malignancy \d{1,3}\.\d %", text.strip()), text
+                page.screenshot(path=str(tmp_path / "study.png"))
+                page.click("#study-submit")
+                page.wait_for_selector("#study-finished", timeout=30_000)
+            finally:
+                browser.close()
+    rows = StudyStore(db).my_ratings(token)
+    assert [(r["modality"], r["model_visible"]) for r in rows] == [
+        ("unaided", False),
+        ("aided", True),
+    ]
