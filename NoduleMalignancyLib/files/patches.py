@@ -29,7 +29,7 @@ from ..core.config import ATTRIBUTES, DEFAULT_CANVAS_ZYX, VoiConfig, canvas_conf
 from ..core.geometry import ImageGeometry
 from ..core.settings import git_commit
 from ..core.validation import ScopeConfig, check_image, check_point
-from ..core.voi import resample_to_grid, sample_voi
+from ..core.voi import resample_to_grid, sample_voi, sub_grid
 from .writers import to_sitk
 
 DATASET_JSON = "dataset.json"
@@ -241,9 +241,7 @@ class PatchWriter:
         _write_image(hu, s.geometry, self.out / "image" / f"{nodule.name}.nii.gz")
         has_mask = nodule.mask_ct is not None and bool(np.any(nodule.mask_ct))
         if has_mask:
-            m = resample_to_grid(
-                (nodule.mask_ct > 0).astype(np.float32), loaded.geometry, s.geometry
-            )
+            m = _mask_on_patch(nodule.mask_ct, loaded.geometry, s.geometry)
             _write_image(
                 (m >= 0.5).astype(np.uint8),
                 s.geometry,
@@ -311,6 +309,16 @@ def _remove_stale_temporaries(out: Path) -> None:
         for p in folder.iterdir():
             if p.is_file() and _TEMPORARY.match(p.name):
                 p.unlink(missing_ok=True)
+
+
+def _mask_on_patch(mask_ct: np.ndarray, ct: ImageGeometry, patch: ImageGeometry) -> np.ndarray:
+    """The mask resampled onto the patch, from its bounding box only (a full-CT mask in
+    float64 would cost more than reading the CT)."""
+    zyx = np.argwhere(mask_ct > 0)
+    lo = np.maximum(zyx.min(0) - 1, 0)
+    hi = np.minimum(zyx.max(0) + 1, np.asarray(mask_ct.shape) - 1)
+    box = (mask_ct[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] > 0).astype(np.float32)
+    return resample_to_grid(box, sub_grid(ct, lo[::-1], hi[::-1]), patch)
 
 
 def _load_json(path: Path) -> dict:
