@@ -10,13 +10,14 @@ along the lung (the aorta) is open in z. docs/DESIGN.md §12.
 
 The mask needs the body outline: air that touches the image's in-plane border is outside the
 body. A tight crop (the LIDC VOIs) has lung on its border and so no mask: the rule stays silent
-there. Masks are cached by the image's content (one voxel per coarse block and the geometry), so
-a second click on a CT costs the key and a local distance map only.
+there. Masks are cached by the image's content (a voxel every 5 mm in-plane, every slice, and the
+geometry), so a second click on a CT costs the key and a local distance map only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ __all__ = [
 
 _CACHE: OrderedDict[tuple, LungMask | None] = OrderedDict()
 _CACHE_SIZE = 4
+ENVELOPE_STEPS = 10  # grid steps per ball radius for the closing test
+KEY_STEP = 4  # the cache key samples one voxel per KEY_STEP x KEY_STEP coarse blocks in-plane
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,14 @@ def _block_max(image_zyx: np.ndarray, stride: tuple[int, int, int]) -> np.ndarra
     """The highest value of each block of ``stride`` voxels (the far edge's partial blocks
     dropped): a coarse voxel is air only if its whole block is, so thin walls (the trachea's
     against the lung) survive the coarse grid."""
-    n = [s // st for s, st in zip(image_zyx.shape, stride, strict=True)]
-    a = np.asarray(image_zyx)[: n[0] * stride[0], : n[1] * stride[1], : n[2] * stride[2]]
-    return a.reshape(n[0], stride[0], n[1], stride[1], n[2], stride[2]).max(axis=(1, 3, 5))
+    a = np.asarray(image_zyx)
+    n = [size // st for size, st in zip(a.shape, stride, strict=True)]
+    out = None
+    for dk, dj, di in itertools.product(*(range(st) for st in stride)):
+        part = a[dk : n[0] * stride[0] : stride[0], dj : n[1] * stride[1] : stride[1]]
+        part = part[:, :, di : n[2] * stride[2] : stride[2]]
+        out = part.copy() if out is None else np.maximum(out, part, out=out)
+    return out
 
 
 def _key(sampled: np.ndarray, geometry: ImageGeometry, settings: tuple) -> tuple:
@@ -79,8 +87,10 @@ def _outside_body(air: np.ndarray) -> np.ndarray:
     image = sitk.GetImageFromArray(air.astype(np.uint8))
     labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(image))
     faces = (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1])
-    border = np.concatenate([f.ravel() for f in faces])
-    return np.isin(labels, np.unique(border[border > 0]))
+    touching = np.zeros(int(labels.max()) + 1, dtype=bool)
+    touching[np.concatenate([f.ravel() for f in faces])] = True
+    touching[0] = False
+    return touching[labels]
 
 
 def _slice_components(mask: np.ndarray) -> np.ndarray:
@@ -99,22 +109,22 @@ def _without_airway(
     smaller than ``max_area_mm2`` near the body's midline (lung apices and bases lie lateral).
     Why: with the airway in the mask, the mediastinum around it would count as lung."""
     labels = _slice_components(lungs)
-    if labels.max() == 0:
+    k, _, i = np.nonzero(lungs)
+    label = labels[lungs]
+    if label.size == 0:
         return lungs
-    pixel_mm2 = float(spacing_kji[1] * spacing_kji[2])
+    count = np.bincount(label)
+    ids = np.flatnonzero(count)
+    k_mean = np.rint(np.bincount(label, weights=k)[ids] / count[ids]).astype(int)
+    i_mean = np.bincount(label, weights=i)[ids] / count[ids]
+    body_columns = body.sum(1)  # (k, i): body voxels per column
     columns = np.arange(lungs.shape[2], dtype=float)
-    body_columns = body.sum(1)  # (k, i) body voxels per column
     midline = (body_columns * columns).sum(1) / np.maximum(body_columns.sum(1), 1)  # per slice
-    flat = labels.ravel()
-    count = np.bincount(flat)
-    k_of = np.bincount(flat, weights=np.repeat(np.arange(lungs.shape[0]), lungs[0].size))
-    i_of = np.bincount(flat, weights=np.tile(columns, lungs.shape[0] * lungs.shape[1]))
-    ids = np.arange(1, len(count))
-    ids = ids[count[ids] > 0]
-    k_mean = np.rint(k_of[ids] / count[ids]).astype(int)
-    offset_mm = np.abs(i_of[ids] / count[ids] - midline[k_mean]) * spacing_kji[2]
-    airway = ids[(count[ids] * pixel_mm2 < max_area_mm2) & (offset_mm < midline_mm)]
-    return lungs & ~np.isin(labels, airway)
+    offset_mm = np.abs(i_mean - midline[k_mean]) * spacing_kji[2]
+    area_mm2 = count[ids] * float(spacing_kji[1] * spacing_kji[2])
+    airway = np.zeros(int(labels.max()) + 1, dtype=bool)
+    airway[ids[(area_mm2 < max_area_mm2) & (offset_mm < midline_mm)]] = True
+    return lungs & ~airway[labels]
 
 
 def _large_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -135,8 +145,9 @@ def lung_mask(
     """The lung mask of a whole-chest CT, or ``None`` when the image shows no body outline (a
     crop) or no lung of at least ``min_lung_ml``. Cached by the coarse voxels' content."""
     stride = _strides(geometry, step_mm)
-    # The key samples one voxel per block (cheap on every click); the mask uses whole blocks.
-    sampled = np.asarray(image_zyx)[:: stride[0], :: stride[1], :: stride[2]]
+    # The key samples a voxel every few blocks (cheap on every click); the mask uses them all.
+    step = (stride[0], KEY_STEP * stride[1], KEY_STEP * stride[2])
+    sampled = np.asarray(image_zyx)[:: step[0], :: step[1], :: step[2]]
     key = _key(sampled, geometry, (air_hu, step_mm, min_lung_ml, airway_mm2, midline_mm))
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -186,17 +197,31 @@ def _distance_to_mask(mask: np.ndarray, spacing_kji) -> np.ndarray:
     return np.maximum(sitk.GetArrayFromImage(signed), 0.0)
 
 
+def _any_pooled(mask: np.ndarray, factors) -> np.ndarray:
+    """A block is lung if any voxel of it is (the far edge's partial blocks dropped)."""
+    n = [size // f for size, f in zip(mask.shape, factors, strict=True)]
+    m = mask[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    return m.reshape(n[0], factors[0], n[1], factors[1], n[2], factors[2]).any(axis=(1, 3, 5))
+
+
 def inside_lung_envelope(
     lungs: LungMask, geometry: ImageGeometry, point_lps, radius_mm: float
 ) -> bool:
     """Whether the point lies in the lung mask's closing with a ball of ``radius_mm``: no ball
     of that radius holding the point stays clear of the lung. Computed on a local box only
-    (whether a ball clears the lung depends on the mask within twice the radius)."""
+    (whether a ball clears the lung depends on the mask within twice the radius), on a grid of
+    about a tenth of the radius (a large ball needs no finer one; it keeps a click fast)."""
     centre = lungs.coarse_index(geometry, point_lps)
     lo, hi = _local_box(lungs, centre, 2.0 * radius_mm)
-    box = lungs.mask_kji[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    clear = _distance_to_mask(box, lungs.spacing_kji) > radius_mm  # ball centres off the lung
-    near = _offsets_mm(lo, hi, centre, lungs.spacing_kji) <= radius_mm
+    spacing = np.asarray(lungs.spacing_kji, dtype=float)
+    factors = tuple(int(f) for f in np.maximum(1, np.rint(radius_mm / ENVELOPE_STEPS / spacing)))
+    box = _any_pooled(lungs.mask_kji[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], factors)
+    if box.size == 0:
+        return True  # the point lies at the image's edge: no verdict against it
+    spacing = spacing * factors
+    local = (centre - lo - (np.asarray(factors) - 1) / 2.0) / np.asarray(factors)
+    clear = _distance_to_mask(box, spacing) > radius_mm  # ball centres off the lung
+    near = _offsets_mm((0, 0, 0), box.shape, local, spacing) <= radius_mm
     return not bool(np.any(clear & near))
 
 
