@@ -168,3 +168,91 @@ def test_a_click_on_normal_lung_is_no_nodule_at_the_point():
     check_point(lung, GEOMETRY, GEOMETRY.index_to_lps(np.array([30.0, 30.0, 10.0])))
     point = GEOMETRY.index_to_lps(np.array([50.0, 50.0, 10.0]))
     assert "normal lung" in str(_refused("no_nodule_at_point", check_point, lung, GEOMETRY, point))
+
+
+# Which side of the pleura (core/lung_mask.py) -----------------------------------------------
+
+PHANTOM = ImageGeometry(
+    (0.0, 0.0, 0.0), (1.25, 1.25, 2.5), (1, 0, 0, 0, 1, 0, 0, 0, 1), (160, 120, 40)
+)
+
+
+def _chest_phantom() -> np.ndarray:
+    """Air around a soft-tissue body holding two lungs (-850 HU) and a 40 mm mediastinum."""
+    ct = np.full((40, 120, 160), -1000, np.int16)
+    ct[:, 10:110, 10:150] = 40  # the body (chest wall 12.5 mm)
+    ct[:, 20:100, 20:64] = -850  # right lung
+    ct[:, 20:100, 96:140] = -850  # left lung, 40 mm of mediastinum between
+    return ct
+
+
+def _ball(ct, centre_ijk, radius_mm, hu=40):
+    k, j, i = np.ogrid[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
+    s = PHANTOM.spacing
+    d2 = ((i - centre_ijk[0]) * s[0]) ** 2 + ((j - centre_ijk[1]) * s[1]) ** 2
+    d2 = d2 + ((k - centre_ijk[2]) * s[2]) ** 2
+    ct[d2 <= radius_mm**2] = hu
+    return ct
+
+
+def test_the_lung_side_of_a_click_on_a_chest_phantom():
+    from NoduleMalignancyLib.core.validation import lung_side
+
+    def side(ct, ijk, diameter):
+        return lung_side(ct, PHANTOM, PHANTOM.index_to_lps(np.array(ijk, float)), diameter)[0]
+
+    ct = _chest_phantom()
+    assert side(ct, (80, 60, 20), 10.0) == "outside"  # mediastinum
+    assert side(ct, (14, 60, 20), 5.0) == "outside"  # chest wall
+    assert side(ct, (40, 60, 20), 8.0) == "inside"  # a nodule in the lung
+    # A 10 mm juxtapleural hemisphere on the lateral pleura, clicked 2 mm into the lung.
+    juxta = _ball(ct.copy(), (19.5, 60, 20), 5.0)
+    assert side(juxta, (21, 60, 20), 10.0) == "inside"
+    # A 20 mm tube along z against the mediastinal pleura (an aorta): a dent, but not closed.
+    tube = ct.copy()
+    k, j, i = np.ogrid[:40, :120, :160]
+    tube[np.broadcast_to(((i - 64) * 1.25) ** 2 + ((j - 60) * 1.25) ** 2 <= 100, tube.shape)] = 40
+    assert side(tube, (62, 60, 20), 20.0) == "outside"
+    # A crop without the body outline (lung on its border) has no lung mask: no verdict.
+    assert side(ct[:, 30:90, 30:60].copy(), (15, 30, 20), 8.0) == "unknown"
+
+
+def _painted_hemisphere(array, geometry, k, j, i0, step, diameter_mm):
+    """A soft-tissue ball centred on the pleura (the last lung voxel from i0 towards the chest
+    wall); the click is the centroid of its part in the lung."""
+    i = i0
+    while array[k, j, i + step] < -400:
+        i += step
+    radius = diameter_mm / 2.0
+    s = geometry.spacing
+    half = [int(np.ceil(radius / v)) + 1 for v in s]
+    box = (slice(k - half[2], k + half[2] + 1), slice(j - half[1], j + half[1] + 1))
+    box = (*box, slice(i - half[0], i + half[0] + 1))
+    kk, jj, ii = np.mgrid[box]
+    ball = ((ii - i) * s[0]) ** 2 + ((jj - j) * s[1]) ** 2 + ((kk - k) * s[2]) ** 2 <= radius**2
+    painted = array.copy()
+    lung = ball & (painted[box] < -400)
+    painted[box][ball] = 40
+    centroid = np.stack([ii[lung], jj[lung], kk[lung]], -1).mean(0)
+    return painted, geometry.index_to_lps(centroid)
+
+
+def test_a_mediastinum_click_on_the_full_ct_is_flagged_outside_lung(ct, shipped):
+    _, array, geometry = ct
+    for ijk in ((250, 190, 100), (70, 250, 100)):  # mediastinal fat, chest wall
+        point = geometry.index_to_lps(np.array(ijk, float))
+        try:
+            result = analyze_point(array, geometry, point, shipped, map_to_ct=False)
+        except RefusedError:
+            continue
+        assert "outside_lung" in {w.code for w in result.warnings}, ijk
+        assert result.scope_figures["lung_side"] == "outside"
+
+
+def test_a_juxtapleural_nodule_on_the_full_ct_is_not_flagged(ct, shipped):
+    _, array, geometry = ct
+    for diameter in (10.0, 20.0):
+        painted, point = _painted_hemisphere(array, geometry, 80, 280, 150, -1, diameter)
+        result = analyze_point(painted, geometry, point, shipped, map_to_ct=False)
+        assert "outside_lung" not in {w.code for w in result.warnings}, diameter
+        assert result.scope_figures["lung_side"] == "inside"

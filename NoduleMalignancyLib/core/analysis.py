@@ -27,8 +27,8 @@ from .gates import gate_health
 from .geometry import ImageGeometry
 from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
 from .lung_rads import texture_class as texture_class_of
-from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule
-from .validation import Finding, check_image, check_point, check_result
+from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
+from .validation import Finding, check_image, check_point, check_result, lung_side
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -133,6 +133,7 @@ def analyze_point(
     sample, out, passes = sample_and_run(image_zyx, geometry, point_lps, ensemble, context, timings)
     result = _result(sample, out, ensemble, point_lps, timings)
     t = time.perf_counter()
+    side, side_figures = lung_side(image_zyx, geometry, point_lps, result.diameter_mm)
     found, result.scope_figures = check_result(
         result.segmentation_mask_voi,
         sample.valid,
@@ -140,7 +141,9 @@ def analyze_point(
         ensemble.manifest.voi.spacing_zyx,
         result.diameter_mm,
         result.malignancy_sd,
+        side=side,
     )
+    result.scope_figures |= side_figures
     result.warnings = [*image_warnings, *found]
     timings["checks"] += time.perf_counter() - t
     if map_to_ct:
@@ -164,11 +167,12 @@ def sample_and_run(
     """The VOI the analysis settles on (context policy below), the folds' outputs on it, and
     the number of network passes it took. Evaluation re-runs the network on this very sample.
 
-    Context policy: the network was trained on tight crops, so it sees the same here. Without an
-    explicit ``context`` a first pass uses the minimal crop around the point; its segmentation
-    (inside the crop) gives the nodule's extent, from which the crop is rebuilt as in the
-    training data and the nodule analysed again, until the crop stops changing (a nodule larger
-    than the minimal crop needs more than one step; at most ``MAX_CONTEXT_PASSES`` passes).
+    Context policy (docs/DESIGN.md §2): the network was trained on tight crops, so it sees the
+    same here. Without an explicit ``context`` a first pass uses the minimal crop around the
+    point; its segmentation (inside the crop) gives the nodule's in-plane extent and longest
+    axial diameter, from which the crop is rebuilt as in the training data (in z: from the
+    diameter, since the segmentation's z extent only follows the crop) and the nodule analysed
+    again, until the crop stops changing (at most ``MAX_CONTEXT_PASSES`` passes).
     """
     cfg = ensemble.manifest.voi
     timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
@@ -183,6 +187,7 @@ def sample_and_run(
         return sample, out
 
     passes = 1
+    fov_z_mm = (cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0]
     if context is None:
         box = context_box_for_nodule(geometry, point_lps)
         sample, out = run(box)
@@ -191,7 +196,10 @@ def sample_and_run(
             if not seen.any():
                 break
             extent = grid_points_lps(sample.geometry)[seen]
-            grown = context_box_for_nodule(geometry, point_lps, extent)
+            diameter = nodule_size(seen, cfg.spacing_zyx).diameter_mm
+            grown = context_box_for_nodule(
+                geometry, point_lps, extent, axial_diameter_mm=diameter, fov_z_mm=fov_z_mm
+            )
             if grown == box:
                 break
             box = grown

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import ImageGeometry
+from .lung_mask import inside_lung_envelope, lung_above_or_below, lung_distance_mm, lung_mask
 from .measurements import component_at_center
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "check_image",
     "check_point",
     "check_result",
+    "lung_side",
 ]
 
 REFUSALS = ("not_3d", "not_ct", "no_tissue", "no_nodule_at_point")
@@ -72,6 +74,22 @@ class ScopeConfig:
     min_lung_share: float = 0.15  # of the shell's valid voxels that are lung
     dense_hu: float = -300.0  # soft tissue and denser
     max_dense_fill: float = 0.6  # share of the field of view filled by the clicked dense region
+    # Which side of the pleura (core/lung_mask.py), on CTs that show the body outline: the lung
+    # mask is the air-like voxels inside the body on a coarse grid, less the airway.
+    lung_mask_hu: float = -400.0
+    lung_mask_step_mm: float = 1.25
+    min_lung_ml: float = 100.0  # smaller air pockets (bowel gas) are no lung
+    airway_max_mm2: float = 600.0  # trachea, main bronchi: per slice smaller than this ...
+    airway_midline_mm: float = 40.0  # ... and this close to the body's midline
+    # The point is in the lung if (1) no ball holding it stays clear of the lung: juxtapleural
+    # nodules are dents in the lung, the chest wall, mediastinum, heart and liver beyond the
+    # pleura hold such a ball; its radius is the segmented diameter within these bounds (a
+    # pleural-based hemisphere needs about 0.8 of its diameter), and (2) lung lies straight above
+    # or below it within half the diameter plus the margin (a tube such as the aorta along the
+    # lung is a dent too, but not a closed one). docs/experiments/README.md, "Scope".
+    pleura_ball_mm: tuple[float, float] = (15.0, 30.0)
+    lung_column_margin_mm: float = 5.0
+    lung_column_radius_mm: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -226,12 +244,49 @@ def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu) -> float:
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
     distance = sitk.GetArrayFromImage(
-        sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, useImageSpacing=True)
+        sitk.SignedMaurerDistanceMap(
+            image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
     )
     shell = (distance > shell_mm[0]) & (distance <= shell_mm[1]) & (valid > 0.5)
     if not shell.any():
         return float("nan")
     return float((hu[shell] < lung_hu).mean())
+
+
+def lung_side(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    point_lps,
+    diameter_mm: float,
+    scope: ScopeConfig = ScopeConfig(),
+) -> tuple[str, dict]:
+    """``"inside"`` or ``"outside"`` the lungs (the pleura's side the point is on) for a lesion
+    segmented ``diameter_mm`` across, or ``"unknown"`` on an image without a body outline (a
+    crop such as the LIDC VOIs)."""
+    lungs = lung_mask(
+        image_zyx,
+        geometry,
+        scope.lung_mask_hu,
+        scope.lung_mask_step_mm,
+        scope.min_lung_ml,
+        scope.airway_max_mm2,
+        scope.airway_midline_mm,
+    )
+    if lungs is None:
+        return "unknown", {"lung_side": "unknown"}
+    ball = float(np.clip(diameter_mm, *scope.pleura_ball_mm))
+    reach = diameter_mm / 2.0 + scope.lung_column_margin_mm
+    enclosed = inside_lung_envelope(lungs, geometry, point_lps, ball)
+    closed = lung_above_or_below(lungs, geometry, point_lps, reach, scope.lung_column_radius_mm)
+    side = "inside" if enclosed and closed else "outside"
+    figures = {
+        "lung_side": side,
+        "lung_distance_mm": lung_distance_mm(lungs, geometry, point_lps, 2.0 * ball),
+        "lung_enclosed": enclosed,
+        "lung_closed_in_z": closed,
+    }
+    return side, figures
 
 
 def check_result(
@@ -242,6 +297,7 @@ def check_result(
     diameter_mm: float,
     malignancy_sd: float,
     scope: ScopeConfig = ScopeConfig(),
+    side: str = "unknown",
 ) -> tuple[list[Finding], dict]:
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
@@ -304,7 +360,15 @@ def check_result(
                 "points): treat the malignancy as uncertain.",
             )
         )
-    if np.isfinite(share) and share < scope.min_lung_share:
+    if side == "outside":
+        findings.append(
+            Finding(
+                "outside_lung",
+                "The point lies outside the lungs (chest wall, mediastinum, heart, abdomen or "
+                "outside the body): the model knows only lung nodules.",
+            )
+        )
+    elif np.isfinite(share) and share < scope.min_lung_share:
         findings.append(
             Finding(
                 "outside_lung",
