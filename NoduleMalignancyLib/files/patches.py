@@ -8,6 +8,10 @@ the inference sampler; voxels without image data are stored as -2048 HU so that 
 counts them invalid again. Every file is written atomically; a rerun skips the CTs already done
 (same path, size and modification time) and the nodules whose files and rows exist; one bad CT
 or nodule is recorded with its reason and the run goes on.
+
+One CT's work (:func:`export_ct`: read, sample, write its files) is apart from the recording of
+its rows (:class:`ExportRun`, one writer), so that the CTs can run on Dask workers
+(``batch/export.py``) with the same tables and resume as :func:`export_patches` in one process.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,34 +227,23 @@ class PatchWriter:
             return int(entry.get("nodules", 0))
         return None
 
-    def nodule_done(self, nodule: NoduleToExport) -> bool:
-        key = (safe_id(nodule.patient_id), safe_id(nodule.nodule_id))
-        row = self.metadata.get(key)
-        if row is None or not (self.out / "image" / f"{nodule.name}.nii.gz").is_file():
+    def _row_done(self, key: tuple[str, str], row: dict | None) -> bool:
+        """A nodule is done when its row and files (patch, and mask if it has one) exist."""
+        name = f"{key[0]}_R_{key[1]}"
+        if row is None or not (self.out / "image" / f"{name}.nii.gz").is_file():
             return False
-        return (
-            row.get("has_mask") != "1"
-            or (self.out / "nodule_mask" / f"{nodule.name}.nii.gz").is_file()
-        )
+        return row.get("has_mask") != "1" or (self.out / "nodule_mask" / f"{name}.nii.gz").is_file()
 
-    def write_nodule(self, loaded: LoadedCt, nodule: NoduleToExport, ct: CtToExport, sha: str):
-        """Sample, write the patch (and mask) atomically, then record its table rows."""
-        check_point(loaded.array_zyx, loaded.geometry, nodule.center_lps)
-        s = sample_voi(loaded.array_zyx, loaded.geometry, nodule.center_lps, self.canvas)
-        hu = np.where(s.valid > 0.5, np.rint(s.hu), NO_DATA_STORED_HU).astype(np.int16)
-        _write_image(hu, s.geometry, self.out / "image" / f"{nodule.name}.nii.gz")
-        has_mask = nodule.mask_ct is not None and bool(np.any(nodule.mask_ct))
-        if has_mask:
-            m = _mask_on_patch(nodule.mask_ct, loaded.geometry, s.geometry)
-            _write_image(
-                (m >= 0.5).astype(np.uint8),
-                s.geometry,
-                self.out / "nodule_mask" / f"{nodule.name}.nii.gz",
-            )
-        key = (safe_id(nodule.patient_id), safe_id(nodule.nodule_id))
-        self.metadata[key] = _metadata_row(nodule, loaded, ct, sha, has_mask)
-        if nodule.reader_ratings:
-            self.readers[key] = _reader_row(nodule, loaded)
+    def done_keys(self) -> set[tuple[str, str]]:
+        """The nodules an earlier run finished (what :func:`export_ct` skips on a resume)."""
+        return {key for key, row in self.metadata.items() if self._row_done(key, row)}
+
+    def record(self, rows: list[tuple[tuple[str, str], dict, dict | None]]) -> None:
+        """Table rows of written nodules (key, metadata row, reader row or None)."""
+        for key, metadata, readers in rows:
+            self.metadata[key] = metadata
+            if readers is not None:
+                self.readers[key] = readers
 
     def finish_source(
         self, ct: CtToExport, sha: str, status: str, reason: str = "", nodules: int = 0
@@ -381,6 +374,160 @@ def _reader_row(nodule: NoduleToExport, loaded: LoadedCt) -> dict:
     return row
 
 
+def nodule_key(nodule: NoduleToExport) -> tuple[str, str]:
+    """(patient, nodule) as file-name-safe ids: the key of the tables' rows."""
+    return safe_id(nodule.patient_id), safe_id(nodule.nodule_id)
+
+
+def write_nodule_files(out_dir: Path, canvas: VoiConfig, loaded: LoadedCt, nodule) -> bool:
+    """Sample the patch (and mask) of one nodule and write them atomically; True with a mask."""
+    check_point(loaded.array_zyx, loaded.geometry, nodule.center_lps)
+    s = sample_voi(loaded.array_zyx, loaded.geometry, nodule.center_lps, canvas)
+    hu = np.where(s.valid > 0.5, np.rint(s.hu), NO_DATA_STORED_HU).astype(np.int16)
+    _write_image(hu, s.geometry, out_dir / "image" / f"{nodule.name}.nii.gz")
+    has_mask = nodule.mask_ct is not None and bool(np.any(nodule.mask_ct))
+    if has_mask:
+        m = _mask_on_patch(nodule.mask_ct, loaded.geometry, s.geometry)
+        mask = (m >= 0.5).astype(np.uint8)
+        _write_image(mask, s.geometry, out_dir / "nodule_mask" / f"{nodule.name}.nii.gz")
+    return has_mask
+
+
+@dataclass
+class CtOutcome:
+    """What exporting one CT produced: its files are written, its rows not yet recorded.
+
+    Why apart: the files of a CT can be written anywhere (a Dask worker), while the tables and
+    the resume state have one writer, the process that records outcomes in input order
+    (docs/DESIGN.md §13).
+    """
+
+    sha256: str = ""
+    status: str = "done"  # or "failed": the CT could not be read or is out of scope
+    reason: str = ""
+    nodules: int = 0
+    rows: list[tuple[tuple[str, str], dict, dict | None]] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    messages: list[str] = field(default_factory=list)
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+def export_ct(
+    ct: CtToExport,
+    out_dir: str | os.PathLike,
+    canvas: VoiConfig,
+    scope: ScopeConfig | None = None,
+    done: Container[tuple[str, str]] = frozenset(),
+) -> CtOutcome:
+    """Read one CT, write the patch files of its nodules not in ``done``; the rows to record."""
+    out_dir, outcome = Path(out_dir), CtOutcome()
+    t0 = time.perf_counter()
+    try:
+        outcome.sha256 = ct.sha256 or source_sha256(ct.path)
+        loaded = ct.load()
+        check_image(loaded.array_zyx, loaded.geometry, loaded.modality, scope or ScopeConfig())
+    except Exception as exc:  # one bad CT must not stop a cohort
+        return _ct_failed(ct, exc, outcome)
+    t1 = time.perf_counter()
+    outcome.read_seconds = t1 - t0
+    for nodule in loaded.nodules:
+        key = nodule_key(nodule)
+        if key in done:
+            outcome.skipped += 1
+            continue
+        try:
+            has_mask = write_nodule_files(out_dir, canvas, loaded, nodule)
+        except Exception as exc:
+            reason = _reason(exc)
+            outcome.failures.append(_failure(ct, nodule, exc, reason))
+            outcome.failed += 1
+            outcome.messages.append(f"failed {nodule.name} ({ct.path}): {reason}")
+            continue
+        metadata = _metadata_row(nodule, loaded, ct, outcome.sha256, has_mask)
+        readers = _reader_row(nodule, loaded) if nodule.reader_ratings else None
+        outcome.rows.append((key, metadata, readers))
+        outcome.done += 1
+    outcome.nodules = len(loaded.nodules)
+    outcome.write_seconds = time.perf_counter() - t1
+    return outcome
+
+
+def _ct_failed(ct: CtToExport, exc: BaseException, outcome: CtOutcome) -> CtOutcome:
+    reason = _reason(exc)
+    outcome.status, outcome.reason = "failed", reason
+    outcome.failures.append(_failure(ct, None, exc, reason))
+    outcome.failed += ct.expected_nodules or 1
+    outcome.messages.append(f"failed {ct.path}: {reason}")
+    return outcome
+
+
+class ExportRun:
+    """One run's bookkeeping in the recording process: what is left to do, each CT's outcome
+    recorded (tables and state flushed after every CT), then the summary and dataset.json."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        voi: VoiConfig | None = None,
+        canvas_zyx=DEFAULT_CANVAS_ZYX,
+        resume: bool = True,
+        scope: ScopeConfig | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.writer = PatchWriter(out_dir, voi or VoiConfig(), canvas_zyx, resume)
+        self.out, self.canvas = self.writer.out, self.writer.canvas
+        self.resume, self.scope, self.log = resume, scope or ScopeConfig(), log
+        self.summary = ExportSummary(out_dir=self.out)
+        self.failures = _read_failures(self.out / FAILURES_CSV) if resume else []
+        # Nodules to skip: finished by an earlier run, or recorded in this one.
+        self.done: set[tuple[str, str]] = self.writer.done_keys() if resume else set()
+        self._t0 = time.perf_counter()
+
+    def todo(self, cts: Iterable[CtToExport]) -> list[CtToExport]:
+        """The CTs not finished by an earlier run (those are counted as skipped)."""
+        left = []
+        for ct in cts:
+            finished = self.writer.finished_nodules(ct) if self.resume else None
+            if finished is None:
+                left.append(ct)
+            else:
+                self.summary.skipped += finished
+        return left
+
+    def record(self, ct: CtToExport, outcome: CtOutcome | None, error=None) -> None:
+        """Record a CT's outcome; ``error``: its task failed as a whole (e.g. a worker lost)."""
+        if outcome is None:
+            outcome = _ct_failed(ct, error or RuntimeError("no outcome"), CtOutcome())
+        self.failures = [f for f in self.failures if f["source"] != str(ct.path)]  # retried
+        self.failures += outcome.failures
+        for message in outcome.messages:
+            self.log(message)
+        self.writer.record(outcome.rows)
+        if self.resume:
+            self.done |= {key for key, _, _ in outcome.rows}
+        self.summary.done += outcome.done
+        self.summary.skipped += outcome.skipped
+        self.summary.failed += outcome.failed
+        self.summary.read_seconds += outcome.read_seconds
+        self.summary.write_seconds += outcome.write_seconds
+        self.writer.finish_source(
+            ct, outcome.sha256, outcome.status, outcome.reason, nodules=outcome.nodules
+        )
+        atomic.write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
+
+    def finish(self) -> ExportSummary:
+        atomic.write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
+        self.summary.failures = self.failures
+        self.summary.seconds = time.perf_counter() - self._t0
+        self.writer.flush()
+        self.writer.write_dataset_json(self.summary)
+        return self.summary
+
+
 def export_patches(
     cts: Iterable[CtToExport],
     out_dir: str | os.PathLike,
@@ -391,64 +538,23 @@ def export_patches(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ExportSummary:
-    """Export every nodule of every CT; see the module docstring for the guarantees."""
+    """Export every nodule of every CT in this process; see the module docstring for the
+    guarantees (``batch/export.py`` runs the same :func:`export_ct` on a Dask cluster)."""
     from tqdm import tqdm
 
-    cts = list(cts)
-    scope = scope or ScopeConfig()
-    writer = PatchWriter(out_dir, voi or VoiConfig(), canvas_zyx, resume)
-    summary = ExportSummary(out_dir=writer.out)
-    failures = _read_failures(writer.out / FAILURES_CSV) if resume else []
-    t0 = time.perf_counter()
-    for ct in tqdm(cts, desc="export", unit="CT", disable=not progress):
-        finished = writer.finished_nodules(ct) if resume else None
-        if finished is not None:
-            summary.skipped += finished
-            continue
-        failures = [f for f in failures if f["source"] != str(ct.path)]  # retried now
-        sha = ""
-        try:
-            t_read = time.perf_counter()
-            sha = ct.sha256 or source_sha256(ct.path)
-            loaded = ct.load()
-            check_image(loaded.array_zyx, loaded.geometry, loaded.modality, scope)
-            summary.read_seconds += time.perf_counter() - t_read
-        except Exception as exc:  # one bad CT must not stop a cohort
-            reason = _reason(exc)
-            failures.append(_failure(ct, None, exc, reason))
-            summary.failed += ct.expected_nodules or 1
-            writer.finish_source(ct, sha, "failed", reason)
-            log(f"failed {ct.path}: {reason}")
-            continue
-        t_write = time.perf_counter()
-        for nodule in loaded.nodules:
-            if resume and writer.nodule_done(nodule):
-                summary.skipped += 1
-                continue
-            try:
-                writer.write_nodule(loaded, nodule, ct, sha)
-                summary.done += 1
-            except Exception as exc:
-                reason = _reason(exc)
-                failures.append(_failure(ct, nodule, exc, reason))
-                summary.failed += 1
-                log(f"failed {nodule.name} ({ct.path}): {reason}")
-        writer.finish_source(ct, sha, "done", nodules=len(loaded.nodules))
-        summary.write_seconds += time.perf_counter() - t_write
-        atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
-    atomic.write_csv(writer.out / FAILURES_CSV, failures, FAILURE_COLUMNS)
-    summary.failures = failures
-    summary.seconds = time.perf_counter() - t0
-    writer.flush()
-    writer.write_dataset_json(summary)
-    return summary
+    run = ExportRun(out_dir, voi, canvas_zyx, resume, scope, log)
+    for ct in tqdm(run.todo(cts), desc="export", unit="CT", disable=not progress):
+        run.record(ct, export_ct(ct, run.out, run.canvas, run.scope, run.done))
+    return run.finish()
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: BaseException) -> str:
     return str(exc).replace("\n", " ").strip() or type(exc).__name__
 
 
-def _failure(ct: CtToExport, nodule: NoduleToExport | None, exc: Exception, reason: str) -> dict:
+def _failure(
+    ct: CtToExport, nodule: NoduleToExport | None, exc: BaseException, reason: str
+) -> dict:
     return {
         "source": str(ct.path),
         "patient_id": nodule.patient_id if nodule else "",

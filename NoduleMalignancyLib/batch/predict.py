@@ -1,0 +1,258 @@
+"""The ``predict`` batch contract, one CT at a time: a pure function a Dask worker can run.
+
+Why one function per CT: the CT is read once and all its nodules are scored together, in the
+client process or on a worker (docs/DESIGN.md §13); the CLI only parses arguments and writes
+the CSV. The ensemble is loaded once per process (:func:`cached_ensemble`), never shipped.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.explanation import PARTS
+from ..core.geometry import ImageGeometry
+
+# The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
+# malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
+PREDICT_COLUMNS = (
+    "id",
+    "malignancy_probability",
+    "malignancy_sd",
+    *(a for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
+    "malignancy_score",
+    "calcification_probability",
+    "internal_structure_probability",
+    "volume_mm3",
+    "diameter_mm",
+    "mean_hu",
+    "calcified_fraction",
+    # The shown malignancy explained (docs/DESIGN.md §11): the network's unfused MIL logit, the
+    # mean fold logit of the fused model and its parts (they sum to it exactly).
+    "malignancy_mil_logit",
+    "malignancy_logit",
+    *(f"malignancy_logit_{part}" for part in PARTS),
+    # Suggested Lung-RADS v2022 baseline category and its solid component (docs/DESIGN.md §16).
+    "lung_rads",
+    "lung_rads_solid_mean_diameter_mm",
+    "warnings",  # scope warning codes, ";"-separated (core/validation.py)
+    "error",
+)
+
+
+def load_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+    """(HU array (z, y, x), geometry) of any CT the project reads."""
+    import SimpleITK as sitk
+
+    from ..files.samples import read_ct
+
+    image = read_ct(path)
+    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
+
+
+def cached_ensemble(models: str | Path | None, device: str = "auto"):
+    """The ensemble of ``models`` on ``device``, loaded once per process.
+
+    Why: a Dask worker runs many CT tasks; each would otherwise re-read and re-verify the K
+    weights files. The key includes the manifest's size and mtime, so a folder rewritten in
+    place (a new export) is loaded afresh.
+    """
+    from ..core.ensemble import MANIFEST_NAME
+    from ..core.settings import models_dir
+
+    directory = Path(models_dir(models)).resolve()
+    manifest = directory / MANIFEST_NAME
+    stamp = (manifest.stat().st_size, manifest.stat().st_mtime_ns) if manifest.is_file() else None
+    return _load_ensemble(str(directory), device, stamp)
+
+
+@lru_cache(maxsize=2)
+def _load_ensemble(directory: str, device: str, stamp):
+    from ..core.ensemble import Ensemble
+
+    return Ensemble.load(directory, device=device)
+
+
+def ensemble_loads() -> int:
+    """How many ensembles this process has loaded (a worker should load one per run)."""
+    return _load_ensemble.cache_info().misses
+
+
+def predict_ct(
+    image_path: str,
+    rows: list[dict],
+    models: str | Path | None = None,
+    device: str = "auto",
+    masks_dir: str | Path | None = None,
+    torch_threads: int | None = None,
+    dicom_out: str | Path | None = None,
+) -> list[dict]:
+    """One result row (PREDICT_COLUMNS keys) per manifest row of one image, in their order.
+
+    A row that cannot be scored gets its reason in ``error`` (an unreadable image: every row);
+    ``masks_dir`` gets ``<id>.nii.gz`` masks in the image's geometry, written here (on a Dask
+    worker: a filesystem the workers share). ``torch_threads`` caps the intra-op threads (one
+    per worker process on a cluster, so N workers use N cores).
+    """
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    ensemble = cached_ensemble(models, device)
+    datasets = None
+    try:
+        if dicom_out:
+            array, geometry, datasets = _load_dicom_image(image_path)
+        else:
+            array, geometry = load_image(image_path)
+        load_error = None
+    except Exception as exc:
+        array, geometry, load_error = None, None, f"cannot read image: {exc}"
+    found: list = []  # (id, result, mask) for the DICOM SEG / SR of this CT
+    recs = [
+        _predict_row(row, array, geometry, ensemble, masks_dir, load_error, datasets, found)
+        for row in rows
+    ]
+    if dicom_out and not load_error:
+        _write_dicom(dicom_out, image_path, datasets, geometry, found)
+    return recs
+
+
+def _load_dicom_image(path):
+    """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
+    import SimpleITK as sitk
+
+    from ..files.samples import read_ct_with_dicom
+
+    image, datasets = read_ct_with_dicom(path)
+    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), datasets
+
+
+def _write_dicom(folder, image_path, datasets, geometry, found) -> None:
+    """One SEG + SR per DICOM CT of a manifest, in ``<folder>/<series instance UID>/``."""
+    import sys
+
+    if datasets is None:
+        print(f"note: {image_path} is not DICOM: no DICOM SEG / SR for it", file=sys.stderr)
+        return
+    if not found:
+        return
+    from ..files.dicom_outputs import write_dicom_outputs
+
+    ids, results, masks = zip(*found, strict=True)
+    out = Path(folder) / str(datasets[0].SeriesInstanceUID)
+    try:  # the rows are scored either way: one CT's DICOM failing does not stop the run
+        write_dicom_outputs(datasets, geometry, list(masks), list(results), out, labels=list(ids))
+    except Exception as exc:
+        print(f"error: DICOM SEG / SR for {image_path}: {exc}", file=sys.stderr)
+
+
+def _predict_row(
+    row: dict, array, geometry, ensemble, masks_dir, load_error, datasets=None, found=None
+) -> dict:
+    from ..core.analysis import analyze_point
+    from ..core.validation import RefusedError
+    from ..files.writers import write_volume
+
+    rec = {"id": row["id"], "error": ""}
+    try:
+        if load_error:
+            raise ValueError(load_error)
+        point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
+        map_to_ct = bool(masks_dir or datasets)
+        r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
+        rec.update(result_columns(r))
+        if masks_dir:
+            path = Path(masks_dir) / f"{row['id']}.nii.gz"
+            write_volume(full_mask(r, geometry), geometry, path)
+        if datasets and found is not None:
+            found.append((row["id"], r, full_mask(r, geometry)))
+    except RefusedError as exc:
+        rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
+    except Exception as exc:
+        rec["error"] = str(exc).replace("\n", " ")
+    return rec
+
+
+def result_columns(r) -> dict[str, str]:
+    """A :class:`~NoduleMalignancyLib.core.analysis.NoduleResult` as formatted CSV cells."""
+    return dict(
+        malignancy_probability=f"{r.malignancy_probability:.6f}",
+        malignancy_sd=f"{r.malignancy_sd:.6f}",
+        **{k: f"{v:.4f}" for k, v in r.scores.items() if k != "malignancy"},
+        malignancy_score=f"{r.scores['malignancy']:.4f}",
+        calcification_probability=f"{r.calcification_probability:.6f}",
+        internal_structure_probability=f"{r.internal_structure_probability:.6f}",
+        volume_mm3=f"{r.volume_mm3:.2f}",
+        diameter_mm=f"{r.diameter_mm:.2f}",
+        mean_hu=f"{r.mean_hu:.1f}",
+        calcified_fraction=f"{r.calcified_fraction:.4f}",
+        malignancy_mil_logit=f"{r.malignancy_mil_logit:.5f}",
+        malignancy_logit=f"{r.explanation.logit:.5f}",
+        **{
+            f"malignancy_logit_{part}": f"{value:.5f}"
+            for part, value in r.explanation.parts.items()
+        },
+        lung_rads=r.lung_rads.category,
+        lung_rads_solid_mean_diameter_mm=f"{r.lung_rads.solid_mean_diameter_mm:.1f}",
+        warnings=";".join(w.code for w in r.warnings),
+    )
+
+
+def full_mask(result, geometry: ImageGeometry) -> np.ndarray:
+    """The segmentation as a binary mask in the whole input image's geometry."""
+    from ..core.voi import embed_sub_grid, sub_grid_offset
+
+    offset = sub_grid_offset(geometry, result.ct_grid)
+    mask = result.segmentation_mask_ct.astype(np.uint8)
+    return embed_sub_grid(mask, offset, geometry.shape_zyx)
+
+
+def predict_rows(
+    rows: list[dict],
+    models: str | Path | None = None,
+    device: str = "auto",
+    masks_dir: str | Path | None = None,
+    client=None,
+    dicom_out: str | Path | None = None,
+) -> list[dict]:
+    """One result row per manifest row, in input order: one :func:`predict_ct` task per image,
+    here (``client`` None: torch threads as they are) or on a Dask cluster (one torch thread
+    per worker; paths made absolute for the workers)."""
+    from ..core.settings import models_dir
+    from .cluster import map_in_order
+
+    threads = None
+    if client is not None:
+        models = str(Path(models_dir(models)).resolve())
+        masks_dir = str(Path(masks_dir).resolve()) if masks_dir else None
+        dicom_out = str(Path(dicom_out).resolve()) if dicom_out else None
+        threads = 1
+    groups = list(group_by_image(rows).items())
+    calls = [
+        (image, [rows[i] for i in indices], models, device, masks_dir, threads, dicom_out)
+        for image, indices in groups
+    ]
+    weights = [len(indices) for _, indices in groups]
+    results: dict[int, dict] = {}
+    for k, out, exc in map_in_order(predict_ct, calls, client, "predict", weights):
+        recs = out if exc is None else failed_rows(calls[k][1], exc)
+        results.update(zip(groups[k][1], recs, strict=True))
+    return [results[i] for i in range(len(rows))]
+
+
+def group_by_image(rows: list[dict]) -> dict[str, list[int]]:
+    """Row indices per image, images in order of first appearance (each image read once)."""
+    by_image: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_image.setdefault(row["image"], []).append(i)
+    return by_image
+
+
+def failed_rows(rows: list[dict], exc: BaseException) -> list[dict]:
+    """The rows of a CT whose task failed as a whole (a worker lost, an unexpected error)."""
+    reason = f"task failed: {type(exc).__name__}: {exc}".replace("\n", " ")
+    return [{"id": row["id"], "error": reason} for row in rows]
