@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch.predict import PREDICT_COLUMNS, full_mask
+from .batch.predict import PREDICT_COLUMNS, full_mask, load_dicom_image, load_image
 from .core.geometry import ImageGeometry, ras_to_lps
 
 __all__ = ["PREDICT_COLUMNS", "build_parser", "main"]
@@ -23,22 +23,6 @@ def _point(text: str) -> np.ndarray:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected X,Y,Z in mm, got {text!r}")
     return np.array(values)
-
-
-def _load_image(path):
-    from .batch.predict import load_image
-
-    return load_image(path)
-
-
-def _load_dicom_image(path):
-    """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
-    import SimpleITK as sitk
-
-    from .files.samples import read_ct_with_dicom
-
-    image, datasets = read_ct_with_dicom(path)
-    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), datasets
 
 
 def _check_dicom_source(path) -> None:
@@ -63,9 +47,9 @@ def cmd_analyze(args) -> int:
 
     if args.dicom_out:
         _check_dicom_source(args.ct)
-        array, geometry, datasets = _load_dicom_image(args.ct)
+        array, geometry, datasets = load_dicom_image(args.ct)
     else:
-        array, geometry = _load_image(args.ct)
+        array, geometry = load_image(args.ct)
     point = ras_to_lps(args.point) if args.frame == "ras" else args.point
     ensemble = _ensemble(args)
     result = analyze_point(array, geometry, point, ensemble)

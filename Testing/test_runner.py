@@ -7,43 +7,14 @@ reproduced exactly; a fake clock drives the debounce.
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import pytest
+from stepping import FakeClock, SteppedExecutor
 
 from NoduleMalignancyLib.core.geometry import lps_to_ras
 from NoduleMalignancyLib.files import samples
 from NoduleMalignancyLib.mrml.logic import InputError, NoduleMalignancyLogic
 from NoduleMalignancyLib.mrml.runner import AnalysisRunner
 from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
-
-
-class SteppedExecutor(concurrent.futures.Executor):
-    """Queues submitted jobs; :meth:`run_next` runs one (on the calling thread)."""
-
-    def __init__(self):
-        self.jobs: list = []
-
-    def submit(self, fn, *args, **kwargs):
-        future = concurrent.futures.Future()
-        self.jobs.append((future, fn, args, kwargs))
-        return future
-
-    def run_next(self) -> None:
-        future, fn, args, kwargs = self.jobs.pop(0)
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ browser test starts ``nodule-malignancy app`` in a subprocess and clicks on the 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import time
 
 import numpy as np
 import pytest
+from stepping import FakeClock, SteppedExecutor
 
 from NoduleMalignancyLib.files import samples
 from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
@@ -22,40 +22,12 @@ NODULE_LPS = (56.17, 86.2, -115.86)
 NODULE_RAS = (-56.17, -86.2, -115.86)
 
 
-class SteppedExecutor(concurrent.futures.Executor):
-    """Queues submitted jobs; :meth:`run_next` runs one on the calling thread."""
-
-    def __init__(self):
-        self.jobs: list = []
-
-    def submit(self, fn, *args, **kwargs):
-        future = concurrent.futures.Future()
-        self.jobs.append((future, fn, args, kwargs))
-        return future
-
-    def run_next(self) -> None:
-        future, fn, args, kwargs = self.jobs.pop(0)
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def station(slicer_runtime, mrml_scene, ct_0001_path):
     from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
     from NoduleMalignancyLib.station.controller import StationController
 
-    executor, clock = SteppedExecutor(), _Clock()
+    executor, clock = SteppedExecutor(), FakeClock()
     controller = StationController(
         NoduleMalignancyLogic(ensemble=random_test_ensemble()),
         device="cpu",

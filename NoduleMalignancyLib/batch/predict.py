@@ -105,7 +105,7 @@ def predict_ct(
     datasets = None
     try:
         if dicom_out:
-            array, geometry, datasets = _load_dicom_image(image_path)
+            array, geometry, datasets = load_dicom_image(image_path)
         else:
             array, geometry = load_image(image_path)
         load_error = None
@@ -121,7 +121,7 @@ def predict_ct(
     return recs
 
 
-def _load_dicom_image(path):
+def load_dicom_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry, list | None]:
     """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
     import SimpleITK as sitk
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.atomic import atomic_path, write_json
 
-__all__ = ["cmd_mrmc", "register"]
+__all__ = ["add_covariance_argument", "cmd_mrmc", "register"]
 
 
 def cmd_mrmc(args) -> int:
@@ -28,10 +28,20 @@ def cmd_mrmc(args) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``mrmc`` sub-command to the main CLI's sub-parsers."""
+def add_covariance_argument(sp: argparse.ArgumentParser) -> None:
+    """``--covariance``, shared by ``mrmc`` and ``study analyze``."""
     from .mrmc import COVARIANCES
 
+    sp.add_argument(
+        "--covariance",
+        choices=COVARIANCES,
+        default=COVARIANCES[0],
+        help="AUC covariance over cases: jackknife (default, as the Iowa program) or DeLong",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``mrmc`` sub-command to the main CLI's sub-parsers."""
     sp = subparsers.add_parser(
         "mrmc", help="Obuchowski-Rockette MRMC ROC analysis of a reading study's scores"
     )
@@ -41,10 +51,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CSV reader,case,modality,score,truth (rating = score), or an iMRMC file",
     )
     sp.add_argument("--out", required=True, help="folder for mrmc.json, mrmc.md, ...")
-    sp.add_argument(
-        "--covariance",
-        choices=COVARIANCES,
-        default=COVARIANCES[0],
-        help="AUC covariance over cases: jackknife (default, as the Iowa program) or DeLong",
-    )
+    add_covariance_argument(sp)
     sp.set_defaults(func=cmd_mrmc)

@@ -82,7 +82,7 @@ def cmd_analyze(args) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``study create``, ``add-reader``, ``export`` and ``analyze`` to the main CLI."""
-    from .mrmc import COVARIANCES
+    from .cli import add_covariance_argument
 
     study = study_commands(subparsers)
 
@@ -120,10 +120,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument(
         "--score", choices=SCORES, default="malignancy", help="AUROC and MRMC score's source"
     )
-    sp.add_argument(
-        "--covariance",
-        choices=COVARIANCES,
-        default=COVARIANCES[0],
-        help="AUC covariance over cases: jackknife (default, as the Iowa program) or DeLong",
-    )
+    add_covariance_argument(sp)
     sp.set_defaults(func=cmd_analyze)
