@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
+import subprocess
 import tarfile
 
 import highdicom as hd
@@ -55,6 +57,24 @@ def analyzed(archive, tmp_path_factory):
     args = ["analyze", "--ct", str(archive), "--point", point, "--out", str(out)]
     assert cli.main([*args, "--dicom-out", str(dicom), "--device", "cpu"]) == 0
     return out, dicom
+
+
+def test_seg_and_sr_pass_the_dicom3tools_validator(analyzed):
+    """David Clunie's ``dciodvfy`` (Debian dicom3tools, installed by .ci/run) checks each file
+    against its IOD: no error. Its warnings are the source CT's (the anonymised LIDC headers
+    have no Study Time or Study ID, which highdicom copies) and the private coding scheme
+    99NODMAL of the LIDC attributes (docs/DESIGN.md §16)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools; .ci/run does)")
+    _, dicom = analyzed
+    for name, iod in (("seg.dcm", "Segmentation"), ("sr.dcm", "Comprehensive3DSR")):
+        run = subprocess.run(["dciodvfy", str(dicom / name)], capture_output=True, text=True)
+        lines = (run.stdout + run.stderr).splitlines()
+        assert iod in lines, lines[:5]
+        assert not [line for line in lines if line.startswith("Error")], lines
+        expected = ("Study ID", "Study Time", "<99NODMAL>")
+        warnings = [w for w in lines if w.startswith("Warning")]
+        assert not [w for w in warnings if not any(e in w for e in expected)], warnings
 
 
 def _frames_by_instance(seg) -> dict[str, list[int]]:

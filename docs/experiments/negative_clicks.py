@@ -1,13 +1,19 @@
-"""Negative clicks on the two full LIDC CTs: random points 20 mm or more from every reader nodule.
+"""Negative clicks on the two full LIDC CTs: points that are no lung nodule.
 
-    NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/negative_clicks.py clicks.json
+    NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/negative_clicks.py clicks.csv
 
-Per CT: 12 points in dense tissue (> -300 HU: mediastinum, heart, chest wall, vessels, bone,
-liver), 5 in lung parenchyma (-900 .. -700 HU) and 3 in air (< -990 HU: airway or outside the
-body), drawn with a fixed seed; each is analysed like a click and its outcome printed.
+Two sets per CT, each point analysed like a click and its outcome printed and written:
+
+* random: 12 points in dense tissue (> -300 HU: mediastinum, heart, chest wall, vessels, bone,
+  liver), 5 in lung parenchyma (-900 .. -700 HU) and 3 in air (< -990 HU: airway or outside the
+  body), all >= 20 mm from every reader nodule, drawn with a fixed seed (2026);
+* named: structures picked by eye on axial slices (liver, kidney, spleen, heart, aorta, airway,
+  chest wall, vertebra, fat, a hilar vessel, bowel gas, air outside the body), each moved to the
+  nearest voxel of its slice whose 3 x 3 neighbourhood lies in the structure's HU range, so a
+  pick a few voxels off lands on the structure.
 """
 
-import json
+import csv
 import sys
 
 import numpy as np
@@ -20,21 +26,71 @@ from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.validation import RefusedError
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
-torch.set_num_threads(1)
-ens = Ensemble.load(device="cpu")
-rng = np.random.default_rng(2026)
-rows = []
-for name in ("LIDC-IDRI-0001", "LIDC-IDRI-0006"):
-    img = sitk.ReadImage(str(sample_path(name)))
-    a = sitk.GetArrayFromImage(img)
-    g = ImageGeometry.from_sitk(img)
+SOFT, FAT, ENHANCED, AIR = (0, 120), (-150, -50), (100, 600), (-1100, -900)
+# (structure, slice k, column i, row j, HU range) on the CT's voxel grid.
+NAMED = {
+    "LIDC-IDRI-0001": [
+        ("liver", 39, 180, 230, SOFT),
+        ("kidney", 13, 150, 290, (100, 300)),
+        ("bowel gas", 13, 320, 143, AIR),
+        ("heart", 66, 270, 225, ENHANCED),
+        ("descending aorta", 66, 270, 320, ENHANCED),
+        ("ascending aorta", 93, 245, 220, ENHANCED),
+        ("airway (main bronchus)", 93, 232, 262, AIR),
+        ("anterior chest wall fat", 66, 256, 150, FAT),
+        ("lateral chest wall muscle", 66, 80, 250, SOFT),
+        ("posterior chest wall muscle", 66, 200, 380, SOFT),
+        ("vertebra", 66, 256, 345, (150, 1500)),
+        ("air outside the body", 66, 256, 50, AIR),
+        ("shoulder muscle", 119, 90, 250, SOFT),
+        ("hilar vessel", 66, 210, 255, (0, 600)),
+        ("spleen", 39, 380, 260, SOFT),
+        ("mediastinal fat", 93, 230, 190, FAT),
+    ],
+    "LIDC-IDRI-0006": [
+        ("liver", 39, 180, 220, SOFT),
+        ("kidney", 13, 380, 280, (100, 300)),
+        ("bowel gas", 16, 412, 221, AIR),
+        ("heart", 66, 280, 210, ENHANCED),
+        ("descending aorta", 66, 290, 290, ENHANCED),
+        ("trachea", 119, 262, 205, AIR),
+        ("aortic arch", 93, 255, 215, ENHANCED),
+        ("anterior chest wall muscle", 66, 256, 110, SOFT),
+        ("lateral chest wall muscle", 66, 45, 250, SOFT),
+        ("vertebra", 66, 256, 330, (150, 1500)),
+        ("air outside the body", 66, 256, 40, AIR),
+        ("hilar vessel", 66, 180, 215, (0, 600)),
+        ("spleen", 39, 390, 260, SOFT),
+        ("stomach wall", 39, 330, 210, SOFT),
+        ("axillary fat", 93, 60, 200, FAT),
+    ],
+}
+
+
+def snap(a: np.ndarray, k: int, i: int, j: int, hu: tuple[float, float], radius: int = 40):
+    """The voxel of slice k nearest (i, j) whose 3 x 3 neighbourhood lies within ``hu``."""
+    s = a[k].astype(np.float32)
+    ok = (s >= hu[0]) & (s <= hu[1])
+    inner = ok.copy()
+    for dj in (-1, 0, 1):
+        for di in (-1, 0, 1):
+            inner &= np.roll(np.roll(ok, dj, 0), di, 1)
+    jj, ii = np.nonzero(inner)
+    d = np.hypot(ii - i, jj - j)
+    if not len(d) or d.min() > radius:
+        raise ValueError(f"no voxel in {hu} HU within {radius} voxels of {(i, j, k)}")
+    n = int(np.argmin(d))
+    return int(ii[n]), int(jj[n])
+
+
+def clicks(name: str, a: np.ndarray, g: ImageGeometry, rng) -> list[tuple[str, str, tuple]]:
     nodules = np.array([p for _, p in nodule_points_lps(name)])
-    body = a > -300
     kinds = {
         "dense tissue (HU > -300)": (a > -300, 12),
         "lung parenchyma (-900..-700 HU)": ((a > -900) & (a < -700), 5),
         "air below -990 HU": ((a < -990) & (a > -1100), 3),
     }
+    out = []
     for kind, (where, n) in kinds.items():
         idx = np.argwhere(where[5:-5, 40:-40, 40:-40]) + [5, 40, 40]
         picked = 0
@@ -44,13 +100,43 @@ for name in ("LIDC-IDRI-0001", "LIDC-IDRI-0006"):
             if np.min(np.linalg.norm(nodules - p, axis=1)) < 20:
                 continue
             picked += 1
+            out.append(("random", kind, (int(i), int(j), int(k))))
+    for structure, k, i, j, hu in NAMED[name]:
+        i, j = snap(a, k, i, j, hu)
+        out.append(("named", structure, (i, j, k)))
+    return out
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    ens = Ensemble.load(device="cpu")
+    rng = np.random.default_rng(2026)
+    rows = []
+    for name in ("LIDC-IDRI-0001", "LIDC-IDRI-0006"):
+        img = sitk.ReadImage(str(sample_path(name)))
+        a = sitk.GetArrayFromImage(img)
+        g = ImageGeometry.from_sitk(img)
+        for source, kind, (i, j, k) in clicks(name, a, g, rng):
+            p = g.index_to_lps(np.array([i, j, k], float))
+            row = {"ct": name, "set": source, "clicked_on": kind, "ijk": f"{i} {j} {k}"}
+            row["hu"] = int(a[k, j, i])
             try:
                 r = analyze_point(a, g, p, ens, map_to_ct=False)
-                out = ",".join(w.code for w in r.warnings) or "(no warning)"
-                prob = r.malignancy_probability
+                row["outcome"] = ";".join(w.code for w in r.warnings) or "(no warning)"
+                row["malignancy"] = round(r.malignancy_probability, 2)
+                row["diameter_mm"] = round(r.diameter_mm, 1)
+                row["lung_side"] = r.scope_figures.get("lung_side", "")
             except RefusedError as e:
-                out = f"REFUSED {e.code}"
-                prob = float("nan")
-            rows.append((name, kind, int(a[k, j, i]), out, prob))
-            print(f"{name} | {kind} | {a[k, j, i]} HU | {out} | {prob:.2f}", flush=True)
-json.dump(rows, open(sys.argv[1], "w"))
+                row["outcome"] = f"REFUSED {e.code}"
+            rows.append(row)
+            print(" | ".join(str(v) for v in row.values()), flush=True)
+    keys = ["ct", "set", "clicked_on", "ijk", "hu", "outcome", "malignancy", "diameter_mm"]
+    keys.append("lung_side")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
