@@ -33,6 +33,7 @@ from NoduleMalignancyLib.study.store import (
     SCORE_COLUMNS,
     StudyStateError,
     StudyStore,
+    WashoutError,
     create_study,
     hash_token,
     reader_link,
@@ -102,6 +103,10 @@ def rate(store: StudyStore, token: str, modality: str, **fields) -> dict:
         (lambda d: d["cases"][0]["points"][0].update(point=[1, 2]), "cases[0].points[0].point"),
         (lambda d: d["cases"][0].update(nodule="x"), "cases[0].nodule"),
         (lambda d: d.update(required=["malignancy", "size"]), "required"),
+        (lambda d: d.update(washout_days=-1), "washout_days"),
+        (lambda d: d.update(washout_days="7"), "washout_days"),
+        (lambda d: d.update(washout_days=True), "washout_days"),
+        (lambda d: d.update(washout_days=7), "washout_days"),  # sequential: one session
     ],
 )
 def test_a_bad_study_file_is_refused_naming_the_field(tmp_path, change, field):
@@ -294,6 +299,42 @@ def test_independent_sessions_are_counterbalanced_by_reader_index(tmp_path):
     finished = con.execute("SELECT count(*) FROM sessions WHERE finished_at IS NOT NULL").fetchone()
     assert finished[0] == 2, "both sessions of the first reader are marked finished"
     assert store.next_case(second).modality == "aided"
+
+
+def test_session_2_opens_only_after_the_washout_even_across_a_restart(tmp_path):
+    from stepping import FakeClock
+
+    clock = FakeClock()
+    clock.now = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    store, owner = new_store(tmp_path, clock=clock, n=2, design="independent", washout_days=7)
+    assert store.washout_days == 7.0
+    token = store.add_reader(owner, "R0")
+    rate(store, token, "unaided")
+    clock.now += 3600.0
+    rate(store, token, "unaided")  # session 1 finishes now
+    finished = clock.now
+    clock.now += 6 * 86400.0
+    with pytest.raises(WashoutError, match=r"session 2 \(aided\) opens on 2023-11-21 23:13 UTC"):
+        store.next_case(token)
+    progress = store.progress(token)
+    assert (progress.finished, progress.session, progress.modality) == (False, 2, "aided")
+    assert progress.opens_at.startswith("2023-11-21T23:13:20") and progress.done == 2
+    some_case = store.my_ratings(token)[0]["case"]
+    with pytest.raises(WashoutError):
+        store.open_case(token, some_case)
+    assert not store.model_visible(token, some_case)
+    clock.now = finished + 7 * 86400.0 - 1.0
+    reopened = StudyStore(store.db_path, clock=clock)  # the wait is in the database
+    with pytest.raises(WashoutError) as caught:
+        reopened.next_case(token)
+    assert caught.value.opens_at == pytest.approx(finished + 7 * 86400.0, abs=1e-3)
+    clock.now += 1.0
+    step = reopened.next_case(token)
+    assert (step.session, step.modality) == (2, "aided")
+    assert reopened.progress(token).opens_at is None
+    rate(reopened, token, "aided")
+    rate(reopened, token, "aided")
+    assert reopened.next_case(token) is None and reopened.progress(token).finished
 
 
 # -- credentials -----------------------------------------------------------------------------

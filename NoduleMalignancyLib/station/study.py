@@ -138,7 +138,12 @@ class StudySession:
         self.assignment: Assignment | None = None
 
     def open_next(self) -> Assignment | None:
-        """Open the reader's next step (recording when it was opened); ``None``: all done."""
+        """Open the reader's next step (recording when it was opened); ``None``: all done.
+
+        :raises WashoutError: session 2 is due but its washout is not over (the message says
+            when it opens).
+        """
+        self.assignment = None
         upcoming = self.store.next_case(self.token)
         if upcoming is None:
             self.assignment = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..study.ratings import RatingError
-from ..study.store import StudyStateError
+from ..study.store import StudyStateError, WashoutError
 from .app import StationApp
 from .study import StudySession, open_store, rating_form
 
@@ -74,7 +74,13 @@ class StudyStationApp(StationApp):
 
     def _open_next(self) -> None:
         previous = self.session.assignment
-        assignment = self.session.open_next()
+        try:
+            assignment = self.session.open_next()
+        except WashoutError as exc:  # come back later: the message says when
+            self.controller.close_ct()
+            self.controller.set_status("empty", str(exc))
+            self._push_study(str(exc))
+            return
         if assignment is None:
             self.controller.close_ct()
             self.controller.set_status("done", "Every case is rated. Thank you.")
@@ -126,9 +132,9 @@ class StudyStationApp(StationApp):
         with self.server.state as state:
             state.study = self._study_state(message)
 
-    def _push_study(self) -> None:
+    def _push_study(self, error: str = "") -> None:
         with self.server.state as state:
-            state.study = self._study_state()
+            state.study = self._study_state(error)
         self._push()
 
     # Page ------------------------------------------------------------------------------------
@@ -172,7 +178,11 @@ class StudyStationApp(StationApp):
                         classes="text-caption",
                     )
                     self._form()
-                html.Div("Every case is rated. Thank you.", v_if="!study.case", id="study-finished")
+                html.Div(
+                    "Every case is rated. Thank you.",
+                    v_if="!study.case && study.progress.finished",
+                    id="study-finished",
+                )
             v3.VAlert(
                 v_if="study.error",
                 text=("study.error",),

@@ -13,7 +13,9 @@ look a reader up by hash). A wrong token raises ``PermissionError``.
 Workflow rules (the design, ``study/design.py``): every committed rating is locked; in the
 sequential design the aided rating of a case needs its unaided one first, and with
 ``hide_model_until_commit`` the model is visible only after the unaided commit; in the
-independent design session 2 starts when session 1 is complete.
+independent design session 2 starts when session 1 is complete and the study file's
+``washout_days`` have passed since it finished (before that, :class:`WashoutError` says when).
+Time comes from the store's ``clock`` (tests pass a fake one).
 """
 
 from __future__ import annotations
@@ -161,6 +163,22 @@ class StudyStateError(ValueError):
     """The study's workflow does not allow this now (a locked rating, aided before unaided...)."""
 
 
+class WashoutError(StudyStateError):
+    """The reader's session 2 is due but opens only after the washout: ``opens_at`` says when.
+
+    Why an error and not "no case": the reader is not finished, and must be told when to come
+    back (the station and the Slicer panel show the message).
+    """
+
+    def __init__(self, opens_at: float, finished_at: str, washout_days: float, modality: str):
+        self.opens_at = opens_at  # epoch seconds
+        finished = datetime.fromisoformat(finished_at).timestamp()
+        super().__init__(
+            f"session 2 ({modality}) opens on {_readable(opens_at)}: the washout of "
+            f"{washout_days:g} days after session 1 (finished {_readable(finished)}) is not over"
+        )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The study file, the readers and every rating as one read saw them (for the analysis).
@@ -207,6 +225,7 @@ class Progress:
     finished: bool
     session: int | None
     modality: str | None
+    opens_at: str | None = None  # session 2 waits for the washout until then (ISO, UTC)
 
     @property
     def done(self) -> int:
@@ -232,6 +251,11 @@ def reader_link(token: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _readable(epoch: float) -> str:
+    """A time as readers read it in messages: 2026-12-09 14:03 UTC."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
@@ -337,6 +361,9 @@ class StudyStore:
         self.hide_model_until_commit = bool(row["hide_model_until_commit"])
         self.required: tuple[str, ...] = tuple(json.loads(row["required"]))
         self.name: str = row["name"]
+        source = row["study_file"]  # the recorded study file holds what has no column
+        recorded = parse_study(json.loads(row["study_json"]), Path(source).parent, source=source)
+        self.washout_days: float = recorded.washout_days
 
     # -- connections -------------------------------------------------------------------------
 
@@ -518,7 +545,10 @@ class StudyStore:
         with self._read() as con:
             reader = self._reader(con, token)
             step = self._step(con, reader["id"])
-            return None if step is None else self._assignment(con, reader["id"], *step)
+            if step is None:
+                return None
+            self._check_washout(con, reader["id"], step[0])
+            return self._assignment(con, reader["id"], *step)
 
     def open_case(self, token: str, case: str) -> Assignment:
         """Record when the reader opened ``case`` for its current step (the first open counts)."""
@@ -600,7 +630,10 @@ class StudyStore:
         """Whether the reader may see the model's output for ``case`` now."""
         with self._read() as con:
             reader = self._reader(con, token)
-            step = self._current_case_step(con, reader["id"], case)
+            try:
+                step = self._current_case_step(con, reader["id"], case)
+            except WashoutError:  # nothing is open to read now
+                return False
             if step is None:  # the reader rated every step of this case
                 return True
             return self._visible(step[1])
@@ -617,6 +650,7 @@ class StudyStore:
             )
             n_cases = con.execute("SELECT count(*) FROM cases").fetchone()[0]
             step = self._step(con, reader["id"])
+            opens = None if step is None else self._washout_end(con, reader["id"], step[0])
         return Progress(
             reader=reader["name"],
             design=self.design,
@@ -625,6 +659,7 @@ class StudyStore:
             finished=step is None,
             session=None if step is None else step[0],
             modality=None if step is None else step[1],
+            opens_at=None if opens is None else _iso(opens[0]),
         )
 
     def my_ratings(self, token: str) -> list[dict]:
@@ -688,6 +723,7 @@ class StudyStore:
         if step is None:
             return None
         session, modality, _ = step
+        self._check_washout(con, reader_id, session)
         return None if self._has(con, reader_id, case, modality) else (session, modality)
 
     def _case_step(self, con, reader_id: int, case: str, submitting: str | None = None):
@@ -706,6 +742,23 @@ class StudyStore:
             f"case {case}: this reader's session {session} is {expected}; the {modality} "
             "ratings belong to their other session (session 2 starts when session 1 is complete)"
         )
+
+    def _washout_end(self, con, reader_id: int, session: int) -> tuple[float, str] | None:
+        """(epoch when session 2 opens, when session 1 finished) while the washout runs."""
+        if session != 2 or not self.washout_days:
+            return None
+        finished = con.execute(
+            "SELECT finished_at FROM sessions WHERE reader_id = ? AND session = 1", (reader_id,)
+        ).fetchone()[0]
+        opens = datetime.fromisoformat(finished).timestamp() + 86400.0 * self.washout_days
+        return (opens, finished) if self.clock() < opens else None
+
+    def _check_washout(self, con, reader_id: int, session: int) -> None:
+        """Raise :class:`WashoutError` while the reader's session 2 waits for the washout."""
+        waiting = self._washout_end(con, reader_id, session)
+        if waiting is not None:
+            modality = self._session_modality(con, reader_id, session)
+            raise WashoutError(waiting[0], waiting[1], self.washout_days, modality)
 
     def _visible(self, modality: str) -> bool:
         """Aided steps show the model; the sequential unaided step only if the study says so."""
