@@ -36,6 +36,7 @@ from NoduleMalignancyLib.study.store import (
     WashoutError,
     create_study,
     hash_token,
+    new_token,
     reader_link,
 )
 
@@ -380,6 +381,7 @@ def test_readers_reach_only_their_own_ratings_and_the_owner_token_guards_the_res
         store.add_reader(owner, "Smith, J")
     assert [(r["name"], r["unaided"]) for r in store.readers(owner)] == [("A", 1), ("B", 1)]
     assert reader_link("t0k-_", 9000) == "http://127.0.0.1:9000/?token=t0k-_"
+    assert not any(new_token().startswith("-") for _ in range(2000)), "argparse takes -x as a flag"
 
 
 # -- export ----------------------------------------------------------------------------------

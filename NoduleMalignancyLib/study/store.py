@@ -239,6 +239,17 @@ class Progress:
         return {**asdict(self), "done": self.done, "total": self.total}
 
 
+def new_token() -> str:
+    """A 256-bit URL-safe token that never starts with "-".
+
+    Why: tokens are pasted after ``--owner-token`` on the command line, where argparse reads a
+    leading "-" as an option (1 token in 64 would break the command).
+    """
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
+
+
 def hash_token(token: str) -> str:
     """SHA-256 hex of a token: what the store keeps instead of the token."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -286,7 +297,7 @@ def create_study(
         raise FileExistsError(f"{db_path} exists: a study database is never overwritten")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     text = Path(study_file).read_text(encoding="utf-8")
-    owner_token = secrets.token_urlsafe(32)
+    owner_token = new_token()
     now = _iso(clock())
     con = _connect(db_path)
     try:
@@ -428,7 +439,7 @@ class StudyStore:
                 "control characters"
             )
         name = name.strip()
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self._write() as con:
             self._owner(con, owner_token)
             if con.execute("SELECT 1 FROM readers WHERE name = ?", (name,)).fetchone():
@@ -458,7 +469,7 @@ class StudyStore:
 
     def reset_token(self, owner_token: str, name: str) -> str:
         """A new token for a reader who lost their link; the old one stops working."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self._write() as con:
             self._owner(con, owner_token)
             row = con.execute("SELECT id FROM readers WHERE name = ?", (name,)).fetchone()
