@@ -338,6 +338,80 @@ def test_session_2_opens_only_after_the_washout_even_across_a_restart(tmp_path):
     assert reopened.next_case(token) is None and reopened.progress(token).finished
 
 
+# -- skipped cases ---------------------------------------------------------------------------
+
+
+def test_a_skipped_case_is_recorded_not_offered_again_and_counted_as_done(tmp_path):
+    clock = Clock()
+    store, owner = new_store(tmp_path, clock=clock, n=3)
+    token = store.add_reader(owner, "A")
+    step = store.next_case(token)
+    store.open_case(token, step.case)
+    with pytest.raises(ValueError, match="give the reason"):
+        store.skip(token, step.case, "  ")
+    clock.t += 5.0
+    reason = f"No CT at /data/{step.case}.nrrd."
+    skip = store.skip(token, step.case, reason)
+    assert skip["reason"] == reason and skip["modality"] == "unaided" and skip["session"] == 1
+    assert skip["skipped_at"].startswith("2023-11-14T22:13:25")
+    with pytest.raises(StudyStateError, match="skipped"):
+        store.skip(token, step.case, reason)
+    with pytest.raises(StudyStateError, match="nothing is due"):
+        store.submit(token, step.case, "unaided", RATING)
+    progress = store.progress(token)
+    assert progress.skipped == {"unaided": 1, "aided": 1}, "no aided step without the unaided"
+    assert (progress.done, progress.total, progress.finished) == (2, 6, False)
+    reopened = StudyStore(store.db_path, clock=clock)  # the skip is on disk
+    offered = []
+    while (upcoming := reopened.next_case(token)) is not None:
+        offered.append(upcoming.case)
+        rate(reopened, token, upcoming.modality)
+    assert step.case not in offered and len(offered) == 4
+    assert reopened.progress(token).finished
+    assert [r["skipped"] for r in reopened.readers(owner)] == [1]
+    paths = reopened.export(owner, tmp_path / "out")
+    with open(paths["skipped"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["reader"], r["case"], r["modality"], r["reason"]) for r in rows] == [
+        ("A", step.case, "unaided", reason)
+    ]
+    assert reopened.snapshot(owner).skips[0]["reason"] == reason
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("SELECT count(*) FROM events WHERE kind = 'skip'").fetchone()[0] == 1
+
+
+def test_a_skip_in_session_1_comes_back_in_session_2_and_can_finish_a_session(tmp_path):
+    store, owner = new_store(tmp_path, n=2, design="independent")
+    token = store.add_reader(owner, "R0")
+    rate(store, token, "unaided")
+    last = store.next_case(token)
+    store.skip(token, last.case, "CT unreadable")  # finishes session 1
+    con = sqlite3.connect(store.db_path)
+    finished = con.execute("SELECT finished_at FROM sessions WHERE session = 1").fetchone()[0]
+    assert finished is not None
+    aided = [rate(store, token, "aided")["case"] for _ in range(2)]
+    assert last.case in aided, "a skip holds for its session only"
+    progress = store.progress(token)
+    assert progress.finished and progress.skipped == {"unaided": 1, "aided": 0}
+
+
+def test_a_version_1_database_gains_the_skips_table_and_keeps_its_ratings(tmp_path):
+    store, owner = new_store(tmp_path, n=2)
+    token = store.add_reader(owner, "A")
+    rate(store, token, "unaided")
+    con = sqlite3.connect(store.db_path)
+    with con:
+        con.execute("DROP TABLE skips")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    reopened = StudyStore(store.db_path)
+    assert len(reopened.my_ratings(token)) == 1
+    step = reopened.next_case(token)
+    reopened.skip(token, step.case, "CT unreadable")
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+
+
 # -- credentials -----------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from ..study.ratings import (
     SCALES,
     RatingError,
 )
-from ..study.store import Assignment, StudyStore
+from ..study.store import Assignment, StudyStateError, StudyStore
 
 __all__ = ["SCALE_WORDING", "StudySession", "open_store", "rating_form"]
 
@@ -136,6 +136,7 @@ class StudySession:
         self.reader = store.progress(token).reader  # checks the token
         self.fields = rating_form(store.required)
         self.assignment: Assignment | None = None
+        self.load_error = ""  # why the current case's CT did not load ("" while it did)
 
     def open_next(self) -> Assignment | None:
         """Open the reader's next step (recording when it was opened); ``None``: all done.
@@ -143,7 +144,7 @@ class StudySession:
         :raises WashoutError: session 2 is due but its washout is not over (the message says
             when it opens).
         """
-        self.assignment = None
+        self.assignment, self.load_error = None, ""
         upcoming = self.store.next_case(self.token)
         if upcoming is None:
             self.assignment = None
@@ -151,9 +152,25 @@ class StudySession:
         self.assignment = self.store.open_case(self.token, upcoming.case)
         return self.assignment
 
+    def ct_failed(self, message: str) -> None:
+        """The current case's CT did not load (``message`` names the problem): the reader may
+        skip the case now."""
+        self.load_error = str(message).strip() or "the CT did not load"
+
+    def skip(self) -> dict:
+        """Skip the current case because its CT did not load; the store records it with the
+        message. Only such a case can be skipped: a reader never skips a case they can see."""
+        if self.assignment is None:
+            raise StudyStateError("nothing to skip: every case is done")
+        if not self.load_error:
+            raise StudyStateError(
+                f"case {self.assignment.case}: only a case whose CT did not load can be skipped"
+            )
+        return self.store.skip(self.token, self.assignment.case, self.load_error)
+
     def model_visible(self) -> bool:
         """Whether the model's output may be shown now (the store decides)."""
-        if self.assignment is None:
+        if self.assignment is None or self.load_error:
             return False
         return self.store.model_visible(self.token, self.assignment.case)
 
@@ -169,6 +186,8 @@ class StudySession:
         """Commit the current step's rating (locked once this returns)."""
         if self.assignment is None:
             raise RatingError("nothing to rate: every case is done")
+        if self.load_error:
+            raise RatingError(f"the CT of this case did not load ({self.load_error}): skip it")
         rating = form_to_rating(values, self.fields)
         return self.store.submit(self.token, self.assignment.case, self.assignment.modality, rating)
 
@@ -181,6 +200,7 @@ class StudySession:
         return {
             "reader": self.reader,
             "progress": self.progress(),
+            "load_error": self.load_error,
             "case": None
             if a is None
             else {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..mrml.ct_loading import CTLoadError
 from ..study.ratings import RatingError
 from ..study.store import StudyStateError, WashoutError
 from .app import StationApp
@@ -53,6 +54,7 @@ class StudyStationApp(StationApp):
         state.url_token = ""
         state.change("url_token")(self._on_url_token)
         self.server.controller.trigger("study_sign_in")(self.sign_in)
+        self.server.controller.trigger("study_skip")(self.skip)
         self._push()
 
     # Sign-in and cases -----------------------------------------------------------------------
@@ -93,7 +95,14 @@ class StudyStationApp(StationApp):
             if visible:  # the sequential design's aided step: the model appears now
                 self.controller.analyze()
         else:
-            self.load(assignment.ct_path, assignment.case)
+            try:
+                self.load(assignment.ct_path, assignment.case, check_ct=True)
+            except CTLoadError as exc:  # the reader may skip the case (recorded with this)
+                self.session.ct_failed(str(exc))
+                self.controller.close_ct()
+                self.controller.set_status("error", f"Case {assignment.case}: {exc}")
+                self._push_study()
+                return
             ids = [self.controller.add_point_lps(p["point"], p["name"]) for p in assignment.points]
             if ids:  # the views through the case's (first) nodule
                 self.controller.select(ids[0])
@@ -112,6 +121,19 @@ class StudyStationApp(StationApp):
         try:
             self.session.submit(values if values is not None else self.server.state.form)
         except (RatingError, StudyStateError, ValueError) as exc:
+            self._study_error(str(exc))
+            return False
+        self._open_next()
+        return True
+
+    def skip(self) -> bool:
+        """Skip the current case, whose CT did not load, and open the next step."""
+        if self.session is None:
+            self._study_error("Sign in first.")
+            return False
+        try:
+            self.session.skip()
+        except (StudyStateError, ValueError) as exc:
             self._study_error(str(exc))
             return False
         self._open_next()
@@ -157,7 +179,10 @@ class StudyStationApp(StationApp):
             with html.Div(v_if="study.signed_in"):
                 html.Div(
                     "Reader {{ study.reader }}: {{ study.progress.done }} of "
-                    "{{ study.progress.total }} ratings committed",
+                    "{{ study.progress.total }} steps done"
+                    "{{ study.progress.skipped.unaided + study.progress.skipped.aided "
+                    "? ' (' + (study.progress.skipped.unaided + study.progress.skipped.aided) "
+                    "+ ' skipped)' : '' }}",
                     id="study-progress",
                 )
                 v3.VProgressLinear(
@@ -172,12 +197,26 @@ class StudyStationApp(StationApp):
                         "session {{ study.case.session }}",
                         classes="text-subtitle-2",
                     )
-                    html.Div(
-                        "The model's output is hidden until this rating is committed.",
-                        v_if="!study.case.model_visible",
-                        classes="text-caption",
-                    )
-                    self._form()
+                    with html.Div(v_if="study.load_error", id="study-load-error"):
+                        v3.VAlert(
+                            text=("study.load_error",),
+                            type="warning",
+                            density="compact",
+                            classes="my-2",
+                        )
+                        v3.VBtn(
+                            "Skip this case (recorded with the message)",
+                            click=self.skip,
+                            color="warning",
+                            id="study-skip",
+                        )
+                    with html.Div(v_if="!study.load_error"):
+                        html.Div(
+                            "The model's output is hidden until this rating is committed.",
+                            v_if="!study.case.model_visible",
+                            classes="text-caption",
+                        )
+                        self._form()
                 html.Div(
                     "Every case is rated. Thank you.",
                     v_if="!study.case && study.progress.finished",
