@@ -62,7 +62,7 @@ def study(tmp_path, ct_0001_path):
 
 
 def test_the_form_has_the_lidc_scales_with_their_wording():
-    from NoduleMalignancyLib.station.study import rating_form
+    from NoduleMalignancyLib.study.form import rating_form
 
     fields = {f["name"]: f for f in rating_form(("malignancy", "confidence"))}
     assert set(CHARACTERISTICS) | {"confidence", "lung_rads", "comment"} == set(fields)
@@ -73,7 +73,7 @@ def test_the_form_has_the_lidc_scales_with_their_wording():
 
 
 def test_a_reader_session_rates_unaided_then_aided(study):
-    from NoduleMalignancyLib.station.study import StudySession, open_store
+    from NoduleMalignancyLib.study.session import StudySession, open_store
 
     study_file, db, token = study
     store = open_store(study_file, db)
@@ -103,7 +103,7 @@ def test_a_reader_session_rates_unaided_then_aided(study):
 
 
 def test_a_database_of_another_study_is_refused(study, tmp_path):
-    from NoduleMalignancyLib.station.study import open_store
+    from NoduleMalignancyLib.study.session import open_store
 
     study_file, db, _ = study
     other = tmp_path / "other.json"

@@ -3,7 +3,7 @@
 Why a subclass of the single-CT page: the views, the analysis and the results panel are the
 same; the study adds a panel above them and decides, through the store, which case is shown
 and whether the model's output may be (docs/DESIGN.md §14, §15). The rules live in
-``study/store.py`` and ``station/study.py``; this module only wires them to the page.
+``study/store.py`` and ``study/session.py``; this module only wires them to the page.
 
 One process serves one reader at a time: trame's state is shared by every browser connected
 to the same server, so each reader gets their own station (own port).
@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..mrml.ct_loading import CTLoadError
+from ..study.form import rating_form
 from ..study.ratings import RatingError
+from ..study.session import StudySession, open_store
 from ..study.store import StudyStateError, WashoutError
 from .app import StationApp
-from .study import StudySession, open_store, rating_form
 
 __all__ = ["StudyStationApp"]
 

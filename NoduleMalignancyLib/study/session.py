@@ -1,127 +1,38 @@
-"""One reader's reading-study session at the station, in plain Python (docs/DESIGN.md §14, §15).
+"""One reader's reading-study session, in plain Python (docs/DESIGN.md §14, §15).
 
-Why here and not in the page: signing in with a token, finding the reader's next case, the
-rating form's fields and turning the form's values into a rating the store accepts are the
-rules of the study; the trame page only shows them. Every rule stays in the store
-(``study/store.py``: order, locking, when the model may be shown); this module never decides
-them itself.
+Why here and not in a page or a panel: signing in with a token, finding the reader's next case,
+the rating form, skipping a case whose CT did not load and submitting are the rules of the study;
+the browser station (``station/study_app.py``) and the Slicer module's study panel
+(``study/scene_reading.py``) only show them. Every rule stays in the store (``study/store.py``:
+order, locking, washout, when the model may be shown); this module never decides them itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..core.attributes import LIDC_WORDING
-from ..study.design import load_study
-from ..study.ratings import (
-    CHARACTERISTICS,
-    CONFIDENCE_RANGE,
-    LUNG_RADS,
-    SCALES,
-    RatingError,
-)
-from ..study.store import Assignment, StudyStateError, StudyStore
+from .design import load_study
+from .form import form_to_rating, rating_form
+from .ratings import RatingError
+from .store import Assignment, StudyStateError, StudyStore
 
-__all__ = ["SCALE_WORDING", "StudySession", "open_store", "rating_form"]
-
-# The LIDC wording of every rating, the presence scales included (LIDC-IDRI reader form).
-SCALE_WORDING: dict[str, tuple[str, ...]] = {
-    **LIDC_WORDING,
-    "calcification": ("Popcorn", "Laminated", "Solid", "Non-central", "Central", "Absent"),
-    "internal_structure": ("Soft tissue", "Fluid", "Fat", "Air"),
-}
+__all__ = ["StudySession", "open_store"]
 
 
-def open_store(study_file: str | Path, db_path: str | Path) -> StudyStore:
+def open_store(
+    study_file: str | Path, db_path: str | Path, clock: Callable[[], float] = time.time
+) -> StudyStore:
     """The study's store, after checking that the study file is the one it was made from."""
     study = load_study(study_file)
-    store = StudyStore(db_path)
+    store = StudyStore(db_path, clock=clock)
     if store.name != study.name or store.design != study.design or store.seed != study.seed:
         raise ValueError(
             f"{db_path} was made from another study file than {study_file} "
             f"(database: {store.name!r}, {store.design}, seed {store.seed})"
         )
     return store
-
-
-def rating_form(required: tuple[str, ...]) -> list[dict]:
-    """The form's fields: the nine LIDC characteristics with their wording, confidence 0-100,
-    optional Lung-RADS and free text; ``required`` as the study says."""
-    fields = []
-    for name in CHARACTERISTICS:
-        low, high = SCALES[name]
-        words = SCALE_WORDING.get(name, ())
-        fields.append(
-            {
-                "name": name,
-                "label": name.replace("_", " ").capitalize(),
-                "kind": "scale",
-                "min": low,
-                "max": high,
-                "required": name in required,
-                "choices": [
-                    {"value": v, "title": f"{v}: {words[v - low]}" if words else str(v)}
-                    for v in range(low, high + 1)
-                ],
-            }
-        )
-    low, high = CONFIDENCE_RANGE
-    fields.append(
-        {
-            "name": "confidence",
-            "label": "Confidence that the nodule is malignant (0-100)",
-            "kind": "number",
-            "min": low,
-            "max": high,
-            "required": "confidence" in required,
-            "choices": [],
-        }
-    )
-    fields.append(
-        {
-            "name": "lung_rads",
-            "label": "Lung-RADS (optional)",
-            "kind": "choice",
-            "required": False,
-            "choices": [{"value": c, "title": c} for c in LUNG_RADS],
-        }
-    )
-    fields.append(
-        {
-            "name": "comment",
-            "label": "Comment (optional)",
-            "kind": "text",
-            "required": False,
-            "choices": [],
-        }
-    )
-    return fields
-
-
-def form_to_rating(values: Mapping, fields: list[dict]) -> dict:
-    """The form's values (strings or numbers from the browser) -> a rating for ``submit``.
-
-    Empty fields become absent; the store checks ranges and what is required.
-    """
-    rating: dict = {}
-    for field in fields:
-        value = values.get(field["name"])
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        try:
-            if field["kind"] == "scale":
-                number = float(value)
-                if number != int(number):
-                    raise ValueError
-                rating[field["name"]] = int(number)
-            elif field["kind"] == "number":
-                rating[field["name"]] = float(value)
-            else:
-                rating[field["name"]] = str(value)
-        except (TypeError, ValueError):
-            raise RatingError(f"{field['label']}: {value!r} is not a valid value") from None
-    return rating
 
 
 class StudySession:
