@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +132,100 @@ def test_the_panel_says_when_the_washout_ends(slicer_runtime, mrml_scene, tmp_pa
     reading.open_next()
     assignment = reading.session.assignment
     assert (assignment.session, assignment.modality) == (2, "aided") and reading.model_visible
+
+
+# The module file's panel: its handlers reach SceneReading (stand-ins for the Qt widgets only) --
+class _Box:
+    """A stand-in for a Qt widget: the attributes the panel reads and writes."""
+
+    def __init__(self, text: str = "", **attributes) -> None:
+        self.text, self.enabled, self.currentIndex, self.node = text, True, 0, None
+        self.__dict__.update(attributes)
+
+    def addItems(self, items) -> None:  # noqa: N802 (Qt names)
+        self.items = list(items)
+
+    def setCurrentNode(self, node) -> None:  # noqa: N802 (Qt names)
+        self.node = node
+
+
+class _FormLayout:
+    def __init__(self) -> None:
+        self.rows: list = []
+
+    def rowCount(self) -> int:  # noqa: N802 (Qt names)
+        return len(self.rows)
+
+    def removeRow(self, row: int) -> None:  # noqa: N802 (Qt names)
+        self.rows.pop(row)
+
+    def addRow(self, label: str, box) -> None:  # noqa: N802 (Qt names)
+        self.rows.append((label, box))
+
+
+def test_the_module_panel_wires_every_handler_to_scene_reading(
+    module_file, mrml_scene, tmp_path, data_dir, monkeypatch
+):
+    import contextlib
+    import types
+
+    study_file, db, owner = make_study(tmp_path, data_dir, design="sequential")
+    token = StudyStore(db).add_reader(owner, "carol")
+    qt = sys.modules["qt"]
+    monkeypatch.setattr(qt, "QComboBox", type("QComboBox", (_Box,), {}), raising=False)
+    monkeypatch.setattr(qt, "QLineEdit", type("QLineEdit", (_Box,), {}), raising=False)
+    errors = []
+
+    @contextlib.contextmanager
+    def shown(message, **_):  # slicer.util.tryWithErrorDisplay without its dialog
+        try:
+            yield
+        except Exception as exc:
+            errors.append(str(exc))
+
+    monkeypatch.setattr(module_file.slicer.util, "tryWithErrorDisplay", shown)
+    form = _FormLayout()
+    widget = module_file.NoduleMalignancyWidget()
+    widget.ui = types.SimpleNamespace(
+        studyFilePathLineEdit=_Box(currentPath=str(study_file)),
+        studyDatabasePathLineEdit=_Box(currentPath=str(db)),
+        studyTokenLineEdit=_Box(token),
+        studyRatingWidget=_Box(layout=lambda: form),
+        **{
+            name: _Box()
+            for name in (
+                "studyProgressLabel",
+                "studyMessageLabel",
+                "studySubmitButton",
+                "studySkipButton",
+                "analyzeButton",
+                "inputVolumeSelector",
+                "markupsWidget",
+            )
+        },
+    )
+    widget._ensureLogic = lambda: True  # the logic and its dependencies: not this test's subject
+    widget.onStudySignIn()
+    ui, reading = widget.ui, widget.studyReading
+    assert (
+        errors == [] and reading.signed_in and ui.studyProgressLabel.text.startswith("Reader carol")
+    )
+    while reading.can_skip:
+        assert ui.studySkipButton.enabled and not ui.studySubmitButton.enabled and not form.rows
+        widget.onStudySkip()
+    assert (
+        ui.inputVolumeSelector.node is reading.volume and ui.markupsWidget.node is reading.markups
+    )
+    assert not ui.analyzeButton.enabled, "no analysis while the model is hidden"
+    boxes = dict((label.rstrip(" *"), box) for label, box in form.rows)
+    malignancy = next(box for label, box in boxes.items() if label == "Malignancy")
+    malignancy.currentIndex = 4
+    widget.onStudySubmit()
+    assert errors and "confidence" in errors[-1], "the refused submit is shown"
+    assert next(b for label, b in form.rows if label.startswith("Malignancy")) is malignancy
+    next(b for label, b in form.rows if label.startswith("Confidence")).text = "65"
+    widget.onStudySubmit()
+    assert len(errors) == 1 and reading.session.assignment.modality == "aided"
+    assert ui.analyzeButton.enabled and "Analyze" in ui.studyMessageLabel.text
+    assert next(b for label, b in form.rows if label.startswith("Malignancy")).currentIndex == 4
+    assert [r["malignancy"] for r in StudyStore(db).my_ratings(token)] == [4]

@@ -119,6 +119,13 @@ class SceneReading:
         return self.session is None or self.session.model_visible()
 
     @property
+    def can_submit(self) -> bool:
+        """A case is open and its CT loaded: the form can be filled and committed."""
+        return (
+            self.session is not None and self.session.assignment is not None and not self.can_skip
+        )
+
+    @property
     def can_skip(self) -> bool:
         """Only a case whose CT did not load can be skipped."""
         return self.session is not None and bool(self.session.load_error)
@@ -166,7 +173,11 @@ class SceneReading:
         return self.session
 
     def _case_line(self, a: Assignment) -> str:
-        hidden = "" if self.model_visible else " The model's output is hidden until you commit."
+        hidden = (
+            " The model may be shown (Analyze)."
+            if self.model_visible
+            else " The model's output is hidden until you commit."
+        )
         return (
             f"Case {a.order_index + 1} of {a.total} ({a.case}), {a.modality} reading, "
             f"session {a.session}.{hidden}"
