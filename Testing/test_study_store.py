@@ -358,6 +358,7 @@ def test_a_skipped_case_is_recorded_not_offered_again_and_counted_as_done(tmp_pa
         store.skip(token, step.case, reason)
     with pytest.raises(StudyStateError, match="nothing is due"):
         store.submit(token, step.case, "unaided", RATING)
+    assert not store.model_visible(token, step.case), "a skipped case never shows the model"
     progress = store.progress(token)
     assert progress.skipped == {"unaided": 1, "aided": 1}, "no aided step without the unaided"
     assert (progress.done, progress.total, progress.finished) == (2, 6, False)

@@ -740,8 +740,11 @@ class StudyStore:
                 step = self._current_case_step(con, reader["id"], case)
             except WashoutError:  # nothing is open to read now
                 return False
-            if step is None:  # the reader rated every step of this case
-                return True
+            if step is None:  # every step of this case is rated (shown) or skipped (not)
+                return not con.execute(
+                    "SELECT 1 FROM skips WHERE reader_id = ? AND case_id = ?",
+                    (reader["id"], case),
+                ).fetchone()
             return self._visible(step[1])
 
     def progress(self, token: str) -> Progress:
