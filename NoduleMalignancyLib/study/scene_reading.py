@@ -72,7 +72,7 @@ class SceneReading:
             assignment = session.open_next()
         except WashoutError as exc:
             self.close_case()
-            self.message = str(exc)
+            self.message = f"{exc}; sign in again then."
             return None
         if assignment is None:
             self.close_case()

@@ -58,7 +58,6 @@ class StudySession:
         self.assignment, self.load_error = None, ""
         upcoming = self.store.next_case(self.token)
         if upcoming is None:
-            self.assignment = None
             return None
         self.assignment = self.store.open_case(self.token, upcoming.case)
         return self.assignment
