@@ -4,6 +4,9 @@ Thin Slicer module: UI wiring, progress, cancel, dependency installation on firs
 self-test entry. Everything else lives in ``NoduleMalignancyLib`` (GUI-free, tested headless):
 the logic is :class:`NoduleMalignancyLib.mrml.logic.NoduleMalignancyLogic`, re-exported here.
 
+The "Reading study" section is :class:`NoduleMalignancyLib.study.scene_reading.SceneReading`
+(tested headless in Testing/test_scene_reading.py); its handlers here are one line each.
+
 Threads: :class:`NoduleMalignancyLib.mrml.runner.AnalysisRunner` keeps torch on one persistent
 worker thread and MRML on the main thread; a QTimer here only calls its ``poll`` and shows
 the result (tested headless in Testing/test_runner.py).
@@ -132,6 +135,9 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.runner = None
         self._observedMarkups = None
+        self.studyReading = None  # made on first use: it imports torch
+        self._studyInputs = {}
+        self._studyFormFor = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -161,6 +167,10 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.markupsWidget.connect("markupsNodeChanged()", self._observeMarkups)
         self.ui.autoAnalyzeCheckBox.connect("toggled(bool)", lambda on: self._observeMarkups())
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableClicked)
+        self.ui.studySignInButton.connect("clicked(bool)", self.onStudySignIn)
+        self.ui.studySubmitButton.connect("clicked(bool)", self.onStudySubmit)
+        self.ui.studySkipButton.connect("clicked(bool)", self.onStudySkip)
+        self._showStudy()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClose)
 
     def cleanup(self):
@@ -210,7 +220,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def startAnalysis(self, pointIndex):
         """prepare (main thread) -> compute (worker) -> apply (main thread, in _poll)."""
-        if self._ensureLogic() is None:
+        if not self._modelAllowed() or self._ensureLogic() is None:
             return
         from NoduleMalignancyLib.mrml.logic import InputError
 
@@ -278,7 +288,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @vtk.calldata_type(vtk.VTK_INT)
     def onPointChanged(self, caller, event, index=None):
-        if self._ensureLogic() is None:
+        if not self._modelAllowed() or self._ensureLogic() is None:
             return
         if index is None or not 0 <= index < caller.GetNumberOfControlPoints():
             display = caller.GetDisplayNode()
@@ -286,6 +296,79 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if 0 <= index < caller.GetNumberOfControlPoints():
             self.runner.point_changed(caller.GetNthControlPointID(index))
             self._pollTimer.start()  # the runner starts it after the debounce
+
+    # Reading study (the behaviour: NoduleMalignancyLib.study.scene_reading) -------------------
+    def onStudySignIn(self):
+        self._study(
+            lambda reading: reading.sign_in(
+                self.ui.studyFilePathLineEdit.currentPath,
+                self.ui.studyDatabasePathLineEdit.currentPath,
+                self.ui.studyTokenLineEdit.text,
+            )
+        )
+
+    def onStudySubmit(self):
+        self._study(lambda reading: reading.submit(self._studyFormEntries()))
+
+    def onStudySkip(self):
+        self._study(lambda reading: reading.skip())
+
+    def _modelAllowed(self):
+        return self.studyReading is None or self.studyReading.model_visible
+
+    def _study(self, action):
+        """One step of the reader's session (its error shown), then the panel shows the state."""
+        if self._ensureLogic() is None:
+            return
+        if self.studyReading is None:
+            from NoduleMalignancyLib.study.scene_reading import SceneReading
+
+            self.studyReading = SceneReading()
+        with slicer.util.tryWithErrorDisplay(_("Reading study"), waitCursor=True):
+            action(self.studyReading)
+        self._showStudy()
+
+    def _showStudy(self):
+        reading = self.studyReading
+        self.ui.studyProgressLabel.text = (
+            reading.progress_text() if reading else _("Not signed in.")
+        )
+        self.ui.studyMessageLabel.text = reading.message if reading else ""
+        self.ui.studySubmitButton.enabled = bool(reading and reading.can_submit)
+        self.ui.studySkipButton.enabled = bool(reading and reading.can_skip)
+        self.ui.analyzeButton.enabled = self._modelAllowed()
+        if reading and reading.volume is not None:
+            self.ui.inputVolumeSelector.setCurrentNode(reading.volume)
+            self.ui.markupsWidget.setCurrentNode(reading.markups)
+        self._buildStudyForm()
+
+    def _buildStudyForm(self):
+        """A drop-down or text box per field, rebuilt only when a new step opens (a refused
+        submit keeps what the reader entered)."""
+        reading = self.studyReading
+        step = reading.session.assignment if reading and reading.can_submit else None
+        if step is self._studyFormFor:
+            return
+        self._studyFormFor, self._studyInputs = step, {}
+        layout = self.ui.studyRatingWidget.layout()
+        while layout.rowCount():
+            layout.removeRow(0)
+        start = reading.start_entries() if step is not None else {}
+        for field in reading.fields if step is not None else []:
+            if field["choices"]:
+                box = qt.QComboBox()
+                box.addItems(reading.choice_titles(field))
+                box.currentIndex = start[field["name"]]
+            else:
+                box = qt.QLineEdit(start[field["name"]])
+            layout.addRow(field["label"] + (" *" if field["required"] else ""), box)
+            self._studyInputs[field["name"]] = box
+
+    def _studyFormEntries(self):
+        return {
+            name: box.currentIndex if isinstance(box, qt.QComboBox) else box.text
+            for name, box in self._studyInputs.items()
+        }
 
     # Results ---------------------------------------------------------------------------------
     def _show(self, scale=None, opacity=None):

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the data folder, an isolated cache, sample CTs, the headless scene.
+"""Shared pytest fixtures: the data folder, an isolated cache, sample CTs, the headless scene,
+the module file with stand-ins for Qt.
 
 The data folder comes from ``NODULE_MALIGNANCY_DATA`` (CI sets it); tests that need it fail,
 rather than skip, when it is missing, so a misconfigured run cannot pass silently.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import types
+import unittest
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,31 @@ def tiny_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_ensemble")
     write_random_ensemble(folder)
     return folder
+
+
+@pytest.fixture
+def module_file(slicer_runtime, monkeypatch):
+    """Import NoduleMalignancy.py with stand-ins for what only the Slicer application has."""
+    import importlib.util
+
+    fake = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class _Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    fake.ScriptedLoadableModule = _Base
+    fake.ScriptedLoadableModuleWidget = _Base
+    fake.ScriptedLoadableModuleTest = unittest.TestCase
+    qt_stub = types.ModuleType("qt")
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", fake)
+    monkeypatch.setitem(sys.modules, "qt", qt_stub)
+    spec = importlib.util.spec_from_file_location(
+        "NoduleMalignancy",
+        Path(__file__).resolve().parent.parent / "NoduleMalignancy" / "NoduleMalignancy.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(slicer_runtime, "ScriptedLoadableModule"):
+        monkeypatch.delattr(slicer_runtime, "ScriptedLoadableModule")
+    return module

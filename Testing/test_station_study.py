@@ -62,7 +62,7 @@ def study(tmp_path, ct_0001_path):
 
 
 def test_the_form_has_the_lidc_scales_with_their_wording():
-    from NoduleMalignancyLib.station.study import rating_form
+    from NoduleMalignancyLib.study.form import rating_form
 
     fields = {f["name"]: f for f in rating_form(("malignancy", "confidence"))}
     assert set(CHARACTERISTICS) | {"confidence", "lung_rads", "comment"} == set(fields)
@@ -73,7 +73,7 @@ def test_the_form_has_the_lidc_scales_with_their_wording():
 
 
 def test_a_reader_session_rates_unaided_then_aided(study):
-    from NoduleMalignancyLib.station.study import StudySession, open_store
+    from NoduleMalignancyLib.study.session import StudySession, open_store
 
     study_file, db, token = study
     store = open_store(study_file, db)
@@ -103,7 +103,7 @@ def test_a_reader_session_rates_unaided_then_aided(study):
 
 
 def test_a_database_of_another_study_is_refused(study, tmp_path):
-    from NoduleMalignancyLib.station.study import open_store
+    from NoduleMalignancyLib.study.session import open_store
 
     study_file, db, _ = study
     other = tmp_path / "other.json"
@@ -136,6 +136,92 @@ def test_the_controller_keeps_the_model_hidden(slicer_runtime, mrml_scene, ct_00
     finally:
         controller.shutdown()
         executor.shutdown()
+
+
+SKIPPING_READER = """
+import json, sys
+from NoduleMalignancyLib.station.study_app import StudyStationApp
+from NoduleMalignancyLib.study.ratings import RatingError
+from NoduleMalignancyLib.study.store import StudyStateError
+study_file, db, models, token = sys.argv[1:]
+app = StudyStationApp(study_file, db, models_dir=models, device="cpu")
+assert app.sign_in(token)
+seen = []
+while app.server.state.study["load_error"]:
+    study = app.server.state.study
+    assert app.controller.volume is None and app.controller.snapshot()["status"] == "error"
+    assert not app.submit({"malignancy": 3, "confidence": 50}), "no rating without the CT"
+    seen.append({"case": study["case"]["case"], "message": app.controller.snapshot()["message"]})
+    assert app.skip()
+case = app.server.state.study["case"]["case"]
+assert app.controller.volume is not None and not app.skip(), "a case that loads is not skipped"
+print(json.dumps({"skipped": seen, "loaded": case, "study": app.server.state.study}))
+"""
+
+
+def test_the_station_lets_a_reader_skip_cases_whose_ct_will_not_load(tmp_path, data_dir):
+    """Missing, unreadable and not-CT files: the message names the problem, the reader skips,
+    the store records it, and the case that loads is offered (the station in a child process:
+    trame-slicer's scene must be the first the process makes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from NoduleMalignancyLib.core.ensemble import write_random_ensemble
+
+    (tmp_path / "garbage.nrrd").write_text("not an image")
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.full((8, 16, 16), 100, np.uint8)), str(tmp_path / "8bit.nrrd")
+    )
+    voi = data_dir / "lidc_vois" / "image" / "LIDC-IDRI-0001_R_1.nii.gz"
+    cases = [("missing", "nowhere.nrrd"), ("garbage", "garbage.nrrd"), ("not-ct", "8bit.nrrd")]
+    study_file = tmp_path / "study.json"
+    study_file.write_text(
+        json.dumps(
+            {
+                "design": "sequential",
+                "seed": 3,
+                "cases": [{"id": i, "ct": ct, "truth": 0} for i, ct in cases]
+                + [{"id": "voi", "ct": str(voi), "truth": 1}],
+            }
+        )
+    )
+    db = tmp_path / "study.db"
+    owner = create_study(db, study_file)
+    token = StudyStore(db).add_reader(owner, "alice")
+    write_random_ensemble(tmp_path / "models")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    argv = [
+        sys.executable,
+        "-c",
+        SKIPPING_READER,
+        str(study_file),
+        str(db),
+        str(tmp_path / "models"),
+    ]
+    done = subprocess.run(
+        [*argv, token], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == "voi"
+    messages = {s["case"]: s["message"] for s in out["skipped"]}
+    assert set(messages) == {"missing", "garbage", "not-ct"}
+    assert "No CT at" in messages["missing"] and "nowhere.nrrd" in messages["missing"]
+    assert "Cannot read the CT" in messages["garbage"]
+    assert "not a CT" in messages["not-ct"] and "8-bit" in messages["not-ct"]
+    assert out["study"]["progress"]["done"] == 6 and out["study"]["progress"]["total"] == 8
+    skips = StudyStore(db).snapshot(owner).skips
+    assert {(k["reader"], k["case"], k["modality"]) for k in skips} == {
+        ("alice", case, "unaided") for case in messages
+    }
+    assert {k["case"]: k["reason"] for k in skips} == {
+        c: m.removeprefix(f"Case {c}: ") for c, m in messages.items()
+    }
 
 
 def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_dir, tmp_path):

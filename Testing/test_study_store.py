@@ -33,8 +33,10 @@ from NoduleMalignancyLib.study.store import (
     SCORE_COLUMNS,
     StudyStateError,
     StudyStore,
+    WashoutError,
     create_study,
     hash_token,
+    new_token,
     reader_link,
 )
 
@@ -102,6 +104,10 @@ def rate(store: StudyStore, token: str, modality: str, **fields) -> dict:
         (lambda d: d["cases"][0]["points"][0].update(point=[1, 2]), "cases[0].points[0].point"),
         (lambda d: d["cases"][0].update(nodule="x"), "cases[0].nodule"),
         (lambda d: d.update(required=["malignancy", "size"]), "required"),
+        (lambda d: d.update(washout_days=-1), "washout_days"),
+        (lambda d: d.update(washout_days="7"), "washout_days"),
+        (lambda d: d.update(washout_days=True), "washout_days"),
+        (lambda d: d.update(washout_days=7), "washout_days"),  # sequential: one session
     ],
 )
 def test_a_bad_study_file_is_refused_naming_the_field(tmp_path, change, field):
@@ -296,6 +302,117 @@ def test_independent_sessions_are_counterbalanced_by_reader_index(tmp_path):
     assert store.next_case(second).modality == "aided"
 
 
+def test_session_2_opens_only_after_the_washout_even_across_a_restart(tmp_path):
+    from stepping import FakeClock
+
+    clock = FakeClock()
+    clock.now = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+    store, owner = new_store(tmp_path, clock=clock, n=2, design="independent", washout_days=7)
+    assert store.washout_days == 7.0
+    token = store.add_reader(owner, "R0")
+    rate(store, token, "unaided")
+    clock.now += 3600.0
+    rate(store, token, "unaided")  # session 1 finishes now
+    finished = clock.now
+    clock.now += 6 * 86400.0
+    with pytest.raises(WashoutError, match=r"session 2 \(aided\) opens on 2023-11-21 23:13 UTC"):
+        store.next_case(token)
+    progress = store.progress(token)
+    assert (progress.finished, progress.session, progress.modality) == (False, 2, "aided")
+    assert progress.opens_at.startswith("2023-11-21T23:13:20") and progress.done == 2
+    some_case = store.my_ratings(token)[0]["case"]
+    with pytest.raises(WashoutError):
+        store.open_case(token, some_case)
+    assert not store.model_visible(token, some_case)
+    clock.now = finished + 7 * 86400.0 - 1.0
+    reopened = StudyStore(store.db_path, clock=clock)  # the wait is in the database
+    with pytest.raises(WashoutError) as caught:
+        reopened.next_case(token)
+    assert caught.value.opens_at == pytest.approx(finished + 7 * 86400.0, abs=1e-3)
+    clock.now += 1.0
+    step = reopened.next_case(token)
+    assert (step.session, step.modality) == (2, "aided")
+    assert reopened.progress(token).opens_at is None
+    rate(reopened, token, "aided")
+    rate(reopened, token, "aided")
+    assert reopened.next_case(token) is None and reopened.progress(token).finished
+
+
+# -- skipped cases ---------------------------------------------------------------------------
+
+
+def test_a_skipped_case_is_recorded_not_offered_again_and_counted_as_done(tmp_path):
+    clock = Clock()
+    store, owner = new_store(tmp_path, clock=clock, n=3)
+    token = store.add_reader(owner, "A")
+    step = store.next_case(token)
+    store.open_case(token, step.case)
+    with pytest.raises(ValueError, match="give the reason"):
+        store.skip(token, step.case, "  ")
+    clock.t += 5.0
+    reason = f"No CT at /data/{step.case}.nrrd."
+    skip = store.skip(token, step.case, reason)
+    assert skip["reason"] == reason and skip["modality"] == "unaided" and skip["session"] == 1
+    assert skip["skipped_at"].startswith("2023-11-14T22:13:25")
+    with pytest.raises(StudyStateError, match="skipped"):
+        store.skip(token, step.case, reason)
+    with pytest.raises(StudyStateError, match="nothing is due"):
+        store.submit(token, step.case, "unaided", RATING)
+    assert not store.model_visible(token, step.case), "a skipped case never shows the model"
+    progress = store.progress(token)
+    assert progress.skipped == {"unaided": 1, "aided": 1}, "no aided step without the unaided"
+    assert (progress.done, progress.total, progress.finished) == (2, 6, False)
+    reopened = StudyStore(store.db_path, clock=clock)  # the skip is on disk
+    offered = []
+    while (upcoming := reopened.next_case(token)) is not None:
+        offered.append(upcoming.case)
+        rate(reopened, token, upcoming.modality)
+    assert step.case not in offered and len(offered) == 4
+    assert reopened.progress(token).finished
+    assert [r["skipped"] for r in reopened.readers(owner)] == [1]
+    paths = reopened.export(owner, tmp_path / "out")
+    with open(paths["skipped"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["reader"], r["case"], r["modality"], r["reason"]) for r in rows] == [
+        ("A", step.case, "unaided", reason)
+    ]
+    assert reopened.snapshot(owner).skips[0]["reason"] == reason
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("SELECT count(*) FROM events WHERE kind = 'skip'").fetchone()[0] == 1
+
+
+def test_a_skip_in_session_1_comes_back_in_session_2_and_can_finish_a_session(tmp_path):
+    store, owner = new_store(tmp_path, n=2, design="independent")
+    token = store.add_reader(owner, "R0")
+    rate(store, token, "unaided")
+    last = store.next_case(token)
+    store.skip(token, last.case, "CT unreadable")  # finishes session 1
+    con = sqlite3.connect(store.db_path)
+    finished = con.execute("SELECT finished_at FROM sessions WHERE session = 1").fetchone()[0]
+    assert finished is not None
+    aided = [rate(store, token, "aided")["case"] for _ in range(2)]
+    assert last.case in aided, "a skip holds for its session only"
+    progress = store.progress(token)
+    assert progress.finished and progress.skipped == {"unaided": 1, "aided": 0}
+
+
+def test_a_version_1_database_gains_the_skips_table_and_keeps_its_ratings(tmp_path):
+    store, owner = new_store(tmp_path, n=2)
+    token = store.add_reader(owner, "A")
+    rate(store, token, "unaided")
+    con = sqlite3.connect(store.db_path)
+    with con:
+        con.execute("DROP TABLE skips")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    reopened = StudyStore(store.db_path)
+    assert len(reopened.my_ratings(token)) == 1
+    step = reopened.next_case(token)
+    reopened.skip(token, step.case, "CT unreadable")
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+
+
 # -- credentials -----------------------------------------------------------------------------
 
 
@@ -339,6 +456,7 @@ def test_readers_reach_only_their_own_ratings_and_the_owner_token_guards_the_res
         store.add_reader(owner, "Smith, J")
     assert [(r["name"], r["unaided"]) for r in store.readers(owner)] == [("A", 1), ("B", 1)]
     assert reader_link("t0k-_", 9000) == "http://127.0.0.1:9000/?token=t0k-_"
+    assert not any(new_token().startswith("-") for _ in range(2000)), "argparse takes -x as a flag"
 
 
 # -- export ----------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ def test_per_reader_aurocs_equal_mann_whitney_and_aided_is_better(study):
 
 def test_the_half_way_reader_is_scored_on_the_cases_rated_in_both(study):
     sim, half = study["sim"], study[HALF]
-    counts = {"study": 32, "with_truth": 30, "unaided": 16, "aided": 15, "paired": 15}
+    counts = {"study": 32, "with_truth": 30, "unaided": 16, "aided": 15, "paired": 15, "skipped": 0}
     assert half["cases"] == counts
     assert not half["finished"] and not half["in_mrmc"]
     store = StudyStore(study["db"])
@@ -354,6 +354,37 @@ def test_without_model_or_reference_agreement_is_not_available(tmp_path, capsys)
     assert "Not available: the study file gives no model output." in text
     assert "Not available: the study file gives no reference." in text
     assert "Not available: an MRMC analysis needs at least 2 readers" in text
+
+
+def test_skipped_cases_are_listed_and_their_reader_is_left_out_of_the_mrmc(tmp_path):
+    db = tmp_path / "s.sqlite"
+    owner = create_study(db, study_file(tmp_path, None, n=4))
+    store = StudyStore(db)
+    tokens = [store.add_reader(owner, name) for name in ("A", "B", "C")]
+    for i, token in enumerate(tokens):
+        while (step := store.next_case(token)) is not None:
+            if i == 2 and step.case == "case01":
+                store.skip(token, step.case, "No CT at ct/01.nrrd.")
+                continue
+            store.open_case(token, step.case)
+            level = 1 + 3 * (int(step.case[-1]) % 2) + (step.modality == "aided")
+            store.submit(
+                token, step.case, step.modality, BASE | {"malignancy": level, "confidence": 5}
+            )
+    summary = analyze_study(db, owner, tmp_path / "out")
+    c = summary["readers"][2]
+    assert c["finished"] and c["cases"]["skipped"] == 1 and not c["in_mrmc"]
+    assert "1 of them skipped" in c["excluded_because"]
+    assert summary["mrmc"]["readers"] == ["A", "B"]
+    assert [(k["reader"], k["case"], k["reason"]) for k in summary["skipped"]] == [
+        ("C", "case01", "No CT at ct/01.nrrd.")
+    ]
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert (
+        "## Skipped cases" in text and "| C | case01 | 1 | unaided | No CT at ct/01.nrrd." in text
+    )
+    assert "left out of the MRMC" in text
+    assert read_csv(tmp_path / "out" / "skipped.csv")[0]["case"] == "case01"
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ __all__ = [
     "NotCTError",
     "PointOutsideError",
     "PointRequest",
+    "read_ct_volume",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,56 @@ LogCallback = Callable[[str], None]
 
 
 # The logic ---------------
+def read_ct_volume(volumeNode) -> tuple[np.ndarray, ImageGeometry, ImageGeometry]:
+    """Voxels (z, y, x), local and world (transform hardened) geometry, once the node is
+    checked as a CT (the scope layer's ``check_image``, docs/DESIGN.md §12).
+
+    :raises InputError: no node, a label map, an empty or multi-component volume, a non-linear
+        transform; :class:`NotCTError` where the voxels are not CT Hounsfield units.
+    """
+    if volumeNode is None:
+        raise InputError("Select the CT volume to analyse.")
+    name = volumeNode.GetName()
+    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise NotCTError(f"{name!r} is a label map, not a CT: select the CT volume.")
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+        raise NotCTError(
+            f"{name!r} ({volumeNode.GetClassName()}) is not a scalar volume: select a CT."
+        )
+    image = volumeNode.GetImageData()
+    dims = image.GetDimensions() if image is not None else (0, 0, 0)
+    if image is None or min(dims) <= 0 or image.GetPointData().GetScalars() is None:
+        raise EmptyVolumeError(f"The volume {name!r} is empty (no voxels): load a CT.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise NotCTError(
+            f"{name!r} has {image.GetNumberOfScalarComponents()} components per voxel "
+            "(colour or vector image), not CT Hounsfield units."
+        )
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijk_to_ras)
+    local = ImageGeometry.from_ijk_to_ras(numpy_matrix(ijk_to_ras), dims)
+    transform = volumeNode.GetParentTransformNode()
+    world_matrix = numpy_matrix(ijk_to_ras)
+    if transform is not None:
+        if not transform.IsTransformToWorldLinear():
+            raise InputError(
+                f"The volume {name!r} is under a non-linear transform "
+                f"({transform.GetName()!r}): harden the transform (Transforms module) first."
+            )
+        to_world = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(to_world)
+        world_matrix = numpy_matrix(to_world) @ world_matrix
+    world = ImageGeometry.from_ijk_to_ras(world_matrix, dims)
+    # A copy, not a view of the VTK memory: compute() reads it on a worker thread while the
+    # scene may change the volume (about 15 ms for a 512 x 512 x 133 CT).
+    array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
+    try:  # the one scope layer of every entry point (core/validation.py)
+        check_image(array, world)
+    except RefusedError as exc:
+        raise NotCTError(f"{name!r}: {exc}", code=exc.code) from None
+    return array, local, world
+
+
 class NoduleMalignancyLogic:
     """Analyse markups points on a CT volume and keep the results in MRML.
 
@@ -193,7 +244,7 @@ class NoduleMalignancyLogic:
             placed point of the list.
         :raises InputError: (or a subclass) with a message that says what is wrong.
         """
-        image, local, world = self._read_volume(volumeNode)
+        image, local, world = read_ct_volume(volumeNode)
         if markupsNode is None or not markupsNode.IsA("vtkMRMLMarkupsNode"):
             raise InputError("Select a markups point list: each point marks one nodule.")
         n = markupsNode.GetNumberOfControlPoints()
@@ -244,50 +295,6 @@ class NoduleMalignancyLogic:
             local_geometry=local,
             points=points,
         )
-
-    def _read_volume(self, volumeNode):
-        """Voxels (z, y, x), local and world (transform hardened) geometry; validates CT."""
-        if volumeNode is None:
-            raise InputError("Select the CT volume to analyse.")
-        name = volumeNode.GetName()
-        if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise NotCTError(f"{name!r} is a label map, not a CT: select the CT volume.")
-        if not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
-            raise NotCTError(
-                f"{name!r} ({volumeNode.GetClassName()}) is not a scalar volume: select a CT."
-            )
-        image = volumeNode.GetImageData()
-        dims = image.GetDimensions() if image is not None else (0, 0, 0)
-        if image is None or min(dims) <= 0 or image.GetPointData().GetScalars() is None:
-            raise EmptyVolumeError(f"The volume {name!r} is empty (no voxels): load a CT.")
-        if image.GetNumberOfScalarComponents() != 1:
-            raise NotCTError(
-                f"{name!r} has {image.GetNumberOfScalarComponents()} components per voxel "
-                "(colour or vector image), not CT Hounsfield units."
-            )
-        ijk_to_ras = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijk_to_ras)
-        local = ImageGeometry.from_ijk_to_ras(numpy_matrix(ijk_to_ras), dims)
-        transform = volumeNode.GetParentTransformNode()
-        world_matrix = numpy_matrix(ijk_to_ras)
-        if transform is not None:
-            if not transform.IsTransformToWorldLinear():
-                raise InputError(
-                    f"The volume {name!r} is under a non-linear transform "
-                    f"({transform.GetName()!r}): harden the transform (Transforms module) first."
-                )
-            to_world = vtk.vtkMatrix4x4()
-            transform.GetMatrixTransformToWorld(to_world)
-            world_matrix = numpy_matrix(to_world) @ world_matrix
-        world = ImageGeometry.from_ijk_to_ras(world_matrix, dims)
-        # A copy, not a view of the VTK memory: compute() reads it on a worker thread while the
-        # scene may change the volume (about 15 ms for a 512 x 512 x 133 CT).
-        array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-        try:  # the one scope layer of every entry point (core/validation.py)
-            check_image(array, world)
-        except RefusedError as exc:
-            raise NotCTError(f"{name!r}: {exc}", code=exc.code) from None
-        return array, local, world
 
     # 2. compute (any thread) -----------------------------------------------------------------
     def compute(

@@ -53,9 +53,12 @@ class StationApp:
         self.ui = self._build_ui()
 
     # Loading ---------------------------------------------------------------------------------
-    def load(self, path: str | Path, name: str | None = None, points_lps=()) -> None:
-        """Show a CT; ``points_lps``: known nodule points offered as shortcuts."""
-        volume = self.controller.load_ct(path, name)
+    def load(
+        self, path: str | Path, name: str | None = None, points_lps=(), check_ct: bool = False
+    ) -> None:
+        """Show a CT; ``points_lps``: known nodule points offered as shortcuts; ``check_ct``:
+        refuse a volume that is not a CT (``mrml.ct_loading.CTLoadError``)."""
+        volume = self.controller.load_ct(path, name, check_ct=check_ct)
         self.views.show_volume(volume)
         self.suggested = [
             {"name": str(n), "lps": [float(v) for v in p]} for n, p in (points_lps or ())

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
+from ..mrml.ct_loading import load_ct_volume
 from ..mrml.logic import InputError, NoduleMalignancyLogic
 from ..mrml.nodes import nodes_by_class
 from ..mrml.roles import ATTR_ROLE, EVIDENCE_SCALES, ROLE_SEGMENTATION, ROLE_TABLE
@@ -41,8 +42,6 @@ MARKUPS_NAME = "Nodules"
 OVERLAY_OFF = "off"
 # A point moved by less than this (mm) is the same point (no re-analysis).
 MOVE_TOLERANCE_MM = 0.05
-# Extensions the headless IO manager reads directly; anything else goes through read_ct.
-_DIRECT_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
 class StationController:
@@ -89,18 +88,20 @@ class StationController:
         self._busy_ids: list[str] = []
 
     # Loading ---------------------------------------------------------------------------------
-    def load_ct(self, path: str | Path, name: str | None = None, window: str = "lung"):
-        """Load a CT (replacing the current one and its results) and window it."""
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"No CT at {path}.")
+    def load_ct(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        window: str = "lung",
+        check_ct: bool = False,
+    ):
+        """Load a CT (replacing the current one and its results) and window it.
+
+        :raises CTLoadError: missing, unreadable or (with ``check_ct``) not a CT; the current
+            CT then stays.
+        """
+        volume = load_ct_volume(path, name, check_ct=check_ct)
         self.close_ct()
-        name = name or path.name.split(".")[0]
-        lower = path.name.lower()
-        if path.is_file() and lower.endswith(_DIRECT_SUFFIXES):
-            volume = self.slicer.util.loadVolume(str(path), {"name": name, "show": True})
-        else:  # DICOM folder, archive, any other format SimpleITK reads
-            volume = self._load_through_sitk(path, name)
         self.volume = volume
         self.volume_name = volume.GetName()
         self.markups = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
@@ -113,18 +114,6 @@ class StationController:
             "Click on a nodule (place a point) to analyse it." if self.model_allowed else "",
         )
         return volume
-
-    def _load_through_sitk(self, path: Path, name: str):
-        import SimpleITK as sitk
-
-        from ..files.samples import read_ct
-
-        target = Path(self.slicer.app.temporaryPath) / f"station-{time.time_ns()}.nrrd"
-        sitk.WriteImage(read_ct(path), str(target))
-        try:
-            return self.slicer.util.loadVolume(str(target), {"name": name, "show": True})
-        finally:
-            target.unlink(missing_ok=True)
 
     def close_ct(self) -> None:
         """Remove the CT, its points and every output node; cancel a running analysis."""

@@ -3,7 +3,7 @@
 Why a subclass of the single-CT page: the views, the analysis and the results panel are the
 same; the study adds a panel above them and decides, through the store, which case is shown
 and whether the model's output may be (docs/DESIGN.md §14, §15). The rules live in
-``study/store.py`` and ``station/study.py``; this module only wires them to the page.
+``study/store.py`` and ``study/session.py``; this module only wires them to the page.
 
 One process serves one reader at a time: trame's state is shared by every browser connected
 to the same server, so each reader gets their own station (own port).
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..mrml.ct_loading import CTLoadError
+from ..study.form import rating_form
 from ..study.ratings import RatingError
-from ..study.store import StudyStateError
+from ..study.session import StudySession, open_store
+from ..study.store import StudyStateError, WashoutError
 from .app import StationApp
-from .study import StudySession, open_store, rating_form
 
 __all__ = ["StudyStationApp"]
 
@@ -53,6 +55,7 @@ class StudyStationApp(StationApp):
         state.url_token = ""
         state.change("url_token")(self._on_url_token)
         self.server.controller.trigger("study_sign_in")(self.sign_in)
+        self.server.controller.trigger("study_skip")(self.skip)
         self._push()
 
     # Sign-in and cases -----------------------------------------------------------------------
@@ -74,7 +77,13 @@ class StudyStationApp(StationApp):
 
     def _open_next(self) -> None:
         previous = self.session.assignment
-        assignment = self.session.open_next()
+        try:
+            assignment = self.session.open_next()
+        except WashoutError as exc:  # come back later: the message says when
+            self.controller.close_ct()
+            self.controller.set_status("empty", str(exc))
+            self._push_study(str(exc))
+            return
         if assignment is None:
             self.controller.close_ct()
             self.controller.set_status("done", "Every case is rated. Thank you.")
@@ -87,7 +96,14 @@ class StudyStationApp(StationApp):
             if visible:  # the sequential design's aided step: the model appears now
                 self.controller.analyze()
         else:
-            self.load(assignment.ct_path, assignment.case)
+            try:
+                self.load(assignment.ct_path, assignment.case, check_ct=True)
+            except CTLoadError as exc:  # the reader may skip the case (recorded with this)
+                self.session.ct_failed(str(exc))
+                self.controller.close_ct()
+                self.controller.set_status("error", f"Case {assignment.case}: {exc}")
+                self._push_study()
+                return
             ids = [self.controller.add_point_lps(p["point"], p["name"]) for p in assignment.points]
             if ids:  # the views through the case's (first) nodule
                 self.controller.select(ids[0])
@@ -111,6 +127,19 @@ class StudyStationApp(StationApp):
         self._open_next()
         return True
 
+    def skip(self) -> bool:
+        """Skip the current case, whose CT did not load, and open the next step."""
+        if self.session is None:
+            self._study_error("Sign in first.")
+            return False
+        try:
+            self.session.skip()
+        except (StudyStateError, ValueError) as exc:
+            self._study_error(str(exc))
+            return False
+        self._open_next()
+        return True
+
     # State -----------------------------------------------------------------------------------
     def _study_state(self, error: str = "") -> dict:
         snapshot = self.session.snapshot() if self.session is not None else {}
@@ -126,9 +155,9 @@ class StudyStationApp(StationApp):
         with self.server.state as state:
             state.study = self._study_state(message)
 
-    def _push_study(self) -> None:
+    def _push_study(self, error: str = "") -> None:
         with self.server.state as state:
-            state.study = self._study_state()
+            state.study = self._study_state(error)
         self._push()
 
     # Page ------------------------------------------------------------------------------------
@@ -151,7 +180,10 @@ class StudyStationApp(StationApp):
             with html.Div(v_if="study.signed_in"):
                 html.Div(
                     "Reader {{ study.reader }}: {{ study.progress.done }} of "
-                    "{{ study.progress.total }} ratings committed",
+                    "{{ study.progress.total }} steps done"
+                    "{{ study.progress.skipped.unaided + study.progress.skipped.aided "
+                    "? ' (' + (study.progress.skipped.unaided + study.progress.skipped.aided) "
+                    "+ ' skipped)' : '' }}",
                     id="study-progress",
                 )
                 v3.VProgressLinear(
@@ -166,13 +198,31 @@ class StudyStationApp(StationApp):
                         "session {{ study.case.session }}",
                         classes="text-subtitle-2",
                     )
-                    html.Div(
-                        "The model's output is hidden until this rating is committed.",
-                        v_if="!study.case.model_visible",
-                        classes="text-caption",
-                    )
-                    self._form()
-                html.Div("Every case is rated. Thank you.", v_if="!study.case", id="study-finished")
+                    with html.Div(v_if="study.load_error", id="study-load-error"):
+                        v3.VAlert(
+                            text=("study.load_error",),
+                            type="warning",
+                            density="compact",
+                            classes="my-2",
+                        )
+                        v3.VBtn(
+                            "Skip this case (recorded with the message)",
+                            click=self.skip,
+                            color="warning",
+                            id="study-skip",
+                        )
+                    with html.Div(v_if="!study.load_error"):
+                        html.Div(
+                            "The model's output is hidden until this rating is committed.",
+                            v_if="!study.case.model_visible",
+                            classes="text-caption",
+                        )
+                        self._form()
+                html.Div(
+                    "Every case is rated. Thank you.",
+                    v_if="!study.case && study.progress.finished",
+                    id="study-finished",
+                )
             v3.VAlert(
                 v_if="study.error",
                 text=("study.error",),

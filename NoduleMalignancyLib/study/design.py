@@ -8,6 +8,8 @@ A study file is JSON::
       "design": "sequential",              # or "independent"
       "seed": 20240601,                    # integer >= 0: every reader's case order derives from it
       "hide_model_until_commit": true,     # optional, default true
+      "washout_days": 0,                   # optional, independent design only: days between
+                                           # the end of a reader's session 1 and their session 2
       "required": ["malignancy", "confidence"],  # optional, default: the 9 LIDC attributes and
                                            # confidence (malignancy and confidence always are)
       "cases": [
@@ -27,7 +29,11 @@ several points in a case are landmarks and the reader rates the case as a whole.
 *sequential*: one session; per case the reader rates unaided, that rating is locked, then the
 model's output is shown and the reader rates again (aided). *independent*: two sessions, one
 unaided and one aided; readers of even index (0, 2, ...) read unaided first, odd ones aided first.
-The case order is shuffled per reader and session from ``seed``, the reader's id and the session.
+A reader's session 2 opens when their session 1 is finished and, with ``washout_days``
+(a number >= 0, default 0), that many days after it finished, so the unaided reading of a case
+is not remembered at its aided reading; until then the store says when it opens
+(``study/store.py``, ``WashoutError``). A sequential study has one session: a washout there is
+refused. The case order is shuffled per reader and session from ``seed``, the reader's id and the session.
 Unknown keys are refused (a typo must not silently change the design).
 
 ``reference`` and ``model`` feed the analysis only (agreement with the LIDC readers and with the
@@ -53,7 +59,16 @@ SESSIONS = {"sequential": (1,), "independent": (1, 2)}
 MODALITIES = ("unaided", "aided")
 STUDY_VERSION = 1
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_TOP_KEYS = {"version", "name", "design", "seed", "hide_model_until_commit", "required", "cases"}
+_TOP_KEYS = {
+    "version",
+    "name",
+    "design",
+    "seed",
+    "hide_model_until_commit",
+    "washout_days",
+    "required",
+    "cases",
+}
 _CASE_KEYS = {"id", "ct", "points", "truth", "reference", "model"}
 REFERENCE_MEANS = tuple(f"{name}_mean" for name in CHARACTERISTICS)
 _REFERENCE_KEYS = {*REFERENCE_MEANS, "n_readers"}
@@ -120,6 +135,7 @@ class Study:
     required: tuple[str, ...] = RATING_FIELDS
     name: str = ""
     path: Path | None = None
+    washout_days: float = 0.0  # independent design: days from session 1's end to session 2
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:
@@ -172,6 +188,15 @@ def parse_study(data: object, base_dir: str | Path, source: str = "study file") 
     hide = data.get("hide_model_until_commit", True)
     if not isinstance(hide, bool):
         raise fail("hide_model_until_commit", f"expected true or false, got {hide!r}")
+    washout = data.get("washout_days", 0)
+    if not _is_number(washout) or not 0 <= washout < float("inf"):
+        raise fail("washout_days", f"expected a number of days >= 0, got {washout!r}")
+    if washout and design != "independent":
+        raise fail(
+            "washout_days",
+            "only the independent design has a second session to wait for (this study is "
+            f"{design}); remove the key or set it to 0",
+        )
     required = data.get("required", list(RATING_FIELDS))
     try:
         required = validate_required(required)
@@ -187,7 +212,9 @@ def parse_study(data: object, base_dir: str | Path, source: str = "study file") 
             raise fail(f"cases[{i}].id", f"{case.id!r} appears twice")
         seen.add(case.id)
         parsed.append(case)
-    return Study(design, int(seed), tuple(parsed), hide, required, name)
+    return Study(
+        design, int(seed), tuple(parsed), hide, required, name, washout_days=float(washout)
+    )
 
 
 def _parse_case(raw: object, where: str, base_dir: Path, fail) -> Case:

@@ -13,7 +13,15 @@ look a reader up by hash). A wrong token raises ``PermissionError``.
 Workflow rules (the design, ``study/design.py``): every committed rating is locked; in the
 sequential design the aided rating of a case needs its unaided one first, and with
 ``hide_model_until_commit`` the model is visible only after the unaided commit; in the
-independent design session 2 starts when session 1 is complete.
+independent design session 2 starts when session 1 is complete and the study file's
+``washout_days`` have passed since it finished (before that, :class:`WashoutError` says when).
+Time comes from the store's ``clock`` (tests pass a fake one).
+
+Skips: a case whose CT will not load must not stall a reader. :meth:`StudyStore.skip` records
+who skipped which case, in which session and at which step, why and when (one transaction);
+the case is not offered to that reader in that session again and counts as done-but-skipped in
+their progress. In the sequential design a skip at the unaided step skips the aided one too (the
+aided rating needs the unaided one). The owner's export lists every skip (``skipped.csv``).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode
@@ -45,7 +53,7 @@ from .design import (
 )
 from .ratings import CHARACTERISTICS, validate_rating
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the skips table (version 1 databases gain it when opened)
 DEFAULT_PORT = 8080  # the browser station's default (trame's)
 SCORES = ("malignancy", "confidence")
 SCORE_COLUMNS = ("reader", "case", "modality", "score", "truth")
@@ -67,7 +75,32 @@ RATING_COLUMNS = (
     "submitted_at",
     "reading_time_s",
 )
+SKIP_COLUMNS = (
+    "reader",
+    "reader_index",
+    "case",
+    "truth",
+    "session",
+    "modality",
+    "order_index",
+    "reason",
+    "skipped_at",
+)
+MAX_REASON = 2000
 READER_NAME = re.compile(r"^[^\s,;\"'\x00-\x1f][^,;\"'\x00-\x1f]{0,63}$")
+
+# Added in schema version 2 (version 1 databases gain it when opened).
+_SKIPS_TABLE = """CREATE TABLE skips (
+        reader_id INTEGER NOT NULL REFERENCES readers(id),
+        case_id TEXT NOT NULL REFERENCES cases(id),
+        session INTEGER NOT NULL,
+        modality TEXT NOT NULL CHECK (modality IN ('unaided', 'aided')),
+        order_index INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        skipped_at TEXT NOT NULL,
+        PRIMARY KEY (reader_id, case_id, session),
+        FOREIGN KEY (reader_id, session, case_id)
+            REFERENCES case_order(reader_id, session, case_id))"""
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -146,6 +179,7 @@ _SCHEMA = (
         UNIQUE (reader_id, case_id, modality),
         FOREIGN KEY (reader_id, session, case_id)
             REFERENCES case_order(reader_id, session, case_id))""",
+    _SKIPS_TABLE,
     """CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         at TEXT NOT NULL,
@@ -161,6 +195,22 @@ class StudyStateError(ValueError):
     """The study's workflow does not allow this now (a locked rating, aided before unaided...)."""
 
 
+class WashoutError(StudyStateError):
+    """The reader's session 2 is due but opens only after the washout: ``opens_at`` says when.
+
+    Why an error and not "no case": the reader is not finished, and must be told when to come
+    back (the station and the Slicer panel show the message).
+    """
+
+    def __init__(self, opens_at: float, finished_at: str, washout_days: float, modality: str):
+        self.opens_at = opens_at  # epoch seconds
+        finished = datetime.fromisoformat(finished_at).timestamp()
+        super().__init__(
+            f"session 2 ({modality}) opens on {_readable(opens_at)}: the washout of "
+            f"{washout_days:g} days after session 1 (finished {_readable(finished)}) is not over"
+        )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The study file, the readers and every rating as one read saw them (for the analysis).
@@ -170,8 +220,9 @@ class Snapshot:
     """
 
     study: Study  # parsed from the study file's text recorded at creation
-    readers: list[dict]  # name, reader_index, created_at, unaided, aided (counts)
+    readers: list[dict]  # name, reader_index, created_at, unaided, aided, skipped (counts)
     ratings: list[dict]  # the rows of ratings.csv (RATING_COLUMNS)
+    skips: list[dict] = field(default_factory=list)  # the rows of skipped.csv (SKIP_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -198,7 +249,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a reader stands: ratings committed per modality and the current step (None: done)."""
+    """Where a reader stands: ratings committed and steps skipped per modality, and the current
+    step (None: done). A skipped step counts as done: it will never be rated."""
 
     reader: str
     design: str
@@ -207,10 +259,12 @@ class Progress:
     finished: bool
     session: int | None
     modality: str | None
+    opens_at: str | None = None  # session 2 waits for the washout until then (ISO, UTC)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
-        return sum(self.rated.values())
+        return sum(self.rated.values()) + sum(self.skipped.values())
 
     @property
     def total(self) -> int:
@@ -218,6 +272,17 @@ class Progress:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "done": self.done, "total": self.total}
+
+
+def new_token() -> str:
+    """A 256-bit URL-safe token that never starts with "-".
+
+    Why: tokens are pasted after ``--owner-token`` on the command line, where argparse reads a
+    leading "-" as an option (1 token in 64 would break the command).
+    """
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def hash_token(token: str) -> str:
@@ -232,6 +297,11 @@ def reader_link(token: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _readable(epoch: float) -> str:
+    """A time as readers read it in messages: 2026-12-09 14:03 UTC."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
@@ -262,7 +332,7 @@ def create_study(
         raise FileExistsError(f"{db_path} exists: a study database is never overwritten")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     text = Path(study_file).read_text(encoding="utf-8")
-    owner_token = secrets.token_urlsafe(32)
+    owner_token = new_token()
     now = _iso(clock())
     con = _connect(db_path)
     try:
@@ -327,6 +397,9 @@ class StudyStore:
                 row = con.execute("SELECT * FROM study").fetchone()
             except sqlite3.DatabaseError as exc:
                 raise ValueError(f"{self.db_path} is not a study database ({exc})") from None
+        if meta.get("schema_version") == "1":
+            self._migrate_from_1()
+            meta["schema_version"] = str(SCHEMA_VERSION)
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise ValueError(
                 f"{self.db_path}: schema version {meta.get('schema_version')} "
@@ -337,6 +410,22 @@ class StudyStore:
         self.hide_model_until_commit = bool(row["hide_model_until_commit"])
         self.required: tuple[str, ...] = tuple(json.loads(row["required"]))
         self.name: str = row["name"]
+        source = row["study_file"]  # the recorded study file holds what has no column
+        recorded = parse_study(json.loads(row["study_json"]), Path(source).parent, source=source)
+        self.washout_days: float = recorded.washout_days
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 -> 2: add the (empty) skips table; every rating stays as it is."""
+        with self._write() as con:
+            if (
+                con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+                == "1"
+            ):
+                con.execute(_SKIPS_TABLE)
+                con.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+                self._event(con, "migrate", detail="schema 1 -> 2: skips table")
 
     # -- connections -------------------------------------------------------------------------
 
@@ -401,7 +490,7 @@ class StudyStore:
                 "control characters"
             )
         name = name.strip()
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self._write() as con:
             self._owner(con, owner_token)
             if con.execute("SELECT 1 FROM readers WHERE name = ?", (name,)).fetchone():
@@ -431,7 +520,7 @@ class StudyStore:
 
     def reset_token(self, owner_token: str, name: str) -> str:
         """A new token for a reader who lost their link; the old one stops working."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         with self._write() as con:
             self._owner(con, owner_token)
             row = con.execute("SELECT id FROM readers WHERE name = ?", (name,)).fetchone()
@@ -454,10 +543,10 @@ class StudyStore:
         with self._read() as con:
             self._owner(con, owner_token)
             row = con.execute("SELECT study_file, study_json FROM study").fetchone()
-            readers, ratings = _reader_rows(con), _rating_rows(con)
+            readers, ratings, skips = _reader_rows(con), _rating_rows(con), _skip_rows(con)
         source = row["study_file"]
         study = parse_study(json.loads(row["study_json"]), Path(source).parent, source=source)
-        return Snapshot(study, readers, ratings)
+        return Snapshot(study, readers, ratings, skips)
 
     def export_rows(
         self, owner_token: str, score: str = "malignancy", known_truth_only: bool = True
@@ -483,7 +572,8 @@ class StudyStore:
         score: str = "malignancy",
         snapshot: Snapshot | None = None,
     ) -> dict:
-        """``ratings.csv`` (every field) and ``scores.csv`` (the long MRMC table) in ``out_dir``.
+        """``ratings.csv`` (every field), ``scores.csv`` (the long MRMC table) and
+        ``skipped.csv`` (every skipped case with its reason) in ``out_dir``.
 
         ``snapshot``: write the ratings of that earlier read (the analysis exports exactly the
         ratings it analyses); by default a new read.
@@ -491,16 +581,17 @@ class StudyStore:
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         out_dir = Path(out_dir)
-        if snapshot is None:
-            ratings = self._rating_rows(owner_token)  # one read: both files show the same ratings
-        else:
-            with self._read() as con:
-                self._owner(con, owner_token)
-            ratings = snapshot.ratings
+        with self._read() as con:  # one read: every file shows the same ratings
+            self._owner(con, owner_token)
+            if snapshot is None:
+                ratings, skips = _rating_rows(con), _skip_rows(con)
+            else:
+                ratings, skips = snapshot.ratings, snapshot.skips
         scores = _score_rows(ratings, score, known_truth_only=True)
         paths = {
             "ratings": write_csv(out_dir / "ratings.csv", ratings, RATING_COLUMNS, _cell),
             "scores": write_csv(out_dir / "scores.csv", scores, SCORE_COLUMNS, _cell),
+            "skipped": write_csv(out_dir / "skipped.csv", skips, SKIP_COLUMNS, _cell),
         }
         with self._write() as con:
             self._event(con, "export", detail=json.dumps({"score": score, "rows": len(scores)}))
@@ -518,7 +609,10 @@ class StudyStore:
         with self._read() as con:
             reader = self._reader(con, token)
             step = self._step(con, reader["id"])
-            return None if step is None else self._assignment(con, reader["id"], *step)
+            if step is None:
+                return None
+            self._check_washout(con, reader["id"], step[0])
+            return self._assignment(con, reader["id"], *step)
 
     def open_case(self, token: str, case: str) -> Assignment:
         """Record when the reader opened ``case`` for its current step (the first open counts)."""
@@ -596,13 +690,61 @@ class StudyStore:
                 )
         return _public(record)
 
+    def skip(self, token: str, case: str, reason: str) -> dict:
+        """Record that the reader cannot read ``case`` at its current step (e.g. its CT will not
+        load) and move on: committed when this returns, never offered again in this session.
+
+        ``reason``: what went wrong, as the reader was told it (required, up to 2000 characters).
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("skip: give the reason (e.g. the message of the CT that did not load)")
+        reason = reason.strip()[:MAX_REASON]
+        with self._write() as con:
+            reader = self._reader(con, token)
+            rid = reader["id"]
+            session, modality = self._case_step(con, rid, case)
+            now = self.clock()
+            order_index = con.execute(
+                "SELECT position FROM case_order WHERE reader_id = ? AND session = ? "
+                "AND case_id = ?",
+                (rid, session, case),
+            ).fetchone()[0]
+            record = {
+                "reader_id": rid,
+                "case_id": case,
+                "session": session,
+                "modality": modality,
+                "order_index": order_index,
+                "reason": reason,
+                "skipped_at": _iso(now),
+            }
+            con.execute(
+                f"INSERT INTO skips ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
+                tuple(record.values()),
+            )
+            self._event(con, "skip", rid, case, modality, reason)
+            if self._session_done(con, rid, session):
+                con.execute(
+                    "UPDATE sessions SET finished_at = ? WHERE reader_id = ? AND session = ?",
+                    (_iso(now), rid, session),
+                )
+        out = {k: v for k, v in record.items() if k != "reader_id"}
+        out["case"] = out.pop("case_id")
+        return out
+
     def model_visible(self, token: str, case: str) -> bool:
         """Whether the reader may see the model's output for ``case`` now."""
         with self._read() as con:
             reader = self._reader(con, token)
-            step = self._current_case_step(con, reader["id"], case)
-            if step is None:  # the reader rated every step of this case
-                return True
+            try:
+                step = self._current_case_step(con, reader["id"], case)
+            except WashoutError:  # nothing is open to read now
+                return False
+            if step is None:  # every step of this case is rated (shown) or skipped (not)
+                return not con.execute(
+                    "SELECT 1 FROM skips WHERE reader_id = ? AND case_id = ?",
+                    (reader["id"], case),
+                ).fetchone()
             return self._visible(step[1])
 
     def progress(self, token: str) -> Progress:
@@ -615,8 +757,10 @@ class StudyStore:
                     (reader["id"],),
                 ).fetchall()
             )
+            skipped = self._skipped_steps(con, reader["id"])
             n_cases = con.execute("SELECT count(*) FROM cases").fetchone()[0]
             step = self._step(con, reader["id"])
+            opens = None if step is None else self._washout_end(con, reader["id"], step[0])
         return Progress(
             reader=reader["name"],
             design=self.design,
@@ -625,6 +769,8 @@ class StudyStore:
             finished=step is None,
             session=None if step is None else step[0],
             modality=None if step is None else step[1],
+            opens_at=None if opens is None else _iso(opens[0]),
+            skipped=skipped,
         )
 
     def my_ratings(self, token: str) -> list[dict]:
@@ -648,7 +794,9 @@ class StudyStore:
         return con.execute(
             "SELECT o.case_id FROM case_order o WHERE o.reader_id = ? AND o.session = ? "
             "AND NOT EXISTS (SELECT 1 FROM ratings g WHERE g.reader_id = o.reader_id "
-            "AND g.case_id = o.case_id AND g.modality = ?) ORDER BY o.position LIMIT 1",
+            "AND g.case_id = o.case_id AND g.modality = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM skips k WHERE k.reader_id = o.reader_id "
+            "AND k.case_id = o.case_id AND k.session = o.session) ORDER BY o.position LIMIT 1",
             (reader_id, session, modality),
         ).fetchone()
 
@@ -660,6 +808,28 @@ class StudyStore:
             ).fetchone()
             is not None
         )
+
+    def _skipped(self, con, reader_id: int, case: str, session: int) -> bool:
+        return (
+            con.execute(
+                "SELECT 1 FROM skips WHERE reader_id = ? AND case_id = ? AND session = ?",
+                (reader_id, case, session),
+            ).fetchone()
+            is not None
+        )
+
+    def _skipped_steps(self, con, reader_id: int) -> dict[str, int]:
+        """Steps per modality that will never be rated because of a skip."""
+        counts = dict(
+            con.execute(
+                "SELECT modality, count(*) FROM skips WHERE reader_id = ? GROUP BY modality",
+                (reader_id,),
+            ).fetchall()
+        )
+        skipped = {m: counts.get(m, 0) for m in MODALITIES}
+        if self.design == "sequential":  # an unaided skip leaves the aided step unreadable too
+            skipped["aided"] += skipped["unaided"]
+        return skipped
 
     def _step(self, con, reader_id: int) -> tuple[int, str, str] | None:
         """(session, modality, case) of the reader's next rating, or None when finished."""
@@ -681,6 +851,8 @@ class StudyStore:
         if con.execute("SELECT 1 FROM cases WHERE id = ?", (case,)).fetchone() is None:
             raise StudyStateError(f"case {case!r} is not in this study")
         if self.design == "sequential":
+            if self._skipped(con, reader_id, case, 1):
+                return None
             if not self._has(con, reader_id, case, "unaided"):
                 return 1, "unaided"
             return None if self._has(con, reader_id, case, "aided") else (1, "aided")
@@ -688,7 +860,12 @@ class StudyStore:
         if step is None:
             return None
         session, modality, _ = step
-        return None if self._has(con, reader_id, case, modality) else (session, modality)
+        self._check_washout(con, reader_id, session)
+        if self._has(con, reader_id, case, modality) or self._skipped(
+            con, reader_id, case, session
+        ):
+            return None
+        return session, modality
 
     def _case_step(self, con, reader_id: int, case: str, submitting: str | None = None):
         """The due step of ``case``, or a StudyStateError saying why nothing is due."""
@@ -696,7 +873,7 @@ class StudyStore:
             raise StudyStateError(f"case {case}: the {submitting} rating is committed and locked")
         step = self._current_case_step(con, reader_id, case)
         if step is None:
-            raise StudyStateError(f"case {case}: nothing is due now (every step is rated)")
+            raise StudyStateError(f"case {case}: nothing is due now (rated or skipped)")
         return step
 
     def _out_of_turn(self, case: str, session: int, expected: str, modality: str) -> str:
@@ -706,6 +883,23 @@ class StudyStore:
             f"case {case}: this reader's session {session} is {expected}; the {modality} "
             "ratings belong to their other session (session 2 starts when session 1 is complete)"
         )
+
+    def _washout_end(self, con, reader_id: int, session: int) -> tuple[float, str] | None:
+        """(epoch when session 2 opens, when session 1 finished) while the washout runs."""
+        if session != 2 or not self.washout_days:
+            return None
+        finished = con.execute(
+            "SELECT finished_at FROM sessions WHERE reader_id = ? AND session = 1", (reader_id,)
+        ).fetchone()[0]
+        opens = datetime.fromisoformat(finished).timestamp() + 86400.0 * self.washout_days
+        return (opens, finished) if self.clock() < opens else None
+
+    def _check_washout(self, con, reader_id: int, session: int) -> None:
+        """Raise :class:`WashoutError` while the reader's session 2 waits for the washout."""
+        waiting = self._washout_end(con, reader_id, session)
+        if waiting is not None:
+            modality = self._session_modality(con, reader_id, session)
+            raise WashoutError(waiting[0], waiting[1], self.washout_days, modality)
 
     def _visible(self, modality: str) -> bool:
         """Aided steps show the model; the sequential unaided step only if the study says so."""
@@ -751,11 +945,22 @@ class StudyStore:
 def _reader_rows(con: sqlite3.Connection) -> list[dict]:
     rows = con.execute(
         "SELECT r.name, r.reader_index, r.created_at, "
-        "sum(g.modality = 'unaided') AS unaided, sum(g.modality = 'aided') AS aided "
+        "sum(g.modality = 'unaided') AS unaided, sum(g.modality = 'aided') AS aided, "
+        "(SELECT count(*) FROM skips k WHERE k.reader_id = r.id) AS skipped "
         "FROM readers r LEFT JOIN ratings g ON g.reader_id = r.id "
         "GROUP BY r.id ORDER BY r.reader_index"
     ).fetchall()
     return [{**dict(r), "unaided": r["unaided"] or 0, "aided": r["aided"] or 0} for r in rows]
+
+
+def _skip_rows(con: sqlite3.Connection) -> list[dict]:
+    rows = con.execute(
+        'SELECT r.name AS reader, r.reader_index, k.case_id AS "case", c.truth, k.session, '
+        "k.modality, k.order_index, k.reason, k.skipped_at "
+        "FROM skips k JOIN readers r ON r.id = k.reader_id JOIN cases c ON c.id = k.case_id "
+        "ORDER BY r.reader_index, c.position, k.session"
+    ).fetchall()
+    return [dict(r) for r in rows]
 
 
 def _rating_rows(con: sqlite3.Connection) -> list[dict]:

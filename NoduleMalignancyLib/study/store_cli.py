@@ -56,7 +56,10 @@ def cmd_export(args) -> int:
         paths = store.export(args.owner_token, args.out, score=args.score)
     except PermissionError as exc:
         return _refused(exc)
-    print(f"wrote {paths['ratings']} (every rating) and {paths['scores']} (score = {args.score})")
+    print(
+        f"wrote {paths['ratings']} (every rating), {paths['scores']} (score = {args.score}) and "
+        f"{paths['skipped']} (skipped cases and why)"
+    )
     return 0
 
 

@@ -12,7 +12,9 @@ mean malignancy (quadratic-weighted kappa, Spearman, share within +-1), unaided 
 cases where the study file gives them; reading time (median and IQR) per modality.
 
 The MRMC needs a fully crossed design, so it takes only the readers who rated every case with
-truth in both modalities; the others are named, with the reason, in both reports.
+truth in both modalities; the others are named, with the reason, in both reports. A skipped case
+(its CT would not load, ``StudyStore.skip``) has no rating, so a reader who skipped a case with
+truth is incomplete and left out the same way; the summary lists every skip with its reason.
 """
 
 from __future__ import annotations
@@ -203,7 +205,9 @@ def _agreement_pair(paired: list[str], unaided: dict, aided: dict, target: dict)
     }
 
 
-def _exclusion(n_truth: int, unaided: dict, aided: dict, truth: dict) -> str | None:
+def _exclusion(
+    n_truth: int, unaided: dict, aided: dict, truth: dict, skipped: Sequence[dict] = ()
+) -> str | None:
     """Why a reader cannot enter the MRMC (it needs every case with truth in both), or None."""
     known = [c for c, t in truth.items() if t is not None]
     missing = {
@@ -214,16 +218,34 @@ def _exclusion(n_truth: int, unaided: dict, aided: dict, truth: dict) -> str | N
         return "rated no case"
     if not any(missing.values()):
         return None
+    skips = [k for k in skipped if truth.get(k["case"]) is not None]
+    because = f"; {len(skips)} of them skipped (CT not readable)" if skips else ""
     return (
         f"incomplete: {missing['unaided']} unaided and {missing['aided']} aided ratings of the "
-        f"{n_truth} cases with truth are missing (the MRMC needs every reader x case x modality)"
+        f"{n_truth} cases with truth are missing{because} (the MRMC needs every reader x case x "
+        "modality)"
     )
 
 
+def _step_done(
+    case: str, modality: str, rated: dict, skipped: Sequence[dict], study: Study
+) -> bool:
+    """Rated, or skipped (a sequential skip at the unaided step skips the aided one too)."""
+    if case in rated[modality]:
+        return True
+    steps = {k["modality"] for k in skipped if k["case"] == case}
+    return modality in steps or (study.design == "sequential" and "unaided" in steps)
+
+
 def reader_summary(
-    name: str, index: int, rated: dict[str, dict[str, dict]], study: Study, score: str
+    name: str,
+    index: int,
+    rated: dict[str, dict[str, dict]],
+    study: Study,
+    score: str,
+    skipped: Sequence[dict] = (),
 ) -> dict:
-    """Every per-reader figure of the summary (docs/DESIGN.md §14)."""
+    """Every per-reader figure of the summary (docs/DESIGN.md §14); ``skipped``: their skips."""
     unaided, aided = rated["unaided"], rated["aided"]
     truth = {c.id: c.truth for c in study.cases}
     order = [c.id for c in study.cases]
@@ -231,7 +253,7 @@ def reader_summary(
     n_truth = sum(t is not None for t in truth.values())
     model, reference = _model_scores(study), _reference_means(study)
     change, toward_model = _change(paired, unaided, aided, model)
-    exclusion = _exclusion(n_truth, unaided, aided, truth)
+    exclusion = _exclusion(n_truth, unaided, aided, truth, skipped)
     return {
         "reader": name,
         "reader_index": index,
@@ -241,8 +263,9 @@ def reader_summary(
             "unaided": len(unaided),
             "aided": len(aided),
             "paired": len(paired),
+            "skipped": len({k["case"] for k in skipped}),
         },
-        "finished": len(paired) == len(order),
+        "finished": all(_step_done(c, m, rated, skipped, study) for c in order for m in MODALITIES),
         "in_mrmc": exclusion is None,
         "excluded_because": exclusion,
         "auroc": _accuracy(paired, truth, unaided, aided, score),
@@ -270,6 +293,7 @@ def summarise(snapshot: Snapshot, score: str = "malignancy") -> dict:
             by_reader.get(r["name"], {m: {} for m in MODALITIES}),
             study,
             score,
+            [k for k in snapshot.skips if k["reader"] == r["name"]],
         )
         for r in snapshot.readers
     ]
@@ -290,6 +314,7 @@ def summarise(snapshot: Snapshot, score: str = "malignancy") -> dict:
             "score": score,
         },
         "readers": readers,
+        "skipped": [dict(k) for k in snapshot.skips],
         "notes": _notes(study, readers),
     }
 
@@ -497,6 +522,27 @@ def _mrmc_lines(part: dict) -> list[str]:
     return lines
 
 
+def _skipped_lines(skipped: list[dict]) -> list[str]:
+    if not skipped:
+        return ["None."]
+    lines = [
+        "A skipped step has no rating (in the sequential design a skip at the unaided step "
+        "skips the aided one too). A reader who skipped a case with truth is incomplete and, as "
+        "every incomplete reader, left out of the MRMC; their other figures use the cases they "
+        "rated.",
+        "",
+        "| reader | case | session | step | reason | skipped at |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in skipped:
+        reason = " ".join(str(k["reason"]).split()).replace("|", "/")
+        lines.append(
+            f"| {k['reader']} | {k['case']} | {k['session']} | {k['modality']} | {reason} "
+            f"| {k['skipped_at']} |"
+        )
+    return lines
+
+
 def summary_markdown(summary: dict) -> str:
     """summary.md: the study, the per-reader tables, the MRMC headline and the notes."""
     s, readers = summary["study"], summary["readers"]
@@ -534,6 +580,10 @@ def summary_markdown(summary: dict) -> str:
             f"| {_time(r['reading_time_s']['aided'])} |"
             for r in readers
         ),
+        "",
+        "## Skipped cases",
+        "",
+        *_skipped_lines(summary.get("skipped", [])),
         "",
         "## MRMC: aided vs unaided (Obuchowski-Rockette, Hillis ddf)",
         "",
