@@ -1,0 +1,99 @@
+"""Evidence maps of the same nodules before and after the head-dropout retraining (issue:
+explanations that hold, part 5).
+
+    NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/maps_before_after.py \
+        OLD_MODELS_DIR docs/experiments/figures/maps_before_after.png
+
+OLD_MODELS_DIR: the earlier ensemble ``lidc-mil-20261124-00f10f9`` (collapsed gates), e.g.
+``git archive 6a421e3 models | tar -x -C /tmp/old`` then ``/tmp/old/models``. Each nodule is
+shown by the fold model that never saw its patient, in both ensembles (out of fold, as
+``nodule-malignancy maps`` scores them): the axial slice through the VOI centre, lung window,
+the combined evidence (red positive, blue negative, each row on its own symmetric scale) and
+the segmentation outline. The nodules are the first malignant and benign VOIs (by file name)
+of each fold, not chosen by how their maps look.
+"""
+
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from NoduleMalignancyLib.core.analysis import _result, sample_and_run
+from NoduleMalignancyLib.core.ensemble import Ensemble
+from NoduleMalignancyLib.core.evidence import COMBINED
+from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
+from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.training.dataset import load_records
+
+
+def by_fold(ensemble: Ensemble) -> dict[int, Ensemble]:
+    return {
+        int(e["fold"]): Ensemble(ensemble.manifest, [m], device="cpu")
+        for e, m in zip(ensemble.manifest.folds, ensemble.models, strict=True)
+    }
+
+
+def pick(records, folds) -> list:
+    """Per fold the first malignant and the first benign nodule by name."""
+    chosen = []
+    for fold in range(5):
+        for label in (1.0, 0.0):
+            rec = next(
+                r
+                for r in sorted(records, key=lambda r: r.name)
+                if folds.get(r.patient_id) == fold and r.label == label
+            )
+            chosen.append((fold, rec))
+    return chosen
+
+
+def main(old_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    folds = load_folds(DEFAULT_FOLDS_FILE)
+    ensembles = {
+        "before: lidc-mil-20261124-00f10f9": by_fold(Ensemble.load(old_dir, device="cpu")),
+        "after (shipped): lidc-mil-20261202-aed8d39": by_fold(Ensemble.load(device="cpu")),
+    }
+    chosen = pick(load_records(), folds)
+    fig, axes = plt.subplots(2, len(chosen), figsize=(2.2 * len(chosen), 5.2), dpi=110)
+    for col, (fold, rec) in enumerate(chosen):
+        img = sitk.ReadImage(str(rec.image_path))
+        a, g = sitk.GetArrayFromImage(img).astype(np.float32), ImageGeometry.from_sitk(img)
+        for row, (title, models) in enumerate(ensembles.items()):
+            sample, outputs, _ = sample_and_run(a, g, rec.center_lps, models[fold])
+            result = _result(sample, outputs, models[fold], rec.center_lps, {})
+            k = sample.hu.shape[0] // 2
+            ev = result.evidence_voi[COMBINED][k]
+            lim = float(np.abs(ev).max()) or 1.0
+            ax = axes[row, col]
+            ax.imshow(sample.hu[k], cmap="gray", vmin=-1000, vmax=400)
+            ax.imshow(
+                np.ma.masked_where(np.abs(ev) < 0.05 * lim, ev),
+                cmap="bwr",
+                vmin=-lim,
+                vmax=lim,
+                alpha=0.6,
+            )
+            ax.contour(
+                result.segmentation_mask_voi[k], levels=[0.5], colors="yellow", linewidths=0.8
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = "malignant" if rec.label == 1.0 else "benign"
+            if row == 0:
+                ax.set_title(f"{rec.name}\n{label}, fold {fold}", fontsize=7)
+            ax.set_xlabel(f"MIL logit {result.malignancy_mil_logit:+.2f}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
