@@ -254,6 +254,26 @@ def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu) -> float:
     return float((hu[shell] < lung_hu).mean())
 
 
+def _lungs(image_zyx: np.ndarray, geometry: ImageGeometry, scope: ScopeConfig):
+    return lung_mask(
+        image_zyx,
+        geometry,
+        scope.lung_mask_hu,
+        scope.lung_mask_step_mm,
+        scope.min_lung_ml,
+        scope.airway_max_mm2,
+        scope.airway_midline_mm,
+    )
+
+
+def prepare_lung_side(
+    image_zyx: np.ndarray, geometry: ImageGeometry, scope: ScopeConfig = ScopeConfig()
+) -> bool:
+    """Build (and cache) the CT's lung mask ahead of the first click, which otherwise pays for
+    it (about 0.65 s on a chest CT); True when the image has one (a whole chest, not a crop)."""
+    return _lungs(image_zyx, geometry, scope) is not None
+
+
 def lung_side(
     image_zyx: np.ndarray,
     geometry: ImageGeometry,
@@ -264,15 +284,7 @@ def lung_side(
     """``"inside"`` or ``"outside"`` the lungs (the pleura's side the point is on) for a lesion
     segmented ``diameter_mm`` across, or ``"unknown"`` on an image without a body outline (a
     crop such as the LIDC VOIs)."""
-    lungs = lung_mask(
-        image_zyx,
-        geometry,
-        scope.lung_mask_hu,
-        scope.lung_mask_step_mm,
-        scope.min_lung_ml,
-        scope.airway_max_mm2,
-        scope.airway_midline_mm,
-    )
+    lungs = _lungs(image_zyx, geometry, scope)
     if lungs is None:
         return "unknown", {"lung_side": "unknown"}
     ball = float(np.clip(diameter_mm, *scope.pleura_ball_mm))

@@ -35,7 +35,7 @@ import vtk
 from ..core.analysis import NoduleResult, analyze_point
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
-from ..core.validation import RefusedError, check_image
+from ..core.validation import RefusedError, check_image, prepare_lung_side
 from ..core.voi import PointOutsideVolumeError
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
 from .requests import AnalysisOutput, AnalysisRequest, PointRequest
@@ -235,6 +235,13 @@ class NoduleMalignancyLogic:
             else:
                 self._ensemble.use(name)
             return self._ensemble
+
+    def warmUp(self, image_zyx: np.ndarray, geometry: ImageGeometry, device: str = "auto") -> None:
+        """Load the ensemble and the CT's lung mask now (any thread), so the first click on a
+        freshly loaded CT costs what a later one does; ``image_zyx`` and ``geometry`` as
+        :func:`read_ct_volume` gives them."""
+        self.ensemble(device)
+        prepare_lung_side(image_zyx, geometry)
 
     # 1. prepare (main thread) ----------------------------------------------------------------
     def prepare(self, volumeNode, markupsNode, pointIndex=None) -> AnalysisRequest:

@@ -15,6 +15,8 @@ by :meth:`sync_points` (run by every :meth:`poll`) and analysed after the runner
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
 from ..mrml.ct_loading import load_ct_volume
-from ..mrml.logic import InputError, NoduleMalignancyLogic
+from ..mrml.logic import InputError, NoduleMalignancyLogic, read_ct_volume
 from ..mrml.nodes import nodes_by_class
 from ..mrml.roles import ATTR_ROLE, EVIDENCE_SCALES, ROLE_SEGMENTATION, ROLE_TABLE
 from ..mrml.runner import DEBOUNCE_S, AnalysisRunner
@@ -83,6 +85,7 @@ class StationController:
         self.results: dict[str, object] = {}  # control point ID -> NoduleResult
         self.current: str | None = None
         self.overlay = COMBINED
+        self.warm_up_thread: threading.Thread | None = None
         self.opacity = 0.5
         self.segmentation_visible = True
         self._busy_ids: list[str] = []
@@ -109,11 +112,31 @@ class StationController:
         self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
         self.markups.CreateDefaultDisplayNodes()
         self.set_window(window)
+        self._warm_up(volume)
         self.set_status(
             "ready",
             "Click on a nodule (place a point) to analyse it." if self.model_allowed else "",
         )
         return volume
+
+    def _warm_up(self, volume) -> threading.Thread | None:
+        """Load the ensemble and the CT's lung mask in the background while the reader looks
+        at the CT, so the first click costs a warm one (docs/DESIGN.md §15). Only an
+        optimisation: a CT the warm-up cannot read gets its message from the click."""
+        try:
+            image, _, world = read_ct_volume(volume)  # the voxels are copied here
+        except InputError:
+            return None
+
+        def run() -> None:
+            try:
+                self.logic.warmUp(image, world)
+            except Exception:  # the click reports the same problem with its message
+                logging.getLogger(__name__).exception("warm-up failed")
+
+        self.warm_up_thread = threading.Thread(target=run, name="station-warm-up", daemon=True)
+        self.warm_up_thread.start()
+        return self.warm_up_thread
 
     def close_ct(self) -> None:
         """Remove the CT, its points and every output node; cancel a running analysis."""
