@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.batch.cluster import map_in_order
+from NoduleMalignancyLib.batch.cluster import dask_client, map_in_order
 from NoduleMalignancyLib.batch.export import lidc_cts, read_points_table
 from NoduleMalignancyLib.batch.predict import ensemble_loads
 from NoduleMalignancyLib.cli import main
@@ -29,20 +29,44 @@ VOIS = (
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local cluster of 2 worker processes on loopback, as a user's running scheduler."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as c,
-        Client(c) as client,
-    ):
+    """The local cluster ``--workers 2`` starts (2 processes on loopback), as a user's running
+    scheduler."""
+    with dask_client(None, 2) as client:
         yield client
+
+
+def _worker_settings() -> tuple[str | None, bool]:
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get(
+        "distributed.worker.profile.enabled"
+    )
+
+
+def test_local_cluster_listens_on_loopback_only(cluster):
+    """Every socket the scheduler, nannies and workers listen on is 127.0.0.1 (none on
+    0.0.0.0), the scheduler's HTTP server included, on a random port."""
+    import os
+
+    import psutil
+
+    me = psutil.Process()
+    listening = [
+        c.laddr
+        for p in [me, *me.children(recursive=True)]
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 2 + 2 * 2, listening  # scheduler + HTTP, 2 x (worker + HTTP)
+    assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+    http = [s.getsockname() for s in cluster.cluster.scheduler.http_server._sockets.values()]
+    assert [host for host, _ in http] == ["127.0.0.1"]
+    assert cluster.scheduler_info()["services"]["dashboard"] == http[0][1]
+    # The worker settings of batch/cluster.py: no malloc trim override, no profiler.
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    assert set(cluster.run(_worker_settings).values()) == {(trim, False)}
 
 
 @pytest.fixture(scope="module")
