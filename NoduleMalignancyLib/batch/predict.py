@@ -45,11 +45,16 @@ PREDICT_COLUMNS = (
 
 def load_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     """(HU array (z, y, x), geometry) of any CT the project reads."""
-    import SimpleITK as sitk
-
     from ..files.samples import read_ct
 
-    image = read_ct(path)
+    return image_arrays(read_ct(path))
+
+
+def image_arrays(image) -> tuple[np.ndarray, ImageGeometry]:
+    """(voxel array (z, y, x), geometry) of a SimpleITK image: the one conversion every batch
+    reader (predict, export, analyze) shares."""
+    import SimpleITK as sitk
+
     return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
 
 
@@ -123,12 +128,10 @@ def predict_ct(
 
 def load_dicom_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry, list | None]:
     """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
-    import SimpleITK as sitk
-
     from ..files.samples import read_ct_with_dicom
 
     image, datasets = read_ct_with_dicom(path)
-    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), datasets
+    return (*image_arrays(image), datasets)
 
 
 def _write_dicom(folder, image_path, datasets, geometry, found) -> None:
