@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("predict", help="score a manifest CSV (id,image,x,y,z in world LPS)")
     sp.add_argument("--manifest", required=True)
     sp.add_argument("--out", required=True, help="predictions CSV")
-    sp.add_argument("--masks-dir", default=None, help="write <id>.nii.gz masks here")
+    sp.add_argument(
+        "--masks-dir", default=None, help="write <id>.nii.gz masks here (id made file-name safe)"
+    )
     sp.add_argument(
         "--dicom-out", default=None, help="DICOM SEG + SR per DICOM CT: <dir>/<series UID>/"
     )

@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib import cli
+from NoduleMalignancyLib.batch.predict import mask_file_name
 from NoduleMalignancyLib.batch.report_cli import build_rows
 from NoduleMalignancyLib.core.attributes import wording
 from NoduleMalignancyLib.core.validation import DESCRIPTIONS, REFUSALS, WARNINGS
@@ -186,7 +187,7 @@ def test_thumbnails_are_embedded_pngs_of_the_expected_size(batch):
 def test_the_outline_comes_from_the_mask(batch):
     with_masks, without = batch["page"], batch["no_masks"]
     for i in range(3):
-        assert (batch["dir"] / "masks" / f"{batch['ids'][i]}.nii.gz").is_file()
+        assert (batch["dir"] / "masks" / mask_file_name(batch["ids"][i])).is_file()
         assert _has_colour(_png(with_masks.cell(i, "thumbnail")), OUTLINE_RGB)
         assert not _has_colour(_png(without.cell(i, "thumbnail")), OUTLINE_RGB)
     assert not _has_colour(_png(with_masks.cell(3, "thumbnail")), OUTLINE_RGB)  # refused
@@ -250,6 +251,37 @@ def test_the_header_counts_the_batch_and_the_sort_script_is_inline(batch):
     assert "<b>1 failed</b>" in text and "test-random" in text  # the models' version
     assert "addEventListener" in page.scripts[0] and "localeCompare" in page.scripts[0]
     assert 'data-column="malignancy_probability" data-sort="number"' in text
+
+
+def test_ids_that_are_paths_name_files_inside_the_masks_folder(tmp_path, tiny_dir, data_dir):
+    """Mask files are named by the id made file-name safe, in predict and in report alike: an
+    id such as ``../x`` or ``a/b c`` neither escapes ``--masks-dir`` nor fails; an id with no
+    safe character fails its own row only."""
+    with open(data_dir / "lidc_vois" / "metadata.csv", newline="") as f:
+        r = next(csv.DictReader(f))
+    image = data_dir / "lidc_vois" / "image" / f"{r['patient_id']}_R_{r['nodule_id']}.nii.gz"
+    ids = ["../x", "a/b c", "///"]
+    manifest, run = tmp_path / "manifest.csv", tmp_path / "run"
+    with open(manifest, "w", newline="") as f:
+        point = (r["coordX"], r["coordY"], r["coordZ"])
+        csv.writer(f).writerows(
+            [("id", "image", "x", "y", "z"), *[(i, image, *point) for i in ids]]
+        )
+    predictions, masks, out = run / "p.csv", run / "masks", run / "report.html"
+    common = ["--manifest", str(manifest), "--models", str(tiny_dir)]
+    assert cli.main(["predict", *common, "--out", str(predictions), "--masks-dir", str(masks)]) == 0
+    assert sorted(p.name for p in masks.iterdir()) == ["..-x.nii.gz", "a-b-c.nii.gz"]
+    assert sorted(p.name for p in run.iterdir()) == ["masks", "p.csv"]  # nothing beside them
+    with open(predictions, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["id"] for row in rows] == ids
+    assert [row["error"] for row in rows[:2]] == ["", ""]
+    assert "no file-name-safe character" in rows[2]["error"]
+    report = ["report", *common, "--predictions", str(predictions), "--masks-dir", str(masks)]
+    assert cli.main([*report, "--out", str(out)]) == 0
+    page = _parse(out)
+    for i in range(2):
+        assert _has_colour(_png(page.cell(i, "thumbnail")), OUTLINE_RGB)
 
 
 def test_predictions_of_another_manifest_are_refused(batch, capsys):

@@ -1,5 +1,7 @@
 """Cohort runs on Dask distributed (docs/DESIGN.md §13): ``predict`` and ``export`` on a local
-cluster of worker processes give the files of the in-process run, byte for byte."""
+cluster of worker processes give the files of the in-process run, byte for byte (the tiny
+ensemble); with the shipped ensemble the rows agree to 1e-4 (one torch thread per worker vs
+all cores here)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.batch.cluster import map_in_order
+from NoduleMalignancyLib.batch.cluster import dask_client, map_in_order
 from NoduleMalignancyLib.batch.export import lidc_cts, read_points_table
 from NoduleMalignancyLib.batch.predict import ensemble_loads
 from NoduleMalignancyLib.cli import main
@@ -29,20 +31,44 @@ VOIS = (
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local cluster of 2 worker processes on loopback, as a user's running scheduler."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as c,
-        Client(c) as client,
-    ):
+    """The local cluster ``--workers 2`` starts (2 processes on loopback), as a user's running
+    scheduler."""
+    with dask_client(None, 2) as client:
         yield client
+
+
+def _worker_settings() -> tuple[str | None, bool]:
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get(
+        "distributed.worker.profile.enabled"
+    )
+
+
+def test_local_cluster_listens_on_loopback_only(cluster):
+    """Every socket the scheduler, nannies and workers listen on is 127.0.0.1 (none on
+    0.0.0.0), the scheduler's HTTP server included, on a random port."""
+    import os
+
+    import psutil
+
+    me = psutil.Process()
+    listening = [
+        c.laddr
+        for p in [me, *me.children(recursive=True)]
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 2 + 2 * 2, listening  # scheduler + HTTP, 2 x (worker + HTTP)
+    assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+    http = [s.getsockname() for s in cluster.cluster.scheduler.http_server._sockets.values()]
+    assert [host for host, _ in http] == ["127.0.0.1"]
+    assert cluster.scheduler_info()["services"]["dashboard"] == http[0][1]
+    # The worker settings of batch/cluster.py: no malloc trim override, no profiler.
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    assert set(cluster.run(_worker_settings).values()) == {(trim, False)}
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +128,35 @@ def test_predict_on_local_workers_equals_in_process(manifest, tiny_dir, in_proce
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(in_process / "masks" / name)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "masks" / name)))
         assert np.array_equal(a, b)
+
+
+def test_shipped_ensemble_on_local_workers_equals_in_process(manifest, tmp_path):
+    """The shipped ensemble (models/) on ``--workers 2`` gives the single-process rows: ids,
+    order, errors, warnings and Lung-RADS categories exactly; numbers to 1e-4, not bit for
+    bit, since a worker runs torch on one thread and this process on all cores, and a
+    different thread count sums floats in a different order."""
+    from NoduleMalignancyLib.core.settings import shipped_models_dir
+
+    lines = manifest.read_text().splitlines(keepends=True)
+    few = tmp_path / "few.csv"  # 3 VOIs, the missing image, the second point on the first VOI
+    few.write_text("".join(lines[:5] + lines[-1:]))
+    models = shipped_models_dir()
+    one, many = tmp_path / "one.csv", tmp_path / "many.csv"
+    assert _predict(few, models, one) == 0
+    assert _predict(few, models, many, "--workers", 2) == 0
+    a, b = _rows(one), _rows(many)
+    assert [r["id"] for r in b] == [r["id"] for r in a]
+    assert [bool(r["error"]) for r in a] == [False, False, False, True, False]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for column in ra:
+            if column in ("id", "error", "warnings", "lung_rads") or not ra[column]:
+                assert rb[column] == ra[column], (ra["id"], column)
+            else:
+                assert float(rb[column]) == pytest.approx(float(ra[column]), abs=1e-4), (
+                    ra["id"],
+                    column,
+                )
 
 
 def test_predict_on_a_running_scheduler(cluster, manifest, tiny_dir, in_process, tmp_path):

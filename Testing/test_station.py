@@ -314,7 +314,9 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
                     changed = float((np.abs(after - before).sum(-1) > 60)[near].mean())
             overlay_s = time.perf_counter() - clicked
             assert changed >= 0.05, f"no overlay around the click ({changed:.3f} changed)"
-            print(f"\nstation: page load to views {views_s:.1f} s, click to overlay {overlay_s:.1f} s")
+            print(
+                f"\nstation: page load to views {views_s:.1f} s, click to overlay {overlay_s:.1f} s"
+            )
             text = page.locator("#station-malignancy").inner_text()
             assert re.fullmatch(r"Malignancy \d{1,3}\.\d %", text.strip()), text
             assert "1 segments" in page.locator("#station-segmentation").inner_text()

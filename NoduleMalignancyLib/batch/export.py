@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -59,22 +59,18 @@ PYLIDC_ATTRIBUTES = {
 
 
 def read_ct_arrays(path: Path) -> tuple[np.ndarray, ImageGeometry, str, str | None]:
-    """(HU array, geometry, series UID, modality) of any CT the project reads."""
-    import SimpleITK as sitk
-
+    """(HU array, geometry, series UID, modality) of any CT the project reads: ``predict``'s
+    arrays (:func:`~NoduleMalignancyLib.batch.predict.image_arrays`) plus the two DICOM tags
+    an export records."""
     from ..files.samples import read_ct
+    from .predict import image_arrays
 
     image = read_ct(path)
+    return (*image_arrays(image), _tag(image, "0020|000e"), _tag(image, "0008|0060") or None)
 
-    def tag(key: str) -> str:
-        return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else ""
 
-    return (
-        sitk.GetArrayFromImage(image),
-        ImageGeometry.from_sitk(image),
-        tag("0020|000e"),
-        tag("0008|0060") or None,
-    )
+def _tag(image, key: str) -> str:
+    return image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else ""
 
 
 def _float(text) -> float:
@@ -282,21 +278,23 @@ def _consensus_on_ct(scan, cluster, consensus, shape_zyx, geometry: ImageGeometr
 
 
 def export_patches_distributed(
-    cts: list[CtToExport],
+    cts: Iterable[CtToExport],
     out_dir: str | os.PathLike,
-    client,
     voi: VoiConfig | None = None,
     canvas_zyx=DEFAULT_CANVAS_ZYX,
     resume: bool = True,
     scope: ScopeConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    *,
+    client,
 ) -> ExportSummary:
-    """:func:`~NoduleMalignancyLib.files.patches.export_patches` with one task per CT on
-    ``client``: each worker reads its CT and writes the patch files; this process alone records
-    the rows, in input order, so the tables, state and resume behave as in one process
-    (docs/DESIGN.md §13). ``out_dir`` must be a path the workers see."""
-    run = ExportRun(out_dir, voi, canvas_zyx, resume, scope, log)
+    """:func:`~NoduleMalignancyLib.files.patches.export_patches` (the same arguments, plus the
+    Dask ``client``) with one task per CT: each worker reads its CT and writes the patch files;
+    this process alone records the rows, in input order, so the tables, state and resume behave
+    as in one process (docs/DESIGN.md §13). ``out_dir`` is made absolute for the workers; it
+    must be on a filesystem they share."""
+    run = ExportRun(Path(out_dir).resolve(), voi, canvas_zyx, resume, scope, log)
     todo = run.todo(cts)
     # The nodules an earlier run finished, sent to every worker once (not with every task).
     (done,) = client.scatter([frozenset(run.done)], broadcast=True, hash=False)
@@ -319,14 +317,12 @@ def cmd_export(args) -> int:
     if not cts:
         print("error: give --points TABLE or --lidc PATH [PATH ...]", file=sys.stderr)
         return 2
+    options = {"resume": args.resume, "progress": not args.quiet}
     with dask_client(args.scheduler, args.workers) as client:
         if client is None:
-            summary = export_patches(cts, args.out, resume=args.resume, progress=not args.quiet)
+            summary = export_patches(cts, args.out, **options)
         else:
-            out = Path(args.out).resolve()  # the workers write there (a shared filesystem)
-            summary = export_patches_distributed(
-                cts, out, client, resume=args.resume, progress=not args.quiet
-            )
+            summary = export_patches_distributed(cts, args.out, **options, client=client)
     print(summary.line())
     by_reason: dict[str, int] = defaultdict(int)
     for failure in summary.failures:

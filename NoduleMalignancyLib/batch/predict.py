@@ -45,11 +45,16 @@ PREDICT_COLUMNS = (
 
 def load_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
     """(HU array (z, y, x), geometry) of any CT the project reads."""
-    import SimpleITK as sitk
-
     from ..files.samples import read_ct
 
-    image = read_ct(path)
+    return image_arrays(read_ct(path))
+
+
+def image_arrays(image) -> tuple[np.ndarray, ImageGeometry]:
+    """(voxel array (z, y, x), geometry) of a SimpleITK image: the one conversion every batch
+    reader (predict, export, analyze) shares."""
+    import SimpleITK as sitk
+
     return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
 
 
@@ -93,7 +98,7 @@ def predict_ct(
     """One result row (PREDICT_COLUMNS keys) per manifest row of one image, in their order.
 
     A row that cannot be scored gets its reason in ``error`` (an unreadable image: every row);
-    ``masks_dir`` gets ``<id>.nii.gz`` masks in the image's geometry, written here (on a Dask
+    ``masks_dir`` gets :func:`mask_file_name` masks in the image's geometry, written here (on a Dask
     worker: a filesystem the workers share). ``torch_threads`` caps the intra-op threads (one
     per worker process on a cluster, so N workers use N cores).
     """
@@ -123,12 +128,10 @@ def predict_ct(
 
 def load_dicom_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry, list | None]:
     """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
-    import SimpleITK as sitk
-
     from ..files.samples import read_ct_with_dicom
 
     image, datasets = read_ct_with_dicom(path)
-    return sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), datasets
+    return (*image_arrays(image), datasets)
 
 
 def _write_dicom(folder, image_path, datasets, geometry, found) -> None:
@@ -161,13 +164,13 @@ def _predict_row(
     try:
         if load_error:
             raise ValueError(load_error)
+        mask_path = Path(masks_dir) / mask_file_name(row["id"]) if masks_dir else None
         point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
         map_to_ct = bool(masks_dir or datasets)
         r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
         rec.update(result_columns(r))
-        if masks_dir:
-            path = Path(masks_dir) / f"{row['id']}.nii.gz"
-            write_volume(full_mask(r, geometry), geometry, path)
+        if mask_path:
+            write_volume(full_mask(r, geometry), geometry, mask_path)
         if datasets and found is not None:
             found.append((row["id"], r, full_mask(r, geometry)))
     except RefusedError as exc:
@@ -175,6 +178,18 @@ def _predict_row(
     except Exception as exc:
         rec["error"] = str(exc).replace("\n", " ")
     return rec
+
+
+def mask_file_name(row_id: str) -> str:
+    """``<id>.nii.gz`` with the id made file-name safe, as patch files are: a manifest id such
+    as ``../x`` or ``a/b c`` must stay a plain file inside ``--masks-dir`` (``report`` finds the
+    mask by this name). An id with no safe character at all raises ``ValueError``."""
+    from ..files.patches import safe_id
+
+    try:
+        return f"{safe_id(row_id)}.nii.gz"
+    except ValueError:
+        raise ValueError(f"id {row_id!r} has no file-name-safe character for its mask") from None
 
 
 def result_columns(r) -> dict[str, str]:

@@ -30,6 +30,7 @@ from ..files.batch_report import (
     thumbnail,
 )
 from ..files.samples import read_ct
+from .predict import mask_file_name
 
 __all__ = ["build_rows", "register", "write_batch_report"]
 
@@ -66,10 +67,10 @@ def _mask(masks_dir: str | Path | None, row_id: str) -> sitk.Image | None:
     """The mask ``predict --masks-dir`` wrote for this id (same file name), if any."""
     if not masks_dir:
         return None
-    path = Path(masks_dir) / f"{row_id}.nii.gz"
     try:
+        path = Path(masks_dir) / mask_file_name(row_id)
         return sitk.ReadImage(str(path)) if path.is_file() else None
-    except RuntimeError:
+    except (ValueError, RuntimeError):  # no file name for this id, an unreadable file
         return None
 
 

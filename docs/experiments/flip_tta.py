@@ -67,9 +67,17 @@ def main(path: str) -> None:
             for v in (plain, mean)
         ]
         rows.append(
-            dict(name=rec.name, patient=rec.patient_id, fold=fold, label=int(rec.label),
-                 mil_plain=plain, mil_tta=mean, fused_plain=fused[0], fused_tta=fused[1],
-                 flip_sd=float(np.std(logits)))
+            dict(
+                name=rec.name,
+                patient=rec.patient_id,
+                fold=fold,
+                label=int(rec.label),
+                mil_plain=plain,
+                mil_tta=mean,
+                fused_plain=fused[0],
+                fused_tta=fused[1],
+                flip_sd=float(np.std(logits)),
+            )
         )
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -81,10 +89,14 @@ def main(path: str) -> None:
         plain = np.array([r[f"{kind}_plain"] for r in rows])
         tta = np.array([r[f"{kind}_tta"] for r in rows])
         d = paired_auroc_difference(y, tta, plain, groups=groups)
-        print(f"{kind}: AUROC plain {auroc(y, plain):.4f}, flip TTA {auroc(y, tta):.4f}, "
-              f"difference {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (n={len(y)})")
-    print("median SD of the MIL logit over the 4 inputs:",
-          round(float(np.median([r["flip_sd"] for r in rows])), 3))
+        print(
+            f"{kind}: AUROC plain {auroc(y, plain):.4f}, flip TTA {auroc(y, tta):.4f}, "
+            f"difference {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] (n={len(y)})"
+        )
+    print(
+        "median SD of the MIL logit over the 4 inputs:",
+        round(float(np.median([r["flip_sd"] for r in rows])), 3),
+    )
 
 
 if __name__ == "__main__":
