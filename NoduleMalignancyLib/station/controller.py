@@ -134,7 +134,8 @@ class StationController:
             except Exception:  # the click reports the same problem with its message
                 logging.getLogger(__name__).exception("warm-up failed")
 
-        self.warm_up_thread = threading.Thread(target=run, name="station-warm-up", daemon=True)
+        # Not a daemon: torch or VTK work cut off at interpreter exit aborts the process.
+        self.warm_up_thread = threading.Thread(target=run, name="station-warm-up")
         self.warm_up_thread.start()
         return self.warm_up_thread
 
@@ -484,6 +485,8 @@ class StationController:
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        if self.warm_up_thread is not None:
+            self.warm_up_thread.join()
 
     # Runner inputs (main thread) -------------------------------------------------------------
     def _inputs(self):
