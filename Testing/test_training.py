@@ -476,6 +476,9 @@ def test_init_from_ensemble_fine_tunes_its_fold_weights(slice_data, slice_folds,
     # Validation is the whole held-out fold, not only its confidently rated nodules.
     held_out = [p for p in slice_data.patient_ids if slice_folds[p] == 1]
     assert summary["n_val"] == len(held_out)
+    confident = [r for r in slice_data.records if slice_folds[r.patient_id] != 1]
+    confident = [r for r in confident if r.malignancy_mean <= 2.2 or r.malignancy_mean >= 3.8]
+    assert summary["n_train_per_phase"] == {"malignancy_confident": len(confident)}
 
     # Run config and the exported manifest name the ensemble the folds started from.
     folds_file = write_folds(slice_folds, tmp_path / "folds.csv")

@@ -724,8 +724,12 @@ def train_fold(
         best_state = _state_copy(ema.model)
     summary = None
     if dist.is_main:
+        phase_sizes = {  # a filtered phase (malignancy_confident) trains on fewer nodules
+            ph.name: int(len(_train_indices_for_phase(ph, fold, data, folds, phase_data)[1]))
+            for ph in cfg.phases
+        }
         summary = _finish_fold(
-            fold_dir, fold, cfg, best_state, val_batcher, data, val_idx, state, elapsed
+            fold_dir, fold, cfg, best_state, val_batcher, data, val_idx, state, elapsed, phase_sizes
         )
         echo(
             f"fold {fold} done: best epoch {summary['best_epoch']}, OOF AUROC "
@@ -754,6 +758,7 @@ def _finish_fold(
     val_idx: np.ndarray,
     state: dict,
     elapsed: float,
+    phase_sizes: dict[str, int] | None = None,
 ) -> dict:
     """best.pt, oof.csv and summary.json of a trained fold; returns the summary."""
     torch.save(best_state, fold_dir / BEST)
@@ -768,6 +773,7 @@ def _finish_fold(
         "train_seconds": elapsed,
         "seconds_per_epoch": elapsed / max(1, len(state["history"])),
         "n_train": int(len(data) - len(val_idx)),
+        "n_train_per_phase": phase_sizes or {},
         "n_val": int(len(val_idx)),
         **oof_metrics(oof_rows),
     }
