@@ -12,7 +12,7 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -422,6 +422,92 @@ def test_phases_train_only_active_parts(slice_data, slice_folds, tmp_path):
         assert (w1[others] - w0[others]).abs().max() < 1e-5  # masked heads: weight decay only
     enc = [k for k in before if k.startswith("encoder")]
     assert any(not torch.equal(before[k], after[k]) for k in enc)
+
+
+def test_confident_phase_keeps_only_confidently_rated_training_nodules(slice_data, slice_folds):
+    from NoduleMalignancyLib.training.train import _train_indices_for_phase
+
+    phase = PhaseConfig.from_dict({"malignancy_confident": [2.2, 3.8]})
+    assert phase.malignancy_confident == (2.2, 3.8)
+    assert PhaseConfig.from_dict(asdict(phase)) == phase
+    with pytest.raises(ValueError, match="malignancy_confident"):
+        PhaseConfig.from_dict({"malignancy_confident": [3.8, 2.2]})
+    _, every = _train_indices_for_phase(PhaseConfig(), 0, slice_data, slice_folds, {})
+    _, kept = _train_indices_for_phase(phase, 0, slice_data, slice_folds, {})
+    mean = np.array([r.malignancy_mean for r in slice_data.records])
+    confident = (mean <= 2.2) | (mean >= 3.8)
+    assert 0 < len(kept) < len(every)
+    assert list(kept) == [i for i in every if confident[i]]
+
+
+def test_init_from_ensemble_fine_tunes_its_fold_weights(slice_data, slice_folds, tmp_path):
+    from NoduleMalignancyLib.core.ensemble import WeightsError, write_random_ensemble
+    from NoduleMalignancyLib.core.folds import write_folds
+    from NoduleMalignancyLib.training.distributed import SINGLE
+    from NoduleMalignancyLib.training.train import _write_run_config, init_provenance
+
+    ens = tmp_path / "ens"
+    manifest = write_random_ensemble(ens, k=3, seed=1)
+    phase = PhaseConfig(
+        name="malignancy_confident",
+        epochs=1,
+        lr=2e-4,
+        attributes=("malignancy",),
+        segmentation=False,
+        freeze=("encoder",),
+        loss_weights={"gate": 0.0, "scales": 0.0},
+        malignancy_confident=(2.2, 3.8),
+    )
+    cfg = tiny_config(phases=(phase,), init_from=str(ens))
+    run = tmp_path / "run"
+    summary = train_fold(1, cfg, slice_data, run, folds=slice_folds)
+
+    start = torch.load(ens / "fold1.pt", weights_only=True)  # fp16, as shipped
+    tuned = torch.load(run / "fold1" / BEST, weights_only=True)
+    frozen = [k for k in start if k.startswith(("encoder", "dec", "seg_head"))]
+    assert frozen
+    for k in frozen:  # frozen encoder, decoder not run: exactly the ensemble's fold-1 weights
+        torch.testing.assert_close(tuned[k], start[k].float(), atol=0, rtol=0)
+    m = A["malignancy"]
+    assert not torch.equal(tuned["instance_heads.0.weight"][m], start["instance_heads.0.weight"][m])
+    provenance = json.loads((run / "fold1" / "config.json").read_text())
+    assert provenance["init_from"]["sha256"] == manifest.folds[1]["sha256"]
+    assert provenance["train"]["phases"][0]["malignancy_confident"] == [2.2, 3.8]
+    # Validation is the whole held-out fold, not only its confidently rated nodules.
+    held_out = [p for p in slice_data.patient_ids if slice_folds[p] == 1]
+    assert summary["n_val"] == len(held_out)
+    confident = [r for r in slice_data.records if slice_folds[r.patient_id] != 1]
+    confident = [r for r in confident if r.malignancy_mean <= 2.2 or r.malignancy_mean >= 3.8]
+    assert summary["n_train_per_phase"] == {"malignancy_confident": len(confident)}
+
+    # Run config and the exported manifest name the ensemble the folds started from.
+    folds_file = write_folds(slice_folds, tmp_path / "folds.csv")
+    _write_run_config(
+        run, cfg, slice_data, None, folds_file, [1], False, SINGLE, init_provenance(cfg)
+    )
+    exported = export_ensemble(run, tmp_path / "tuned")
+    init = exported["training"]["init_from"]
+    assert init["version"] == manifest.version
+    assert [f["sha256"] for f in init["folds"]] == [f["sha256"] for f in manifest.folds]
+    assert exported["training"]["phases"][0]["malignancy_confident"] == [2.2, 3.8]
+
+    # Refused: another network, another VOI, a fold the ensemble lacks, a corrupt file.
+    with pytest.raises(ValueError, match="network configuration"):
+        train_fold(
+            1,
+            replace(cfg, network=WIDTH_PRESETS["light"]),
+            slice_data,
+            tmp_path / "a",
+            folds=slice_folds,
+        )
+    with pytest.raises(ValueError, match="voi configuration"):
+        voi = replace(cfg.voi, outside_hu=-900.0)
+        train_fold(1, replace(cfg, voi=voi), slice_data, tmp_path / "b", folds=slice_folds)
+    with pytest.raises(ValueError, match="no weights of fold 3"):
+        train_fold(3, cfg, slice_data, tmp_path / "c", folds={p: 3 for p in slice_folds})
+    (ens / "fold1.pt").write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match="corrupt or was replaced"):
+        train_fold(1, cfg, slice_data, tmp_path / "d", folds=slice_folds)
 
 
 def test_class_balanced_sampling():

@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"network width preset (default {DEFAULT_WIDTH})",
     )
     sp.add_argument("--config", default=None, help="JSON file of TrainConfig fields (phases...)")
+    sp.add_argument(
+        "--init-from",
+        default=None,
+        help="ensemble folder (e.g. models/): fold k starts from its fold-k weights",
+    )
     sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     sp.add_argument("--export-to", default=None, help="write the ensemble here, e.g. models/")
     sp.add_argument("--cache-dir", default=None, help="canvas cache folder")
@@ -76,6 +81,8 @@ def build_config(args):
             cfg = replace(cfg, **{key: getattr(args, flag)})
     if args.balanced:
         cfg = replace(cfg, balanced_sampling=True)
+    if args.init_from is not None:
+        cfg = replace(cfg, init_from=args.init_from)
     return cfg
 
 

@@ -66,7 +66,10 @@ class PhaseConfig:
     ``attributes``: heads trained in this phase (the others' targets are masked out);
     ``segmentation``: whether the decoder is trained (off = not even run); ``data``: another VOI
     folder in the same format to train on (None = the main training split); ``freeze``:
-    parameter-name prefixes kept fixed; ``loss_weights``: overrides of :class:`LossWeights`.
+    parameter-name prefixes kept fixed; ``loss_weights``: overrides of :class:`LossWeights`;
+    ``malignancy_confident``: ``(low, high)`` keeps only the training nodules whose mean reader
+    malignancy is <= low or >= high (unrated ones are dropped); the held-out fold is never
+    filtered.
     """
 
     name: str = "lidc"
@@ -78,6 +81,16 @@ class PhaseConfig:
     data: str | None = None
     freeze: tuple[str, ...] = ()
     loss_weights: dict = field(default_factory=dict)
+    malignancy_confident: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        band = self.malignancy_confident
+        if band is not None:
+            if len(band) != 2 or not all(np.isfinite(v) for v in band) or band[0] > band[1]:
+                raise ValueError(
+                    f"phase {self.name}: malignancy_confident must be [low, high] with "
+                    f"low <= high, got {list(band)}"
+                )
 
     @classmethod
     def from_dict(cls, d: dict) -> PhaseConfig:
@@ -85,6 +98,8 @@ class PhaseConfig:
         for key in ("attributes", "freeze"):
             if key in d:
                 d[key] = tuple(d[key])
+        if d.get("malignancy_confident") is not None:
+            d["malignancy_confident"] = tuple(float(v) for v in d["malignancy_confident"])
         unknown = set(d) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"unknown phase settings: {sorted(unknown)}")
@@ -118,6 +133,9 @@ class TrainConfig:
     device: str = "auto"
     # channels-last 3D tensors: ~1.4-1.8x faster convolutions on CPU (oneDNN), same numbers.
     channels_last: bool = True
+    # An ensemble folder (manifest.json + fold weights, e.g. models/): fold k starts from its
+    # fold-k weights instead of a random initialisation (fine-tuning phases).
+    init_from: str | None = None
 
     @property
     def total_epochs(self) -> int:
@@ -353,6 +371,69 @@ def _phase_schedule(cfg: TrainConfig) -> list[tuple[int, int]]:
     return [(p, e) for p, ph in enumerate(cfg.phases) for e in range(ph.epochs)]
 
 
+def _init_manifest(cfg: TrainConfig):
+    """The manifest of ``cfg.init_from``, refused unless its network, VOI and attributes are the
+    run's own (weights of another layout would not load, another VOI would be silently wrong)."""
+    from ..core.ensemble import Manifest
+
+    directory = Path(cfg.init_from)
+    manifest = Manifest.read(directory)
+    for what, theirs, ours in (
+        ("network", manifest.network.to_dict(), cfg.network.to_dict()),
+        ("voi", manifest.voi.to_dict(), cfg.voi.to_dict()),
+    ):
+        if theirs != ours:
+            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            detail = ", ".join(f"{k}: {theirs.get(k)} there, {ours.get(k)} here" for k in diff)
+            raise ValueError(
+                f"--init-from {directory}: its {what} configuration is not this run's ({detail})"
+            )
+    if tuple(manifest.attributes) != ATTRIBUTES:
+        raise ValueError(
+            f"--init-from {directory} predicts {manifest.attributes}, not {ATTRIBUTES}"
+        )
+    return manifest
+
+
+def _fold_entry(manifest, fold: int, directory) -> dict:
+    for i, entry in enumerate(manifest.folds):
+        if int(entry.get("fold", i)) == fold:
+            return entry
+    raise ValueError(f"--init-from {directory} has no weights of fold {fold}")
+
+
+def init_provenance(cfg: TrainConfig) -> dict | None:
+    """What ``cfg.init_from`` is (path, version, each fold's file and sha256), for config.json
+    and the exported manifest; None without one. Checks the configuration (above)."""
+    if cfg.init_from is None:
+        return None
+    manifest = _init_manifest(cfg)
+    return {
+        "path": str(cfg.init_from),
+        "version": manifest.version,
+        "folds": [
+            {"fold": int(e.get("fold", i)), "file": e["file"], "sha256": e["sha256"]}
+            for i, e in enumerate(manifest.folds)
+        ],
+    }
+
+
+def init_state(cfg: TrainConfig, fold: int) -> tuple[dict, dict]:
+    """Fold ``fold``'s float32 weights of the ensemble ``cfg.init_from`` and their provenance.
+
+    Read through core/ensemble.py's sha256 check and ``weights_only`` loading, like inference.
+    """
+    from ..core.ensemble import load_verified_state
+
+    directory = Path(cfg.init_from)
+    manifest = _init_manifest(cfg)
+    entry = _fold_entry(manifest, fold, directory)
+    state = load_verified_state(directory / entry["file"], entry["sha256"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    info = {"path": str(directory), "version": manifest.version, "fold": fold}
+    return state, info | {"file": entry["file"], "sha256": entry["sha256"]}
+
+
 def _new_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     model = build_network(cfg.network).to(device)
     if cfg.channels_last:
@@ -382,13 +463,20 @@ def _train_indices_for_phase(
     phase_data: dict[str, TrainingData],
 ) -> tuple[TrainingData, np.ndarray]:
     """Training set of a phase: the main data's other folds, or another folder's nodules
-    (minus any patient of the held-out fold, in case the cohorts overlap)."""
+    (minus any patient of the held-out fold, in case the cohorts overlap), restricted to the
+    confidently rated ones when the phase says so (``malignancy_confident``)."""
     if phase.data is None:
+        src = data
         idx = [i for i, p in enumerate(data.patient_ids) if folds[p] != fold]
-        return data, np.asarray(idx, dtype=int)
-    other = phase_data[phase.data]
-    idx = [i for i, p in enumerate(other.patient_ids) if folds.get(p, -1) != fold]
-    return other, np.asarray(idx, dtype=int)
+    else:
+        src = phase_data[phase.data]
+        idx = [i for i, p in enumerate(src.patient_ids) if folds.get(p, -1) != fold]
+    idx = np.asarray(idx, dtype=int)
+    if phase.malignancy_confident is not None:
+        low, high = phase.malignancy_confident
+        mean = np.array([src.records[i].malignancy_mean for i in idx], dtype=float)
+        idx = idx[(mean <= low) | (mean >= high)]  # NaN (unrated) compares False: dropped
+    return src, idx
 
 
 def _epoch_order(n: int, labels: np.ndarray, balanced: bool, gen: torch.Generator) -> torch.Tensor:
@@ -486,9 +574,13 @@ def train_fold(
     ckpt_path = fold_dir / CHECKPOINT
     dist.barrier()  # every rank sees the same files when it decides whether to resume
     fresh = not (resume and ckpt_path.is_file() and (fold_dir / CONFIG).is_file())
+    init, init_info = (None, None) if cfg.init_from is None else init_state(cfg, fold)
     if fresh and dist.is_main:
         # Provenance of the run that trains the fold; a resumed or finished fold keeps its own.
-        _write_json(fold_dir / CONFIG, _run_info(cfg, data, fold=fold, processes=dist.world))
+        extra = {} if init_info is None else {"init_from": init_info}
+        _write_json(
+            fold_dir / CONFIG, _run_info(cfg, data, fold=fold, processes=dist.world, **extra)
+        )
 
     val_idx = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold], int)
     val_batcher = Batcher(data, cfg.voi, device, cfg.channels_last)
@@ -499,6 +591,9 @@ def train_fold(
 
     torch.manual_seed(cfg.seed + fold)
     model = _new_model(cfg, device)
+    if init is not None:  # before the EMA copy: the average starts at these weights too
+        model.load_state_dict(init)
+        echo(f"fold {fold}: initialised from {init_info['path']} ({init_info['version']})")
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 100 + fold)
     schedule = _phase_schedule(cfg)
@@ -539,15 +634,17 @@ def train_fold(
     for epoch in range(state["epoch"], len(schedule)):
         p_idx, e_in_phase = schedule[epoch]
         phase = cfg.phases[p_idx]
+        src, train_idx = _train_indices_for_phase(phase, fold, data, folds, phase_data)
+        if len(train_idx) == 0:
+            raise ValueError(f"fold {fold}, phase {phase.name}: no training nodules")
+        if net_phase != p_idx:
+            echo(f"fold {fold} phase {phase.name}: {len(train_idx)} training nodules")
         if optimizer is None or opt_phase != p_idx:
             optimizer, opt_phase = _make_optimizer(model, phase, cfg), p_idx
         if net_phase != p_idx:  # DDP records the trained parameters when it is built
             net, net_phase = wrap_model(model, dist, device, not phase.segmentation), p_idx
         weights = LossWeights.from_any({**cfg.loss, **phase.loss_weights})
         active = _phase_mask(phase).to(device)
-        src, train_idx = _train_indices_for_phase(phase, fold, data, folds, phase_data)
-        if len(train_idx) == 0:
-            raise ValueError(f"fold {fold}, phase {phase.name}: no training nodules")
         batcher = batchers[phase.data]
         steps = max(1, math.ceil(len(train_idx) / cfg.batch_size))
         total_steps = steps * phase.epochs
@@ -627,8 +724,12 @@ def train_fold(
         best_state = _state_copy(ema.model)
     summary = None
     if dist.is_main:
+        phase_sizes = {  # a filtered phase (malignancy_confident) trains on fewer nodules
+            ph.name: int(len(_train_indices_for_phase(ph, fold, data, folds, phase_data)[1]))
+            for ph in cfg.phases
+        }
         summary = _finish_fold(
-            fold_dir, fold, cfg, best_state, val_batcher, data, val_idx, state, elapsed
+            fold_dir, fold, cfg, best_state, val_batcher, data, val_idx, state, elapsed, phase_sizes
         )
         echo(
             f"fold {fold} done: best epoch {summary['best_epoch']}, OOF AUROC "
@@ -657,6 +758,7 @@ def _finish_fold(
     val_idx: np.ndarray,
     state: dict,
     elapsed: float,
+    phase_sizes: dict[str, int] | None = None,
 ) -> dict:
     """best.pt, oof.csv and summary.json of a trained fold; returns the summary."""
     torch.save(best_state, fold_dir / BEST)
@@ -671,6 +773,7 @@ def _finish_fold(
         "train_seconds": elapsed,
         "seconds_per_epoch": elapsed / max(1, len(state["history"])),
         "n_train": int(len(data) - len(val_idx)),
+        "n_train_per_phase": phase_sizes or {},
         "n_val": int(len(val_idx)),
         **oof_metrics(oof_rows),
     }
@@ -857,6 +960,7 @@ def run_training(
 
     check_batch_size(config.batch_size, dist.world)
     echo = echo if dist.is_main else _silent
+    init_info = init_provenance(config)  # a mismatched --init-from fails before the data load
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(config.threads))
@@ -885,7 +989,9 @@ def run_training(
         }
     )
     if dist.is_main:
-        _write_run_config(run_dir, config, td, data, folds_file, folds_to_train, resume, dist)
+        _write_run_config(
+            run_dir, config, td, data, folds_file, folds_to_train, resume, dist, init_info
+        )
     summaries = []
     for k in folds_to_train if folds_to_train is not None else range(config.k):
         summaries.append(
@@ -908,8 +1014,10 @@ def _write_run_config(
     folds_to_train: Sequence[int] | None,
     resume: bool,
     dist: DistContext,
+    init_info: dict | None = None,
 ) -> None:
-    """The run's ``config.json``: settings, data hash, folds file and commit (provenance)."""
+    """The run's ``config.json``: settings, data hash, folds file, commit and the ensemble the
+    folds started from, if any (provenance)."""
     info = _run_info(
         config,
         td,
@@ -918,6 +1026,7 @@ def _write_run_config(
         folds_sha256=folds_sha256(folds_file),
         folds=list(folds_to_train if folds_to_train is not None else range(config.k)),
         processes=dist.world,
+        **({} if init_info is None else {"init_from": init_info}),
     )
     if resume and (run_dir / CONFIG).is_file():
         # Keep the provenance of the run that trained the existing folds (commit, date); only
@@ -1024,6 +1133,7 @@ def export_ensemble(
             "torch": info.get("torch"),
             "seed": cfg.seed,
             "phases": [asdict(p) for p in cfg.phases],
+            "init_from": info.get("init_from"),
             "epochs": cfg.total_epochs,
             "folds": per_fold,
             "oof": metrics,
