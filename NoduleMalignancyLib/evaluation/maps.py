@@ -111,8 +111,9 @@ def nodule_map_figures(image_zyx, geometry, point_lps, ensemble: Ensemble, rng) 
     return figures
 
 
-def _fold_ensembles(ensemble: Ensemble) -> dict[int, Ensemble]:
-    """One single-model ensemble per cross-validation fold id of the manifest."""
+def fold_ensembles(ensemble: Ensemble) -> dict[int, Ensemble]:
+    """One single-model ensemble per cross-validation fold id of the manifest (each nodule is
+    scored out of fold by its patient's fold)."""
     out = {}
     for entry, model in zip(ensemble.manifest.folds, ensemble.models, strict=True):
         out[int(entry["fold"])] = Ensemble(ensemble.manifest, [model], device="cpu")
@@ -122,7 +123,7 @@ def _fold_ensembles(ensemble: Ensemble) -> dict[int, Ensemble]:
 def evaluate_maps(records, folds: dict[str, int], ensemble: Ensemble, seed: int = 0) -> dict:
     """Every nodule by its own fold's model; per-nodule rows and the summary figures."""
     rng = np.random.default_rng(seed)
-    by_fold = _fold_ensembles(ensemble)
+    by_fold = fold_ensembles(ensemble)
     rows, skipped = [], []
     for record in records:
         fold = folds.get(record.patient_id)

@@ -26,6 +26,7 @@ from NoduleMalignancyLib.core.fusion import MALIGNANCY_PROBABILITY, apply_fusion
 from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.measurements import hu_gradient_magnitude, measure_nodule
 from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.training.dataset import load_records
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -36,10 +37,7 @@ def main(path: str) -> None:
     torch.set_num_threads(1)
     ensemble = Ensemble.load(device="cpu")
     fusion, spacing = ensemble.manifest.fusion, ensemble.manifest.voi.spacing_zyx
-    models = {
-        int(e["fold"]): Ensemble(ensemble.manifest, [m], device="cpu")
-        for e, m in zip(ensemble.manifest.folds, ensemble.models, strict=True)
-    }
+    models = fold_ensembles(ensemble)
     folds = load_folds(DEFAULT_FOLDS_FILE)
     rows = []
     for rec in load_records():

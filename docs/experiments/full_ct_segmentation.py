@@ -33,6 +33,7 @@ from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.metrics import dice
 from NoduleMalignancyLib.core.settings import data_dir
 from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 from NoduleMalignancyLib.training.dataset import load_records
 
@@ -76,10 +77,7 @@ def full_ct_rows(ensemble: Ensemble) -> list[dict]:
 
 def voi_dice_rows(ensemble: Ensemble) -> list[dict]:
     folds = load_folds(DEFAULT_FOLDS_FILE)
-    by_fold = {
-        int(e["fold"]): Ensemble(ensemble.manifest, [m], device="cpu")
-        for e, m in zip(ensemble.manifest.folds, ensemble.models, strict=True)
-    }
+    by_fold = fold_ensembles(ensemble)
     rows = []
     t0 = time.time()
     for n, record in enumerate(load_records()):

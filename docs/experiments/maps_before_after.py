@@ -28,14 +28,8 @@ from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.evidence import COMBINED
 from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.training.dataset import load_records
-
-
-def by_fold(ensemble: Ensemble) -> dict[int, Ensemble]:
-    return {
-        int(e["fold"]): Ensemble(ensemble.manifest, [m], device="cpu")
-        for e, m in zip(ensemble.manifest.folds, ensemble.models, strict=True)
-    }
 
 
 def pick(records, folds) -> list:
@@ -56,8 +50,8 @@ def main(old_dir: str, out: str) -> None:
     torch.set_num_threads(1)
     folds = load_folds(DEFAULT_FOLDS_FILE)
     ensembles = {
-        "before: lidc-mil-20261124-00f10f9": by_fold(Ensemble.load(old_dir, device="cpu")),
-        "after (shipped): lidc-mil-20261202-aed8d39": by_fold(Ensemble.load(device="cpu")),
+        "before: lidc-mil-20261124-00f10f9": fold_ensembles(Ensemble.load(old_dir, device="cpu")),
+        "after (shipped): lidc-mil-20261202-aed8d39": fold_ensembles(Ensemble.load(device="cpu")),
     }
     chosen = pick(load_records(), folds)
     fig, axes = plt.subplots(2, len(chosen), figsize=(2.2 * len(chosen), 5.2), dpi=110)
