@@ -654,11 +654,7 @@ class StudyStore:
                 raise StudyStateError(f"case {case}: open it (open_case) before submitting")
             now = self.clock()
             visible = self._visible(modality)
-            order_index = con.execute(
-                "SELECT position FROM case_order WHERE reader_id = ? AND session = ? "
-                "AND case_id = ?",
-                (rid, session, case),
-            ).fetchone()[0]
+            order_index = self._order_index(con, rid, session, case)
             record = {
                 "reader_id": rid,
                 "case_id": case,
@@ -671,11 +667,7 @@ class StudyStore:
                 "submitted_at": _iso(now),
                 "reading_time_s": round(max(0.0, now - opened["opened_epoch"]), 3),
             }
-            con.execute(
-                f"INSERT INTO ratings ({', '.join(record)}) "
-                f"VALUES ({', '.join('?' * len(record))})",
-                tuple(record.values()),
-            )
+            _insert(con, "ratings", record)
             if self.design == "sequential" and modality == "unaided":
                 # The model appears now: the aided reading time runs from this commit.
                 con.execute(
@@ -683,11 +675,7 @@ class StudyStore:
                     (rid, case, session, now, _iso(now)),
                 )
             self._event(con, "submit", rid, case, modality)
-            if self._session_done(con, rid, session):
-                con.execute(
-                    "UPDATE sessions SET finished_at = ? WHERE reader_id = ? AND session = ?",
-                    (_iso(now), rid, session),
-                )
+            self._finish_session_if_done(con, rid, session, now)
         return _public(record)
 
     def skip(self, token: str, case: str, reason: str) -> dict:
@@ -704,11 +692,7 @@ class StudyStore:
             rid = reader["id"]
             session, modality = self._case_step(con, rid, case)
             now = self.clock()
-            order_index = con.execute(
-                "SELECT position FROM case_order WHERE reader_id = ? AND session = ? "
-                "AND case_id = ?",
-                (rid, session, case),
-            ).fetchone()[0]
+            order_index = self._order_index(con, rid, session, case)
             record = {
                 "reader_id": rid,
                 "case_id": case,
@@ -718,16 +702,9 @@ class StudyStore:
                 "reason": reason,
                 "skipped_at": _iso(now),
             }
-            con.execute(
-                f"INSERT INTO skips ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
-                tuple(record.values()),
-            )
+            _insert(con, "skips", record)
             self._event(con, "skip", rid, case, modality, reason)
-            if self._session_done(con, rid, session):
-                con.execute(
-                    "UPDATE sessions SET finished_at = ? WHERE reader_id = ? AND session = ?",
-                    (_iso(now), rid, session),
-                )
+            self._finish_session_if_done(con, rid, session, now)
         out = {k: v for k, v in record.items() if k != "reader_id"}
         out["case"] = out.pop("case_id")
         return out
@@ -907,6 +884,23 @@ class StudyStore:
             return modality == "aided"
         return modality == "aided" or not self.hide_model_until_commit
 
+    @staticmethod
+    def _order_index(con, reader_id: int, session: int, case: str) -> int:
+        """The case's position in the reader's shuffled order of that session."""
+        return con.execute(
+            "SELECT position FROM case_order WHERE reader_id = ? AND session = ? AND case_id = ?",
+            (reader_id, session, case),
+        ).fetchone()[0]
+
+    def _finish_session_if_done(self, con, reader_id: int, session: int, now: float) -> None:
+        """Stamp the session finished once every case is rated or skipped (a rating or skip
+        was just written in this transaction)."""
+        if self._session_done(con, reader_id, session):
+            con.execute(
+                "UPDATE sessions SET finished_at = ? WHERE reader_id = ? AND session = ?",
+                (_iso(now), reader_id, session),
+            )
+
     def _session_done(self, con, reader_id: int, session: int) -> bool:
         modality = self._session_modality(con, reader_id, session)
         last = "aided" if modality == "both" else modality
@@ -983,6 +977,12 @@ def _score_rows(ratings: list[dict], score: str, known_truth_only: bool) -> list
         for r in ratings
         if r["truth"] is not None or not known_truth_only
     ]
+
+
+def _insert(con, table: str, record: dict) -> None:
+    """One row of ``record``'s columns (names are this module's own, never user input)."""
+    columns, marks = ", ".join(record), ", ".join("?" * len(record))
+    con.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(record.values()))
 
 
 def _public(record: dict) -> dict:
