@@ -204,3 +204,35 @@ def test_density_map_integral_survives_mapping_to_ct(data_dir, voi_rows, ct_0001
     before = blob.sum() * np.prod(vg.spacing)
     after = mapped.sum() * np.prod(grid.spacing)
     assert abs(after - before) / before < 0.03
+
+
+def test_ct_mask_is_the_measured_nodule_only():
+    """The network also segments other structures in the crop (vessels, a second nodule); the
+    outline mapped to the CT (shown in Slicer, exported as DICOM SEG) is the measured component
+    only, at its volume. Before, a click on a vessel showed 25 times the measured volume."""
+    from types import SimpleNamespace
+
+    from NoduleMalignancyLib.core.analysis import map_results_to_ct
+
+    voi = ImageGeometry(
+        (0.0, 0.0, 0.0), (0.667, 0.667, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (48, 48, 32)
+    )
+    z, y, x = np.meshgrid(*(np.arange(n) for n in (32, 48, 48)), indexing="ij")
+    pos = np.stack([x * 0.667, y * 0.667, z * 1.0], -1)
+    measured = np.linalg.norm(pos - [16.0, 16.0, 16.0], axis=-1) < 4.0
+    other = np.linalg.norm(pos - [26.0, 26.0, 16.0], axis=-1) < 4.0
+    prob = np.where(measured | other, 0.95, 0.02).astype(np.float32)
+    result = SimpleNamespace(
+        segmentation_probability_voi=prob,
+        segmentation_mask_voi=measured,
+        voi_geometry=voi,
+        evidence_voi={},
+    )
+    ct = ImageGeometry(
+        (-5.0, -5.0, -5.0), (0.7, 0.7, 2.5), (1, 0, 0, 0, 1, 0, 0, 0, 1), (80, 80, 24)
+    )
+    map_results_to_ct(result, ct)
+    volume = result.segmentation_mask_ct.sum() * 0.7 * 0.7 * 2.5
+    assert volume == pytest.approx(measured.sum() * 0.667 * 0.667 * 1.0, rel=0.2)
+    centre_other = np.rint(result.ct_grid.lps_to_index(np.array([26.0, 26.0, 16.0]))).astype(int)
+    assert not result.segmentation_mask_ct[tuple(centre_other[::-1])]

@@ -287,9 +287,15 @@ def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
 
     Evidence stays a density (logit per mL) averaged over each CT voxel, so the displayed map
     still integrates to the logit (exactly for axis-aligned CTs, up to trilinear resampling for
-    oblique ones); the mask is the resampled probability thresholded at 0.5.
+    oblique ones); the mask is the resampled probability thresholded at 0.5, of the measured
+    nodule only: whatever else the network segmented in the crop (a vessel, a second nodule) is
+    held below the threshold, so the outline shown and exported is the one measured.
     """
-    prob_ct, grid = voi_map_to_ct(result.segmentation_probability_voi, result.voi_geometry, ct)
+    prob = result.segmentation_probability_voi
+    held = np.minimum(prob, np.nextafter(np.float32(SEGMENTATION_THRESHOLD), np.float32(0)))
+    prob_ct, grid = voi_map_to_ct(
+        np.where(result.segmentation_mask_voi, prob, held), result.voi_geometry, ct
+    )
     result.ct_grid = grid
     result.segmentation_mask_ct = prob_ct >= SEGMENTATION_THRESHOLD
     result.evidence_ct = {
