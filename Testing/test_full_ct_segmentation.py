@@ -48,6 +48,7 @@ def test_every_reader_nodule_is_segmented_at_its_size(data_dir, shipped):
         for cluster, (point_name, point) in enumerate(nodule_points_lps(name, data_dir)):
             result = analyze_point(array, geometry, point, shipped, map_to_ct=False)
             ratios[point_name] = result.diameter_mm / readers[(name, cluster)]
+            assert not result.warnings, (point_name, [w.code for w in result.warnings])
     assert len(ratios) == 5
     outside = {n: round(r, 2) for n, r in ratios.items() if not 0.8 <= r <= 1.25}
     assert not outside, outside

@@ -256,3 +256,69 @@ def test_a_juxtapleural_nodule_on_the_full_ct_is_not_flagged(ct, shipped):
         result = analyze_point(painted, geometry, point, shipped, map_to_ct=False)
         assert "outside_lung" not in {w.code for w in result.warnings}, diameter
         assert result.scope_figures["lung_side"] == "inside"
+
+
+# Vessel or nodule (core/vessel.py) ----------------------------------------------------------
+
+FINE = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), (1, 0, 0, 0, 1, 0, 0, 0, 1), (200, 160, 48))
+
+
+def _fine_chest() -> np.ndarray:
+    """A body with two 230 mL lungs on a 0.7 x 0.7 x 1.25 mm grid."""
+    ct = np.full((48, 160, 200), -1000, np.int16)
+    ct[:, 10:150, 10:190] = 40
+    ct[:, 20:140, 20:85] = -850
+    ct[:, 20:140, 115:180] = -850
+    return ct
+
+
+def _round(shape, centre_kji, radius_mm, spacing_kji, axis=None):
+    """A ball (``axis`` None) or a cylinder along array ``axis`` around a (k, j, i) centre."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(
+        ((g - c) * s) ** 2
+        for a, (g, c, s) in enumerate(zip(grids, centre_kji, spacing_kji, strict=True))
+        if a != axis
+    )
+    return np.broadcast_to(d2 <= radius_mm**2, shape).copy()
+
+
+def test_a_vessel_continues_beyond_its_outline_and_a_nodule_does_not():
+    from NoduleMalignancyLib.core.validation import VESSEL_MODEL, chest_lungs, vessel_figures
+    from NoduleMalignancyLib.core.vessel import vessel_score
+
+    ct, spacing = _fine_chest(), np.asarray(FINE.spacing)[::-1]
+    # A 5 mm vessel along i in the right lung; clicked, its network outline is a 12 mm piece.
+    tube = _round(ct.shape, (24, 80, 50), 2.5, spacing, axis=2)
+    tube[:, :, :28] = tube[:, :, 75:] = False
+    ct[tube] = 40
+    piece = tube.copy()
+    piece[:, :, :42] = piece[:, :, 59:] = False
+    # A 10 mm nodule in the left lung fed by a 1.6 mm vessel.
+    ball = _round(ct.shape, (24, 80, 147), 5.0, spacing)
+    feeder = _round(ct.shape, (24, 80, 147), 0.8, spacing, axis=2)
+    feeder[:, :, :125] = feeder[:, :, 148:] = False
+    ct[ball | feeder] = 40
+    lungs = chest_lungs(ct, FINE)
+    assert lungs is not None
+    vessel = vessel_figures(ct, FINE, piece, FINE, 12.0, lungs=lungs)
+    nodule = vessel_figures(ct, FINE, ball, FINE, 10.0, lungs=lungs)
+    assert vessel["continuation_mm"] >= 8.0 and vessel["continuation"] > 0.5
+    assert nodule["continuation_mm"] < 4.0 and nodule["continuation"] < 0.2
+    assert vessel["tube_ratio"] > 2.0 > nodule["tube_ratio"]
+    assert vessel["vessel_score"] > VESSEL_MODEL.threshold > nodule["vessel_score"]
+    assert vessel_score(vessel | {"diameter_mm": 12.0}, VESSEL_MODEL) == vessel["vessel_score"]
+    # A crop without the body outline: no lung mask, no verdict.
+    crop = ct[:, 30:130, 30:80].copy()
+    assert vessel_figures(crop, FINE, piece[:, 30:130, 30:80], FINE, 12.0) == {}
+
+
+def test_clicks_on_lung_vessels_of_the_full_ct_are_flagged(ct, shipped):
+    """Three vessel clicks of docs/experiments/negative_clicks.py (seed 2026, not among the
+    clicks the vessel model was fitted on): numbers, but flagged as a piece of a vessel."""
+    _, array, geometry = ct
+    for ijk in ((208, 255, 109), (160, 253, 86), (170, 308, 57)):
+        point = geometry.index_to_lps(np.array(ijk, float))
+        result = analyze_point(array, geometry, point, shipped, map_to_ct=False)
+        assert result.scope_figures["lung_side"] == "inside", ijk
+        assert "vessel_at_point" in {w.code for w in result.warnings}, ijk

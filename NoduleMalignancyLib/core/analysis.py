@@ -28,7 +28,14 @@ from .geometry import ImageGeometry
 from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
 from .lung_rads import texture_class as texture_class_of
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
-from .validation import Finding, check_image, check_point, check_result, lung_side
+from .validation import (
+    Finding,
+    check_image,
+    check_point,
+    check_result,
+    lung_side,
+    vessel_figures,
+)
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -134,6 +141,14 @@ def analyze_point(
     result = _result(sample, out, ensemble, point_lps, timings)
     t = time.perf_counter()
     side, side_figures = lung_side(image_zyx, geometry, point_lps, result.diameter_mm)
+    if side == "inside":
+        side_figures |= vessel_figures(
+            image_zyx,
+            geometry,
+            result.segmentation_mask_voi,
+            result.voi_geometry,
+            result.diameter_mm,
+        )
     found, result.scope_figures = check_result(
         result.segmentation_mask_voi,
         sample.valid,
@@ -142,6 +157,7 @@ def analyze_point(
         result.diameter_mm,
         result.malignancy_sd,
         side=side,
+        vessel_score=side_figures.get("vessel_score"),
     )
     result.scope_figures |= side_figures
     result.warnings = [*image_warnings, *found]
@@ -282,6 +298,14 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
     return result
 
 
+def _measured_probability(result: NoduleResult) -> np.ndarray:
+    """The segmentation probability with whatever is not the measured nodule held below the
+    threshold, so a map of it onto the CT outlines the measured nodule only."""
+    prob = result.segmentation_probability_voi
+    held = np.minimum(prob, np.nextafter(np.float32(SEGMENTATION_THRESHOLD), np.float32(0)))
+    return np.where(result.segmentation_mask_voi, prob, held)
+
+
 def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
     """Resample segmentation and evidence maps onto a sub-grid of the CT.
 
@@ -291,11 +315,7 @@ def map_results_to_ct(result: NoduleResult, ct: ImageGeometry) -> None:
     nodule only: whatever else the network segmented in the crop (a vessel, a second nodule) is
     held below the threshold, so the outline shown and exported is the one measured.
     """
-    prob = result.segmentation_probability_voi
-    held = np.minimum(prob, np.nextafter(np.float32(SEGMENTATION_THRESHOLD), np.float32(0)))
-    prob_ct, grid = voi_map_to_ct(
-        np.where(result.segmentation_mask_voi, prob, held), result.voi_geometry, ct
-    )
+    prob_ct, grid = voi_map_to_ct(_measured_probability(result), result.voi_geometry, ct)
     result.ct_grid = grid
     result.segmentation_mask_ct = prob_ct >= SEGMENTATION_THRESHOLD
     result.evidence_ct = {

@@ -20,9 +20,11 @@ import hashlib
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .geometry import ImageGeometry
 
@@ -48,6 +50,12 @@ class LungMask:
     mask_kji: np.ndarray  # bool
     stride_kji: tuple[int, int, int]
     spacing_kji: tuple[float, float, float]  # mm between coarse voxels
+
+    @cached_property
+    def field_kji(self) -> np.ndarray:
+        """The lung field: the mask with each slice's holes (vessels, nodules) filled; the chest
+        wall and the mediastinum stay outside (core/vessel.py)."""
+        return np.stack([ndimage.binary_fill_holes(s) for s in self.mask_kji])
 
     def coarse_index(self, geometry: ImageGeometry, point_lps) -> np.ndarray:
         """Continuous (k, j, i) of a world LPS point on the coarse grid."""

@@ -7,7 +7,7 @@ the batch paths). Two outcomes, each with a stable code and a plain message:
   ``no_nodule_at_point``;
 * **warning** (:class:`Finding` in ``result.warnings``, numbers shown): ``thick_slices``,
   ``exceeds_field_of_view``, ``large_mass``, ``segmentation_leak``, ``folds_disagree``,
-  ``outside_lung``.
+  ``outside_lung``, ``vessel_at_point`` (core/vessel.py).
 
 The model was trained on LIDC nodules (3-30 mm, slices <= 2.5 mm, tight crops). Thresholds
 are :class:`ScopeConfig` fields; how often each warning fires on the 794 LIDC VOIs is in
@@ -21,9 +21,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from . import vessel
 from .geometry import ImageGeometry
-from .lung_mask import inside_lung_envelope, lung_above_or_below, lung_distance_mm, lung_mask
+from .lung_mask import (
+    LungMask,
+    inside_lung_envelope,
+    lung_above_or_below,
+    lung_distance_mm,
+    lung_mask,
+)
 from .measurements import component_at_center
+from .vessel import VesselModel, continuation_figures, shape_figures
 
 __all__ = [
     "DESCRIPTIONS",
@@ -35,7 +43,9 @@ __all__ = [
     "check_image",
     "check_point",
     "check_result",
+    "chest_lungs",
     "lung_side",
+    "vessel_figures",
 ]
 
 REFUSALS = ("not_3d", "not_ct", "no_tissue", "no_nodule_at_point")
@@ -46,6 +56,16 @@ WARNINGS = (
     "segmentation_leak",
     "folds_disagree",
     "outside_lung",
+    "vessel_at_point",
+)
+
+# Fitted by docs/experiments/vessel_clicks.py (docs/experiments/README.md, "Scope").
+VESSEL_MODEL = VesselModel(
+    mean=(1.737, 0.6791, 0.8081, 1.283, 2.381, 0.1209, 2.029),
+    scale=(0.4161, 0.1368, 0.1273, 0.3981, 0.4477, 0.4618, 4.183),
+    weights=(0.7807, -1.555, -0.08316, -0.6717, -0.3483, 0.635, 0.5461),
+    bias=-1.969,
+    threshold=2.47,
 )
 
 
@@ -90,6 +110,13 @@ class ScopeConfig:
     pleura_ball_mm: tuple[float, float] = (15.0, 30.0)
     lung_column_margin_mm: float = 5.0
     lung_column_radius_mm: float = 2.5
+    # A vessel continues beyond the outline with its calibre (core/vessel.py): dense tissue in
+    # the lung field, opened with this fraction of the outline's inscribed radius, looked for
+    # this far around the outline; the score's threshold is the model's.
+    vessel_dense_hu: float = -500.0
+    vessel_opening_fraction: float = 0.7
+    vessel_margin_mm: float = 12.0
+    vessel_model: VesselModel = VESSEL_MODEL
 
 
 @dataclass(frozen=True)
@@ -121,7 +148,12 @@ DESCRIPTIONS: dict[str, str] = {
     "percentage points): treat the malignancy as uncertain.",
     "outside_lung": f"Under {100 * _DEFAULT.min_lung_share:.0f} % lung around the lesion: the "
     "point may not be on a lung nodule.",
+    "vessel_at_point": "The outline looks like a piece of a vessel (a tube that continues beyond "
+    "it): the point may not be on a nodule.",
 }
+
+
+_FROM_IMAGE = object()  # a ``lungs`` argument not given: look the mask up from the image
 
 
 class RefusedError(ValueError):
@@ -254,7 +286,10 @@ def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu) -> float:
     return float((hu[shell] < lung_hu).mean())
 
 
-def _lungs(image_zyx: np.ndarray, geometry: ImageGeometry, scope: ScopeConfig):
+def chest_lungs(
+    image_zyx: np.ndarray, geometry: ImageGeometry, scope: ScopeConfig = ScopeConfig()
+) -> LungMask | None:
+    """The CT's lung mask (cached by content), ``None`` on a crop without a body outline."""
     return lung_mask(
         image_zyx,
         geometry,
@@ -271,7 +306,7 @@ def prepare_lung_side(
 ) -> bool:
     """Build (and cache) the CT's lung mask ahead of the first click, which otherwise pays for
     it (about 0.65 s on a chest CT); True when the image has one (a whole chest, not a crop)."""
-    return _lungs(image_zyx, geometry, scope) is not None
+    return chest_lungs(image_zyx, geometry, scope) is not None
 
 
 def lung_side(
@@ -280,11 +315,13 @@ def lung_side(
     point_lps,
     diameter_mm: float,
     scope: ScopeConfig = ScopeConfig(),
+    lungs: LungMask | None | object = _FROM_IMAGE,
 ) -> tuple[str, dict]:
     """``"inside"`` or ``"outside"`` the lungs (the pleura's side the point is on) for a lesion
     segmented ``diameter_mm`` across, or ``"unknown"`` on an image without a body outline (a
-    crop such as the LIDC VOIs)."""
-    lungs = _lungs(image_zyx, geometry, scope)
+    crop such as the LIDC VOIs). ``lungs``: :func:`chest_lungs` of the image, if at hand."""
+    if lungs is _FROM_IMAGE:
+        lungs = chest_lungs(image_zyx, geometry, scope)
     if lungs is None:
         return "unknown", {"lung_side": "unknown"}
     ball = float(np.clip(diameter_mm, *scope.pleura_ball_mm))
@@ -301,6 +338,38 @@ def lung_side(
     return side, figures
 
 
+def vessel_figures(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    mask_voi: np.ndarray,
+    voi_geometry: ImageGeometry,
+    diameter_mm: float,
+    scope: ScopeConfig = ScopeConfig(),
+    lungs: LungMask | None | object = _FROM_IMAGE,
+) -> dict:
+    """The figures and score of core/vessel.py on a CT with a lung mask; ``{}`` on a crop."""
+    if lungs is _FROM_IMAGE:
+        lungs = chest_lungs(image_zyx, geometry, scope)
+    if lungs is None or not np.any(mask_voi):
+        return {}
+    figures = shape_figures(mask_voi, np.asarray(voi_geometry.spacing, dtype=float)[::-1])
+    figures |= continuation_figures(
+        image_zyx,
+        geometry,
+        mask_voi,
+        voi_geometry,
+        lungs,
+        figures["inscribed_radius_mm"],
+        scope.vessel_dense_hu,
+        scope.vessel_opening_fraction,
+        scope.vessel_margin_mm,
+    )
+    figures["vessel_score"] = vessel.vessel_score(
+        figures | {"diameter_mm": diameter_mm}, scope.vessel_model
+    )
+    return figures
+
+
 def check_result(
     mask_voi: np.ndarray,
     valid_voi: np.ndarray,
@@ -310,6 +379,7 @@ def check_result(
     malignancy_sd: float,
     scope: ScopeConfig = ScopeConfig(),
     side: str = "unknown",
+    vessel_score: float | None = None,
 ) -> tuple[list[Finding], dict]:
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
@@ -386,6 +456,19 @@ def check_result(
                 "outside_lung",
                 f"Only {100 * share:.0f} % of the tissue around the lesion is lung: the point may "
                 "not be on a lung nodule (the model knows only lung nodules).",
+            )
+        )
+    if (
+        side == "inside"
+        and vessel_score is not None
+        and vessel_score > scope.vessel_model.threshold
+    ):
+        findings.append(
+            Finding(
+                "vessel_at_point",
+                "The outline looks like a piece of a vessel: a tube that continues beyond it "
+                "with the same calibre. The point may not be on a nodule; scroll through the "
+                "slices to check.",
             )
         )
     return findings, figures

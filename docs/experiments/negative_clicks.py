@@ -5,8 +5,10 @@
 Two sets per CT, each point analysed like a click and its outcome printed and written:
 
 * random: 12 points in dense tissue (> -300 HU: mediastinum, heart, chest wall, vessels, bone,
-  liver), 5 in lung parenchyma (-900 .. -700 HU) and 3 in air (< -990 HU: airway or outside the
-  body), all >= 20 mm from every reader nodule, drawn with a fixed seed (2026);
+  liver), 5 in lung parenchyma (-900 .. -700 HU), 3 in air (< -990 HU: airway or outside the
+  body) and 12 on vessels in the lung (> -400 HU, the lung mask more than half lung within
+  about 4 mm), all >= 20 mm from every reader nodule, drawn with a fixed seed (2026; the vessel
+  check was fitted on other clicks, seed 7, docs/experiments/vessel_clicks.py);
 * named: structures picked by eye on axial slices (liver, kidney, spleen, heart, aorta, airway,
   chest wall, vertebra, fat, a hilar vessel, bowel gas, air outside the body), each moved to the
   nearest voxel of its slice whose 3 x 3 neighbourhood lies in the structure's HU range, so a
@@ -19,11 +21,12 @@ import sys
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from NoduleMalignancyLib.core.analysis import analyze_point
 from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.validation import RefusedError, chest_lungs
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
 SOFT, FAT, ENHANCED, AIR = (0, 120), (-150, -50), (100, 600), (-1100, -900)
@@ -83,12 +86,27 @@ def snap(a: np.ndarray, k: int, i: int, j: int, hu: tuple[float, float], radius:
     return int(ii[n]), int(jj[n])
 
 
+def in_lung(a: np.ndarray, g: ImageGeometry) -> np.ndarray:
+    """Voxels whose coarse lung-mask neighbourhood (about 4 mm) is more than half lung."""
+    lungs = chest_lungs(a, g)
+    share = ndimage.uniform_filter(lungs.mask_kji.astype(np.float32), size=(3, 7, 7)) > 0.5
+    k, j, i = np.indices(a.shape, sparse=True)
+    s = lungs.stride_kji
+    n = share.shape
+    return share[
+        np.minimum(k // s[0], n[0] - 1),
+        np.minimum(j // s[1], n[1] - 1),
+        np.minimum(i // s[2], n[2] - 1),
+    ]
+
+
 def clicks(name: str, a: np.ndarray, g: ImageGeometry, rng) -> list[tuple[str, str, tuple]]:
     nodules = np.array([p for _, p in nodule_points_lps(name)])
     kinds = {
         "dense tissue (HU > -300)": (a > -300, 12),
         "lung parenchyma (-900..-700 HU)": ((a > -900) & (a < -700), 5),
         "air below -990 HU": ((a < -990) & (a > -1100), 3),
+        "vessel in the lung (> -400 HU, lung around)": (in_lung(a, g) & (a > -400), 12),
     }
     out = []
     for kind, (where, n) in kinds.items():
@@ -126,12 +144,13 @@ def main(path: str) -> None:
                 row["malignancy"] = round(r.malignancy_probability, 2)
                 row["diameter_mm"] = round(r.diameter_mm, 1)
                 row["lung_side"] = r.scope_figures.get("lung_side", "")
+                row["vessel_score"] = round(r.scope_figures.get("vessel_score", float("nan")), 2)
             except RefusedError as e:
                 row["outcome"] = f"REFUSED {e.code}"
             rows.append(row)
             print(" | ".join(str(v) for v in row.values()), flush=True)
     keys = ["ct", "set", "clicked_on", "ijk", "hu", "outcome", "malignancy", "diameter_mm"]
-    keys.append("lung_side")
+    keys += ["lung_side", "vessel_score"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
