@@ -106,7 +106,7 @@ def cmd_demo(args) -> int:
 
 def cmd_predict(args) -> int:
     from .batch.cluster import dask_client
-    from .batch.predict import PREDICT_COLUMNS, cached_ensemble, predict_rows
+    from .batch.predict import PREDICT_COLUMNS, cached_ensemble, check_mask_names, predict_rows
     from .core.atomic import write_csv
 
     with open(args.manifest, newline="") as f:
@@ -115,6 +115,12 @@ def cmd_predict(args) -> int:
     if missing:
         print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
         return 2
+    if args.masks_dir:
+        try:
+            check_mask_names([row["id"] for row in rows])
+        except ValueError as exc:
+            print(f"error: manifest {args.manifest}: {exc}", file=sys.stderr)
+            return 2
     if not (args.scheduler or args.workers):
         cached_ensemble(args.models, args.device)  # a bad ensemble stops the run here (exit 2)
     with dask_client(args.scheduler, args.workers) as client:

@@ -379,3 +379,24 @@ def test_each_image_is_read_once(batch, monkeypatch):
     manifest = [{"id": f"p{k}", "image": image, "x": "30", "y": "30", "z": "10"} for k in range(3)]
     rows = build_rows(manifest, [{"id": m["id"], "error": ""} for m in manifest])
     assert reads == [image] and all(r.thumbnail_png for r in rows)
+
+
+def test_ids_that_would_share_a_mask_file_stop_predict_before_any_work(tmp_path, tiny_dir, capsys):
+    """``a/b`` and ``a_b`` would both write ``a_b.nii.gz`` (and a repeated id its own twice):
+    the second mask would silently replace the first, so predict refuses the manifest."""
+    manifest = tmp_path / "manifest.csv"
+    rows = [
+        ("id", "image", "x", "y", "z"),
+        ("a b", "x.nii.gz", 0, 0, 0),
+        ("a/b", "x.nii.gz", 0, 0, 0),
+    ]
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    args = ["predict", "--manifest", str(manifest), "--models", str(tiny_dir)]
+    out = tmp_path / "p.csv"
+    assert cli.main([*args, "--out", str(out), "--masks-dir", str(tmp_path / "masks")]) == 2
+    err = capsys.readouterr().err
+    assert "a-b.nii.gz" in err and "'a b'" in err and "'a/b'" in err
+    assert not out.exists() and not (tmp_path / "masks").exists()
+    # Without masks there is nothing to overwrite: the rows are scored (here: the image is missing).
+    assert cli.main([*args, "--out", str(out)]) == 1

@@ -192,6 +192,25 @@ def mask_file_name(row_id: str) -> str:
         raise ValueError(f"id {row_id!r} has no file-name-safe character for its mask") from None
 
 
+def check_mask_names(ids: list[str]) -> None:
+    """Refuse, before any work, a manifest whose ids would write the same mask file twice
+    (``a/b`` and ``a_b`` both become ``a_b.nii.gz``; a repeated id): the second mask would
+    silently replace the first. ``ValueError`` names the ids."""
+    by_name: dict[str, list[str]] = {}
+    for row_id in ids:
+        try:
+            by_name.setdefault(mask_file_name(row_id), []).append(row_id)
+        except ValueError:
+            continue  # no mask at all: that row fails on its own
+    clashes = {name: found for name, found in by_name.items() if len(found) > 1}
+    if clashes:
+        listed = "; ".join(f"{name}: {found}" for name, found in list(clashes.items())[:5])
+        raise ValueError(
+            f"{len(clashes)} mask file name(s) would be written by more than one manifest row "
+            f"({listed}). Give every row a distinct id (letters, digits, '.', '_', '-')."
+        )
+
+
 def result_columns(r) -> dict[str, str]:
     """A :class:`~NoduleMalignancyLib.core.analysis.NoduleResult` as formatted CSV cells."""
     return dict(
@@ -240,6 +259,8 @@ def predict_rows(
     from ..core.settings import models_dir
     from .cluster import map_in_order
 
+    if masks_dir:
+        check_mask_names([row["id"] for row in rows])
     threads = None
     if client is not None:
         models = str(Path(models_dir(models)).resolve())
