@@ -262,13 +262,19 @@ def test_two_gloo_processes_match_one_process(subset, data_dir, capsys):
     assert out.count("fold 0 epoch 1/2") == 1  # only rank 0 logs
     assert _files(one) == _files(two)  # only rank 0 writes: the same files, no more
     for a, b in zip(_history(one), _history(two), strict=True):
-        for k in ("train_total", "train_attributes", "train_segmentation", "val_loss"):
+        for k in ("train_total", "train_attributes", "train_segmentation"):
             assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-5), k
+        # The validation loss is taken after the epoch's steps, so the float32 rounding of the
+        # two reduction orders has compounded through AdamW: 3.5e-5 apart on an AMD EPYC CPU
+        # (1.40823 vs 1.40828). The float64 test below pins the two paths exactly.
+        assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=1e-4)
     for key in ("model", "ema"):
         d = _param_diff(one, two, key)
         # float32: most weights agree to reduction-order rounding; AdamW turns a near-zero
         # gradient's rounding into up to one step of the other sign (the float64 test is exact).
-        assert float(d.quantile(0.99)) < 5e-5, key
+        # The 99th percentile: 7.7e-5 on an AMD EPYC CPU; unaveraged gradients would move most
+        # weights by about a step (2e-3), ten times the bound.
+        assert float(d.quantile(0.99)) < 2e-4, key
         assert float(d.max()) < PEAK_LR, key
     print(f"max |param difference| {float(_param_diff(one, two).max()):.2e}")
 
