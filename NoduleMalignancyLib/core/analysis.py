@@ -33,6 +33,7 @@ from .validation import (
     check_image,
     check_point,
     check_result,
+    chest_lungs,
     lung_side,
     vessel_figures,
 )
@@ -140,7 +141,8 @@ def analyze_point(
     sample, out, passes = sample_and_run(image_zyx, geometry, point_lps, ensemble, context, timings)
     result = _result(sample, out, ensemble, point_lps, timings)
     t = time.perf_counter()
-    side, side_figures = lung_side(image_zyx, geometry, point_lps, result.diameter_mm)
+    lungs = chest_lungs(image_zyx, geometry)  # one cache lookup (a hash of the CT) per click
+    side, side_figures = lung_side(image_zyx, geometry, point_lps, result.diameter_mm, lungs=lungs)
     if side == "inside":
         side_figures |= vessel_figures(
             image_zyx,
@@ -148,6 +150,7 @@ def analyze_point(
             result.segmentation_mask_voi,
             result.voi_geometry,
             result.diameter_mm,
+            lungs=lungs,
         )
     found, result.scope_figures = check_result(
         result.segmentation_mask_voi,
