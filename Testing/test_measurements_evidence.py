@@ -66,6 +66,20 @@ def test_empty_mask_and_component_selection():
     assert np.array_equal(kept, centre)
 
 
+def test_the_component_nearest_the_centre_on_odd_and_even_shapes():
+    """The shortcut through the voxels around the centre picks what the full search picks."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        mask = rng.random(tuple(rng.integers(3, 9, 3))) < rng.uniform(0.05, 0.5)
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))  # 26-connected
+        coords = np.argwhere(labels > 0)
+        centre = (np.asarray(mask.shape) - 1) / 2.0
+        nearest = coords[np.argmin(((coords - centre) ** 2).sum(1))]
+        assert np.array_equal(component_at_center(mask), labels == labels[tuple(nearest)])
+
+
 def test_spread_preserves_the_sum():
     rng = np.random.default_rng(0)
     c = rng.normal(size=(2, 9, 4, 6, 6))

@@ -38,7 +38,7 @@ __all__ = [
 
 _CACHE: OrderedDict[tuple, LungMask | None] = OrderedDict()
 _CACHE_SIZE = 4
-ENVELOPE_STEPS = 10  # grid steps per ball radius for the closing test
+FIELD_CLOSING_MM = 0.0  # the lung field's closing (lung_field); docs/experiments/vessel_field.py
 KEY_STEP = 4  # the cache key samples one voxel per KEY_STEP x KEY_STEP coarse blocks in-plane
 
 
@@ -53,15 +53,33 @@ class LungMask:
 
     @cached_property
     def field_kji(self) -> np.ndarray:
-        """The lung field: the mask with each slice's holes (vessels, nodules) filled; the chest
-        wall and the mediastinum stay outside (core/vessel.py)."""
-        return np.stack([ndimage.binary_fill_holes(s) for s in self.mask_kji])
+        """The lung field of core/vessel.py (:func:`lung_field`)."""
+        return lung_field(self, FIELD_CLOSING_MM)
+
+    @cached_property
+    def distance_kji(self) -> np.ndarray:
+        """mm from each coarse voxel to the nearest lung voxel (0 inside), float16 (a hundredth
+        of a mm at 30 mm): built once per CT (about 0.3 s), so that a click reads the closing
+        test and the lung distance off it locally."""
+        return _distance_to_mask(self.mask_kji, self.spacing_kji).astype(np.float16)
 
     def coarse_index(self, geometry: ImageGeometry, point_lps) -> np.ndarray:
         """Continuous (k, j, i) of a world LPS point on the coarse grid."""
         ijk = np.asarray(geometry.lps_to_index(np.asarray(point_lps, dtype=float)), dtype=float)
         stride = np.asarray(self.stride_kji, dtype=float)
         return (ijk[::-1] - (stride - 1.0) / 2.0) / stride
+
+
+def lung_field(lungs: LungMask, closing_mm: float) -> np.ndarray:
+    """The lung field: the mask with each slice's holes (vessels, nodules) filled and, with
+    ``closing_mm`` > 0, its closing with a ball of that radius (what no such ball clear of the
+    lung reaches: a vessel up to twice as thick that joins the mediastinum within the slice);
+    the chest wall and the mediastinum stay outside (core/vessel.py)."""
+    field = np.stack([ndimage.binary_fill_holes(s) for s in lungs.mask_kji])
+    if closing_mm > 0:
+        clear = lungs.distance_kji > closing_mm  # centres of balls clear of the lung
+        field |= _distance_to_mask(clear, lungs.spacing_kji) > closing_mm
+    return field
 
 
 def _strides(geometry: ImageGeometry, step_mm: float) -> tuple[int, int, int]:
@@ -205,41 +223,31 @@ def _distance_to_mask(mask: np.ndarray, spacing_kji) -> np.ndarray:
     return np.maximum(sitk.GetArrayFromImage(signed), 0.0)
 
 
-def _any_pooled(mask: np.ndarray, factors) -> np.ndarray:
-    """A block is lung if any voxel of it is (the far edge's partial blocks dropped)."""
-    n = [size // f for size, f in zip(mask.shape, factors, strict=True)]
-    m = mask[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
-    return m.reshape(n[0], factors[0], n[1], factors[1], n[2], factors[2]).any(axis=(1, 3, 5))
-
-
 def inside_lung_envelope(
     lungs: LungMask, geometry: ImageGeometry, point_lps, radius_mm: float
 ) -> bool:
     """Whether the point lies in the lung mask's closing with a ball of ``radius_mm``: no ball
-    of that radius holding the point stays clear of the lung. Computed on a local box only
-    (whether a ball clears the lung depends on the mask within twice the radius), on a grid of
-    about a tenth of the radius (a large ball needs no finer one; it keeps a click fast)."""
+    of that radius holding the point stays clear of the lung, i.e. no ball centre within the
+    radius of the point lies farther than the radius from the lung (read off the CT's distance
+    map, so a click looks at the ball around the point only)."""
     centre = lungs.coarse_index(geometry, point_lps)
-    lo, hi = _local_box(lungs, centre, 2.0 * radius_mm)
-    spacing = np.asarray(lungs.spacing_kji, dtype=float)
-    factors = tuple(int(f) for f in np.maximum(1, np.rint(radius_mm / ENVELOPE_STEPS / spacing)))
-    box = _any_pooled(lungs.mask_kji[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], factors)
-    if box.size == 0:
-        return True  # the point lies at the image's edge: no verdict against it
-    spacing = spacing * factors
-    local = (centre - lo - (np.asarray(factors) - 1) / 2.0) / np.asarray(factors)
-    clear = _distance_to_mask(box, spacing) > radius_mm  # ball centres off the lung
-    near = _offsets_mm((0, 0, 0), box.shape, local, spacing) <= radius_mm
+    lo, hi = _local_box(lungs, centre, radius_mm)
+    if np.any(hi <= lo):
+        return True  # the point lies off the image: no verdict against it
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    near = _offsets_mm(lo, hi, centre, lungs.spacing_kji) <= radius_mm
+    clear = lungs.distance_kji[box] > radius_mm  # ball centres off the lung
     return not bool(np.any(clear & near))
 
 
 def lung_distance_mm(lungs: LungMask, geometry: ImageGeometry, point_lps, limit_mm: float) -> float:
-    """mm from the point to the lung mask (0 inside it), capped at ``limit_mm``."""
-    centre = lungs.coarse_index(geometry, point_lps)
-    lo, hi = _local_box(lungs, centre, limit_mm)
-    box = lungs.mask_kji[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    inside = _offsets_mm(lo, hi, centre, lungs.spacing_kji)[box]
-    return float(min(limit_mm, inside.min())) if inside.size else float(limit_mm)
+    """mm from the point to the lung mask (0 inside it; to the coarse grid's precision), capped
+    at ``limit_mm``; ``limit_mm`` off the image."""
+    k, j, i = np.rint(lungs.coarse_index(geometry, point_lps)).astype(int)
+    shape = lungs.mask_kji.shape
+    if not (0 <= k < shape[0] and 0 <= j < shape[1] and 0 <= i < shape[2]):
+        return float(limit_mm)
+    return float(min(limit_mm, float(lungs.distance_kji[k, j, i])))
 
 
 def lung_above_or_below(

@@ -55,6 +55,11 @@ def component_at_center(mask_zyx: np.ndarray) -> np.ndarray:
         sitk.ConnectedComponent(sitk.GetImageFromArray(mask_zyx.astype(np.uint8)), True)
     )
     center = (np.asarray(mask_zyx.shape) - 1) / 2.0
+    # The voxels around the centre (one to eight, all equally near it) are nearer than any
+    # other: when one is labelled, the first of them in C order is what the search below finds.
+    around = labels[tuple(slice(int(np.floor(c)), int(np.ceil(c)) + 1) for c in center)]
+    if around.any():
+        return labels == around.ravel()[np.flatnonzero(around)[0]]
     coords = np.argwhere(labels > 0)
     nearest = coords[np.argmin(((coords - center) ** 2).sum(1))]
     return labels == labels[tuple(nearest)]

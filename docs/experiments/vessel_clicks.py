@@ -79,9 +79,9 @@ def score(x, model):
     return ((x - mean) / scale) @ w + b
 
 
-def main(path: str) -> None:
-    torch.set_num_threads(2)
-    ens = Ensemble.load(device="cpu")
+def clicks():
+    """The CTs (image, array, geometry, lung mask, reader nodule points) and the rows to click:
+    vessel clicks and nodules to insert, in a fixed order (seed 7)."""
     rng = np.random.default_rng(7)
     hosts = {}
     rows = []
@@ -100,10 +100,22 @@ def main(path: str) -> None:
         (p,) = sample(a, g, lungs, nodules, 0.95, (5, 15, 15), None, rng, 1, 30.0)
         rows.append({"ct": name, "kind": "inserted nodule", "name": record.name, "point": p})
         rows[-1]["record"] = record
+    return hosts, rows
+
+
+def clicked_image(hosts, row) -> np.ndarray:
+    img, a, _, _, _ = hosts[row["ct"]]
+    return insert(img, a, row["record"], row["point"]) if "record" in row else row["image"]
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(2)
+    ens = Ensemble.load(device="cpu")
+    hosts, rows = clicks()
     table = []
     for row in rows:
-        img, a, g, _, _ = hosts[row["ct"]]
-        image = insert(img, a, row["record"], row["point"]) if "record" in row else row["image"]
+        g = hosts[row["ct"]][2]
+        image = clicked_image(hosts, row)
         out = {"ct": row["ct"], "kind": row["kind"], "nodule": row["name"]}
         try:
             r = analyze_point(image, g, row["point"], ens, map_to_ct=False)
