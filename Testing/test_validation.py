@@ -217,6 +217,24 @@ def test_the_lung_side_of_a_click_on_a_chest_phantom():
     assert side(ct[:, 30:90, 30:60].copy(), (15, 30, 20), 8.0) == "unknown"
 
 
+def test_the_lung_field_holds_a_vessel_that_joins_the_mediastinum_in_plane():
+    """The per-slice holes miss a 10 mm vessel running from the mediastinum into the lung; the
+    10 mm closing takes it in, and keeps the mediastinum and the chest wall out."""
+    from NoduleMalignancyLib.core.lung_mask import lung_field
+    from NoduleMalignancyLib.core.validation import chest_lungs
+
+    ct = _chest_phantom()
+    ct[:, 56:64, 30:64] = 40  # 10 mm thick, from the mediastinum (i 64) 42 mm into the right lung
+    lungs = chest_lungs(ct, PHANTOM)
+    assert lungs.stride_kji == (1, 1, 1)
+    holes, field = lung_field(lungs, 0.0), lung_field(lungs, 10.0)
+    tip = (20, 60, 40)  # (k, j, i): 30 mm from the mediastinum
+    assert not holes[tip] and field[tip]
+    assert not field[20, 60, 80]  # the mediastinum's centre
+    assert not field[20, 60, 14]  # the chest wall
+    assert not field[20, 60, 2]  # the air outside the body
+
+
 def _painted_hemisphere(array, geometry, k, j, i0, step, diameter_mm):
     """A soft-tissue ball centred on the pleura (the last lung voxel from i0 towards the chest
     wall); the click is the centroid of its part in the lung."""

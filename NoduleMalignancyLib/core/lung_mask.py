@@ -38,7 +38,7 @@ __all__ = [
 
 _CACHE: OrderedDict[tuple, LungMask | None] = OrderedDict()
 _CACHE_SIZE = 4
-FIELD_CLOSING_MM = 0.0  # the lung field's closing (lung_field); docs/experiments/vessel_field.py
+FIELD_CLOSING_MM = 10.0  # the lung field's closing (lung_field); docs/experiments/vessel_field.py
 KEY_STEP = 4  # the cache key samples one voxel per KEY_STEP x KEY_STEP coarse blocks in-plane
 
 

@@ -9,13 +9,14 @@ what touches it (vessels feeding it) is thinner. Seven figures say so:
   radius (``tube_ratio``), its minor and middle over major axis (``minor_major``,
   ``middle_major``), the inscribed radius and the longest axial diameter;
 * what continues beyond it inside the lung: the dense tissue (soft tissue and denser) within the
-  lung field (the lung mask with its holes filled, so the chest wall and the mediastinum do not
-  count), opened with a ball of 0.7 times the outline's inscribed radius (thinner vessels drop
+  lung field (core/lung_mask.lung_field: the lung mask with its per-slice holes filled and its
+  closing with a 10 mm ball, so a large vessel that joins the mediastinum within the slice counts
+  and the chest wall and the mediastinum do not), opened with a ball of 0.7 times the outline's inscribed radius (thinner vessels drop
   out), and of that the part connected to the outline: its volume more than 2 mm outside the
   outline over the outline's volume (``continuation``) and how far it reaches
   (``continuation_mm``).
 
-A logistic model on these (:class:`VesselModel`, fitted by docs/experiments/vessel_clicks.py on
+A logistic model on these (:class:`VesselModel`, fitted by docs/experiments/vessel_field.py on
 LIDC nodules inserted into the lungs of the full CTs against clicks on the vessels of those
 lungs) gives the score; the warning threshold is the score's 99th percentile on the nodules. On
 a tight crop (no body outline, so no lung mask) the continuation cannot be seen and the crop
@@ -48,7 +49,7 @@ FIGURES = (
 @dataclass(frozen=True)
 class VesselModel:
     """Logistic model on the standardised figures (log of the radius, diameter and continuation);
-    constants from docs/experiments/vessel_clicks.py (README "Scope", vessel clicks)."""
+    constants from docs/experiments/vessel_field.py (README "Scope", vessel check)."""
 
     mean: tuple[float, ...]
     scale: tuple[float, ...]
