@@ -217,6 +217,23 @@ def test_the_lung_side_of_a_click_on_a_chest_phantom():
     assert side(ct[:, 30:90, 30:60].copy(), (15, 30, 20), 8.0) == "unknown"
 
 
+def test_the_lung_distance_and_the_closing_test_read_off_the_distance_map():
+    from NoduleMalignancyLib.core.lung_mask import inside_lung_envelope, lung_distance_mm
+    from NoduleMalignancyLib.core.validation import chest_lungs
+
+    ct = _chest_phantom()
+    lungs = chest_lungs(ct, PHANTOM)
+    at = lambda ijk: PHANTOM.index_to_lps(np.array(ijk, float))  # noqa: E731
+    assert lung_distance_mm(lungs, PHANTOM, at((40, 60, 20)), 30.0) == 0.0  # in the lung
+    # The mediastinum's centre (i 80) lies 16 voxels of 1.25 mm from the left lung (i 96).
+    assert lung_distance_mm(lungs, PHANTOM, at((80, 60, 20)), 30.0) == pytest.approx(20.0, abs=0.1)
+    assert lung_distance_mm(lungs, PHANTOM, at((80, 60, 20)), 10.0) == 10.0  # capped
+    assert lung_distance_mm(lungs, PHANTOM, at((400, 60, 20)), 10.0) == 10.0  # off the image
+    assert inside_lung_envelope(lungs, PHANTOM, at((400, 60, 20)), 15.0)  # no verdict off it
+    assert not inside_lung_envelope(lungs, PHANTOM, at((80, 60, 20)), 15.0)
+    assert inside_lung_envelope(lungs, PHANTOM, at((80, 60, 20)), 30.0)  # 40 mm: a dent of 30
+
+
 def test_the_lung_field_holds_a_vessel_that_joins_the_mediastinum_in_plane():
     """The per-slice holes miss a 10 mm vessel running from the mediastinum into the lung; the
     10 mm closing takes it in, and keeps the mediastinum and the chest wall out."""

@@ -1,13 +1,15 @@
-"""Which lung field should the vessel check look for a continuation in (core/lung_mask.lung_field)?
+"""Where and how should the vessel check look for a continuation (core/lung_mask.lung_field,
+the opening of core/vessel.continuation_figures)?
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_field.py field.csv
 
 The clicks of vessel_clicks.py (same seed and order: 80 lung-vessel clicks, 409 inserted LIDC
 nodules) and the five reader nodules of the full CTs, each analysed once; the continuation is
-then recomputed on each lung field: the per-slice holes of the lung mask (shipped before) and
-their union with the mask's closing with a ball of 6, 10 or 14 mm. Per field the vessel model is
-refitted as in vessel_clicks.py; printed: leave-one-CT-out figures, in-sample figures, the
-reader nodules' scores against the threshold, and the constants.
+then recomputed for each variant: (lung field closing in mm, opening as a fraction of the
+outline's inscribed radius). Closing 0 is the per-slice holes of the lung mask alone (the
+seventh session's field). Per variant the vessel model is refitted as in vessel_clicks.py;
+printed: leave-one-CT-out figures, in-sample figures, the reader nodules' scores against the
+threshold, and the constants.
 """
 
 import csv
@@ -29,7 +31,14 @@ from NoduleMalignancyLib.core.validation import RefusedError, ScopeConfig
 from NoduleMalignancyLib.core.vessel import FIGURES, _inputs, continuation_figures
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
-CLOSINGS_MM = (0.0, 6.0, 10.0, 14.0)
+# (closing mm, opening fraction). The eighth session's first run: closings 0, 6, 10 and 14 mm at
+# the opening 0.7 (docs/experiments/README.md, "Scope").
+VARIANTS = ((0.0, 0.7), (10.0, 0.7), (10.0, 0.55), (10.0, 0.4), (14.0, 0.55))
+CLOSINGS_MM = sorted({c for c, _ in VARIANTS})
+
+
+def _tag(variant) -> str:
+    return f"{variant[0]:g}mm,{variant[1]:g}"
 
 
 def with_field(lungs, closing_mm: float):
@@ -65,19 +74,19 @@ def main(path: str) -> None:
         out |= {"warnings": ";".join(w.code for w in r.warnings), "diameter_mm": r.diameter_mm}
         if "tube_ratio" in f:
             out |= {k: f[k] for k in FIGURES if k not in ("diameter_mm",)}
-            for c in CLOSINGS_MM:
+            for variant in VARIANTS:
                 cont = continuation_figures(
                     image,
                     g,
                     r.segmentation_mask_voi,
                     r.voi_geometry,
-                    fields[row["ct"]][c],
+                    fields[row["ct"]][variant[0]],
                     f["inscribed_radius_mm"],
                     scope.vessel_dense_hu,
-                    scope.vessel_opening_fraction,
+                    variant[1],
                     scope.vessel_margin_mm,
                 )
-                out |= {f"{k}@{c:g}": v for k, v in cont.items()}
+                out |= {f"{k}@{_tag(variant)}": v for k, v in cont.items()}
         table.append(out)
         if n % 25 == 0:
             print(n, " | ".join(str(v) for v in out.values()), flush=True)
@@ -93,16 +102,17 @@ def report(table) -> None:
     rows = [r for r in table if r.get("tube_ratio", "") != ""]
     kind = np.array([r["kind"] for r in rows])
     ct = np.array([r["ct"] for r in rows])
-    for c in CLOSINGS_MM:
+    for variant in VARIANTS:
+        tag = _tag(variant)
 
-        def figures(r, c=c):
+        def figures(r, tag=tag):
             f = {k: float(r[k]) for k in FIGURES if k in r}
-            return f | {k: float(r[f"{k}@{c:g}"]) for k in ("continuation", "continuation_mm")}
+            return f | {k: float(r[f"{k}@{tag}"]) for k in ("continuation", "continuation_mm")}
 
         x = np.array([_inputs(figures(r)) for r in rows])
         y = (kind == "vessel click").astype(float)
         train_rows = kind != "reader nodule"
-        print(f"\n== lung field closing {c:g} mm")
+        print(f"\n== lung field closing {variant[0]:g} mm, opening {variant[1]:g}")
         for test in CTS:
             train = train_rows & (ct != test)
             model = fit(x[train], y[train])
