@@ -10,11 +10,11 @@ what touches it (vessels feeding it) is thinner. Seven figures say so:
   ``middle_major``), the inscribed radius and the longest axial diameter;
 * what continues beyond it inside the lung: the dense tissue (soft tissue and denser) within the
   lung field (core/lung_mask.lung_field: the lung mask with its per-slice holes filled and its
-  closing with a 10 mm ball, so a large vessel that joins the mediastinum within the slice counts
-  and the chest wall and the mediastinum do not), opened with a ball of 0.7 times the outline's inscribed radius (thinner vessels drop
-  out), and of that the part connected to the outline: its volume more than 2 mm outside the
-  outline over the outline's volume (``continuation``) and how far it reaches
-  (``continuation_mm``).
+  closing with a 10 mm ball, so a large vessel that joins the mediastinum within the slice
+  counts and the chest wall and the mediastinum do not), opened with a ball of 0.7 times the
+  outline's inscribed radius (thinner vessels drop out), and of that the part connected to the
+  outline: its volume more than 2 mm outside the outline over the outline's volume
+  (``continuation``) and how far it reaches (``continuation_mm``).
 
 A logistic model on these (:class:`VesselModel`, fitted by docs/experiments/vessel_field.py on
 LIDC nodules inserted into the lungs of the full CTs against clicks on the vessels of those
