@@ -11,7 +11,8 @@ along the lung (the aorta) is open in z. docs/DESIGN.md §12.
 The mask needs the body outline: air that touches the image's in-plane border is outside the
 body. A tight crop (the LIDC VOIs) has lung on its border and so no mask: the rule stays silent
 there. Masks are cached by the image's content (a voxel every 5 mm in-plane, every slice, and the
-geometry), so a second click on a CT costs the key and a local distance map only.
+geometry) with their distance map and lung field, so a second click on a CT costs the key and
+local look-ups only.
 """
 
 from __future__ import annotations
