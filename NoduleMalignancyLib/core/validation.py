@@ -273,19 +273,22 @@ def _faces_touched(mask: np.ndarray) -> int:
     return faces
 
 
-def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu) -> float:
+def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu, strided_above=20_000) -> float:
     """Share of lung-density voxels among the valid voxels 2-5 mm around the segmentation.
     Computed in the segmentation's bounding box grown by the shell (nothing beyond lies in it),
-    so a small nodule's distance map is small."""
+    so a small nodule's distance map is small; in a box of more than 20 000 voxels (a nodule of
+    about 15 mm and more) on every other voxel, whose shell still holds thousands (a share, not
+    an outline: 12 -> 3 ms on a 29 mm nodule)."""
     spacing = np.asarray(spacing_zyx, dtype=float)
     points = np.argwhere(mask)
     grow = np.ceil(shell_mm[1] / spacing).astype(int) + 1
     lo = np.maximum(points.min(0) - grow, 0)
     hi = np.minimum(points.max(0) + 1 + grow, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    step = 2 if np.prod(hi - lo) > strided_above else 1
+    box = tuple(slice(a, b, step) for a, b in zip(lo, hi, strict=True))
     hu, mask, valid = np.asarray(hu)[box], mask[box], np.asarray(valid)[box]
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    image.SetSpacing(tuple(float(s) for s in (spacing * step)[::-1]))
     distance = sitk.GetArrayFromImage(
         sitk.SignedMaurerDistanceMap(
             image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
