@@ -584,3 +584,41 @@ def test_kill_dash_nine_then_resume(data_dir, tmp_path):
     assert f"resuming after epoch {done}" in out
     assert [int(h["epoch"]) for h in _history(history)] == [1, 2, 3]
     assert (run / "fold0" / BEST).is_file()
+
+
+def test_coarse_dropout_fills_boxes_with_lung_and_takes_them_out_of_the_target(slice_data):
+    voi = slice_data.voi
+    hu = torch.from_numpy(slice_data.hu)
+    valid = torch.from_numpy(slice_data.valid)
+    mask = torch.from_numpy(slice_data.mask)
+    h, v, m = augment.warp(
+        hu,
+        valid,
+        mask,
+        augment.affine_theta(augment.identity_params(len(hu)), voi, hu.shape[-3:]),
+        voi,
+    )
+    cfg = augment.AugmentConfig(coarse_dropout_holes=1, coarse_dropout_mm=(6.0, 6.0))
+    # One hole per sample, centred on the VOI's centre, 6 mm on each side.
+    draws = torch.tensor([[[0.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0]]], dtype=torch.float64)
+    h2, m2 = augment.coarse_dropout(h, v, m, draws.expand(len(hu), 1, 7), cfg, voi)
+    centre = tuple(n // 2 for n in voi.shape_zyx)
+    hole = (h2 == cfg.coarse_dropout_hu) & (h != cfg.coarse_dropout_hu)
+    assert bool(hole[(slice(None), *centre)].all() or (v[(slice(None), *centre)] == 0).any())
+    sides = [int(hole[0].any(dim=tuple(b for b in range(3) if b != a)).sum()) for a in range(3)]
+    expected = [round(6.0 / s) + 1 for s in voi.spacing_zyx]  # voxels within +-3 mm
+    assert all(abs(got - want) <= 1 for got, want in zip(sides, expected, strict=True))
+    assert torch.all(m2[hole] == 0) and torch.equal(m2[~hole], m[~hole])
+    assert torch.equal(h2[v == 0], h[v == 0])  # outside the crop stays outside
+    assert torch.equal(h2[~hole], h[~hole])
+    # A hole whose first draw is 0.5 or more is not used; off by default, drawn only when on.
+    unused = draws.clone()
+    unused[..., 0] = 0.9
+    assert torch.equal(
+        augment.coarse_dropout(h, v, m, unused.expand(len(hu), 1, 7), cfg, voi)[0], h
+    )
+    assert "coarse_dropout" not in augment.random_params(2, augment.AugmentConfig())
+    on = augment.AugmentConfig(coarse_dropout_holes=3)
+    assert augment.AugmentConfig.from_dict(on.to_dict()) == on
+    x, seg, vb = augment.make_batch(hu, valid, mask, voi, on, torch.Generator().manual_seed(1))
+    assert torch.equal(x[:, -1:], vb) and float(seg.sum()) > 0

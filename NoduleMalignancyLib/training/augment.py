@@ -37,6 +37,13 @@ class AugmentConfig:
     # the nodule. The LIDC crops sit a fixed margin around the nodule, so without this the
     # network can read the nodule's edge off the crop's edge (and follow a crop that grows).
     context_shrink_mm: float = 0.0
+    # Coarse dropout (the seed method's augmentation, issue #12): up to this many boxes per
+    # sample, each side drawn from ``coarse_dropout_mm``, whose valid voxels become lung
+    # (``coarse_dropout_hu``) and leave the segmentation target, so the label must survive a
+    # missing part of the nodule or of its context and no single cell can carry it.
+    coarse_dropout_holes: int = 0
+    coarse_dropout_mm: tuple[float, float] = (3.0, 8.0)
+    coarse_dropout_hu: float = -850.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,8 +51,9 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
         d = dict(d)
-        if "scale" in d:
-            d["scale"] = tuple(d["scale"])
+        for key in ("scale", "coarse_dropout_mm"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -67,6 +75,9 @@ def random_params(
     extra = {}
     if cfg.context_shrink_mm > 0:  # drawn only when used: older runs keep their random stream
         extra["context_shrink"] = torch.rand(n, 6, generator=generator, dtype=torch.float64)
+    if cfg.coarse_dropout_holes > 0:  # per hole: kept?, centre (z, y, x), sides (z, y, x)
+        holes = (n, cfg.coarse_dropout_holes, 7)
+        extra["coarse_dropout"] = torch.rand(holes, generator=generator, dtype=torch.float64)
     return extra | {
         "flip_zyx": torch.stack([flip(cfg.flip_z), flip(cfg.flip_y), flip(cfg.flip_x)], 1),
         "angle": torch.deg2rad(_uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator)),
@@ -186,6 +197,39 @@ def shrink_context(
     return hu, valid
 
 
+def coarse_dropout(
+    hu: torch.Tensor,
+    valid: torch.Tensor,
+    mask: torch.Tensor,
+    draws: torch.Tensor,
+    cfg: AugmentConfig,
+    voi: VoiConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill random boxes of each sample with lung and take them out of the segmentation target.
+
+    ``draws`` (B, holes, 7) uniform in [0, 1): a hole is used when its first value is below 0.5
+    (so a sample has none to all ``coarse_dropout_holes``), centred anywhere in the VOI, each side
+    in ``coarse_dropout_mm``. Only valid voxels change (outside the crop stays outside).
+    """
+    lo, hi = cfg.coarse_dropout_mm
+    boxes = torch.zeros_like(valid, dtype=torch.bool)
+    axes = [
+        torch.arange(n, dtype=torch.float64) * s for n, s in zip(voi.shape_zyx, voi.spacing_zyx)
+    ]
+    for h in range(draws.shape[1]):
+        d = draws[:, h]
+        inside = (d[:, 0] < 0.5).view(-1, 1, 1, 1)
+        for axis, coords in enumerate(axes):
+            centre = d[:, 1 + axis] * (coords[-1] + voi.spacing_zyx[axis])
+            half = (lo + (hi - lo) * d[:, 4 + axis]) / 2.0
+            near = (coords[None, :] - centre[:, None]).abs() <= half[:, None]
+            inside = inside & near.view([-1] + [len(coords) if a == axis else 1 for a in range(3)])
+        boxes |= inside.to(boxes.device)
+    boxes &= valid > 0.5
+    hu = torch.where(boxes, torch.full_like(hu, cfg.coarse_dropout_hu), hu)
+    return hu, torch.where(boxes, torch.zeros_like(mask), mask)
+
+
 def center_crop(arr: torch.Tensor, voi_zyx, canvas_zyx=None) -> torch.Tensor:
     """Exact centre crop of (B, D, H, W) canvas arrays to the VOI shape."""
     canvas_zyx = tuple(arr.shape[-3:]) if canvas_zyx is None else tuple(canvas_zyx)
@@ -250,6 +294,8 @@ def make_batch(
         h, v, m = warp(hu, valid, mask, theta, voi)
         if cfg.context_shrink_mm > 0:
             h, v = shrink_context(h, v, m, p["context_shrink"], cfg.context_shrink_mm, voi)
+        if cfg.coarse_dropout_holes > 0:
+            h, m = coarse_dropout(h, v, m, p["coarse_dropout"], cfg, voi)
         x = make_channels(h, v, voi.windows, p["window_shift"], p["window_scale"])
     else:
         h = center_crop(hu, voi.shape_zyx).float()
