@@ -214,7 +214,8 @@ def coarse_dropout(
     lo, hi = cfg.coarse_dropout_mm
     boxes = torch.zeros_like(valid, dtype=torch.bool)
     axes = [
-        torch.arange(n, dtype=torch.float64) * s for n, s in zip(voi.shape_zyx, voi.spacing_zyx)
+        torch.arange(n, dtype=torch.float64) * s
+        for n, s in zip(voi.shape_zyx, voi.spacing_zyx, strict=True)
     ]
     for h in range(draws.shape[1]):
         d = draws[:, h]
