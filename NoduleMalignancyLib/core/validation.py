@@ -273,10 +273,10 @@ def _faces_touched(mask: np.ndarray) -> int:
     return faces
 
 
-def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu, strided_above=20_000) -> float:
+def _lung_share(hu, mask, valid, spacing_zyx, shell_mm, lung_hu, strided_above=40_000) -> float:
     """Share of lung-density voxels among the valid voxels 2-5 mm around the segmentation.
     Computed in the segmentation's bounding box grown by the shell (nothing beyond lies in it),
-    so a small nodule's distance map is small; in a box of more than 20 000 voxels (a nodule of
+    so a small nodule's distance map is small; in a box of more than 40 000 voxels (a nodule of
     about 15 mm and more) on every other voxel, whose shell still holds thousands (a share, not
     an outline: 12 -> 3 ms on a 29 mm nodule)."""
     spacing = np.asarray(spacing_zyx, dtype=float)
