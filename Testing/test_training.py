@@ -247,18 +247,20 @@ def test_augmentations_keep_shape_and_ranges(slice_data):
     assert reach_z <= (slice_data.canvas_zyx[0] - 1) / 2 * voi.spacing_zyx[0]
 
 
-def test_context_shrink_cuts_the_crop_but_never_the_nodule(slice_data):
+def _identity_warped(slice_data):
+    """The canvases as tensors and their identity warp onto the VOI grid (what the transforms
+    after the warp work on)."""
     voi = slice_data.voi
     hu = torch.from_numpy(slice_data.hu)
     valid = torch.from_numpy(slice_data.valid)
     mask = torch.from_numpy(slice_data.mask)
-    h, v, m = augment.warp(
-        hu,
-        valid,
-        mask,
-        augment.affine_theta(augment.identity_params(len(hu)), voi, hu.shape[-3:]),
-        voi,
-    )
+    theta = augment.affine_theta(augment.identity_params(len(hu)), voi, hu.shape[-3:])
+    return (hu, valid, mask), augment.warp(hu, valid, mask, theta, voi)
+
+
+def test_context_shrink_cuts_the_crop_but_never_the_nodule(slice_data):
+    voi = slice_data.voi
+    (hu, valid, mask), (h, v, m) = _identity_warped(slice_data)
     full = torch.ones(len(hu), 6, dtype=torch.float64)
     h2, v2 = augment.shrink_context(h, v, m, full, 6.0, voi)
     nodule = m >= 0.5
@@ -588,16 +590,7 @@ def test_kill_dash_nine_then_resume(data_dir, tmp_path):
 
 def test_coarse_dropout_fills_boxes_with_lung_and_takes_them_out_of_the_target(slice_data):
     voi = slice_data.voi
-    hu = torch.from_numpy(slice_data.hu)
-    valid = torch.from_numpy(slice_data.valid)
-    mask = torch.from_numpy(slice_data.mask)
-    h, v, m = augment.warp(
-        hu,
-        valid,
-        mask,
-        augment.affine_theta(augment.identity_params(len(hu)), voi, hu.shape[-3:]),
-        voi,
-    )
+    (hu, valid, mask), (h, v, m) = _identity_warped(slice_data)
     cfg = augment.AugmentConfig(coarse_dropout_holes=1, coarse_dropout_mm=(6.0, 6.0))
     # One hole per sample, centred on the VOI's centre, 6 mm on each side.
     draws = torch.tensor([[[0.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0]]], dtype=torch.float64)
