@@ -124,9 +124,15 @@ def test_out_of_scope_inputs_on_the_real_ct(ct, shipped, nodule):
     distance = np.linalg.norm((grid - centre) * np.asarray(image.GetSpacing())[::-1], axis=-1)
     mass = array.copy()
     mass[distance < 27.5] = 40
-    result = analyze_point(mass, geometry, nodule, shipped, map_to_ct=False)
-    codes = {w.code for w in result.warnings}
-    assert codes & {"exceeds_field_of_view", "segmentation_leak", "large_mass"}, codes
+    # Flagged, or (a uniform ball has no edge for the network to outline) refused with a
+    # message that names the field of view, never a silent answer.
+    try:
+        result = analyze_point(mass, geometry, nodule, shipped, map_to_ct=False)
+    except RefusedError as e:
+        assert e.code == "no_nodule_at_point" and "field of view" in str(e), e
+    else:
+        codes = {w.code for w in result.warnings}
+        assert codes & {"exceeds_field_of_view", "segmentation_leak", "large_mass"}, codes
 
 
 def test_predict_writes_warning_codes_and_refusal_codes(ct_0001_path, nodule, tmp_path, ct):
@@ -379,3 +385,4 @@ def test_clicks_on_lung_vessels_of_the_full_ct_are_flagged(ct, shipped):
         result = analyze_point(array, geometry, point, shipped, map_to_ct=False)
         assert result.scope_figures["lung_side"] == "inside", ijk
         assert "vessel_at_point" in {w.code for w in result.warnings}, ijk
+

@@ -59,14 +59,15 @@ WARNINGS = (
     "vessel_at_point",
 )
 
-# Fitted by docs/experiments/vessel_field.py on the lung field with a 10 mm closing
-# (docs/experiments/README.md, "Scope").
+# Fitted by docs/experiments/vessel_clicks.py on the outlines of the shipped ensemble
+# (lidc-mil-20261203-a70a8cf), lung field with a 10 mm closing and an opening of 0.7 x the
+# inscribed radius (docs/experiments/README.md, "Scope").
 VESSEL_MODEL = VesselModel(
-    mean=(1.737, 0.6791, 0.8081, 1.283, 2.381, 0.2244, 2.809),
-    scale=(0.4161, 0.1368, 0.1273, 0.3981, 0.4477, 0.7031, 5.682),
-    weights=(0.7535, -1.439, -0.1834, -0.7212, -0.3634, 0.6482, 0.6434),
-    bias=-2.078,
-    threshold=2.125,
+    mean=(1.76, 0.6738, 0.8084, 1.292, 2.402, 0.2183, 2.872),
+    scale=(0.4534, 0.1399, 0.1279, 0.3903, 0.4444, 0.6844, 5.813),
+    weights=(0.6368, -1.348, -0.4105, -0.7764, -0.3269, 0.8174, 0.505),
+    bias=-2.12,
+    threshold=2.33,
 )
 
 
@@ -409,7 +410,20 @@ def check_result(
     distance = _distance_to_centre_mm(mask, spacing_zyx)
     # (Not refused for a segmentation away from the point: a cavitating nodule has air at its
     # centre; one LIDC nodule of 28.7 mm is segmented only more than 3 mm from its centre.)
+    valid = np.asarray(valid_voi) > 0.5
+    dense = component_at_center((np.asarray(hu_voi) > scope.dense_hu) & valid)
+    fill = float(dense.sum() / max(1, valid.sum()))
     if not mask.any() or diameter_mm < scope.min_nodule_diameter_mm:
+        if fill > scope.max_dense_fill:
+            # Solid tissue without an edge in the whole field of view: a mass larger than it,
+            # or soft tissue outside the lung; either way no nodule outline to measure.
+            raise RefusedError(
+                "no_nodule_at_point",
+                f"No nodule outline was found: the point lies in solid tissue that fills "
+                f"{100 * fill:.0f} % of the model's 32 mm field of view (a mass larger than "
+                f"{scope.max_diameter_mm:g} mm, or tissue outside the lung). The model is for "
+                "lung nodules up to 30 mm.",
+            )
         raise RefusedError(
             "no_nodule_at_point",
             "No nodule was found at this point (the segmentation is empty or smaller than "
@@ -417,9 +431,6 @@ def check_result(
         )
     faces = _faces_touched(mask)
     share = _lung_share(hu_voi, mask, valid_voi, spacing_zyx, scope.lung_shell_mm, scope.lung_hu)
-    valid = np.asarray(valid_voi) > 0.5
-    dense = component_at_center((np.asarray(hu_voi) > scope.dense_hu) & valid)
-    fill = float(dense.sum() / max(1, valid.sum()))
     figures = {
         "point_distance_mm": distance,
         "fov_faces_touched": faces,
