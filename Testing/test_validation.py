@@ -19,6 +19,7 @@ from NoduleMalignancyLib.core.validation import (
     RefusedError,
     check_image,
     check_point,
+    chest_lungs,
 )
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
@@ -386,3 +387,16 @@ def test_clicks_on_lung_vessels_of_the_full_ct_are_flagged(ct, shipped):
         assert result.scope_figures["lung_side"] == "inside", ijk
         assert "vessel_at_point" in {w.code for w in result.warnings}, ijk
 
+
+def test_the_lung_mask_cache_sees_an_edited_ct(ct):
+    # The cache key samples the CT sparsely (core/lung_mask.KEY_STEP, every other coarse
+    # slice): an edit over a few centimetres of lung still gives a new key and a new mask.
+    _, array, geometry = ct
+    before = chest_lungs(array, geometry)
+    edited = array.copy()
+    k = array.shape[0] // 2
+    edited[k - 4 : k + 4, 200:280, 100:180] = 40  # a soft-tissue block in the right lung
+    after = chest_lungs(edited, geometry)
+    assert after is not before
+    assert after.mask_kji.sum() < before.mask_kji.sum()
+    assert chest_lungs(array, geometry) is before  # the original CT still hits its entry

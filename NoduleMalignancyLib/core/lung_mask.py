@@ -40,7 +40,9 @@ __all__ = [
 _CACHE: OrderedDict[tuple, LungMask | None] = OrderedDict()
 _CACHE_SIZE = 4
 FIELD_CLOSING_MM = 10.0  # the lung field's closing (lung_field); docs/experiments/vessel_field.py
-KEY_STEP = 4  # the cache key samples one voxel per KEY_STEP x KEY_STEP coarse blocks in-plane
+# The cache key samples one voxel per KEY_STEP x KEY_STEP coarse blocks in-plane, on every
+# other coarse slice (about 1 ms on a 512 x 512 x 133 CT instead of 4 with every slice).
+KEY_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def lung_mask(
     crop) or no lung of at least ``min_lung_ml``. Cached by the coarse voxels' content."""
     stride = _strides(geometry, step_mm)
     # The key samples a voxel every few blocks (cheap on every click); the mask uses them all.
-    step = (stride[0], KEY_STEP * stride[1], KEY_STEP * stride[2])
+    step = (2 * stride[0], KEY_STEP * stride[1], KEY_STEP * stride[2])
     sampled = np.asarray(image_zyx)[:: step[0], :: step[1], :: step[2]]
     key = _key(sampled, geometry, (air_hu, step_mm, min_lung_ml, airway_mm2, midline_mm))
     if key in _CACHE:

@@ -16,11 +16,12 @@ what touches it (vessels feeding it) is thinner. Seven figures say so:
   outline: its volume more than 2 mm outside the outline over the outline's volume
   (``continuation``) and how far it reaches (``continuation_mm``).
 
-A logistic model on these (:class:`VesselModel`, fitted by docs/experiments/vessel_field.py on
-LIDC nodules inserted into the lungs of the full CTs against clicks on the vessels of those
-lungs) gives the score; the warning threshold is the score's 99th percentile on the nodules. On
-a tight crop (no body outline, so no lung mask) the continuation cannot be seen and the crop
-flattens the outline's shape: the check stays silent there. docs/DESIGN.md §12.
+A logistic model on these (:class:`VesselModel`, fitted by docs/experiments/vessel_clicks.py on
+the lung field chosen by docs/experiments/vessel_field.py: LIDC nodules inserted into the lungs
+of the full CTs against clicks on the vessels of those lungs) gives the score; the warning
+threshold is the score's 99th percentile on the nodules. On a tight crop (no body outline, so no
+lung mask) the continuation cannot be seen and the crop flattens the outline's shape: the check
+stays silent there. docs/DESIGN.md §12.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ FIGURES = (
 @dataclass(frozen=True)
 class VesselModel:
     """Logistic model on the standardised figures (log of the radius, diameter and continuation);
-    constants from docs/experiments/vessel_field.py (README "Scope", vessel check)."""
+    constants from docs/experiments/vessel_clicks.py (README "Scope", vessel check)."""
 
     mean: tuple[float, ...]
     scale: tuple[float, ...]
@@ -152,14 +153,36 @@ def continuation_figures(
     region = field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     dense = (hu > dense_hu) & (region | outline)
     radius = opening_fraction * inscribed_radius_mm
-    core = ndimage.distance_transform_edt(dense, sampling=spacing) > radius
-    opened = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius
+    # An opening with a ball of ``radius``: the cores (farther than it from the background),
+    # grown back by it. Each distance map runs in the box that decides it (the same values).
+    if not dense.any():
+        return {"continuation": 0.0, "continuation_mm": 0.0}
+    core = np.zeros_like(dense)
+    box = _box(dense, np.ones(3, dtype=int))
+    core[box] = ndimage.distance_transform_edt(dense[box], sampling=spacing) > radius
+    if not core.any():
+        return {"continuation": 0.0, "continuation_mm": 0.0}
+    opened = np.zeros_like(core)
+    box = _box(core, np.ceil(radius / spacing).astype(int) + 1)
+    opened[box] = ndimage.distance_transform_edt(~core[box], sampling=spacing) <= radius
     labels, _ = ndimage.label(opened)
     touched = np.unique(labels[outline & opened])
     connected = np.isin(labels, touched[touched > 0])
-    outside = ndimage.distance_transform_edt(~outline, sampling=spacing)
-    beyond = connected & (outside > 2.0)
+    if not connected.any():
+        return {"continuation": 0.0, "continuation_mm": 0.0}
+    box = _box(connected | outline, np.zeros(3, dtype=int))
+    outside = ndimage.distance_transform_edt(~outline[box], sampling=spacing)
+    near = connected[box]
     return {
-        "continuation": float(beyond.sum() / outline.sum()),
-        "continuation_mm": float(outside[connected].max()) if connected.any() else 0.0,
+        "continuation": float((near & (outside > 2.0)).sum() / outline.sum()),
+        "continuation_mm": float(outside[near].max()),
     }
+
+
+def _box(mask: np.ndarray, pad: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``pad`` cells per axis, inside the array."""
+    box = []
+    for axis, grow in enumerate(pad):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(along[0] - grow, 0), min(along[-1] + 1 + grow, mask.shape[axis])))
+    return tuple(box)
