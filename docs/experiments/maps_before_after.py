@@ -1,11 +1,13 @@
-"""Evidence maps of the same nodules before and after the head-dropout retraining (issue:
+"""Evidence maps of the same nodules by earlier ensembles and the shipped one (issue:
 explanations that hold, part 5).
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/maps_before_after.py \
-        OLD_MODELS_DIR docs/experiments/figures/maps_before_after.png
+        docs/experiments/figures/maps_before_after.png OLD_MODELS_DIR [OLD_MODELS_DIR ...]
 
-OLD_MODELS_DIR: the earlier ensemble ``lidc-mil-20261124-00f10f9`` (collapsed gates), e.g.
-``git archive 6a421e3 models | tar -x -C /tmp/old`` then ``/tmp/old/models``. Each nodule is
+OLD_MODELS_DIR: earlier ensembles, one row each above the shipped one, e.g.
+``lidc-mil-20261124-00f10f9`` (collapsed gates): ``git archive 6a421e3 models | tar -x -C
+/tmp/v4`` then ``/tmp/v4/models``; ``lidc-mil-20261202-aed8d39`` (head dropout, no entropy
+term): ``git archive 410382c models | tar -x -C /tmp/v5``. Each nodule is
 shown by the fold model that never saw its patient, in both ensembles (out of fold, as
 ``nodule-malignancy maps`` scores them): the axial slice through the VOI centre, lung window,
 the combined evidence (red positive, blue negative, each row on its own symmetric scale) and
@@ -46,15 +48,18 @@ def pick(records, folds) -> list:
     return chosen
 
 
-def main(old_dir: str, out: str) -> None:
+def main(out: str, old_dirs: list[str]) -> None:
     torch.set_num_threads(1)
     folds = load_folds(DEFAULT_FOLDS_FILE)
-    ensembles = {
-        "before: lidc-mil-20261124-00f10f9": fold_ensembles(Ensemble.load(old_dir, device="cpu")),
-        "after (shipped): lidc-mil-20261202-aed8d39": fold_ensembles(Ensemble.load(device="cpu")),
-    }
+    ensembles = {}
+    for d in old_dirs:
+        ens = Ensemble.load(d, device="cpu")
+        ensembles[f"before: {ens.version}"] = fold_ensembles(ens)
+    shipped = Ensemble.load(device="cpu")
+    ensembles[f"shipped: {shipped.version}"] = fold_ensembles(shipped)
     chosen = pick(load_records(), folds)
-    fig, axes = plt.subplots(2, len(chosen), figsize=(2.2 * len(chosen), 5.2), dpi=110)
+    rows = len(ensembles)
+    fig, axes = plt.subplots(rows, len(chosen), figsize=(2.2 * len(chosen), 2.6 * rows), dpi=110)
     for col, (fold, rec) in enumerate(chosen):
         img = sitk.ReadImage(str(rec.image_path))
         a, g = sitk.GetArrayFromImage(img).astype(np.float32), ImageGeometry.from_sitk(img)
@@ -90,4 +95,4 @@ def main(old_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2:])
