@@ -20,6 +20,7 @@ from NoduleMalignancyLib.core.network import (
 from NoduleMalignancyLib.training.losses import (
     LossWeights,
     dice_loss,
+    gate_band,
     gate_entropy,
     multitask_loss,
     segmentation_loss,
@@ -205,6 +206,47 @@ def test_gate_entropy_range():
     torch.testing.assert_close(gate_entropy(half), torch.tensor(0.6931472))
     decisive = [torch.full((1, 1, 2, 2, 2), 1e-5)] * 3
     assert float(gate_entropy(decisive)) < 1e-3
+
+
+def test_gate_band_is_zero_inside_the_gate_health_target_and_pushes_back_outside():
+    shapes = [(1, 1, 4, 4, 4), (1, 1, 2, 2, 2), (1, 1, 2, 2, 2)]
+
+    def gates(values):
+        return [
+            torch.as_tensor(v, dtype=torch.float32).reshape(s)
+            for v, s in zip(values, shapes, strict=True)
+        ]
+
+    def spread_on(n_on, n):  # n_on cells at 1, the rest at 0: spread n_on / n
+        return [1.0] * n_on + [1e-5] * (n - n_on)
+
+    # 16 of 64 fine cells (25 %), 4 of 8 medium and coarse (50 %); shares 16 / 24 and 4 / 24.
+    healthy = gates([spread_on(16, 64), spread_on(4, 8), spread_on(4, 8)])
+    assert float(gate_band(healthy)) == 0.0
+    uniform = gates([[0.5] * 64, [0.5] * 8, [0.5] * 8])  # the haze: spread 1.0 everywhere
+    assert float(gate_band(uniform)) > 0.1
+    collapsed = gates([spread_on(1, 64), spread_on(4, 8), spread_on(4, 8)])  # fine: 1 / 64
+    assert float(gate_band(collapsed)) > 0.1
+    one_scale = gates([spread_on(16, 64), [1e-5] * 8, [1e-5] * 8])  # fine holds all the mass
+    assert float(gate_band(one_scale)) > 0.09
+    # Invalid cells do not count: fine gates at 1 on the 32 invalid cells and on one of the 32
+    # valid ones spread over 52 % of all cells but 3 % of the valid ones.
+    valid = torch.zeros(1, 1, 8, 8, 8)
+    valid[..., :4, :, :] = 1.0  # fine cells z < 2, medium and coarse z = 0
+    half = [1.0, 1.0, 1e-5, 1e-5] * 2  # 2 of the 4 cells of each layer: 50 % either way
+    masked = gates([[1.0] + [1e-5] * 31 + [1.0] * 32, half, half])
+    assert float(gate_band(masked)) == 0.0
+    assert float(gate_band(masked, valid)) > 0.05
+    # A gradient step on a collapsed scale's logits lowers the penalty (it spreads the gate).
+    logits = torch.full((1, 1, 4, 4, 4), -6.0)
+    logits[0, 0, 0, 0, 0] = 6.0
+    logits.requires_grad_(True)
+    others = gates([spread_on(16, 64), spread_on(4, 8), spread_on(4, 8)])[1:]
+    before = gate_band([torch.sigmoid(logits), *others])
+    before.backward()
+    with torch.no_grad():
+        after = gate_band([torch.sigmoid(logits - 10.0 * logits.grad), *others])
+    assert float(after) < float(before)
 
 
 def _targets(b, grid, seed=0):

@@ -12,6 +12,11 @@ so the normalised gate weights concentrate on few voxels and the evidence maps a
 of a uniform haze; the attribute losses keep the gates from closing everywhere (the pooling is a
 ratio, so a uniformly low gate changes nothing), and ``GATE_EPS`` in the network keeps the
 entropy and the normaliser finite. Set ``gate`` negative to encourage spread-out gates instead.
+
+``gate_band`` (off by default) is a hinge on the gate-health figures of core/gates.py instead:
+zero while every scale spreads over 5-80 % of its valid cells and holds at most 90 % of the
+gate mass (the issue's target, models/MAPS.md), so it pushes neither towards the 0.5 haze that
+binary-entropy maximisation gives nor towards collapse.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class LossWeights:
     attributes: float = 1.0
     scales: float = 0.1
     gate: float = 0.1
+    gate_band: float = 0.0
     segmentation: float = 1.0
     focal_gamma: float = 2.0
     # Optional per-attribute weights (length A), e.g. to emphasise malignancy.
@@ -181,6 +187,42 @@ def gate_entropy(gates: Sequence[torch.Tensor], samples: float | None = None) ->
     return torch.stack(parts).mean()
 
 
+def gate_band(
+    gates: Sequence[torch.Tensor],
+    valid: torch.Tensor | None = None,
+    spread: tuple[float, float] = (0.05, 0.8),
+    max_share: float = 0.9,
+    samples: float | None = None,
+) -> torch.Tensor:
+    """Hinge on the gate health of each sample (core/gates.py's figures, over valid cells).
+
+    Per scale: log-distance of the spread (participation ratio / valid cells) below or above
+    ``spread``, weighted by the scale's (detached) mass share so a scale that carries little
+    weight is free; plus the mass share above ``max_share``. Summed over scales, mean over
+    samples (``samples``: a global count, :class:`Normalisers`).
+    """
+    masses, penalties = [], []
+    for g in gates:
+        g = g.float()
+        if valid is None:
+            m = torch.ones_like(g)
+        else:
+            kernel = tuple(v // c for v, c in zip(valid.shape[-3:], g.shape[-3:], strict=True))
+            m = (F.max_pool3d(valid.float(), kernel) > 0.5).to(g.dtype)
+        n = m.flatten(1).sum(1).clamp_min(1.0)
+        mass = (g * m).flatten(1).sum(1)
+        square = (g * g * m).flatten(1).sum(1).clamp_min(1e-12)
+        log_spread = 2.0 * torch.log(mass.clamp_min(1e-12)) - torch.log(square) - torch.log(n)
+        low, high = torch.log(torch.tensor(spread, dtype=g.dtype, device=g.device))
+        penalties.append(F.relu(low - log_spread) + F.relu(log_spread - high))
+        masses.append(mass)
+    mass = torch.stack(masses, 1)  # (B, S)
+    share = mass / mass.sum(1, keepdim=True).clamp_min(1e-12)
+    per_sample = (torch.stack(penalties, 1) * share.detach()).sum(1)
+    per_sample = per_sample + F.relu(share - max_share).sum(1)
+    return per_sample.mean() if samples is None else per_sample.sum() / samples
+
+
 def multitask_loss(
     outputs: Mapping,
     targets: Mapping,
@@ -225,7 +267,14 @@ def multitask_loss(
         l_seg = zero
 
     total = w.attributes * l_attr + w.scales * l_scale + w.gate * l_gate + w.segmentation * l_seg
-    parts = {
+    parts = {}
+    if w.gate_band:
+        l_band = gate_band(
+            outputs["gates"], targets.get("valid"), samples=None if norm is None else norm.samples
+        )
+        total = total + w.gate_band * l_band
+        parts["gate_band"] = float(l_band.detach())
+    parts |= {
         "total": float(total.detach()),
         "attributes": float(l_attr.detach()),
         "scales": float(l_scale.detach()),
