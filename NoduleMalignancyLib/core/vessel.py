@@ -137,7 +137,7 @@ def continuation_figures(
     lo = np.maximum(cells.min(0) - margin, 0)
     hi = np.minimum(cells.max(0) + 1 + margin, field.shape)
     if np.any(hi <= lo):
-        return {"continuation": 0.0, "continuation_mm": 0.0}  # the outline lies off the CT
+        return _no_continuation()  # the outline lies off the CT
     shape = tuple(hi - lo)
     cells = cells - lo
     keep = np.all((cells >= 0) & (cells < np.asarray(shape)), axis=1)
@@ -156,12 +156,12 @@ def continuation_figures(
     # An opening with a ball of ``radius``: the cores (farther than it from the background),
     # grown back by it. Each distance map runs in the box that decides it (the same values).
     if not dense.any():
-        return {"continuation": 0.0, "continuation_mm": 0.0}
+        return _no_continuation()
     core = np.zeros_like(dense)
     box = _box(dense, np.ones(3, dtype=int))
     core[box] = ndimage.distance_transform_edt(dense[box], sampling=spacing) > radius
     if not core.any():
-        return {"continuation": 0.0, "continuation_mm": 0.0}
+        return _no_continuation()
     opened = np.zeros_like(core)
     box = _box(core, np.ceil(radius / spacing).astype(int) + 1)
     opened[box] = ndimage.distance_transform_edt(~core[box], sampling=spacing) <= radius
@@ -169,7 +169,7 @@ def continuation_figures(
     touched = np.unique(labels[outline & opened])
     connected = np.isin(labels, touched[touched > 0])
     if not connected.any():
-        return {"continuation": 0.0, "continuation_mm": 0.0}
+        return _no_continuation()
     box = _box(connected | outline, np.zeros(3, dtype=int))
     outside = ndimage.distance_transform_edt(~outline[box], sampling=spacing)
     near = connected[box]
@@ -177,6 +177,10 @@ def continuation_figures(
         "continuation": float((near & (outside > 2.0)).sum() / outline.sum()),
         "continuation_mm": float(outside[near].max()),
     }
+
+
+def _no_continuation() -> dict:
+    return {"continuation": 0.0, "continuation_mm": 0.0}
 
 
 def _box(mask: np.ndarray, pad: np.ndarray) -> tuple[slice, ...]:

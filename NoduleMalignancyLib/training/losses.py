@@ -21,6 +21,7 @@ binary-entropy maximisation gives nor towards collapse.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -201,6 +202,7 @@ def gate_band(
     weight is free; plus the mass share above ``max_share``. Summed over scales, mean over
     samples (``samples``: a global count, :class:`Normalisers`).
     """
+    low, high = (math.log(b) for b in spread)
     masses, penalties = [], []
     for g in gates:
         g = g.float()
@@ -213,7 +215,6 @@ def gate_band(
         mass = (g * m).flatten(1).sum(1)
         square = (g * g * m).flatten(1).sum(1).clamp_min(1e-12)
         log_spread = 2.0 * torch.log(mass.clamp_min(1e-12)) - torch.log(square) - torch.log(n)
-        low, high = torch.log(torch.tensor(spread, dtype=g.dtype, device=g.device))
         penalties.append(F.relu(low - log_spread) + F.relu(log_spread - high))
         masses.append(mass)
     mass = torch.stack(masses, 1)  # (B, S)
