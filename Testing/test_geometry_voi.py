@@ -9,7 +9,12 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib.core.config import VoiConfig
-from NoduleMalignancyLib.core.geometry import ImageGeometry, lps_to_ras, ras_to_lps
+from NoduleMalignancyLib.core.geometry import (
+    ImageGeometry,
+    bounding_box,
+    lps_to_ras,
+    ras_to_lps,
+)
 from NoduleMalignancyLib.core.voi import (
     PointOutsideVolumeError,
     context_box_for_nodule,
@@ -65,6 +70,16 @@ def test_lps_ras_round_trip():
     p = np.array([12.5, -40.0, -110.0])
     assert np.allclose(lps_to_ras(p), [-12.5, 40.0, -110.0])
     assert np.allclose(ras_to_lps(lps_to_ras(p)), p)
+
+
+def test_bounding_box_grows_clips_and_strides():
+    mask = np.zeros((10, 12, 14), dtype=bool)
+    mask[2:4, 5, 10:13] = True
+    assert bounding_box(mask) == (slice(2, 4, 1), slice(5, 6, 1), slice(10, 13, 1))
+    # grown per axis and clipped at the array's far edge (14) and near edge (0)
+    assert bounding_box(mask, [3, 1, 2]) == (slice(0, 7, 1), slice(4, 7, 1), slice(8, 14, 1))
+    strided = mask[bounding_box(mask, 1, step=2)]
+    assert strided.shape == (2, 2, 3)
 
 
 def test_index_to_lps_matches_simpleitk_on_flipped_lidc_voi(data_dir, voi_rows):

@@ -26,6 +26,19 @@ def ras_to_lps(point_ras) -> np.ndarray:
     return np.asarray(point_ras, dtype=float) * np.array([-1.0, -1.0, 1.0])
 
 
+def bounding_box(mask: np.ndarray, pad=0, step: int = 1) -> tuple[slice, ...]:
+    """The array slices of the bounding box of ``mask`` (non-empty), grown by ``pad`` cells per
+    axis (a number or one per axis) and clipped to the array; ``step`` strides it."""
+    mask = np.asarray(mask, dtype=bool)
+    pad = np.broadcast_to(np.asarray(pad, dtype=int), (mask.ndim,))
+    box = []
+    for axis, grow in enumerate(pad):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo, hi = max(int(along[0]) - grow, 0), min(int(along[-1]) + 1 + grow, mask.shape[axis])
+        box.append(slice(lo, hi, step))
+    return tuple(box)
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """Where a (z, y, x) voxel array lies in world LPS."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import ImageGeometry
+from .geometry import ImageGeometry, bounding_box
 from .lung_mask import LungMask
 
 __all__ = ["FIGURES", "VesselModel", "continuation_figures", "shape_figures", "vessel_score"]
@@ -86,10 +86,9 @@ def shape_figures(mask_voi: np.ndarray, spacing_zyx) -> dict:
     spacing = np.asarray(spacing_zyx, dtype=float)
     mask = np.asarray(mask_voi, dtype=bool)
     points = np.argwhere(mask)
-    lo, hi = points.min(0), points.max(0) + 1
     # Every other voxel of a large outline is enough for its inscribed radius (and 8x faster).
     step = 2 if len(points) > 8000 else 1
-    box = np.pad(mask[lo[0] : hi[0] : step, lo[1] : hi[1] : step, lo[2] : hi[2] : step], 1)
+    box = np.pad(mask[bounding_box(mask, step=step)], 1)
     radius = float(ndimage.distance_transform_edt(box, sampling=spacing * step).max())
     points = points * spacing
     points -= points.mean(0)
@@ -158,19 +157,19 @@ def continuation_figures(
     if not dense.any():
         return _no_continuation()
     core = np.zeros_like(dense)
-    box = _box(dense, np.ones(3, dtype=int))
+    box = bounding_box(dense, 1)
     core[box] = ndimage.distance_transform_edt(dense[box], sampling=spacing) > radius
     if not core.any():
         return _no_continuation()
     opened = np.zeros_like(core)
-    box = _box(core, np.ceil(radius / spacing).astype(int) + 1)
+    box = bounding_box(core, np.ceil(radius / spacing).astype(int) + 1)
     opened[box] = ndimage.distance_transform_edt(~core[box], sampling=spacing) <= radius
     labels, _ = ndimage.label(opened)
     touched = np.unique(labels[outline & opened])
     connected = np.isin(labels, touched[touched > 0])
     if not connected.any():
         return _no_continuation()
-    box = _box(connected | outline, np.zeros(3, dtype=int))
+    box = bounding_box(connected | outline)
     outside = ndimage.distance_transform_edt(~outline[box], sampling=spacing)
     near = connected[box]
     return {
