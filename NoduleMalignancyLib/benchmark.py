@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .core.analysis import analyze_point, fold_runs
+from .core.analysis import analyze_point
 from .core.ensemble import Ensemble
 from .core.geometry import ImageGeometry
 from .files.samples import nodule_points_lps, sample_path
@@ -46,7 +46,6 @@ def run_benchmark(args) -> dict:
         "warm_click_median_s": median["total"],
         "warm_split_median_s": median,
         "context_passes": passes,
-        "fold_runs": fold_runs(passes, len(ensemble.models)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if ensemble.device.type == "cuda":

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.core.analysis import analyze_point, fold_runs, sample_and_run
+from NoduleMalignancyLib.core.analysis import analyze_point
 from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.settings import shipped_models_dir
@@ -70,33 +70,3 @@ def test_the_z_context_follows_the_axial_diameter_not_the_segmentation_z_extent(
     assert first_k + (big.size[2] - 1) / 2.0 == pytest.approx(30.0, abs=0.5)  # centred
     mass = context_box_for_nodule(ct, centre, tall, axial_diameter_mm=40.0, fov_z_mm=31.0)
     assert mass.size[2] == 11  # (11 - 1) x 2.5 mm = 25 mm, a slice inside 31 mm at each end
-
-
-def test_scout_passes_run_one_fold_and_every_fold_sees_the_settled_crop(
-    data_dir, shipped, monkeypatch
-):
-    """The crop-deciding passes run the first fold alone; the other folds run once, on the crop
-    it settles on, and the outputs are those of all folds on that crop."""
-    image = sitk.ReadImage(str(sample_path("LIDC-IDRI-0001", data_dir)))
-    array, geometry = sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
-    folds_per_call: list[int] = []
-    run_all = shipped.run
-
-    def counting(channels, folds=None):
-        folds_per_call.append(len(shipped.models) if folds is None else len(folds))
-        return run_all(channels, folds)
-
-    monkeypatch.setattr(shipped, "run", counting)
-    passes_seen = []
-    for _, point in nodule_points_lps("LIDC-IDRI-0001", data_dir):
-        folds_per_call.clear()
-        sample, out, passes = sample_and_run(array, geometry, point, shipped)
-        assert folds_per_call == [1] * passes + [len(shipped.models) - 1]
-        assert sum(folds_per_call) == fold_runs(passes, len(shipped.models))
-        every = run_all(sample.channels[None])
-        np.testing.assert_allclose(out.bag_logits, every.bag_logits, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(out.seg_probability, every.seg_probability, atol=1e-5)
-        for joined, direct in zip(out.contributions, every.contributions, strict=True):
-            np.testing.assert_allclose(joined, direct, rtol=1e-4, atol=1e-5)
-        passes_seen.append(passes)
-    assert max(passes_seen) > 1, passes_seen  # the saving needs a nodule that takes passes

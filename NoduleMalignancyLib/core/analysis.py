@@ -44,16 +44,6 @@ MALIGNANCY = ATTRIBUTES.index("malignancy")
 MEASURED_FIELDS = (*MEASUREMENTS, "short_axis_mm", "mean_diameter_mm")
 SEGMENTATION_THRESHOLD = 0.5
 MAX_CONTEXT_PASSES = 3
-# Passes that only decide the crop run this many folds (the first in manifest order); the other
-# folds join on the crop they settle on. Up to 15 -> 7 fold runs for a three-pass nodule
-# (docs/benchmarks.md, eleventh session); 0 runs every fold in every pass.
-SCOUT_FOLDS = 1
-
-
-def fold_runs(passes: int, folds: int) -> int:
-    """Fold models run for a click of ``passes`` context passes (scouting: :data:`SCOUT_FOLDS`)."""
-    scout = SCOUT_FOLDS if 0 < SCOUT_FOLDS < folds else folds
-    return passes * scout + folds - scout
 
 
 @dataclass
@@ -201,26 +191,19 @@ def sample_and_run(
     point; its segmentation (inside the crop) gives the nodule's in-plane extent and longest
     axial diameter, from which the crop is rebuilt as in the training data (in z: from the
     diameter, since the segmentation's z extent only follows the crop) and the nodule analysed
-    again, until the crop stops changing (at most ``MAX_CONTEXT_PASSES`` passes). The passes
-    that decide the crop run the first ``SCOUT_FOLDS`` fold(s) only, whose segmentation then
-    decides; the other folds run once, on the settled crop.
+    again, until the crop stops changing (at most ``MAX_CONTEXT_PASSES`` passes).
     """
     cfg = ensemble.manifest.voi
     timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
-    k = len(ensemble.models)
-    scout = SCOUT_FOLDS if 0 < SCOUT_FOLDS < k and context is None else k
 
-    def network(sample: VoiSample, folds: range) -> FoldOutputs:
-        t = time.perf_counter()
-        out = ensemble.run(sample.channels[None], folds)
-        timings["network"] += time.perf_counter() - t
-        return out
-
-    def run(ctx: ImageGeometry) -> tuple[VoiSample, FoldOutputs]:
+    def run(ctx: ImageGeometry) -> tuple[VoiSample, object]:
         t = time.perf_counter()
         sample = sample_voi(image_zyx, geometry, point_lps, cfg, context=ctx)
         timings["voi_sampling"] += time.perf_counter() - t
-        return sample, network(sample, range(scout))
+        t = time.perf_counter()
+        out = ensemble.run(sample.channels[None])
+        timings["network"] += time.perf_counter() - t
+        return sample, out
 
     passes = 1
     fov_z_mm = (cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0]
@@ -241,8 +224,6 @@ def sample_and_run(
             box = grown
             sample, out = run(box)
             passes += 1
-        if scout < k:
-            out = FoldOutputs.joined([out, network(sample, range(scout, k))])
     else:
         sample, out = run(context)
     return sample, out, passes

@@ -174,17 +174,6 @@ class FoldOutputs:
     contributions: list[np.ndarray]  # per scale (K, N, A, d, h, w)
     gates: list[np.ndarray]  # per scale (K, N, d, h, w)
 
-    @classmethod
-    def joined(cls, parts: list[FoldOutputs]) -> FoldOutputs:
-        """The folds of ``parts`` one after the other (for folds run in separate calls)."""
-        cat = np.concatenate
-        return cls(
-            bag_logits=cat([p.bag_logits for p in parts]),
-            seg_probability=cat([p.seg_probability for p in parts]),
-            contributions=[cat(c) for c in zip(*(p.contributions for p in parts), strict=True)],
-            gates=[cat(g) for g in zip(*(p.gates for p in parts), strict=True)],
-        )
-
 
 class Ensemble:
     """K fold models kept loaded between calls; folds are evaluated on one batch of VOIs."""
@@ -246,23 +235,17 @@ class Ensemble:
         self.device = device
         for m in self.models:
             m.eval().to(device)
-        self._stacks = {}
-
-    def _stack(self, folds: range):
-        """The stacked weights of ``folds`` for the vmapped call (built once per range)."""
-        if folds not in self._stacks:
-            self._stacks[folds] = stack_folds([self.models[k] for k in folds])
-        return self._stacks[folds]
+        self._stack = stack_folds(self.models) if len(self.models) > 1 else None
 
     @torch.inference_mode()
-    def _run(self, x: torch.Tensor, folds: range) -> FoldOutputs:
+    def _run(self, x: torch.Tensor) -> FoldOutputs:
         x = x.to(self.device)
         use_amp = self.device.type == "cuda"
         with torch.autocast(self.device.type, enabled=use_amp, dtype=torch.float16):
-            if len(folds) > 1 and x.shape[0] <= self.VMAP_MAX_BATCH:
-                out = forward_folds_vmap(self._stack(folds), x)
+            if self._stack is not None and x.shape[0] <= self.VMAP_MAX_BATCH:
+                out = forward_folds_vmap(self._stack, x)
             else:
-                out = forward_folds_loop([self.models[k] for k in folds], x)
+                out = forward_folds_loop(self.models, x)
 
         def numpy(t: torch.Tensor) -> np.ndarray:
             return t.float().cpu().numpy()
@@ -274,13 +257,11 @@ class Ensemble:
             gates=[numpy(g[:, :, 0]) for g in out["gates"]],
         )
 
-    def run(self, channels: np.ndarray, folds: range | None = None) -> FoldOutputs:
-        """Run the folds (all, or the ``folds`` range of them, in manifest order) on VOI channels
-        (N, C, D, H, W); CUDA out-of-memory falls back to CPU."""
+    def run(self, channels: np.ndarray) -> FoldOutputs:
+        """Run all folds on VOI channels (N, C, D, H, W); CUDA out-of-memory falls back to CPU."""
         x = torch.as_tensor(np.ascontiguousarray(channels), dtype=torch.float32)
-        folds = range(len(self.models)) if folds is None else folds
         try:
-            return self._run(x, folds)
+            return self._run(x)
         except torch.cuda.OutOfMemoryError:
             warnings.warn(
                 "GPU out of memory while analysing; falling back to CPU for this ensemble "
@@ -291,4 +272,4 @@ class Ensemble:
             torch.cuda.empty_cache()
             self._place(torch.device("cpu"))
             self.fell_back_to_cpu = True
-            return self._run(x, folds)
+            return self._run(x)
