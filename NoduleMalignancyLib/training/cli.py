@@ -120,6 +120,9 @@ def cmd_train(args) -> int:
             limit=args.limit,
             dist=dist,
         )
+        # Rank 0 writes the results after the others are done: leaving the group while a peer
+        # still holds its connection aborted a gloo process now and then (SIGABRT at exit).
+        dist.barrier()
     finally:
         shutdown(dist)
     return 0
