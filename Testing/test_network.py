@@ -15,7 +15,9 @@ from NoduleMalignancyLib.core.network import (
     forward_folds,
     forward_folds_loop,
     forward_folds_vmap,
+    max_pool2x,
     stack_folds,
+    upsample2x_trilinear,
 )
 from NoduleMalignancyLib.training.losses import (
     LossWeights,
@@ -158,6 +160,42 @@ def test_fold_batching_vmap_equals_loop():
     assert not torch.allclose(loop["bag_logits"][0], loop["bag_logits"][1])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6, 6), (1, 1, 1, 2, 5), (2, 4, 8, 12, 12)])
+def test_inference_fast_paths_equal_aten(shape):
+    """The separable upsampling and the strided pooling (network.py, inference only) give
+    ATen's trilinear interpolation to float rounding and its max pooling exactly, also per
+    fold under vmap."""
+    x = torch.randn(shape, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(upsample2x_trilinear(x), up, rtol=0, atol=1e-12)
+    folds = torch.randn((3, *shape))
+    batched = torch.vmap(upsample2x_trilinear)(folds)
+    torch.testing.assert_close(batched, torch.stack([upsample2x_trilinear(f) for f in folds]))
+    if not any(n % 2 for n in shape[-3:]):
+        assert torch.equal(max_pool2x(x), torch.nn.functional.max_pool3d(x, 2, 2))
+        assert torch.equal(
+            torch.vmap(max_pool2x)(folds),
+            torch.nn.functional.max_pool3d(folds.flatten(0, 1), 2, 2).view(
+                3, *shape[:2], *[n // 2 for n in shape[2:]]
+            ),
+        )
+
+
+def test_the_network_infers_as_it_trains():
+    """Without autograd the network takes the fast paths; with it, ATen's ops (training is
+    unchanged). Both give the same outputs to float rounding."""
+    model = _model(NetworkConfig())
+    x = torch.randn(1, 3, 32, 48, 48, requires_grad=True)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)
+    for key in ("bag_logits", "scale_logits", "seg_logits"):
+        torch.testing.assert_close(fast[key], slow[key].detach(), rtol=1e-4, atol=1e-5)
+    for key in ("gates", "contributions"):
+        for f, s in zip(fast[key], slow[key], strict=True):
+            torch.testing.assert_close(f, s.detach(), rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- losses
 
 
@@ -246,7 +284,7 @@ def test_gate_band_is_zero_inside_the_gate_health_target_and_pushes_back_outside
     before.backward()
     with torch.no_grad():
         after = gate_band([torch.sigmoid(logits - 10.0 * logits.grad), *others])
-    assert float(after) < float(before)
+    assert float(after) < float(before.detach())
 
 
 def _targets(b, grid, seed=0):
