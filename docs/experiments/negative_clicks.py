@@ -145,12 +145,13 @@ def main(path: str) -> None:
                 row["diameter_mm"] = round(r.diameter_mm, 1)
                 row["lung_side"] = r.scope_figures.get("lung_side", "")
                 row["vessel_score"] = round(r.scope_figures.get("vessel_score", float("nan")), 2)
+                row["point_distance_mm"] = round(r.scope_figures["point_distance_mm"], 2)
             except RefusedError as e:
                 row["outcome"] = f"REFUSED {e.code}"
             rows.append(row)
             print(" | ".join(str(v) for v in row.values()), flush=True)
     keys = ["ct", "set", "clicked_on", "ijk", "hu", "outcome", "malignancy", "diameter_mm"]
-    keys += ["lung_side", "vessel_score"]
+    keys += ["lung_side", "vessel_score", "point_distance_mm"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
