@@ -110,10 +110,15 @@ def cmd_predict(args) -> int:
     from .core.atomic import write_csv
 
     with open(args.manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"id", "image", "x", "y", "z"} - set(rows[0] if rows else {})
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = set(reader.fieldnames or ())
+    missing = {"id", "image", "x", "y", "z"} - columns
     if missing:
         print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: manifest {args.manifest} has no rows to score", file=sys.stderr)
         return 2
     if args.masks_dir:
         try:

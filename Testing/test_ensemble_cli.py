@@ -127,7 +127,7 @@ def test_cli_analyze_point_outside_is_an_error(tiny_dir, ct_0001_path, tmp_path,
     assert "outside the volume" in capsys.readouterr().err
 
 
-def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point, tmp_path):
+def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point, tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     x, y, z = nodule_point
     manifest.write_text(
@@ -135,6 +135,9 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
         f"good,{ct_0001_path},{x},{y},{z}\n"
         f"outside,{ct_0001_path},0,0,5000\n"
         f"missing,{tmp_path / 'nope.nrrd'},{x},{y},{z}\n"
+        f"typo,{ct_0001_path},{x}mm,{y},{z}\n"
+        f"blank,{ct_0001_path},,{y},{z}\n"
+        f"nan,{ct_0001_path},nan,{y},{z}\n"
     )
     pred = tmp_path / "p.csv"
     masks = tmp_path / "masks"
@@ -153,11 +156,14 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
     )
     assert code == 0
     rows = list(csv.DictReader(open(pred)))
-    assert [r["id"] for r in rows] == ["good", "outside", "missing"]
+    assert [r["id"] for r in rows] == ["good", "outside", "missing", "typo", "blank", "nan"]
     assert list(rows[0]) == list(cli.PREDICT_COLUMNS)
     assert rows[0]["error"] == "" and 0 < float(rows[0]["malignancy_probability"]) < 1
     assert "outside the volume" in rows[1]["error"]
     assert rows[2]["error"] and rows[2]["malignancy_probability"] == ""
+    assert rows[3]["error"] == f"x, y, z must be numbers (world LPS mm): got '{x}mm', '{y}', '{z}'"
+    assert rows[4]["error"].startswith("x, y, z must be numbers")
+    assert "not a position in mm" in rows[5]["error"]
     mask = sitk.ReadImage(str(masks / "good.nii.gz"))
     assert mask.GetSize() == sitk.ReadImage(str(ct_0001_path)).GetSize()
     # Nothing scorable -> non-zero exit.
@@ -168,6 +174,13 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
         )
         == 1
     )
+    # A manifest without rows, or without some columns, says which, before any work.
+    manifest.write_text("id,image,x,y,z\n")
+    assert cli.main(["predict", "--manifest", str(manifest), "--out", str(pred)]) == 2
+    assert "has no rows" in capsys.readouterr().err
+    manifest.write_text(f"id,image,x\nbad,{ct_0001_path},0\n")
+    assert cli.main(["predict", "--manifest", str(manifest), "--out", str(pred)]) == 2
+    assert "lacks columns ['y', 'z']" in capsys.readouterr().err
 
 
 def _ensembles_to_check(tiny_dir):

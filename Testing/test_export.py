@@ -103,7 +103,7 @@ def test_rerun_skips_finished_work(lidc_export, data_dir):
     assert summary.done == 1 and summary.skipped == 4 and image.is_file()
 
 
-def test_points_table_logs_bad_cases_and_goes_on(ct_0001_path, tmp_path):
+def test_points_table_logs_bad_cases_and_goes_on(ct_0001_path, tmp_path, capsys):
     manifest = tmp_path / "points.csv"
     manifest.write_text(
         "id,image,x,y,z,label\n"
@@ -125,6 +125,16 @@ def test_points_table_logs_bad_cases_and_goes_on(ct_0001_path, tmp_path):
     assert "no such file" in failures["no_such_ct.nrrd"]["reason"]
     info = json.loads((out / "dataset.json").read_text())
     assert info["last_run"] == {"done": 1, "skipped": 0, "failed": 3}
+    # A table that cannot be read as points stops before any work, naming the row.
+    manifest.write_text(f"id,image,x,y,z\ntypo,{ct_0001_path},56.17mm,86.2,-115.86\n")
+    assert (
+        main(["export", "--quiet", "--out", str(tmp_path / "other"), "--points", str(manifest)])
+        == 2
+    )
+    assert not (tmp_path / "other").exists()
+    assert (
+        "id typo: x, y, z must be numbers (world LPS mm): got '56.17mm'" in capsys.readouterr().err
+    )
 
 
 def test_luna25_table_layout(ct_0001_path, tmp_path):

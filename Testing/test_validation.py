@@ -136,6 +136,24 @@ def test_out_of_scope_inputs_on_the_real_ct(ct, shipped, nodule):
         assert codes & {"exceeds_field_of_view", "segmentation_leak", "large_mass"}, codes
 
 
+def test_values_that_are_not_numbers_near_the_point_are_refused(ct, shipped, nodule):
+    """A float CT with NaN or infinite voxels in the field of view would give a NaN answer (or
+    a cast error): refused as not a CT, with the count. Far from the point they do not matter;
+    a point that is not a number is a plain error."""
+    _, array, geometry = ct
+    damaged = array.astype(np.float32)
+    k, j, i = np.rint(np.asarray(geometry.lps_to_index(nodule))[::-1]).astype(int)
+    damaged[k, j, i + 8] = np.nan
+    damaged[k, j + 8, i] = np.inf
+    error = _refused("not_ct", analyze_point, damaged, geometry, nodule, shipped)
+    assert "2 values that are not numbers" in str(error)
+    far = array.astype(np.float32)
+    far[0, 0, 0] = np.nan
+    check_point(far, geometry, nodule)  # no error: outside the field of view
+    with pytest.raises(ValueError, match="not a position"):
+        check_point(array, geometry, np.array([np.nan, 0.0, 0.0]))
+
+
 def test_predict_writes_warning_codes_and_refusal_codes(ct_0001_path, nodule, tmp_path, ct):
     _, array, geometry = ct
     air = geometry.index_to_lps(np.array([3.0, 3.0, array.shape[0] // 2]))

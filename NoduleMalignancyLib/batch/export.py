@@ -40,6 +40,7 @@ from ..files.patches import (
     export_patches,
 )
 from .cluster import add_cluster_arguments, dask_client, map_in_order
+from .predict import manifest_point
 
 LUNA25_COLUMNS = {"SeriesInstanceUID", "CoordX", "CoordY", "CoordZ"}
 MANIFEST_COLUMNS = {"id", "image", "x", "y", "z"}
@@ -133,7 +134,9 @@ def _luna25_cts(rows: list[dict], images: Path, table: Path) -> list[CtToExport]
             NoduleToExport(
                 patient_id=row.get("PatientID") or uid,
                 nodule_id=row.get("AnnotationID") or f"{row.get('LesionID', i)}",
-                center_lps=np.array([float(row[c]) for c in ("CoordX", "CoordY", "CoordZ")]),
+                center_lps=manifest_point(
+                    row, ("CoordX", "CoordY", "CoordZ"), f"{table.name}, series {uid}"
+                ),
                 label=_label(row.get("label")),
                 annotation_ids=[row.get("AnnotationID", "")] if row.get("AnnotationID") else [],
             )
@@ -154,7 +157,7 @@ def _manifest_cts(rows: list[dict], table: Path) -> list[CtToExport]:
             NoduleToExport(
                 patient_id=row.get("patient_id") or _stem(path),
                 nodule_id=row["id"],
-                center_lps=np.array([float(row[c]) for c in ("x", "y", "z")]),
+                center_lps=manifest_point(row, label=f"{table.name}, id {row['id']}"),
                 label=_label(row.get("label")),
             )
             for row in image_rows

@@ -165,7 +165,7 @@ def _predict_row(
         if load_error:
             raise ValueError(load_error)
         mask_path = Path(masks_dir) / mask_file_name(row["id"]) if masks_dir else None
-        point = np.array([float(row["x"]), float(row["y"]), float(row["z"])])
+        point = manifest_point(row)
         map_to_ct = bool(masks_dir or datasets)
         r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
         rec.update(result_columns(r))
@@ -178,6 +178,18 @@ def _predict_row(
     except Exception as exc:
         rec["error"] = str(exc).replace("\n", " ")
     return rec
+
+
+def manifest_point(row: dict, columns=("x", "y", "z"), label: str = "") -> np.ndarray:
+    """The world LPS point of a table row, or an error that names the row's values."""
+    try:
+        return np.array([float(row[c]) for c in columns])
+    except (TypeError, ValueError):
+        got = ", ".join(repr(row[c]) for c in columns)
+        where = f"{label}: " if label else ""
+        raise ValueError(
+            f"{where}{', '.join(columns)} must be numbers (world LPS mm): got {got}"
+        ) from None
 
 
 def mask_file_name(row_id: str) -> str:

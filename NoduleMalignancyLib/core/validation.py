@@ -96,6 +96,7 @@ class ScopeConfig:
     nodule_hu: float = -700.0
     nodule_radius_mm: float = 1.5
     min_nodule_diameter_mm: float = 2.0  # smaller segmentations are no nodule (LIDC: >= 3 mm)
+    finite_radius_mm: float = 17.0  # the 32 mm field of view around the point, and a voxel
     max_slice_mm: float = 2.5  # LIDC slices
     max_diameter_mm: float = 30.0  # a lesion above is a mass, outside the intended use
     leak_faces: int = 3  # segmentation touching this many faces of the field of view
@@ -147,7 +148,8 @@ _DEFAULT = ScopeConfig()
 # by the batch review report); the messages raised below also carry the case's own figures.
 DESCRIPTIONS: dict[str, str] = {
     "not_3d": "Not a 3D image: the model needs a CT volume, not a single slice.",
-    "not_ct": "Not a CT in Hounsfield units (8-bit, another modality, or no air or lung).",
+    "not_ct": "Not a CT in Hounsfield units (8-bit, another modality, no air or lung, or "
+    "values that are not numbers near the point).",
     "no_tissue": "No tissue at the point: air, or outside the scanner's field of view.",
     "no_nodule_at_point": "No nodule at the point: normal lung, or an empty or tiny segmentation.",
     "thick_slices": f"Slices thicker than {_DEFAULT.max_slice_mm:g} mm (the training data's): "
@@ -234,15 +236,21 @@ def check_image(
     return findings
 
 
-def _densest_near(image_zyx, geometry: ImageGeometry, point_lps, radius_mm: float) -> float:
-    """The highest value within ``radius_mm`` (a box) of the point; NaN outside the image."""
+def _box_near(image_zyx, geometry: ImageGeometry, point_lps, radius_mm: float) -> np.ndarray:
+    """The voxels within ``radius_mm`` (a box) of the point; empty outside the image."""
     centre = np.asarray(geometry.lps_to_index(point_lps), dtype=float)  # (i, j, k)
     radius = np.ceil(radius_mm / np.asarray(geometry.spacing, dtype=float))
     lo = np.maximum(np.floor(centre - radius).astype(int), 0)
     hi = np.minimum(np.ceil(centre + radius).astype(int) + 1, np.asarray(geometry.size))
     if np.any(hi <= lo):
-        return float("nan")
-    return float(np.asarray(image_zyx)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]].max())
+        return np.empty((0, 0, 0), dtype=np.asarray(image_zyx).dtype)
+    return np.asarray(image_zyx)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+
+
+def _densest_near(image_zyx, geometry: ImageGeometry, point_lps, radius_mm: float) -> float:
+    """The highest value within ``radius_mm`` (a box) of the point; NaN outside the image."""
+    box = _box_near(image_zyx, geometry, point_lps, radius_mm)
+    return float(box.max()) if box.size else float("nan")
 
 
 def check_point(
@@ -251,8 +259,23 @@ def check_point(
     point_lps,
     scope: ScopeConfig = ScopeConfig(),
 ) -> None:
-    """Refuse a point with no tissue around it (air, padding) or no nodule tissue at it (lung)."""
-    densest = _densest_near(image_zyx, geometry, point_lps, scope.tissue_radius_mm)
+    """Refuse a point with no tissue around it (air, padding) or no nodule tissue at it (lung),
+    or with values that are not numbers in the field of view around it (a damaged float image:
+    the network would answer NaN)."""
+    point = np.asarray(point_lps, dtype=float)
+    if point.shape != (3,) or not np.isfinite(point).all():
+        raise ValueError(f"The point {point.tolist()} is not a position in mm (x, y, z).")
+    if np.issubdtype(np.asarray(image_zyx).dtype, np.floating):
+        box = _box_near(image_zyx, geometry, point, scope.finite_radius_mm)
+        bad = int(box.size - np.count_nonzero(np.isfinite(box)))
+        if bad:
+            raise RefusedError(
+                "not_ct",
+                f"The image holds {bad} values that are not numbers (NaN or infinite) within "
+                f"{scope.finite_radius_mm:g} mm of the point: it is damaged, not a CT in "
+                "Hounsfield units. Load the CT from its source (DICOM, NRRD, NIfTI, MHA).",
+            )
+    densest = _densest_near(image_zyx, geometry, point, scope.tissue_radius_mm)
     if not np.isfinite(densest):
         return  # outside the image: the VOI sampler says so in its own words
     if densest < scope.tissue_hu:
@@ -262,7 +285,7 @@ def check_point(
             f"{scope.tissue_radius_mm:g} mm: air, or outside the scanner's field of view). "
             "Place the point on the nodule.",
         )
-    at_point = _densest_near(image_zyx, geometry, point_lps, scope.nodule_radius_mm)
+    at_point = _densest_near(image_zyx, geometry, point, scope.nodule_radius_mm)
     if at_point < scope.nodule_hu:
         raise RefusedError(
             "no_nodule_at_point",
