@@ -50,7 +50,28 @@ def test_images_that_cannot_be_answered_are_refused():
     # A tight crop of a ground-glass nodule has no voxel above 0 HU and is still a CT.
     ground_glass = np.full((3, 43, 43), -950, np.int16)
     ground_glass[1, 15:28, 15:28] = -450
-    assert check_image(ground_glass, GEOMETRY) == []
+    crop = ImageGeometry(GEOMETRY.origin, GEOMETRY.spacing, GEOMETRY.direction, (43, 43, 3))
+    assert check_image(ground_glass, crop) == []
+
+
+def test_a_damaged_header_is_refused_and_a_foreign_geometry_is_an_error():
+    ct = np.full((20, 64, 64), -1000, np.int16)
+    ct[:, 20:40, 20:40] = 40
+    for spacing in ((0.7, 0.0, 1.0), (0.7, 0.7, -1.0), (0.7, float("nan"), 1.0)):
+        bad = ImageGeometry(GEOMETRY.origin, spacing, GEOMETRY.direction, GEOMETRY.size)
+        assert "header is damaged" in str(_refused("not_ct", check_image, ct, bad))
+    flat = ImageGeometry(
+        GEOMETRY.origin, GEOMETRY.spacing, (1, 0, 0, 1, 0, 0, 0, 0, 1), GEOMETRY.size
+    )
+    _refused("not_ct", check_image, ct, flat)  # two axes along the same direction
+    with pytest.raises(ValueError, match="do not belong to the same image"):
+        check_image(ct[:5], GEOMETRY)
+    # Any proper grid passes: an oblique direction and a negative axis (a flipped series).
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = ImageGeometry(
+        GEOMETRY.origin, GEOMETRY.spacing, (c, -s, 0, s, c, 0, 0, 0, -1), GEOMETRY.size
+    )
+    assert check_image(ct, oblique) == []
 
 
 def test_thick_slices_are_flagged_and_air_is_refused():

@@ -149,8 +149,8 @@ _DEFAULT = ScopeConfig()
 # by the batch review report); the messages raised below also carry the case's own figures.
 DESCRIPTIONS: dict[str, str] = {
     "not_3d": "Not a 3D image: the model needs a CT volume, not a single slice.",
-    "not_ct": "Not a CT in Hounsfield units (8-bit, another modality, no air or lung, or "
-    "values that are not numbers near the point).",
+    "not_ct": "Not a CT in Hounsfield units (8-bit, another modality, no air or lung, "
+    "values that are not numbers near the point, or a damaged header).",
     "no_tissue": "No tissue at the point: air, or outside the scanner's field of view.",
     "no_nodule_at_point": "No nodule at the point: normal lung, or an empty or tiny segmentation.",
     "thick_slices": f"Slices thicker than {_DEFAULT.max_slice_mm:g} mm (the training data's): "
@@ -184,6 +184,30 @@ class RefusedError(ValueError):
         self.message = message
 
 
+def _check_geometry(image: np.ndarray, geometry: ImageGeometry) -> None:
+    """An array and a geometry that do not belong together are a caller's error; a spacing or
+    direction that is not a real voxel grid is a damaged header (every position would be wrong)."""
+    if tuple(image.shape) != tuple(geometry.shape_zyx):
+        raise ValueError(
+            f"The image array has shape {tuple(image.shape)} (z, y, x) but its geometry describes "
+            f"{tuple(geometry.shape_zyx)}: they do not belong to the same image."
+        )
+    spacing = np.asarray(geometry.spacing, dtype=float)
+    matrix = geometry.index_to_lps_matrix if np.isfinite(spacing).all() else np.zeros((3, 3))
+    if (
+        not (np.isfinite(spacing).all() and (spacing > 0).all())
+        or not np.isfinite(matrix).all()
+        or abs(np.linalg.det(matrix)) < 1e-9
+    ):
+        raise RefusedError(
+            "not_ct",
+            f"The image header is damaged: voxel spacing {tuple(spacing.tolist())} mm with "
+            "direction "
+            f"{tuple(np.round(np.asarray(geometry.direction, dtype=float), 3).tolist())} is not "
+            "a voxel grid in mm. Load the CT from its source (DICOM, NRRD, NIfTI, MHA).",
+        )
+
+
 def check_image(
     image_zyx: np.ndarray,
     geometry: ImageGeometry | None = None,
@@ -198,6 +222,8 @@ def check_image(
             f"This is not a 3D image (shape {tuple(image.shape)}): the model needs a CT volume "
             f"with at least {scope.min_slices} slices. Load the whole CT series.",
         )
+    if geometry is not None:
+        _check_geometry(image, geometry)
     if modality and modality.upper() != "CT":
         raise RefusedError(
             "not_ct", f"The image is {modality}, not CT: the model reads CT Hounsfield units."
