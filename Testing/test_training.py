@@ -532,7 +532,8 @@ def test_cli_registers_train(tmp_path):
     )
     assert args.folds == [0, 2] and args.resume is False
     cfg = build_config(args)
-    assert cfg.total_epochs == 3 and cfg.network == WIDTH_PRESETS["tiny"]
+    assert cfg.total_epochs == 3 and cfg.network.widths == WIDTH_PRESETS["tiny"].widths
+    assert cfg.network.head_dropout == 0.2  # the shipped recipe's, kept under another width
     conf = tmp_path / "c.json"
     conf.write_text(
         json.dumps({"phases": [{"epochs": 2}, {"epochs": 1, "attributes": ["malignancy"]}], "k": 5})
@@ -542,6 +543,20 @@ def test_cli_registers_train(tmp_path):
     assert cfg.total_epochs == 3 and cfg.batch_size == 8
     assert cfg.phases[1].attributes == ("malignancy",)
     assert replace(cfg, k=5) == TrainConfig.from_dict(cfg.to_dict())
+
+
+def test_train_without_config_is_the_shipped_recipe():
+    """`train` with no --config reproduces the shipped ensemble's recipe, as its experiment
+    file and the model card describe it."""
+    from NoduleMalignancyLib.cli import build_parser
+    from NoduleMalignancyLib.training.cli import build_config
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = repo / "docs/experiments/head_dropout_entropy_0.01_gate_band_60.json"
+    cfg = build_config(build_parser().parse_args(["train"]))
+    assert cfg == TrainConfig.from_dict(json.loads(recipe.read_text()))
+    manifest = json.loads((repo / "models/manifest.json").read_text())
+    assert manifest["training"]["epochs"] == cfg.total_epochs
 
 
 @pytest.mark.slow
