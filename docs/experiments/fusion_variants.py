@@ -1,0 +1,72 @@
+"""Variants of the malignancy fusion, cross-fitted over the folds on the shipped run's
+out-of-fold rows (issue: explanations that hold, fused AUROC target 0.93): the shipped linear
+model (head logit + eight measurements, L2 0.01) against stronger L2, a head x log-diameter
+interaction and the head with log diameter alone. Paired bootstrap (1000 resamples) of the
+difference to the shipped fusion.
+
+    python docs/experiments/fusion_variants.py runs/gate-band-60-5fold/oof.csv
+"""
+
+import csv
+import sys
+
+import numpy as np
+
+from NoduleMalignancyLib.core.fusion import (
+    MALIGNANCY_PROBABILITY,
+    MEASURED_FEATURES,
+    cross_fit,
+    fit_logistic,
+    fusion_oof,
+    oof_fusion_inputs,
+)
+from NoduleMalignancyLib.core.metrics import auroc
+from NoduleMalignancyLib.training.train import OOF_COLUMNS, _num
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+present = [c for c in OOF_COLUMNS if c in rows[0]]
+table = {c: np.array([_num(r[c]) for r in rows]) for c in present}
+heads, measured, targets = oof_fusion_inputs(table)
+y = targets[MALIGNANCY_PROBABILITY]
+folds = np.array([int(r["fold"]) for r in rows])
+z = heads["malignancy"]
+base = fusion_oof(MALIGNANCY_PROBABILITY, z, measured, y, folds)
+lab = np.isfinite(y)
+
+
+def boot(a, b, n=1000):
+    rng = np.random.default_rng(0)
+    idx = np.where(lab)[0]
+    d = []
+    for _ in range(n):
+        s = rng.choice(idx, len(idx))
+        d.append(auroc(y[s], b[s]) - auroc(y[s], a[s]))
+    return np.percentile(d, [2.5, 97.5])
+
+
+print("shipped fusion crossfit", round(auroc(y, base), 4))
+ld = MEASURED_FEATURES.index("log_diameter_mm") if "log_diameter_mm" in MEASURED_FEATURES else 1
+
+
+def variant(x, l2=1e-2):
+    def fit(xt, yt):
+        return fit_logistic(xt, yt, l2=l2)
+
+    def pred(mdl, xs):
+        c, b0, mu, sc = mdl
+        return 1 / (1 + np.exp(-(((xs - mu) / sc) @ c + b0)))
+
+    return cross_fit(x, y, folds, fit, pred)
+
+
+X0 = np.column_stack([z, measured])
+for l2 in (1e-2, 1.0, 10.0, 30.0):
+    p = variant(X0, l2)
+    print("linear l2", l2, round(auroc(y, p), 4), boot(base, p))
+Xi = np.column_stack([z, measured, z * measured[:, ld]])
+p = variant(Xi)
+print("+ head x log diameter", round(auroc(y, p), 4), boot(base, p))
+Xs = np.column_stack([z, measured[:, ld]])
+p = variant(Xs)
+print("head + log diameter only", round(auroc(y, p), 4), boot(base, p))
+print(MEASURED_FEATURES)
