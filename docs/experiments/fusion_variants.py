@@ -1,8 +1,8 @@
 """Variants of the malignancy fusion, cross-fitted over the folds on the shipped run's
 out-of-fold rows (issue: explanations that hold, fused AUROC target 0.93): the shipped linear
 model (head logit + eight measurements, L2 0.01) against stronger L2, a head x log-diameter
-interaction and the head with log diameter alone. Paired bootstrap (1000 resamples) of the
-difference to the shipped fusion.
+interaction and the head with log diameter alone. Each against the shipped fusion with the
+evaluation's paired bootstrap (core/metrics.paired_auroc_difference, resampling patients).
 
     python docs/experiments/fusion_variants.py runs/gate-band-60-5fold/oof.csv
 """
@@ -20,7 +20,7 @@ from NoduleMalignancyLib.core.fusion import (
     fusion_oof,
     oof_fusion_inputs,
 )
-from NoduleMalignancyLib.core.metrics import auroc
+from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
 from NoduleMalignancyLib.training.train import OOF_COLUMNS, _num
 
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -31,21 +31,16 @@ y = targets[MALIGNANCY_PROBABILITY]
 folds = np.array([int(r["fold"]) for r in rows])
 z = heads["malignancy"]
 base = fusion_oof(MALIGNANCY_PROBABILITY, z, measured, y, folds)
-lab = np.isfinite(y)
+patients = np.array([r["patient_id"] for r in rows])
 
 
-def boot(a, b, n=1000):
-    rng = np.random.default_rng(0)
-    idx = np.where(lab)[0]
-    d = []
-    for _ in range(n):
-        s = rng.choice(idx, len(idx))
-        d.append(auroc(y[s], b[s]) - auroc(y[s], a[s]))
-    return np.percentile(d, [2.5, 97.5])
+def report(name: str, p: np.ndarray) -> None:
+    d = paired_auroc_difference(y, p, base, groups=patients)
+    print(f"{name}: {auroc(y, p):.4f}, {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]")
 
 
 print("shipped fusion crossfit", round(auroc(y, base), 4))
-ld = MEASURED_FEATURES.index("log_diameter_mm") if "log_diameter_mm" in MEASURED_FEATURES else 1
+ld = MEASURED_FEATURES.index("log_diameter_mm")
 
 
 def variant(x, l2=1e-2):
@@ -61,12 +56,8 @@ def variant(x, l2=1e-2):
 
 X0 = np.column_stack([z, measured])
 for l2 in (1e-2, 1.0, 10.0, 30.0):
-    p = variant(X0, l2)
-    print("linear l2", l2, round(auroc(y, p), 4), boot(base, p))
+    report(f"linear, L2 {l2:g}", variant(X0, l2))
 Xi = np.column_stack([z, measured, z * measured[:, ld]])
-p = variant(Xi)
-print("+ head x log diameter", round(auroc(y, p), 4), boot(base, p))
+report("+ head x log diameter", variant(Xi))
 Xs = np.column_stack([z, measured[:, ld]])
-p = variant(Xs)
-print("head + log diameter only", round(auroc(y, p), 4), boot(base, p))
-print(MEASURED_FEATURES)
+report("head + log diameter only", variant(Xs))
