@@ -106,14 +106,20 @@ def cmd_demo(args) -> int:
 
 def cmd_predict(args) -> int:
     from .batch.cluster import dask_client
-    from .batch.predict import PREDICT_COLUMNS, cached_ensemble, check_mask_names, predict_rows
+    from .batch.predict import (
+        MANIFEST_COLUMNS,
+        PREDICT_COLUMNS,
+        cached_ensemble,
+        check_mask_names,
+        predict_rows,
+    )
     from .core.atomic import write_csv
 
     with open(args.manifest, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         columns = set(reader.fieldnames or ())
-    missing = {"id", "image", "x", "y", "z"} - columns
+    missing = set(MANIFEST_COLUMNS) - columns
     if missing:
         print(f"error: manifest {args.manifest} lacks columns {sorted(missing)}", file=sys.stderr)
         return 2

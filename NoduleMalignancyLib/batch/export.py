@@ -40,10 +40,9 @@ from ..files.patches import (
     export_patches,
 )
 from .cluster import add_cluster_arguments, dask_client, map_in_order
-from .predict import manifest_point
+from .predict import MANIFEST_COLUMNS, manifest_point
 
 LUNA25_COLUMNS = {"SeriesInstanceUID", "CoordX", "CoordY", "CoordZ"}
-MANIFEST_COLUMNS = {"id", "image", "x", "y", "z"}
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd")
 CONSENSUS_LEVEL = 0.25  # as the LIDC VOIs' masks (docs/DESIGN.md §4)
 PYLIDC_ATTRIBUTES = {
@@ -106,7 +105,7 @@ def read_points_table(table: str | Path, images: str | Path | None = None) -> li
         if images is None:
             raise ValueError(f"{table} is a LUNA25 table: give the image folder (--images)")
         return _luna25_cts(rows, Path(images), table)
-    if MANIFEST_COLUMNS <= columns:
+    if set(MANIFEST_COLUMNS) <= columns:
         return _manifest_cts(rows, table)
     raise ValueError(
         f"{table}: columns {sorted(columns)} are neither the LUNA25 layout "

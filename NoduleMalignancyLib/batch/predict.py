@@ -18,6 +18,9 @@ from ..core.geometry import ImageGeometry
 
 # The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
 # malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
+# The manifest layout `predict`, `export --points` and `report` read (README: CLI).
+MANIFEST_COLUMNS = ("id", "image", "x", "y", "z")
+
 PREDICT_COLUMNS = (
     "id",
     "malignancy_probability",
@@ -180,7 +183,7 @@ def _predict_row(
     return rec
 
 
-def manifest_point(row: dict, columns=("x", "y", "z"), label: str = "") -> np.ndarray:
+def manifest_point(row: dict, columns=MANIFEST_COLUMNS[2:], label: str = "") -> np.ndarray:
     """The world LPS point of a table row, or an error that names the row's values."""
     try:
         return np.array([float(row[c]) for c in columns])

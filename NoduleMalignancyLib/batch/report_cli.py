@@ -30,11 +30,9 @@ from ..files.batch_report import (
     thumbnail,
 )
 from ..files.samples import read_ct
-from .predict import mask_file_name
+from .predict import MANIFEST_COLUMNS, mask_file_name
 
 __all__ = ["build_rows", "register", "write_batch_report"]
-
-MANIFEST_COLUMNS = ("id", "image", "x", "y", "z")
 
 
 def _read_csv(path: str | Path) -> list[dict[str, str]]:

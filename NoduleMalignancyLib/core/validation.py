@@ -193,19 +193,17 @@ def _check_geometry(image: np.ndarray, geometry: ImageGeometry) -> None:
             f"{tuple(geometry.shape_zyx)}: they do not belong to the same image."
         )
     spacing = np.asarray(geometry.spacing, dtype=float)
-    matrix = geometry.index_to_lps_matrix if np.isfinite(spacing).all() else np.zeros((3, 3))
-    if (
-        not (np.isfinite(spacing).all() and (spacing > 0).all())
-        or not np.isfinite(matrix).all()
-        or abs(np.linalg.det(matrix)) < 1e-9
-    ):
-        raise RefusedError(
-            "not_ct",
-            f"The image header is damaged: voxel spacing {tuple(spacing.tolist())} mm with "
-            "direction "
-            f"{tuple(np.round(np.asarray(geometry.direction, dtype=float), 3).tolist())} is not "
-            "a voxel grid in mm. Load the CT from its source (DICOM, NRRD, NIfTI, MHA).",
-        )
+    if np.isfinite(spacing).all() and (spacing > 0).all():
+        matrix = geometry.index_to_lps_matrix
+        if np.isfinite(matrix).all() and abs(np.linalg.det(matrix)) >= 1e-9:
+            return
+    raise RefusedError(
+        "not_ct",
+        f"The image header is damaged: voxel spacing {tuple(spacing.tolist())} mm with "
+        "direction "
+        f"{tuple(np.round(np.asarray(geometry.direction, dtype=float), 3).tolist())} is not "
+        "a voxel grid in mm. Load the CT from its source (DICOM, NRRD, NIfTI, MHA).",
+    )
 
 
 def check_image(
