@@ -301,7 +301,16 @@ def test_evaluate_writes_report(tmp_path, data_dir):
     calc = res["attributes"]["presence"]["calcification"]
     assert calc["n_pos"] > 20 and calc["auroc"] > calc["raw_head_auroc"]
     assert {"fusion_crossfit", "measured_only", "size_seg"} <= res["score_labels"].keys()
-    assert len(res["targets"]) == 5
+    assert len(res["targets"]) == 6
+    # Size-matched pairs: what the scores see beyond size, with patient-bootstrap CIs.
+    sm = res["size_matched"]["auroc"]
+    assert sm["size_reader"]["n_pairs"] > 100
+    assert abs(sm["size_reader"]["auroc"] - 0.5) < 0.15
+    assert sm["model_fused"]["lo"] <= sm["model_fused"]["auroc"] <= sm["model_fused"]["hi"]
+    assert "model_fused_vs_measured_only" in res["size_matched"]
+    floor = res["calibration"]["model_fused"]["ece_noise_floor_raw"]
+    assert 0 < floor["median"] <= floor["p95"] < 0.2
+    assert "Size-matched AUROC" in (out / "EVALUATION.md").read_text()
     text = (out / "EVALUATION.md").read_text()
     assert "figures/roc_all.png" in text and "PASS" in text and "excluded" in text
     print(text)
@@ -334,7 +343,7 @@ def test_cli_evaluate(tmp_path, capsys, data_dir):
     assert args.func(args) == 0
     assert "--n-boot 100" in (out / "EVALUATION.md").read_text()
     printed = capsys.readouterr().out
-    assert printed.count("[PASS]") + printed.count("[MISS]") + printed.count("[n/a]") == 5
+    assert printed.count("[PASS]") + printed.count("[MISS]") + printed.count("[n/a]") == 6
 
 
 def test_evaluate_minimal_table_without_optional_inputs(tmp_path):

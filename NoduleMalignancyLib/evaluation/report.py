@@ -227,6 +227,7 @@ def evaluate(
                 **boot,
             )
     res["malignancy_auroc"] = disc
+    res["size_matched"] = _size_matched(oof, y, scores, primary, groups, boot)
     res["score_labels"] = {k: v["label"] for k, v in scores.items()}
     res["per_fold_auroc"] = {
         key: {
@@ -240,7 +241,7 @@ def evaluate(
     )
     res["dice"] = metrics.dice_summary(oof["dice"]) if "dice" in oof else None
     res["calibration"] = {
-        key: _calibration(y, scores[key]["prob"], folds)
+        key: _calibration(y, scores[key]["prob"], folds, groups, boot)
         for key in scores
         if key.startswith("model") or key == "fusion_crossfit"
     }
@@ -331,14 +332,44 @@ def _attribute_metrics(oof, fused, folds, groups, reader_labels_csv, boot, notes
     return out
 
 
-def _calibration(y, prob, folds) -> dict:
-    """ECE and reliability data before and after out-of-fold Platt scaling."""
+def _size_matched(oof, y, scores, primary, groups, boot) -> dict:
+    """Size-matched AUROC of every score, and what the primary score adds on those pairs."""
+    size = oof["diameter_mean_mm"]
+    out = {
+        "definition": (
+            f"pairs of a malignant and a benign nodule whose mean reader diameters differ by "
+            f"<= {metrics.SIZE_MATCH_TOLERANCE_MM:g} mm, both "
+            f"{metrics.SIZE_MATCH_RANGE_MM[0]:g}-{metrics.SIZE_MATCH_RANGE_MM[1]:g} mm; the "
+            "AUROC is the fraction of those pairs ordered correctly (ties 1/2)"
+        ),
+        "auroc": {
+            key: metrics.size_matched_auroc_ci(y, sc["prob"], size, groups, **boot)
+            for key, sc in scores.items()
+        },
+    }
+    for other in ("measured_only", "size_reader"):
+        if other in scores and other != primary:
+            out[f"{primary}_vs_{other}"] = metrics.paired_size_matched_difference(
+                y, scores[primary]["prob"], scores[other]["prob"], size, groups, **boot
+            )
+    return out
+
+
+def _calibration(y, prob, folds, groups, boot) -> dict:
+    """ECE and reliability data before and after out-of-fold Platt scaling, with the ECE of a
+    perfectly calibrated model on the same probabilities (the noise floor) and patient-bootstrap
+    bands of the observed fraction per bin."""
     platt = baselines.platt_oof(prob, y, folds)
+    labelled = np.isfinite(np.asarray(y, dtype=float))
     return {
         "ece_raw": metrics.ece(y, prob),
         "ece_platt_oof": metrics.ece(y, platt),
+        "ece_noise_floor_raw": metrics.ece_noise_floor(np.asarray(prob)[labelled]),
+        "ece_noise_floor_platt_oof": metrics.ece_noise_floor(np.asarray(platt)[labelled]),
         "reliability_raw": metrics.reliability(y, prob),
         "reliability_platt_oof": metrics.reliability(y, platt),
+        "reliability_band_raw": metrics.reliability_bands(y, prob, groups, **boot),
+        "reliability_band_platt_oof": metrics.reliability_bands(y, platt, groups, **boot),
     }
 
 
@@ -382,11 +413,34 @@ def _targets(res, primary) -> list[dict]:
             "pass": ok(dice >= TARGETS["dice"]) if finite(dice) else None,
         },
         {
+            "target": "size-matched AUROC above measurements-only (CI of the difference "
+            "excludes 0)",
+            "value": _size_matched_value(res, primary),
+            "pass": _size_matched_pass(res, primary),
+        },
+        {
             "target": "ECE <= 0.05 after (out-of-fold Platt) calibration",
             "value": f"{ece:.3f}",
             "pass": ok(ece <= TARGETS["ece_calibrated"]) if finite(ece) else None,
         },
     ]
+
+
+def _size_matched_value(res: dict, primary: str) -> str:
+    sm = res["size_matched"]
+    auc = sm["auroc"][primary]
+    text = f"{auc['auroc']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]"
+    d = sm.get(f"{primary}_vs_measured_only")
+    if d:
+        text += f"; minus measurements-only {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return text
+
+
+def _size_matched_pass(res: dict, primary: str) -> bool | None:
+    d = res["size_matched"].get(f"{primary}_vs_measured_only")
+    if not d or not math.isfinite(d["lo"]):
+        return None
+    return bool(d["lo"] > 0)
 
 
 def _standard_notes() -> list[str]:
@@ -442,14 +496,24 @@ def _figures(y, scores, small, calib, fig_dir: Path, primary: str) -> dict:
         files[f"roc_{subset}"] = f"figures/{path.name}"
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    for key, lab in (("reliability_raw", "raw"), ("reliability_platt_oof", "Platt (out of fold)")):
-        r = calib[key]
-        ax.plot(r["mean_prob"], r["frac_pos"], "o-", label=lab)
+    for key, lab in (("raw", "raw"), ("platt_oof", "Platt (out of fold)")):
+        r, band = calib[f"reliability_{key}"], calib[f"reliability_band_{key}"]
+        (line,) = ax.plot(r["mean_prob"], r["frac_pos"], "o-", label=lab)
+        x = np.asarray(r["mean_prob"], dtype=float)
+        ok = np.isfinite(x) & np.isfinite(band["lo"]) & np.isfinite(band["hi"])
+        ax.fill_between(
+            x[ok],
+            np.asarray(band["lo"])[ok],
+            np.asarray(band["hi"])[ok],
+            color=line.get_color(),
+            alpha=0.15,
+            lw=0,
+        )
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
     ax.set(
         xlabel="mean predicted probability",
         ylabel="observed malignant fraction",
-        title=f"Reliability, {primary} (10 bins)",
+        title=f"Reliability, {primary}\n(10 bins; 95 % patient-bootstrap bands)",
         xlim=(0, 1),
         ylim=(0, 1),
     )
@@ -482,6 +546,38 @@ def _p(d: dict) -> str:
     if p <= d.get("p_floor", 0) * (1 + 1e-9):
         return f"p <= {d['p_floor']:.2g}"
     return f"p = {p:.3f}"
+
+
+def _floor(d: dict) -> str:
+    return f"{_f(d['median'])} [{_f(d['p95'])}]"
+
+
+def _size_matched_markdown(sm: dict, primary: str, lab: dict) -> list[str]:
+    """The size-matched section: what the scores see beyond size."""
+    lines = [
+        "",
+        "### Size-matched AUROC: malignant vs benign nodules of the same size",
+        "",
+        f"Definition: {sm['definition']}. Size alone scores near 0.5 here, so this is what a "
+        "score sees beyond size (95 % patient-bootstrap CIs).",
+        "",
+        "| score | size-matched AUROC | pairs (malignant / benign nodules) |",
+        "|---|---|---|",
+    ]
+    for key, d in sm["auroc"].items():
+        lines.append(
+            f"| {lab[key]} | {_f(d['auroc'])} [{_f(d['lo'])}, {_f(d['hi'])}] "
+            f"| {d['n_pairs']} ({d['n_pos']} / {d['n_neg']}) |"
+        )
+    for key, d in sm.items():
+        if key.startswith(f"{primary}_vs_"):
+            other = key.removeprefix(f"{primary}_vs_")
+            lines += [
+                "",
+                f"{primary} minus {other} on the same pairs and resamples: {d['diff']:+.3f} "
+                f"[{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)}.",
+            ]
+    return lines
 
 
 def _markdown(res: dict) -> str:
@@ -541,6 +637,7 @@ def _markdown(res: dict) -> str:
             f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}], {_p(d)}; < 10 mm "
             f"{e['diff']:+.3f} [{e['lo']:+.3f}, {e['hi']:+.3f}], {_p(e)}.",
         ]
+    lines += _size_matched_markdown(res["size_matched"], res["primary_score"], lab)
     folds = sorted({k for v in res["per_fold_auroc"].values() for k in v})
     lines += ["", "Per-fold AUROC (spread between folds):", ""]
     lines += ["| score | " + " | ".join(f"fold {k}" for k in folds) + " |"]
@@ -602,7 +699,16 @@ def _markdown(res: dict) -> str:
         "|---|---|---|",
     ]
     for key, v in res["calibration"].items():
-        lines.append(f"| {key} | {_f(v['ece_raw'])} | {_f(v['ece_platt_oof'])} |")
+        lines.append(
+            f"| {key} | {_f(v['ece_raw'])} (perfect model: {_floor(v['ece_noise_floor_raw'])}) "
+            f"| {_f(v['ece_platt_oof'])} (perfect model: {_floor(v['ece_noise_floor_platt_oof'])}) |"
+        )
+    lines += [
+        "",
+        "A perfectly calibrated model does not score ECE 0 on this many nodules: the figure in "
+        "brackets is the median [95th percentile] ECE of labels drawn from the probabilities "
+        "themselves. An ECE within that range is as good as this sample can show.",
+    ]
     lines += ["", f"![Reliability]({res['figures']['reliability']})", "", "## Notes", ""]
     lines += [f"* {n}" for n in res["notes"]]
     lines += [
