@@ -113,7 +113,7 @@ def cmd_predict(args) -> int:
         check_mask_names,
         predict_rows,
     )
-    from .core.atomic import write_csv
+    from .files.csv_cells import write_csv
 
     with open(args.manifest, newline="") as f:
         reader = csv.DictReader(f)

@@ -78,8 +78,20 @@ def make_folds(
     return assignment
 
 
+# Cells a spreadsheet runs as a formula (files/csv_cells.FORMULA_TRIGGERS; the core cannot
+# import it, a test keeps the two equal).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def write_folds(assignment: dict[str, int], path: str | os.PathLike = DEFAULT_FOLDS_FILE) -> Path:
-    """Write ``patient_id,fold`` sorted by patient."""
+    """Write ``patient_id,fold`` sorted by patient.
+
+    A patient ID a spreadsheet would run as a formula is refused: the folds file is read back
+    by :func:`load_folds` verbatim, so it cannot carry the ``'`` that files/csv_cells adds.
+    """
+    formulas = sorted(p for p in assignment if str(p).startswith(_FORMULA_STARTS))
+    if formulas:
+        raise ValueError(f"patient IDs that a spreadsheet runs as a formula: {formulas[:3]}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

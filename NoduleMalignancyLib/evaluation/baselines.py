@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from ..core.attributes import reader_ratings
 from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.fusion import cross_fit, fit_logistic, logit
 from ..core.metrics import mae_1to5
+from ..files.csv_cells import read_csv
 
 
 def _logistic_fit(x, y):
@@ -69,8 +69,7 @@ def nodule_key(patient_id, nodule_id) -> tuple[str, str]:
 
 def read_reader_table(path) -> list[dict]:
     """Rows of reader_labels.csv as dicts of strings."""
-    with open(Path(path), newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(Path(path))
 
 
 def human_agreement(

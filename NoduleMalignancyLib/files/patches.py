@@ -34,6 +34,7 @@ from ..core.geometry import ImageGeometry
 from ..core.settings import git_commit
 from ..core.validation import ScopeConfig, check_image, check_point
 from ..core.voi import resample_to_grid, sample_voi, sub_grid
+from .csv_cells import read_csv, write_csv
 from .writers import to_sitk
 
 DATASET_JSON = "dataset.json"
@@ -166,12 +167,9 @@ def _exists(ct: CtToExport) -> bool:
 
 
 def _read_rows(path: Path) -> dict[tuple[str, str], dict]:
-    import csv
-
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        return {(r["patient_id"], r["nodule_id"]): r for r in csv.DictReader(f)}
+    return {(r["patient_id"], r["nodule_id"]): r for r in read_csv(path)}
 
 
 def _fmt(value) -> str:
@@ -260,9 +258,9 @@ class PatchWriter:
 
     def flush(self) -> None:
         """Tables and state, each atomically (after every CT: a kill loses at most one CT)."""
-        atomic.write_csv(self.out / METADATA_CSV, self.metadata.values(), METADATA_COLUMNS, _fmt)
+        write_csv(self.out / METADATA_CSV, self.metadata.values(), METADATA_COLUMNS, _fmt)
         if self.readers:
-            atomic.write_csv(
+            write_csv(
                 self.out / READER_LABELS_CSV, self.readers.values(), READER_LABEL_COLUMNS, _fmt
             )
         atomic.write_json(self.out / STATE_JSON, self.state)
@@ -517,10 +515,10 @@ class ExportRun:
         self.writer.finish_source(
             ct, outcome.sha256, outcome.status, outcome.reason, nodules=outcome.nodules
         )
-        atomic.write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
+        write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
 
     def finish(self) -> ExportSummary:
-        atomic.write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
+        write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
         self.summary.failures = self.failures
         self.summary.seconds = time.perf_counter() - self._t0
         self.writer.flush()
@@ -565,9 +563,6 @@ def _failure(
 
 
 def _read_failures(path: Path) -> list[dict]:
-    import csv
-
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)

@@ -10,7 +10,6 @@ configuration, so the cache rebuilds itself when either changes.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from ..core.config import (
     canvas_config,
 )
 from ..core.settings import cache_dir, require_data_dir
+from ..files.csv_cells import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,7 @@ def targets_from_reader_row(row: dict) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)
 
 
 def load_records(data: str | os.PathLike | None = None) -> list[NoduleRecord]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..core import settings
-from ..core.atomic import atomic_path, write_csv, write_json
+from ..core.atomic import atomic_path, write_json
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
 from ..core.device import resolve_device
 from ..core.folds import DEFAULT_FOLDS_FILE, folds_sha256, load_folds
@@ -35,6 +35,7 @@ from ..core.measurements import component_at_center, measure_nodule
 from ..core.metrics import auroc, dice, mae_1to5
 from ..core.network import build_network
 from ..core.settings import git_commit
+from ..files.csv_cells import read_csv, write_csv
 from .augment import AugmentConfig, center_crop, make_batch, random_params
 from .dataset import DEFAULT_CANVAS_ZYX, TrainingData, load_training_data
 from .distributed import SINGLE, DistContext, check_batch_size, shard_rows, wrap_model
@@ -1037,8 +1038,7 @@ def _write_run_config(
 
 
 def _read_oof(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)
 
 
 def _finished_folds(run_dir: Path) -> list[Path]:
