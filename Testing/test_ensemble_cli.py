@@ -31,7 +31,8 @@ def nodule_point(data_dir):
 
 def test_ensemble_loads_and_refuses_bad_weights(tiny_dir, tmp_path):
     ens = Ensemble.load(tiny_dir, device="cpu")
-    assert len(ens.models) == 2 and ens.version == "test-random"
+    assert len(ens.models) == 2 and ens.manifest.version == "test-random"
+    assert ens.version == "custom"  # not the shipped ensemble (test_shipped_weights.py)
     bad = tmp_path / "bad"
     write_random_ensemble(bad)
     with open(bad / "fold1.pt", "r+b") as f:

@@ -115,7 +115,7 @@ def _models_version(explicit: str | None) -> str:
     from ..core.ensemble import Manifest, WeightsError
 
     try:
-        return Manifest.read(models_dir(explicit)).version
+        return Manifest.read(models_dir(explicit)).model_version
     except WeightsError:
         return "unknown"
 

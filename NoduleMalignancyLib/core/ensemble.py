@@ -27,6 +27,12 @@ from .settings import MODELS_ENV, models_dir
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+# Digest (:func:`manifest_digest`) of the shipped models/manifest.json, which lists every fold
+# file's sha256: only an ensemble whose manifest has this digest reports its own version. A
+# shipping commit updates it (Testing/test_shipped_weights.py checks it against models/).
+SHIPPED_MANIFEST_SHA256 = "24f15fcaddc36ca3bd04c796be8a0d08b57fa93a3e29832d48274fae6e051933"
+# The model version every other ensemble reports (a user's training, a forged manifest).
+CUSTOM_VERSION = "custom"
 
 
 class WeightsError(RuntimeError):
@@ -41,6 +47,25 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_digest(directory: Path) -> str:
+    """sha256 of the manifest's content as canonical JSON (sorted keys, no spaces), so a
+    checkout that rewrites line endings or indentation keeps the shipped digest."""
+    content = json.loads((Path(directory) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _check_fold_entries(folds: list) -> None:
+    """Every fold entry names its file and that file's sha256 (else a WeightsError, not a
+    KeyError when the weights are loaded)."""
+    for i, entry in enumerate(folds):
+        if not isinstance(entry, dict):
+            raise ValueError(f"fold entry {i} is not an object: {entry!r}")
+        missing = [k for k in ("file", "sha256") if not isinstance(entry.get(k), str)]
+        if missing:
+            raise ValueError(f"fold entry {i} ({entry.get('file', '?')}) lacks {missing}")
+
+
 @dataclass
 class Manifest:
     """What ``models/manifest.json`` says about an ensemble."""
@@ -52,6 +77,22 @@ class Manifest:
     folds: list[dict]  # {"file": ..., "sha256": ...}
     fusion: dict | None = None  # out-of-fold fitted fusion of heads and measurements (fusion.py)
     extra: dict = field(default_factory=dict)
+    shipped: bool = False  # the manifest is the shipped one (SHIPPED_MANIFEST_SHA256)
+
+    @property
+    def model_version(self) -> str:
+        """The version results report: the manifest's own only for the shipped ensemble."""
+        return self.version if self.shipped else CUSTOM_VERSION
+
+    @property
+    def note(self) -> str:
+        """Why the version is ``custom`` (empty for the shipped ensemble)."""
+        if self.shipped:
+            return ""
+        return (
+            f"custom weights: the manifest (version {self.version!r}) is not the shipped "
+            f"ensemble's, so results report model_version {CUSTOM_VERSION!r}"
+        )
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
@@ -65,6 +106,7 @@ class Manifest:
             d = json.loads(path.read_text())
             known = {"version", "voi", "network", "attributes", "folds", "fusion"}
             check_fusion(d.get("fusion"))
+            _check_fold_entries(list(d["folds"]))
             return cls(
                 version=str(d["version"]),
                 voi=VoiConfig.from_dict(d["voi"]),
@@ -73,6 +115,7 @@ class Manifest:
                 folds=list(d["folds"]),
                 fusion=d.get("fusion"),
                 extra={k: v for k, v in d.items() if k not in known},
+                shipped=manifest_digest(directory) == SHIPPED_MANIFEST_SHA256,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"Ensemble manifest {path} is malformed: {exc}") from exc
@@ -208,11 +251,14 @@ class Ensemble:
                     f"Weights {entry['file']} do not fit the network in the manifest: {exc}"
                 ) from exc
             models.append(model)
+        if manifest.note:
+            log.warning("%s (%s)", manifest.note, directory)
         return cls(manifest, models, device)
 
     @property
     def version(self) -> str:
-        return self.manifest.version
+        """The model version results report (``custom`` unless the shipped ensemble)."""
+        return self.manifest.model_version
 
     def to(self, device: str) -> Ensemble:
         """Run on ``device`` (a :func:`~.device.device_choice` name) from now on."""
