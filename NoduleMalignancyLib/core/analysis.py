@@ -20,7 +20,9 @@ from .fusion import (
     MALIGNANCY_PROBABILITY,
     MEASUREMENTS,
     apply_fusion,
+    calibration_slope,
     head_of,
+    logit,
     measured_features,
 )
 from .gates import gate_health
@@ -28,6 +30,7 @@ from .geometry import ImageGeometry
 from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
 from .lung_rads import texture_class as texture_class_of
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
+from .result_schema import JSON, fields_for, score_field
 from .validation import (
     Finding,
     check_image,
@@ -92,28 +95,45 @@ class NoduleResult:
     def wording(self) -> dict[str, str]:
         return {a: wording(a, s) for a, s in self.scores.items()}
 
-    def summary(self) -> dict:
-        """JSON-ready numbers (no arrays)."""
+    def values(self) -> dict:
+        """The result's fields by their schema names (core/result_schema.py), raw values in
+        their stored units: what every surface formats."""
+        lr = self.lung_rads
+        words = self.wording
         return {
             "point_lps": list(self.point_lps),
             "malignancy_probability": self.malignancy_probability,
             "malignancy_sd": self.malignancy_sd,
             "fold_malignancy_probabilities": self.fold_malignancy_probabilities,
-            "malignancy_mil_logit": self.malignancy_mil_logit,
-            "explanation": self.explanation.summary(),
-            "gates": self.gates,
-            "warnings": [w.to_dict() for w in self.warnings],
-            "scope_figures": self.scope_figures,
-            "scores": self.scores,
-            "wording": self.wording,
+            **{score_field(a): s for a, s in self.scores.items()},
+            **{f"{a}_wording": words[a] for a in self.scores},
             "calcification_probability": self.calcification_probability,
             "internal_structure_probability": self.internal_structure_probability,
             **{f: getattr(self, f) for f in MEASURED_FIELDS},
-            "lung_rads": self.lung_rads.to_dict() if self.lung_rads else None,
+            "malignancy_mil_logit": self.malignancy_mil_logit,
+            "malignancy_logit": self.explanation.logit,
+            **{f"malignancy_logit_{p}": v for p, v in self.explanation.parts.items()},
+            "lung_rads": lr.category if lr else "",
+            "lung_rads_texture_class": lr.texture_class if lr else "",
+            "lung_rads_solid_mean_diameter_mm": lr.solid_mean_diameter_mm if lr else None,
+            "lung_rads_reasons": list(lr.reasons) if lr else [],
+            "lung_rads_supports_4x": list(lr.supports_4x) if lr else [],
+            "warnings": [w.code for w in self.warnings],
+            "warning_messages": [w.message for w in self.warnings],
             "model_version": self.model_version,
             "context_passes": self.context_passes,
+        }
+
+    def summary(self) -> dict:
+        """JSON-ready ``result.json``: the schema's JSON fields (no arrays)."""
+        details = {
+            "explanation": self.explanation.summary(),
+            "gates": self.gates,
+            "scope_figures": self.scope_figures,
             "timings_s": self.timings_s,
         }
+        values = self.values() | details
+        return {f.name: values[f.name] for f in fields_for(JSON) if f.name in values}
 
 
 def nodule_mask(prob_voi: np.ndarray, valid_voi: np.ndarray) -> np.ndarray:
@@ -256,8 +276,12 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         head = logits[:, ATTRIBUTES.index(head_of(output))]
         return apply_fusion(fusion, output, head, measured)
 
-    fold_mal = fused(MALIGNANCY_PROBABILITY)
     explanation = explain_malignancy(fusion, logits[:, MALIGNANCY], measured)
+    # One malignancy number: the shown probability is the explained one (sigmoid of the
+    # calibrated mean fold logit); the folds' own calibrated probabilities give its spread.
+    fold_mal = 1.0 / (
+        1.0 + np.exp(-calibration_slope(fusion) * logit(fused(MALIGNANCY_PROBABILITY)))
+    )
     # Scaled by the image coefficient, the maps add up to the image evidence part of the shown
     # logit (docs/DESIGN.md §11), not to the unfused MIL logit.
     evidence = {
@@ -280,7 +304,7 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
     )
     result = NoduleResult(
         point_lps=tuple(map(float, point_lps)),
-        malignancy_probability=float(fold_mal.mean()),
+        malignancy_probability=explanation.probability,
         malignancy_sd=float(fold_mal.std()),
         fold_malignancy_probabilities=[float(p) for p in fold_mal],
         scores=scores,

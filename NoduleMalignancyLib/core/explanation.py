@@ -14,9 +14,10 @@ The fused malignancy model of every fold is a logistic model on the malignancy h
 * ``baseline`` = the rest (intercept and the image term's centring): the logit of an average
   nodule with neutral image evidence.
 
-What is explained is the mean fold logit and its probability ``sigmoid(logit)``; the shown
-``malignancy_probability`` is the mean of the fold probabilities, which differs from it only
-through the spread of the folds (both are reported; docs/DESIGN.md §11).
+The shown ``malignancy_probability`` is ``sigmoid(logit)`` of this explanation, on every
+surface: one number, and the one explained. The logit is calibrated by a slope fitted out of
+fold (:func:`.fusion.calibration_slope`); a slope keeps the sum exact, since every part (and the
+image coefficient, so the evidence maps) is scaled by it (docs/DESIGN.md §11).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fusion import LINEAR_FEATURES, MALIGNANCY_PROBABILITY
+from .fusion import LINEAR_FEATURES, MALIGNANCY_PROBABILITY, calibration_slope
 
 __all__ = ["FEATURE_GROUPS", "PARTS", "MalignancyExplanation", "explain_malignancy"]
 
@@ -50,12 +51,12 @@ class MalignancyExplanation:
 
     @property
     def probability(self) -> float:
-        """sigmoid(logit): the probability this explanation explains."""
+        """sigmoid(logit): the shown malignancy probability, the one this explanation explains."""
         return float(1.0 / (1.0 + np.exp(-self.logit)))
 
     def summary(self) -> dict:
         return {
-            "explains": "mean fold logit of the fused malignancy model",
+            "explains": "calibrated mean fold logit of the fused malignancy model",
             "logit": self.logit,
             "probability": self.probability,
             "parts": dict(self.parts),
@@ -77,22 +78,24 @@ def explain_malignancy(
     m = np.asarray(measured, dtype=float).reshape(len(z), -1)
     mil = float(z.mean())
     model = (fusion or {}).get("outputs", {}).get(MALIGNANCY_PROBABILITY)
+    slope = calibration_slope(fusion)
     if not model:
-        parts = dict.fromkeys(PARTS, 0.0) | {"image_evidence": mil}
-        return MalignancyExplanation(parts, mil, mil, 1.0)
+        parts = dict.fromkeys(PARTS, 0.0) | {"image_evidence": slope * mil}
+        return MalignancyExplanation(parts, slope * mil, mil, slope)
     if model.get("square_center") is not None:
         raise ValueError("the malignancy fusion model is not linear; it cannot be decomposed")
     coef = np.asarray(model["coef"], dtype=float)
     mean = np.asarray(model["mean"], dtype=float)
     scale = np.asarray(model["scale"], dtype=float)
     x = np.column_stack([z, m]).mean(0)  # linear: the mean of the fold logits is the logit at
-    weight = coef / scale  # the fold-mean inputs
+    weight = slope * coef / scale  # the fold-mean inputs; calibrated by the slope
     index = {name: i for i, name in enumerate(LINEAR_FEATURES)}
     head = index["head_logit"]
     parts = {"image_evidence": float(weight[head] * x[head])}
     for group, features in FEATURE_GROUPS.items():
         cols = [index[f] for f in features]
         parts[group] = float((weight[cols] * (x[cols] - mean[cols])).sum())
-    parts["baseline"] = float(model["intercept"] - weight[head] * mean[head])
-    logit = float(float(model["intercept"]) + (weight * (x - mean)).sum())
+    intercept = slope * float(model["intercept"])
+    parts["baseline"] = float(intercept - weight[head] * mean[head])
+    logit = float(intercept + (weight * (x - mean)).sum())
     return MalignancyExplanation({p: parts[p] for p in PARTS}, logit, mil, float(weight[head]))

@@ -136,15 +136,20 @@ def fit_fusion(head_logits: dict, measured: np.ndarray, targets: dict) -> dict:
     return {"type": "logistic", "features": list(FEATURES), "outputs": models}
 
 
-def apply_output(model: dict | None, head_logit, measured) -> np.ndarray:
-    """Fused probability of one output; the sigmoid of the head's logit without a model."""
+def apply_output_logit(model: dict | None, head_logit, measured) -> np.ndarray:
+    """Fused logit of one output; the head's logit without a model."""
     z, m = _columns(head_logit, measured)
     if model:
         x = _inputs(z, m, model.get("square_center"), model.get("square_scale"))
         z = ((x - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(
             model["coef"]
         ) + float(model["intercept"])
-    return 1.0 / (1.0 + np.exp(-z))
+    return z
+
+
+def apply_output(model: dict | None, head_logit, measured) -> np.ndarray:
+    """Fused probability of one output; the sigmoid of the head's logit without a model."""
+    return 1.0 / (1.0 + np.exp(-apply_output_logit(model, head_logit, measured)))
 
 
 def apply_fusion(fusion: dict | None, output: str, head_logit, measured) -> np.ndarray:
@@ -152,10 +157,67 @@ def apply_fusion(fusion: dict | None, output: str, head_logit, measured) -> np.n
     return apply_output((fusion or {}).get("outputs", {}).get(output), head_logit, measured)
 
 
+# The shown malignancy is sigmoid(slope x fused logit): one number, calibrated on the logit the
+# explanation decomposes (a slope keeps the decomposition exact: every part is scaled by it).
+CALIBRATION = "calibration"
+
+
+def fit_logit_slope(logits, labels, iters: int = 50) -> float:
+    """The one-parameter calibration p = sigmoid(slope * logit), by Newton's method.
+
+    Why one parameter: the fusion already has an intercept; what cross-fitting shows is that its
+    logit is too steep on nodules it was not fitted on (the fusion's nine coefficients overfit a
+    little), and a single slope is what transfers with the fewest assumptions.
+    """
+    z = np.asarray(logits, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    keep = np.isfinite(z) & np.isfinite(y)
+    z, y = z[keep], y[keep]
+    if len(np.unique(y)) < 2:
+        raise ValueError("a calibration slope needs both classes")
+    slope = 1.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-slope * z))
+        grad = float(((p - y) * z).sum())
+        hess = float((p * (1 - p) * z * z).sum()) + 1e-12
+        step = grad / hess
+        slope -= step
+        if abs(step) < 1e-10:
+            break
+    return float(slope)
+
+
+def malignancy_calibration(head_logit, measured, label, folds) -> dict:
+    """The manifest's calibration entry: a logit slope fitted on the fusion's cross-fitted logits
+    (each fold scored by a fusion fitted on the other folds), all folds pooled."""
+    p = fusion_oof(MALIGNANCY_PROBABILITY, head_logit, measured, label, folds)
+    return {
+        "output": MALIGNANCY_PROBABILITY,
+        "type": "logit_slope",
+        "logit_slope": fit_logit_slope(logit(p), label),
+        "fitted_on": "cross-fitted fused malignancy logits of the out-of-fold rows, all folds",
+    }
+
+
+def calibration_slope(fusion: dict | None) -> float:
+    """The shown malignancy's logit slope (1 without a calibration entry)."""
+    return float(((fusion or {}).get(CALIBRATION) or {}).get("logit_slope", 1.0))
+
+
 def check_fusion(fusion: dict | None) -> None:
     """Raise ValueError for a fusion entry this code cannot apply (e.g. an older format)."""
     if fusion is None:
         return
+    if CALIBRATION in fusion:
+        cal = fusion[CALIBRATION] or {}
+        slope = cal.get("logit_slope")
+        if (
+            cal.get("type") != "logit_slope"
+            or not isinstance(slope, int | float)
+            or not np.isfinite(slope)
+            or slope <= 0
+        ):
+            raise ValueError(f"fusion calibration {cal!r} is not a positive finite logit slope")
     if fusion.get("features") != list(FEATURES) or not isinstance(fusion.get("outputs"), dict):
         raise ValueError(
             f"fusion features {fusion.get('features')} are not {list(FEATURES)}: the manifest was "

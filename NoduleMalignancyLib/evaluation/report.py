@@ -19,7 +19,14 @@ from ..core import metrics
 from ..core.atomic import write_json
 from ..core.config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
 from ..core.folds import load_folds
-from ..core.fusion import MALIGNANCY_PROBABILITY, fusion_oof, oof_fusion_inputs
+from ..core.fusion import (
+    MALIGNANCY_PROBABILITY,
+    cross_fit,
+    fit_logit_slope,
+    fusion_oof,
+    logit,
+    oof_fusion_inputs,
+)
 from . import baselines
 
 SMALL_MM = 10.0
@@ -28,7 +35,7 @@ TARGETS = {
     "auroc": 0.95,
     "attribute_mae": 0.40,
     "dice": 0.80,
-    "ece_calibrated": 0.05,
+    "ece_calibrated": 0.03,
 }
 
 
@@ -137,11 +144,29 @@ def _scores(oof: dict, fused, y: np.ndarray, folds: np.ndarray) -> dict[str, dic
         "label": "size only, mean reader diameter (log, out of fold)",
         "prob": baselines.size_baseline_oof(oof["diameter_mean_mm"], y, folds),
     }
-    if "model_fused" not in scores and "fusion_crossfit" in scores:
-        # What ships is the malignancy head fused with the measurements (manifest "fusion");
-        # its honest estimate is the fusion refitted without each nodule's own fold.
-        scores = {"fusion_crossfit": scores["fusion_crossfit"]} | scores
+    if "fusion_crossfit" in scores:
+        scores["shown_crossfit"] = {
+            "label": "shown probability: the fusion refitted out of fold, its logit calibrated "
+            "by a slope fitted on the other folds (what every surface shows)",
+            "prob": _calibrated_oof(scores["fusion_crossfit"]["prob"], y, folds),
+        }
+    if "model_fused" not in scores and "shown_crossfit" in scores:
+        # What ships is the malignancy head fused with the measurements (manifest "fusion"),
+        # calibrated by a logit slope; its honest estimate refits both without each nodule's fold.
+        scores = {"shown_crossfit": scores["shown_crossfit"]} | scores
     return scores
+
+
+def _calibrated_oof(prob, y, folds) -> np.ndarray:
+    """sigmoid(slope x logit) with the slope cross-fitted over the folds (fusion.fit_logit_slope)."""
+    z = logit(prob)
+    return cross_fit(
+        z,
+        y,
+        folds,
+        fit_logit_slope,
+        lambda slope, x: 1.0 / (1.0 + np.exp(-slope * x)),
+    )
 
 
 def _fused_attribute_oof(fused, attr: str, folds: np.ndarray) -> np.ndarray | None:
@@ -243,7 +268,7 @@ def evaluate(
     res["calibration"] = {
         key: _calibration(y, scores[key]["prob"], folds, groups, boot)
         for key in scores
-        if key.startswith("model") or key == "fusion_crossfit"
+        if key.startswith("model") or key in ("fusion_crossfit", "shown_crossfit")
     }
     res["targets"] = _targets(res, primary)
     notes.extend(_standard_notes())
@@ -380,7 +405,13 @@ def _targets(res, primary) -> list[dict]:
     d_small = s["vs_size_reader"][primary]
     attrs = res["attributes"].get("mean_fused_mae", float("nan"))
     dice = (res["dice"] or {}).get("mean", float("nan"))
-    ece = res["calibration"][primary]["ece_platt_oof"]
+    # What is shown is already calibrated (shown_crossfit): its own ECE; another score's after
+    # an out-of-fold Platt step.
+    cal = res["calibration"][primary]
+    ece = cal["ece_raw"] if primary == "shown_crossfit" else cal["ece_platt_oof"]
+    floor = cal[
+        "ece_noise_floor_raw" if primary == "shown_crossfit" else "ece_noise_floor_platt_oof"
+    ]
 
     def ok(cond) -> bool | None:
         return None if cond is None else bool(cond)
@@ -419,8 +450,9 @@ def _targets(res, primary) -> list[dict]:
             "pass": _size_matched_pass(res, primary),
         },
         {
-            "target": "ECE <= 0.05 after (out-of-fold Platt) calibration",
-            "value": f"{ece:.3f}",
+            "target": "ECE of the shown probability <= 0.03, out of fold (beside it: a perfectly "
+            "calibrated model's ECE on the same nodules, median [95th percentile])",
+            "value": f"{ece:.3f} (perfect model {_floor(floor)})",
             "pass": ok(ece <= TARGETS["ece_calibrated"]) if finite(ece) else None,
         },
     ]
