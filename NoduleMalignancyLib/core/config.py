@@ -36,10 +36,6 @@ class VoiConfig:
     def n_channels(self) -> int:
         return len(self.windows) + 1
 
-    @property
-    def extent_mm_zyx(self) -> tuple[float, float, float]:
-        return tuple(n * s for n, s in zip(self.shape_zyx, self.spacing_zyx, strict=True))
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -417,25 +417,3 @@ def forward_folds_vmap(stack: FoldStack, x: torch.Tensor, **kwargs) -> dict:
         return torch.func.functional_call(stack.template, (params, buffers), (inp,), kwargs)
 
     return torch.vmap(one, in_dims=(0, 0, None))(stack.params, stack.buffers, x)
-
-
-def forward_folds(models: Sequence[nn.Module], x: torch.Tensor, method: str = "loop") -> dict:
-    """Evaluate K folds with ``method`` "loop" or "vmap"; vmap falls back to the loop on error."""
-    if method == "vmap":
-        try:
-            return forward_folds_vmap(stack_folds(models), x)
-        except Exception:
-            pass
-    elif method != "loop":
-        raise ValueError(f"method must be 'loop' or 'vmap': {method}")
-    return forward_folds_loop(models, x)
-
-
-def _max_abs_diff(a: dict, b: dict) -> float:
-    diff = 0.0
-    for key, va in a.items():
-        la = va if isinstance(va, (list, tuple)) else [va]
-        lb = b[key] if isinstance(b[key], (list, tuple)) else [b[key]]
-        for ta, tb in zip(la, lb, strict=True):
-            diff = max(diff, float((ta - tb).abs().max()))
-    return diff

@@ -99,13 +99,3 @@ def human_agreement(
             "n_reader_ratings": n_pairs,
         }
     return out
-
-
-def reader_means(rows: list[dict], attribute: str) -> np.ndarray:
-    """Per-nodule training target of an ordinal attribute, (mean rating - 1) / 4."""
-    return np.array(
-        [
-            (r.mean() - 1) / 4 if len(r) else np.nan
-            for r in (reader_ratings(x, attribute) for x in rows)
-        ]
-    )

@@ -219,11 +219,6 @@ class NoduleMalignancyLogic:
         except DeviceError as exc:
             raise InputError(str(exc)) from None
 
-    def setEnsemble(self, ensemble) -> None:
-        """Use this ensemble from now on (e.g. a test ensemble)."""
-        with self._ensemble_lock:
-            self._ensemble = ensemble
-
     def ensemble(self, device: str = "auto"):
         """The ensemble on ``device``, loaded (and sha256-verified) on first use."""
         from ..core.ensemble import Ensemble
