@@ -42,7 +42,7 @@ def reference(mrmc_dir) -> str:
 
 @pytest.fixture(scope="module")
 def result(vandyke) -> mrmc.MrmcResult:
-    return mrmc.analyse(vandyke)
+    return mrmc.analyze(vandyke)
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def _synthetic(
 
 
 def test_swapping_modalities_flips_the_difference_and_keeps_the_test(vandyke, result):
-    swapped = mrmc.analyse(vandyke, modalities=["2", "1"])
+    swapped = mrmc.analyze(vandyke, modalities=["2", "1"])
     a, b = result.random_readers_random_cases, swapped.random_readers_random_cases
     assert b.differences[0].comparison == "2 - 1"
     assert b.differences[0].difference == pytest.approx(-a.differences[0].difference, abs=1e-15)
@@ -268,13 +268,13 @@ def test_swapping_modalities_flips_the_difference_and_keeps_the_test(vandyke, re
         {**row, "modality": {"1": "2", "2": "1"}[row["modality"]]}
         for row in mrmc.load_rows(vandyke)
     ]
-    c = mrmc.analyse(relabelled, modalities=["1", "2"]).random_readers_random_cases
+    c = mrmc.analyze(relabelled, modalities=["1", "2"]).random_readers_random_cases
     assert c.differences[0].difference == pytest.approx(-a.differences[0].difference, abs=1e-15)
     assert c.test.statistic == pytest.approx(a.test.statistic, rel=1e-12)
 
 
 def test_a_much_better_modality_is_significant():
-    res = mrmc.analyse(_synthetic(shifts=(0.8, 2.5)))
+    res = mrmc.analyze(_synthetic(shifts=(0.8, 2.5)))
     a = res.random_readers_random_cases
     assert a.test.p_value < 0.01
     assert a.differences[0].difference < 0 and a.differences[0].ci_upper < 0
@@ -282,13 +282,13 @@ def test_a_much_better_modality_is_significant():
 
 
 def test_equal_modalities_are_not_significant():
-    a = mrmc.analyse(_synthetic(shifts=(1.5, 1.5), seed=3)).random_readers_random_cases
+    a = mrmc.analyze(_synthetic(shifts=(1.5, 1.5), seed=3)).random_readers_random_cases
     assert a.test.p_value > 0.05
     assert a.differences[0].ci_lower < 0 < a.differences[0].ci_upper
 
 
 def test_three_modalities_give_pairwise_differences():
-    res = mrmc.analyse(_synthetic(shifts=(0.5, 1.5, 2.5), key="rating"))
+    res = mrmc.analyze(_synthetic(shifts=(0.5, 1.5, 2.5), key="rating"))
     a = res.random_readers_random_cases
     assert a.test.ndf == 2
     assert [d.comparison for d in a.differences] == ["m1 - m2", "m1 - m3", "m2 - m3"]
@@ -336,7 +336,7 @@ def test_jackknife_covariance_equals_explicit_leave_one_out():
 
 
 def test_delong_and_jackknife_agree_on_van_dyke(vandyke, result):
-    delong = mrmc.analyse(vandyke, covariance="delong")
+    delong = mrmc.analyze(vandyke, covariance="delong")
     assert delong.covariance == "delong" and delong.auc == result.auc
     for name in ("var_error", "cov1", "cov2", "cov3"):
         jack, dl = getattr(result.or_components, name), getattr(delong.or_components, name)
@@ -371,14 +371,14 @@ def _rows(vandyke) -> list[dict]:
 )
 def test_bad_input_is_refused(vandyke, edit, message):
     with pytest.raises(ValueError, match=message):
-        mrmc.analyse(edit(_rows(vandyke)))
+        mrmc.analyze(edit(_rows(vandyke)))
 
 
 def test_bad_options_are_refused(vandyke):
     with pytest.raises(ValueError, match="covariance"):
-        mrmc.analyse(vandyke, covariance="bootstrap")
+        mrmc.analyze(vandyke, covariance="bootstrap")
     with pytest.raises(ValueError, match="do not match"):
-        mrmc.analyse(vandyke, modalities=["1", "3"])
+        mrmc.analyze(vandyke, modalities=["1", "3"])
 
 
 # --------------------------------------------------------------------------- files and CLI
@@ -399,7 +399,7 @@ def test_imrmc_round_trip(vandyke, result, tmp_path):
         return sorted((r["reader"], r["case"], r["modality"], r["score"], r["truth"]) for r in rows)
 
     assert key(back) == key(_rows(vandyke))
-    assert mrmc.analyse(path).to_dict() == result.to_dict()  # load_rows recognises the layout
+    assert mrmc.analyze(path).to_dict() == result.to_dict()  # load_rows recognises the layout
     r_style = tmp_path / "r_style.txt"  # the R package marks truth rows with reader "truth"
     r_style.write_text("\n".join(
         "truth" + line[2:] if line.startswith("-1,") else line for line in lines

@@ -3,7 +3,7 @@
 Why these tests: the summary is what the study reports. A simulated study (five readers, 30
 cases with truth and 2 without; aided ratings pulled toward a good model) goes through the
 real store and the real command, and every figure is recomputed here independently: AUROC by
-counting pairs, kappa by its pairwise form, the MRMC by ``mrmc.analyse`` on the exported table.
+counting pairs, kappa by its pairwise form, the MRMC by ``mrmc.analyze`` on the exported table.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pytest
 
 from NoduleMalignancyLib.cli import main
 from NoduleMalignancyLib.study import mrmc
-from NoduleMalignancyLib.study import store as store_module
 from NoduleMalignancyLib.study.design import StudyFileError, load_study
 from NoduleMalignancyLib.study.ratings import SCALES
-from NoduleMalignancyLib.study.store import StudyStore, _connect, create_study
+from NoduleMalignancyLib.study.store import StudyStore, create_study
+from NoduleMalignancyLib.study.store import study_store as store_module
+from NoduleMalignancyLib.study.store.schema import connect
 from NoduleMalignancyLib.study.summary import analyze_study
 
 N_TRUTH, N_UNKNOWN = 30, 2
@@ -114,14 +115,14 @@ def read_all(store: StudyStore, clock: Clock, token: str, reader: dict, stop_aft
 
 
 def _connect_without_fsync(db_path):
-    con = _connect(db_path)
+    con = connect(db_path)
     con.execute("PRAGMA synchronous=OFF")
     return con
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """The simulated study read through the store and analysed by ``study analyze``.
+    """The simulated study read through the store and analyzed by ``study analyze``.
 
     The ~650 transactions run without fsync: durability is test_study_store's subject, and
     here the fsyncs would only cost half a minute on a slow disk.
@@ -132,7 +133,7 @@ def study(tmp_path_factory):
     owner = create_study(db, study_file(folder, sim))
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_connect", _connect_without_fsync)
+        patch.setattr(store_module, "connect", _connect_without_fsync)
         store = StudyStore(db, clock=clock)
         for name, reader in sim["readers"].items():
             token = store.add_reader(owner, name)
@@ -259,11 +260,11 @@ def test_reading_times_are_the_simulated_ones(study):
 # -- the MRMC --------------------------------------------------------------------------------
 
 
-def test_mrmc_equals_analyse_on_the_exported_scores_of_complete_readers(study):
+def test_mrmc_equals_analyze_on_the_exported_scores_of_complete_readers(study):
     out = study["out"]
     rows = [r for r in read_csv(out / "scores.csv") if r["reader"] in COMPLETE]
     assert {r["reader"] for r in read_csv(out / "scores.csv")} == {*COMPLETE, HALF}
-    expected = mrmc.analyse(rows, modalities=("aided", "unaided"))
+    expected = mrmc.analyze(rows, modalities=("aided", "unaided"))
     got = json.loads((out / "mrmc.json").read_text())
     assert got["available"] and got["readers"] == list(COMPLETE)
     assert got["result"] == json.loads(json.dumps(expected.to_dict()))

@@ -11,11 +11,11 @@ __all__ = ["add_covariance_argument", "cmd_mrmc", "register"]
 
 
 def cmd_mrmc(args) -> int:
-    """Analyse, then write mrmc.json, mrmc.md, scores.imrmc and reader_rocs.png into --out."""
-    from .mrmc import analyse, load_rows, plot_reader_rocs, result_markdown, write_imrmc
+    """Analyze, then write mrmc.json, mrmc.md, scores.imrmc and reader_rocs.png into --out."""
+    from .mrmc import analyze, load_rows, plot_reader_rocs, result_markdown, write_imrmc
 
     rows = load_rows(args.scores)
-    result = analyse(rows, covariance=args.covariance)
+    result = analyze(rows, covariance=args.covariance)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "mrmc.json", result.to_dict())

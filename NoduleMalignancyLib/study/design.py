@@ -32,7 +32,7 @@ unaided and one aided; readers of even index (0, 2, ...) read unaided first, odd
 A reader's session 2 opens when their session 1 is finished and, with ``washout_days``
 (a number >= 0, default 0), that many days after it finished, so the unaided reading of a case
 is not remembered at its aided reading; until then the store says when it opens
-(``study/store.py``, ``WashoutError``). A sequential study has one session: a washout there is
+(``study/store/workflow.py``, ``WashoutError``). A sequential study has one session: a washout there is
 refused. The case order is shuffled per reader and session from ``seed``, the reader's id and the session.
 Unknown keys are refused (a typo must not silently change the design).
 

@@ -6,7 +6,7 @@ and rules (docs/DESIGN.md §14): sign in with a reader token, open the next case
 scalar volume node, its points as a markups point list), say whether the model's output may be
 shown, submit the form, skip a case whose CT did not load, show progress. Every step is a method
 here, tested headless on slicer-core; the panel's handlers are one line each. The rules stay in
-``study/store.py`` through ``study/session.py``; this module only adds the scene.
+``study/store/`` through ``study/session.py``; this module only adds the scene.
 
 It sits on the application floor because it joins the study (floor 3) and the MRML layer
 (``mrml/ct_loading.py``, floor 2; docs/DESIGN.md §1).

@@ -404,7 +404,7 @@ def run_mrmc(
     part = {"score": score, "covariance": covariance, "readers": included, "excluded": excluded}
     rows = _mrmc_rows(snapshot, included, score)
     try:
-        result = mrmc.analyse(rows, covariance=covariance, modalities=MRMC_ORDER)
+        result = mrmc.analyze(rows, covariance=covariance, modalities=MRMC_ORDER)
     except ValueError as exc:
         for name in OPTIONAL_OUTPUTS:  # never leave an earlier run's files beside this one
             (out / name).unlink(missing_ok=True)
@@ -427,7 +427,7 @@ def _mrmc_markdown(part: dict, result: mrmc.MrmcResult | None) -> str:
     lines += [
         "## Readers",
         "",
-        f"Score: {part['score']}. Analysed: {', '.join(part['readers']) or 'none'}.",
+        f"Score: {part['score']}. Analyzed: {', '.join(part['readers']) or 'none'}.",
         "",
     ]
     lines += [f"- left out: {e['reader']}: {e['reason']}" for e in part["excluded"]]
