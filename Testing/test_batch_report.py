@@ -20,6 +20,7 @@ from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.batch.predict import mask_file_name
 from NoduleMalignancyLib.batch.report_cli import build_rows
 from NoduleMalignancyLib.core.attributes import wording
+from NoduleMalignancyLib.core.result_schema import TEXT_SEPARATOR
 from NoduleMalignancyLib.core.validation import DESCRIPTIONS, REFUSALS, WARNINGS
 from NoduleMalignancyLib.files.batch_report import (
     OUTLINE_RGB,
@@ -217,7 +218,7 @@ def test_scored_rows_show_malignancy_with_spread_and_lidc_wording(batch):
     for i, row in enumerate(batch["csv"][:3]):
         p, sd = float(row["malignancy_probability"]), float(row["malignancy_sd"])
         cell = page.cell(i, "malignancy_probability")
-        assert cell["text"].strip() == f"{100 * p:.0f} % ± {100 * sd:.0f}"
+        assert cell["text"].strip() == f"{100 * p:.1f} % ± {100 * sd:.1f} %"
         assert float(cell["v"]) == pytest.approx(p)
         margin = page.cell(i, "margin")["text"]
         assert wording("margin", float(row["margin"])) in margin
@@ -231,8 +232,10 @@ def test_the_warnings_column_holds_the_csv_codes_with_their_messages(batch):
         codes = [c for c in row["warnings"].split(";") if c]
         cell = page.cell(i, "warnings")
         assert cell["code"] == codes
-        for code in codes:
-            assert DESCRIPTIONS[code].split(":")[0] in cell["text"]
+        messages = row["warning_messages"].split(TEXT_SEPARATOR)
+        assert len(messages) == len(codes)
+        for message in messages:  # the CSV's own sentences, escaped
+            assert " ".join(message.split()) in " ".join(cell["text"].split())
         seen.update(codes)
     assert seen, "the tiny random ensemble's leaking segmentations are flagged"
 

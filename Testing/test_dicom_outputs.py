@@ -23,8 +23,10 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
 from NoduleMalignancyLib import cli
+from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
 from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.result_schema import score_field
 from NoduleMalignancyLib.files import dicom_outputs
 from NoduleMalignancyLib.files.samples import read_ct, read_ct_with_dicom, read_dicom_instances
 
@@ -179,23 +181,24 @@ def test_sr_measurements_equal_result_json_and_reference_seg_and_ct(analyzed, re
     }
     for key, got in pairs.items():
         assert got == pytest.approx(result[key], rel=1e-9, abs=1e-12), key
-    for attribute, score in result["scores"].items():
+    for attribute in ORDINAL_ATTRIBUTES:
+        score = result[score_field(attribute)]
         assert value(dicom_outputs.attribute_score_code(attribute)) == pytest.approx(score)
-    lung_rads = result["lung_rads"]
-    assert value(dicom_outputs.SOLID_COMPONENT_DIAMETER) == lung_rads["solid_mean_diameter_mm"]
+    solid = result["lung_rads_solid_mean_diameter_mm"]
+    assert value(dicom_outputs.SOLID_COMPONENT_DIAMETER) == solid
     units = {m.name.value: m.unit.value for m in group.get_measurements()}
     assert units[codes.SCT.Volume.value] == "mm3" and units[codes.SCT.LongAxis.value] == "mm"
     assert units[codes.DCM.AttenuationCoefficient.value] == "[hnsf'U]"
     assert units[codes.DCM.ProbabilityOfCancer.value] == "1"
     # Qualitative evaluations: the Lung-RADS suggestion and the attribute wording.
     (category,) = group.get_qualitative_evaluations(name=dicom_outputs.LUNG_RADS)
-    assert category.value.value == f"LR-{lung_rads['category']}"
+    assert category.value.value == f"LR-{result['lung_rads']}"
     assert category.value.scheme_designator == dicom_outputs.PRIVATE_SCHEME
     assert "suggested" in category.value.meaning
     (spiculation,) = group.get_qualitative_evaluations(
         name=dicom_outputs.attribute_code("spiculation")
     )
-    assert spiculation.value.meaning == result["wording"]["spiculation"]
+    assert spiculation.value.meaning == result["spiculation_wording"]
     # References: the segment of the SEG, its source CT instances, the CT series as evidence.
     referenced = group.referenced_segment
     assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID

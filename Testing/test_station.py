@@ -9,12 +9,15 @@ browser test starts ``nodule-malignancy app`` in a subprocess and clicks on the 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import numpy as np
 import pytest
 from stepping import FakeClock, SteppedExecutor
 
+from NoduleMalignancyLib.core.explanation import PARTS
+from NoduleMalignancyLib.core.result_schema import GROUP_TITLES
 from NoduleMalignancyLib.files import samples
 from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
 
@@ -88,44 +91,62 @@ def test_point_on_the_nodule_gives_the_results_panel(station):
     snap = controller.snapshot()
     assert snap["status"] == "done" and not snap["busy"] and snap["current"] == point_id
     panel = snap["panel"]
-    assert 0.0 <= panel["malignancy_percent"] <= 100.0 and panel["malignancy_sd_percent"] >= 0
+    assert 0.0 <= panel["malignancy_probability"] <= 1.0 and panel["malignancy_sd"] >= 0
+    assert re.fullmatch(r"Malignancy \d{1,3}\.\d %", panel["headline"]), panel["headline"]
     assert isinstance(panel["warnings"], list)
     assert all({"code", "message"} <= set(w) for w in panel["warnings"])
     sections = {s["title"]: s["rows"] for s in panel["sections"]}
-    attributes = {r["key"]: r for r in sections["Attributes (LIDC 1-5 scale)"]}
-    assert {"subtlety", "spiculation", "malignancy"} <= set(attributes)
+    attributes = {r["key"]: r for r in sections[GROUP_TITLES["attributes"]]}
+    assert {"subtlety", "spiculation", "malignancy_score"} <= set(attributes)
     assert all(1.0 <= r["value"] <= 5.0 and r["note"] for r in attributes.values())
-    measured = {r["key"] for r in sections["Measurements"]}
-    assert {"volume_mm3", "diameter_mm"} <= measured
-    parts = sections["Explanation (logit parts, sum = logit)"]
-    total = parts[-1]["value"]
-    assert abs(sum(r["value"] for r in parts[:-1]) - total) < 1e-6, "the parts sum to the logit"
-    assert snap["nodules"][0]["malignancy_percent"] == panel["malignancy_percent"]
+    measured = {r["key"]: r for r in sections[GROUP_TITLES["size"]]}
+    assert {"volume_mm3", "diameter_mm", "mean_diameter_mm"} <= set(measured)
+    assert measured["mean_diameter_mm"]["text"].endswith(" mm")
+    explained = {r["key"]: r["value"] for r in sections[GROUP_TITLES["explanation"]]}
+    shares = [v for k, v in explained.items() if k.startswith("malignancy_logit_")]
+    assert len(shares) == len(PARTS)
+    assert abs(sum(shares) - explained["malignancy_logit"]) < 1e-6, "the parts sum to the logit"
+    nodule_text = snap["nodules"][0]["malignancy_text"]
+    assert panel["headline"] == f"Malignancy {nodule_text}"
     # The overlays are in the scene: segment, combined evidence as foreground.
     segmentation = controller.logic.lastOutput.segmentation_node
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
     assert controller.select(point_id) is not None
 
 
-def test_new_result_fields_appear_in_the_panel_without_ui_work():
+def test_the_panel_shows_schema_fields_with_their_units_once():
+    """Every row is a schema field with the schema's label and unit; the Lung-RADS section and
+    the measurements print the same mean diameter (one rounding), calcification appears once."""
+    from NoduleMalignancyLib.core.result_schema import field, unknown_names
     from NoduleMalignancyLib.station.panel import result_panel
 
     summary = {
         "malignancy_probability": 0.25,
         "malignancy_sd": 0.05,
         "fold_malignancy_probabilities": [0.2, 0.3],
-        "scores": {"margin": 3.2},
-        "wording": {"margin": "Medium margin"},
-        "warnings": [{"code": "thick_slices", "message": "Slices are 3 mm thick."}],
+        "margin": 3.2,
+        "margin_wording": "Medium margin",
+        "warnings": ["thick_slices"],
+        "warning_messages": ["Slices are 3 mm thick."],
         "volume_mm3": 512.0,
-        "a_new_figure_mm": 1.5,
-        "a_new_group": {"x": 1.0, "y": 2.0},
+        "mean_diameter_mm": 5.75,
+        "calcification_probability": 0.12,
+        "lung_rads": "3",
+        "lung_rads_reasons": ["mean axial diameter 5.8 mm (long and short axis, to 0.1 mm)"],
     }
     panel = result_panel(summary, "N1")
-    assert panel["headline"].startswith("25.0 %") and panel["warnings"][0]["code"] == "thick_slices"
-    rows = {r["key"]: r for s in panel["sections"] for r in s["rows"]}
-    assert rows["a_new_figure_mm"]["text"] == "1.50" and "a_new_group.y" in rows
-    assert rows["volume_mm3"]["text"] == "512 mm³"
+    assert panel["headline"] == "Malignancy 25.0 %" and "± 5.0 %" in panel["spread"]
+    assert panel["warnings"] == [{"code": "thick_slices", "message": "Slices are 3 mm thick."}]
+    rows = [r for s in panel["sections"] for r in s["rows"]]
+    assert unknown_names(r["key"] for r in rows) == []
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["volume_mm3"]["text"] == "512.0 mm³"
+    assert by_key["mean_diameter_mm"]["text"] == "5.8 mm"
+    assert "5.8 mm" in by_key["lung_rads_reasons"]["text"]
+    assert by_key["margin"]["note"] == "Medium margin"
+    assert [r["key"] for r in rows].count("calcification_probability") == 1
+    assert by_key["calcification_probability"]["text"] == "12.0 %"
+    assert all(r["label"] == field(r["key"]).label for r in rows)
 
 
 def test_cancel_changes_nothing(station):
@@ -156,7 +177,7 @@ def test_a_point_in_air_is_refused_with_a_message_not_numbers(station):
     controller.poll()
     snap = controller.snapshot()
     assert snap["status"] == "refused" and snap["code"] == "no_tissue", snap["message"]
-    assert snap["panel"] is None and snap["nodules"][0]["malignancy_percent"] is None
+    assert snap["panel"] is None and snap["nodules"][0]["malignancy_text"] is None
     assert "air" in snap["message"].lower() or "tissue" in snap["message"].lower()
 
 
@@ -232,14 +253,16 @@ def run_station(arguments: list[str], models_dir):
     def read() -> None:
         for line in process.stdout:
             lines.append(line)
-            if "App running at" in line:
+            if "reading station on" in line:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
         if not ready.wait(180) or process.poll() is not None:
             pytest.fail("the station did not start:\n" + "".join(lines[-40:]), pytrace=False)
-        yield f"http://127.0.0.1:{port}/", lines
+        address = next(line for line in lines if "reading station on" in line).split()[-1]
+        assert address.startswith(f"http://127.0.0.1:{port}/?secret=")  # the station's own
+        yield address, lines
     finally:
         process.terminate()
         try:

@@ -29,6 +29,7 @@ from .explanation import PARTS
 
 __all__ = [
     "CODE_SEPARATOR",
+    "LIDC_SCALE",
     "FIELDS",
     "GROUP_TITLES",
     "RENAMED",
@@ -39,6 +40,7 @@ __all__ = [
     "csv_row",
     "field",
     "fields_for",
+    "labelled",
     "round_half_up",
     "score_field",
     "shown",
@@ -54,6 +56,7 @@ PANEL = "panel"  # the station's results panel (station/panel.py)
 REPORT = "report"  # the batch review page (files/batch_report.py), read from the CSV
 SURFACES = (CSV, JSON, TABLE, PANEL, REPORT)
 
+LIDC_SCALE = "LIDC 1-5"  # the unit of the attribute scores: the readers' rating scale
 CODE_SEPARATOR = ";"  # warnings: codes, as core/validation.py names them
 TEXT_SEPARATOR = " | "  # warning_messages: the sentences (they may hold ';' and ',')
 
@@ -91,15 +94,16 @@ class ResultField:
 
     @property
     def shown_unit(self) -> str:
-        """The unit a person reads beside the number ("" for text and plain ratios)."""
+        """The unit a person reads beside the number ("" for text, plain ratios and a rating
+        scale, which its label or section names)."""
         if self.percent:
             return "%"
-        return "" if self.unit in ("", "1") else self.unit
+        return "" if self.unit in ("", "1", LIDC_SCALE) else self.unit
 
     @property
     def heading(self) -> str:
-        """The label with its unit, for a column header: "Volume (mm³)"."""
-        unit = self.shown_unit
+        """The label with its unit or scale, for a column header: "Volume (mm³)"."""
+        unit = self.shown_unit or (self.unit if self.unit == LIDC_SCALE else "")
         return f"{self.label} ({unit})" if unit and f"({unit})" not in self.label else self.label
 
 
@@ -130,6 +134,11 @@ def shown(name: str, value: object, with_unit: bool = True) -> str:
         text = "+" + text
     unit = f.shown_unit
     return f"{text} {unit}" if with_unit and unit else text
+
+
+def labelled(name: str, value: object) -> str:
+    """ "Label value unit", as a sentence-like line shows one field: "Volume 123.4 mm³"."""
+    return f"{field(name).label} {shown(name, value)}"
 
 
 def shown_number(name: str, value: float) -> float:
@@ -176,7 +185,7 @@ _ATTRIBUTE_FIELDS = tuple(
         _f(
             score_field(a),
             "Malignancy rating" if a == "malignancy" else a.capitalize(),
-            "LIDC 1-5",
+            LIDC_SCALE,
             f"the readers' expected {a} rating on the LIDC 1-5 scale (fold mean)"
             + (
                 ": a different question from the malignancy probability"
@@ -344,7 +353,6 @@ FIELDS: tuple[ResultField, ...] = (
         "size",
         (*ALL, REPORT),
         decimals=2,
-        shown_decimals=0,
     ),
     _f(
         "diameter_mm",
@@ -464,7 +472,7 @@ FIELDS: tuple[ResultField, ...] = (
         "",
         "suggested Lung-RADS v2022 baseline category",
         "lung_rads",
-        ALL,
+        (*ALL, REPORT),
         kind="text",
     ),
     _f(

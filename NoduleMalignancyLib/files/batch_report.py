@@ -25,7 +25,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.attributes import wording
-from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.result_schema import (
+    CODE_SEPARATOR,
+    LIDC_SCALE,
+    REPORT,
+    TEXT_SEPARATOR,
+    fields_for,
+    shown,
+)
+from ..core.result_schema import field as result_field
 from ..core.validation import DESCRIPTIONS, REFUSALS
 
 __all__ = [
@@ -146,7 +154,7 @@ def _error_code(error: str) -> str | None:
 
 
 def _codes(warnings: str) -> list[str]:
-    return [c for c in (warnings or "").split(";") if c.strip()]
+    return [c for c in (warnings or "").split(CODE_SEPARATOR) if c.strip()]
 
 
 def batch_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
@@ -174,12 +182,14 @@ def _cell(content: str, sort_value="", css: str = "") -> str:
     return f'<td data-v="{_e(sort_value)}"{klass}>{content}</td>'
 
 
-def _score_cell(attribute: str, text: str | None) -> str:
+def _score_cell(name: str, text: str | None) -> str:
     value = _number(text)
     if value is None:
         return _cell("")
-    words = _e(wording(attribute, value))
-    return _cell(f"{value:.1f}<br><small>{words}</small>", f"{value:.4f}")
+    words = _e(wording(name.removesuffix("_score"), value))
+    return _cell(
+        f"{_e(shown(name, value, with_unit=False))}<br><small>{words}</small>", f"{value:.4f}"
+    )
 
 
 def _thumbnail_cell(row: ReportRow) -> str:
@@ -195,22 +205,31 @@ def _malignancy_cell(p: dict[str, str]) -> str:
     prob, sd = _number(p.get("malignancy_probability")), _number(p.get("malignancy_sd"))
     if prob is None:
         return _cell("")
-    spread = f" ± {100 * sd:.0f}" if sd is not None else ""
+    spread = f" ± {shown('malignancy_sd', sd)}" if sd is not None else ""
     bar = f'<div class="bar"><div style="width:{100 * prob:.0f}%"></div></div>'
-    return _cell(f"<b>{100 * prob:.0f} %{spread}</b>{bar}", f"{prob:.6f}")
+    return _cell(f"<b>{shown('malignancy_probability', prob)}{spread}</b>{bar}", f"{prob:.6f}")
 
 
-def _plain_cell(text: str | None, fmt: str, unit: str = "") -> str:
+def _plain_cell(name: str, text: str | None) -> str:
+    """A number with the schema's unit and precision, or a text cell as it is."""
+    if result_field(name).kind == "text":
+        return _cell(_e(text or ""), text or "")
     value = _number(text)
     if value is None:
         return _cell("")
-    return _cell(f"{value:{fmt}}{unit}", f"{value:.6f}")
+    return _cell(_e(shown(name, value)), f"{value:.6f}")
 
 
-def _warnings_cell(warnings: str) -> str:
+def _warnings_cell(warnings: str, messages: str = "") -> str:
+    """The codes with their sentences: the CSV's ``warning_messages``, or (a CSV written
+    before that column) the code's description."""
     codes = _codes(warnings)
+    words = [m for m in (messages or "").split(TEXT_SEPARATOR) if m.strip()]
+    if len(words) != len(codes):
+        words = [DESCRIPTIONS.get(c, "") for c in codes]
     items = "".join(
-        f"<li><code>{_e(c)}</code> <small>{_e(DESCRIPTIONS.get(c, ''))}</small></li>" for c in codes
+        f"<li><code>{_e(c)}</code> <small>{_e(m)}</small></li>"
+        for c, m in zip(codes, words, strict=True)
     )
     return _cell(f"<ul>{items}</ul>" if codes else "", " ".join(codes), "warn" if codes else "")
 
@@ -224,41 +243,47 @@ def _error_cell(error: str) -> str:
     return _cell(f"{label}<br><small>{_e(message)}</small>", code or "error", "err")
 
 
-# (CSV column or None, header, sort kind)
+# Shown inside another field's cell: the spread beside the malignancy, the words beside the codes.
+_FOLDED = ("malignancy_sd", "warning_messages")
+# (CSV column or None, header, sort kind): the schema's report fields with their units.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("row", "#", "number"),
-    ("id", "id", "text"),
-    ("thumbnail", "axial, lung window", ""),
-    ("malignancy_probability", "malignancy probability ± fold SD", "number"),
-    ("malignancy_score", "malignancy score", "number"),
-    *((a, a, "number") for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
-    ("calcification_probability", "calcification probability", "number"),
-    ("internal_structure_probability", "internal structure probability", "number"),
-    ("volume_mm3", "volume mm³", "number"),
-    ("diameter_mm", "diameter mm", "number"),
-    ("warnings", "warnings", "text"),
-    ("error", "error", "text"),
+    ("id", result_field("id").label, "text"),
+    ("thumbnail", "Axial slice, lung window", ""),
+    *(
+        (
+            f.name,
+            f"{f.heading} ± spread" if f.name == "malignancy_probability" else f.heading,
+            "number" if f.kind == "number" else "text",
+        )
+        for f in fields_for(REPORT)
+        if f.name not in ("id", *_FOLDED)
+    ),
 )
+
+
+def _field_cell(name: str, p: dict[str, str], shown_row: dict[str, str]) -> str:
+    if name == "malignancy_probability":
+        return _malignancy_cell(shown_row)
+    if result_field(name).unit == LIDC_SCALE:
+        return _score_cell(name, shown_row.get(name))
+    if name == "warnings":
+        return _warnings_cell(shown_row.get("warnings", ""), shown_row.get("warning_messages", ""))
+    if name == "error":
+        return _error_cell(p.get("error", ""))
+    return _plain_cell(name, shown_row.get(name))
 
 
 def _row_html(number: int, row: ReportRow) -> str:
     p = row.prediction
     error = p.get("error", "")
-    shown = {} if error else p  # a row that was not scored shows no numbers
+    shown_row = {} if error else p  # a row that was not scored shows no numbers
     id_cell = f"{_e(row.id)}<br><small>{_e(Path(row.image).name)}</small>"
     cells = [
         _cell(str(number), number),
         _cell(id_cell, row.id),
         _thumbnail_cell(row),
-        _malignancy_cell(shown),
-        _score_cell("malignancy", shown.get("malignancy_score")),
-        *(_score_cell(a, shown.get(a)) for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
-        _plain_cell(shown.get("calcification_probability"), ".2f"),
-        _plain_cell(shown.get("internal_structure_probability"), ".2f"),
-        _plain_cell(shown.get("volume_mm3"), ".0f", " mm³"),
-        _plain_cell(shown.get("diameter_mm"), ".1f", " mm"),
-        _warnings_cell("" if error else p.get("warnings", "")),
-        _error_cell(error),
+        *(_field_cell(name, p, shown_row) for name, _, _ in COLUMNS[3:]),
     ]
     klass = "refused" if error else ("warned" if _codes(p.get("warnings", "")) else "scored")
     return f'<tr class="{klass}">{"".join(cells)}</tr>'

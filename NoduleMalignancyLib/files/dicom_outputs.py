@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
-from pydicom.sr.codedict import codes
 
 import NoduleMalignancyLib  # the package root (floor 0): its version
 
@@ -22,9 +20,18 @@ from ..core.analysis import NoduleResult
 from ..core.atomic import atomic_path
 from ..core.attributes import LIDC_WORDING, wording
 from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.extras import require_extra
 from ..core.geometry import ImageGeometry
 from ..core.lung_rads import GROUND_GLASS, PART_SOLID, SOLID
+from ..core.result_schema import LIDC_SCALE, field, score_field
 from ..core.voi import embed_sub_grid, sub_grid_offset
+
+try:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+except ModuleNotFoundError:
+    require_extra("dicom", "highdicom", "pydicom")  # names the extra to install
+    raise
 
 ALGORITHM_NAME = "NoduleMalignancy"
 MANUFACTURER = "NoduleMalignancy (research use only)"
@@ -39,20 +46,35 @@ def private_code(value: str, meaning: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
 
 
+def field_code(value: str, name: str) -> hd.sr.CodedConcept:
+    """A private concept for a result field, meaning the schema's label (core/result_schema)."""
+    f = field(name)
+    probability = " probability" if name.endswith("_probability") else ""
+    return private_code(value, f"{f.label}{probability}")
+
+
 # Private concepts: no standard code exists for these (docs/DESIGN.md §16 lists them).
-MALIGNANCY_SD = private_code("MALSD", "Malignancy probability SD over folds")
-CALCIFICATION_PROBABILITY = private_code("CALCP", "Calcification probability")
-INTERNAL_STRUCTURE_PROBABILITY = private_code("INTSTRP", "Internal structure probability")
-SOLID_COMPONENT_DIAMETER = private_code("SOLIDD", "Solid component mean diameter")
+MALIGNANCY_SD = field_code("MALSD", "malignancy_sd")
+CALCIFICATION_PROBABILITY = field_code("CALCP", "calcification_probability")
+INTERNAL_STRUCTURE_PROBABILITY = field_code("INTSTRP", "internal_structure_probability")
+SOLID_COMPONENT_DIAMETER = field_code("SOLIDD", "lung_rads_solid_mean_diameter_mm")
 LUNG_RADS = private_code("LRSUG", "Suggested Lung-RADS v2022 category (baseline)")
 LUNG_RADS_TEXTURE = private_code("LRTEX", "Lung-RADS texture class")
 SUPPORTS_4X = private_code("LR4XFEAT", "Feature that could support Lung-RADS 4X")
 TEXTURE_CLASS_CODES = {SOLID: "LRTEX-S", PART_SOLID: "LRTEX-PS", GROUND_GLASS: "LRTEX-GG"}
 SCORE_UNIT = hd.sr.CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
+# The UCUM unit of each stored unit of the schema (values are written in their stored units).
+UCUM_UNITS = {
+    "mm": codes.UCUM.Millimeter,
+    "mm³": codes.UCUM.CubicMillimeter,
+    "HU": codes.UCUM.HounsfieldUnit,
+    "1": codes.UCUM.NoUnits,
+    LIDC_SCALE: SCORE_UNIT,
+}
 
 
 def attribute_score_code(attribute: str) -> hd.sr.CodedConcept:
-    return private_code(f"{attribute[:8].upper()}S", f"{attribute.capitalize()} score (LIDC 1-5)")
+    return private_code(f"{attribute[:8].upper()}S", field(score_field(attribute)).heading)
 
 
 def attribute_code(attribute: str) -> hd.sr.CodedConcept:
@@ -168,37 +190,32 @@ def build_segmentation(
 
 
 def _measurements(result: NoduleResult, algorithm) -> list[hd.sr.Measurement]:
-    mm, none = codes.UCUM.Millimeter, codes.UCUM.NoUnits
-
-    def m(name, value, unit, derivation=None):
-        return hd.sr.Measurement(
-            name=name,
-            value=float(value),
-            unit=unit,
+    """The result's numbers by schema field, each in its stored unit (UCUM)."""
+    values = result.values()
+    concepts = [  # (concept, schema field, derivation)
+        (codes.SCT.Volume, "volume_mm3", None),
+        (codes.SCT.LongAxis, "diameter_mm", None),
+        (codes.SCT.ShortAxis, "short_axis_mm", None),
+        (codes.SCT.Diameter, "mean_diameter_mm", codes.SCT.Mean),
+        (codes.DCM.AttenuationCoefficient, "mean_hu", codes.SCT.Mean),
+        (codes.DCM.ProbabilityOfCancer, "malignancy_probability", None),
+        (MALIGNANCY_SD, "malignancy_sd", None),
+        (CALCIFICATION_PROBABILITY, "calcification_probability", None),
+        (INTERNAL_STRUCTURE_PROBABILITY, "internal_structure_probability", None),
+        *((attribute_score_code(a), score_field(a), None) for a in ORDINAL_ATTRIBUTES),
+    ]
+    if result.lung_rads is not None:
+        concepts.append((SOLID_COMPONENT_DIAMETER, "lung_rads_solid_mean_diameter_mm", None))
+    return [
+        hd.sr.Measurement(
+            name=concept,
+            value=float(values[name]),
+            unit=UCUM_UNITS[field(name).unit],
             derivation=derivation,
             algorithm_id=algorithm,
         )
-
-    out = [
-        m(codes.SCT.Volume, result.volume_mm3, codes.UCUM.CubicMillimeter),
-        m(codes.SCT.LongAxis, result.diameter_mm, mm),
-        m(codes.SCT.ShortAxis, result.short_axis_mm, mm),
-        m(codes.SCT.Diameter, result.mean_diameter_mm, mm, derivation=codes.SCT.Mean),
-        m(
-            codes.DCM.AttenuationCoefficient,
-            result.mean_hu,
-            codes.UCUM.HounsfieldUnit,
-            derivation=codes.SCT.Mean,
-        ),
-        m(codes.DCM.ProbabilityOfCancer, result.malignancy_probability, none),
-        m(MALIGNANCY_SD, result.malignancy_sd, none),
-        m(CALCIFICATION_PROBABILITY, result.calcification_probability, none),
-        m(INTERNAL_STRUCTURE_PROBABILITY, result.internal_structure_probability, none),
-        *(m(attribute_score_code(a), result.scores[a], SCORE_UNIT) for a in ORDINAL_ATTRIBUTES),
+        for concept, name, derivation in concepts
     ]
-    if result.lung_rads is not None:
-        out.append(m(SOLID_COMPONENT_DIAMETER, result.lung_rads.solid_mean_diameter_mm, mm))
-    return out
 
 
 def _evaluations(result: NoduleResult) -> list[hd.sr.QualitativeEvaluation]:

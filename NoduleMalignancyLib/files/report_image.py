@@ -13,6 +13,17 @@ import numpy as np
 
 from ..core.analysis import NoduleResult
 from ..core.evidence import COMBINED
+from ..core.result_schema import GROUP_TITLES, field, labelled, score_field, shown
+
+# The measurements the title line names, as the schema labels them.
+TITLE_FIELDS = (
+    "volume_mm3",
+    "diameter_mm",
+    "mean_diameter_mm",
+    "mean_hu",
+    "calcification_probability",
+    "calcified_fraction",
+)
 
 
 def _planes(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -53,23 +64,7 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
     _attribute_bars(ax, result)
     _malignancy_bar(fig.add_subplot(grid[0, 3]), result)
     _explanation_waterfall(fig.add_subplot(grid[1, 2:4]), result)
-    fig.suptitle(
-        (title + "  " if title else "")
-        + f"volume {result.volume_mm3:.0f} mm³, diameter {result.diameter_mm:.1f} mm "
-        f"(mean {result.mean_diameter_mm:.1f} mm), {result.mean_hu:.0f} HU, "
-        f"calcification p={result.calcification_probability:.2f} "
-        f"({100 * result.calcified_fraction:.0f} % of voxels >= 200 HU)"
-        + (
-            f"\nLung-RADS (suggested): {result.lung_rads.category} - baseline screen, "
-            f"{result.lung_rads.texture_class}, the reader decides"
-            + ("; could support 4X: spiculation" if result.lung_rads.supports_4x else "")
-            if result.lung_rads
-            else ""
-        )
-        + f"\nmodel {result.model_version} - research use only, not a diagnostic device"
-        + "".join(f"\nWARNING {w.code}: {w.message}" for w in result.warnings),
-        fontsize=10,
-    )
+    fig.suptitle(title_text(result, title), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -77,56 +72,85 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
     return path
 
 
+def title_text(result: NoduleResult, title: str = "") -> str:
+    """The report's title lines: the measurements, Lung-RADS, the model, the warnings."""
+    values = result.values()
+    lines = [
+        (title + "  " if title else "") + ", ".join(labelled(n, values[n]) for n in TITLE_FIELDS)
+    ]
+    if result.lung_rads:
+        supports = "; ".join(values["lung_rads_supports_4x"])
+        lines.append(
+            f"{labelled('lung_rads', values['lung_rads'])} (suggested, baseline screen; "
+            f"{values['lung_rads_texture_class']}), the reader decides"
+            + (f"; {field('lung_rads_supports_4x').label}: {supports}" if supports else "")
+        )
+    lines.append(
+        f"{labelled('model_version', values['model_version'])} - research use only, "
+        "not a diagnostic device"
+    )
+    lines += [
+        f"WARNING {code}: {message}"
+        for code, message in zip(values["warnings"], values["warning_messages"], strict=True)
+    ]
+    return "\n".join(lines)
+
+
 def _attribute_bars(ax, result: NoduleResult) -> None:
     names = list(result.scores)
     vals = [result.scores[n] for n in names]
-    ax.barh(names, [v - 1 for v in vals], left=1, color="#4c72b0")
+    labels = [field(score_field(n)).label for n in names]
+    ax.barh(labels, [v - 1 for v in vals], left=1, color="#4c72b0")
     for i, (n, v) in enumerate(zip(names, vals, strict=False)):
         ax.text(
             5.05,
             i,
-            f"{v:.1f}  {result.wording[n]}",
+            f"{shown(score_field(n), v, with_unit=False)}  {result.wording[n]}",
             va="center",
             fontsize=8,
         )
     ax.set_xlim(1, 7.2)
     ax.set_xticks([1, 2, 3, 4, 5])
     ax.invert_yaxis()
-    ax.set_title("LIDC attributes (1-5 scale, fold mean)", fontsize=9)
+    ax.set_title(GROUP_TITLES["attributes"], fontsize=9)
 
 
 def _malignancy_bar(ax, result: NoduleResult) -> None:
     p, sd = result.malignancy_probability, result.malignancy_sd
-    ax.bar([0], [p], yerr=[sd], color="#c44e52", capsize=8, width=0.5)
+    ax.bar([0], [100 * p], yerr=[100 * sd], color="#c44e52", capsize=8, width=0.5)
     ax.scatter(
         np.zeros(len(result.fold_malignancy_probabilities)),
-        result.fold_malignancy_probabilities,
+        100 * np.asarray(result.fold_malignancy_probabilities),
         color="k",
         s=10,
         zorder=3,
         label="folds",
     )
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
     ax.set_xlim(-1, 1)
     ax.set_xticks([])
-    ax.set_title(f"Malignancy {100 * p:.0f} % (sd {100 * sd:.0f})", fontsize=10)
+    ax.set_title(
+        f"{labelled('malignancy_probability', p)} ± {shown('malignancy_sd', sd)}", fontsize=10
+    )
     ax.legend(fontsize=7, loc="upper left")
 
 
 def _explanation_waterfall(ax, result: NoduleResult) -> None:
     """The malignancy logit as a waterfall of its parts (they sum to it exactly)."""
     e = result.explanation
-    labels = [p.replace("_", " ") for p in e.parts]
+    labels = [field(f"malignancy_logit_{p}").label for p in e.parts]
     values = list(e.parts.values())
     starts = np.concatenate([[0.0], np.cumsum(values)[:-1]])
     colors = ["#999999"] + ["#c44e52" if v > 0 else "#4c72b0" for v in values[1:]]
     ax.barh(labels, values, left=starts, color=colors)
     ax.barh(["= logit"], [e.logit], color="#333333")
-    for i, v in enumerate([*values, e.logit]):
+    names = [*(f"malignancy_logit_{p}" for p in e.parts), "malignancy_logit"]
+    for i, (name, v) in enumerate(zip(names, [*values, e.logit], strict=True)):
         ax.text(
             0.99,
             i,
-            f"{v:+.2f}",
+            shown(name, v, with_unit=False),
             transform=ax.get_yaxis_transform(),
             ha="right",
             va="center",
@@ -135,7 +159,8 @@ def _explanation_waterfall(ax, result: NoduleResult) -> None:
     ax.axvline(0.0, color="k", linewidth=0.6)
     ax.invert_yaxis()
     ax.set_title(
-        f"Why: malignancy logit {e.logit:+.2f} = sum of parts (p = {100 * e.probability:.0f} %); "
+        f"Why: the malignancy logit {shown('malignancy_logit', e.logit)} = sum of the parts "
+        f"(sigmoid {shown('malignancy_probability', e.probability)}); "
         "evidence maps add up to the image part",
         fontsize=9,
     )

@@ -13,9 +13,9 @@ import vtk
 from vtk.util import numpy_support
 
 from ..core.analysis import NoduleResult
-from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry
+from ..core.result_schema import shown, shown_number
 from ..core.voi import sub_grid, sub_grid_offset
 from .requests import AnalysisRequest, PointRequest
 from .roles import (
@@ -34,7 +34,6 @@ from .roles import (
     ROLE_TABLE,
     SEGMENT_COLORS,
     TABLE_COLUMNS,
-    score_column,
 )
 
 
@@ -140,48 +139,26 @@ class ResultNodes:
         return -1
 
     def update_row(self, table, point: PointRequest, result: NoduleResult) -> int:
-        values = {
+        """The point's row: every table field of the schema, as a person reads it."""
+        values = result.values() | {
             "point": point.label,
             "point_id": point.point_id,
             "r": point.position_ras[0],
             "a": point.position_ras[1],
             "s": point.position_ras[2],
-            "malignancy_percent": 100.0 * result.malignancy_probability,
-            "malignancy_sd_percent": 100.0 * result.malignancy_sd,
-            "calcification_probability": result.calcification_probability,
-            "internal_structure_probability": result.internal_structure_probability,
-            "volume_mm3": result.volume_mm3,
-            "diameter_mm": result.diameter_mm,
-            "short_axis_mm": result.short_axis_mm,
-            "mean_diameter_mm": result.mean_diameter_mm,
-            "mean_hu": result.mean_hu,
-            "calcified_fraction": result.calcified_fraction,
-            "model_version": result.model_version,
-            "warnings": "; ".join(w.message for w in result.warnings),
-            "malignancy_logit": result.explanation.logit,
-            "malignancy_mil_logit": result.malignancy_mil_logit,
-            **{f"malignancy_logit_{p}": v for p, v in result.explanation.parts.items()},
-            "lung_rads": result.lung_rads.category if result.lung_rads else "",
-            "lung_rads_solid_mean_diameter_mm": (
-                result.lung_rads.solid_mean_diameter_mm if result.lung_rads else float("nan")
-            ),
         }
-        wording = result.wording
-        for name in ORDINAL_ATTRIBUTES:
-            values[score_column(name)] = result.scores[name]
-            values[f"{name}_wording"] = wording[name]
         was = table.StartModify()
         row = self._row_of(table, point.point_id)
         if row < 0:
             row = table.AddEmptyRow()
         vtable = table.GetTable()
-        for name, kind, _, _, decimals in TABLE_COLUMNS:
+        for name, kind, _, _, _ in TABLE_COLUMNS:
             column = vtable.GetColumnByName(name)
             value = values[name]
             if kind == "string":
-                column.SetValue(row, str(value))
+                column.SetValue(row, shown(name, value))
             else:
-                column.SetValue(row, round(float(value), decimals))
+                column.SetValue(row, float("nan") if value is None else shown_number(name, value))
             column.Modified()
         vtable.Modified()
         table.Modified()

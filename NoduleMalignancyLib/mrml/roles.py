@@ -6,9 +6,8 @@ all name the same roles; each names them through these constants, never as strin
 
 from __future__ import annotations
 
-from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.evidence import COMBINED, SCALE_NAMES
-from ..core.explanation import PARTS
+from ..core.result_schema import TABLE, fields_for
 from ..core.settings import RESOURCES_DIR
 
 MODULE_NAME = "NoduleMalignancy"
@@ -39,49 +38,18 @@ ATTR_WINDOW = ATTRIBUTE_PREFIX + "EvidenceWindow"
 ATTR_ROLE = ATTRIBUTE_PREFIX + "Role"
 
 
-def score_column(attribute: str) -> str:
-    """Table column of an attribute's 1-5 score: ``malignancy_score`` for malignancy (as in the
-    batch CSV), so it is not mistaken for the malignancy probability beside it."""
-    return "malignancy_score" if attribute == "malignancy" else attribute
-
-
-# Table columns: (name, vtk type, title, unit, decimals). Names follow the CLI / JSON fields.
-TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = (
-    ("point", "string", "Point", "", 0),
-    ("point_id", "string", "Control point ID", "", 0),
-    ("r", "double", "R", "mm", 2),
-    ("a", "double", "A", "mm", 2),
-    ("s", "double", "S", "mm", 2),
-    ("malignancy_percent", "double", "Malignancy", "%", 1),
-    ("malignancy_sd_percent", "double", "Malignancy spread (SD over folds)", "%", 1),
-    *(
-        item
-        for name in ORDINAL_ATTRIBUTES
-        for item in (
-            (score_column(name), "double", f"{name.capitalize()} (LIDC 1-5)", "", 2),
-            (f"{name}_wording", "string", f"{name.capitalize()} (LIDC)", "", 0),
-        )
-    ),
-    ("calcification_probability", "double", "Calcification probability", "", 3),
-    ("internal_structure_probability", "double", "Internal structure (not soft tissue)", "", 3),
-    ("volume_mm3", "double", "Volume", "mm3", 1),
-    ("diameter_mm", "double", "Diameter (longest axial)", "mm", 1),
-    ("short_axis_mm", "double", "Short axis", "mm", 1),
-    ("mean_diameter_mm", "double", "Mean diameter", "mm", 1),
-    ("mean_hu", "double", "Mean attenuation", "HU", 0),
-    ("calcified_fraction", "double", "Calcified fraction (>= 200 HU)", "", 3),
-    # The malignancy explained (docs/DESIGN.md §11): the parts sum to the malignancy logit.
-    ("malignancy_logit", "double", "Malignancy logit (explained)", "", 3),
-    *(
-        (f"malignancy_logit_{part}", "double", f"Logit part: {part.replace('_', ' ')}", "", 3)
-        for part in PARTS
-    ),
-    ("malignancy_mil_logit", "double", "MIL logit (network, unfused)", "", 3),
-    # A suggestion for the reader, baseline screen only (docs/DESIGN.md §16).
-    ("lung_rads", "string", "Lung-RADS (suggested, baseline)", "", 0),
-    ("lung_rads_solid_mean_diameter_mm", "double", "Lung-RADS solid component", "mm", 1),
-    ("warnings", "string", "Warnings (scope)", "", 0),
-    ("model_version", "string", "Model version", "", 0),
+# Table columns: (name, vtk type, title, unit, decimals), one per result field the schema puts
+# on the table (core/result_schema.py): the CSV's names, the values as a person reads them
+# (probabilities in %; the unit in the title and the column's unit label).
+TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = tuple(
+    (
+        f.name,
+        "string" if f.kind in ("text", "list") else "double",
+        f.heading,
+        f.shown_unit,
+        f.shown_decimals,
+    )
+    for f in fields_for(TABLE)
 )
 
 # Distinct segment colours (Slicer-like palette), used in table-row order.

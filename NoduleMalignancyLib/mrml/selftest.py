@@ -254,7 +254,7 @@ class NoduleMalignancySelfTestMixin:
         self.assertEqual(cell["point_id"], point_id)
         ras = np.array([float(cell[c]) for c in ("r", "a", "s")])
         self.assertLess(np.abs(ras - point_lps * [-1, -1, 1]).max(), 0.01)
-        malignancy = float(cell["malignancy_percent"])
+        malignancy = float(cell["malignancy_probability"])  # in % (unit label)
         self.assertAlmostEqual(malignancy, 100 * result.malignancy_probability, delta=0.051)
         self.assertTrue(0.0 <= malignancy <= 100.0)
         for name in ("subtlety", "sphericity", "margin", "lobulation", "spiculation", "texture"):

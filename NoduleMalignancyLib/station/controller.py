@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
+from ..core.result_schema import shown
 from ..mrml.ct_loading import load_ct_volume
 from ..mrml.logic import InputError, NoduleMalignancyLogic, read_ct_volume
 from ..mrml.nodes import nodes_by_class
@@ -225,7 +226,7 @@ class StationController:
             "ras": list(self.markups.GetNthControlPointPositionWorld(index)),
             "status": "placed",
             "message": "",
-            "malignancy_percent": None,
+            "malignancy_text": None,  # result_schema.shown("malignancy_probability", ...)
         }
         self.points[point_id] = record
         return record
@@ -340,7 +341,7 @@ class StationController:
             record.update(
                 status="done",
                 message="; ".join(w.code for w in result.warnings),
-                malignancy_percent=round(100 * result.malignancy_probability, 1),
+                malignancy_text=shown("malignancy_probability", result.malignancy_probability),
             )
         self.current = output.points[-1].point_id
         self.fraction = 1.0

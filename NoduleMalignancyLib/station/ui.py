@@ -109,8 +109,8 @@ def nodule_list(on_select: Callable) -> None:
             active=("n.id === st.current",),
         ):
             v3.VListItemTitle(
-                "{{ n.label }}: {{ n.malignancy_percent !== null "
-                "? n.malignancy_percent.toFixed(1) + ' % malignancy' : n.status }}"
+                "{{ n.label }}: {{ n.malignancy_text !== null "
+                "? n.malignancy_text + ' malignancy' : n.status }}"
             )
             v3.VListItemSubtitle("{{ n.message }}", v_if="n.message")
 
@@ -150,16 +150,8 @@ def results_panel() -> None:
     """Malignancy with its spread, warnings, then every section of the panel dict."""
     with html.Div(v_if="st.panel", id="station-results"):
         html.Div("Results: {{ st.panel.label }}", classes="text-overline")
-        html.Div(
-            "Malignancy {{ st.panel.malignancy_percent.toFixed(1) }} %",
-            classes="text-h5",
-            id="station-malignancy",
-        )
-        html.Div(
-            "spread ± {{ st.panel.malignancy_sd_percent.toFixed(1) }} % (SD over folds; "
-            "folds: {{ st.panel.folds_percent.join(', ') }} %)",
-            classes="text-caption mb-2",
-        )
+        html.Div("{{ st.panel.headline }}", classes="text-h5", id="station-malignancy")
+        html.Div("{{ st.panel.spread }}", classes="text-caption mb-2")
         v3.VAlert(
             v_for="w in st.panel.warnings",
             key="w.code",
