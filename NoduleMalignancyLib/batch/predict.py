@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ORDINAL_ATTRIBUTES
+from ..core.errors import InputError
 from ..core.explanation import PARTS
 from ..core.geometry import ImageGeometry
+from ..files.row_errors import row_failure
 
 # The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
 # malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
@@ -117,8 +119,8 @@ def predict_ct(
         else:
             array, geometry = load_image(image_path)
         load_error = None
-    except Exception as exc:
-        array, geometry, load_error = None, None, f"cannot read image: {exc}"
+    except Exception as exc:  # every row of the image gets the reason (a bug: the traceback)
+        array, geometry, load_error = None, None, row_failure(exc, "cannot read image: ")
     found: list = []  # (id, result, mask) for the DICOM SEG / SR of this CT
     recs = [
         _predict_row(row, array, geometry, ensemble, masks_dir, load_error, datasets, found)
@@ -164,9 +166,9 @@ def _predict_row(
     from ..files.writers import write_volume
 
     rec = {"id": row["id"], "error": ""}
+    if load_error:
+        return rec | load_error
     try:
-        if load_error:
-            raise ValueError(load_error)
         mask_path = Path(masks_dir) / mask_file_name(row["id"]) if masks_dir else None
         point = manifest_point(row)
         map_to_ct = bool(masks_dir or datasets)
@@ -178,8 +180,8 @@ def _predict_row(
             found.append((row["id"], r, full_mask(r, geometry)))
     except RefusedError as exc:
         rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
-    except Exception as exc:
-        rec["error"] = str(exc).replace("\n", " ")
+    except Exception as exc:  # one bad row never stops the run; a bug's traceback: the log
+        rec.update(row_failure(exc))
     return rec
 
 
@@ -190,7 +192,7 @@ def manifest_point(row: dict, columns=MANIFEST_COLUMNS[2:], label: str = "") -> 
     except (TypeError, ValueError):
         got = ", ".join(repr(row[c]) for c in columns)
         where = f"{label}: " if label else ""
-        raise ValueError(
+        raise InputError(
             f"{where}{', '.join(columns)} must be numbers (world LPS mm): got {got}"
         ) from None
 
@@ -204,7 +206,7 @@ def mask_file_name(row_id: str) -> str:
     try:
         return f"{safe_id(row_id)}.nii.gz"
     except ValueError:
-        raise ValueError(f"id {row_id!r} has no file-name-safe character for its mask") from None
+        raise InputError(f"id {row_id!r} has no file-name-safe character for its mask") from None
 
 
 def check_mask_names(ids: list[str]) -> None:
@@ -220,7 +222,7 @@ def check_mask_names(ids: list[str]) -> None:
     clashes = {name: found for name, found in by_name.items() if len(found) > 1}
     if clashes:
         listed = "; ".join(f"{name}: {found}" for name, found in list(clashes.items())[:5])
-        raise ValueError(
+        raise InputError(
             f"{len(clashes)} mask file name(s) would be written by more than one manifest row "
             f"({listed}). Give every row a distinct id (letters, digits, '.', '_', '-')."
         )
@@ -305,5 +307,4 @@ def group_by_image(rows: list[dict]) -> dict[str, list[int]]:
 
 def failed_rows(rows: list[dict], exc: BaseException) -> list[dict]:
     """The rows of a CT whose task failed as a whole (a worker lost, an unexpected error)."""
-    reason = f"task failed: {type(exc).__name__}: {exc}".replace("\n", " ")
-    return [{"id": row["id"], "error": reason} for row in rows]
+    return [{"id": row["id"], **row_failure(exc, "task failed: ")} for row in rows]

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.atomic import atomic_path
+from ..core.errors import InputError
 from ..core.settings import models_dir
 from ..files.batch_report import (
     ReportHeader,
@@ -44,10 +45,10 @@ def _matched(manifest: list[dict], predictions: list[dict]) -> None:
     """Refuse predictions that are not this manifest's, rather than show wrong thumbnails."""
     missing = set(MANIFEST_COLUMNS) - set(manifest[0] if manifest else MANIFEST_COLUMNS)
     if missing:
-        raise ValueError(f"the manifest lacks columns {sorted(missing)}")
+        raise InputError(f"the manifest lacks columns {sorted(missing)}")
     ids = [r.get("id") for r in predictions]
     if len(predictions) != len(manifest) or ids != [r["id"] for r in manifest]:
-        raise ValueError(
+        raise InputError(
             f"the predictions ({len(predictions)} rows) are not this manifest's "
             f"({len(manifest)} rows): ids differ; rerun predict on the manifest"
         )

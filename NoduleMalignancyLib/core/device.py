@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["DeviceError", "device_choice", "resolve_device"]
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """The requested device does not exist here; the message says what to choose instead."""
 
 

@@ -20,6 +20,7 @@ import torch
 from .atomic import write_json
 from .config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
 from .device import device_choice, resolve_device
+from .errors import WeightsError
 from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
 from .settings import MODELS_ENV, models_dir
@@ -33,10 +34,6 @@ MANIFEST_NAME = "manifest.json"
 SHIPPED_MANIFEST_SHA256 = "24f15fcaddc36ca3bd04c796be8a0d08b57fa93a3e29832d48274fae6e051933"
 # The model version every other ensemble reports (a user's training, a forged manifest).
 CUSTOM_VERSION = "custom"
-
-
-class WeightsError(RuntimeError):
-    """The ensemble's weights are missing, corrupt or do not match the manifest."""
 
 
 def sha256_of(path: Path) -> str:

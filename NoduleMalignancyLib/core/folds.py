@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MissingFileError
 from .settings import shipped_models_dir
 
 DEFAULT_K = 5
@@ -106,7 +107,7 @@ def load_folds(path: str | os.PathLike = DEFAULT_FOLDS_FILE) -> dict[str, int]:
     """Read a folds file; refuses one that puts a patient in two folds."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No folds file at {path} (nodule-malignancy train writes one).")
+        raise MissingFileError(f"No folds file at {path} (nodule-malignancy train writes one).")
     out: dict[str, int] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):

@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from .errors import MissingFileError
+
 __all__ = [
     "CACHE_ENV",
     "DATA_ENV",
@@ -56,7 +58,7 @@ def require_data_dir(explicit: str | os.PathLike | None = None, needs: str = "li
     """:func:`data_dir`, or a :class:`FileNotFoundError` that says how to set it."""
     folder = data_dir(explicit)
     if folder is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No data folder: pass --data or set {DATA_ENV} to the folder containing {needs}"
         )
     return folder

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import vessel
+from .errors import InputError
 from .geometry import ImageGeometry, bounding_box
 from .lung_mask import (
     LungMask,
@@ -175,12 +176,11 @@ DESCRIPTIONS: dict[str, str] = {
 _FROM_IMAGE = object()  # a ``lungs`` argument not given: look the mask up from the image
 
 
-class RefusedError(ValueError):
+class RefusedError(InputError):
     """The input cannot be answered; ``code`` is one of :data:`REFUSALS`."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
         self.message = message
 
 

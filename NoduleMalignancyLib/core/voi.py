@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import VoiConfig
+from .errors import InputError
 from .geometry import ImageGeometry
 
 # HU below this is "no data" (LIDC's -2048 outside the field of view, padding values).
@@ -26,7 +27,7 @@ NO_DATA_HU = -1500.0
 _EPS = 1e-6
 
 
-class PointOutsideVolumeError(ValueError):
+class PointOutsideVolumeError(InputError):
     """The requested world point does not lie inside the image."""
 
 

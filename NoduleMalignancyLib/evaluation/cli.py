@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.errors import MissingFileError
 from ..core.settings import DATA_ENV, data_dir
 
 
@@ -23,7 +24,7 @@ def reader_labels_path(data: str | None) -> Path | None:
     for cand in (root / "lidc_vois" / "reader_labels.csv", root / "reader_labels.csv"):
         if cand.exists():
             return cand
-    raise FileNotFoundError(f"no lidc_vois/reader_labels.csv under {root}")
+    raise MissingFileError(f"no lidc_vois/reader_labels.csv under {root}")
 
 
 def cmd_evaluate(args) -> int:
@@ -31,7 +32,7 @@ def cmd_evaluate(args) -> int:
 
     oof = Path(args.oof) if args.oof else latest_oof()
     if oof is None:
-        raise FileNotFoundError("no runs/*/oof.csv found: pass --oof PATH")
+        raise MissingFileError("no runs/*/oof.csv found: pass --oof PATH")
     readers = reader_labels_path(args.data)
     folds = Path(args.folds) if args.folds and Path(args.folds).exists() else None
     argv = ["--oof", str(oof), "--out", str(args.out)]

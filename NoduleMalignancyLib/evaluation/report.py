@@ -18,6 +18,7 @@ import numpy as np
 from ..core import metrics
 from ..core.atomic import write_json
 from ..core.config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
+from ..core.errors import InputError
 from ..core.folds import load_folds
 from ..core.fusion import (
     MALIGNANCY_PROBABILITY,
@@ -44,7 +45,7 @@ def load_table(path) -> dict[str, np.ndarray]:
     with open(Path(path), newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     cols = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
@@ -72,7 +73,7 @@ def _resolve_folds(oof: dict, folds_csv) -> tuple[np.ndarray, list[str]]:
     own = oof.get("fold")
     if folds_csv is None or not Path(folds_csv).exists():
         if own is None:
-            raise ValueError(
+            raise InputError(
                 "no folds: the OOF table has no 'fold' column and folds.csv is missing"
             )
         notes.append("folds.csv not given/found: folds taken from the OOF table's `fold` column.")
@@ -82,7 +83,7 @@ def _resolve_folds(oof: dict, folds_csv) -> tuple[np.ndarray, list[str]]:
     missing = folds < 0
     if missing.any():
         if own is None:
-            raise ValueError(f"{missing.sum()} OOF patients are not in {folds_csv}")
+            raise InputError(f"{missing.sum()} OOF patients are not in {folds_csv}")
         folds[missing] = own[missing].astype(int)
         notes.append(f"{int(missing.sum())} nodules' patients not in folds.csv: OOF `fold` used.")
     if own is not None:
@@ -202,7 +203,7 @@ def evaluate(
     oof = load_table(oof_csv)
     for col in ("patient_id", "malignancy_prob", "diameter_mean_mm"):
         if col not in oof:
-            raise ValueError(f"{oof_csv}: missing column {col!r}")
+            raise InputError(f"{oof_csv}: missing column {col!r}")
     y = _labels(oof)
     folds, notes = _resolve_folds(oof, folds_csv)
     groups = oof["patient_id"]

@@ -35,6 +35,7 @@ from ..core.settings import git_commit
 from ..core.validation import ScopeConfig, check_image, check_point
 from ..core.voi import resample_to_grid, sample_voi, sub_grid
 from .csv_cells import read_csv, write_csv
+from .row_errors import TRACEBACK_KEY, failure_log_path, failure_traceback, write_failure_log
 from .writers import to_sitk
 
 DATASET_JSON = "dataset.json"
@@ -129,6 +130,7 @@ class ExportSummary:
     read_seconds: float = 0.0  # reading and decoding the CTs (and their annotations)
     write_seconds: float = 0.0  # sampling the patches and writing the files
     out_dir: Path | None = None
+    failure_log: Path | None = None  # tracebacks of unexpected errors (bugs), if any
 
     def line(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
@@ -137,6 +139,11 @@ class ExportSummary:
             f"{self.failed} failed in {self.seconds:.1f} s ({rate:.2f} nodules/s; reading CTs "
             f"{self.read_seconds:.1f} s, sampling and writing {self.write_seconds:.1f} s) "
             f"-> {self.out_dir}"
+            + (
+                f" (tracebacks of unexpected errors: {self.failure_log})"
+                if self.failure_log
+                else ""
+            )
         )
 
 
@@ -519,6 +526,8 @@ class ExportRun:
 
     def finish(self) -> ExportSummary:
         write_csv(self.out / FAILURES_CSV, self.failures, FAILURE_COLUMNS)
+        rows = [f | {"id": f["nodule_id"] or f["source"]} for f in self.failures]
+        self.summary.failure_log = write_failure_log(failure_log_path(self.out), rows)
         self.summary.failures = self.failures
         self.summary.seconds = time.perf_counter() - self._t0
         self.writer.flush()
@@ -559,6 +568,7 @@ def _failure(
         "nodule_id": nodule.nodule_id if nodule else "",
         "code": getattr(exc, "code", None) or type(exc).__name__,
         "reason": reason,
+        TRACEBACK_KEY: failure_traceback(exc),  # a bug's, for the errors log (not the table)
     }
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.atomic import atomic_path
+from ..core.errors import InputError, NoduleMalignancyError
 from ..core.settings import DATA_ENV, cache_dir
 from ..core.settings import data_dir as configured_data_dir
 
@@ -136,11 +137,11 @@ SAMPLES: dict[str, SampleRecord] = {
 }
 
 
-class SampleNotFoundError(RuntimeError):
+class SampleNotFoundError(NoduleMalignancyError, RuntimeError):
     """No cached copy and no local copy of a sample: the message says what to set."""
 
 
-class SampleChecksumError(RuntimeError):
+class SampleChecksumError(NoduleMalignancyError, RuntimeError):
     """A local copy of a sample decodes to voxels other than the registered ones."""
 
 
@@ -155,7 +156,7 @@ def _record(name: str) -> SampleRecord:
         return SAMPLES[name]
     except KeyError:
         known = ", ".join(sorted(SAMPLES))
-        raise ValueError(f"unknown sample {name!r}; known samples: {known}") from None
+        raise InputError(f"unknown sample {name!r}; known samples: {known}") from None
 
 
 def _how_to_provide(record: SampleRecord) -> str:
@@ -296,7 +297,7 @@ def voxel_sha256(image: sitk.Image | np.ndarray) -> str:
     array = np.asarray(array)
     if array.dtype != np.int16:
         if not _fits_int16(array):
-            raise ValueError(
+            raise InputError(
                 f"voxels of dtype {array.dtype} are not exactly representable as int16"
             )
         array = array.astype(np.int16)
@@ -342,7 +343,7 @@ def _points_from_file(root: Path | None, name: str) -> list | None:
             if entry is None:
                 return None
             if entry.get("type") != "Multiple points" or "points" not in entry:
-                raise ValueError(f"{path}: entry {name!r} is not a LUNA25 'Multiple points' list")
+                raise InputError(f"{path}: entry {name!r} is not a LUNA25 'Multiple points' list")
             return [
                 [str(p.get("name", f"{name}_n{i}")), [float(c) for c in p["point"]]]
                 for i, p in enumerate(entry["points"])
@@ -406,10 +407,10 @@ def dicom_series_files(path: str | Path) -> tuple[str, ...]:
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise ValueError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
+            raise InputError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
         uid = reader.GetMetaData("0020|000e") if reader.HasMetaDataKey("0020|000e") else ""
         return _file_series(path, uid)
-    raise ValueError(f"{path} is not a DICOM folder or file")
+    raise InputError(f"{path} is not a DICOM folder or file")
 
 
 def is_dicom_source(path: str | Path) -> bool:
@@ -428,7 +429,7 @@ def read_ct_with_dicom(path: str | Path) -> tuple[sitk.Image, list | None]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(f"cannot read a CT from {path}: no such file or folder")
+        raise InputError(f"cannot read a CT from {path}: no such file or folder")
     if not is_dicom_source(path):
         return read_ct(path), None
     if path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES):
@@ -436,7 +437,7 @@ def read_ct_with_dicom(path: str | Path) -> tuple[sitk.Image, list | None]:
             try:
                 files = dicom_series_files(folder)
             except ValueError as exc:
-                raise ValueError(f"cannot read a CT from {path}: {exc}") from None
+                raise InputError(f"cannot read a CT from {path}: {exc}") from None
             return _read_series(files, str(path)), _dicom_headers(files)
     files = dicom_series_files(path)
     return _read_series(files, str(path)), _dicom_headers(files)
@@ -447,7 +448,7 @@ def read_dicom_instances(files) -> tuple[sitk.Image, list]:
     for a loaded volume), and its headers in slice order.
 
     The files of the series with the most instances are sorted along the slice normal, as GDCM
-    sorts a folder; raises ``ValueError`` when none is DICOM.
+    sorts a folder; raises :class:`InputError` (a ``ValueError``) when none is DICOM.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -457,9 +458,9 @@ def read_dicom_instances(files) -> tuple[sitk.Image, list]:
         try:
             headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
         except (InvalidDicomError, OSError) as exc:
-            raise ValueError(f"cannot read DICOM file {f}: {exc}") from None
+            raise InputError(f"cannot read DICOM file {f}: {exc}") from None
     if not headers:
-        raise ValueError("no DICOM files given")
+        raise InputError("no DICOM files given")
     series = [h.get("SeriesInstanceUID", "") for h in headers]
     uid = max(set(series), key=series.count)
     headers = [h for h in headers if h.get("SeriesInstanceUID", "") == uid]
@@ -483,7 +484,7 @@ def _read_ct_with_xml(path: Path, want_xml: bool = True) -> tuple[sitk.Image, di
     """The CT and (``want_xml``) the XML files beside the DICOM (LIDC reader annotations)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(f"cannot read a CT from {path}: no such file or folder")
+        raise InputError(f"cannot read a CT from {path}: no such file or folder")
     if path.is_dir():
         return _read_dicom_folder(path), (_xml_files(path) if want_xml else {})
     lower = path.name.lower()
@@ -494,7 +495,7 @@ def _read_ct_with_xml(path: Path, want_xml: bool = True) -> tuple[sitk.Image, di
     try:
         return sitk.ReadImage(str(path)), {}
     except RuntimeError as exc:
-        raise ValueError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -512,7 +513,7 @@ def _read_dicom_archive(path: Path, want_xml: bool) -> tuple[sitk.Image, dict[st
         try:
             image = _read_dicom_folder(folder)
         except ValueError as exc:
-            raise ValueError(f"cannot read a CT from {path}: {exc}") from None
+            raise InputError(f"cannot read a CT from {path}: {exc}") from None
         return image, (_xml_files(folder) if want_xml else {})
 
 
@@ -529,12 +530,12 @@ def _extracted_archive(path: Path):
                     for member in archive.getmembers():
                         target = (root / member.name).resolve()
                         if root not in target.parents and target != root:
-                            raise ValueError(f"unsafe path in archive: {member.name}")
+                            raise InputError(f"unsafe path in archive: {member.name}")
                         if member.issym() or member.islnk():
-                            raise ValueError(f"link in archive: {member.name}")
+                            raise InputError(f"link in archive: {member.name}")
                     archive.extractall(tmp)
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"cannot read a CT from {path}: not a readable tar archive ({exc})"
             ) from None
         yield Path(tmp)
@@ -562,7 +563,7 @@ def _largest_series(folder: Path) -> tuple[str, tuple[str, ...]]:
     """The series :func:`read_ct` reads from a folder: the one with the most slices."""
     series = _dicom_series(folder)
     if not series:
-        raise ValueError(f"cannot read a CT from {folder}: no DICOM series found in the folder")
+        raise InputError(f"cannot read a CT from {folder}: no DICOM series found in the folder")
     return max(series, key=lambda s: len(s[1]))
 
 
@@ -574,7 +575,7 @@ def _read_dicom_file_series(path: Path) -> sitk.Image:
         reader.ReadImageInformation()
         uid = reader.GetMetaData("0020|000e") if reader.HasMetaDataKey("0020|000e") else ""
     except RuntimeError as exc:
-        raise ValueError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read a CT from {path}: {_first_line(exc)}") from None
     return _read_series(_file_series(path, uid), str(path))
 
 
@@ -590,7 +591,7 @@ def _read_series(files, label: str) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise ValueError(f"cannot read a CT from {label}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read a CT from {label}: {_first_line(exc)}") from None
     for key in _DICOM_TAGS:
         if reader.HasMetaDataKey(0, key):
             image.SetMetaData(key, reader.GetMetaData(0, key).strip())

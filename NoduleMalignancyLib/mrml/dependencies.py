@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..core import errors
 from .runtime import inside_slicer
 
 __all__ = [
@@ -78,7 +79,7 @@ class MissingRequirement:
         return f"{r.module} {self.installed_version} is older than {r.minimum} ({r.purpose})"
 
 
-class DependencyError(RuntimeError):
+class DependencyError(errors.DependencyError):
     """Required packages are missing and were not (or could not be) installed."""
 
 

@@ -33,6 +33,7 @@ import slicer
 import vtk
 
 from ..core.analysis import NoduleResult, analyze_point
+from ..core.errors import CancelledError, InputError
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
 from ..core.validation import RefusedError, check_image, prepare_lung_side
@@ -72,17 +73,6 @@ log = logging.getLogger(__name__)
 
 
 # Errors ---------------
-class InputError(ValueError):
-    """The input cannot be analysed; the message says why and what to do. Scene untouched.
-
-    ``code`` is the scope layer's refusal code (core/validation.py) when it refused the input.
-    """
-
-    def __init__(self, message: str, code: str | None = None):
-        super().__init__(message)
-        self.code = code
-
-
 class NotCTError(InputError):
     """The volume does not hold CT Hounsfield units (label map, 8-bit, MR-like ranges)."""
 
@@ -91,11 +81,11 @@ class EmptyVolumeError(InputError):
     """The volume node has no voxels."""
 
 
-class PointOutsideError(InputError, PointOutsideVolumeError):
+class PointOutsideError(PointOutsideVolumeError):
     """A markups point lies outside the volume."""
 
 
-class AnalysisCancelledError(RuntimeError):
+class AnalysisCancelledError(CancelledError):
     """The run was cancelled; nothing in the scene was changed."""
 
 

@@ -51,6 +51,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..core.errors import InputError, MissingFileError
 from .ratings import CHARACTERISTICS, RATING_FIELDS, SCALES, validate_required
 
 DESIGNS = ("sequential", "independent")
@@ -75,7 +76,7 @@ _REFERENCE_KEYS = {*REFERENCE_MEANS, "n_readers"}
 MODEL_RANGES = {"malignancy_probability": (0.0, 1.0), "malignancy_score": (1.0, 5.0)}
 
 
-class StudyFileError(ValueError):
+class StudyFileError(InputError):
     """A study file that cannot be used; the message names the file and the offending field."""
 
 
@@ -150,7 +151,7 @@ def load_study(path: str | Path, check_files: bool = False) -> Study:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"study file {path} does not exist") from None
+        raise MissingFileError(f"study file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StudyFileError(f"study file {path}: not valid JSON ({exc})") from None
     study = parse_study(data, path.resolve().parent, source=str(path))
@@ -325,7 +326,7 @@ def check_ct_files(study: Study) -> None:
     if missing:
         listed = "; ".join(f"{c.id}: {c.ct_path}" for c in missing[:10])
         more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} CT file(s) of the study are missing: {listed}{more}"
         )
 

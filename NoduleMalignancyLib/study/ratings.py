@@ -9,6 +9,7 @@ agree on names and ranges.
 from __future__ import annotations
 
 from ..core.config import ATTRIBUTES
+from ..core.errors import InputError
 
 # LIDC scales (inclusive): calcification 6 and internal_structure 1 mean "absent"/"soft tissue".
 SCALES: dict[str, tuple[int, int]] = {
@@ -33,7 +34,7 @@ ALWAYS_REQUIRED = ("malignancy", "confidence")
 OPTIONAL_FIELDS = ("lung_rads", "comment")
 
 
-class RatingError(ValueError):
+class RatingError(InputError):
     """A submitted rating with a missing, unknown or out-of-range field (named in the message)."""
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ..core.errors import AccessDeniedError
 from ..core.geometry import lps_to_ras
 from ..mrml.ct_loading import CTLoadError, load_ct_volume
 from .form import choice_titles, entries_from_form, form_from_entries
@@ -169,7 +170,7 @@ class SceneReading:
 
     def _session(self) -> StudySession:
         if self.session is None:
-            raise PermissionError("sign in with your reader token first")
+            raise AccessDeniedError("sign in with your reader token first")
         return self.session
 
     def _case_line(self, a: Assignment) -> str:

@@ -31,6 +31,7 @@ from ..core.config import (
     VoiConfig,
     canvas_config,
 )
+from ..core.errors import MissingFileError
 from ..core.settings import cache_dir, require_data_dir
 from ..files.csv_cells import read_csv
 
@@ -49,7 +50,7 @@ def voi_dir(data: str | os.PathLike | None = None) -> Path:
         return root
     if (root / VOI_FOLDER / "metadata.csv").is_file():
         return root / VOI_FOLDER
-    raise FileNotFoundError(f"No metadata.csv in {root} or {root / VOI_FOLDER}.")
+    raise MissingFileError(f"No metadata.csv in {root} or {root / VOI_FOLDER}.")
 
 
 def training_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
