@@ -231,44 +231,19 @@ def _free_port() -> int:
 def run_station(arguments: list[str], models_dir):
     """``nodule-malignancy app ARGUMENTS`` on 127.0.0.1 and a free port (CPU, ``models_dir``);
     yields (page address, the server's output lines) once it serves."""
-    import os
-    import subprocess
     import sys
-    import threading
-    from pathlib import Path
+
+    from served import served
 
     port = _free_port()
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [
         sys.executable, "-m", "NoduleMalignancyLib.cli", "app", *arguments,
         "--port", str(port), "--models", str(models_dir), "--device", "cpu",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "reading station on" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        if not ready.wait(180) or process.poll() is not None:
-            pytest.fail("the station did not start:\n" + "".join(lines[-40:]), pytrace=False)
+    with served(command, "reading station on") as lines:
         address = next(line for line in lines if "reading station on" in line).split()[-1]
         assert address.startswith(f"http://127.0.0.1:{port}/?secret=")  # the station's own
         yield address, lines
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture

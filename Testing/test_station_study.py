@@ -34,8 +34,8 @@ FORM = {
 
 
 @pytest.fixture
-def study(tmp_path, ct_0001_path):
-    """(study file, database, reader token) of a one-case sequential study."""
+def study_owned(tmp_path, ct_0001_path):
+    """(study file, database, reader token, owner token) of a one-case sequential study."""
     study_file = tmp_path / "study.json"
     study_file.write_text(
         json.dumps(
@@ -58,7 +58,13 @@ def study(tmp_path, ct_0001_path):
     db = tmp_path / "study.db"
     owner = create_study(db, study_file)
     token = StudyStore(db).add_reader(owner, "alice")
-    return study_file, db, token
+    return study_file, db, token, owner
+
+
+@pytest.fixture
+def study(study_owned):
+    """(study file, database, reader token) of a one-case sequential study."""
+    return study_owned[:3]
 
 
 def test_the_form_has_the_lidc_scales_with_their_wording():
@@ -239,9 +245,10 @@ def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_d
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"{url}?token={token}")
+                page.goto(f"{url}&token={token}")
                 page.wait_for_selector("#study-case", timeout=60_000)
                 assert "token" not in page.url, "the token leaves the address bar"
+                assert "secret" not in page.url, "so does the websocket secret"
                 assert "unaided reading" in page.locator("#study-case").inner_text()
                 assert page.locator("#station-results").count() == 0
                 page.evaluate("(f) => window.trame.state.set('form', f)", FORM)
@@ -263,3 +270,47 @@ def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_d
         ("unaided", False),
         ("aided", True),
     ]
+
+
+def test_a_station_serves_one_reader_on_one_connection(study_owned, tiny_dir):
+    """``app --study`` over raw websockets (issue 28, finding 2): the default secret gets
+    nothing, a trigger before sign-in does nothing, the reader's token never enters the shared
+    state, another connection cannot act for the signed-in reader, and the station cannot be
+    re-signed as another reader."""
+    from urllib.parse import parse_qs, urlparse
+
+    import msgpack
+    import wslink_client as ws
+    from test_station import run_station
+
+    study_file, db, token, owner = study_owned
+    store = StudyStore(db)
+    with run_station(["--study", str(study_file), "--db", str(db)], tiny_dir) as (url, _):
+        address = urlparse(url)
+        origin = f"http://{address.netloc}"
+        socket_url = f"ws://{address.netloc}/ws"
+        secret = parse_qs(address.query)["secret"][0]
+        state_get = ("trame.state.get", [])
+
+        def trigger(name, *args):
+            return ("trame.trigger", [name, list(args), {}])
+
+        assert all(
+            ws.refused(r) for r in ws.call(socket_url, origin, ws.DEFAULT_SECRET, [state_get])
+        )
+        with pytest.raises(ws.RefusedError):
+            ws.call(socket_url, "http://evil.example", secret, [state_get])
+        _, early = ws.call(socket_url, origin, secret, [trigger("study_submit", FORM, {})])
+        assert early["result"] is False, "a trigger before sign-in"
+        _, signed, state = ws.call(
+            socket_url, origin, secret, [trigger("study_sign_in", token), state_get]
+        )
+        assert signed["result"] is True
+        assert token.encode() not in msgpack.packb(state["result"]), "the token is not in state"
+        step = state["result"]["state"]["study"]["step"]
+        _, other = ws.call(socket_url, origin, secret, [trigger("study_submit", FORM, step)])
+        assert other["result"] is False, "another connection acts for the signed-in reader"
+        second = store.add_reader(owner, "mallory")
+        _, resign = ws.call(socket_url, origin, secret, [trigger("study_sign_in", second)])
+        assert resign["result"] is False, "re-signed as another reader"
+    assert store.my_ratings(token) == [] and store.my_ratings(second) == []

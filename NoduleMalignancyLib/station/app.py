@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 from ..mrml.logic import InputError
+from .access import StationAccess, install_access, local_origins
 from .controller import StationController
 from .views import AXIAL, StationViews
 
@@ -223,8 +224,21 @@ class StationApp:
                 disabled=("st.busy || !ct_path",),
             )
 
-    def start(self, host: str = "127.0.0.1", port: int = 8080, **kwargs) -> None:
-        """Serve the page (blocking); ``timeout=0``: never exit for lack of clients."""
+    def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        access: StationAccess | None = None,
+        **kwargs,
+    ) -> None:
+        """Serve the page (blocking); ``timeout=0``: never exit for lack of clients.
+
+        ``access``: the websocket secret and the extra origins allowed (default: a new secret;
+        the page's own origins are always allowed). Call with a concrete port.
+        """
+        access = access or StationAccess()
+        access.origins |= local_origins(host, port)
+        install_access(self.server, access)
         try:
             self.server.start(
                 host=host, port=port, open_browser=False, timeout=0, exec_mode="main", **kwargs

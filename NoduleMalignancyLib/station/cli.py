@@ -1,8 +1,10 @@
 """``nodule-malignancy app``: the browser reading station (docs/DESIGN.md §15).
 
 Binds to 127.0.0.1 unless told otherwise: the page shows patient images and, in a reading
-study, takes reader tokens; exposing it is a deliberate choice (``--host 0.0.0.0``).
-Imports trame and slicer only when the command runs (the CLI builds every parser).
+study, takes reader tokens; exposing it is a deliberate choice (``--host 0.0.0.0``). The
+websocket takes a random secret drawn at start: the address printed once the station serves
+carries it (``?secret=``), and only pages opened from it can drive the station. Imports trame
+and slicer only when the command runs (the CLI builds every parser).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 def cmd_app(args) -> int:
     from ..study.store import DEFAULT_PORT
+    from .ports import free_port, port_problem
 
     if bool(args.study) != bool(args.db):
         print(
@@ -22,6 +25,11 @@ def cmd_app(args) -> int:
         )
         return 2
     port = DEFAULT_PORT if args.port is None else args.port
+    port = free_port(args.host) if port == 0 else port
+    problem = port_problem(args.host, port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.study:
         from .study_app import StudyStationApp
 
@@ -34,13 +42,57 @@ def cmd_app(args) -> int:
             app.load(args.ct)
         elif args.sample:
             app.load_sample(args.sample)
-    print(f"reading station on http://{args.host}:{port}/", flush=True)
-    app.start(host=args.host, port=port)
+    return serve(app, args.host, port)
+
+
+def serve(app, host: str, port: int, access=None) -> int:
+    """Run a station until it stops; its address (with the secret) is printed once it serves.
+    A port taken in the meantime is a message, not a traceback."""
+    from .access import StationAccess, station_address
+    from .ports import bind_message
+
+    access = access or StationAccess()
+    address = station_address(host, port, access.secret)
+    app.server.controller.on_server_ready.add(
+        lambda **_: print(f"reading station on {address}", flush=True)
+    )
+    try:
+        app.start(host=host, port=port, access=access, show_connection_info=False)
+    except OSError as exc:
+        print(f"error: {bind_message(host, port, exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """``study serve``: the study's one address; a station process per signed-in reader."""
+    from .ports import bind_message, port_problem
+
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from .serve import StudyFront, run_front
+
+    try:
+        front = StudyFront(
+            args.db, args.host, args.port, models_dir=args.models, device=args.device
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_front(front)
+    except OSError as exc:
+        print(f"error: {bind_message(args.host, args.port, exc)}", file=sys.stderr)
+        return 2
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``app`` to the main CLI."""
+    """Add ``app`` and ``study serve`` to the main CLI."""
+    from ..study.store_cli import study_commands
+
     sp = subparsers.add_parser(
         "app", help="browser reading station: Slicer views, point placement, results"
     )
@@ -54,3 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
     sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
     sp.set_defaults(func=cmd_app)
+
+    sp = study_commands(subparsers).add_parser(
+        "serve", help="the study's one address: each reader signs in and gets their own station"
+    )
+    sp.add_argument("--db", required=True, help="the study's SQLite database")
+    sp.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
+    sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
+    sp.set_defaults(func=cmd_serve)

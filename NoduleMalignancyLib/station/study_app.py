@@ -3,26 +3,35 @@
 Why a subclass of the single-CT page: the views, the analysis and the results panel are the
 same; the study adds a panel above them and decides, through the store, which case is shown
 and whether the model's output may be (docs/DESIGN.md §14, §15). The rules live in
-``study/store.py`` and ``study/session.py``; this module only wires them to the page.
+``study/store`` and ``study/session.py``; this module only wires them to the page.
 
-One process serves one reader at a time: trame's state is shared by every browser connected
-to the same server, so each reader gets their own station (own port).
+One process serves one reader: trame's state is shared by every browser connected to the same
+server, so the first reader who signs in owns the process (another reader's token is refused)
+and only the connection they signed in on may act (``study serve`` starts one such process per
+reader, already signed in). The token never enters the shared state: the page hands it to the
+sign-in trigger and forgets it. Every submit names its case, step and form nonce
+(``study.session.FormStep``): a double-click or a repeat is refused, never stored as the next
+step's rating. A failure the reader must know about (a read-only or full database, a revoked
+token) is said on the page: "rating NOT saved: <reason>", the form kept.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from ..mrml.ct_loading import CTLoadError
 from ..study.form import rating_form
 from ..study.ratings import RatingError
-from ..study.session import StudySession, open_store
-from ..study.store import StudyStateError, WashoutError
+from ..study.session import StaleFormError, StudySession, open_store
+from ..study.store import StudyStateError, StudyStore, WashoutError
+from .access import current_client
 from .app import StationApp
 
 __all__ = ["StudyStationApp"]
 
-# Reads ?token= once, hands it to the server, and removes it from the address bar.
+# Reads ?token= once, hands it to the sign-in trigger (never to the shared state) and removes
+# it from the address bar.
 _TOKEN_FROM_URL = """
 (function () {
   const params = new URLSearchParams(window.location.search);
@@ -30,18 +39,35 @@ _TOKEN_FROM_URL = """
   if (!token) { return; }
   window.history.replaceState(null, '', window.location.pathname);
   const send = () => (window.trame && window.trame.state)
-    ? window.trame.state.set('url_token', token) : setTimeout(send, 100);
+    ? window.trame.trigger('study_sign_in', [token]) : setTimeout(send, 100);
   send();
 })();
 """
 
+# What the store's database can fail with while a reader works (read-only, full, locked, gone).
+_STORAGE_ERRORS = (sqlite3.Error, OSError)
+
 
 class StudyStationApp(StationApp):
-    """The station for one reader of a study (``--study FILE --db PATH``)."""
+    """The station for one reader of a study (``--study FILE --db PATH``).
 
-    def __init__(self, study_file: str | Path, db_path: str | Path, **kwargs):
-        self.store = open_store(study_file, db_path)
+    :param study_file: the study file (checked against the database); ``None``: the study the
+        database records (``study serve``).
+    :param reader_token: sign this reader in now and serve only them (``study serve``).
+    """
+
+    def __init__(
+        self,
+        study_file: str | Path | None,
+        db_path: str | Path,
+        *,
+        reader_token: str | None = None,
+        **kwargs,
+    ):
+        self.store = open_store(study_file, db_path) if study_file else StudyStore(db_path)
         self.session: StudySession | None = None
+        self.reader: str | None = None  # the reader this process serves, once one signed in
+        self.client: str | None = None  # the connection they signed in on (None: any)
         self.fields = rating_form(self.store.required)
         super().__init__(**kwargs)
         self.controller.model_allowed = False
@@ -51,29 +77,56 @@ class StudyStationApp(StationApp):
         state.study = self._study_state()
         state.form_fields = self.fields
         state.form = {}
+        state.committing = False
         state.token_input = ""
-        state.url_token = ""
-        state.change("url_token")(self._on_url_token)
-        self.server.controller.trigger("study_sign_in")(self.sign_in)
-        self.server.controller.trigger("study_skip")(self.skip)
+        state.client_only("token_input")  # a typed token stays in the page
+        ctrl = self.server.controller
+        ctrl.trigger("study_sign_in")(self.sign_in)
+        ctrl.trigger("study_submit")(self._submit_from_page)
+        ctrl.trigger("study_skip")(self._skip_from_page)
+        if reader_token is not None and not self.sign_in(reader_token):
+            raise PermissionError(self.server.state.study["error"])
         self._push()
 
     # Sign-in and cases -----------------------------------------------------------------------
-    def _on_url_token(self, url_token, **_):
-        if url_token:
-            self.sign_in(url_token)
-
     def sign_in(self, token: str | None = None) -> bool:
-        """Start the reader's session and open their next case; ``False`` for a wrong token."""
-        token = (token or self.server.state.token_input or "").strip()
+        """Start the reader's session and open their next case; ``False`` for a wrong token or
+        another reader than the one this station serves."""
+        token = (token if isinstance(token, str) else "").strip()
         try:
-            self.session = StudySession(self.store, token)
+            session = StudySession(self.store, token)
         except PermissionError as exc:
             self._study_error(str(exc))
             return False
-        self.server.state.token_input = ""
+        except _STORAGE_ERRORS as exc:
+            self._study_error(f"cannot sign in: the study database failed ({exc})")
+            return False
+        if self.reader is not None and session.reader != self.reader:
+            self._study_error(f"this station serves reader {self.reader}; sign in on your own link")
+            return False
+        self.reader, self.session = session.reader, session
+        self.client = current_client(self.server)
         self._open_next()
         return True
+
+    def _caller_refused(self) -> bool:
+        """Whether the running call comes from another connection than the signed-in one."""
+        if self.session is None:
+            self._study_error("Sign in first.")
+            return True
+        caller = current_client(self.server)
+        if self.client is not None and caller is not None and caller != self.client:
+            self._study_error("this reading is signed in on another page")
+            return True
+        return False
+
+    def _signed_out(self, reason: str) -> None:
+        """The token stopped working (revoked or reset by the owner): sign out, say why."""
+        self.session, self.client = None, None
+        self.controller.model_allowed = False
+        self.controller.close_ct()
+        self.controller.set_status("empty", "Signed out.")
+        self._push_study(f"signed out: {reason}")
 
     def _open_next(self) -> None:
         previous = self.session.assignment
@@ -83,6 +136,14 @@ class StudyStationApp(StationApp):
             self.controller.close_ct()
             self.controller.set_status("empty", str(exc))
             self._push_study(str(exc))
+            return
+        except PermissionError as exc:
+            self._signed_out(str(exc))
+            return
+        except _STORAGE_ERRORS as exc:
+            self.controller.close_ct()
+            self.controller.set_status("error", f"The study database failed: {exc}")
+            self._push_study(f"cannot open the next case: the study database failed ({exc})")
             return
         if assignment is None:
             self.controller.close_ct()
@@ -114,35 +175,78 @@ class StudyStationApp(StationApp):
         self.server.state.form = self.session.initial_values()
         self._push_study()
 
-    def submit(self, values: dict | None = None) -> bool:
-        """Commit the current step's rating (the form's values) and open the next step."""
-        if self.session is None:
-            self._study_error("Sign in first.")
-            return False
+    def submit(self, values: dict | None = None, step=None) -> bool:
+        """Commit the rating of the step ``step`` names (the form's case, step and nonce) and
+        open the next step. A repeat, or a form of another step, is refused with a message."""
         try:
-            self.session.submit(values if values is not None else self.server.state.form)
-        except (RatingError, StudyStateError, ValueError) as exc:
-            self._study_error(str(exc))
-            return False
-        self._open_next()
-        return True
+            if self._caller_refused():
+                return False
+            try:
+                self.session.submit(
+                    values if values is not None else self.server.state.form,
+                    step if step is not None else self.session.step,
+                )
+            except (RatingError, StudyStateError, ValueError) as exc:
+                prefix = "" if isinstance(exc, StaleFormError) else "rating NOT saved: "
+                self._study_error(f"{prefix}{exc}")
+                return False
+            except PermissionError as exc:
+                self._signed_out(f"rating NOT saved: {exc}")
+                return False
+            except _STORAGE_ERRORS as exc:
+                self._study_error(f"rating NOT saved: the study database failed ({exc})")
+                return False
+            self._open_next()
+            return True
+        finally:
+            self._committed()
 
-    def skip(self) -> bool:
+    def _submit_from_page(self, values=None, step=None) -> bool:
+        """The page's submit: it must name its step (``None`` is refused, not "the current")."""
+        return self.submit(values if isinstance(values, dict) else {}, step or {})
+
+    def _skip_from_page(self, step=None) -> bool:
+        return self.skip(step or {})
+
+    def skip(self, step=None) -> bool:
         """Skip the current case, whose CT did not load, and open the next step."""
-        if self.session is None:
-            self._study_error("Sign in first.")
-            return False
         try:
-            self.session.skip()
-        except (StudyStateError, ValueError) as exc:
-            self._study_error(str(exc))
-            return False
-        self._open_next()
-        return True
+            if self._caller_refused():
+                return False
+            try:
+                self.session.skip(step)
+            except (StudyStateError, ValueError) as exc:
+                self._study_error(str(exc))
+                return False
+            except PermissionError as exc:
+                self._signed_out(str(exc))
+                return False
+            except _STORAGE_ERRORS as exc:
+                self._study_error(f"skip NOT saved: the study database failed ({exc})")
+                return False
+            self._open_next()
+            return True
+        finally:
+            self._committed()
+
+    def _committed(self) -> None:
+        """Enable the commit button again (the page disabled it on the click; pushed even when
+        the server never saw it set)."""
+        with self.server.state as state:
+            state.committing = False
+            state.dirty("committing")
 
     # State -----------------------------------------------------------------------------------
     def _study_state(self, error: str = "") -> dict:
-        snapshot = self.session.snapshot() if self.session is not None else {}
+        snapshot = {}
+        if self.session is not None:
+            try:
+                snapshot = self.session.snapshot()
+            except PermissionError as exc:  # revoked while signed in
+                self.session, self.client = None, None
+                error = f"signed out: {exc}"
+            except _STORAGE_ERRORS as exc:
+                error = error or f"the study database failed ({exc})"
         return {
             "name": self.store.name,
             "design": self.store.design,
@@ -170,13 +274,18 @@ class StudyStationApp(StationApp):
             html.Div("Reading study {{ study.name }} ({{ study.design }})", classes="text-overline")
             with html.Div(v_if="!study.signed_in"):
                 v3.VTextField(
-                    v_model=("token_input", ""),
+                    v_model="token_input",
                     label="Reader token",
                     type="password",
                     density="compact",
                     id="study-token",
                 )
-                v3.VBtn("Sign in", click=self.sign_in, color="primary", id="study-sign-in")
+                v3.VBtn(
+                    "Sign in",
+                    click="trigger('study_sign_in', [token_input]); token_input = ''",
+                    color="primary",
+                    id="study-sign-in",
+                )
             with html.Div(v_if="study.signed_in"):
                 html.Div(
                     "Reader {{ study.reader }}: {{ study.progress.done }} of "
@@ -207,7 +316,8 @@ class StudyStationApp(StationApp):
                         )
                         v3.VBtn(
                             "Skip this case (recorded with the message)",
-                            click=self.skip,
+                            click="committing = true; trigger('study_skip', [study.step])",
+                            disabled=("committing",),
                             color="warning",
                             id="study-skip",
                         )
@@ -272,7 +382,8 @@ class StudyStationApp(StationApp):
             )
         v3.VBtn(
             "Commit rating (locks it)",
-            click=(self.submit, "[form]"),
+            click="committing = true; trigger('study_submit', [form, study.step])",
+            disabled=("committing || !study.step",),
             color="primary",
             classes="mt-2",
             id="study-submit",
