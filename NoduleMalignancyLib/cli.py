@@ -12,6 +12,7 @@ import csv
 import importlib
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -51,17 +52,27 @@ def _ensemble(args):
 
 
 def cmd_analyze(args) -> int:
+    seconds, start = {}, [time.perf_counter()]
+
+    def lap(stage: str) -> None:  # the cold start's split (bench --cold reads --timings)
+        now = time.perf_counter()
+        seconds[stage], start[0] = now - start[0], now
+
     from .core.analysis import analyze_point
     from .files.outputs import write_analysis
 
+    lap("imports")
     if args.dicom_out:
         _check_dicom_source(args.ct)
         array, geometry, datasets = load_dicom_image(args.ct)
     else:
         array, geometry = load_image(args.ct)
     point = ras_to_lps(args.point) if args.frame == "ras" else args.point
+    lap("read")
     ensemble = _ensemble(args)
+    lap("weights")
     result = analyze_point(array, geometry, point, ensemble)
+    lap("analysis")
     files = write_analysis(result, array, geometry, Path(args.out), ensemble.manifest.voi)
     if args.dicom_out:
         from .files.dicom_outputs import write_dicom_outputs
@@ -70,27 +81,37 @@ def cmd_analyze(args) -> int:
             datasets, geometry, [full_mask(result, geometry)], [result], args.dicom_out
         )
         print(f"wrote DICOM SEG {dicom['seg']} and SR {dicom['sr']}")
+    lap("writing")
     _print_result(result)
     print(f"wrote {len(files)} files to {args.out}")
+    if args.timings:
+        from .core.atomic import write_json
+
+        write_json(args.timings, {"stages": seconds, "analysis": result.timings_s})
     return 0
 
 
 def _print_result(result) -> None:
+    """The result's main fields as the schema labels and formats them (core/result_schema.py)."""
+    from .core.result_schema import labelled, score_field, shown
+
+    v = result.values()
     print(
-        f"malignancy {100 * result.malignancy_probability:.1f} % "
-        f"(sd {100 * result.malignancy_sd:.1f}), volume {result.volume_mm3:.0f} mm3, "
-        f"diameter {result.diameter_mm:.1f} mm"
+        f"{labelled('malignancy_probability', v['malignancy_probability'])} "
+        f"(spread ± {shown('malignancy_sd', v['malignancy_sd'])}), "
+        + ", ".join(labelled(n, v[n]) for n in ("volume_mm3", "diameter_mm", "mean_diameter_mm"))
     )
-    for name, score in result.scores.items():
-        print(f"  {name:<12} {score:.2f}  {result.wording[name]}")
+    for name in result.scores:
+        score = score_field(name)
+        print(f"  {name:<12} {shown(score, v[score])}  {v[f'{name}_wording']}")
     print(
-        f"  calcification p={result.calcification_probability:.2f}, "
-        f"internal structure (non soft tissue) p={result.internal_structure_probability:.2f}"
+        f"  {labelled('calcification_probability', v['calcification_probability'])}, "
+        f"{labelled('internal_structure_probability', v['internal_structure_probability'])}"
     )
     if result.lung_rads is not None:
         print(f"  {result.lung_rads.wording}")
-    for warning in result.warnings:
-        print(f"  warning {warning.code}: {warning.message}")
+    for code, message in zip(v["warnings"], v["warning_messages"], strict=True):
+        print(f"  warning {code}: {message}")
 
 
 def cmd_demo(args) -> int:
@@ -159,9 +180,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import run_benchmark
+    from .benchmark import run_benchmark, run_cold_benchmark
 
-    run_benchmark(args)
+    (run_cold_benchmark if args.cold else run_benchmark)(args)
     return 0
 
 
@@ -255,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--dicom-out", default=None, help="also write DICOM SEG + SR (seg.dcm, sr.dcm) here"
     )
+    sp.add_argument(
+        "--timings", default=None, help="write the seconds of each stage here (JSON; bench --cold)"
+    )
     common(sp)
     sp.set_defaults(func=cmd_analyze)
 
@@ -281,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample", default="LIDC-IDRI-0001")
     sp.add_argument("--repeats", type=int, default=10)
     sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument(
+        "--cold",
+        action="store_true",
+        help="time `analyze` of the sample's DICOM archive in fresh processes instead (median of "
+        "--repeats; the split: start-up, imports, read, checks, network, writing)",
+    )
     common(sp)
     sp.set_defaults(func=cmd_bench)
 

@@ -214,7 +214,9 @@ def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
 def _report(score: PointScore, log: Log) -> None:
     """Scored points on stdout; warnings, refusals and failures on stderr (the run's log)."""
     if score.scored:
-        print(f"point {score.name}: probability {score.probability:.4f}")
+        from ..core.result_schema import labelled
+
+        print(f"point {score.name}: {labelled('malignancy_probability', score.probability)}")
         for code, message in score.warnings:
             log(f"point {score.name}: warning ({code}): {message}")
         return

@@ -12,40 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.errors import InputError
-from ..core.explanation import PARTS
 from ..core.geometry import ImageGeometry
+from ..core.result_schema import CSV, csv_row, fields_for
 from ..files.row_errors import row_failure
 
-# The batch contract's output columns (README): ordinal attributes on the 1-5 scale, with the
-# malignancy rating named malignancy_score beside the ensemble's malignancy_probability.
 # The manifest layout `predict`, `export --points` and `report` read (README: CLI).
 MANIFEST_COLUMNS = ("id", "image", "x", "y", "z")
 
-PREDICT_COLUMNS = (
-    "id",
-    "malignancy_probability",
-    "malignancy_sd",
-    *(a for a in ORDINAL_ATTRIBUTES if a != "malignancy"),
-    "malignancy_score",
-    "calcification_probability",
-    "internal_structure_probability",
-    "volume_mm3",
-    "diameter_mm",
-    "mean_hu",
-    "calcified_fraction",
-    # The shown malignancy explained (docs/DESIGN.md §11): the network's unfused MIL logit, the
-    # mean fold logit of the fused model and its parts (they sum to it exactly).
-    "malignancy_mil_logit",
-    "malignancy_logit",
-    *(f"malignancy_logit_{part}" for part in PARTS),
-    # Suggested Lung-RADS v2022 baseline category and its solid component (docs/DESIGN.md §16).
-    "lung_rads",
-    "lung_rads_solid_mean_diameter_mm",
-    "warnings",  # scope warning codes, ";"-separated (core/validation.py)
-    "error",
-)
+# The batch contract's output columns (README), named and ordered by the result schema
+# (core/result_schema.py): renaming one is a contract change (README: Changelog).
+PREDICT_COLUMNS = tuple(f.name for f in fields_for(CSV))
 
 
 def load_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
@@ -230,27 +207,7 @@ def check_mask_names(ids: list[str]) -> None:
 
 def result_columns(r) -> dict[str, str]:
     """A :class:`~NoduleMalignancyLib.core.analysis.NoduleResult` as formatted CSV cells."""
-    return dict(
-        malignancy_probability=f"{r.malignancy_probability:.6f}",
-        malignancy_sd=f"{r.malignancy_sd:.6f}",
-        **{k: f"{v:.4f}" for k, v in r.scores.items() if k != "malignancy"},
-        malignancy_score=f"{r.scores['malignancy']:.4f}",
-        calcification_probability=f"{r.calcification_probability:.6f}",
-        internal_structure_probability=f"{r.internal_structure_probability:.6f}",
-        volume_mm3=f"{r.volume_mm3:.2f}",
-        diameter_mm=f"{r.diameter_mm:.2f}",
-        mean_hu=f"{r.mean_hu:.1f}",
-        calcified_fraction=f"{r.calcified_fraction:.4f}",
-        malignancy_mil_logit=f"{r.malignancy_mil_logit:.5f}",
-        malignancy_logit=f"{r.explanation.logit:.5f}",
-        **{
-            f"malignancy_logit_{part}": f"{value:.5f}"
-            for part, value in r.explanation.parts.items()
-        },
-        lung_rads=r.lung_rads.category,
-        lung_rads_solid_mean_diameter_mm=f"{r.lung_rads.solid_mean_diameter_mm:.1f}",
-        warnings=";".join(w.code for w in r.warnings),
-    )
+    return csv_row(r.values())
 
 
 def full_mask(result, geometry: ImageGeometry) -> np.ndarray:
