@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+from ..core.extras import require_extra
+
 
 def add_cluster_arguments(sp: argparse.ArgumentParser) -> None:
     """``--scheduler ADDRESS`` | ``--workers N`` (neither: in-process)."""
@@ -71,6 +73,7 @@ def dask_client(
     if not scheduler and not workers:
         yield None
         return
+    require_extra("batch", "dask", "distributed")
     import dask
     from distributed import Client, LocalCluster
 

@@ -18,6 +18,8 @@ import resource
 import time
 from pathlib import Path
 
+from ..core.extras import require_extra
+
 TOLERANCE = 1e-4  # numeric cells of two runs; one vs several torch threads sum in other orders
 
 
@@ -40,6 +42,7 @@ def voi_manifest(vois: Path, n: int | None) -> list[dict]:
 
 def worker_rss_mb() -> float:
     """Resident memory of the calling process (a worker: torch, its CT, its ensemble)."""
+    require_extra("batch", "psutil")
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
@@ -47,6 +50,7 @@ def worker_rss_mb() -> float:
 
 def cpu_seconds() -> float:
     """User + system CPU time of the calling process, all its threads."""
+    require_extra("batch", "psutil")
     import psutil
 
     times = psutil.Process().cpu_times()

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..core.config import DEFAULT_CANVAS_ZYX, VoiConfig
 from ..core.errors import InputError
+from ..core.extras import require_extra
 from ..core.geometry import ImageGeometry
 from ..core.validation import ScopeConfig
 from ..files.patches import (
@@ -192,6 +193,7 @@ def load_table_ct(path: Path, nodules: list[NoduleToExport]) -> LoadedCt:
 
 def _pylidc():
     """pylidc imports ``pkg_resources`` (setuptools < 81, pinned in requirements.txt)."""
+    require_extra("lidc", "pylidc", "pkg_resources")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pylidc

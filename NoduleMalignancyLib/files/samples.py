@@ -35,6 +35,7 @@ import SimpleITK as sitk
 
 from ..core.atomic import atomic_path
 from ..core.errors import InputError, NoduleMalignancyError
+from ..core.extras import require_extra
 from ..core.settings import DATA_ENV, cache_dir
 from ..core.settings import data_dir as configured_data_dir
 
@@ -450,6 +451,7 @@ def read_dicom_instances(files) -> tuple[sitk.Image, list]:
     The files of the series with the most instances are sorted along the slice normal, as GDCM
     sorts a folder; raises :class:`InputError` (a ``ValueError``) when none is DICOM.
     """
+    require_extra("dicom", "pydicom")
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -475,6 +477,7 @@ def read_dicom_instances(files) -> tuple[sitk.Image, list]:
 
 
 def _dicom_headers(files) -> list:
+    require_extra("dicom", "pydicom")
     import pydicom
 
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]

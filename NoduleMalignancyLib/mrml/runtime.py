@@ -31,6 +31,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from ..core.extras import require_extra
+
 __all__ = [
     "HeadlessApplication",
     "HeadlessIOManager",
@@ -93,6 +95,7 @@ def ensure_slicer_runtime(
         creating one; ``app_logic`` must then be its application logic. Logics that are already
         registered in that application logic are reused.
     """
+    require_extra("slicer", "slicer", "vtk")
     import slicer
 
     global _RUNTIME
@@ -107,6 +110,7 @@ def ensure_slicer_runtime(
 
 def is_headless_runtime() -> bool:
     """True when ``slicer.app`` is this module's headless stand-in (not the real application)."""
+    require_extra("slicer", "slicer", "vtk")
     import slicer
 
     return isinstance(getattr(slicer, "app", None), HeadlessApplication)

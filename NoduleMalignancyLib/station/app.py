@@ -12,7 +12,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ..mrml.logic import InputError
+from ..core.extras import require_extra
+
+try:  # the MRML layer: slicer-core and vtk, with trame from the station's extra
+    from ..mrml.logic import InputError
+except ModuleNotFoundError:
+    require_extra("station", "slicer", "vtk", "trame", "trame_slicer")
+    raise
 from .access import StationAccess, install_access, local_origins
 from .controller import StationController
 from .views import AXIAL, StationViews

@@ -16,6 +16,9 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def cmd_app(args) -> int:
+    from ..core.extras import require_extra
+
+    require_extra("station", "slicer", "vtk", "trame", "trame_slicer")
     from ..study.store import DEFAULT_PORT
     from .ports import free_port, port_problem
 
