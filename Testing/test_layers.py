@@ -3,13 +3,16 @@
 Floors, bottom to top: ``core`` (numpy + torch), ``files`` (file formats, reports), ``mrml``
 (the Slicer MRML layer), then the applications (``training``, ``evaluation``, ``cli``, ...). A
 module imports only from its own floor or below; ``core`` and ``files`` never import ``slicer``
-or ``vtk``; nothing in the library imports Qt. Function-level imports count too.
+or ``vtk``; nothing in the library imports Qt. Function-level imports count too. Third-party
+packages are allowed per floor (:data:`THIRD_PARTY`, the same list as docs/DESIGN.md §1): the
+core needs only what the wheel installs without extras.
 """
 
 from __future__ import annotations
 
 import ast
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +22,17 @@ APPLICATIONS = 3
 SLICER_ROOTS = {"slicer", "vtk", "vtkmodules", "trame_slicer", "mrml"}
 QT_ROOTS = {"qt", "ctk", "PythonQt"}
 NO_SLICER_BELOW = FLOORS["mrml"]
+# Third-party imports each floor adds (a floor may use those of the floors below it); the
+# applications' own ones by folder. Which extra installs each: pyproject.toml.
+THIRD_PARTY = {
+    0: {"numpy", "torch", "SimpleITK", "scipy"},
+    1: {"matplotlib", "tqdm", "pydicom", "highdicom"},
+    2: {"slicer", "vtk", "vtkmodules", "PyTorchUtils"},
+}
+APPLICATION_THIRD_PARTY = {
+    "batch": {"dask", "distributed", "psutil", "pylidc"},
+    "station": {"trame", "trame_client", "trame_slicer", "wslink", "aiohttp"},
+}
 
 
 def floor_of(module: str) -> int:
@@ -69,6 +83,49 @@ def import_violations(package_dir: Path) -> list[str]:
                     f"{where}: floor {floor} imports {target} from floor {floor_of(target)}"
                 )
     return problems
+
+
+def allowed_third_party(module: str) -> set[str]:
+    """The third-party packages ``module`` may import: its floor's and those below."""
+    floor = floor_of(module)
+    allowed = set().union(*(names for f, names in THIRD_PARTY.items() if f <= floor))
+    parts = module.split(".")
+    if floor == APPLICATIONS and len(parts) > 1:
+        allowed |= APPLICATION_THIRD_PARTY.get(parts[1], set())
+    return allowed
+
+
+def third_party_violations(package_dir: Path) -> list[str]:
+    """Every import of a third-party package the module's floor does not allow."""
+    problems = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir.parent)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        allowed = allowed_third_party(module)
+        for target, line in _imports(path, module):
+            root = target.split(".")[0]
+            if root in sys.stdlib_module_names or root in (PACKAGE, "", "__future__"):
+                continue
+            if root not in allowed and root not in QT_ROOTS:  # Qt: import_violations
+                problems.append(f"{rel}:{line}: imports {root} (floor {floor_of(module)})")
+    return problems
+
+
+def test_every_floor_imports_only_its_third_party_packages():
+    assert third_party_violations(ROOT / PACKAGE) == []
+
+
+def test_the_rule_catches_the_core_importing_a_package_of_an_extra(tmp_path):
+    copy = tmp_path / PACKAGE
+    shutil.copytree(ROOT / PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    vessel = copy / "core" / "vessel.py"
+    vessel.write_text(vessel.read_text() + "\n\ndef _f():\n    import distributed\n")
+    training = copy / "training" / "cli.py"
+    training.write_text(training.read_text() + "\nimport trame\n")
+    problems = third_party_violations(copy)
+    assert len(problems) == 2, problems
+    assert "core/vessel.py" in problems[0] and "distributed (floor 0)" in problems[0]
+    assert "training/cli.py" in problems[1] and "trame (floor 3)" in problems[1]
 
 
 def test_every_module_sits_on_a_floor_and_imports_downwards():
