@@ -12,14 +12,15 @@ from __future__ import annotations
 import sys
 
 from NoduleMalignancyLib import cli
-from NoduleMalignancyLib.training import train
+from NoduleMalignancyLib.training.batches import Batcher
+from NoduleMalignancyLib.training.config import TrainConfig
 
-_new_model = train._new_model
-_batch = train.Batcher.batch
+_build_model = TrainConfig.build_model
+_batch = Batcher.batch
 
 
-def _new_model_float64(cfg, device):
-    return _new_model(cfg, device).double()
+def _build_model_float64(cfg, device):
+    return _build_model(cfg, device).double()
 
 
 def _batch_float64(self, *args, **kwargs):
@@ -31,6 +32,6 @@ def _batch_float64(self, *args, **kwargs):
 
 
 if __name__ == "__main__":
-    train._new_model = _new_model_float64
-    train.Batcher.batch = _batch_float64
+    TrainConfig.build_model = _build_model_float64
+    Batcher.batch = _batch_float64
     sys.exit(cli.main(sys.argv[1:]))

@@ -32,7 +32,6 @@ from NoduleMalignancyLib.training.train import (
     WIDTH_PRESETS,
     Batcher,
     TrainConfig,
-    _new_model,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +135,7 @@ def _sharded_vs_full(full, shards, batches, dtype, global_norm=True) -> float:
     """Largest |DDP-style mean of shard gradients - full-batch gradient| / max |gradient|."""
     torch.manual_seed(0)
     cfg = TrainConfig(network=WIDTH_PRESETS["tiny"], channels_last=False)
-    model = _new_model(cfg, torch.device("cpu")).to(dtype).train()
+    model = cfg.build_model(torch.device("cpu")).to(dtype).train()
     reference = _grads(model, _as(full, dtype))
     world = len(shards)
     counts = sum(loss_counts(b) * w for b, (_, w) in zip(batches, shards, strict=True))

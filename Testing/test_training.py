@@ -23,6 +23,7 @@ import torch
 from NoduleMalignancyLib.core import folds
 from NoduleMalignancyLib.core.config import ATTRIBUTES, VoiConfig
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.metrics import auroc
 from NoduleMalignancyLib.core.voi import sample_voi
 from NoduleMalignancyLib.training import augment
 from NoduleMalignancyLib.training.dataset import (
@@ -42,7 +43,6 @@ from NoduleMalignancyLib.training.train import (
     WIDTH_PRESETS,
     PhaseConfig,
     TrainConfig,
-    auroc,
     export_ensemble,
     train_fold,
 )
@@ -427,15 +427,15 @@ def test_phases_train_only_active_parts(slice_data, slice_folds, tmp_path):
 
 
 def test_confident_phase_keeps_only_confidently_rated_training_nodules(slice_data, slice_folds):
-    from NoduleMalignancyLib.training.train import _train_indices_for_phase
+    from NoduleMalignancyLib.training.fold import train_indices_for_phase
 
     phase = PhaseConfig.from_dict({"malignancy_confident": [2.2, 3.8]})
     assert phase.malignancy_confident == (2.2, 3.8)
     assert PhaseConfig.from_dict(asdict(phase)) == phase
     with pytest.raises(ValueError, match="malignancy_confident"):
         PhaseConfig.from_dict({"malignancy_confident": [3.8, 2.2]})
-    _, every = _train_indices_for_phase(PhaseConfig(), 0, slice_data, slice_folds, {})
-    _, kept = _train_indices_for_phase(phase, 0, slice_data, slice_folds, {})
+    _, every = train_indices_for_phase(PhaseConfig(), 0, slice_data, slice_folds, {})
+    _, kept = train_indices_for_phase(phase, 0, slice_data, slice_folds, {})
     mean = np.array([r.malignancy_mean for r in slice_data.records])
     confident = (mean <= 2.2) | (mean >= 3.8)
     assert 0 < len(kept) < len(every)
@@ -513,12 +513,12 @@ def test_init_from_ensemble_fine_tunes_its_fold_weights(slice_data, slice_folds,
 
 
 def test_class_balanced_sampling():
-    from NoduleMalignancyLib.training.train import _epoch_order
+    from NoduleMalignancyLib.training.optimization import epoch_order
 
     labels = np.array([1.0] * 10 + [0.0] * 90 + [np.nan] * 20)
     gen = torch.Generator().manual_seed(0)
-    assert sorted(_epoch_order(120, labels, False, gen).tolist()) == list(range(120))
-    drawn = np.concatenate([_epoch_order(120, labels, True, gen).numpy() for _ in range(50)])
+    assert sorted(epoch_order(120, labels, False, gen).tolist()) == list(range(120))
+    drawn = np.concatenate([epoch_order(120, labels, True, gen).numpy() for _ in range(50)])
     share = np.bincount(np.where(np.isfinite(labels), labels, 2).astype(int)[drawn]) / len(drawn)
     np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.03)
 

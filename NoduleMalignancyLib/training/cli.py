@@ -32,7 +32,7 @@ def _fold_list(text: str) -> list[int]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command to the main CLI's sub-parsers."""
-    from .train import WIDTH_PRESETS
+    from .config import WIDTH_PRESETS
 
     sp = subparsers.add_parser("train", help="train the K-fold ensemble (resumable)")
     sp.add_argument(
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def shipped_recipe():
     """The TrainConfig of the shipped ensemble's recipe (the default of ``train``)."""
-    from .train import WIDTH_PRESETS, TrainConfig
+    from .config import WIDTH_PRESETS, TrainConfig
 
     network = replace(WIDTH_PRESETS[DEFAULT_WIDTH], head_dropout=SHIPPED_HEAD_DROPOUT)
     cfg = TrainConfig(network=network).with_epochs(DEFAULT_EPOCHS)
@@ -79,7 +79,7 @@ def shipped_recipe():
 
 def build_config(args):
     """TrainConfig from --config (if any), then the individual flags, then the defaults."""
-    from .train import WIDTH_PRESETS, TrainConfig
+    from .config import WIDTH_PRESETS, TrainConfig
 
     if args.config:
         cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))

@@ -21,11 +21,11 @@ from NoduleMalignancyLib.core.fusion import (
     oof_fusion_inputs,
 )
 from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
-from NoduleMalignancyLib.training.train import OOF_COLUMNS, _num
+from NoduleMalignancyLib.training.oof import OOF_COLUMNS, number
 
 rows = list(csv.DictReader(open(sys.argv[1])))
 present = [c for c in OOF_COLUMNS if c in rows[0]]
-table = {c: np.array([_num(r[c]) for r in rows]) for c in present}
+table = {c: np.array([number(r[c]) for r in rows]) for c in present}
 heads, measured, targets = oof_fusion_inputs(table)
 y = targets[MALIGNANCY_PROBABILITY]
 folds = np.array([int(r["fold"]) for r in rows])

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from NoduleMalignancyLib.core.folds import load_folds
+from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
 from NoduleMalignancyLib.training import train
 from NoduleMalignancyLib.training.dataset import load_training_data
 
@@ -30,10 +30,10 @@ def main(recipe: str, fold: int, out: str, models: str = "models") -> None:
     cfg = dataclasses.replace(cfg, init_from=models)
     state, _ = train.init_state(cfg, fold)
     data = load_training_data(None, cfg.voi, cfg.canvas_zyx, None)
-    folds = load_folds(train.DEFAULT_FOLDS_FILE)
+    folds = load_folds(DEFAULT_FOLDS_FILE)
     held_out = np.asarray([i for i, p in enumerate(data.patient_ids) if folds[p] == fold], int)
     cpu = torch.device("cpu")
-    model = train._new_model(cfg, cpu)
+    model = cfg.build_model(cpu)
     model.load_state_dict(state)
     batcher = train.Batcher(data, cfg.voi, cpu, cfg.channels_last)
     rows = train.write_oof(model, batcher, data, held_out, fold, Path(out), cfg)
