@@ -21,8 +21,10 @@ __all__ = ["result_panel"]
 _HEADLINE_GROUPS = ("malignancy", "scope")
 
 
-def _row(key: str, label: str, value: object, text: str, note: str = "") -> dict:
-    return {"key": key, "label": label, "value": value, "text": text, "note": note}
+def _row(
+    key: str, label: str, value: object, text: str, note: str = "", items: bool = False
+) -> dict:
+    return {"key": key, "label": label, "value": value, "text": text, "note": note, "items": items}
 
 
 def _field_rows(summary: Mapping, group: str) -> list[dict]:
@@ -32,8 +34,11 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
         if f.group != group or f.name not in summary or f.name.endswith("_wording"):
             continue
         value = summary[f.name]
-        if f.kind == "list":
-            rows += [_row(f.name, f.label, item, str(item)) for item in value or ()]
+        if f.kind == "list":  # one row, one item a line
+            if value:
+                rows.append(
+                    _row(f.name, f.label, list(value), "\n".join(map(str, value)), items=True)
+                )
         elif value not in (None, ""):
             wording = summary.get(f"{f.name.removesuffix('_score')}_wording", "")
             rows.append(_row(f.name, f.label, value, shown(f.name, value), str(wording)))
@@ -44,9 +49,9 @@ def result_panel(summary: Mapping, label: str = "") -> dict:
     """The panel of one nodule: ``{"label", "malignancy_probability", "malignancy_sd",
     "headline", "spread", "warnings", "sections": [{"title", "rows": [...]}]}``.
 
-    Each row is ``{"key", "label", "value", "text", "note"}``: ``key`` the schema field,
-    ``text`` what to show (with its unit), ``value`` the stored value. Sections without rows
-    are left out.
+    Each row is ``{"key", "label", "value", "text", "note", "items"}``: ``key`` the schema
+    field, ``text`` what to show (with its unit), ``value`` the stored value, ``items`` whether
+    it is a list (one item a line). Sections without rows are left out.
     """
     p = float(summary["malignancy_probability"])
     sd = float(summary.get("malignancy_sd", 0.0))

@@ -167,7 +167,11 @@ def results_panel() -> None:
             with v3.VTable(density="compact"), html.Tbody():
                 with html.Tr(v_for="r in s.rows", key="r.key"):
                     html.Td("{{ r.label }}")
-                    html.Td("{{ r.text }}", classes="text-right")
+                    html.Td(  # a list (the Lung-RADS reasons): one item a line, read left to right
+                        "{{ r.text }}",
+                        classes=("r.items ? 'text-left' : 'text-right'",),
+                        style=("r.items ? 'white-space: pre-line' : ''",),
+                    )
                     html.Td("{{ r.note }}", classes="text-caption")
         html.Div(
             "Model output: a suggestion for a reader, never a finding.",
