@@ -342,6 +342,38 @@ def test_the_lung_field_holds_a_vessel_that_joins_the_mediastinum_in_plane():
     assert not field[20, 60, 2]  # the air outside the body
 
 
+def test_a_click_reads_the_whole_ct_maps_off_local_boxes():
+    """Without the whole CT's distance map and lung field (1.5 s on a chest CT), a click
+    computes them in boxes around the point (issue 27 item 7): the values it reads, and so its
+    decisions, are the whole maps'."""
+    from NoduleMalignancyLib.core.lung_mask import LungMask
+    from NoduleMalignancyLib.core.validation import chest_lungs, lung_side
+
+    ct = _chest_phantom()
+    ct[:, 56:64, 30:64] = 40  # a vessel joining the mediastinum in-plane (the closing's case)
+    cached = chest_lungs(ct, PHANTOM)
+    local = LungMask(cached.mask_kji, cached.stride_kji, cached.spacing_kji)
+    whole = LungMask(cached.mask_kji, cached.stride_kji, cached.spacing_kji)
+    distance, field = whole.distance_kji, whole.field_kji
+    rng = np.random.default_rng(0)
+    shape = np.array(local.mask_kji.shape)
+    for _ in range(20):
+        lo = rng.integers(0, shape - 2)
+        hi = np.minimum(lo + rng.integers(2, 30, 3), shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        np.testing.assert_array_equal(local.field_box(lo, hi), field[box])
+        near = distance[box] <= 15.0
+        np.testing.assert_array_equal(local.distance_box(lo, hi, 15.0)[near], distance[box][near])
+        assert np.all(local.distance_box(lo, hi, 15.0)[~near] > 15.0)
+    for ijk in [(40, 60, 20), (80, 60, 20), (21, 60, 20), (62, 60, 20), (14, 60, 20), (45, 60, 2)]:
+        point = PHANTOM.index_to_lps(np.array(ijk, float))
+        for diameter in (5.0, 20.0, 35.0):
+            assert lung_side(ct, PHANTOM, point, diameter, lungs=local) == lung_side(
+                ct, PHANTOM, point, diameter, lungs=whole
+            )
+    assert "distance_kji" not in local.__dict__ and "field_kji" not in local.__dict__
+
+
 def _painted_hemisphere(array, geometry, k, j, i0, step, diameter_mm):
     """A soft-tissue ball centred on the pleura (the last lung voxel from i0 towards the chest
     wall); the click is the centroid of its part in the lung."""

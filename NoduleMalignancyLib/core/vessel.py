@@ -129,12 +129,12 @@ def continuation_figures(
     """
     ijk = np.argwhere(mask_voi)[:, ::-1].astype(float)
     kji = np.rint(geometry.lps_to_index(voi_geometry.index_to_lps(ijk)))[:, ::-1].astype(int)
-    stride, field = np.asarray(lungs.stride_kji), lungs.field_kji
+    stride, grid = np.asarray(lungs.stride_kji), lungs.mask_kji.shape
     spacing = np.asarray(lungs.spacing_kji, dtype=float)
     cells = kji // stride
     margin = np.ceil(margin_mm / spacing).astype(int)
     lo = np.maximum(cells.min(0) - margin, 0)
-    hi = np.minimum(cells.max(0) + 1 + margin, field.shape)
+    hi = np.minimum(cells.max(0) + 1 + margin, grid)
     if np.any(hi <= lo):
         return _no_continuation()  # the outline lies off the CT
     shape = tuple(hi - lo)
@@ -149,7 +149,7 @@ def continuation_figures(
         outline = filled > 0
     fine = tuple(slice(a * s, b * s) for a, b, s in zip(lo, hi, stride, strict=True))
     hu = _block_mean(np.asarray(image_zyx)[fine], stride)
-    region = field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    region = lungs.field_box(lo, hi)
     dense = (hu > dense_hu) & (region | outline)
     radius = opening_fraction * inscribed_radius_mm
     # An opening with a ball of ``radius``: the cores (farther than it from the background),
