@@ -90,6 +90,10 @@ class NoduleResult:
     context_passes: int = 1  # network passes the context policy needed (1 with a given context)
     # Suggested Lung-RADS v2022 baseline category with its inputs (docs/DESIGN.md §16).
     lung_rads: LungRadsSuggestion | None = None
+    # Each fold's gate-pooled features (K, F): the query of the similar-nodule index.
+    fold_bag_features: np.ndarray | None = None
+    # The closest LIDC nodules in that embedding (core/similar.py), nearest first.
+    similar_nodules: list = field(default_factory=list)
 
     @property
     def wording(self) -> dict[str, str]:
@@ -320,7 +324,10 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         explanation=explanation,
         gates=gate_health([g[:, 0] for g in out.gates], sample.valid),
         lung_rads=lung_rads,
+        fold_bag_features=None if out.bag_features is None else out.bag_features[:, 0],
     )
+    if ensemble.similar_index is not None and result.fold_bag_features is not None:
+        result.similar_nodules = ensemble.similar_index.nearest(result.fold_bag_features)
     timings["measurements"] = time.perf_counter() - t
     return result
 

@@ -24,6 +24,7 @@ from .errors import WeightsError
 from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
 from .settings import MODELS_ENV, models_dir
+from .similar import SimilarIndex, load_similar_index, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class FoldOutputs:
     seg_probability: np.ndarray  # (K, N, D, H, W)
     contributions: list[np.ndarray]  # per scale (K, N, A, d, h, w)
     gates: list[np.ndarray]  # per scale (K, N, d, h, w)
+    bag_features: np.ndarray | None = None  # (K, N, F) gate-pooled features (similar nodules)
 
 
 class Ensemble:
@@ -222,9 +224,17 @@ class Ensemble:
     # (measured faster for one nodule on 2 CPU cores); larger batches loop over the folds.
     VMAP_MAX_BATCH = 2
 
-    def __init__(self, manifest: Manifest, models: list[torch.nn.Module], device="auto"):
+    def __init__(
+        self,
+        manifest: Manifest,
+        models: list[torch.nn.Module],
+        device="auto",
+        similar_index: SimilarIndex | None = None,
+    ):
         self.manifest = manifest
         self.models = models
+        # The LIDC nodules embedded by these weights (core/similar.py); None when not built.
+        self.similar_index = similar_index
         self.to(str(device))
 
     @classmethod
@@ -250,7 +260,8 @@ class Ensemble:
             models.append(model)
         if manifest.note:
             log.warning("%s (%s)", manifest.note, directory)
-        return cls(manifest, models, device)
+        index = load_similar_index(directory, weights_digest(manifest.folds))
+        return cls(manifest, models, device, similar_index=index)
 
     @property
     def version(self) -> str:
@@ -298,6 +309,7 @@ class Ensemble:
             seg_probability=numpy(torch.sigmoid(out["seg_logits"][:, :, 0].float())),
             contributions=[numpy(c) for c in out["contributions"]],
             gates=[numpy(g[:, :, 0]) for g in out["gates"]],
+            bag_features=numpy(out["bag_features"]),
         )
 
     def run(self, channels: np.ndarray) -> FoldOutputs:

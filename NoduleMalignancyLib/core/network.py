@@ -203,6 +203,7 @@ class MultiScaleMILNet(nn.Module):
     * ``instance_logits`` list of 3 (B, A, d_l, h_l, w_l);
     * ``contributions`` list of 3 (B, A, d_l, h_l, w_l), summing over scales and voxels to
       ``bag_logits``;
+    * ``bag_features`` (B, sum of the MIL levels' channels): the gate-pooled features;
     * ``seg_logits`` (B, 1, D, H, W) (absent with ``with_seg=False``).
 
     Pooling runs in at least float32 (also under autocast) so the identity and the normaliser do
@@ -306,6 +307,7 @@ class MultiScaleMILNet(nn.Module):
             gates.append(GATE_EPS + (1.0 - 2.0 * GATE_EPS) * torch.sigmoid(s))
             instances.append(inst_head(f).to(pool_dtype))
         out = gated_pooling(gates, instances)
+        out["bag_features"] = pooled_features(gates, mil_feats, pool_dtype)
         out["gates"] = gates
         out["instance_logits"] = instances
         if with_seg:
@@ -328,6 +330,19 @@ class MultiScaleMILNet(nn.Module):
         out["attribute_probs"] = torch.sigmoid(out["bag_logits"])
         out["seg_probs"] = torch.sigmoid(out["seg_logits"])
         return out
+
+
+def pooled_features(
+    gates: Sequence[torch.Tensor], feats: Sequence[torch.Tensor], dtype: torch.dtype
+) -> torch.Tensor:
+    """(B, sum of channels): each scale's features pooled by its gates, under the bag's one
+    normaliser. Why this embedding: every attribute's bag logit is a linear read-out of it (plus
+    the gate mass shares), so nodules close in it look alike to the heads (similar nodules)."""
+    total = sum(g.sum(dim=(2, 3, 4)) for g in gates)  # (B, 1)
+    return torch.cat(
+        [(g * f.to(dtype)).sum(dim=(2, 3, 4)) / total for g, f in zip(gates, feats, strict=True)],
+        dim=1,
+    )
 
 
 def gated_pooling(gates: Sequence[torch.Tensor], instances: Sequence[torch.Tensor]) -> dict:
