@@ -271,7 +271,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.runner.idle:
             self._pollTimer.stop()
 
-    # Analyse on placement / move -------------------------------------------------------------
+    # Analyze on placement / move -------------------------------------------------------------
     def _observeMarkups(self):
         events = (
             slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,

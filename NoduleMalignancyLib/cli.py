@@ -1,4 +1,4 @@
-"""``nodule-malignancy``: analyse, predict a manifest, demo, benchmark, train, evaluate.
+"""``nodule-malignancy``: analyze, predict a manifest, demo, benchmark, train, evaluate.
 
 Exit codes: 0 done, 2 bad input (argparse's errors and the project's expected errors,
 core/errors.py: the message only), 1 anything else (a bug: its traceback). ``--debug`` or
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
         sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
 
-    sp = sub.add_parser("analyze", help="analyse one nodule of a CT at a world point")
+    sp = sub.add_parser("analyze", help="analyze one nodule of a CT at a world point")
     sp.add_argument("--ct", required=True, help="CT file SimpleITK reads, DICOM folder or .tar.gz")
     sp.add_argument("--point", required=True, type=_point, help="X,Y,Z in mm")
     sp.add_argument("--frame", choices=("lps", "ras"), default="lps", help="frame of --point")
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(sp)
     sp.set_defaults(func=cmd_predict)
 
-    sp = sub.add_parser("demo", help="analyse the nodules of a bundled LIDC sample")
+    sp = sub.add_parser("demo", help="analyze the nodules of a bundled LIDC sample")
     sp.add_argument("--sample", default="LIDC-IDRI-0001")
     sp.add_argument("--out", default="demo_output")
     common(sp)

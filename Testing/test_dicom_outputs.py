@@ -271,7 +271,7 @@ def test_mrml_logic_exports_dicom_of_the_scene_results(
     markups = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
     markups.AddControlPoint(*lps_to_ras(POINT_LPS), "nodule A")
     logic = NoduleMalignancyLogic(ensemble=random_test_ensemble())
-    with pytest.raises(InputError, match="analyse a nodule first"):
+    with pytest.raises(InputError, match="analyze a nodule first"):
         logic.exportDicom(tmp_path, archive)
     output = logic.analyze(volume, markups, device="cpu")
     result = output.results[0]

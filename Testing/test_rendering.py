@@ -184,7 +184,7 @@ def _ras_to_ijk(volume_node, ras: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rendered(slicer_runtime, ct_0001_path, data_dir):
-    """Analyse the sample nodule and render the axial view three ways."""
+    """Analyze the sample nodule and render the axial view three ways."""
     from NoduleMalignancyLib.core.geometry import lps_to_ras
     from NoduleMalignancyLib.files import samples
     from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic

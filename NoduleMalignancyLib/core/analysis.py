@@ -156,7 +156,7 @@ def analyze_point(
     context: ImageGeometry | None = None,
     map_to_ct: bool = True,
 ) -> NoduleResult:
-    """Analyse the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`)."""
+    """Analyze the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`)."""
     t0 = time.perf_counter()
     timings = {"voi_sampling": 0.0, "network": 0.0}
     image_warnings = check_image(image_zyx, geometry)
@@ -214,7 +214,7 @@ def sample_and_run(
     same here. Without an explicit ``context`` a first pass uses the minimal crop around the
     point; its segmentation (inside the crop) gives the nodule's in-plane extent and longest
     axial diameter, from which the crop is rebuilt as in the training data (in z: from the
-    diameter, since the segmentation's z extent only follows the crop) and the nodule analysed
+    diameter, since the segmentation's z extent only follows the crop) and the nodule analyzed
     again, until the crop stops changing (at most ``MAX_CONTEXT_PASSES`` passes).
     """
     cfg = ensemble.manifest.voi

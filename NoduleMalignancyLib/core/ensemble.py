@@ -319,7 +319,7 @@ class Ensemble:
             return self._run(x)
         except torch.cuda.OutOfMemoryError:
             warnings.warn(
-                "GPU out of memory while analysing; falling back to CPU for this ensemble "
+                "GPU out of memory while analyzing; falling back to CPU for this ensemble "
                 "(choose the device again to retry the GPU).",
                 RuntimeWarning,
                 stacklevel=2,

@@ -1,6 +1,6 @@
 """Do the evidence maps hold? Gate health and faithfulness of an ensemble, out of fold.
 
-Every LIDC nodule is analysed by the one fold model that never saw its patient, exactly as a
+Every LIDC nodule is analyzed by the one fold model that never saw its patient, exactly as a
 click is (context policy, VOI, gates, contributions). Per nodule:
 
 * **gate health** (:mod:`..core.gates`): mean gate, mass share and spread per scale;

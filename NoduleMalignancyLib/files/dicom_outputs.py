@@ -98,12 +98,12 @@ def texture_class_code(texture_class: str) -> hd.sr.CodedConcept:
 def mask_on_ct(result: NoduleResult, geometry: ImageGeometry) -> np.ndarray:
     """The result's CT-grid mask placed in the whole CT ``geometry`` (z, y, x, uint8).
 
-    Checks that the analysed grid is this CT's lattice (spacing, direction, voxel positions,
-    extent): a volume analysed in a scene must be the DICOM series its SEG will reference.
+    Checks that the analyzed grid is this CT's lattice (spacing, direction, voxel positions,
+    extent): a volume analyzed in a scene must be the DICOM series its SEG will reference.
     """
     grid = result.ct_grid
     if grid is None or result.segmentation_mask_ct is None:
-        raise ValueError("the result has no mask on the CT grid (analysed with map_to_ct=False)")
+        raise ValueError("the result has no mask on the CT grid (analyzed with map_to_ct=False)")
     same = np.allclose(grid.spacing, geometry.spacing, atol=1e-4) and np.allclose(
         grid.direction, geometry.direction, atol=1e-5
     )
@@ -117,7 +117,7 @@ def mask_on_ct(result: NoduleResult, geometry: ImageGeometry) -> np.ndarray:
         or (offset + np.asarray(grid.size) > geometry.size).any()
     ):
         raise ValueError(
-            "the analysed volume is not on this DICOM series' grid (spacing, direction or "
+            "the analyzed volume is not on this DICOM series' grid (spacing, direction or "
             "position differ): choose the series the volume was loaded from"
         )
     return embed_sub_grid(result.segmentation_mask_ct.astype(np.uint8), offset, geometry.shape_zyx)

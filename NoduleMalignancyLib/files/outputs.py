@@ -22,7 +22,7 @@ def write_analysis(
     voi_config: VoiConfig,
     name: str = "nodule",
 ) -> dict[str, Path]:
-    """Files of one analysed nodule; returns their paths by kind."""
+    """Files of one analyzed nodule; returns their paths by kind."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

@@ -14,7 +14,7 @@ The work is split so a GUI can keep torch off the main thread:
 :meth:`NoduleMalignancyLogic.analyze` chains the three and blocks. A run that raises (invalid
 input, cancellation) before :meth:`apply` leaves the scene exactly as it was.
 
-Results are keyed on (markups node, control point ID): re-analysing a moved point updates its
+Results are keyed on (markups node, control point ID): re-analyzing a moved point updates its
 table row, segment and evidence volumes in place. Transforms are hardened into world
 coordinates for the analysis; outputs live in the volume's local frame under the volume's
 parent transform, so they stay aligned with it.
@@ -102,7 +102,7 @@ def read_ct_volume(volumeNode) -> tuple[np.ndarray, ImageGeometry, ImageGeometry
         transform; :class:`NotCTError` where the voxels are not CT Hounsfield units.
     """
     if volumeNode is None:
-        raise InputError("Select the CT volume to analyse.")
+        raise InputError("Select the CT volume to analyze.")
     name = volumeNode.GetName()
     if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
         raise NotCTError(f"{name!r} is a label map, not a CT: select the CT volume.")
@@ -145,7 +145,7 @@ def read_ct_volume(volumeNode) -> tuple[np.ndarray, ImageGeometry, ImageGeometry
 
 
 class NoduleMalignancyLogic:
-    """Analyse markups points on a CT volume and keep the results in MRML.
+    """Analyze markups points on a CT volume and keep the results in MRML.
 
     :param ensemble: an already loaded :class:`~NoduleMalignancyLib.core.ensemble.Ensemble` (tests,
         batch jobs); default: :meth:`Ensemble.load` on first use.
@@ -310,7 +310,7 @@ class NoduleMalignancyLogic:
         n = len(request.points)
         for i, point in enumerate(request.points):
             self._check_cancel(cancelEvent)
-            progress(i / n, f"Analysing {point.label} ({i + 1}/{n})")
+            progress(i / n, f"Analyzing {point.label} ({i + 1}/{n})")
             try:
                 result = analyze_point(
                     request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
@@ -350,7 +350,7 @@ class NoduleMalignancyLogic:
         volume = scene.GetNodeByID(request.volume_id)
         markups = scene.GetNodeByID(request.markups_id)
         if volume is None or markups is None:
-            raise InputError("The volume or point list was removed while it was being analysed.")
+            raise InputError("The volume or point list was removed while it was being analyzed.")
         if len(results) != len(request.points):
             raise ValueError("apply() needs one result per requested point")
         created: list = []
@@ -422,7 +422,7 @@ class NoduleMalignancyLogic:
         logCallback: LogCallback | None = None,
         cancelEvent: threading.Event | None = None,
     ) -> AnalysisOutput:
-        """Analyse the point(s) and update the MRML nodes (blocking).
+        """Analyze the point(s) and update the MRML nodes (blocking).
 
         :raises InputError: invalid input (scene unchanged).
         :raises AnalysisCancelledError: ``cancelEvent`` was set (scene unchanged).
@@ -536,7 +536,7 @@ class NoduleMalignancyLogic:
         param = self.getParameterNode()
         table = param.GetNodeReference(ROLE_TABLE)
         if table is None:
-            raise InputError("Nothing to export yet: analyse a nodule first.")
+            raise InputError("Nothing to export yet: analyze a nodule first.")
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         jobs = [("table", table, folder / f"{safe_file_name(table.GetName())}.csv")]
@@ -556,10 +556,10 @@ class NoduleMalignancyLogic:
         return files
 
     def exportDicom(self, directory: str | Path, dicomSeries) -> dict[str, Path]:
-        """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analysed nodules of the results table.
+        """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analyzed nodules of the results table.
 
         :param dicomSeries: the CT's DICOM series (folder, ``.tar.gz``, a ``.dcm`` of it, or
-            the list of its files): SEG and SR reference its instances, and the analysed volume
+            the list of its files): SEG and SR reference its instances, and the analyzed volume
             must lie on its grid (a volume loaded from a file carries no DICOM source).
         """
         from ..files.dicom_outputs import mask_on_ct, write_dicom_outputs
@@ -568,7 +568,7 @@ class NoduleMalignancyLogic:
         param = self.getParameterNode()
         table = param.GetNodeReference(ROLE_TABLE)
         if table is None:
-            raise InputError("Nothing to export yet: analyse a nodule first.")
+            raise InputError("Nothing to export yet: analyze a nodule first.")
         labels, point_ids = (table.GetTable().GetColumnByName(c) for c in ("point", "point_id"))
         rows = []  # (label, result) in table order
         for r in range(table.GetNumberOfRows()):
@@ -576,7 +576,7 @@ class NoduleMalignancyLogic:
             if result is not None:
                 rows.append((str(labels.GetValue(r)), result))
         if not rows:
-            raise InputError("No analysed nodule of this session to export: analyse it again.")
+            raise InputError("No analyzed nodule of this session to export: analyze it again.")
         if not dicomSeries:
             raise InputError("Choose the CT's DICOM series: the SEG and SR reference its images.")
         try:

@@ -1,6 +1,6 @@
 """The node writers: a nodule's results into MRML nodes (segment, evidence volumes, table row).
 
-Why apart from the logic: the logic decides what to analyse and when; these functions only
+Why apart from the logic: the logic decides what to analyze and when; these functions only
 know how the outputs look in a scene (names, roles, references, display), so the browser
 station and the batch paths write the same nodes. MRML only: no Qt, no torch.
 """

@@ -18,7 +18,7 @@ __all__ = ["AnalysisOutput", "AnalysisRequest", "PointRequest"]
 
 @dataclass(frozen=True)
 class PointRequest:
-    """One markups point to analyse, as read on the main thread."""
+    """One markups point to analyze, as read on the main thread."""
 
     point_id: str  # markups control point ID (stable across moves and renames)
     label: str

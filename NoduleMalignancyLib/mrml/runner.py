@@ -23,7 +23,7 @@ from .requests import AnalysisOutput, AnalysisRequest
 
 __all__ = ["DEBOUNCE_S", "AnalysisRunner", "RunnerUpdate"]
 
-# Re-analyse this long after the last point change (a drag sends many).
+# Re-analyze this long after the last point change (a drag sends many).
 DEBOUNCE_S = 0.5
 
 
@@ -84,7 +84,7 @@ class AnalysisRunner:
 
     @property
     def pending(self) -> set[str]:
-        """Control point IDs waiting to be analysed."""
+        """Control point IDs waiting to be analyzed."""
         return set(self._pending)
 
     @property
@@ -116,7 +116,7 @@ class AnalysisRunner:
             self._cancel.set()
 
     def point_changed(self, point_id: str) -> None:
-        """A point was placed or moved: analyse it :data:`DEBOUNCE_S` after the last change."""
+        """A point was placed or moved: analyze it :data:`DEBOUNCE_S` after the last change."""
         self._pending.add(point_id)
         self._due = self._clock() + self._debounce_s
 

@@ -345,7 +345,7 @@ class NoduleMalignancySelfTestMixin:
         row_ras = [float(table.GetCellText(0, table.GetColumnIndex(c))) for c in "ras"]
         self.assertLess(np.abs(np.array(row_ras) - moved_ras).max(), 0.01)
         self.assertSegmentMatchesResult(second, point_id, volume, second.results[0])
-        # A second point adds a row; re-analysing only it leaves the first row alone.
+        # A second point adds a row; re-analyzing only it leaves the first row alone.
         markups.AddControlPoint(*(moved_ras + [0.0, 0.0, -2.5]), "second")
         row0 = [table.GetCellText(0, c) for c in range(table.GetNumberOfColumns())]
         third = self.logic.analyze(volume, markups, pointIndex=1)
@@ -376,7 +376,7 @@ class NoduleMalignancySelfTestMixin:
         cancel = threading.Event()
 
         def cancel_while_computing(fraction, message):
-            if fraction > 0.0 or message.startswith("Analysing"):
+            if fraction > 0.0 or message.startswith("Analyzing"):
                 cancel.set()
 
         with self.assertRaises(AnalysisCancelledError):

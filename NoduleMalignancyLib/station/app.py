@@ -184,7 +184,7 @@ class StationApp:
                     with html.Div(v_if="suggested.length", classes="mb-2"):
                         html.Div("Readers' nodules of this sample", classes="text-overline")
                         v3.VBtn(
-                            "Analyse {{ p.name }}",
+                            "Analyze {{ p.name }}",
                             v_for="(p, i) in suggested",
                             key="p.name",
                             click=(self.analyze_suggested, "[i]"),

@@ -1,7 +1,7 @@
 """The reading station's state machine, in plain Python (docs/DESIGN.md §15).
 
 Why apart from the web page: everything the station does (load a CT, window it, take points,
-analyse them through :class:`~..mrml.runner.AnalysisRunner`, poll, cancel, show overlays, jump
+analyze them through :class:`~..mrml.runner.AnalysisRunner`, poll, cancel, show overlays, jump
 between nodules) happens here, on MRML through the logic, and is tested without a browser. The
 trame page (``app.py``) only calls these methods and shows :meth:`StationController.snapshot`.
 
@@ -9,7 +9,7 @@ Threads (docs/DESIGN.md §7): every method runs on the thread that owns the scen
 event loop); only the runner's worker runs torch. The page calls :meth:`poll` from a timer.
 Points come in two ways: :meth:`add_point` (a click mapped through the slice node's XY-to-RAS,
 or a test) analyses at once; points placed with Slicer's markups placement in a view are found
-by :meth:`sync_points` (run by every :meth:`poll`) and analysed after the runner's debounce.
+by :meth:`sync_points` (run by every :meth:`poll`) and analyzed after the runner's debounce.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class StationController:
         self._warm_up(volume)
         self.set_status(
             "ready",
-            "Click on a nodule (place a point) to analyse it." if self.model_allowed else "",
+            "Click on a nodule (place a point) to analyze it." if self.model_allowed else "",
         )
         return volume
 
@@ -170,7 +170,7 @@ class StationController:
 
     # Points ----------------------------------------------------------------------------------
     def add_point(self, ras: Sequence[float], label: str | None = None) -> str:
-        """Place a point at a world RAS position (mm) and analyse it (after the running one)."""
+        """Place a point at a world RAS position (mm) and analyze it (after the running one)."""
         if self.markups is None:
             raise InputError("Load a CT first.")
         n = self.markups.GetNumberOfControlPoints()
@@ -188,7 +188,7 @@ class StationController:
     def sync_points(self) -> list[str]:
         """Find points placed or moved in the views since the last call; queue them.
 
-        Returns the IDs queued (analysed by a later :meth:`poll`, after the debounce).
+        Returns the IDs queued (analyzed by a later :meth:`poll`, after the debounce).
         """
         markups = self.markups
         if markups is None:
@@ -250,7 +250,7 @@ class StationController:
 
     # Analyses --------------------------------------------------------------------------------
     def analyze(self, point_ids: Sequence[str] | None = None) -> bool:
-        """Start analysing these points (default: all); queued when one is running.
+        """Start analyzing these points (default: all); queued when one is running.
 
         Returns whether a run started now. A refusal before the run (no volume, a point
         outside the CT) becomes the status message, not an exception.
@@ -281,7 +281,7 @@ class StationController:
                 self.points[point_id].update(status="busy", message="")
         labels = ", ".join(self.points[p]["label"] for p in ids if p in self.points)
         self.cancelling = False
-        self.set_status("busy", f"Analysing {labels}")
+        self.set_status("busy", f"Analyzing {labels}")
 
     def cancel(self) -> None:
         """Ask the running analysis to stop; nothing is changed (reported by :meth:`poll`).
@@ -359,7 +359,7 @@ class StationController:
         self._show_overlay()
         labels = ", ".join(p.label for p in output.points)
         flagged = sum(bool(r.warnings) for r in output.results)
-        self.set_status("done", f"Analysed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
+        self.set_status("done", f"Analyzed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
 
     def _cancelled(self, ids: list[str]) -> None:
         for point_id in ids:

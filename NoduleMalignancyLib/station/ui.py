@@ -25,7 +25,7 @@ _STATUS_TYPE = (
 
 
 def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> None:
-    """Window presets, point placement, analyse again, clear, and Cancel while busy."""
+    """Window presets, point placement, analyze again, clear, and Cancel while busy."""
     with v3.VBtnToggle(
         v_model=("window_preset", "lung"), mandatory=True, density="compact", classes="mx-2"
     ):
@@ -48,7 +48,7 @@ def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> No
         id="station-placing",
     )
     v3.VBtn(
-        "Analyse all",
+        "Analyze all",
         click=on_analyze,
         size="small",
         variant="tonal",
@@ -58,7 +58,7 @@ def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> No
     v3.VBtn("Clear points", click=on_clear, size="small", variant="text", classes="mx-1")
     with html.Div(v_if="st.busy", classes="d-flex align-center mx-2", id="station-busy"):
         v3.VProgressCircular(indeterminate=True, size=20, width=3, color="primary")
-        html.Span("{{ st.cancelling ? 'Cancelling' : 'Analysing' }}", classes="mx-2")
+        html.Span("{{ st.cancelling ? 'Cancelling' : 'Analyzing' }}", classes="mx-2")
         v3.VBtn(
             "Cancel",
             click=on_cancel,

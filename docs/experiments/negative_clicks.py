@@ -2,7 +2,7 @@
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/negative_clicks.py clicks.csv
 
-Two sets per CT, each point analysed like a click and its outcome printed and written:
+Two sets per CT, each point analyzed like a click and its outcome printed and written:
 
 * random: 12 points in dense tissue (> -300 HU: mediastinum, heart, chest wall, vessels, bone,
   liver), 5 in lung parenchyma (-900 .. -700 HU), 3 in air (< -990 HU: airway or outside the

@@ -12,7 +12,7 @@ CTs against clicks on the vessels of those lungs.
   the two) and merged (voxel-wise maximum) at a random point of lung parenchyma at least 30 mm
   from the reader nodules, clicked at the inserted nodule's centre.
 
-Every click is analysed as in the product (``analyze_point``), which records the seven figures.
+Every click is analyzed as in the product (``analyze_point``), which records the seven figures.
 A logistic model (class-balanced, L2 0.01, standardised inputs) is fitted on all of them; the
 threshold is the model's 99th percentile on the nodules. Printed: leave-one-CT-out figures (fit
 on one CT's clicks, threshold at the 99th percentile of its nodules, test on the other CT) and

@@ -4,7 +4,7 @@ the opening of core/vessel.continuation_figures)?
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_field.py field.csv
 
 The clicks of vessel_clicks.py (same seed and order: 80 lung-vessel clicks, 409 inserted LIDC
-nodules) and the five reader nodules of the full CTs, each analysed once; the continuation is
+nodules) and the five reader nodules of the full CTs, each analyzed once; the continuation is
 then recomputed for each variant: (lung field closing in mm, opening as a fraction of the
 outline's inscribed radius). Closing 0 is the per-slice holes of the lung mask alone (the
 seventh session's field). Per variant the vessel model is refitted as in vessel_clicks.py;
