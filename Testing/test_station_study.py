@@ -314,3 +314,70 @@ def test_a_station_serves_one_reader_on_one_connection(study_owned, tiny_dir):
         _, resign = ws.call(socket_url, origin, secret, [trigger("study_sign_in", second)])
         assert resign["result"] is False, "re-signed as another reader"
     assert store.my_ratings(token) == [] and store.my_ratings(second) == []
+
+
+FAILING_DATABASE = """
+import json, os, subprocess, sys
+from pathlib import Path
+from NoduleMalignancyLib.station.study_app import StudyStationApp
+from NoduleMalignancyLib.study.store import StudyStore
+study_file, db, models, token, owner, form = sys.argv[1:]
+folder, form = Path(db).parent, json.loads(form)
+
+
+def frozen(on):  # unwritable even for root (chattr +i), else by its mode
+    paths = [folder, *folder.iterdir()]
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], check=True)
+    else:
+        for p in paths:
+            p.chmod((0o555 if p.is_dir() else 0o444) if on else (0o755 if p.is_dir() else 0o600))
+
+
+app = StudyStationApp(study_file, db, models_dir=models, device="cpu")
+assert app.sign_in(token)
+step = app.server.state.study["step"]
+app.server.state.form = dict(form)
+frozen(True)
+try:
+    refused = app.submit(dict(form), step)
+finally:
+    frozen(False)
+study = app.server.state.study
+out = {"read_only": [refused, study["error"], app.server.state.form, study["step"] == step]}
+out["after"] = [app.submit(dict(form), step), app.server.state.study["error"]]
+StudyStore(db).reset_token(owner, "alice")
+revoked = app.submit(dict(form), app.server.state.study["step"])
+study = app.server.state.study
+out["revoked"] = [revoked, study["signed_in"], study["error"], app.controller.volume is None]
+print(json.dumps(out))
+"""
+
+
+def test_a_failing_database_or_a_revoked_token_is_said_on_the_page(study_owned, tiny_dir):
+    """Issue 28, finding 7: a read-only database gives "rating NOT saved: <reason>" with the
+    form kept (the same form commits once the database is writable again); a token revoked
+    while signed in signs the reader out and says why (the station in a child process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    study_file, db, token, owner = study_owned
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", FAILING_DATABASE, str(study_file), str(db), str(tiny_dir), token,
+         owner, json.dumps(FORM)],
+        cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    refused, error, form, same_step = out["read_only"]
+    assert refused is False and error.startswith("rating NOT saved: the study database failed")
+    assert form == FORM and same_step, "the form is kept"
+    assert out["after"][0] is True, out["after"]
+    revoked, signed_in, error, closed = out["revoked"]
+    assert revoked is False and not signed_in and closed
+    assert error.startswith("signed out: rating NOT saved: unknown reader token")
+    rows = StudyStore(db).my_ratings(StudyStore(db).reset_token(owner, "alice"))
+    assert [r["modality"] for r in rows] == ["unaided"]

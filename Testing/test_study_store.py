@@ -218,10 +218,10 @@ def test_sequential_unaided_is_locked_before_the_model_shows(tmp_path):
     assert (aided.case, aided.modality, aided.model_visible) == (case, "aided", True)
     assert aided.unaided["malignancy"] == 2, "the form starts from the reader's own rating"
     clock.t += 10.0
-    store.open_case(token, case)  # the aided clock started at the unaided commit
+    store.open_case(token, case)  # the aided step is shown now: its clock starts here
     clock.t += 5.0
     revised = store.submit(token, case, "aided", RATING | {"malignancy": 4, "lung_rads": "4B"})
-    assert revised["reading_time_s"] == 15.0 and revised["model_visible"] is True
+    assert revised["reading_time_s"] == 5.0 and revised["model_visible"] is True
     with pytest.raises(StudyStateError, match="aided rating is committed and locked"):
         store.submit(token, case, "aided", RATING)
     with pytest.raises(StudyStateError, match="nothing is due"):

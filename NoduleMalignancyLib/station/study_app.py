@@ -66,6 +66,7 @@ class StudyStationApp(StationApp):
     ):
         self.store = open_store(study_file, db_path) if study_file else StudyStore(db_path)
         self.session: StudySession | None = None
+        self._shown: dict = {}  # the session's last snapshot (kept while the database fails)
         self.reader: str | None = None  # the reader this process serves, once one signed in
         self.client: str | None = None  # the connection they signed in on (None: any)
         self.fields = rating_form(self.store.required)
@@ -241,11 +242,12 @@ class StudyStationApp(StationApp):
         snapshot = {}
         if self.session is not None:
             try:
-                snapshot = self.session.snapshot()
+                snapshot = self._shown = self.session.snapshot()
             except PermissionError as exc:  # revoked while signed in
                 self.session, self.client = None, None
                 error = f"signed out: {exc}"
-            except _STORAGE_ERRORS as exc:
+            except _STORAGE_ERRORS as exc:  # the page keeps what it showed, the form too
+                snapshot = self._shown
                 error = error or f"the study database failed ({exc})"
         return {
             "name": self.store.name,

@@ -29,6 +29,7 @@ from scipy import stats
 from ..core.atomic import atomic_path, write_json
 from . import mrmc
 from .design import MODALITIES, Study
+from .markdown import markdown_text as md
 from .store import SCORES, Snapshot, StudyStore
 
 __all__ = [
@@ -423,14 +424,14 @@ def run_mrmc(
 def _mrmc_markdown(part: dict, result: mrmc.MrmcResult | None) -> str:
     lines = [] if result is None else [mrmc.result_markdown(result), ""]
     if result is None:
-        lines += ["# MRMC ROC analysis", "", f"Not available: {part['reason']}", ""]
+        lines += ["# MRMC ROC analysis", "", f"Not available: {md(part['reason'])}", ""]
     lines += [
         "## Readers",
         "",
-        f"Score: {part['score']}. Analyzed: {', '.join(part['readers']) or 'none'}.",
+        f"Score: {part['score']}. Analyzed: {', '.join(map(md, part['readers'])) or 'none'}.",
         "",
     ]
-    lines += [f"- left out: {e['reader']}: {e['reason']}" for e in part["excluded"]]
+    lines += [f"- left out: {md(e['reader'])}: {md(e['reason'])}" for e in part["excluded"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -471,7 +472,7 @@ def _reader_table(readers: list[dict]) -> list[str]:
             else (f"{_pct(t['share_toward'])} of {t['n_changed']}")
         )
         lines.append(
-            f"| {r['reader']} | {r['cases']['unaided']}/{r['cases']['aided']} "
+            f"| {md(r['reader'])} | {r['cases']['unaided']}/{r['cases']['aided']} "
             f"| {_f(a['unaided'])} | {_f(a['aided'])} | {_signed(a['difference'])} "
             f"| {_f(c['mean_abs_malignancy'], 2)} | {_pct(c['share_changed'])} | {toward} "
             f"| {'yes' if r['in_mrmc'] else 'no'} |"
@@ -490,11 +491,12 @@ def _agreement_table(readers: list[dict], key: str, missing: str) -> list[str]:
     for r in readers:
         g = r[key]
         if g is None:
-            lines.append(f"| {r['reader']} | 0 | n/a | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {md(r['reader'])} | 0 | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         u, a = g["unaided"], g["aided"]
         lines.append(
-            f"| {r['reader']} | {u['n']} | {_f(u['kappa_quadratic'])} | {_f(a['kappa_quadratic'])} "
+            f"| {md(r['reader'])} | {u['n']} | {_f(u['kappa_quadratic'])} "
+            f"| {_f(a['kappa_quadratic'])} "
             f"| {_f(u['spearman'])} | {_f(a['spearman'])} | {_pct(u['within_1'])} "
             f"| {_pct(a['within_1'])} |"
         )
@@ -503,11 +505,12 @@ def _agreement_table(readers: list[dict], key: str, missing: str) -> list[str]:
 
 def _mrmc_lines(part: dict) -> list[str]:
     if not part.get("available"):
-        return [f"Not available: {part['reason']}"]
+        return [f"Not available: {md(part['reason'])}"]
     h = part["headline"]
     level = round(100 * (1 - h["alpha"]))
     lines = [
-        f"{len(part['readers'])} readers ({', '.join(part['readers'])}), random readers and "
+        f"{len(part['readers'])} readers ({', '.join(map(md, part['readers']))}), "
+        "random readers and "
         f"random cases, {part['covariance']} covariance: F({h['ndf']}, {_f(h['ddf'], 2)}) = "
         f"{_f(h['F'], 2)}, p = {_f(h['p'], 4)}; {h['comparison']} = {_signed(h['difference'])} "
         f"({level} % CI {_f(h['ci'][0])} to {_f(h['ci'][1])}).",
@@ -535,9 +538,9 @@ def _skipped_lines(skipped: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for k in skipped:
-        reason = " ".join(str(k["reason"]).split()).replace("|", "/")
         lines.append(
-            f"| {k['reader']} | {k['case']} | {k['session']} | {k['modality']} | {reason} "
+            f"| {md(k['reader'])} | {md(k['case'])} | {k['session']} | {k['modality']} "
+            f"| {md(k['reason'])} "
             f"| {k['skipped_at']} |"
         )
     return lines
@@ -546,7 +549,7 @@ def _skipped_lines(skipped: list[dict]) -> list[str]:
 def summary_markdown(summary: dict) -> str:
     """summary.md: the study, the per-reader tables, the MRMC headline and the notes."""
     s, readers = summary["study"], summary["readers"]
-    title = f"# Reading study summary{': ' + s['name'] if s['name'] else ''}"
+    title = f"# Reading study summary{': ' + md(s['name']) if s['name'] else ''}"
     lines = [
         title,
         "",
@@ -576,7 +579,7 @@ def summary_markdown(summary: dict) -> str:
         "| reader | unaided | aided |",
         "|---|---|---|",
         *(
-            f"| {r['reader']} | {_time(r['reading_time_s']['unaided'])} "
+            f"| {md(r['reader'])} | {_time(r['reading_time_s']['unaided'])} "
             f"| {_time(r['reading_time_s']['aided'])} |"
             for r in readers
         ),
@@ -590,7 +593,7 @@ def summary_markdown(summary: dict) -> str:
         *_mrmc_lines(summary["mrmc"]),
     ]
     if summary["notes"]:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in summary["notes"])]
+        lines += ["", "## Notes", "", *(f"- {md(n)}" for n in summary["notes"])]
     return "\n".join(lines) + "\n"
 
 
@@ -608,13 +611,14 @@ def analyze_study(
 ) -> dict:
     """Export, summarise and run the MRMC of a study database into ``out_dir``; the summary.
 
-    A wrong owner token raises ``PermissionError`` before anything is written.
+    A wrong owner token raises ``PermissionError`` before anything is written. The database is
+    only read (``mode=ro``): an archived study in a folder nobody may write is analyzed too.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     if covariance not in mrmc.COVARIANCES:
         raise ValueError(f"covariance must be one of {mrmc.COVARIANCES}, got {covariance!r}")
-    store = StudyStore(db)
+    store = StudyStore(db, read_only=True)
     snapshot = store.snapshot(owner_token)
     out = Path(out_dir)
     store.export(owner_token, out, score=score, snapshot=snapshot)

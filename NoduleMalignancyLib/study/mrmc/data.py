@@ -8,7 +8,6 @@ appear (differences are first minus second), unless ``modalities=`` gives the or
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.errors import InputError
+from ...files.csv_cells import read_csv
 
 SCORE_COLUMNS = ("score", "rating")
 
@@ -97,8 +97,7 @@ def load_rows(source: str | os.PathLike | Iterable[Mapping]) -> list[dict]:
         path = Path(source)
         if is_imrmc(path):
             return read_imrmc(path)
-        with open(path, newline="", encoding="utf-8") as f:
-            source = list(csv.DictReader(f))
+        source = read_csv(path)  # the project's CSV: formula-safe cells read back as written
     rows = [check_row(row, number) for number, row in enumerate(source, start=1)]
     if not rows:
         raise InputError("no rows: a reading study needs reader,case,modality,score,truth rows")

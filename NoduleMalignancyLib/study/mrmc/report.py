@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.atomic import atomic_path
+from ..markdown import markdown_text
 from .analysis import Analysis, Difference, MrmcResult, SingleModality, reader_aucs
 from .data import build_study
 
@@ -45,9 +46,13 @@ def plot_reader_rocs(rows: Iterable[Mapping] | str | os.PathLike, path: str | os
             fpr, tpr = empirical_roc(study.truth, study.scores[i, j])
             ax.plot(fpr, tpr, "-o", ms=2.5, lw=1.4, label=f"{modality} ({auc[i, j]:.3f})")
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-        ax.set(title=f"reader {reader}", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        # Names are typed by people: as literal text, never mathtext ("$\\frac{$" crashed it).
+        ax.set_title(f"reader {reader}", parse_math=False)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         ax.set(xlabel="1 - specificity", ylabel="sensitivity")
-        ax.legend(loc="lower right", fontsize=7, title="modality (AUC)", title_fontsize=7)
+        legend = ax.legend(loc="lower right", fontsize=7, title="modality (AUC)", title_fontsize=7)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     fig.suptitle(f"Empirical ROC per reader ({study.n_abnormal} abnormal, {study.n_normal} normal)")
@@ -72,9 +77,9 @@ def _difference_table(
         ("|---" * (7 + by_reader)) + "|",
     ]
     for d in diffs:
-        lead = f"| {d.reader} " if by_reader else ""
+        lead = f"| {markdown_text(d.reader)} " if by_reader else ""
         lines.append(
-            f"{lead}| {d.comparison} | {d.difference:.5f} | {d.std_err:.5f} | "
+            f"{lead}| {markdown_text(d.comparison)} | {d.difference:.5f} | {d.std_err:.5f} | "
             f"{'z' if d.df is None else _fmt(d.df, 2)} | {d.statistic:.2f} | {d.p_value:.4f} | "
             f"({d.ci_lower:.5f}, {d.ci_upper:.5f}) |"
         )
@@ -85,7 +90,7 @@ def _single_table(singles: Sequence[SingleModality], level: int) -> list[str]:
     lines = [f"| modality | AUC | std err | df | {level}% CI |", "|---|---|---|---|---|"]
     for s in singles:
         lines.append(
-            f"| {s.modality} | {s.auc:.8f} | {s.std_err:.8f} | "
+            f"| {markdown_text(s.modality)} | {s.auc:.8f} | {s.std_err:.8f} | "
             f"{'z' if s.df is None else _fmt(s.df, 2)} | ({s.ci_lower:.8f}, {s.ci_upper:.8f}) |"
         )
     return lines
@@ -126,10 +131,10 @@ def result_markdown(result: MrmcResult) -> str:
         "",
         "## Reader AUCs",
         "",
-        "| reader | " + " | ".join(mods) + " |",
+        "| reader | " + " | ".join(map(markdown_text, mods)) + " |",
         "|---" * (len(mods) + 1) + "|",
         *(
-            f"| {r} | " + " | ".join(f"{result.auc[m][r]:.8f}" for m in mods) + " |"
+            f"| {markdown_text(r)} | " + " | ".join(f"{result.auc[m][r]:.8f}" for m in mods) + " |"
             for r in result.readers
         ),
         "| mean | " + " | ".join(f"{result.modality_auc[m]:.8f}" for m in mods) + " |",

@@ -2,7 +2,8 @@
 
 ``ratings.csv`` holds every field of every rating (with reader, truth, order and times),
 ``scores.csv`` the long table ``reader,case,modality,score,truth`` the MRMC analysis reads
-(``study/mrmc``), ``skipped.csv`` every skipped case with its reason.
+(``study/mrmc``), ``skipped.csv`` every skipped case with its reason. Every cell goes through
+``files/csv_cells.py``: a reader's comment ``=HYPERLINK(...)`` is text, not a formula.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...core.atomic import write_csv
+from ...files.csv_cells import write_csv
 from ..design import Study
 from ..ratings import CHARACTERISTICS
 

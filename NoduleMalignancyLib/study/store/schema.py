@@ -13,6 +13,9 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
+
+from ...core.errors import InputError
 
 SCHEMA_VERSION = 2  # 2: the skips table (version 1 databases gain it when opened)
 
@@ -121,6 +124,56 @@ TABLES = (
 def iso_time(epoch: float) -> str:
     """A time as the database stores it: ISO 8601 in UTC, to the millisecond."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect_read_only(db_path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (``mode=ro``): the owner's export and analysis, and the
+    identity check of a file before anything changes it.
+
+    A WAL database in a folder nobody may write (an archived study) cannot get its ``-shm``
+    index, so ``mode=ro`` fails there; it is then opened ``immutable`` (no locks, no index),
+    which is right only while nothing writes it: refused when a write-ahead log is left over,
+    whose ratings the main file does not hold yet.
+    """
+    uri = f"file:{quote(str(Path(db_path).absolute()))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=15.0, isolation_level=None)
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        wal = Path(f"{db_path}-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise InputError(
+                f"{db_path}: cannot be read where it is ({exc}), and its write-ahead log "
+                f"{wal.name} holds ratings not yet in the file: open it once in a folder the "
+                "study may write"
+            ) from None
+        con = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def check_study_file(db_path: Path) -> None:
+    """Refuse a file that is not a study database before anything writes to it (no WAL
+    switch, no migration): a corrupt file, or another application's SQLite database."""
+    try:
+        con = connect_read_only(db_path)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{db_path} is not a study database ({exc})") from None
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = None
+        if {"meta", "study"} <= tables:
+            found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = found[0] if found else None
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{db_path} is not a study database ({exc})") from None
+    finally:
+        con.close()
+    if version is None:
+        raise InputError(
+            f"{db_path} is not a study database (an SQLite file without the study's tables: "
+            "another application's?); nothing was changed"
+        )
 
 
 def connect(db_path: Path) -> sqlite3.Connection:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -41,7 +42,16 @@ from .export import (
     write_exports,
     write_ratings_csv,
 )
-from .schema import SCHEMA_VERSION, connect, create_tables, insert, iso_time, migrate_from_1
+from .schema import (
+    SCHEMA_VERSION,
+    check_study_file,
+    connect,
+    connect_read_only,
+    create_tables,
+    insert,
+    iso_time,
+    migrate_from_1,
+)
 from .tokens import check_owner, find_reader, hash_token, new_token
 from .workflow import Assignment, Progress, StudyStateError, WashoutError, Workflow, public_rating
 
@@ -57,16 +67,23 @@ def create_study(
 ) -> str:
     """A new study database from a study file; returns the owner token (shown once, never stored).
 
-    Refuses an existing database: a study's ratings are never overwritten.
+    Refuses an existing database: a study's ratings are never overwritten. The file is made
+    readable by its owner only (0600; SQLite gives its ``-wal`` and ``-shm`` the same mode): it
+    holds the truth labels.
     """
     db_path = Path(db_path)
     study = load_study(study_file, check_files=check_files)
+    exists = OutputExistsError(f"{db_path} exists: a study database is never overwritten")
     if db_path.exists():
-        raise OutputExistsError(f"{db_path} exists: a study database is never overwritten")
+        raise exists
     db_path.parent.mkdir(parents=True, exist_ok=True)
     text = Path(study_file).read_text(encoding="utf-8")
     owner_token = new_token()
     now = iso_time(clock())
+    try:
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise exists from None
     con = connect(db_path)
     try:
         con.execute("BEGIN IMMEDIATE")
@@ -112,20 +129,33 @@ def create_study(
 
 
 class StudyStore:
-    """One study database: the owner's and the readers' operations (each call one connection)."""
+    """One study database: the owner's and the readers' operations (each call one connection).
 
-    def __init__(self, db_path: str | Path, clock: Callable[[], float] = time.time) -> None:
+    ``read_only``: never write (the owner's export and analysis; an archived study in a folder
+    nobody may write): every connection is ``mode=ro`` and a change raises ``InputError``.
+    A file that is not a study database is refused before anything is written to it.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.db_path = Path(db_path)
         self.clock = clock
+        self.read_only = read_only
         if not self.db_path.is_file():
             raise MissingFileError(f"no study database at {self.db_path} (study create makes one)")
+        check_study_file(self.db_path)
         with self._read() as con:
             try:
                 meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
                 row = con.execute("SELECT * FROM study").fetchone()
             except sqlite3.DatabaseError as exc:
                 raise InputError(f"{self.db_path} is not a study database ({exc})") from None
-        if meta.get("schema_version") == "1":
+        if meta.get("schema_version") == "1" and not read_only:
             self._migrate_from_1()
             meta["schema_version"] = str(SCHEMA_VERSION)
         if meta.get("schema_version") != str(SCHEMA_VERSION):
@@ -151,7 +181,7 @@ class StudyStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        con = connect(self.db_path)
+        con = connect_read_only(self.db_path) if self.read_only else connect(self.db_path)
         try:
             yield con
         finally:
@@ -160,6 +190,8 @@ class StudyStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction, taken with the write lock (checks and writes see one state)."""
+        if self.read_only:
+            raise InputError(f"{self.db_path} is open read-only: this would change it")
         con = connect(self.db_path)
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -284,10 +316,8 @@ class StudyStore:
                 ratings, skips = rating_rows(con), skip_rows(con)
             else:
                 ratings, skips = snapshot.ratings, snapshot.skips
-        paths, n_scores = write_exports(out_dir, ratings, skips, score)
-        with self._write() as con:
-            self._event(con, "export", detail=json.dumps({"score": score, "rows": n_scores}))
-        return paths
+        paths, _ = write_exports(out_dir, ratings, skips, score)
+        return paths  # nothing is written to the database: an archived study exports too
 
     def _rating_rows(self, owner_token: str) -> list[dict]:
         with self._read() as con:
@@ -307,7 +337,9 @@ class StudyStore:
             return self.rules.assignment(con, reader["id"], *step)
 
     def open_case(self, token: str, case: str) -> Assignment:
-        """Record when the reader opened ``case`` for its current step (the first open counts)."""
+        """Record when the reader was shown ``case`` at its current step: its reading time runs
+        from there (the first showing counts; the sequential aided step too, not the unaided
+        commit: a station restarted in between must not add its downtime)."""
         with self._write() as con:
             reader = find_reader(con, token)
             session, modality = self.rules.case_step(con, reader["id"], case)
@@ -354,12 +386,6 @@ class StudyStore:
                 "reading_time_s": round(max(0.0, now - opened["opened_epoch"]), 3),
             }
             insert(con, "ratings", record)
-            if self.design == "sequential" and modality == "unaided":
-                # The model appears now: the aided reading time runs from this commit.
-                con.execute(
-                    "INSERT OR IGNORE INTO opens VALUES (?, ?, 'aided', ?, ?, ?)",
-                    (rid, case, session, now, iso_time(now)),
-                )
             self._event(con, "submit", rid, case, modality)
             self.rules.finish_session_if_done(con, rid, session, now)
         return public_rating(record)
