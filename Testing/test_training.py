@@ -377,6 +377,9 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
     assert manifest["version"].startswith("lidc-mil-")
     assert manifest["training"]["data_hash"] == slice_data.data_hash
     assert set(manifest["fusion"]["features"]) >= {"head_logit", "calcified_fraction"}
+    # The shown malignancy's calibration slope, fitted on the cross-fitted fused logits.
+    calibration = manifest["fusion"]["calibration"]
+    assert calibration["type"] == "logit_slope" and calibration["logit_slope"] > 0
     assert (run / OOF).is_file()
     # The exported fp16 weights are the best EMA weights.
     best = torch.load(run / "fold0" / BEST, weights_only=True)

@@ -160,6 +160,7 @@ def apply_fusion(fusion: dict | None, output: str, head_logit, measured) -> np.n
 # The shown malignancy is sigmoid(slope x fused logit): one number, calibrated on the logit the
 # explanation decomposes (a slope keeps the decomposition exact: every part is scaled by it).
 CALIBRATION = "calibration"
+MIN_CALIBRATION_CLASS = 10  # labelled nodules of each class below which the slope stays 1
 
 
 def fit_logit_slope(logits, labels, iters: int = 50) -> float:
@@ -190,11 +191,14 @@ def fit_logit_slope(logits, labels, iters: int = 50) -> float:
 def malignancy_calibration(head_logit, measured, label, folds) -> dict:
     """The manifest's calibration entry: a logit slope fitted on the fusion's cross-fitted logits
     (each fold scored by a fusion fitted on the other folds), all folds pooled."""
+    entry = {"output": MALIGNANCY_PROBABILITY, "type": "logit_slope", "logit_slope": 1.0}
     p = fusion_oof(MALIGNANCY_PROBABILITY, head_logit, measured, label, folds)
-    return {
-        "output": MALIGNANCY_PROBABILITY,
-        "type": "logit_slope",
-        "logit_slope": fit_logit_slope(logit(p), label),
+    y = np.asarray(label, dtype=float)
+    usable = np.isfinite(p) & np.isfinite(y)
+    if min((y[usable] == 1).sum(), (y[usable] == 0).sum()) < MIN_CALIBRATION_CLASS:
+        return entry | {"fitted_on": "not fitted: too few labelled nodules of one class"}
+    return entry | {
+        "logit_slope": fit_logit_slope(logit(p[usable]), y[usable]),
         "fitted_on": "cross-fitted fused malignancy logits of the out-of-fold rows, all folds",
     }
 

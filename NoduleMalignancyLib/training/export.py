@@ -32,11 +32,13 @@ def export_ensemble(
     """
     from ..core.ensemble import save_ensemble
     from ..core.fusion import (
+        CALIBRATION,
         MALIGNANCY_PROBABILITY,
         MEASURED_COLUMNS,
         apply_fusion,
         fit_fusion,
         fusion_oof,
+        malignancy_calibration,
         oof_fusion_inputs,
     )
 
@@ -80,6 +82,9 @@ def export_ensemble(
     metrics["oof_auroc_fused_cross_fold"] = auroc(
         label, fusion_oof(MALIGNANCY_PROBABILITY, mal, measured, label, fold_col)
     )
+    # The shown malignancy is sigmoid(slope x fused logit); the slope comes from the fusion's
+    # cross-fitted logits, where its overfitting shows (core/fusion.py, CALIBRATION).
+    fusion[CALIBRATION] = malignancy_calibration(mal, measured, label, fold_col)
     folds_file = info.get("folds_file")
     commit = info.get("git_commit")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d")
