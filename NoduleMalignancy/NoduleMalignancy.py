@@ -10,6 +10,12 @@ The "Reading study" section is :class:`NoduleMalignancyLib.study.scene_reading.S
 Threads: :class:`NoduleMalignancyLib.mrml.runner.AnalysisRunner` keeps torch on one persistent
 worker thread and MRML on the main thread; a QTimer here only calls its ``poll`` and shows
 the result (tested headless in Testing/test_runner.py).
+
+Inputs: the panel shows the module's parameter node (Slicer's scripted-module pattern:
+``setParameterNode``, ``updateGUIFromParameterNode``, ``updateParameterNodeFromGUI``, ``enter``
+/ ``exit``), so a saved scene restores the CT, the point list, the device, the evidence scale
+and opacity; the parameters are :mod:`NoduleMalignancyLib.mrml.parameters` (tested headless in
+Testing/test_parameter_node.py). The analysis reads its inputs from that node, not the controls.
 """
 
 import logging
@@ -33,7 +39,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_ROOT, "NoduleMalignancyLib")) and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from NoduleMalignancyLib.mrml import dependencies  # noqa: E402 (no torch needed to import)
+from NoduleMalignancyLib.mrml import dependencies, parameters  # noqa: E402 (neither needs torch)
 from NoduleMalignancyLib.mrml.selftest import (  # noqa: E402
     SAMPLE,
     SAMPLE_ARCHIVE_SHA256,
@@ -134,6 +140,8 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.runner = None
+        self._parameterNode = None
+        self._updatingGUIFromParameterNode = False
         self._observedMarkups = None
         self.studyReading = None  # made on first use: it imports torch
         self._studyInputs = {}
@@ -158,20 +166,23 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
-        self.ui.evidenceScaleComboBox.connect(
-            "currentTextChanged(QString)", lambda text: self._show(scale=text)
-        )
-        self.ui.opacitySliderWidget.connect(
-            "valueChanged(double)", lambda value: self._show(opacity=value)
-        )
-        self.ui.markupsWidget.connect("markupsNodeChanged()", self._observeMarkups)
-        self.ui.autoAnalyzeCheckBox.connect("toggled(bool)", lambda on: self._observeMarkups())
+        for control, signal, handler in (
+            (self.ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", None),
+            (self.ui.markupsWidget, "markupsNodeChanged()", None),
+            (self.ui.deviceComboBox, "currentIndexChanged(int)", None),
+            (self.ui.autoAnalyzeCheckBox, "toggled(bool)", None),
+            (self.ui.evidenceScaleComboBox, "currentIndexChanged(int)", self.onEvidenceDisplay),
+            (self.ui.opacitySliderWidget, "valueChanged(double)", self.onEvidenceDisplay),
+        ):
+            control.connect(signal, handler or self.updateParameterNodeFromGUI)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onTableClicked)
         self.ui.studySignInButton.connect("clicked(bool)", self.onStudySignIn)
         self.ui.studySubmitButton.connect("clicked(bool)", self.onStudySubmit)
         self.ui.studySkipButton.connect("clicked(bool)", self.onStudySkip)
         self._showStudy()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
 
     def cleanup(self):
         self._pollTimer.stop()
@@ -179,10 +190,77 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.runner is not None:
             self.runner.shutdown()
 
-    def onSceneClose(self, caller=None, event=None):
+    def enter(self):
+        """The module is shown: follow this scene's parameter node."""
+        self.initializeParameterNode()
+
+    def exit(self):
+        """Another module is shown: stop following the parameter node (it stays in the scene)."""
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller=None, event=None):
+        self.setParameterNode(None)
         if self.runner is not None:
             self.runner.cancel()
             self.runner.clear_pending()
+
+    def onSceneEndClose(self, caller=None, event=None):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # Parameter node (the parameters: NoduleMalignancyLib.mrml.parameters) -------------------
+    def initializeParameterNode(self):
+        """The scene's parameter node (made with the defaults if missing; a CT loaded before
+        the module opened is taken as the input)."""
+        node = parameters.parameter_node(slicer.mrmlScene)
+        parameters.adopt_first_volume(node, slicer.mrmlScene)
+        self.setParameterNode(node)
+
+    def setParameterNode(self, node):
+        """Follow ``node`` (or none): the panel shows it and writes every change to it."""
+        if self._parameterNode is not None:
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+        self._parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        """Show the parameter node's inputs in the controls (their signals write nothing back)."""
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        inputs = parameters.read_inputs(self._parameterNode)
+        self._updatingGUIFromParameterNode = True
+        try:
+            self.ui.inputVolumeSelector.setCurrentNode(inputs.volume)
+            self.ui.markupsWidget.setCurrentNode(inputs.markups)
+            self.ui.deviceComboBox.setCurrentIndex(self.ui.deviceComboBox.findText(inputs.device))
+            self.ui.evidenceScaleComboBox.setCurrentIndex(
+                self.ui.evidenceScaleComboBox.findText(inputs.evidence_scale)
+            )
+            self.ui.opacitySliderWidget.value = inputs.evidence_opacity
+            self.ui.autoAnalyzeCheckBox.checked = inputs.auto_analyze
+        finally:
+            self._updatingGUIFromParameterNode = False
+        self._observeMarkups(inputs)
+
+    def updateParameterNodeFromGUI(self, caller=None, event=None):
+        """Write the controls to the parameter node (one Modified event)."""
+        if self._parameterNode is None or self._updatingGUIFromParameterNode:
+            return
+        parameters.write_inputs(
+            self._parameterNode,
+            parameters.PanelInputs(
+                volume=self.ui.inputVolumeSelector.currentNode(),
+                markups=self.ui.markupsWidget.currentNode(),
+                device=self.ui.deviceComboBox.currentText,
+                evidence_scale=self.ui.evidenceScaleComboBox.currentText,
+                evidence_opacity=self.ui.opacitySliderWidget.value,
+                auto_analyze=self.ui.autoAnalyzeCheckBox.checked,
+            ),
+        )
 
     # Logic and dependencies ------------------------------------------------------------------
     def _ensureLogic(self):
@@ -207,9 +285,9 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self.logic
 
     def _currentInputs(self):
-        markups = self._observedMarkups or self.ui.markupsWidget.currentNode()
-        volume = self.ui.inputVolumeSelector.currentNode()
-        return volume, markups, self.ui.deviceComboBox.currentText
+        """(volume, markups, device) as the parameter node holds them."""
+        inputs = parameters.read_inputs(parameters.parameter_node(slicer.mrmlScene))
+        return inputs.volume, self._observedMarkups or inputs.markups, inputs.device
 
     # Analysis --------------------------------------------------------------------------------
     def onAnalyzeButton(self):
@@ -272,7 +350,12 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollTimer.stop()
 
     # Analyze on placement / move -------------------------------------------------------------
-    def _observeMarkups(self):
+    def _observeMarkups(self, inputs):
+        """Observe the input point list while analysis on placement is on (``inputs``: the
+        parameter node's)."""
+        node = inputs.markups if inputs.auto_analyze else None
+        if node is self._observedMarkups:
+            return
         events = (
             slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
             slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent,
@@ -280,9 +363,8 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._observedMarkups is not None:
             for event in events:
                 self.removeObserver(self._observedMarkups, event, self.onPointChanged)
-        node = self.ui.markupsWidget.currentNode()
-        self._observedMarkups = node if self.ui.autoAnalyzeCheckBox.checked else None
-        if self._observedMarkups is not None:
+        self._observedMarkups = node
+        if node is not None:
             for event in events:
                 self.addObserver(node, event, self.onPointChanged)
 
@@ -371,9 +453,14 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
 
     # Results ---------------------------------------------------------------------------------
-    def _show(self, scale=None, opacity=None):
+    def onEvidenceDisplay(self, value=None):
+        """The evidence scale or opacity changed: store it, then show it (the logic reads both
+        from the parameter node)."""
+        if self._updatingGUIFromParameterNode:
+            return
+        self.updateParameterNodeFromGUI()
         if self.logic is not None:
-            self.logic.showEvidence(scale=scale or None, opacity=opacity)
+            self.logic.showEvidence()
 
     def onTableClicked(self, index):
         if self.logic is not None:

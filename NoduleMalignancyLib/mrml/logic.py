@@ -39,15 +39,11 @@ from ..core.geometry import ImageGeometry, ras_to_lps
 from ..core.validation import RefusedError, check_image, prepare_lung_side
 from ..core.voi import PointOutsideVolumeError
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
+from .parameters import parameter_node, read_inputs, set_evidence_opacity, set_evidence_scale
 from .requests import AnalysisOutput, AnalysisRequest, PointRequest
 from .roles import (
     ATTR_SCALE,
-    DEFAULT_EVIDENCE_OPACITY,
-    EVIDENCE_SCALES,
-    MODULE_NAME,
     PARAM_CURRENT_POINT,
-    PARAM_OPACITY,
-    PARAM_SCALE,
     ROLE_COLOR,
     ROLE_EVIDENCE,
     ROLE_MARKUPS,
@@ -177,26 +173,9 @@ class NoduleMalignancyLogic:
         return scene
 
     def getParameterNode(self):
-        """The module's singleton ``vtkMRMLScriptedModuleNode``, created when missing.
-
-        Made directly (not through ScriptedLoadableModuleLogic, absent headless) with the same
-        singleton tag and ModuleName attribute Slicer uses, so the widget sees the same node.
-        """
-        scene = self.scene
-        node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetName(scene.GenerateUniqueName(MODULE_NAME))
-            node.SetAttribute("ModuleName", MODULE_NAME)
-            node = scene.AddNode(node)
-        for name, default in (
-            (PARAM_SCALE, COMBINED),
-            (PARAM_OPACITY, str(DEFAULT_EVIDENCE_OPACITY)),
-        ):
-            if not node.GetParameter(name):
-                node.SetParameter(name, default)
-        return node
+        """The module's singleton ``vtkMRMLScriptedModuleNode`` (``parameters.py``), created with
+        the defaults when missing; the widget shows the same node."""
+        return parameter_node(self.scene)
 
     # Ensemble --------------------------------------------------------------------------------
     @staticmethod
@@ -463,15 +442,13 @@ class NoduleMalignancyLogic:
         """
         param = self.getParameterNode()
         if scale is not None:
-            if scale not in EVIDENCE_SCALES:
-                raise ValueError(f"unknown evidence scale {scale!r}; use one of {EVIDENCE_SCALES}")
-            param.SetParameter(PARAM_SCALE, scale)
+            set_evidence_scale(param, scale)
         if opacity is not None:
-            param.SetParameter(PARAM_OPACITY, f"{float(opacity):.3g}")
+            set_evidence_opacity(param, opacity)
         if pointId is not None:
             param.SetParameter(PARAM_CURRENT_POINT, pointId)
-        scale = param.GetParameter(PARAM_SCALE) or COMBINED
-        opacity = float(param.GetParameter(PARAM_OPACITY) or DEFAULT_EVIDENCE_OPACITY)
+        shown = read_inputs(param)
+        scale, opacity = shown.evidence_scale, shown.evidence_opacity
         pointId = param.GetParameter(PARAM_CURRENT_POINT)
         volume = volumeNode or param.GetNodeReference(ROLE_VOLUME)
         node = self.evidenceNode(pointId, scale, markupsNode) if pointId else None

@@ -28,6 +28,9 @@ ROLE_COLOR = "EvidenceColorTable"
 PARAM_SCALE = "EvidenceScale"
 PARAM_OPACITY = "EvidenceOpacity"
 PARAM_CURRENT_POINT = "CurrentPointID"
+PARAM_DEVICE = "Device"
+PARAM_AUTO_ANALYZE = "AutoAnalyze"
+DEVICES: tuple[str, ...] = ("auto", "CPU", "GPU")  # the panel's choices (core/device.py reads them)
 
 # Node references / attributes / segment tags that tie outputs to their inputs.
 REF_VOLUME = "noduleMalignancyVolume"
