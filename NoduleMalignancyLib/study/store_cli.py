@@ -167,8 +167,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--db", required=True)
     add_owner_token_arguments(sp)
     sp.add_argument("--name", required=True, help="reader name as it appears in the exports")
-    sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="browser station port")
-    sp.add_argument("--host", default="127.0.0.1", help="browser station host for the link")
+    sp.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="the link's port (where study serve runs)"
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="the link's host (study serve's address)")
     sp.set_defaults(func=cmd_add_reader)
 
     sp = study.add_parser("export", help="ratings.csv (every field) and scores.csv (MRMC table)")

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from ...core.errors import AccessDeniedError
 
-DEFAULT_PORT = 8080  # the browser station's default (trame's)
+DEFAULT_PORT = 8080  # study serve's and the browser station's default (trame's)
 
 
 def new_token() -> str:
@@ -36,7 +36,7 @@ def hash_token(token: str) -> str:
 
 
 def reader_link(token: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> str:
-    """The browser station's address that signs a reader in (the token is URL-safe already)."""
+    """The address that signs a reader in at ``study serve`` (the token is URL-safe already)."""
     return f"http://{host}:{port}/?{urlencode({'token': token})}"
 
 
