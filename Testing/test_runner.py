@@ -73,7 +73,7 @@ def test_bad_input_is_refused_before_anything_runs(setup):
     assert not executor.jobs and runner.idle
 
 
-def test_moves_while_busy_are_analysed_after_the_run_once_debounced(setup):
+def test_moves_while_busy_are_analyzed_after_the_run_once_debounced(setup):
     runner, executor, clock, volume, markups, scene = setup
     runner.start(volume, markups, None, "cpu")
     markups.AddControlPoint(*markups.GetNthControlPointPosition(0), "n2")

@@ -181,7 +181,7 @@ def test_a_point_in_air_is_refused_with_a_message_not_numbers(station):
     assert "air" in snap["message"].lower() or "tissue" in snap["message"].lower()
 
 
-def test_points_placed_in_a_view_are_analysed_after_the_debounce(station):
+def test_points_placed_in_a_view_are_analyzed_after_the_debounce(station):
     controller, executor = station
     markups = controller.markups
     markups.AddControlPoint(*NODULE_RAS, "")  # what markups placement in a slice view does
