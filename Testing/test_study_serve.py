@@ -185,6 +185,14 @@ def test_the_raw_websocket_attacks_are_refused(study, tiny_dir):
         assert [(r["case"], r["modality"]) for r in rows] == [(step["case"], "unaided")]
         assert StudyStore(study["db"]).my_ratings(tokens["bob"]) == []
 
+        # The owner resets alice's token: her idle page signs out and says why.
+        StudyStore(study["db"]).reset_token(study["owner"], "alice")
+        deadline = time.monotonic() + 30  # the page checks every few seconds (TOKEN_CHECK_S)
+        while (shown := attempt(*good, state_get)[1]["result"]["state"]["study"])["signed_in"]:
+            assert time.monotonic() < deadline, "the revoked reader is still signed in"
+            time.sleep(1)
+        assert shown["error"].startswith("signed out: unknown reader token"), shown["error"]
+
 
 def test_a_busy_port_is_a_message_not_a_traceback(study, tmp_path):
     import socket

@@ -17,6 +17,7 @@ token) is said on the page: "rating NOT saved: <reason>", the form kept.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -46,6 +47,7 @@ _TOKEN_FROM_URL = """
 
 # What the store's database can fail with while a reader works (read-only, full, locked, gone).
 _STORAGE_ERRORS = (sqlite3.Error, OSError)
+TOKEN_CHECK_S = 5.0  # how often an idle page checks that its reader's token still works
 
 
 class StudyStationApp(StationApp):
@@ -85,6 +87,7 @@ class StudyStationApp(StationApp):
         ctrl.trigger("study_sign_in")(self.sign_in)
         ctrl.trigger("study_submit")(self._submit_from_page)
         ctrl.trigger("study_skip")(self._skip_from_page)
+        ctrl.on_server_ready.add(lambda **_: asyncio.ensure_future(self._watch_token()))
         if reader_token is not None and not self.sign_in(reader_token):
             raise PermissionError(self.server.state.study["error"])
         self._push()
@@ -120,6 +123,20 @@ class StudyStationApp(StationApp):
             self._study_error("this reading is signed in on another page")
             return True
         return False
+
+    async def _watch_token(self) -> None:
+        """Sign out within :data:`TOKEN_CHECK_S` of the owner revoking or resetting the token,
+        also while the reader does nothing (the page says so)."""
+        while True:
+            await asyncio.sleep(TOKEN_CHECK_S)
+            if self.session is None:
+                continue
+            try:
+                self.session.progress()
+            except PermissionError as exc:
+                self._signed_out(str(exc))
+            except _STORAGE_ERRORS:  # said when the reader acts
+                pass
 
     def _signed_out(self, reason: str) -> None:
         """The token stopped working (revoked or reset by the owner): sign out, say why."""
