@@ -327,12 +327,14 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(message)
         if update.output is not None:
             self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
+            from NoduleMalignancyLib.core.result_schema import shown  # numbers as shown everywhere
+
             r = update.output.results[-1]
             self.ui.statusLabel.text = (
-                _("{label}: malignancy {p:.0f} % (SD {sd:.0f})").format(
+                _("{label}: malignancy {p} (spread ± {sd})").format(
                     label=update.output.points[-1].label,
-                    p=100 * r.malignancy_probability,
-                    sd=100 * r.malignancy_sd,
+                    p=shown("malignancy_probability", r.malignancy_probability),
+                    sd=shown("malignancy_sd", r.malignancy_sd),
                 )
                 + (f"\n{r.lung_rads.wording}" if r.lung_rads else "")
                 + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)

@@ -36,6 +36,7 @@ from ..core.analysis import NoduleResult, analyze_point
 from ..core.errors import CancelledError, InputError
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
+from ..core.result_schema import labelled, shown
 from ..core.validation import RefusedError, check_image, prepare_lung_side
 from ..core.voi import PointOutsideVolumeError
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
@@ -297,8 +298,10 @@ class NoduleMalignancyLogic:
             except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
                 raise InputError(f"{point.label}: {exc}", code=exc.code) from None
             say(
-                f"{point.label}: malignancy {100 * result.malignancy_probability:.1f} % "
-                f"(SD {100 * result.malignancy_sd:.1f}), diameter {result.diameter_mm:.1f} mm, "
+                f"{point.label}: "
+                f"{labelled('malignancy_probability', result.malignancy_probability)} "
+                f"(spread ± {shown('malignancy_sd', result.malignancy_sd)}), "
+                f"{labelled('diameter_mm', result.diameter_mm)}, "
                 f"{result.timings_s.get('total', 0.0):.2f} s"
             )
             results.append(result)
