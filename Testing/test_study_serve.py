@@ -38,9 +38,9 @@ VOI = Path("lidc_vois") / "image" / "LIDC-IDRI-0001_R_1.nii.gz"
 
 
 @contextlib.contextmanager
-def run_front(db: Path, models_dir: Path):
+def run_front(db: Path, models_dir: Path, stop=signal.SIGINT):
     """``nodule-malignancy study serve`` on a free port; yields (address, output lines). On exit
-    the front is stopped and every station it started must be gone."""
+    the front is stopped with ``stop`` and every station it started must be gone."""
     port = free_port()
     command = [
         sys.executable, "-m", "NoduleMalignancyLib.cli", "study", "serve", "--db", str(db),
@@ -48,7 +48,7 @@ def run_front(db: Path, models_dir: Path):
     ]  # fmt: skip
     lines: list[str] = []
     try:
-        with served(command, "reading study", 120, stop=signal.SIGINT) as lines:
+        with served(command, "reading study", 120, stop=stop) as lines:
             yield f"http://127.0.0.1:{port}", lines
     finally:
         for pid in station_pids(lines).values():
@@ -192,6 +192,13 @@ def test_the_raw_websocket_attacks_are_refused(study, tiny_dir):
             assert time.monotonic() < deadline, "the revoked reader is still signed in"
             time.sleep(1)
         assert shown["error"].startswith("signed out: unknown reader token"), shown["error"]
+
+
+def test_no_station_outlives_a_killed_front(study, tiny_dir):
+    """SIGKILL of the front (no cleanup runs): its stations stop by themselves."""
+    with run_front(study["db"], tiny_dir, stop=signal.SIGKILL) as (front, lines):
+        sign_in(front, study["tokens"]["alice"])
+        assert station_pids(lines), "a station was started"
 
 
 def test_a_busy_port_is_a_message_not_a_traceback(study, tmp_path):
