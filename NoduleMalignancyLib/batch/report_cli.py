@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.atomic import atomic_path
-from ..core.errors import InputError
+from ..core.errors import InputError, is_expected
 from ..core.settings import models_dir
 from ..files.batch_report import (
     ReportHeader,
@@ -103,7 +104,9 @@ def build_rows(
     for image_path, indices in by_image.items():
         try:
             image = read_ct(image_path)
-        except Exception:  # any reader failure: the row's own error says why
+        except Exception as exc:  # the row's own error says why; a bug is printed, not hidden
+            if not is_expected(exc):
+                traceback.print_exc()
             for i in indices:
                 rows[i].thumbnail_note = "image not readable"
             continue

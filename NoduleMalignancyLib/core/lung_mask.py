@@ -83,6 +83,19 @@ class LungMask:
             return self.distance_kji[_slices(lo, hi)]
         return self._local("distance", lo, hi, exact_mm)
 
+    def distance_at(self, kji, exact_mm: float) -> float:
+        """:attr:`distance_kji` at one voxel, as :meth:`distance_box` gives it: read off a box
+        already computed when the value there lies below that box's exactness (a nearer lung
+        voxel than the box's margin lies in it, so it is the whole map's), else computed."""
+        kji = np.asarray(kji, dtype=int)
+        if "distance_kji" not in self.__dict__:
+            for (kind, lo, hi, mm), box in reversed(self._boxes.items()):
+                if kind == "distance" and np.all((kji >= lo) & (kji < hi)):
+                    value = box[tuple(kji - np.asarray(lo))]
+                    if value < mm:
+                        return float(value)
+        return float(self.distance_box(kji, kji + 1, exact_mm)[0, 0, 0])
+
     def field_box(self, lo, hi) -> np.ndarray:
         """:attr:`field_kji` in the box ``[lo, hi)``, the same values (:func:`lung_field` on the
         box's whole slices for the holes, on the box grown by twice the closing radius for the
@@ -316,7 +329,7 @@ def lung_distance_mm(lungs: LungMask, geometry: ImageGeometry, point_lps, limit_
     kji = np.rint(lungs.coarse_index(geometry, point_lps)).astype(int)
     if not np.all((kji >= 0) & (kji < lungs.mask_kji.shape)):
         return float(limit_mm)
-    return float(min(limit_mm, float(lungs.distance_box(kji, kji + 1, limit_mm)[0, 0, 0])))
+    return float(min(limit_mm, lungs.distance_at(kji, limit_mm)))
 
 
 def lung_above_or_below(

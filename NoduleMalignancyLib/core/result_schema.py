@@ -224,14 +224,14 @@ _PART_FIELDS = tuple(
 # In the predict CSV's column order where a field is a CSV column.
 FIELDS: tuple[ResultField, ...] = (
     _f("id", "Id", "", "the manifest row's id", "input", (CSV, REPORT), kind="text"),
-    # The input read: series, patient, study date (files/ct_input.py; empty when not DICOM).
+    # H5: which series a row was read from (empty when the image is not DICOM).
     _f(
         "series_uid",
         "Series instance UID",
         "",
         "the DICOM series analyzed",
         "input",
-        (CSV, JSON),
+        (CSV,),
         kind="text",
         optional=True,
     ),
@@ -241,7 +241,7 @@ FIELDS: tuple[ResultField, ...] = (
         "",
         "the DICOM patient ID",
         "input",
-        (CSV, JSON),
+        (CSV,),
         kind="text",
         optional=True,
     ),
@@ -251,7 +251,7 @@ FIELDS: tuple[ResultField, ...] = (
         "",
         "the DICOM study date (YYYYMMDD)",
         "input",
-        (CSV, JSON),
+        (CSV,),
         kind="text",
         optional=True,
     ),
