@@ -253,7 +253,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     *(
         (
             f.name,
-            f"{f.heading} ± spread" if f.name == "malignancy_probability" else f.heading,
+            {
+                "malignancy_probability": f"{f.heading} ± spread",
+                "warnings": result_field("warning_messages").label,  # codes and their words
+            }.get(f.name, f.heading),
             "number" if f.kind == "number" else "text",
         )
         for f in fields_for(REPORT)
