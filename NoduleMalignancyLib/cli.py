@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch.predict import PREDICT_COLUMNS, full_mask, load_dicom_image, load_image
+from .batch.predict import PREDICT_COLUMNS, full_mask, read_input
 from .core.geometry import ImageGeometry, ras_to_lps
 
 __all__ = ["PREDICT_COLUMNS", "build_parser", "main"]
@@ -62,18 +62,19 @@ def cmd_analyze(args) -> int:
     from .files.outputs import write_analysis
 
     lap("imports")
+    _check_analysis_outputs(args)
     if args.dicom_out:
         _check_dicom_source(args.ct)
-        array, geometry, datasets = load_dicom_image(args.ct)
-    else:
-        array, geometry = load_image(args.ct)
+    array, geometry, datasets, identity = read_input(args.ct, args.series, bool(args.dicom_out))
     point = ras_to_lps(args.point) if args.frame == "ras" else args.point
     lap("read")
     ensemble = _ensemble(args)
     lap("weights")
     result = analyze_point(array, geometry, point, ensemble)
     lap("analysis")
-    files = write_analysis(result, array, geometry, Path(args.out), ensemble.manifest.voi)
+    files = write_analysis(
+        result, array, geometry, Path(args.out), ensemble.manifest.voi, identity=identity
+    )
     if args.dicom_out:
         from .files.dicom_outputs import write_dicom_outputs
 
@@ -89,6 +90,44 @@ def cmd_analyze(args) -> int:
 
         write_json(args.timings, {"stages": seconds, "analysis": result.timings_s})
     return 0
+
+
+def _check_analysis_outputs(args) -> None:
+    """Every output of ``analyze`` is writable before the CT is read (files/writable.py)."""
+    from .files.writable import check_output_file, check_output_folder
+
+    check_output_folder(args.out, "--out")
+    if args.dicom_out:
+        check_output_folder(args.dicom_out, "--dicom-out")
+    if args.timings:
+        check_output_file(args.timings, "--timings")
+
+
+def _check_predict_outputs(args) -> None:
+    """Every output of ``predict`` is writable before the first row (files/writable.py)."""
+    from .files.writable import check_output_file, check_output_folder
+
+    check_output_file(args.out, "--out")
+    for flag, folder in (("--masks-dir", args.masks_dir), ("--dicom-out", args.dicom_out)):
+        if folder:
+            check_output_folder(folder, flag)
+
+
+def _write_predictions(path, results, columns) -> None:
+    """The predictions CSV; if it cannot be written after all (a full disk), the rows go to a
+    fallback file named in the error: computed rows are never thrown away."""
+    from .core.errors import InputError
+    from .files import csv_cells
+    from .files.writable import fallback_path
+
+    try:
+        csv_cells.write_csv(path, results, columns)
+    except OSError as exc:
+        fallback = csv_cells.write_csv(fallback_path(path), results, columns)
+        raise InputError(
+            f"--out {path} could not be written ({exc.strerror or exc}); the {len(results)} "
+            f"rows were saved to {fallback}"
+        ) from None
 
 
 def _print_result(result) -> None:
@@ -143,7 +182,6 @@ def cmd_predict(args) -> int:
         check_mask_names,
         predict_rows,
     )
-    from .files.csv_cells import write_csv
     from .files.row_errors import failure_log_path, write_failure_log
 
     with open(args.manifest, newline="") as f:
@@ -163,13 +201,14 @@ def cmd_predict(args) -> int:
         except ValueError as exc:
             print(f"error: manifest {args.manifest}: {exc}", file=sys.stderr)
             return 2
+    _check_predict_outputs(args)
     if not (args.scheduler or args.workers):
         cached_ensemble(args.models, args.device)  # a bad ensemble stops the run here (exit 2)
     with dask_client(args.scheduler, args.workers) as client:
         results = predict_rows(
             rows, args.models, args.device, args.masks_dir, client, dicom_out=args.dicom_out
         )
-    write_csv(args.out, results, PREDICT_COLUMNS)
+    _write_predictions(args.out, results, PREDICT_COLUMNS)
     failures = write_failure_log(failure_log_path(args.out), results)
     scored = sum(not r["error"] for r in results)
     print(
@@ -270,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("analyze", help="analyze one nodule of a CT at a world point")
     sp.add_argument("--ct", required=True, help="CT file SimpleITK reads, DICOM folder or .tar.gz")
+    sp.add_argument(
+        "--series", default=None, help="the series UID to read when --ct holds several series"
+    )
     sp.add_argument("--point", required=True, type=_point, help="X,Y,Z in mm")
     sp.add_argument("--frame", choices=("lps", "ras"), default="lps", help="frame of --point")
     sp.add_argument("--out", required=True, help="output folder")

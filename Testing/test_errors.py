@@ -54,7 +54,7 @@ def _bug(*args, **kwargs):
 
 
 def test_a_bug_exits_1_with_its_traceback(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "load_image", _bug)
+    monkeypatch.setattr(cli, "read_input", _bug)
     assert cli.main([*ANALYZE, str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "KeyError: 'a missing key'" in err
@@ -65,7 +65,7 @@ def test_a_refusal_exits_2_with_its_message(monkeypatch, tmp_path, capsys):
     def refuse(*args, **kwargs):
         raise RefusedError("not_ct", "This is not a CT.")
 
-    monkeypatch.setattr(cli, "load_image", refuse)
+    monkeypatch.setattr(cli, "read_input", refuse)
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     assert cli.main([*ANALYZE, str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -69,7 +69,9 @@ def test_values_and_result_json_use_schema_names_only(result):
     assert unknown_names(values) == []
     summary = result.summary()
     assert unknown_names(summary) == []
-    expected = {f.name for f in fields_for(JSON)} - {"files"}  # files: write_analysis adds them
+    # write_analysis adds the files and the input read (files/ct_input.input_identity)
+    added = {"files", "series_uid", "patient_id", "study_date"}
+    expected = {f.name for f in fields_for(JSON)} - added
     assert set(summary) == expected
     assert summary["warnings"] == [w.code for w in result.warnings]
     assert summary["warning_messages"] == [w.message for w in result.warnings]

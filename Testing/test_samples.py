@@ -184,7 +184,7 @@ def test_read_ct_dicom_folder_and_seed_from_it(
     assert (fresh_cache / f"{NAME}.xml").is_file()
 
 
-def test_read_ct_picks_the_series_with_most_slices(dicom_folder_0001, tmp_path):
+def test_read_ct_refuses_several_series_and_reads_the_one_named(dicom_folder_0001, tmp_path):
     pydicom = pytest.importorskip("pydicom")
     files = sorted(dicom_folder_0001.rglob("*.dcm"))
     folder = tmp_path / "two_series"
@@ -194,7 +194,10 @@ def test_read_ct_picks_the_series_with_most_slices(dicom_folder_0001, tmp_path):
         ds = pydicom.dcmread(f)
         ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
         ds.save_as(folder / "short" / f.name)
-    image = samples.read_ct(folder)
+    with pytest.raises(ValueError, match="2 DICOM series") as info:  # file order must not decide
+        samples.read_ct(folder)
+    assert "133 slices" in str(info.value) and "3 slices" in str(info.value)
+    image = samples.read_ct(folder, series_uid=samples.SAMPLES[NAME].series_instance_uid)
     assert image.GetSize()[2] == samples.SAMPLES[NAME].size_xyz[2]
     # A single file of the series reads the whole series.
     single = samples.read_ct(files[0])

@@ -41,6 +41,7 @@ from ..files.patches import (
     export_ct,
     export_patches,
 )
+from ..files.writable import check_output_folder
 from .cluster import add_cluster_arguments, dask_client, map_in_order
 from .predict import MANIFEST_COLUMNS, manifest_point
 
@@ -322,6 +323,7 @@ def cmd_export(args) -> int:
     if not cts:
         print("error: give --points TABLE or --lidc PATH [PATH ...]", file=sys.stderr)
         return 2
+    check_output_folder(args.out, "--out")  # before any CT is read (files/writable.py)
     options = {"resume": args.resume, "progress": not args.quiet}
     with dask_client(args.scheduler, args.workers) as client:
         if client is None:

@@ -271,8 +271,10 @@ def run(
     from ..core.ensemble import Ensemble
     from ..core.geometry import ImageGeometry
     from ..files.samples import read_ct
+    from ..files.writable import check_output_folder
 
     inputs = read_inputs(input_dir, log)
+    check_output_folder(output_dir, "--output")  # before the CT is read (files/writable.py)
     try:
         image = read_ct(inputs.ct_path)
     except ValueError as exc:

@@ -15,6 +15,10 @@ shown number is rounded half up at ``shown_decimals`` (as Lung-RADS rounds sizes
 and the Lung-RADS reasons print the same 0.1 mm). Lists are stored joined by
 :data:`CODE_SEPARATOR` (codes) or :data:`TEXT_SEPARATOR` (sentences) in a CSV cell. numpy and
 the standard library only: the core, the files floor and the station all read it.
+
+A new field is one :data:`FIELDS` entry (the surfaces that list it, its panel group) plus its
+value in ``NoduleResult.values()``; e.g. an answer tier ``assessment`` (text, CSV/JSON/table/
+panel) needs no surface code beyond what a surface does with its group.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ def write_analysis(
     out_dir: Path,
     voi_config: VoiConfig,
     name: str = "nodule",
+    identity: dict[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Files of one analyzed nodule; returns their paths by kind."""
+    """Files of one analyzed nodule; returns their paths by kind. ``identity``: the series,
+    patient and study date read (files/ct_input.input_identity), recorded in the JSON."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -34,7 +36,7 @@ def write_analysis(
         files[f"evidence_{scale}"] = write_volume(m, grid, out / f"{name}_evidence_{scale}.nrrd")
     hu = sample_voi(image_zyx, geometry, result.point_lps, voi_config).hu
     files["report"] = write_report(result, hu, out / f"{name}_report.png", title=name)
-    summary = result.summary() | {"files": {k: p.name for k, p in files.items()}}
+    summary = result.summary() | (identity or {}) | {"files": {k: p.name for k, p in files.items()}}
     files["json"] = write_json(
         summary, out / "result.json" if name == "nodule" else out / f"{name}.json"
     )

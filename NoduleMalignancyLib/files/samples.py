@@ -20,12 +20,9 @@ Coordinates: points are world LPS (ITK / LIDC / LUNA convention), as their names
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,14 @@ from ..core.errors import InputError, NoduleMalignancyError
 from ..core.extras import require_extra
 from ..core.settings import DATA_ENV, cache_dir
 from ..core.settings import data_dir as configured_data_dir
+from .ct_input import (
+    SeriesInfo,
+    check_image_file,
+    check_input_path,
+    check_series_size,
+    choose_series,
+    extracted_archive,
+)
 
 __all__ = [
     "SAMPLES",
@@ -77,6 +82,7 @@ _DICOM_TAGS = {
     "0020|000e": "SeriesInstanceUID",
     "0008|0060": "Modality",
     "0008|103e": "SeriesDescription",
+    "0008|0020": "StudyDate",
 }
 
 _IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii.gz", ".nii")
@@ -378,20 +384,23 @@ def nodule_points_lps(
 
 
 # Reading CTs ---------------------------------------------------------------------------------
-def read_ct(path: str | Path) -> sitk.Image:
+def read_ct(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a CT as a SimpleITK image from a file, a DICOM series folder or a DICOM ``.tar.gz``.
 
     Why: the CLI and the batch tools take whatever a user has. A folder is searched
-    recursively; with several series the one with the most slices wins. Pixel type is what
+    recursively; it must hold one series, or ``series_uid`` names the one to read (several
+    are refused with their list, files/ct_input.py: file order must not decide). The input
+    is checked before voxels are read (a pipe, a truncated NIfTI, a size above the limit are
+    refused: files/ct_input.py). Pixel type is what
     SimpleITK gives (GDCM returns rescaled CT as int32). Selected DICOM tags (patient ID,
     study/series UIDs, modality, series description) are copied onto the image's metadata.
     Raises ``ValueError`` naming the path when nothing readable is there.
     """
-    image, _ = _read_ct_with_xml(Path(path), want_xml=False)
+    image, _ = _read_ct_with_xml(Path(path), want_xml=False, series_uid=series_uid)
     return image
 
 
-def dicom_series_files(path: str | Path) -> tuple[str, ...]:
+def dicom_series_files(path: str | Path, series_uid: str | None = None) -> tuple[str, ...]:
     """The DICOM files of the series :func:`read_ct` reads from a folder or a ``.dcm`` file,
     sorted as the volume's slices (slice k of the image is file k).
 
@@ -401,7 +410,7 @@ def dicom_series_files(path: str | Path) -> tuple[str, ...]:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        return _largest_series(path)[1]
+        return _one_series(path, series_uid).files
     if path.is_file() and path.name.lower().endswith((".dcm", ".ima")):
         try:
             reader = sitk.ImageFileReader()
@@ -421,7 +430,9 @@ def is_dicom_source(path: str | Path) -> bool:
     return path.is_dir() or lower.endswith((*_ARCHIVE_SUFFIXES, ".dcm", ".ima"))
 
 
-def read_ct_with_dicom(path: str | Path) -> tuple[sitk.Image, list | None]:
+def read_ct_with_dicom(
+    path: str | Path, series_uid: str | None = None
+) -> tuple[sitk.Image, list | None]:
     """:func:`read_ct`, plus the series' DICOM headers (pydicom datasets without pixel data,
     in slice order) when the CT is DICOM; ``None`` for other files.
 
@@ -432,15 +443,15 @@ def read_ct_with_dicom(path: str | Path) -> tuple[sitk.Image, list | None]:
     if not path.exists():
         raise InputError(f"cannot read a CT from {path}: no such file or folder")
     if not is_dicom_source(path):
-        return read_ct(path), None
+        return read_ct(path, series_uid), None
     if path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES):
-        with _extracted_archive(path) as folder:
+        with extracted_archive(path) as folder:
             try:
-                files = dicom_series_files(folder)
+                files = dicom_series_files(folder, series_uid)
             except ValueError as exc:
                 raise InputError(f"cannot read a CT from {path}: {exc}") from None
             return _read_series(files, str(path)), _dicom_headers(files)
-    files = dicom_series_files(path)
+    files = dicom_series_files(path, series_uid)
     return _read_series(files, str(path)), _dicom_headers(files)
 
 
@@ -483,18 +494,22 @@ def _dicom_headers(files) -> list:
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
-def _read_ct_with_xml(path: Path, want_xml: bool = True) -> tuple[sitk.Image, dict[str, bytes]]:
+def _read_ct_with_xml(
+    path: Path, want_xml: bool = True, series_uid: str | None = None
+) -> tuple[sitk.Image, dict[str, bytes]]:
     """The CT and (``want_xml``) the XML files beside the DICOM (LIDC reader annotations)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"cannot read a CT from {path}: no such file or folder")
+    check_input_path(path)
     if path.is_dir():
-        return _read_dicom_folder(path), (_xml_files(path) if want_xml else {})
+        return _read_dicom_folder(path, series_uid), (_xml_files(path) if want_xml else {})
     lower = path.name.lower()
     if lower.endswith(_ARCHIVE_SUFFIXES):
-        return _read_dicom_archive(path, want_xml)
+        return _read_dicom_archive(path, want_xml, series_uid)
     if lower.endswith((".dcm", ".ima")):
         return _read_dicom_file_series(path), (_xml_files(path.parent) if want_xml else {})
+    check_image_file(path)
     try:
         return sitk.ReadImage(str(path)), {}
     except RuntimeError as exc:
@@ -511,37 +526,15 @@ def _xml_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.rglob("*.xml")) if p.is_file()}
 
 
-def _read_dicom_archive(path: Path, want_xml: bool) -> tuple[sitk.Image, dict[str, bytes]]:
-    with _extracted_archive(path) as folder:
+def _read_dicom_archive(
+    path: Path, want_xml: bool, series_uid: str | None = None
+) -> tuple[sitk.Image, dict[str, bytes]]:
+    with extracted_archive(path) as folder:
         try:
-            image = _read_dicom_folder(folder)
+            image = _read_dicom_folder(folder, series_uid)
         except ValueError as exc:
             raise InputError(f"cannot read a CT from {path}: {exc}") from None
         return image, (_xml_files(folder) if want_xml else {})
-
-
-@contextlib.contextmanager
-def _extracted_archive(path: Path):
-    """A temporary folder holding the archive's files, removed on exit."""
-    with tempfile.TemporaryDirectory(prefix="NoduleMalignancy-ct-") as tmp:
-        try:
-            with tarfile.open(path) as archive:
-                if hasattr(tarfile, "data_filter"):
-                    archive.extractall(tmp, filter="data")
-                else:  # Python < 3.10.12 / 3.11.4: refuse unsafe member paths ourselves
-                    root = Path(tmp).resolve()
-                    for member in archive.getmembers():
-                        target = (root / member.name).resolve()
-                        if root not in target.parents and target != root:
-                            raise InputError(f"unsafe path in archive: {member.name}")
-                        if member.issym() or member.islnk():
-                            raise InputError(f"link in archive: {member.name}")
-                    archive.extractall(tmp)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise InputError(
-                f"cannot read a CT from {path}: not a readable tar archive ({exc})"
-            ) from None
-        yield Path(tmp)
 
 
 def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
@@ -557,17 +550,18 @@ def _dicom_series(folder: Path) -> list[tuple[str, tuple[str, ...]]]:
     return found
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    uid, files = _largest_series(folder)
-    return _read_series(files, f"{folder} (series {uid})")
+def _read_dicom_folder(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    series = _one_series(folder, series_uid)
+    return _read_series(series.files, f"{folder} (series {series.uid})")
 
 
-def _largest_series(folder: Path) -> tuple[str, tuple[str, ...]]:
-    """The series :func:`read_ct` reads from a folder: the one with the most slices."""
+def _one_series(folder: Path, series_uid: str | None = None) -> SeriesInfo:
+    """The series :func:`read_ct` reads from a folder: its only one, or the one named."""
+    check_input_path(folder)
     series = _dicom_series(folder)
     if not series:
         raise InputError(f"cannot read a CT from {folder}: no DICOM series found in the folder")
-    return max(series, key=lambda s: len(s[1]))
+    return choose_series(series, series_uid, str(folder))
 
 
 def _read_dicom_file_series(path: Path) -> sitk.Image:
@@ -588,6 +582,7 @@ def _file_series(path: Path, uid: str) -> tuple[str, ...]:
 
 
 def _read_series(files, label: str) -> sitk.Image:
+    check_series_size(files, label)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
