@@ -25,11 +25,33 @@ MANIFEST_COLUMNS = ("id", "image", "x", "y", "z")
 PREDICT_COLUMNS = tuple(f.name for f in fields_for(CSV))
 
 
-def load_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry]:
+def load_image(path: str | Path, series_uid: str | None = None) -> tuple[np.ndarray, ImageGeometry]:
     """(HU array (z, y, x), geometry) of any CT the project reads."""
     from ..files.samples import read_ct
 
-    return image_arrays(read_ct(path))
+    return image_arrays(read_ct(path, series_uid))
+
+
+def read_input(
+    path: str | Path, series_uid: str | None = None, dicom: bool = False
+) -> tuple[np.ndarray, ImageGeometry, list | None, dict[str, str]]:
+    """(voxels, geometry, the DICOM headers when ``dicom``, identity) of a CT, one series.
+
+    The identity (``series_uid``, ``patient_id``, ``study_date``; empty for a file without
+    them) is what ``result.json`` and the predict CSV record of the input read.
+    """
+    from ..files.ct_input import input_identity
+    from ..files.samples import read_ct, read_ct_with_dicom
+
+    image, datasets = (
+        read_ct_with_dicom(path, series_uid) if dicom else (read_ct(path, series_uid), None)
+    )
+    return (*image_arrays(image), datasets, input_identity(image))
+
+
+def series_of(row: dict) -> str | None:
+    """The manifest row's optional ``series_uid`` (a folder or archive with several series)."""
+    return (row.get("series_uid") or "").strip() or None
 
 
 def image_arrays(image) -> tuple[np.ndarray, ImageGeometry]:
@@ -89,31 +111,23 @@ def predict_ct(
 
         torch.set_num_threads(torch_threads)
     ensemble = cached_ensemble(models, device)
-    datasets = None
+    datasets, identity = None, {}
     try:
-        if dicom_out:
-            array, geometry, datasets = load_dicom_image(image_path)
-        else:
-            array, geometry = load_image(image_path)
+        array, geometry, datasets, identity = read_input(
+            image_path, series_of(rows[0]), bool(dicom_out)
+        )
         load_error = None
     except Exception as exc:  # every row of the image gets the reason (a bug: the traceback)
         array, geometry, load_error = None, None, row_failure(exc, "cannot read image: ")
     found: list = []  # (id, result, mask) for the DICOM SEG / SR of this CT
     recs = [
-        _predict_row(row, array, geometry, ensemble, masks_dir, load_error, datasets, found)
+        identity
+        | _predict_row(row, array, geometry, ensemble, masks_dir, load_error, datasets, found)
         for row in rows
     ]
     if dicom_out and not load_error:
         _write_dicom(dicom_out, image_path, datasets, geometry, found)
     return recs
-
-
-def load_dicom_image(path: str | Path) -> tuple[np.ndarray, ImageGeometry, list | None]:
-    """Voxels, geometry and the series' DICOM headers (``None`` when not DICOM)."""
-    from ..files.samples import read_ct_with_dicom
-
-    image, datasets = read_ct_with_dicom(path)
-    return (*image_arrays(image), datasets)
 
 
 def _write_dicom(folder, image_path, datasets, geometry, found) -> None:
@@ -245,7 +259,7 @@ def predict_rows(
     groups = list(group_by_image(rows).items())
     calls = [
         (image, [rows[i] for i in indices], models, device, masks_dir, threads, dicom_out)
-        for image, indices in groups
+        for (image, _series), indices in groups
     ]
     weights = [len(indices) for _, indices in groups]
     results: dict[int, dict] = {}
@@ -255,11 +269,11 @@ def predict_rows(
     return [results[i] for i in range(len(rows))]
 
 
-def group_by_image(rows: list[dict]) -> dict[str, list[int]]:
-    """Row indices per image, images in order of first appearance (each image read once)."""
-    by_image: dict[str, list[int]] = {}
+def group_by_image(rows: list[dict]) -> dict[tuple[str, str], list[int]]:
+    """Row indices per (image, series), in order of first appearance (each read once)."""
+    by_image: dict[tuple[str, str], list[int]] = {}
     for i, row in enumerate(rows):
-        by_image.setdefault(row["image"], []).append(i)
+        by_image.setdefault((row["image"], series_of(row) or ""), []).append(i)
     return by_image
 
 
