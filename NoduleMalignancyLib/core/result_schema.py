@@ -228,14 +228,14 @@ _PART_FIELDS = tuple(
 # In the predict CSV's column order where a field is a CSV column.
 FIELDS: tuple[ResultField, ...] = (
     _f("id", "Id", "", "the manifest row's id", "input", (CSV, REPORT), kind="text"),
-    # H5: which series a row was read from (empty when the image is not DICOM).
+    # The input read: series, patient, study date (files/ct_input.py; empty when not DICOM).
     _f(
         "series_uid",
         "Series instance UID",
         "",
         "the DICOM series analyzed",
         "input",
-        (CSV,),
+        (CSV, JSON),
         kind="text",
         optional=True,
     ),
@@ -245,7 +245,7 @@ FIELDS: tuple[ResultField, ...] = (
         "",
         "the DICOM patient ID",
         "input",
-        (CSV,),
+        (CSV, JSON),
         kind="text",
         optional=True,
     ),
@@ -255,7 +255,7 @@ FIELDS: tuple[ResultField, ...] = (
         "",
         "the DICOM study date (YYYYMMDD)",
         "input",
-        (CSV,),
+        (CSV, JSON),
         kind="text",
         optional=True,
     ),
