@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch.predict import PREDICT_COLUMNS, full_mask, read_input
+from .batch.row_timeout import DEFAULT_ROW_TIMEOUT_S
 from .core.geometry import ImageGeometry, ras_to_lps
 
 __all__ = ["PREDICT_COLUMNS", "build_parser", "main"]
@@ -206,7 +207,13 @@ def cmd_predict(args) -> int:
         cached_ensemble(args.models, args.device)  # a bad ensemble stops the run here (exit 2)
     with dask_client(args.scheduler, args.workers) as client:
         results = predict_rows(
-            rows, args.models, args.device, args.masks_dir, client, dicom_out=args.dicom_out
+            rows,
+            args.models,
+            args.device,
+            args.masks_dir,
+            client,
+            dicom_out=args.dicom_out,
+            row_timeout=args.row_timeout,
         )
     _write_predictions(args.out, results, PREDICT_COLUMNS)
     failures = write_failure_log(failure_log_path(args.out), results)
@@ -332,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--dicom-out", default=None, help="DICOM SEG + SR per DICOM CT: <dir>/<series UID>/"
+    )
+    sp.add_argument(
+        "--row-timeout",
+        type=float,
+        default=DEFAULT_ROW_TIMEOUT_S,
+        help=f"seconds a CT read or a row may take before it fails (default {DEFAULT_ROW_TIMEOUT_S:g}"
+        "; 0: no limit; not enforced inside Dask workers)",
     )
     common(sp)
     add_cluster_arguments(sp)

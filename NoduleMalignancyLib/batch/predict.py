@@ -16,6 +16,7 @@ from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from ..core.result_schema import CSV, csv_row, fields_for
 from ..files.row_errors import failure_message, failure_traceback, row_failure
+from .row_timeout import DEFAULT_ROW_TIMEOUT_S, RowTimeoutError, row_deadline
 
 # The manifest layout `predict`, `export --points` and `report` read (README: CLI).
 MANIFEST_COLUMNS = ("id", "image", "x", "y", "z")
@@ -98,6 +99,7 @@ def predict_ct(
     masks_dir: str | Path | None = None,
     torch_threads: int | None = None,
     dicom_out: str | Path | None = None,
+    row_timeout: float | None = None,
 ) -> list[dict]:
     """One result row (PREDICT_COLUMNS keys) per manifest row of one image, in their order.
 
@@ -113,18 +115,24 @@ def predict_ct(
     ensemble = cached_ensemble(models, device)
     datasets, identity = None, {}
     try:
-        array, geometry, datasets, identity = read_input(
-            image_path, series_of(rows[0]), bool(dicom_out)
-        )
+        with row_deadline(row_timeout, f"reading {image_path}"):
+            array, geometry, datasets, identity = read_input(
+                image_path, series_of(rows[0]), bool(dicom_out)
+            )
         load_error = None
     except Exception as exc:  # every row of the image gets the reason (a bug: the traceback)
         array, geometry, load_error = None, None, row_failure(exc, "cannot read image: ")
     found: list = []  # (id, result, mask) for the DICOM SEG / SR of this CT
-    recs = [
-        identity
-        | _predict_row(row, array, geometry, ensemble, masks_dir, load_error, datasets, found)
-        for row in rows
-    ]
+    recs = []
+    for row in rows:  # each row within the row timeout (batch/row_timeout.py)
+        try:
+            with row_deadline(row_timeout, f"row {row['id']!r}"):
+                rec = _predict_row(
+                    row, array, geometry, ensemble, masks_dir, load_error, datasets, found
+                )
+        except RowTimeoutError as exc:
+            rec = {"id": row["id"], **row_failure(exc)}
+        recs.append(identity | rec)
     if dicom_out and not load_error:
         _write_dicom(dicom_out, image_path, datasets, geometry, found)
     return recs
@@ -241,6 +249,7 @@ def predict_rows(
     masks_dir: str | Path | None = None,
     client=None,
     dicom_out: str | Path | None = None,
+    row_timeout: float | None = DEFAULT_ROW_TIMEOUT_S,
 ) -> list[dict]:
     """One result row per manifest row, in input order: one :func:`predict_ct` task per image,
     here (``client`` None: torch threads as they are) or on a Dask cluster (one torch thread
@@ -258,7 +267,16 @@ def predict_rows(
         threads = 1
     groups = list(group_by_image(rows).items())
     calls = [
-        (image, [rows[i] for i in indices], models, device, masks_dir, threads, dicom_out)
+        (
+            image,
+            [rows[i] for i in indices],
+            models,
+            device,
+            masks_dir,
+            threads,
+            dicom_out,
+            row_timeout,
+        )
         for (image, _series), indices in groups
     ]
     weights = [len(indices) for _, indices in groups]

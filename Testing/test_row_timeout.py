@@ -1,0 +1,60 @@
+"""A per-row timeout in the batch paths (issue 28 item 5): a row that runs too long fails with
+its reason and the next row runs; the default is documented and the timer is left as found."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from NoduleMalignancyLib import cli
+from NoduleMalignancyLib.batch.row_timeout import (
+    DEFAULT_ROW_TIMEOUT_S,
+    RowTimeoutError,
+    row_deadline,
+)
+from NoduleMalignancyLib.core import analysis
+
+
+def test_a_row_over_the_timeout_fails_and_the_next_runs(tmp_path, tiny_dir, monkeypatch):
+    ct = tmp_path / "ct.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 30, 40), np.int16)), str(ct))
+
+    def analyze(array, geometry, point, *args, **kwargs):
+        if point[0] == 1:  # the stuck row
+            time.sleep(60)
+        raise ValueError("the next row ran")
+
+    monkeypatch.setattr(analysis, "analyze_point", analyze)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,image,x,y,z\nstuck,{ct},1,2,3\nnext,{ct},2,2,3\n")
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--manifest", str(manifest), "--out", str(out), "--models", str(tiny_dir)]
+    start = time.perf_counter()
+    assert cli.main([*argv, "--row-timeout", "1"]) == 1
+    assert time.perf_counter() - start < 30
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert "row 'stuck' took longer than the row timeout (1 s" in rows[0]["error"]
+    assert rows[1]["error"].endswith("the next row ran")
+
+
+def test_the_default_is_documented_and_zero_turns_it_off():
+    args = cli.build_parser().parse_args(["predict", "--manifest", "m", "--out", "o"])
+    assert args.row_timeout == DEFAULT_ROW_TIMEOUT_S
+    with row_deadline(0, "no limit"):
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_the_timer_and_handler_are_restored():
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(RowTimeoutError, match="a sleep took longer"):
+        with row_deadline(0.2, "a sleep"):
+            time.sleep(5)
+    with row_deadline(5, "a quick block"):
+        pass
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
