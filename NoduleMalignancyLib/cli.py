@@ -132,14 +132,21 @@ def _write_predictions(path, results, columns) -> None:
 
 
 def _print_result(result) -> None:
-    """The result's main fields as the schema labels and formats them (core/result_schema.py)."""
+    """The result's main fields as the schema labels and formats them (core/result_schema.py),
+    after its assessment (core/assessment.py): not assessed, the reason and the outline's size
+    only (no malignancy, no Lung-RADS); flagged, the warnings before the numbers."""
     from .core.result_schema import labelled, score_field, shown
 
     v = result.values()
+    size = ", ".join(labelled(n, v[n]) for n in ("volume_mm3", "diameter_mm", "mean_diameter_mm"))
+    if v["assessment"] != "assessed":
+        print(f"{shown('assessment', v['assessment'])}: {v['assessment_reason']}")
+    if not result.assessment.answered:
+        print(f"  outline: {size} (no malignancy or Lung-RADS off a nodule; see result.json)")
+        return
     print(
         f"{labelled('malignancy_probability', v['malignancy_probability'])} "
-        f"(spread ± {shown('malignancy_sd', v['malignancy_sd'])}), "
-        + ", ".join(labelled(n, v[n]) for n in ("volume_mm3", "diameter_mm", "mean_diameter_mm"))
+        f"(spread ± {shown('malignancy_sd', v['malignancy_sd'])}), {size}"
     )
     for name in result.scores:
         score = score_field(name)
@@ -148,8 +155,8 @@ def _print_result(result) -> None:
         f"  {labelled('calcification_probability', v['calcification_probability'])}, "
         f"{labelled('internal_structure_probability', v['internal_structure_probability'])}"
     )
-    if result.lung_rads is not None:
-        print(f"  {result.lung_rads.wording}")
+    if result.suggested_lung_rads is not None:
+        print(f"  {result.suggested_lung_rads.wording}")
     for code, message in zip(v["warnings"], v["warning_messages"], strict=True):
         print(f"  warning {code}: {message}")
 
@@ -242,6 +249,10 @@ LAZY_COMMANDS = {
     "maps": (
         (".evaluation.maps",),
         "gate health and faithfulness of the evidence maps, out of fold (MAPS.md)",
+    ),
+    "similar-index": (
+        (".evaluation.similar",),
+        "similar LIDC nodules: build the index beside the ensemble, evaluated out of fold",
     ),
     "selftest": (
         (".mrml.selftest",),

@@ -220,3 +220,23 @@ def _finite(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def register(subparsers) -> None:
+    """Add the ``similar-index`` sub-command to the main CLI's sub-parsers."""
+    parser = subparsers.add_parser(
+        "similar-index",
+        help="embed the LIDC nodules, write the similar-nodule index beside the ensemble and "
+        "its out-of-fold evaluation (SIMILAR.md)",
+    )
+    parser.add_argument("--models", default=None, help="ensemble folder (default: shipped)")
+    parser.add_argument("--data", default=None, help="folder containing lidc_vois/")
+    parser.add_argument(
+        "--out", default=None, help="where to write the index (default: the ensemble folder)"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    build(args.models, args.data, args.out)
+    return 0
