@@ -58,3 +58,34 @@ def test_the_timer_and_handler_are_restored():
         pass
     assert signal.getsignal(signal.SIGALRM) is before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_export_fails_a_ct_over_the_timeout_and_goes_on(tmp_path, monkeypatch):
+    from NoduleMalignancyLib.files import patches
+
+    export_ct = patches.export_ct
+
+    def stuck_first(ct, *args, **kwargs):
+        if ct.path.name == "stuck.nrrd":
+            time.sleep(60)
+        return export_ct(ct, *args, **kwargs)
+
+    monkeypatch.setattr(patches, "export_ct", stuck_first)
+    array = np.full((40, 64, 64), -800, np.int16)
+    lines = ["id,image,x,y,z"]
+    for name in ("stuck", "next"):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"{name}.nrrd"))
+        lines.append(f"{name}_1,{tmp_path / f'{name}.nrrd'},30,30,20")
+    table = tmp_path / "points.csv"
+    table.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = ["export", "--points", str(table), "--out", str(out), "--quiet", "--row-timeout", "1"]
+    start = time.perf_counter()
+    cli.main(argv)
+    assert time.perf_counter() - start < 30
+    failures = list(csv.DictReader(open(out / "failures.csv", newline="")))
+    stuck = [f for f in failures if f["source"].endswith("stuck.nrrd")]
+    assert stuck and "took longer than the row timeout (1 s" in stuck[0]["reason"]
+    assert not any(
+        f["source"].endswith("next.nrrd") and "row timeout" in f["reason"] for f in failures
+    )

@@ -44,6 +44,7 @@ from ..files.patches import (
 from ..files.writable import check_output_folder
 from .cluster import add_cluster_arguments, dask_client, map_in_order
 from .predict import MANIFEST_COLUMNS, manifest_point
+from .row_timeout import DEFAULT_ROW_TIMEOUT_S, row_deadline
 
 LUNA25_COLUMNS = {"SeriesInstanceUID", "CoordX", "CoordY", "CoordZ"}
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd")
@@ -327,7 +328,8 @@ def cmd_export(args) -> int:
     options = {"resume": args.resume, "progress": not args.quiet}
     with dask_client(args.scheduler, args.workers) as client:
         if client is None:
-            summary = export_patches(cts, args.out, **options)
+            deadline = functools.partial(row_deadline, args.row_timeout)
+            summary = export_patches(cts, args.out, **options, deadline=deadline)
         else:
             summary = export_patches_distributed(cts, args.out, **options, client=client)
     print(summary.line())
@@ -352,5 +354,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--lidc", nargs="+", help="LIDC-IDRI DICOM folders or .tar.gz archives")
     sp.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument(
+        "--row-timeout",
+        type=float,
+        default=DEFAULT_ROW_TIMEOUT_S,
+        help=f"seconds one CT may take before its nodules fail (default {DEFAULT_ROW_TIMEOUT_S:g}"
+        "; 0: no limit; not enforced inside Dask workers)",
+    )
     add_cluster_arguments(sp)
     sp.set_defaults(func=cmd_export)

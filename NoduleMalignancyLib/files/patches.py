@@ -16,6 +16,7 @@ its rows (:class:`ExportRun`, one writer), so that the CTs can run on Dask worke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -544,14 +545,25 @@ def export_patches(
     scope: ScopeConfig | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    deadline: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> ExportSummary:
     """Export every nodule of every CT in this process; see the module docstring for the
-    guarantees (``batch/export.py`` runs the same :func:`export_ct` on a Dask cluster)."""
+    guarantees (``batch/export.py`` runs the same :func:`export_ct` on a Dask cluster).
+
+    ``deadline(what)``: a context that raises ``TimeoutError`` when one CT takes too long
+    (``export --row-timeout``, batch/row_timeout.py); that CT's nodules fail, the next CT runs.
+    """
     from tqdm import tqdm
 
     run = ExportRun(out_dir, voi, canvas_zyx, resume, scope, log)
     for ct in tqdm(run.todo(cts), desc="export", unit="CT", disable=not progress):
-        run.record(ct, export_ct(ct, run.out, run.canvas, run.scope, run.done))
+        try:
+            with deadline(f"CT {ct.path}") if deadline else contextlib.nullcontext():
+                outcome = export_ct(ct, run.out, run.canvas, run.scope, run.done)
+        except TimeoutError as exc:
+            run.record(ct, None, exc)
+            continue
+        run.record(ct, outcome)
     return run.finish()
 
 
