@@ -270,6 +270,10 @@ LAZY_COMMANDS = {
         (".batch.report_cli",),
         "self-contained HTML review page of a predict run (thumbnails, warnings)",
     ),
+    "bench-repeatability": (
+        (".evaluation.repeatability",),
+        "does the answer move with the pixel clicked? (LIDC VOIs out of fold)",
+    ),
     "bench-cohort": (
         (".batch.cohort_bench",),
         "speed-up of predict over LIDC VOIs in-process vs a local Dask cluster",
