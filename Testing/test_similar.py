@@ -114,3 +114,33 @@ def test_out_of_fold_neighbours_beat_a_size_lookup_when_the_embedding_carries_th
     assert res["neighbours_minus_size_lookup"]["lo"] > 0
     look = size_lookup(index, 0)
     assert 0 not in look and all(index.patient_id[look] != index.patient_id[0])
+
+
+def test_an_analysis_lists_its_neighbours_in_result_json(data_dir):
+    """With an index beside the weights, a result carries the k nearest and their summary."""
+    import SimpleITK as sitk
+
+    from NoduleMalignancyLib.core.analysis import analyze_point
+    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.training.dataset import load_records
+
+    ensemble = Ensemble.load(device="cpu")
+    record = load_records(data_dir)[0]
+    image = sitk.ReadImage(str(record.image_path))
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    geometry = ImageGeometry.from_sitk(image)
+    plain = analyze_point(array, geometry, record.center_lps, ensemble, map_to_ct=False)
+    features = plain.fold_bag_features
+    assert features.shape == (len(ensemble.models), 112)
+    rng = np.random.default_rng(4)
+    index = _index(rng, m=40, k=features.shape[0], f=features.shape[1])
+    index.features[:, 5] = features  # nodule 5 is the query's twin
+    index.__post_init__()
+    ensemble.similar_index = index
+    result = analyze_point(array, geometry, record.center_lps, ensemble, map_to_ct=False)
+    summary = result.summary()
+    assert [n["nodule"] for n in summary["similar_nodules"]][0] == "P2_R_1"
+    assert len(summary["similar_nodules"]) == 6
+    assert summary["similar_nodules_summary"] == summary_line(result.similar_nodules)
+    assert "similar_nodules" not in plain.summary() or plain.summary()["similar_nodules"] == []

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .assessment import NOT_ASSESSED, Assessment, assess
 from .attributes import score_from_probability, wording
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from .ensemble import Ensemble, FoldOutputs
@@ -30,7 +31,9 @@ from .geometry import ImageGeometry
 from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
 from .lung_rads import texture_class as texture_class_of
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
+from .recentre import nodule_centre, same_nodule
 from .result_schema import JSON, fields_for, score_field
+from .similar import summary_line as similar_summary_line
 from .validation import (
     Finding,
     check_image,
@@ -46,7 +49,7 @@ MALIGNANCY = ATTRIBUTES.index("malignancy")
 # NoduleResult fields filled from measurements.measure_nodule (same names).
 MEASURED_FIELDS = (*MEASUREMENTS, "short_axis_mm", "mean_diameter_mm")
 SEGMENTATION_THRESHOLD = 0.5
-MAX_CONTEXT_PASSES = 3
+MAX_CONTEXT_PASSES = 4
 
 
 @dataclass
@@ -99,13 +102,26 @@ class NoduleResult:
     def wording(self) -> dict[str, str]:
         return {a: wording(a, s) for a, s in self.scores.items()}
 
+    @property
+    def assessment(self) -> Assessment:
+        """The answer's tier from the scope warnings (core/assessment.py)."""
+        return assess(self.warnings)
+
+    @property
+    def suggested_lung_rads(self) -> LungRadsSuggestion | None:
+        """The Lung-RADS suggestion a surface shows: none when the point is not assessed."""
+        return self.lung_rads if self.assessment.tier != NOT_ASSESSED else None
+
     def values(self) -> dict:
         """The result's fields by their schema names (core/result_schema.py), raw values in
         their stored units: what every surface formats."""
-        lr = self.lung_rads
+        lr = self.suggested_lung_rads
         words = self.wording
+        assessment = self.assessment
         return {
             "point_lps": list(self.point_lps),
+            "assessment": assessment.tier,
+            "assessment_reason": assessment.reason,
             "malignancy_probability": self.malignancy_probability,
             "malignancy_sd": self.malignancy_sd,
             "fold_malignancy_probabilities": self.fold_malignancy_probabilities,
@@ -125,6 +141,7 @@ class NoduleResult:
             "warnings": [w.code for w in self.warnings],
             "warning_messages": [w.message for w in self.warnings],
             "model_version": self.model_version,
+            "similar_nodules_summary": similar_summary_line(self.similar_nodules),
             "context_passes": self.context_passes,
         }
 
@@ -135,6 +152,7 @@ class NoduleResult:
             "gates": self.gates,
             "scope_figures": self.scope_figures,
             "timings_s": self.timings_s,
+            "similar_nodules": [n.to_dict() for n in self.similar_nodules],
         }
         values = self.values() | details
         return {f.name: values[f.name] for f in fields_for(JSON) if f.name in values}
@@ -185,9 +203,12 @@ def analyze_point(
         result.malignancy_sd,
         side=side,
         vessel_score=side_figures.get("vessel_score"),
+        point_zyx=sample.geometry.lps_to_index(np.asarray(point_lps, dtype=float))[::-1],
     )
     result.scope_figures |= side_figures
     result.warnings = [*image_warnings, *found]
+    if result.assessment.tier == NOT_ASSESSED:  # no Lung-RADS suggestion off a nodule
+        result.lung_rads = None
     timings["checks"] += time.perf_counter() - t
     if map_to_ct:
         t = time.perf_counter()
@@ -215,14 +236,17 @@ def sample_and_run(
     point; its segmentation (inside the crop) gives the nodule's in-plane extent and longest
     axial diameter, from which the crop is rebuilt as in the training data (in z: from the
     diameter, since the segmentation's z extent only follows the crop) and the nodule analyzed
-    again, until the crop stops changing (at most ``MAX_CONTEXT_PASSES`` passes).
+    again, the VOI centred on the outline's centroid snapped to the CT grid (core/recentre.py:
+    the input then depends on the nodule, not on the pixel clicked), until neither the crop nor
+    the centre changes (at most ``MAX_CONTEXT_PASSES`` passes). A pass whose outline is empty
+    or shares no voxel with the previous one (it left the clicked nodule) is not taken.
     """
     cfg = ensemble.manifest.voi
     timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
 
-    def run(ctx: ImageGeometry) -> tuple[VoiSample, object]:
+    def run(ctx: ImageGeometry, centre_lps) -> tuple[VoiSample, object]:
         t = time.perf_counter()
-        sample = sample_voi(image_zyx, geometry, point_lps, cfg, context=ctx)
+        sample = sample_voi(image_zyx, geometry, centre_lps, cfg, context=ctx)
         timings["voi_sampling"] += time.perf_counter() - t
         t = time.perf_counter()
         out = ensemble.run(sample.channels[None])
@@ -232,24 +256,27 @@ def sample_and_run(
     passes = 1
     fov_z_mm = (cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0]
     if context is None:
-        box = context_box_for_nodule(geometry, point_lps)
-        sample, out = run(box)
-        while passes < MAX_CONTEXT_PASSES:
-            seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
-            if not seen.any():
-                break
+        centre = np.asarray(point_lps, dtype=float)
+        box = context_box_for_nodule(geometry, centre)
+        sample, out = run(box, centre)
+        seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
+        while passes < MAX_CONTEXT_PASSES and seen.any():
             extent = grid_points_lps(sample.geometry)[seen]
             diameter = nodule_size(seen, cfg.spacing_zyx).diameter_mm
+            moved = nodule_centre(seen, sample.geometry, geometry)
             grown = context_box_for_nodule(
-                geometry, point_lps, extent, axial_diameter_mm=diameter, fov_z_mm=fov_z_mm
+                geometry, moved, extent, axial_diameter_mm=diameter, fov_z_mm=fov_z_mm
             )
-            if grown == box:
+            if grown == box and np.allclose(moved, centre):
                 break
-            box = grown
-            sample, out = run(box)
+            next_sample, next_out = run(grown, moved)
             passes += 1
+            next_seen = nodule_mask(next_out.seg_probability.mean(0)[0], next_sample.valid)
+            if not same_nodule(next_seen, next_sample.geometry, seen, sample.geometry):
+                break
+            box, centre, sample, out, seen = grown, moved, next_sample, next_out, next_seen
     else:
-        sample, out = run(context)
+        sample, out = run(context, point_lps)
     return sample, out, passes
 
 

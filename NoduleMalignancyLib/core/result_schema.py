@@ -58,7 +58,8 @@ JSON = "json"  # result.json (NoduleResult.summary)
 TABLE = "table"  # the MRML results table (mrml/nodes.py)
 PANEL = "panel"  # the station's results panel (station/panel.py)
 REPORT = "report"  # the batch review page (files/batch_report.py), read from the CSV
-SURFACES = (CSV, JSON, TABLE, PANEL, REPORT)
+EXAM = "exam"  # exam.json of the exam command (core/exam.py): the exam and its nodules
+SURFACES = (CSV, JSON, TABLE, PANEL, REPORT, EXAM)
 
 LIDC_SCALE = "LIDC 1-5"  # the unit of the attribute scores: the readers' rating scale
 CODE_SEPARATOR = ";"  # warnings: codes, as core/validation.py names them
@@ -67,6 +68,7 @@ TEXT_SEPARATOR = " | "  # warning_messages: the sentences (they may hold ';' and
 # Panel sections (and their order); a field's ``group`` names one.
 GROUP_TITLES: dict[str, str] = {
     "input": "Input",
+    "assessment": "Assessment",
     "malignancy": "Malignancy",
     "scope": "Warnings",
     "lung_rads": "Lung-RADS (suggested, baseline screen)",
@@ -74,6 +76,7 @@ GROUP_TITLES: dict[str, str] = {
     "attributes": "LIDC attributes (expected reader rating, 1-5)",
     "composition": "Calcification and composition",
     "explanation": "Why: the malignancy logit in parts (they sum to it)",
+    "similar": "Similar LIDC nodules (training set, reader ratings)",
     "provenance": "Model and input",
     "status": "Status",
 }
@@ -95,6 +98,8 @@ class ResultField:
     shown_decimals: int = 1  # shown to a person (shown unit)
     percent: bool = False
     optional: bool = False  # may be empty on a scored row
+    # A text field of codes: each code's words, as a person reads it (the CSV stores the code).
+    words: tuple[tuple[str, str], ...] = ()
 
     @property
     def shown_unit(self) -> str:
@@ -129,7 +134,7 @@ def shown(name: str, value: object, with_unit: bool = True) -> str:
     if isinstance(value, (list, tuple)):
         return _sep(f).join(str(v) for v in value)
     if f.kind == "text" or isinstance(value, str):
-        return str(value)
+        return dict(f.words).get(str(value), str(value))
     number = float(value) * (100.0 if f.percent else 1.0)
     if not math.isfinite(number):
         return "n/a"
@@ -297,6 +302,32 @@ FIELDS: tuple[ResultField, ...] = (
         "input",
         (JSON,),
         kind="detail",
+    ),
+    # The answer's tier (core/assessment.py): whether the numbers below are an answer.
+    _f(
+        "assessment",
+        "Assessment",
+        "",
+        "refused, not_assessed (probably not a lung nodule: no malignancy, no Lung-RADS), "
+        "flagged (numbers with a warning) or assessed (core/assessment.py)",
+        "assessment",
+        (*ALL, REPORT),
+        kind="text",
+        words=(
+            ("refused", "Refused"),
+            ("not_assessed", "Not assessed"),
+            ("flagged", "Assessed, with a warning"),
+            ("assessed", "Assessed"),
+        ),
+    ),
+    _f(
+        "assessment_reason",
+        "Why",
+        "",
+        "the assessment's reason in plain words (empty when assessed)",
+        "assessment",
+        (*ALL, REPORT),
+        kind="text",
     ),
     _f(
         "malignancy_probability",
@@ -552,6 +583,28 @@ FIELDS: tuple[ResultField, ...] = (
         shown_decimals=0,
     ),
     _f(
+        "similar_nodules_summary",
+        "Similar nodules",
+        "",
+        "how many of the closest LIDC training nodules (core/similar.py) the readers rated "
+        "suspicious (mean malignancy rating above 3)",
+        "similar",
+        (JSON, PANEL),
+        kind="text",
+        optional=True,
+    ),
+    _f(
+        "similar_nodules",
+        "Similar nodules",
+        "",
+        "the closest LIDC training nodules in the network's embedding: name, distance, "
+        "diameter, mean reader ratings",
+        "similar",
+        (JSON,),
+        kind="detail",
+        optional=True,
+    ),
+    _f(
         "gates",
         "Gate health",
         "",
@@ -595,6 +648,108 @@ FIELDS: tuple[ResultField, ...] = (
         "status",
         (CSV, REPORT),
         kind="text",
+    ),
+    # exam.json (core/exam.py, docs/DESIGN.md §17): the exam's fields, then its nodules'.
+    *(
+        _f(name, label, "", meaning, group, (EXAM,), kind=kind)
+        for name, label, meaning, group, kind in (
+            ("ct", "CT", "the CT the exam read", "input", "text"),
+            (
+                "points_file",
+                "Points file",
+                "the nodules' points (LUNA25 JSON or LIDC XML)",
+                "input",
+                "text",
+            ),
+            (
+                "date",
+                "Exam date",
+                "the exam's date (YYYY-MM-DD; --date or the DICOM study date)",
+                "input",
+                "text",
+            ),
+            ("prior_ct", "Prior CT", "the registered prior CT (not yet: null)", "input", "detail"),
+            ("nodules", "Nodules", "the exam's nodules, one entry each", "input", "detail"),
+            ("name", "Nodule", "the nodule's name in the points file", "input", "text"),
+            ("lung_rads_version", "Lung-RADS version", "ACR Lung-RADS v2022", "lung_rads", "text"),
+            (
+                "lung_rads_descriptor",
+                "Category descriptor",
+                "the exam category's descriptor in the Lung-RADS table",
+                "lung_rads",
+                "text",
+            ),
+            (
+                "lung_rads_management",
+                "Management",
+                "the category's management (core/lung_rads_table.py)",
+                "lung_rads",
+                "text",
+            ),
+            (
+                "lung_rads_suggestions",
+                "Could apply (S, 4X)",
+                "S and 4X with their reasons: the reader's call",
+                "lung_rads",
+                "list",
+            ),
+            (
+                "lung_rads_nodule",
+                "Deciding nodule",
+                "the most suspicious nodule, whose category the exam takes",
+                "lung_rads",
+                "text",
+            ),
+            (
+                "lung_rads_screen",
+                "Screen",
+                "baseline screen or follow-up screen (with a prior)",
+                "lung_rads",
+                "text",
+            ),
+            (
+                "lung_rads_behavior",
+                "Change since the prior",
+                "new, growing, slow growth, stable or decreased (core/lung_rads_followup.py)",
+                "lung_rads",
+                "text",
+            ),
+            (
+                "brock",
+                "Brock inputs",
+                "the Brock probability, its note and every input with its source (measured, "
+                "estimated, entered, default)",
+                "malignancy",
+                "detail",
+            ),
+            (
+                "emphysema",
+                "Emphysema",
+                "LAA-950 share of the lung and the verdict (a Brock input, S suggestion)",
+                "malignancy",
+                "detail",
+            ),
+            (
+                "prior",
+                "Prior",
+                "the nodule on the prior CT (typed in): matched or new, its sizes, the change "
+                "and the volume-doubling time; null without a prior",
+                "size",
+                "detail",
+            ),
+        )
+    ),
+    _f(
+        "brock_probability",
+        "Brock (PanCan) probability",
+        "1",
+        "probability of cancer of the Brock full model with spiculation (core/brock.py); "
+        "null when the clinical inputs are missing",
+        "malignancy",
+        (EXAM,),
+        decimals=6,
+        percent=True,
+        optional=True,
     ),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
