@@ -217,3 +217,29 @@ def test_a_killed_extraction_is_removed_at_the_next_start(tmp_path, data_dir):
 
     removed = remove_stale_extractions(tmp)  # ... until the next start
     assert sorted(removed) == sorted([folder, old]) and mine.is_dir()
+
+
+def test_the_station_and_module_loader_apply_the_same_checks(mrml_scene, tmp_path, two_patients):
+    """The station and the Slicer module open CTs through mrml/ct_loading, which hands NIfTI
+    and NRRD straight to Slicer's reader: the checks must run there too."""
+    from NoduleMalignancyLib.mrml.ct_loading import CTLoadError, load_ct_volume
+
+    path = tmp_path / "ct.nii"
+    sitk.WriteImage(_small_image(), str(path))
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    with pytest.raises(CTLoadError, match="truncated"):
+        load_ct_volume(path)
+    pipe = tmp_path / "pipe.nrrd"
+    os.mkfifo(pipe)
+    _unblock_later(pipe)
+    with pytest.raises(CTLoadError, match="named pipe"):
+        load_ct_volume(pipe)
+    with pytest.raises(CTLoadError, match="2 DICOM series"):
+        load_ct_volume(two_patients)
+    volume = load_ct_volume(two_patients, series_uid=UID["LIDC-IDRI-0006"])
+    assert volume.GetImageData().GetDimensions() == samples.SAMPLES["LIDC-IDRI-0006"].size_xyz
+
+
+def test_the_station_app_takes_series_too():
+    args = cli.build_parser().parse_args(["app", "--ct", "folder", "--series", "1.2.3"])
+    assert args.series == "1.2.3"  # station/cli.py hands it to app.load -> load_ct_volume

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import slicer
 
+from ..files.ct_input import check_image_file, check_input_path
 from .logic import InputError, read_ct_volume
 
 __all__ = ["DIRECT_SUFFIXES", "CTLoadError", "load_ct_volume"]
@@ -27,9 +28,19 @@ class CTLoadError(InputError):
     refusal (``not_ct``, ``not_3d``, ``no_tissue``, docs/DESIGN.md §12)."""
 
 
-def load_ct_volume(path: str | Path, name: str | None = None, *, check_ct: bool = False):
+def load_ct_volume(
+    path: str | Path,
+    name: str | None = None,
+    *,
+    check_ct: bool = False,
+    series_uid: str | None = None,
+):
     """Load ``path`` as a scalar volume node (shown in the views); ``check_ct``: also refuse
-    voxels that are not a CT the model can read (removing the node again).
+    voxels that are not a CT the model can read (removing the node again); ``series_uid``: the
+    series to read from a folder or archive holding several (else they are refused).
+
+    The file layer's input checks run first, for the files Slicer reads directly too: a pipe, a
+    truncated NIfTI or a declared size above the limit is refused (files/ct_input.py).
 
     :raises CTLoadError: with a message that names the file and the problem.
     """
@@ -38,10 +49,12 @@ def load_ct_volume(path: str | Path, name: str | None = None, *, check_ct: bool 
         raise CTLoadError(f"No CT at {path}.", code="missing")
     name = name or path.name.split(".")[0]
     try:
+        check_input_path(path)
         if path.is_file() and path.name.lower().endswith(DIRECT_SUFFIXES):
+            check_image_file(path)
             volume = slicer.util.loadVolume(str(path), {"name": name, "show": True})
         else:
-            volume = _load_through_sitk(path, name)
+            volume = _load_through_sitk(path, name, series_uid)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CTLoadError(
             f"Cannot read the CT {path}: {_one_line(exc)}", code="unreadable"
@@ -60,13 +73,13 @@ def load_ct_volume(path: str | Path, name: str | None = None, *, check_ct: bool 
     return volume
 
 
-def _load_through_sitk(path: Path, name: str):
+def _load_through_sitk(path: Path, name: str, series_uid: str | None = None):
     import SimpleITK as sitk
 
     from ..files.samples import read_ct
 
     target = Path(slicer.app.temporaryPath) / f"ct-{time.time_ns()}.nrrd"
-    sitk.WriteImage(read_ct(path), str(target))
+    sitk.WriteImage(read_ct(path, series_uid), str(target))
     try:
         return slicer.util.loadVolume(str(target), {"name": name, "show": True})
     finally:

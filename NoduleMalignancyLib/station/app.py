@@ -61,11 +61,17 @@ class StationApp:
 
     # Loading ---------------------------------------------------------------------------------
     def load(
-        self, path: str | Path, name: str | None = None, points_lps=(), check_ct: bool = False
+        self,
+        path: str | Path,
+        name: str | None = None,
+        points_lps=(),
+        check_ct: bool = False,
+        series_uid: str | None = None,
     ) -> None:
         """Show a CT; ``points_lps``: known nodule points offered as shortcuts; ``check_ct``:
-        refuse a volume that is not a CT (``mrml.ct_loading.CTLoadError``)."""
-        volume = self.controller.load_ct(path, name, check_ct=check_ct)
+        refuse a volume that is not a CT (``mrml.ct_loading.CTLoadError``); ``series_uid``: the
+        series of a folder or archive holding several."""
+        volume = self.controller.load_ct(path, name, check_ct=check_ct, series_uid=series_uid)
         self.views.show_volume(volume)
         self.suggested = [
             {"name": str(n), "lps": [float(v) for v in p]} for n, p in (points_lps or ())

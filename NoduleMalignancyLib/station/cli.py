@@ -42,7 +42,7 @@ def cmd_app(args) -> int:
 
         app = StationApp(models_dir=args.models, device=args.device)
         if args.ct:
-            app.load(args.ct)
+            app.load(args.ct, series_uid=args.series)
         elif args.sample:
             app.load_sample(args.sample)
     return serve(app, args.host, port)
@@ -101,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = sp.add_mutually_exclusive_group()
     source.add_argument("--ct", help="CT to open (file SimpleITK reads, DICOM folder, .tar.gz)")
+    sp.add_argument("--series", help="with --ct: the series UID when it holds several series")
     source.add_argument("--sample", help="bundled LIDC sample to open, e.g. LIDC-IDRI-0001")
     source.add_argument("--study", help="reading-study file (JSON, docs/DESIGN.md §14)")
     sp.add_argument("--db", help="the study's SQLite database (with --study)")

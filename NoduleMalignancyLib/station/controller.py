@@ -98,13 +98,15 @@ class StationController:
         name: str | None = None,
         window: str = "lung",
         check_ct: bool = False,
+        series_uid: str | None = None,
     ):
-        """Load a CT (replacing the current one and its results) and window it.
+        """Load a CT (replacing the current one and its results) and window it; ``series_uid``:
+        the series of a folder or archive holding several (mrml/ct_loading.py).
 
         :raises CTLoadError: missing, unreadable or (with ``check_ct``) not a CT; the current
             CT then stays.
         """
-        volume = load_ct_volume(path, name, check_ct=check_ct)
+        volume = load_ct_volume(path, name, check_ct=check_ct, series_uid=series_uid)
         self.close_ct()
         self.volume = volume
         self.volume_name = volume.GetName()
