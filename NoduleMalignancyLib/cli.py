@@ -287,6 +287,10 @@ LAZY_COMMANDS = {
         "reading studies: create, readers, export, analyze",
     ),
     "app": ((".station.cli",), "browser reading station: Slicer views, point placement, results"),
+    "exam": (
+        (".batch.exam_cli",),
+        "every nodule of a CT: the exam's Lung-RADS v2022 and each nodule's Brock",
+    ),
 }
 DEBUG_ENV = "NODULE_MALIGNANCY_DEBUG"
 

@@ -9,6 +9,7 @@ edge of the tables is a unit test. Only the baseline categories apply to one CT 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -38,6 +39,8 @@ HIGH_CALCIFICATION_PROBABILITY = 0.9
 # "medium spiculation" or more; the head's scores shrink towards the mean (docs/DESIGN.md §16).
 SPICULATION_SUPPORTS_4X = 2.5
 CATEGORIES_ALLOWING_4X = ("3", "4A", "4B")
+# Lung-RADS v2022 category 2 for a juxtapleural (perifissural) solid nodule below this size.
+JUXTAPLEURAL_BELOW_MM = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,14 @@ class LungRadsSuggestion:
     texture_score: float | None = None
     reasons: list[str] = field(default_factory=list)
     supports_4x: list[str] = field(default_factory=list)  # features a reader may weigh for 4X
+    # "baseline screen", or "follow-up screen" with a prior (core/lung_rads_followup.py).
+    screen: str = "baseline screen"
+    # With a prior: new, growing, slow growth, stable, decreased (core/lung_rads_followup.py).
+    behavior: str = ""
 
     @property
     def wording(self) -> str:
-        return f"Suggested Lung-RADS {self.category} (baseline screen) — the reader decides"
+        return f"Suggested Lung-RADS {self.category} ({self.screen}) — the reader decides"
 
     def to_dict(self) -> dict:
         return asdict(self) | {"wording": self.wording}
@@ -98,29 +105,56 @@ def solid_component_mean_diameter_mm(
     return nodule_size(largest, spacing_zyx).mean_diameter_mm
 
 
-def _size_category(texture: str, mean_mm: float, solid_mm: float) -> tuple[str, str]:
-    """The baseline table's category and the row that gave it (sizes already rounded)."""
-    if texture == SOLID:
-        if mean_mm < 6.0:
-            return "2", "solid, mean diameter < 6 mm"
-        if mean_mm < 8.0:
-            return "3", "solid, mean diameter 6 to < 8 mm"
-        if mean_mm < 15.0:
-            return "4A", "solid, mean diameter 8 to < 15 mm"
-        return "4B", "solid, mean diameter >= 15 mm"
-    if texture == PART_SOLID:
-        if mean_mm < 6.0:
-            return "2", "part-solid, total mean diameter < 6 mm"
-        if solid_mm < 6.0:
-            return "3", "part-solid, total >= 6 mm with solid component < 6 mm"
-        if solid_mm < 8.0:
-            return "4A", "part-solid, solid component 6 to < 8 mm"
-        return "4B", "part-solid, solid component >= 8 mm"
-    if texture == GROUND_GLASS:
-        if mean_mm < 30.0:
-            return "2", "ground-glass (non-solid), mean diameter < 30 mm"
-        return "3", "ground-glass (non-solid), mean diameter >= 30 mm"
-    raise ValueError(f"unknown texture class {texture!r}; use one of {TEXTURE_CLASSES}")
+def size_row(size_mm: float, rows) -> tuple[str, str]:
+    """(category, row text) of the first of ``rows`` ``(below_mm, category, text)`` whose
+    bound lies above ``size_mm`` (bounds exclusive, ascending; the last one ``inf``)."""
+    return next((category, text) for below, category, text in rows if size_mm < below)
+
+
+@dataclass(frozen=True)
+class SizeTable:
+    """One Lung-RADS size table by texture class: rows ``(below_mm, category, text)`` for a
+    solid nodule (mean diameter), a part solid one (its solid component, once the total is >= 6
+    mm; ``part_solid_small`` below that, ``None`` where the table has no such row) and a
+    ground-glass one (mean diameter). The baseline table here; new and growing ones in
+    core/lung_rads_followup.py."""
+
+    solid: tuple
+    part_solid: tuple
+    ground_glass: tuple
+    part_solid_small: tuple[str, str] | None = None
+
+    def category(self, texture: str, mean_mm: float, solid_mm: float) -> tuple[str, str]:
+        """The category and the row that gave it (sizes already rounded)."""
+        if texture == SOLID:
+            return size_row(mean_mm, self.solid)
+        if texture == PART_SOLID:
+            if self.part_solid_small is not None and mean_mm < 6.0:
+                return self.part_solid_small
+            return size_row(solid_mm, self.part_solid)
+        if texture == GROUND_GLASS:
+            return size_row(mean_mm, self.ground_glass)
+        raise ValueError(f"unknown texture class {texture!r}; use one of {TEXTURE_CLASSES}")
+
+
+BASELINE = SizeTable(
+    solid=(
+        (6.0, "2", "solid, mean diameter < 6 mm"),
+        (8.0, "3", "solid, mean diameter 6 to < 8 mm"),
+        (15.0, "4A", "solid, mean diameter 8 to < 15 mm"),
+        (math.inf, "4B", "solid, mean diameter >= 15 mm"),
+    ),
+    part_solid=(
+        (6.0, "3", "part-solid, total >= 6 mm with solid component < 6 mm"),
+        (8.0, "4A", "part-solid, solid component 6 to < 8 mm"),
+        (math.inf, "4B", "part-solid, solid component >= 8 mm"),
+    ),
+    ground_glass=(
+        (30.0, "2", "ground-glass (non-solid), mean diameter < 30 mm"),
+        (math.inf, "3", "ground-glass (non-solid), mean diameter >= 30 mm"),
+    ),
+    part_solid_small=("2", "part-solid, total mean diameter < 6 mm"),
+)
 
 
 def suggest_lung_rads(
@@ -139,7 +173,7 @@ def suggest_lung_rads(
     """
     mean_mm = round_mm(mean_diameter_mm)
     solid_mm = round_mm(solid_mean_diameter_mm)
-    size_category, row = _size_category(texture_class, mean_mm, solid_mm)
+    size_category, row = BASELINE.category(texture_class, mean_mm, solid_mm)
     texture_text = (
         f"texture score {texture_score:.2f} on the LIDC 1-5 scale ({wording('texture', texture_score)}) "
         f"-> {texture_class} (ground-glass < {GROUND_GLASS_BELOW}, solid >= {SOLID_FROM})"
@@ -154,7 +188,7 @@ def suggest_lung_rads(
         reasons.append(
             f"solid component {solid_mm:.1f} mm (segmented voxels >= {SOLID_COMPONENT_HU:.0f} HU)"
         )
-    reasons.append(f"{row} -> {size_category}")
+    reasons.append(f"baseline table: {row} -> {size_category}")
     category = size_category
     p = float(calcification_probability)
     if p >= HIGH_CALCIFICATION_PROBABILITY:
@@ -169,13 +203,8 @@ def suggest_lung_rads(
             f"calcification probability {p:.2f}: possibly calcified, below "
             f"{HIGH_CALCIFICATION_PROBABILITY:.2f} for category 1; a benign pattern would make it 1"
         )
+    reasons.extend(juxtapleural_note(texture_class, mean_mm, category))
     reasons.append("baseline screen: 'new' and 'growing' need a prior CT")
-    supports = []
-    if category in CATEGORIES_ALLOWING_4X and spiculation_score >= SPICULATION_SUPPORTS_4X:
-        supports.append(
-            f"spiculation {spiculation_score:.2f} on the LIDC 1-5 scale "
-            f"({wording('spiculation', spiculation_score)})"
-        )
     return LungRadsSuggestion(
         category=category,
         texture_class=texture_class,
@@ -185,5 +214,29 @@ def suggest_lung_rads(
         spiculation_score=float(spiculation_score),
         texture_score=None if texture_score is None else float(texture_score),
         reasons=reasons,
-        supports_4x=supports,
+        supports_4x=features_supporting_4x(category, spiculation_score),
     )
+
+
+def features_supporting_4x(category: str, spiculation_score: float) -> list[str]:
+    """What a reader may weigh for 4X in a category 3, 4A or 4B nodule: a predicted
+    spiculation from ``SPICULATION_SUPPORTS_4X`` on."""
+    if category in CATEGORIES_ALLOWING_4X and spiculation_score >= SPICULATION_SUPPORTS_4X:
+        return [
+            f"spiculation {spiculation_score:.2f} on the LIDC 1-5 scale "
+            f"({wording('spiculation', spiculation_score)})"
+        ]
+    return []
+
+
+def juxtapleural_note(texture: str, mean_mm: float, category: str) -> list[str]:
+    """v2022 makes a solid nodule < 10 mm against the pleura or a fissure with smooth margins
+    and an oval, lentiform or triangular shape category 2 (at baseline or new); the model
+    locates neither the pleura nor the fissures, so a 3 or 4A it could apply to says so."""
+    if texture == SOLID and mean_mm < JUXTAPLEURAL_BELOW_MM and category in ("3", "4A"):
+        return [
+            "category 2 if juxtapleural or perifissural with smooth margins and an oval, "
+            "lentiform or triangular shape (solid, < 10 mm): the model does not locate the "
+            "pleura or the fissures, the reader decides"
+        ]
+    return []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_reader_contours", "reader_consensus_mask"]
+__all__ = ["read_reader_contours", "reader_consensus_mask", "reader_nodule_points_lps"]
 
 
 def _local(tag: str) -> str:
@@ -57,6 +57,56 @@ def read_reader_contours(xml_path: str | Path) -> list[list[list[tuple[float, bo
     return sessions
 
 
+def _outline_points_lps(rois, geometry) -> np.ndarray:
+    """World LPS of a reader nodule's inclusion outline pixels (axial slices, LIDC)."""
+    origin = np.asarray(geometry.origin, dtype=float)
+    pts = []
+    for z, inclusion, xy in rois:
+        if not inclusion:
+            continue
+        k = geometry.lps_to_index([origin[0], origin[1], z])[2]
+        pts.append(np.column_stack([xy, np.full(len(xy), k)]))
+    if not pts:
+        return np.zeros((0, 3))
+    return geometry.index_to_lps(np.concatenate(pts).astype(float))
+
+
+def reader_nodule_points_lps(
+    xml_path: str | Path, geometry, min_link_mm: float = 3.0
+) -> list[tuple[str, tuple[float, float, float], int]]:
+    """One point per nodule the readers outlined: ``[(name, (x, y, z) world LPS, readers)]``.
+
+    Each reader's outline centroid; two readers' nodules are one when their centroids lie
+    within the larger one's radius (half its widest outline extent, at least ``min_link_mm``);
+    the point is the mean of the cluster's centroids (as the data folder's points file).
+    Names ``nodule_1``, ``nodule_2``, ... in the order first outlined.
+    """
+    clusters: list[list[tuple[np.ndarray, float]]] = []
+    for nodules in read_reader_contours(xml_path):
+        for rois in nodules:
+            pts = _outline_points_lps(rois, geometry)
+            if len(pts) == 0:
+                continue
+            centre = pts.mean(0)
+            radius = max(min_link_mm, 0.5 * float(np.ptp(pts[:, :2], axis=0).max()))
+            for cluster in clusters:
+                mean = np.mean([c for c, _ in cluster], axis=0)
+                reach = max(radius, max(r for _, r in cluster))
+                if np.linalg.norm(mean - centre) <= reach:
+                    cluster.append((centre, radius))
+                    break
+            else:
+                clusters.append([(centre, radius)])
+    return [
+        (
+            f"nodule_{i + 1}",
+            tuple(float(v) for v in np.mean([c for c, _ in cluster], axis=0)),
+            len(cluster),
+        )
+        for i, cluster in enumerate(clusters)
+    ]
+
+
 def _fill_polygon(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixels (columns, rows) inside an outline (even-odd rule) plus the outline pixels."""
     xs, ys = xy[:, 0], xy[:, 1]
@@ -98,15 +148,10 @@ def reader_consensus_mask(
     for nodules in read_reader_contours(xml_path):
         best, best_distance = None, max_distance_mm
         for rois in nodules:
-            pts = []
-            for z, inclusion, xy in rois:
-                if not inclusion:
-                    continue
-                k = geometry.lps_to_index([origin[0], origin[1], z])[2]
-                pts.append(np.column_stack([xy, np.full(len(xy), k)]))
-            if not pts:
+            pts = _outline_points_lps(rois, geometry)
+            if len(pts) == 0:
                 continue
-            centre = geometry.index_to_lps(np.concatenate(pts).astype(float)).mean(0)
+            centre = pts.mean(0)
             distance = float(np.linalg.norm(centre - point_lps))
             if distance < best_distance:
                 best, best_distance = rois, distance

@@ -1,0 +1,225 @@
+"""``nodule-malignancy exam``: every nodule of a CT, the exam's Lung-RADS v2022 and each
+nodule's Brock risk, written to ``DIR/exam.json`` (docs/DESIGN.md §17).
+
+The points come from a LUNA25 "Multiple points" JSON (batch/luna25.py reads it) or an LIDC
+reader XML (one point per nodule the readers outlined, files/lidc_xml.py). A point of the JSON
+may carry its prior measurement, typed in, for the Lung-RADS follow-up rules::
+
+    {"name": "n1", "point": [x, y, z], "prior": {"mean_diameter_mm": 6.2, "date": "2025-03-01",
+     "solid_mean_diameter_mm": 0, "texture_class": "solid", "volume_mm3": 110}}
+    {"name": "n2", "point": [x, y, z], "prior": "new"}
+
+The interval is ``--date`` (or the DICOM study date) less the prior's date; missing either, the
+follow-up rules take it as within 12 months and say so. Registering a prior CT (``--prior``)
+is not here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+from ..core.errors import InputError
+
+__all__ = ["read_exam_points", "register", "run_exam"]
+
+PRIOR_KEYS = {"mean_diameter_mm", "solid_mean_diameter_mm", "texture_class", "volume_mm3", "date"}
+
+
+def _date(text: str, where: str) -> dt.date:
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    raise InputError(f"{where}: date {text!r} is not YYYY-MM-DD")
+
+
+def _number(value, where: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InputError(f"{where} is {value!r}, expected a number")
+    if value < 0 or (positive and value == 0):
+        raise InputError(f"{where} is {value!r}, expected a number above 0")
+    return float(value)
+
+
+def _prior(entry, where: str, current: dt.date | None):
+    """(PriorMeasurement or None, new, volume, date text) of a point's ``prior`` value."""
+    from ..core.lung_rads import TEXTURE_CLASSES
+    from ..core.lung_rads_followup import PriorMeasurement
+
+    if entry is None:
+        return None, False, None, None
+    if entry == "new":
+        return None, True, None, None
+    if not isinstance(entry, dict):
+        raise InputError(f'{where} is {entry!r}: expected "new" or an object with {PRIOR_KEYS}')
+    unknown = set(entry) - PRIOR_KEYS
+    if unknown:
+        raise InputError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(PRIOR_KEYS)}")
+    if "mean_diameter_mm" not in entry:
+        raise InputError(f"{where} lacks mean_diameter_mm (the prior's mean diameter, mm)")
+    mean = _number(entry["mean_diameter_mm"], f"{where}.mean_diameter_mm", positive=True)
+    solid = entry.get("solid_mean_diameter_mm")
+    solid = None if solid is None else _number(solid, f"{where}.solid_mean_diameter_mm")
+    texture = entry.get("texture_class")
+    if texture is not None and texture not in TEXTURE_CLASSES:
+        raise InputError(f"{where}.texture_class is {texture!r}; one of {TEXTURE_CLASSES}")
+    volume = entry.get("volume_mm3")
+    volume = None if volume is None else _number(volume, f"{where}.volume_mm3", positive=True)
+    date = entry.get("date")
+    interval = None
+    if date is not None:
+        prior_date = _date(str(date), f"{where}.date")
+        if current is not None:
+            interval = float((current - prior_date).days)
+            if interval <= 0:
+                raise InputError(f"{where}.date {date} is not before the exam's date {current}")
+    return PriorMeasurement(mean, solid, texture, interval), False, volume, date
+
+
+def read_exam_points(path: str | Path, geometry, current: dt.date | None) -> list:
+    """The exam's points (core/exam.ExamPoint) from a LUNA25 JSON or an LIDC XML."""
+    from ..core.exam import ExamPoint
+    from ..files.lidc_xml import reader_nodule_points_lps
+    from .luna25 import read_locations
+
+    path = Path(path)
+    if path.suffix.lower() == ".xml":
+        if not path.is_file():
+            raise InputError(f"no LIDC XML at {path}")
+        found = reader_nodule_points_lps(path, geometry)
+        if not found:
+            raise InputError(f"{path}: no nodule outlined by the readers (>= 3 mm)")
+        return [ExamPoint(name, point) for name, point, _ in found]
+    document = read_locations(path)
+    points = []
+    for i, entry in enumerate(document["points"]):
+        where = f"{path}: points[{i}].prior"
+        prior, new, volume, date = _prior(entry.get("prior"), where, current)
+        name = entry.get("name") or f"#{i}"
+        point = tuple(float(c) for c in entry["point"])
+        points.append(ExamPoint(name, point, prior, new, volume, date))
+    if not points:
+        raise InputError(f"{path}: no points")
+    return points
+
+
+def _clinical(args):
+    from ..core.exam import ClinicalInputs
+
+    if args.age is not None and not 18 <= args.age <= 110:
+        raise InputError(f"--age {args.age} is outside 18-110 years")
+    yes_no = {"yes": True, "no": False, None: None}
+    return ClinicalInputs(
+        age=args.age,
+        female={"female": True, "male": False, None: None}[args.sex],
+        family_history=yes_no[args.family_history],
+    )
+
+
+def run_exam(args) -> dict:
+    """Read, analyze, write ``exam.json``; returns the document written."""
+    from ..core.atomic import write_json
+    from ..core.ensemble import Ensemble
+    from ..core.exam import analyze_exam
+    from ..files.writable import check_output_folder
+    from .predict import read_input
+
+    seconds, start = {}, [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        seconds[stage], start[0] = now - start[0], now
+
+    clinical = _clinical(args)
+    if Path(args.points).suffix.lower() != ".xml":
+        read_exam_points(args.points, None, None)  # a bad points file stops before the CT
+    out = check_output_folder(args.out, "--out")
+    array, geometry, _, identity = read_input(args.ct, args.series)
+    date_text = args.date or identity.get("study_date") or None
+    current = _date(date_text, "--date" if args.date else "the study date") if date_text else None
+    points = read_exam_points(args.points, geometry, current)
+    lap("read")
+    ensemble = Ensemble.load(args.models, device=args.device)
+    lap("weights")
+    exam = analyze_exam(array, geometry, points, ensemble, clinical, args.brock_defaults)
+    lap("exam")
+    document = {
+        "ct": str(args.ct),
+        **identity,
+        "date": current.isoformat() if current else None,
+        "points_file": str(args.points),
+        "prior_ct": None,  # registering a prior CT: not yet (issue 31 item 2)
+        "model_version": ensemble.version,
+        **exam.to_dict(),
+    }
+    document["timings_s"] = {"stages": dict(seconds), "exam": exam.timings_s}
+    write_json(Path(out) / "exam.json", document)
+    lap("writing")
+    document["timings_s"]["stages"] = seconds  # the print adds the writing
+    return document
+
+
+def _print(document: dict) -> None:
+    from ..core.result_schema import shown
+
+    print(f"Lung-RADS {document['lung_rads']} ({document['lung_rads_descriptor']})")
+    for reason in document["lung_rads_reasons"]:
+        print(f"  {reason}")
+    for suggestion in document["lung_rads_suggestions"]:
+        print(f"  suggestion: {suggestion}")
+    print(f"  management: {document['lung_rads_management']}")
+    for n in document["nodules"]:
+        line = f"{n['name']}: {n['assessment']}"
+        if n["lung_rads"]:
+            line += (
+                f", malignancy {shown('malignancy_probability', n['malignancy_probability'])}, "
+                f"{shown('diameter_mm', n['diameter_mm'])}, Lung-RADS {n['lung_rads']}"
+            )
+            brock = n["brock"]
+            if brock is not None and brock["computed"]:
+                line += f", Brock {100 * brock['probability']:.1f} % ({brock['note']})"
+            elif brock is not None:
+                line += f", Brock {brock['note']}"
+        print(line)
+    split = document["timings_s"]
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in split["stages"].items()))
+
+
+def cmd_exam(args: argparse.Namespace) -> int:
+    document = run_exam(args)
+    _print(document)
+    print(f"wrote {Path(args.out) / 'exam.json'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``exam`` sub-command to the main CLI's sub-parsers."""
+    sp = subparsers.add_parser(
+        "exam", help="every nodule of a CT: the exam's Lung-RADS v2022 and each nodule's Brock"
+    )
+    sp.add_argument("--ct", required=True, help="CT file SimpleITK reads, DICOM folder or .tar.gz")
+    sp.add_argument("--series", default=None, help="the series UID when --ct holds several")
+    sp.add_argument(
+        "--points",
+        required=True,
+        help="LUNA25 'Multiple points' JSON (world LPS; a point may carry its 'prior') or LIDC XML",
+    )
+    sp.add_argument("--date", default=None, help="the exam's date YYYY-MM-DD (default: DICOM's)")
+    sp.add_argument("--age", type=float, default=None, help="years (Brock)")
+    sp.add_argument("--sex", choices=("female", "male"), default=None, help="(Brock)")
+    sp.add_argument("--family-history", choices=("yes", "no"), default=None,
+                    help="of lung cancer (Brock)")  # fmt: skip
+    sp.add_argument(
+        "--brock-defaults",
+        action="store_true",
+        help="compute Brock with the model's stated defaults (age 62, male, no family history) "
+        "for the clinical inputs not given, marked 'default' (otherwise not computed)",
+    )
+    sp.add_argument("--out", required=True, help="output folder (exam.json)")
+    sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
+    sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
+    sp.set_defaults(func=cmd_exam)
