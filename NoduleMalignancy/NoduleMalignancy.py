@@ -327,18 +327,10 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(message)
         if update.output is not None:
             self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
-            from NoduleMalignancyLib.core.result_schema import shown  # numbers as shown everywhere
+            from NoduleMalignancyLib.core.assessment import answer_lines  # the tier first
 
-            r = update.output.results[-1]
-            self.ui.statusLabel.text = (
-                _("{label}: malignancy {p} (spread ± {sd})").format(
-                    label=update.output.points[-1].label,
-                    p=shown("malignancy_probability", r.malignancy_probability),
-                    sd=shown("malignancy_sd", r.malignancy_sd),
-                )
-                + (f"\n{r.lung_rads.wording}" if r.lung_rads else "")
-                + "".join(f"\n{_('Warning')}: {w.message}" for w in r.warnings)
-            )
+            label = update.output.points[-1].label
+            self.ui.statusLabel.text = "\n".join(answer_lines(update.output.results[-1], label))
         elif update.cancelled:
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
         elif isinstance(update.error, InputError):

@@ -250,7 +250,8 @@ def test_text_from_the_csv_is_escaped(batch):
 
 def test_the_header_counts_the_batch_and_the_sort_script_is_inline(batch):
     text, page = batch["html"].read_text(encoding="utf-8"), batch["page"]
-    assert re.search(r"5 rows: <b>3 scored</b> \(3 with warnings\), <b>1 refused</b>", text)
+    counts = r"5 rows: <b>3 scored</b> \(3 with warnings, <b>0 not assessed</b>: .*?\), "
+    assert re.search(counts + r"<b>1 refused</b>", text)
     assert "<b>1 failed</b>" in text and "custom" in text  # the models' version (not shipped)
     assert "addEventListener" in page.scripts[0] and "localeCompare" in page.scripts[0]
     assert 'data-column="malignancy_probability" data-sort="number"' in text

@@ -139,7 +139,7 @@ def test_the_batch_report_columns_are_schema_fields():
 
     names = [name for name, _, _ in COLUMNS if name not in ("row", "thumbnail")]
     assert unknown_names(names) == []
-    folded = {"malignancy_sd", "warning_messages"}  # shown inside another field's cell
+    folded = {"malignancy_sd", "warning_messages", "assessment_reason"}  # in another's cell
     assert set(names) == {f.name for f in fields_for(REPORT)} - folded
     headers = dict((name, header) for name, header, _ in COLUMNS)
     assert headers["volume_mm3"] == "Volume (mm³)" and headers["diameter_mm"].endswith("(mm)")

@@ -79,7 +79,8 @@ class Luna25Inputs:
 
 @dataclass
 class PointScore:
-    """One point's probability; ``status`` is scored, refused (a scope code) or failed."""
+    """One point's probability; ``status`` is scored, not_assessed (probably not a nodule,
+    core/assessment.py: the default probability), refused (a scope code) or failed."""
 
     name: str
     probability: float
@@ -189,6 +190,7 @@ def _point_name(index: int, entry: dict) -> str:
 def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
     """One point through ``analyze_point``; a refusal or an error becomes the default."""
     from ..core.analysis import analyze_point
+    from ..core.assessment import NOT_ASSESSED_CODES
     from ..core.validation import RefusedError
     from ..core.voi import PointOutsideVolumeError
 
@@ -208,6 +210,10 @@ def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
         message = f"the ensemble gave {probability}"
         return PointScore(name, DEFAULT_PROBABILITY, "failed", "not_a_probability", message)
     warnings = [(w.code, w.message) for w in result.warnings]
+    assessment = result.assessment
+    if not assessment.answered:  # the challenge needs a number: the default, the reason logged
+        codes = ";".join(c for c, _ in warnings if c in NOT_ASSESSED_CODES)
+        return PointScore(name, DEFAULT_PROBABILITY, assessment.tier, codes, assessment.reason)
     return PointScore(name, probability, warnings=warnings)
 
 
@@ -283,12 +289,11 @@ def run(
     ensemble = Ensemble.load(models, device=device)
     scores = score_points(array, geometry, inputs.locations["points"], ensemble, log)
     path = write_output(output_dir, build_output(inputs.locations, scores))
-    return path, scores
-
     rows = [{"id": s.name, TRACEBACK_KEY: s.traceback} for s in scores]
     failures = write_failure_log(failure_log_path(output_dir), rows)
     if failures:
         log(f"tracebacks of unexpected errors (bugs): {failures}")
+    return path, scores
 
 
 def cmd_luna25(args: argparse.Namespace) -> int:

@@ -162,6 +162,7 @@ def _predict_row(
     row: dict, array, geometry, ensemble, masks_dir, load_error, datasets=None, found=None
 ) -> dict:
     from ..core.analysis import analyze_point
+    from ..core.assessment import REFUSED
     from ..core.validation import RefusedError
     from ..files.writers import write_volume
 
@@ -180,6 +181,7 @@ def _predict_row(
             found.append((row["id"], r, full_mask(r, geometry)))
     except RefusedError as exc:
         rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
+        rec["assessment"] = REFUSED  # core/assessment.py: no numbers
     except Exception as exc:  # one bad row never stops the run; a bug's traceback: the log
         rec.update(row_failure(exc))
     return rec

@@ -24,6 +24,7 @@ import matplotlib.image
 import numpy as np
 import SimpleITK as sitk
 
+from ..core.assessment import FLAGGED, NOT_ASSESSED, REFUSED, assess_codes, withheld
 from ..core.attributes import wording
 from ..core.result_schema import (
     CODE_SEPARATOR,
@@ -157,14 +158,30 @@ def _codes(warnings: str) -> list[str]:
     return [c for c in (warnings or "").split(CODE_SEPARATOR) if c.strip()]
 
 
+def row_assessment(p: dict[str, str]) -> str:
+    """A scored row's tier (core/assessment.py): the CSV's ``assessment``, or (a CSV written
+    before that column) the tier its warning codes make."""
+    return p.get("assessment") or assess_codes(_codes(p.get("warnings", ""))).tier
+
+
 def batch_counts(rows: Sequence[ReportRow]) -> dict[str, int]:
-    """Rows scored, scored with a warning, refused by the scope layer, failed otherwise."""
-    counts = {"rows": len(rows), "scored": 0, "warned": 0, "refused": 0, "failed": 0}
+    """Rows scored (of them flagged with a warning, or not assessed: probably no nodule),
+    refused by the scope layer, failed otherwise."""
+    counts = {
+        "rows": len(rows),
+        "scored": 0,
+        "warned": 0,
+        "not_assessed": 0,
+        "refused": 0,
+        "failed": 0,
+    }
     for row in rows:
         error = row.prediction.get("error", "")
         if not error:
             counts["scored"] += 1
-            counts["warned"] += bool(_codes(row.prediction.get("warnings", "")))
+            tier = row_assessment(row.prediction)
+            counts["warned"] += tier == FLAGGED
+            counts["not_assessed"] += tier == NOT_ASSESSED
         elif _error_code(error):
             counts["refused"] += 1
         else:
@@ -243,8 +260,20 @@ def _error_cell(error: str) -> str:
     return _cell(f"{label}<br><small>{_e(message)}</small>", code or "error", "err")
 
 
-# Shown inside another field's cell: the spread beside the malignancy, the words beside the codes.
-_FOLDED = ("malignancy_sd", "warning_messages")
+def _assessment_cell(p: dict[str, str], error: str) -> str:
+    """The tier in words, its reason below: it leads the row's numbers."""
+    tier = REFUSED if error else row_assessment(p)
+    reason = "" if error else p.get("assessment_reason", "")
+    css = {NOT_ASSESSED: "err", FLAGGED: "warn"}.get(tier, "")
+    return _cell(
+        f"<b>{_e(shown('assessment', tier))}</b><br><small>{_e(reason)}</small>", tier, css
+    )
+
+
+# Shown inside another field's cell: the spread beside the malignancy, the words beside the
+# codes, the reason below the assessment.
+_FOLDED = ("malignancy_sd", "warning_messages", "assessment_reason")
+
 # (CSV column or None, header, sort kind): the schema's report fields with their units.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("row", "#", "number"),
@@ -266,6 +295,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 def _field_cell(name: str, p: dict[str, str], shown_row: dict[str, str]) -> str:
+    if name == "assessment":
+        return _assessment_cell(p, p.get("error", ""))
+    if withheld(name) and shown_row and row_assessment(p) == NOT_ASSESSED:
+        return _cell("")
     if name == "malignancy_probability":
         return _malignancy_cell(shown_row)
     if result_field(name).unit == LIDC_SCALE:
@@ -288,7 +321,8 @@ def _row_html(number: int, row: ReportRow) -> str:
         _thumbnail_cell(row),
         *(_field_cell(name, p, shown_row) for name, _, _ in COLUMNS[3:]),
     ]
-    klass = "refused" if error else ("warned" if _codes(p.get("warnings", "")) else "scored")
+    tier = None if error else row_assessment(p)
+    klass = {None: "refused", NOT_ASSESSED: "not-assessed", FLAGGED: "warned"}.get(tier, "scored")
     return f'<tr class="{klass}">{"".join(cells)}</tr>'
 
 
@@ -298,7 +332,9 @@ def _header_html(header: ReportHeader, counts: dict[str, int]) -> str:
     )
     summary = (
         f"{counts['rows']} rows: <b>{counts['scored']} scored</b> "
-        f"({counts['warned']} with warnings), <b>{counts['refused']} refused</b> by the scope "
+        f"({counts['warned']} with warnings, <b>{counts['not_assessed']} not assessed</b>: "
+        "probably not a lung nodule, no malignancy shown), "
+        f"<b>{counts['refused']} refused</b> by the scope "
         f"checks, <b>{counts['failed']} failed</b> (unreadable image, point outside it, ...)"
     )
     return (
@@ -323,7 +359,7 @@ th{background:#eee;position:sticky;top:0}
 th[data-sort]{cursor:pointer}
 th[aria-sort=ascending]::after{content:" \\25B2"}
 th[aria-sort=descending]::after{content:" \\25BC"}
-tr.refused{background:#f6f6f6;color:#666}
+tr.refused,tr.not-assessed{background:#f6f6f6;color:#666}
 td.warn{background:#fff4d6}
 td.err{background:#fde4e4}
 ul{margin:0;padding-left:14px}

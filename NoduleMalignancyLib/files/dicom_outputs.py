@@ -17,13 +17,14 @@ import numpy as np
 import NoduleMalignancyLib  # the package root (floor 0): its version
 
 from ..core.analysis import NoduleResult
+from ..core.assessment import withheld
 from ..core.atomic import atomic_path
 from ..core.attributes import LIDC_WORDING, wording
 from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.extras import require_extra
 from ..core.geometry import ImageGeometry
 from ..core.lung_rads import GROUND_GLASS, PART_SOLID, SOLID
-from ..core.result_schema import LIDC_SCALE, field, score_field
+from ..core.result_schema import LIDC_SCALE, field, score_field, shown
 from ..core.voi import embed_sub_grid, sub_grid_offset
 
 try:
@@ -61,6 +62,9 @@ SOLID_COMPONENT_DIAMETER = field_code("SOLIDD", "lung_rads_solid_mean_diameter_m
 LUNG_RADS = private_code("LRSUG", "Suggested Lung-RADS v2022 category (baseline)")
 LUNG_RADS_TEXTURE = private_code("LRTEX", "Lung-RADS texture class")
 SUPPORTS_4X = private_code("LR4XFEAT", "Feature that could support Lung-RADS 4X")
+# The answer's tier (core/assessment.py) and the scope warnings behind it, per nodule.
+ASSESSMENT = field_code("ASSESS", "assessment")
+SCOPE_WARNING = private_code("SCOPEW", "Scope warning (core/validation.py)")
 TEXTURE_CLASS_CODES = {SOLID: "LRTEX-S", PART_SOLID: "LRTEX-PS", GROUND_GLASS: "LRTEX-GG"}
 SCORE_UNIT = hd.sr.CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
 # The UCUM unit of each stored unit of the schema (values are written in their stored units).
@@ -85,6 +89,21 @@ def attribute_value_code(attribute: str, score: float) -> hd.sr.CodedConcept:
     """The LIDC rating the score rounds to, as a code: ``SPICULAT-3`` "Medium spiculation"."""
     rating = LIDC_WORDING[attribute].index(wording(attribute, score)) + 1
     return private_code(f"{attribute[:8].upper()}-{rating}", wording(attribute, score))
+
+
+def _initials(code: str) -> str:
+    """``not_assessed`` -> ``NA``: a code value fits DICOM's 16 characters (SH)."""
+    return "".join(word[0] for word in code.split("_")).upper()
+
+
+def assessment_code(tier: str) -> hd.sr.CodedConcept:
+    """``ASSESS-NA`` "Not assessed": the tier as a code with the schema's words."""
+    return private_code(f"ASSESS-{_initials(tier)}", shown("assessment", tier))
+
+
+def warning_code(code: str) -> hd.sr.CodedConcept:
+    """A scope warning: ``SCOPE-OL`` "outside lung" (the code's initials and words)."""
+    return private_code(f"SCOPE-{_initials(code)}", code.replace("_", " "))
 
 
 def lung_rads_code(category: str) -> hd.sr.CodedConcept:
@@ -204,8 +223,10 @@ def _measurements(result: NoduleResult, algorithm) -> list[hd.sr.Measurement]:
         (INTERNAL_STRUCTURE_PROBABILITY, "internal_structure_probability", None),
         *((attribute_score_code(a), score_field(a), None) for a in ORDINAL_ATTRIBUTES),
     ]
-    if result.lung_rads is not None:
+    if values["lung_rads"]:
         concepts.append((SOLID_COMPONENT_DIAMETER, "lung_rads_solid_mean_diameter_mm", None))
+    if not result.assessment.answered:
+        concepts = [c for c in concepts if not withheld(c[1])]
     return [
         hd.sr.Measurement(
             name=concept,
@@ -219,11 +240,19 @@ def _measurements(result: NoduleResult, algorithm) -> list[hd.sr.Measurement]:
 
 
 def _evaluations(result: NoduleResult) -> list[hd.sr.QualitativeEvaluation]:
-    out = [
+    """The assessment and its warnings first, then the ratings and Lung-RADS (for a nodule
+    that is not assessed: no malignancy rating, no Lung-RADS)."""
+    answered = result.assessment.answered
+    out = [hd.sr.QualitativeEvaluation(ASSESSMENT, assessment_code(result.assessment.tier))]
+    out += [
+        hd.sr.QualitativeEvaluation(SCOPE_WARNING, warning_code(w.code)) for w in result.warnings
+    ]
+    out += [
         hd.sr.QualitativeEvaluation(attribute_code(a), attribute_value_code(a, result.scores[a]))
         for a in ORDINAL_ATTRIBUTES
+        if answered or a != "malignancy"
     ]
-    lr = result.lung_rads
+    lr = result.suggested_lung_rads
     if lr is not None:
         out.append(hd.sr.QualitativeEvaluation(LUNG_RADS, lung_rads_code(lr.category)))
         out.append(

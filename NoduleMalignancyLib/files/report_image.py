@@ -3,6 +3,7 @@ attributes on the LIDC scale, and the malignancy probability with its ensemble s
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..core.analysis import NoduleResult
+from ..core.assessment import NOT_ASSESSED, NOT_ASSESSED_CODES
 from ..core.evidence import COMBINED
 from ..core.result_schema import GROUP_TITLES, field, labelled, score_field, shown
 
@@ -60,10 +62,12 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
         ax.set_title(f"{name} (evidence: red = for malignancy)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    ax = fig.add_subplot(grid[1, 0:2])
-    _attribute_bars(ax, result)
-    _malignancy_bar(fig.add_subplot(grid[0, 3]), result)
-    _explanation_waterfall(fig.add_subplot(grid[1, 2:4]), result)
+    if result.assessment.answered:
+        _attribute_bars(fig.add_subplot(grid[1, 0:2]), result)
+        _malignancy_bar(fig.add_subplot(grid[0, 3]), result)
+        _explanation_waterfall(fig.add_subplot(grid[1, 2:4]), result)
+    else:  # not assessed: the reason instead of the malignancy, its parts and the ratings
+        _not_assessed_text(fig.add_subplot(grid[1, :]), result)
     fig.suptitle(title_text(result, title), fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,12 +77,25 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
 
 
 def title_text(result: NoduleResult, title: str = "") -> str:
-    """The report's title lines: the measurements, Lung-RADS, the model, the warnings."""
+    """The report's title lines: the assessment's warning first (core/assessment.py), then the
+    measurements, Lung-RADS (none when not assessed), the model and any other warning."""
     values = result.values()
-    lines = [
-        (title + "  " if title else "") + ", ".join(labelled(n, values[n]) for n in TITLE_FIELDS)
+    not_assessed = values["assessment"] == NOT_ASSESSED
+    lines = []
+    if not_assessed:
+        lines.append(
+            f"{shown('assessment', NOT_ASSESSED).upper()} (no malignancy, no Lung-RADS): "
+            f"{values['assessment_reason']}"
+        )
+    lines += [  # the other warnings (a not-assessed reason is not repeated)
+        f"WARNING {code}: {message}"
+        for code, message in zip(values["warnings"], values["warning_messages"], strict=True)
+        if not (not_assessed and code in NOT_ASSESSED_CODES)
     ]
-    if result.lung_rads:
+    lines.append(
+        (title + "  " if title else "") + ", ".join(labelled(n, values[n]) for n in TITLE_FIELDS)
+    )
+    if values["lung_rads"]:
         supports = "; ".join(values["lung_rads_supports_4x"])
         lines.append(
             f"{labelled('lung_rads', values['lung_rads'])} (suggested, baseline screen; "
@@ -89,11 +106,23 @@ def title_text(result: NoduleResult, title: str = "") -> str:
         f"{labelled('model_version', values['model_version'])} - research use only, "
         "not a diagnostic device"
     )
-    lines += [
-        f"WARNING {code}: {message}"
-        for code, message in zip(values["warnings"], values["warning_messages"], strict=True)
-    ]
     return "\n".join(lines)
+
+
+def _not_assessed_text(ax, result: NoduleResult) -> None:
+    """In place of the malignancy: why the point is not assessed."""
+    reason = result.assessment.reason
+    ax.text(
+        0.5,
+        0.5,
+        f"{shown('assessment', NOT_ASSESSED)}: no malignancy and no Lung-RADS are given.\n"
+        + textwrap.fill(reason, 120),
+        ha="center",
+        va="center",
+        fontsize=11,
+        wrap=True,
+    )
+    ax.set_axis_off()
 
 
 def _attribute_bars(ax, result: NoduleResult) -> None:

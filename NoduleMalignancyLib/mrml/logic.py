@@ -33,10 +33,10 @@ import slicer
 import vtk
 
 from ..core.analysis import NoduleResult, analyze_point
+from ..core.assessment import answer_lines
 from ..core.errors import CancelledError, InputError
 from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
-from ..core.result_schema import labelled, shown
 from ..core.validation import RefusedError, check_image, prepare_lung_side
 from ..core.voi import PointOutsideVolumeError
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
@@ -297,13 +297,9 @@ class NoduleMalignancyLogic:
                 )
             except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
                 raise InputError(f"{point.label}: {exc}", code=exc.code) from None
-            say(
-                f"{point.label}: "
-                f"{labelled('malignancy_probability', result.malignancy_probability)} "
-                f"(spread ± {shown('malignancy_sd', result.malignancy_sd)}), "
-                f"{labelled('diameter_mm', result.diameter_mm)}, "
-                f"{result.timings_s.get('total', 0.0):.2f} s"
-            )
+            # The assessment first (core/assessment.py): no malignancy off a nodule.
+            answer = "; ".join(answer_lines(result, point.label))
+            say(f"{answer}, {result.timings_s.get('total', 0.0):.2f} s")
             results.append(result)
         self._check_cancel(cancelEvent)
         progress(1.0, "Analysis done")
