@@ -193,14 +193,16 @@ def test_lidc_xml_gives_one_point_per_nodule_the_readers_outlined(data_dir, ct_0
 @pytest.fixture(scope="module")
 def exam_0001(data_dir, ct_0001_path, tmp_path_factory):
     """``nodule-malignancy exam`` on LIDC-IDRI-0001 (shipped ensemble, CPU) with entered
-    clinical inputs and a prior measurement of its nodule typed in (a year before, 20 mm)."""
+    clinical inputs, a prior measurement of its nodule typed in (a year before, 20 mm) and a
+    point off the CT."""
     from NoduleMalignancyLib.cli import main
     from NoduleMalignancyLib.files.samples import nodule_points_lps
 
     name, point = nodule_points_lps("LIDC-IDRI-0001", data_dir)[0]
     tmp = tmp_path_factory.mktemp("exam")
     prior = {"mean_diameter_mm": 20.0, "volume_mm3": 3000.0, "date": "2024-06-01"}
-    points = _points_file(tmp, [{"name": name, "point": list(point), "prior": prior}])
+    outside = {"name": "outside", "point": [900.0, 900.0, 900.0]}  # off the CT: refused
+    points = _points_file(tmp, [{"name": name, "point": list(point), "prior": prior}, outside])
     out = tmp / "out"
     args = ["exam", "--ct", str(ct_0001_path), "--points", str(points), "--date", "2025-06-01",
             "--age", "65", "--sex", "female", "--family-history", "no", "--out", str(out),
@@ -214,8 +216,11 @@ def test_exam_end_to_end_on_lidc_0001(exam_0001):
 
     d = exam_0001
     assert unknown_names(d) == [] and d["prior_ct"] is None and d["date"] == "2025-06-01"
-    (n,) = d["nodules"]
-    assert unknown_names(n) == []
+    n, off = d["nodules"]
+    assert unknown_names(n) == [] and unknown_names(off) == []
+    assert off["assessment"] == "refused" and "outside" in off["assessment_reason"]
+    assert off["lung_rads"] == "" and off["brock"] is None and off["malignancy_probability"] is None
+    assert any(r.startswith("outside refused, does not set") for r in d["lung_rads_reasons"])
     assert n["assessment"] == "assessed" and 0.0 <= n["malignancy_probability"] <= 1.0
     assert n["volume_mm3"] > 1000 and n["diameter_mm"] > 15  # readers: about 23-33 mm
     # Follow-up: 20 mm a year before, now > 21.5 mm: growing solid >= 8 mm -> 4B.

@@ -187,6 +187,14 @@ def _print(document: dict) -> None:
         print(line)
     split = document["timings_s"]
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in split["stages"].items()))
+    exam = split["exam"]
+    per_nodule = ", ".join(
+        f"{name} {v:.1f}" for name, v in exam["analysis_per_nodule"].items() if v is not None
+    )
+    print(
+        f"  exam: analysis {exam['analysis']:.1f} ({per_nodule}), emphysema "
+        f"{exam['emphysema']:.1f}, brock {exam['brock']:.1f}"
+    )
 
 
 def cmd_exam(args: argparse.Namespace) -> int:
