@@ -41,6 +41,8 @@ __all__ = [
     "ExamNodule",
     "ExamPoint",
     "analyze_exam",
+    "build_exam",
+    "exam_nodule",
     "exam_lung_rads",
     "nodule_brock",
     "prior_entry",
@@ -201,11 +203,13 @@ def prior_entry(point: ExamPoint, result: NoduleResult | None) -> dict | None:
     return entry
 
 
-def _analyze(image, geometry, point: ExamPoint, ensemble) -> ExamNodule:
-    try:
-        result = analyze_point(image, geometry, point.point_lps, ensemble, map_to_ct=False)
-    except (RefusedError, PointOutsideVolumeError) as exc:
-        return ExamNodule(point.name, point.point_lps, None, "refused", str(exc))
+def exam_nodule(point: ExamPoint, result: NoduleResult | None, refusal: str = "") -> ExamNodule:
+    """A nodule of the exam from its analysis (``None`` with the refusal's message when it was
+    refused): its tier, and its Lung-RADS (follow-up with a prior) when answered. The station
+    and the module build their exam from the results they already hold with this and
+    :func:`build_exam`."""
+    if result is None:
+        return ExamNodule(point.name, point.point_lps, None, "refused", refusal)
     values = result.values()
     tier = values["assessment"]
     nodule = ExamNodule(point.name, point.point_lps, result, tier, values["assessment_reason"])
@@ -217,6 +221,14 @@ def _analyze(image, geometry, point: ExamPoint, ensemble) -> ExamNodule:
         nodule.lung_rads = lr
     nodule.prior = prior_entry(point, result)
     return nodule
+
+
+def _analyze(image, geometry, point: ExamPoint, ensemble) -> ExamNodule:
+    try:
+        result = analyze_point(image, geometry, point.point_lps, ensemble, map_to_ct=False)
+    except (RefusedError, PointOutsideVolumeError) as exc:
+        return exam_nodule(point, None, str(exc))
+    return exam_nodule(point, result)
 
 
 def nodule_brock(
@@ -266,6 +278,20 @@ def analyze_exam(
     timings["analysis_per_nodule"] = {
         n.name: n.result.timings_s.get("total") if n.result else None for n in nodules
     }
+    return build_exam(image_zyx, geometry, nodules, clinical, brock_defaults, timings)
+
+
+def build_exam(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    nodules: list[ExamNodule],
+    clinical: ClinicalInputs = ClinicalInputs(),
+    brock_defaults: bool = False,
+    timings: dict | None = None,
+) -> Exam:
+    """The exam of analyzed nodules (:func:`exam_nodule`): the CT's emphysema, each answered
+    nodule's Brock, the exam's Lung-RADS."""
+    timings = {} if timings is None else timings
     t = time.perf_counter()
     lungs = chest_lungs(image_zyx, geometry)
     emphysema = emphysema_input(image_zyx, lungs)
