@@ -505,7 +505,7 @@ FIELDS: tuple[ResultField, ...] = (
         "lung_rads",
         "Lung-RADS category",
         "",
-        "suggested Lung-RADS v2022 baseline category",
+        "suggested Lung-RADS v2022 category: baseline; in exam.json with a prior, follow-up",
         "lung_rads",
         (*ALL, REPORT),
         kind="text",
