@@ -264,3 +264,20 @@ def test_brock_without_clinical_inputs_is_not_computed_unless_with_defaults(exam
     assert {with_defaults.inputs[n].source for n in ("age", "female", "family_history")} == {
         DEFAULT
     }
+
+
+def test_bad_exam_input_exits_2_before_the_ct_is_read(tmp_path, capsys):
+    from NoduleMalignancyLib.cli import main
+
+    out = tmp_path / "out"
+    missing_ct = str(tmp_path / "no_such_ct.nrrd")  # never reached: the inputs fail first
+    bad = _points_file(tmp_path, [{"name": "a", "point": [1, 2, 3], "prior": {"size": 3}}])
+    args = ["exam", "--ct", missing_ct, "--points", str(bad), "--out", str(out)]
+    assert main(args) == 2
+    assert "unknown keys ['size']" in capsys.readouterr().err and not out.exists()
+    good = _points_file(tmp_path, [{"name": "a", "point": [1, 2, 3]}])
+    assert main(["exam", "--ct", missing_ct, "--points", str(good), "--out", str(out),
+                 "--age", "5"]) == 2  # fmt: skip
+    assert "--age 5.0 is outside 18-110 years" in capsys.readouterr().err and not out.exists()
+    assert main(["exam", "--ct", missing_ct, "--points", str(good), "--out", str(out)]) == 2
+    assert "no_such_ct.nrrd" in capsys.readouterr().err
