@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 NODULE_MALIGNANCY_DATA ?= $(wildcard $(abspath ../shared/data))
 export NODULE_MALIGNANCY_DATA
 
-.PHONY: demo test test-slow lint format bench venv clean
+.PHONY: demo test test-fast test-slow lint format bench venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The edit loop: no data, no browser, no fresh-venv install, nothing slow; two processes.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n 2 -m "not slow and not needs_data and not browser and not install"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow

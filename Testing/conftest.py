@@ -1,12 +1,16 @@
 """Shared pytest fixtures: the data folder, an isolated cache, sample CTs, the headless scene,
 the module file with stand-ins for Qt.
 
-The data folder comes from ``NODULE_MALIGNANCY_DATA`` (CI sets it); tests that need it fail,
-rather than skip, when it is missing, so a misconfigured run cannot pass silently.
+The data folder comes from ``NODULE_MALIGNANCY_DATA`` (CI sets it). Tiers (README, "Contributing"):
+a test that uses the ``data_dir`` fixture (directly or through another fixture) is marked
+``needs_data``, one that drives chromium through Playwright ``browser``. When the selected tests
+need the data and it is missing, the run stops once with the variable to set, rather than skip,
+so a misconfigured run cannot pass silently; ``make test-fast`` deselects them instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -37,25 +41,56 @@ def _session_cache(tmp_path_factory) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The LIDC data folder from ``NODULE_MALIGNANCY_DATA``; fails when unset or missing."""
+def _data_problem() -> str | None:
+    """Why the data folder cannot be used (what to set), or None when it can."""
     value = os.environ.get(DATA_ENV, "")
     if not value:
-        pytest.fail(
+        return (
             f"{DATA_ENV} is not set: point it at the data folder that contains lidc_ct/ and "
             f"lidc_vois/ (e.g. {DATA_ENV}=../shared/data); `make test` sets it when ../shared/data "
-            "exists",
-            pytrace=False,
+            "exists; `make test-fast` runs the tests that need no data"
         )
     folder = Path(value).expanduser()
     if not (folder / "lidc_ct").is_dir():
-        pytest.fail(
+        return (
             f"{DATA_ENV}={value}: {folder / 'lidc_ct'} does not exist; point {DATA_ENV} at the "
-            "data folder that contains lidc_ct/ and lidc_vois/",
-            pytrace=False,
+            "data folder that contains lidc_ct/ and lidc_vois/"
         )
-    return folder
+    return None
+
+
+def _drives_a_browser(item: pytest.Item) -> bool:
+    try:
+        return "sync_playwright" in inspect.getsource(item.obj)
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark the tiers: ``needs_data`` (uses the data folder), ``browser`` (Playwright)."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
+        if _drives_a_browser(item):
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_collection_finish(session):
+    """Selected tests need the data and it is missing: stop once, saying what to set."""
+    if any(item.get_closest_marker("needs_data") for item in session.items):
+        problem = _data_problem()
+        if problem:
+            pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The LIDC data folder from ``NODULE_MALIGNANCY_DATA``; fails when unset or missing."""
+    problem = _data_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return Path(os.environ[DATA_ENV]).expanduser()
 
 
 @pytest.fixture(scope="session")

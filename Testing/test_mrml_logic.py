@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "NoduleMalignancy"
 
 
+@pytest.mark.needs_data  # the self-test reads LIDC-IDRI-0001 through the data folder
 class TestNoduleMalignancyLogicHeadless(selftest.HeadlessSelfTestCase):
     """The shared self-test on the headless runtime (pytest collects it as unittest)."""
 

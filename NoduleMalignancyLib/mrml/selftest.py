@@ -680,6 +680,9 @@ def register(subparsers) -> None:
 
 def run_selftest(args) -> int:
     """Run :class:`HeadlessSelfTestCase` with unittest; 0 when everything passed."""
+    from ..core.extras import require_extra
+
+    require_extra("slicer", "slicer", "vtk")  # before unittest turns it into a test error
     if args.data:
         os.environ["NODULE_MALIGNANCY_DATA"] = str(Path(args.data).expanduser().resolve())
     if not args.quiet:  # show the tests' own figures (Dice, timings) as they run
