@@ -531,6 +531,45 @@ class NoduleMalignancyLogic:
             files[key] = path
         return files
 
+    def _sessionResults(self, action: str) -> list[tuple[str, NoduleResult]]:
+        """(point label, result) of the results table's rows analyzed in this session, in the
+        table's order; an ``InputError`` saying there is nothing to ``action`` otherwise."""
+        table = self.getParameterNode().GetNodeReference(ROLE_TABLE)
+        if table is None:
+            raise InputError(f"Nothing to {action} yet: analyze a nodule first.")
+        labels, point_ids = (table.GetTable().GetColumnByName(c) for c in ("point", "point_id"))
+        rows = []
+        for r in range(table.GetNumberOfRows()):
+            result = self._results.get((table.GetID(), str(point_ids.GetValue(r))))
+            if result is not None:
+                rows.append((str(labels.GetValue(r)), result))
+        if not rows:
+            raise InputError(f"No analyzed nodule of this session to {action}: analyze it again.")
+        return rows
+
+    def exam(
+        self,
+        age: float | None = None,
+        female: bool | None = None,
+        familyHistory: bool | None = None,
+        useDefaults: bool = False,
+    ) -> dict:
+        """The exam of this session's analyzed nodules (core/exam.py, docs/DESIGN.md §17): the
+        exam's Lung-RADS v2022 with its management and suggestions, each nodule's category and
+        Brock risk (clinical inputs as entered; ``None`` when not), as ``exam.json`` names them.
+        A nodule whose point was refused has no row, so it is not listed."""
+        from ..core.exam import ClinicalInputs, ExamPoint, build_exam, exam_nodule
+
+        rows = self._sessionResults("report as an exam")
+        labels = [label for label, _ in rows]
+        if len(set(labels)) != len(labels):
+            raise InputError(f"Name the points differently to report them as an exam: {labels}")
+        volume = self.getParameterNode().GetNodeReference(ROLE_VOLUME)
+        array, _, world = read_ct_volume(volume)
+        nodules = [exam_nodule(ExamPoint(label, r.point_lps), r) for label, r in rows]
+        clinical = ClinicalInputs(age, female, familyHistory)
+        return build_exam(array, world, nodules, clinical, useDefaults).to_dict()
+
     def exportDicom(self, directory: str | Path, dicomSeries) -> dict[str, Path]:
         """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analyzed nodules of the results table.
 
@@ -541,18 +580,7 @@ class NoduleMalignancyLogic:
         from ..files.dicom_outputs import mask_on_ct, write_dicom_outputs
         from ..files.samples import is_dicom_source, read_ct_with_dicom, read_dicom_instances
 
-        param = self.getParameterNode()
-        table = param.GetNodeReference(ROLE_TABLE)
-        if table is None:
-            raise InputError("Nothing to export yet: analyze a nodule first.")
-        labels, point_ids = (table.GetTable().GetColumnByName(c) for c in ("point", "point_id"))
-        rows = []  # (label, result) in table order
-        for r in range(table.GetNumberOfRows()):
-            result = self._results.get((table.GetID(), str(point_ids.GetValue(r))))
-            if result is not None:
-                rows.append((str(labels.GetValue(r)), result))
-        if not rows:
-            raise InputError("No analyzed nodule of this session to export: analyze it again.")
+        rows = self._sessionResults("export")
         if not dicomSeries:
             raise InputError("Choose the CT's DICOM series: the SEG and SR reference its images.")
         try:
