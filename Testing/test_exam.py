@@ -169,25 +169,38 @@ def test_points_with_priors_are_read_and_bad_ones_named(tmp_path):
             read_exam_points(path, None, dt.date(2026, 3, 1))
 
 
-def test_lidc_xml_gives_one_point_per_nodule_the_readers_outlined(data_dir, ct_0001_path):
+@pytest.mark.parametrize("name", ["LIDC-IDRI-0001", "LIDC-IDRI-0006"])
+def test_lidc_xml_gives_one_point_per_nodule_the_readers_outlined(data_dir, name):
+    """The readers' outlines clustered as pylidc clusters them: the data folder's points (the
+    mean of each cluster's centroids) and its reader counts (annotations_pylidc.csv)."""
+    import csv
+
     import SimpleITK as sitk
 
     from NoduleMalignancyLib.batch.exam_cli import read_exam_points
     from NoduleMalignancyLib.files.lidc_xml import reader_nodule_points_lps
-    from NoduleMalignancyLib.files.samples import nodule_points_lps, reader_xml_path
+    from NoduleMalignancyLib.files.samples import nodule_points_lps, reader_xml_path, sample_path
 
     header = sitk.ImageFileReader()
-    header.SetFileName(str(ct_0001_path))
+    header.SetFileName(str(sample_path(name, data_dir=data_dir)))
     header.ReadImageInformation()  # the geometry only (an ImageFileReader has its getters)
     geometry = ImageGeometry.from_sitk(header)
-    xml = reader_xml_path("LIDC-IDRI-0001", data_dir)
+    xml = reader_xml_path(name, data_dir)
     found = reader_nodule_points_lps(xml, geometry)
-    known = np.array(nodule_points_lps("LIDC-IDRI-0001", data_dir)[0][1])
-    # The 23 mm nodule: its 4 readers in one cluster, at the data folder's point (pylidc's).
-    main = [f for f in found if np.linalg.norm(np.array(f[1]) - known) < 2.0]
-    assert len(main) == 1 and main[0][2] == 4
+    known = [np.array(p) for _, p in nodule_points_lps(name, data_dir)]
+    with open(data_dir / "lidc_ct" / "annotations_pylidc.csv", newline="") as f:
+        readers = {
+            int(r["nodule_cluster"]): int(r["n_readers"])
+            for r in csv.DictReader(f)
+            if r["patient_id"] == name
+        }
+    assert len(found) == len(known) == len(readers)
+    for _, point, count in found:
+        distances = [np.linalg.norm(np.array(point) - k) for k in known]
+        cluster = int(np.argmin(distances))  # the data file lists the clusters in order
+        assert distances[cluster] < 0.05 and count == readers[cluster]
     points = read_exam_points(xml, geometry, None)
-    assert [p.name for p in points] == [name for name, _, _ in found]
+    assert [p.name for p in points] == [n for n, _, _ in found]
 
 
 @pytest.fixture(scope="module")
