@@ -1,7 +1,10 @@
 """Fit the vessel check (core/vessel.py): LIDC nodules inserted into the lungs of the two full
 CTs against clicks on the vessels of those lungs.
 
-    NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_clicks.py vessels.csv
+    NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_clicks.py vessels.csv [N]
+
+(``N``: only every inserted nodule of a random subset of N, seed 7, drawn after the clicks so
+that the clicks and insertion points stay the same; all when left out.)
 
 * Vessel clicks: per CT 40 random voxels above -400 HU inside the lung (more than half of the
   lung mask within about 4 mm is lung), at least 20 mm from every reader nodule (seed 7; the
@@ -108,10 +111,20 @@ def clicked_image(hosts, row) -> np.ndarray:
     return insert(img, a, row["record"], row["point"]) if "record" in row else row["image"]
 
 
-def main(path: str) -> None:
+# Recorded beside the vessel figures: the other scope figures and measurements, the HU at the
+# point and the tier (core/assessment.py), for fitting other checks on the same clicks.
+EXTRA = ("lung_share", "dense_fill", "point_distance_mm", "lung_distance_mm", "lung_enclosed")
+MEASURED = ("mean_hu", "compactness", "elongation", "boundary_contrast_hu", "volume_mm3")
+
+
+def main(path: str, nodules: int | None = None) -> None:
     torch.set_num_threads(2)
     ens = Ensemble.load(device="cpu")
     hosts, rows = clicks()
+    if nodules is not None:
+        inserted = [i for i, r in enumerate(rows) if r["kind"] == "inserted nodule"]
+        keep = set(np.random.default_rng(7).choice(inserted, nodules, replace=False).tolist())
+        rows = [r for i, r in enumerate(rows) if r["kind"] == "vessel click" or i in keep]
     table = []
     for row in rows:
         g = hosts[row["ct"]][2]
@@ -121,12 +134,19 @@ def main(path: str) -> None:
             r = analyze_point(image, g, row["point"], ens, map_to_ct=False)
             out |= {"warnings": ";".join(w.code for w in r.warnings), "diameter_mm": r.diameter_mm}
             out |= {k: r.scope_figures.get(k, "") for k in FIGURES if k != "diameter_mm"}
+            out |= {k: r.scope_figures.get(k, "") for k in EXTRA}
+            out |= {k: getattr(r, k) for k in MEASURED}
+            out |= {"assessment": r.assessment.tier, "malignancy": r.malignancy_probability}
         except RefusedError as e:
             out["warnings"] = f"REFUSED {e.code}"
+            out["assessment"] = "refused"
+        ijk = np.rint(g.lps_to_index(row["point"])).astype(int)
+        out["hu_at_point"] = int(image[ijk[2], ijk[1], ijk[0]])
         table.append(out)
         print(" | ".join(str(v) for v in out.values()), flush=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[-1]))
+        keys = list(dict.fromkeys(k for r in table for k in r))
+        w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(table)
     report(table)
@@ -184,4 +204,4 @@ def report(table) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
