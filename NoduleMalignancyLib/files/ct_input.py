@@ -311,46 +311,47 @@ def remove_stale_extractions(folder: str | os.PathLike | None = None) -> list[Pa
     return removed
 
 
-def _check_members(path: Path, members: list[tarfile.TarInfo]) -> None:
-    total = sum(m.size for m in members if m.isfile())
+def _check_member(path: Path, member: tarfile.TarInfo, root: Path, total: int) -> int:
+    """The bytes extracted so far with ``member``; refuses a link, pipe or device, a path
+    outside ``root`` and a running total above :data:`MAX_EXTRACTED_BYTES`."""
+    if not (member.isfile() or member.isdir()):
+        raise InputError(
+            f"cannot read a CT from {path}: {member.name} in the archive is not a file or "
+            "folder (a link, pipe or device)"
+        )
+    target = (root / member.name).resolve()
+    if root not in target.parents and target != root:
+        raise InputError(f"cannot read a CT from {path}: unsafe path in archive: {member.name}")
+    total += member.size if member.isfile() else 0
     if total > MAX_EXTRACTED_BYTES:
         raise InputError(
-            f"cannot read a CT from {path}: the archive would extract to {total:,} bytes, more "
-            f"than the {MAX_EXTRACTED_BYTES:,} allowed (docs/DESIGN.md §13)"
+            f"cannot read a CT from {path}: the archive extracts to at least {total:,} bytes, "
+            f"more than the {MAX_EXTRACTED_BYTES:,} allowed (docs/DESIGN.md §13)"
         )
-    for member in members:
-        if not (member.isfile() or member.isdir()):
-            raise InputError(
-                f"cannot read a CT from {path}: {member.name} in the archive is not a file or "
-                "folder (a link, pipe or device)"
-            )
+    return total
 
 
 @contextlib.contextmanager
 def extracted_archive(path: Path) -> Iterator[Path]:
     """A temporary folder holding the archive's files, removed on exit.
 
-    Checked before anything is written: the total size (:data:`MAX_EXTRACTED_BYTES`), no
-    links, pipes or devices, no path outside the folder (tarfile's ``data`` filter where
-    Python has it). The folder's name carries this process's ID, so a run killed meanwhile
-    leaves a folder the next run removes (:func:`remove_stale_extractions`).
+    One pass over the archive (a stream: a second would decompress it again), each member
+    checked before it is written: no links, pipes or devices, no path outside the folder (and
+    tarfile's ``data`` filter where Python has it), the running total within
+    :data:`MAX_EXTRACTED_BYTES` (what was written is removed when it is refused). The folder's
+    name carries this process's ID, so a run killed meanwhile leaves a folder the next run
+    removes (:func:`remove_stale_extractions`).
     """
     remove_stale_extractions()
     tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
+    options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         try:
-            with tarfile.open(path) as archive:
-                members = archive.getmembers()
-                _check_members(path, members)
-                root = tmp.resolve()
-                for member in members:
-                    target = (root / member.name).resolve()
-                    if root not in target.parents and target != root:
-                        raise InputError(f"unsafe path in archive: {member.name}")
-                if hasattr(tarfile, "data_filter"):
-                    archive.extractall(tmp, members=members, filter="data")
-                else:  # Python < 3.10.12 / 3.11.4: the checks above stand in for the filter
-                    archive.extractall(tmp, members=members)
+            with tarfile.open(path, mode="r|*") as archive:
+                root, total = tmp.resolve(), 0
+                for member in archive:
+                    total = _check_member(path, member, root, total)
+                    archive.extract(member, tmp, **options)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise InputError(
                 f"cannot read a CT from {path}: not a readable tar archive ({exc})"
