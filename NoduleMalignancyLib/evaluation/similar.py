@@ -132,9 +132,7 @@ def evaluate_out_of_fold(
         },
         "attribute_mae": {
             "neighbours": metrics.mae_1to5(nn_rating[:, ordinal], index.targets[:, ordinal]),
-            "size_lookup": metrics.mae_1to5(
-                lookup_rating[:, ordinal], index.targets[:, ordinal]
-            ),
+            "size_lookup": metrics.mae_1to5(lookup_rating[:, ordinal], index.targets[:, ordinal]),
         },
         "neighbour_diameter_gap_mm_median": float(np.nanmedian(nn_diameter_gap)),
     }
@@ -226,8 +224,7 @@ def register(subparsers) -> None:
     """Add the ``similar-index`` sub-command to the main CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "similar-index",
-        help="embed the LIDC nodules, write the similar-nodule index beside the ensemble and "
-        "its out-of-fold evaluation (SIMILAR.md)",
+        help="similar LIDC nodules: build the index beside the ensemble, evaluated out of fold",
     )
     parser.add_argument("--models", default=None, help="ensemble folder (default: shipped)")
     parser.add_argument("--data", default=None, help="folder containing lidc_vois/")
