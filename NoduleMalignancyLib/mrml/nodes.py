@@ -13,7 +13,8 @@ import vtk
 from vtk.util import numpy_support
 
 from ..core.analysis import NoduleResult
-from ..core.evidence import COMBINED
+from ..core.assessment import withheld
+from ..core.evidence import smoothed_for_display
 from ..core.geometry import ImageGeometry
 from ..core.result_schema import shown, shown_number
 from ..core.voi import sub_grid, sub_grid_offset
@@ -32,7 +33,7 @@ from .roles import (
     ROLE_EVIDENCE,
     ROLE_SEGMENTATION,
     ROLE_TABLE,
-    SEGMENT_COLORS,
+    SEGMENT_COLOR,
     TABLE_COLUMNS,
 )
 
@@ -139,7 +140,9 @@ class ResultNodes:
         return -1
 
     def update_row(self, table, point: PointRequest, result: NoduleResult) -> int:
-        """The point's row: every table field of the schema, as a person reads it."""
+        """The point's row: every table field of the schema, as a person reads it; for a point
+        not assessed (core/assessment.py) the malignancy and Lung-RADS cells stay empty."""
+        not_assessed = not result.assessment.answered
         values = result.values() | {
             "point": point.label,
             "point_id": point.point_id,
@@ -154,7 +157,7 @@ class ResultNodes:
         vtable = table.GetTable()
         for name, kind, _, _, _ in TABLE_COLUMNS:
             column = vtable.GetColumnByName(name)
-            value = values[name]
+            value = None if not_assessed and withheld(name) else values[name]
             if kind == "string":
                 column.SetValue(row, shown(name, value))
             else:
@@ -173,11 +176,11 @@ class ResultNodes:
         """Replace (or create) the point's segment with the result's mask on the CT grid."""
         segmentation = segmentation_node.GetSegmentation()
         segment_id = self._segment_id(point.point_id)
-        color = SEGMENT_COLORS[row % len(SEGMENT_COLORS)]
         segment = segmentation.GetSegment(segment_id)
         if segment is None:
-            segmentation.AddEmptySegment(segment_id, point.label, color)
+            segmentation.AddEmptySegment(segment_id, point.label, SEGMENT_COLOR)
             segment = segmentation.GetSegment(segment_id)
+        segment.SetColor(*SEGMENT_COLOR)
         segment.SetName(point.label)
         segment.SetTag(ATTR_POINT, point.point_id)
         labelmap = self._oriented_mask(result, request)
@@ -223,15 +226,16 @@ class ResultNodes:
         return nodes
 
     def update_evidence(self, request, point, result, volume, markups, color, created):
-        """One scalar volume per scale on the CT sub-grid; shipped colours, symmetric window."""
+        """One scalar volume per scale on the CT sub-grid, smoothed for display (the result's
+        maps stay exact; the sums are kept), shipped colours, symmetric window per map."""
         local_grid, _ = self.local_sub_grid(request, result.ct_grid)
         existing = {
             n.GetAttribute(ATTR_SCALE): n
             for n in self.evidence_nodes(markups.GetID(), point.point_id)
         }
-        combined = np.abs(result.evidence_ct[COMBINED])
-        window = float(np.percentile(combined, 99.5)) if combined.size else 0.0
-        window = window if window > 0 else 1.0
+        shown = smoothed_for_display(
+            result.evidence_ct, result.ct_grid, result.voi_geometry.spacing
+        )
         nodes = {}
         scene = self.scene
         for scale in EVIDENCE_SCALES:
@@ -244,10 +248,13 @@ class ResultNodes:
                 node.SetAttribute(ATTR_POINT, point.point_id)
                 node.SetAttribute(ATTR_SCALE, scale)
             node.SetName(name)
+            # Each map its own symmetric window (its strongest 0.5 % at full colour), so a
+            # single scale reads as well as the combined map at the same opacity.
+            strength = np.abs(shown[scale])
+            window = float(np.percentile(strength, 99.5)) if strength.size else 0.0
+            window = window if window > 0 else 1.0
             node.SetAttribute(ATTR_WINDOW, f"{window:.6g}")
-            slicer.util.updateVolumeFromArray(
-                node, np.ascontiguousarray(result.evidence_ct[scale], dtype=np.float32)
-            )
+            slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(shown[scale], np.float32))
             node.SetIJKToRASMatrix(vtk_matrix(local_grid.ijk_to_ras_matrix()))
             display = node.GetDisplayNode()
             if display is None:
@@ -256,7 +263,7 @@ class ResultNodes:
             display.SetAndObserveColorNodeID(color.GetID())
             display.AutoWindowLevelOff()
             display.SetWindowLevel(2.0 * window, 0.0)
-            display.SetInterpolate(False)
+            display.SetInterpolate(True)  # smooth between CT voxels in the slice views
             nodes[scale] = node
         return nodes
 

@@ -55,14 +55,10 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = tuple(
     for f in fields_for(TABLE)
 )
 
-# Distinct segment colours (Slicer-like palette), used in table-row order.
-SEGMENT_COLORS: tuple[tuple[float, float, float], ...] = (
-    (1.0, 0.85, 0.0),
-    (0.0, 0.85, 0.35),
-    (0.95, 0.35, 0.95),
-    (0.2, 0.8, 1.0),
-    (1.0, 0.5, 0.0),
-    (0.55, 0.4, 1.0),
-    (0.6, 1.0, 0.3),
-    (1.0, 0.3, 0.45),
-)
+# One outline colour for every nodule (yellow): apart from the point markers (green, see
+# MARKER_COLOR), the evidence's red and blue and the CT's greys, so an outline reads as an
+# outline whichever nodule it is (issue 29 item 5).
+SEGMENT_COLOR: tuple[float, float, float] = (1.0, 0.85, 0.0)
+MARKER_COLOR: tuple[float, float, float] = (0.2, 1.0, 0.3)
+# A point that was refused or cancelled: grey (Slicer draws unselected control points so).
+MARKER_INACTIVE_COLOR: tuple[float, float, float] = (0.55, 0.55, 0.55)

@@ -115,10 +115,12 @@ class AnalysisRunner:
         if self._cancel is not None:
             self._cancel.set()
 
-    def point_changed(self, point_id: str) -> None:
-        """A point was placed or moved: analyze it :data:`DEBOUNCE_S` after the last change."""
+    def point_changed(self, point_id: str, debounce: bool = True) -> None:
+        """A point was placed or moved: analyze it :data:`DEBOUNCE_S` after the last change
+        (``debounce=False``: at the next poll; a single click needs no wait, a drag does)."""
         self._pending.add(point_id)
-        self._due = self._clock() + self._debounce_s
+        due = self._clock() + (self._debounce_s if debounce else 0.0)
+        self._due = due if debounce else min(due, self._due or due)
 
     def clear_pending(self) -> None:
         self._pending.clear()

@@ -26,6 +26,7 @@ from .views import AXIAL, StationViews
 __all__ = ["POLL_S", "StationApp"]
 
 POLL_S = 0.15  # the page's poll interval while the server runs
+DELETE_TRIGGER = "station_delete_point"  # the nodule list's bin
 
 
 class StationApp:
@@ -46,17 +47,24 @@ class StationApp:
         self.controller = StationController(models_dir=models_dir, device=device)
         self.suggested: list[dict] = []
         self._poll_task = None
+        self._segments = 0
         state, ctrl = self.server.state, self.server.controller
         state.trame__title = "Nodule malignancy reading station"
         state.st = self.controller.snapshot()
         state.suggested = []
+        state.annotations = {}
+        state.mode = "place"
+        state.show_anyway = False
+        state.confirm_clear = False
         state.change("window_preset")(self._on_window)
-        state.change("placing")(self._on_placing)
+        state.change("mode")(self._on_mode)
         state.change("overlay", "opacity")(self._on_overlay)
         state.change("segmentation_visible")(self._on_segmentation)
+        state.change("show_anyway")(self._on_show_anyway)
         ctrl.on_server_ready.add(self._start_polling)
         ctrl.trigger("station_view_point")(self.view_point)
         ctrl.trigger("station_snapshot")(self.controller.snapshot)
+        ctrl.trigger(DELETE_TRIGGER)(self.delete_point)
         self.ui = self._build_ui()
 
     # Loading ---------------------------------------------------------------------------------
@@ -85,7 +93,7 @@ class StationApp:
                 *map(float, ras),
                 self.views.slicer.vtkMRMLSliceNode.DefaultJumpSlice,
             )
-        self.views.set_place_mode(self.controller.markups, bool(self.server.state.placing))
+        self.views.set_mode(self._mode(), self.controller.markups)
         self._push()
 
     def load_sample(self, name: str) -> None:
@@ -104,8 +112,13 @@ class StationApp:
             self.controller.set_window(window_preset)
             self._push()
 
-    def _on_placing(self, placing, **_):
-        self.views.set_place_mode(self.controller.markups, bool(placing))
+    def _mode(self) -> str:
+        """The mouse mode the page shows (placing only while the model may be shown)."""
+        mode = self.server.state.mode or "place"
+        return "pan_zoom" if mode == "place" and not self.controller.model_allowed else mode
+
+    def _on_mode(self, mode, **_):
+        self.views.set_mode(self._mode(), self.controller.markups)
 
     def _on_overlay(self, overlay, opacity, **_):
         self.controller.set_overlay(overlay, float(opacity))
@@ -114,6 +127,10 @@ class StationApp:
     def _on_segmentation(self, segmentation_visible, **_):
         self.controller.set_segmentation_visible(bool(segmentation_visible))
         self._push()
+
+    def _on_show_anyway(self, show_anyway, **_):
+        self.controller.set_show_withheld(bool(show_anyway))
+        self.views.refresh()
 
     def cancel(self) -> None:
         self.controller.cancel()
@@ -124,12 +141,26 @@ class StationApp:
         self._push()
 
     def clear_points(self) -> None:
+        """The dialog's confirm button: every point goes (the page asked first)."""
+        self.server.state.confirm_clear = False
         self.controller.clear_points()
+        self._push()
+
+    def delete_point(self, point_id: str) -> None:
+        self.controller.delete_point(point_id)
         self._push()
 
     def select(self, point_id: str) -> None:
         self.controller.select(point_id)
+        self._zoom_to_current()
         self._push()
+
+    def _zoom_to_current(self) -> None:
+        """A jump to an analyzed nodule zooms the slice views onto it."""
+        result = self.controller.results.get(self.controller.current)
+        if result is not None:
+            ras = self.controller.points[self.controller.current]["ras"]
+            self.views.zoom_to(ras, result.diameter_mm)
 
     def analyze_suggested(self, index: int) -> None:
         point = self.suggested[int(index)]
@@ -152,20 +183,40 @@ class StationApp:
         while True:
             await asyncio.sleep(POLL_S)
             try:
-                self.views.fit_resized()
-                if self.controller.poll():
+                changed = self.views.fit_resized()
+                segments = self.controller.layers()["segments"]
+                if segments != self._segments:  # the 3D view frames the nodules' surfaces
+                    self._segments = segments
+                    self.views.reset_3d()
+                changed |= self.views.keep_mode(self._mode(), self.controller.markups)
+                current = self.controller.current
+                if self.controller.poll() or changed or current != self.controller.current:
                     self._push()
+                else:
+                    self._push_annotations()
             except Exception as exc:  # a bug must not stop the page's polling
                 self.controller.set_status("error", f"Station error: {exc}")
                 self._push()
 
     def _push(self) -> None:
         with self.server.state as state:
-            state.st = self.controller.snapshot()
+            snapshot = self.controller.snapshot()
+            if snapshot["current"] != (state.st or {}).get("current"):
+                state.show_anyway = False  # "show anyway" is asked per nodule
+            state.st = snapshot
             state.suggested = self.suggested
+            state.annotations = self.views.annotations(self.controller.volume)
             if self.controller.window:  # a new CT starts on the lung preset
                 state.window_preset = self.controller.window
         self.views.refresh()
+
+    def _push_annotations(self) -> None:
+        """The views' letters, slice position and window/level, when the reader changed them
+        (scrolling, left-drag window/level)."""
+        annotations = self.views.annotations(self.controller.volume)
+        if annotations != self.server.state.annotations:
+            self.server.state.annotations = annotations
+            self.server.state.flush()
 
     # Page ------------------------------------------------------------------------------------
     def _build_ui(self):
@@ -177,6 +228,9 @@ class StationApp:
 
         with SinglePageWithDrawerLayout(self.server, theme="dark") as layout:
             layout.title.set_text("Nodule malignancy")
+            layout.footer.hide()  # it covered the axial view's slice slider
+            # The slice sliders sit above Slicer's scale bar (both at the views' bottom).
+            html.Style(".slice-slider-gutter { bottom: 26px !important; }")
             with layout.toolbar:
                 html.Span("{{ st.volume }}", classes="text-caption mx-2")
                 v3.VSpacer()
@@ -199,7 +253,7 @@ class StationApp:
                             classes="mr-1 mb-1",
                             disabled=("st.busy",),
                         )
-                    ui.nodule_list(self.select)
+                    ui.nodule_list(self.select, DELETE_TRIGGER)
                     ui.overlay_controls()
                     ui.results_panel()
             with layout.content:

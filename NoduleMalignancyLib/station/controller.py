@@ -28,8 +28,15 @@ from ..core.geometry import lps_to_ras
 from ..core.result_schema import shown
 from ..mrml.ct_loading import load_ct_volume
 from ..mrml.logic import InputError, NoduleMalignancyLogic, read_ct_volume
-from ..mrml.nodes import nodes_by_class
-from ..mrml.roles import ATTR_ROLE, EVIDENCE_SCALES, ROLE_SEGMENTATION, ROLE_TABLE
+from ..mrml.nodes import ResultNodes, nodes_by_class
+from ..mrml.roles import (
+    ATTR_ROLE,
+    EVIDENCE_SCALES,
+    MARKER_COLOR,
+    MARKER_INACTIVE_COLOR,
+    ROLE_SEGMENTATION,
+    ROLE_TABLE,
+)
 from ..mrml.runner import DEBOUNCE_S, AnalysisRunner
 from ..mrml.runtime import ensure_slicer_runtime
 from .panel import result_panel
@@ -45,6 +52,11 @@ MARKUPS_NAME = "Nodules"
 OVERLAY_OFF = "off"
 # A point moved by less than this (mm) is the same point (no re-analysis).
 MOVE_TOLERANCE_MM = 0.05
+# A new point this close to an analyzed nodule's point (mm), or within its outline's radius,
+# selects that nodule instead of making a duplicate.
+SAME_NODULE_MIN_MM = 2.0
+# Point states whose marker is drawn grey (unselected): no answer came from them.
+INACTIVE = ("refused", "cancelled", "error")
 
 
 class StationController:
@@ -87,8 +99,9 @@ class StationController:
         self.current: str | None = None
         self.overlay = COMBINED
         self.warm_up_thread: threading.Thread | None = None
-        self.opacity = 0.5
+        self.opacity = 0.7  # the evidence legible at the default (issue 29 item 5)
         self.segmentation_visible = True
+        self.show_withheld: str | None = None  # the not-assessed point shown anyway
         self._busy_ids: list[str] = []
 
     # Loading ---------------------------------------------------------------------------------
@@ -114,6 +127,7 @@ class StationController:
         self.markups.SetName(MARKUPS_NAME)
         self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
         self.markups.CreateDefaultDisplayNodes()
+        _style_markers(self.markups.GetDisplayNode())
         self.set_window(window)
         self._warm_up(volume)
         self.set_status(
@@ -172,9 +186,14 @@ class StationController:
 
     # Points ----------------------------------------------------------------------------------
     def add_point(self, ras: Sequence[float], label: str | None = None) -> str:
-        """Place a point at a world RAS position (mm) and analyze it (after the running one)."""
+        """Place a point at a world RAS position (mm) and analyze it (after the running one);
+        on an analyzed nodule, select that nodule instead. Returns the point's ID."""
         if self.markups is None:
             raise InputError("Load a CT first.")
+        on = self.nodule_at(ras)
+        if on is not None:  # an analyzed nodule: select it, no duplicate
+            self.select(on)
+            return on
         n = self.markups.GetNumberOfControlPoints()
         label = label or f"N{n + 1}"
         index = self.markups.AddControlPoint(*map(float, ras), label)
@@ -196,29 +215,53 @@ class StationController:
         if markups is None:
             return []
         defined = self.slicer.vtkMRMLMarkupsNode.PositionDefined
-        seen, queued = set(), []
+        seen, queued, duplicates = set(), [], []
         for i in range(markups.GetNumberOfControlPoints()):
             if markups.GetNthControlPointPositionStatus(i) != defined:
                 continue  # the preview point of placement mode, or a point being placed
             point_id = markups.GetNthControlPointID(i)
-            seen.add(point_id)
             ras = list(markups.GetNthControlPointPositionWorld(i))
             record = self.points.get(point_id)
             if record is None:
+                on = self.nodule_at(ras)
+                if on is not None:  # a click on an analyzed nodule selects it
+                    duplicates.append((point_id, on))
+                    continue
                 if not markups.GetNthControlPointLabel(i):
                     markups.SetNthControlPointLabel(i, f"N{len(self.points) + 1}")
                 self._record(point_id)
             elif np.linalg.norm(np.subtract(ras, record["ras"])) <= MOVE_TOLERANCE_MM:
+                seen.add(point_id)
                 continue
+            seen.add(point_id)
             self.points[point_id].update(ras=ras, label=markups.GetNthControlPointLabel(i))
+            self.results.pop(point_id, None)  # its old numbers are not this position's
             if self.model_allowed:
                 self.points[point_id]["status"] = "pending"
-                self.runner.point_changed(point_id)
+                # A new point (one click) starts at once; a moved one waits for the drag's end.
+                self.runner.point_changed(point_id, debounce=record is not None)
                 queued.append(point_id)
+        for point_id, on in duplicates:
+            markups.RemoveNthControlPoint(markups.GetControlPointIndexByID(point_id))
+            self.select(on)
         for point_id in [p for p in self.points if p not in seen]:
             del self.points[point_id]
             self.results.pop(point_id, None)
         return queued
+
+    def nodule_at(self, ras: Sequence[float]) -> str | None:
+        """The analyzed nodule a world RAS point lies on (within its outline's radius of its
+        point, at least :data:`SAME_NODULE_MIN_MM`), the nearest one; ``None`` if none."""
+        best, best_mm = None, np.inf
+        for point_id, result in self.results.items():
+            record = self.points.get(point_id)
+            if record is None:
+                continue
+            distance = float(np.linalg.norm(np.subtract(ras, record["ras"])))
+            radius = max(SAME_NODULE_MIN_MM, 0.5 * float(result.diameter_mm or 0.0))
+            if distance <= radius and distance < best_mm:
+                best, best_mm = point_id, distance
+        return best
 
     def _record(self, point_id: str) -> dict:
         index = self.markups.GetControlPointIndexByID(point_id)
@@ -228,6 +271,7 @@ class StationController:
             "ras": list(self.markups.GetNthControlPointPositionWorld(index)),
             "status": "placed",
             "message": "",
+            "assessment": "",  # core/assessment.py tier once analyzed
             "malignancy_text": None,  # result_schema.shown("malignancy_probability", ...)
         }
         self.points[point_id] = record
@@ -249,6 +293,29 @@ class StationController:
         self.results.clear()
         self.current = None
         self.set_status("ready", "Points cleared.")
+
+    def delete_point(self, point_id: str) -> None:
+        """Remove one point, its outline, evidence and table row (the others stay)."""
+        if point_id not in self.points or self.markups is None:
+            return
+        if point_id in self._busy_ids:
+            self.cancel()
+        index = self.markups.GetControlPointIndexByID(point_id)
+        label = self.points[point_id]["label"]
+        if index >= 0:
+            self.markups.RemoveNthControlPoint(index)
+        param = self.logic.getParameterNode()
+        segmentation = param.GetNodeReference(ROLE_SEGMENTATION)
+        table = param.GetNodeReference(ROLE_TABLE)
+        if segmentation is not None and table is not None:
+            ResultNodes(self.logic.scene).remove_stale(self.markups, segmentation, table)
+        del self.points[point_id]
+        self.results.pop(point_id, None)
+        if self.current == point_id:
+            self.current = None
+            for composite in nodes_by_class(self.logic.scene, "vtkMRMLSliceCompositeNode"):
+                composite.SetForegroundVolumeID(None)
+        self.set_status("ready", f"{label} deleted.")
 
     # Analyses --------------------------------------------------------------------------------
     def analyze(self, point_ids: Sequence[str] | None = None) -> bool:
@@ -281,6 +348,10 @@ class StationController:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="busy", message="")
+                self._mark(point_id, active=True)
+        if ids:  # the panel follows the point being analyzed, never the previous nodule
+            self.current = ids[-1]
+            self._show_overlay()
         labels = ", ".join(self.points[p]["label"] for p in ids if p in self.points)
         self.cancelling = False
         self.set_status("busy", f"Analyzing {labels}")
@@ -327,6 +398,7 @@ class StationController:
                 for point_id in ids:
                     if point_id in self.points:
                         self.points[point_id].update(status="error", message=str(update.error))
+                        self._mark(point_id, active=False)
                 self.set_status("error", f"Analysis failed: {update.error}")
         if update.started:
             self._started(started_ids)
@@ -340,11 +412,18 @@ class StationController:
             record = self.points.get(point.point_id)
             if record is None:  # placed through the API of the logic, not seen yet
                 record = self._record(point.point_id)
+            assessment = result.assessment
             record.update(
                 status="done",
-                message="; ".join(w.code for w in result.warnings),
-                malignancy_text=shown("malignancy_probability", result.malignancy_probability),
+                assessment=assessment.tier,
+                message=assessment.label if assessment.tier != "assessed" else "",
+                malignancy_text=(
+                    shown("malignancy_probability", result.malignancy_probability)
+                    if assessment.answered
+                    else None
+                ),
             )
+            self._mark(point.point_id, active=True)
         self.current = output.points[-1].point_id
         self.fraction = 1.0
         # Every slice view through the nodule (offsets only: the view the reader clicked in
@@ -360,13 +439,21 @@ class StationController:
             segmentation.GetDisplayNode().SetVisibility(self.segmentation_visible)
         self._show_overlay()
         labels = ", ".join(p.label for p in output.points)
-        flagged = sum(bool(r.warnings) for r in output.results)
-        self.set_status("done", f"Analyzed {labels}" + (f" ({flagged} flagged)" if flagged else ""))
+        flagged = sum(r.assessment.tier == "flagged" for r in output.results)
+        withheld = sum(not r.assessment.answered for r in output.results)
+        notes = [f"{flagged} with a warning"] * bool(flagged) + [f"{withheld} not assessed"] * bool(
+            withheld
+        )
+        self.set_status("done", f"Analyzed {labels}" + (f" ({', '.join(notes)})" if notes else ""))
 
     def _cancelled(self, ids: list[str]) -> None:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="cancelled", message="Analysis cancelled.")
+                self._mark(point_id, active=False)
+        if ids:
+            self.current = ids[-1]
+            self._show_overlay()
         self.cancelling = False
         self.set_status("cancelled", "Analysis cancelled; nothing was changed.")
 
@@ -374,6 +461,10 @@ class StationController:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="refused", message=str(exc))
+                self._mark(point_id, active=False)
+        if ids:  # the refused point is the current one: its message, no other's numbers
+            self.current = ids[-1]
+            self._show_overlay()
         self.code = exc.code or ""
         self.set_status("refused", str(exc))
 
@@ -382,6 +473,12 @@ class StationController:
         self.status, self.message = status, message
         if status != "busy":
             self.cancelling = False
+
+    def _mark(self, point_id: str, active: bool) -> None:
+        """A refused or cancelled point's marker is grey (unselected), an answered one green."""
+        index = self.markups.GetControlPointIndexByID(point_id) if self.markups else -1
+        if index >= 0:
+            self.markups.SetNthControlPointSelected(index, bool(active))
 
     @property
     def busy(self) -> bool:
@@ -399,6 +496,7 @@ class StationController:
             ras = self.logic.jumpToNodule(row)
             self._show_overlay()
             return ras
+        self._show_overlay()  # none: this point has no result
         ras = tuple(self.points[point_id]["ras"])
         self.slicer.vtkMRMLSliceNode.JumpAllSlices(
             self.logic.scene, *ras, self.slicer.vtkMRMLSliceNode.CenteredJumpSlice
@@ -421,8 +519,21 @@ class StationController:
         if segmentation is not None and segmentation.GetDisplayNode() is not None:
             segmentation.GetDisplayNode().SetVisibility(self.segmentation_visible)
 
+    def set_show_withheld(self, show: bool) -> None:
+        """The reader asked to see a not-assessed point's numbers anyway (its evidence too)."""
+        self.show_withheld = self.current if show else None
+        self._show_overlay()
+
     def _show_overlay(self) -> None:
-        if self.current not in self.results or not self.model_allowed:
+        if not self.model_allowed:
+            return
+        result = self.results.get(self.current) if self.current else None
+        shown_anyway = self.show_withheld == self.current
+        if result is None or not (result.assessment.answered or shown_anyway):
+            # No overlay of another nodule under this point's state; a not-assessed point's
+            # evidence only with its numbers ("show anyway").
+            for composite in nodes_by_class(self.logic.scene, "vtkMRMLSliceCompositeNode"):
+                composite.SetForegroundVolumeID(None)
             return
         if self.overlay == OVERLAY_OFF:
             self.logic.showEvidence(self.current, opacity=self.opacity)
@@ -454,6 +565,7 @@ class StationController:
             "model_allowed": self.model_allowed,
             "nodules": [dict(r, ras=[round(v, 2) for v in r["ras"]]) for r in self.points.values()],
             "current": self.current,
+            "current_point": self._current_point(),
             "panel": self.panel(),
             "overlay": self.overlay,
             "opacity": self.opacity,
@@ -461,6 +573,14 @@ class StationController:
             "layers": self.layers(),
             "log": list(self.log[-8:]),
         }
+
+    def _current_point(self) -> dict | None:
+        """The current point's label, state and message (the panel's head when it has no
+        numbers: busy, refused, cancelled)."""
+        record = self.points.get(self.current) if self.current else None
+        if record is None:
+            return None
+        return {k: record[k] for k in ("id", "label", "status", "message")}
 
     def layers(self) -> dict:
         """What the overlays hold now: segments in the segmentation, the evidence volume shown."""
@@ -494,6 +614,18 @@ class StationController:
     # Runner inputs (main thread) -------------------------------------------------------------
     def _inputs(self):
         return self.volume, self.markups, self.device
+
+
+def _style_markers(display) -> None:
+    """Small hollow stars (Slicer fills its 2D circle; the nodule stays visible inside the
+    star), green; refused and cancelled points grey (issue 29 item 5). The point under the
+    mouse keeps Slicer's highlight colour."""
+    display.SetGlyphTypeFromString("StarBurst2D")
+    display.SetUseGlyphScale(False)
+    display.SetGlyphSize(4.0)  # mm
+    display.SetSelectedColor(*MARKER_COLOR)
+    display.SetColor(*MARKER_INACTIVE_COLOR)
+    display.SetTextScale(2.5)
 
 
 def _row_of(table, point_id: str) -> int | None:

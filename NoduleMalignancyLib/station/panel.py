@@ -1,4 +1,4 @@
-"""A nodule's result as the station's results panel: plain sections of labelled rows.
+"""A nodule's result as the station's results panel: the answer first, then sections of rows.
 
 Why from the schema: every row is a field of ``core/result_schema.py`` with the schema's label,
 unit and precision, read from :meth:`NoduleResult.summary` (the same dict ``result.json``
@@ -6,19 +6,33 @@ holds), so the panel says what the CSV, the table and the reports say, in the sa
 to the same 0.1 mm (docs/DESIGN.md §10, §15). A new result field is one line in the schema;
 the panel shows it in its group's section. No ``slicer``, no trame: tests read the panel as a
 dict.
+
+The answer's tier (``core/assessment.py``) decides what leads: *not assessed*, the reason and
+no headline malignancy nor Lung-RADS (their sections are marked ``withheld``: the page shows
+them only after an explicit "show anyway"); *flagged*, the warnings in words above the
+numbers; *assessed*, the malignancy with its spread. Then the compact part (Lung-RADS with its
+reasons, the size in mm), then the details (collapsed on the page).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..core.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
 from ..core.explanation import PARTS
 from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, shown
 
-__all__ = ["result_panel"]
+__all__ = ["COMPACT_GROUPS", "result_panel"]
 
-# Groups shown above the sections (headline and warning boxes), not as rows.
-_HEADLINE_GROUPS = ("malignancy", "scope")
+# Groups shown above the sections (the answer and its warnings), not as rows.
+_HEADLINE_GROUPS = ("assessment", "malignancy", "scope")
+# Sections always open on the page; the others are details, collapsed.
+COMPACT_GROUPS = ("lung_rads", "size")
+# Notes that keep two different questions apart (issue 29 item 2).
+_NOTES = {
+    "lung_rads": "a suggestion: the reader decides",
+    "malignancy_score": "what LIDC readers would rate (1-5): not the probability above",
+}
 
 
 def _row(
@@ -41,23 +55,14 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
                 )
         elif value not in (None, ""):
             wording = summary.get(f"{f.name.removesuffix('_score')}_wording", "")
-            rows.append(_row(f.name, f.label, value, shown(f.name, value), str(wording)))
+            note = _NOTES.get(f.name, str(wording))
+            if wording and f.name in _NOTES:
+                note = f"{wording}; {note}"
+            rows.append(_row(f.name, f.label, value, shown(f.name, value), note))
     return rows
 
 
-def result_panel(summary: Mapping, label: str = "") -> dict:
-    """The panel of one nodule: ``{"label", "malignancy_probability", "malignancy_sd",
-    "headline", "spread", "warnings", "sections": [{"title", "rows": [...]}]}``.
-
-    Each row is ``{"key", "label", "value", "text", "note", "items"}``: ``key`` the schema
-    field, ``text`` what to show (with its unit), ``value`` the stored value, ``items`` whether
-    it is a list (one item a line). Sections without rows are left out.
-    """
-    p = float(summary["malignancy_probability"])
-    sd = float(summary.get("malignancy_sd", 0.0))
-    folds = summary.get("fold_malignancy_probabilities") or []
-    codes = summary.get("warnings") or []
-    messages = summary.get("warning_messages") or [""] * len(codes)
+def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
     sections = []
     for group, title in GROUP_TITLES.items():
         if group in _HEADLINE_GROUPS:
@@ -66,28 +71,64 @@ def result_panel(summary: Mapping, label: str = "") -> dict:
         if group == "explanation":  # the parts first, then their sum, then the network's own
             order = [f"malignancy_logit_{p}" for p in PARTS] + ["malignancy_logit"]
             rows.sort(key=lambda r: order.index(r["key"]) if r["key"] in order else len(order))
-            explanation = summary.get("explanation") or {}
-            for row in rows:
-                if row["key"] == "malignancy_logit" and "probability" in explanation:
-                    sigmoid = shown("malignancy_probability", explanation["probability"])
-                    row["note"] = f"sigmoid = {sigmoid}"
-        if group == "lung_rads":
-            for row in rows:
-                if row["key"] == "lung_rads":
-                    row["note"] = "a suggestion: the reader decides"
-        sections.append({"title": title, "rows": rows})
+        if group == "attributes":  # the LIDC malignancy rating, apart from the probability
+            rows.sort(key=lambda r: r["key"] != "malignancy_score")
+        withheld = not_assessed and (
+            group in WITHHELD_GROUPS or any(r["key"] == "malignancy_score" for r in rows)
+        )
+        sections.append(
+            {
+                "title": title,
+                "group": group,
+                "rows": rows,
+                "compact": group in COMPACT_GROUPS,
+                "withheld": withheld,
+            }
+        )
+    compact = [s for s in sections if s["compact"]]
+    details = [s for s in sections if not s["compact"]]
+    return [s for s in compact + details if s["rows"]]
+
+
+def result_panel(summary: Mapping, label: str = "") -> dict:
+    """The panel of one nodule: ``{"label", "assessment", "assessment_label", "reason",
+    "answered", "malignancy_probability", "malignancy_sd", "headline", "spread", "warnings",
+    "sections": [{"title", "group", "rows", "compact", "withheld"}]}``.
+
+    ``headline`` is the malignancy when answered, the tier's words when not assessed (the
+    malignancy then only in ``withheld_headline``). Each row is ``{"key", "label", "value",
+    "text", "note", "items"}``: ``key`` the schema field, ``text`` what to show (with its
+    unit), ``items`` whether it is a list (one item a line). Sections without rows are left
+    out; the compact ones (Lung-RADS, size) come first.
+    """
+    p = float(summary["malignancy_probability"])
+    sd = float(summary.get("malignancy_sd", 0.0))
+    folds = summary.get("fold_malignancy_probabilities") or []
+    codes = summary.get("warnings") or []
+    messages = summary.get("warning_messages") or [""] * len(codes)
+    tier = str(summary.get("assessment") or ASSESSED)
+    not_assessed = tier == NOT_ASSESSED
+    malignancy = f"Malignancy {shown('malignancy_probability', p)}"
+    spread = f"± {shown('malignancy_sd', sd)}" + (
+        f" across the {len(folds)} models of the ensemble "
+        f"({', '.join(shown('malignancy_probability', f) for f in folds)})"
+        if folds
+        else ""
+    )
     return {
         "label": label,
+        "assessment": tier,
+        "assessment_label": LABELS.get(tier, tier),
+        "reason": str(summary.get("assessment_reason") or ""),
+        "answered": not not_assessed,
         "malignancy_probability": p,
         "malignancy_sd": sd,
-        "headline": f"Malignancy {shown('malignancy_probability', p)}",
-        "spread": (
-            f"spread ± {shown('malignancy_sd', sd)} (SD over {len(folds) or '?'} folds"
-            + (f": {', '.join(shown('malignancy_probability', f) for f in folds)}" if folds else "")
-            + ")"
-        ),
-        "warnings": [
-            {"code": str(c), "message": str(m)} for c, m in zip(codes, messages, strict=True)
+        "headline": LABELS[NOT_ASSESSED] if not_assessed else malignancy,
+        "withheld_headline": malignancy if not_assessed else "",
+        "spread": spread,
+        "warnings": [  # the code for scripts; the page shows the message
+            {"code": str(c), "message": str(m) or str(c)}
+            for c, m in zip(codes, messages, strict=True)
         ],
-        "sections": [s for s in sections if s["rows"]],
+        "sections": _sections(summary, not_assessed),
     }

@@ -16,7 +16,15 @@ from trame.widgets import vuetify3 as v3
 from ..mrml.roles import EVIDENCE_SCALES
 from .controller import OVERLAY_OFF, WINDOW_PRESETS
 
-__all__ = ["nodule_list", "overlay_controls", "results_panel", "status_bar", "toolbar"]
+__all__ = [
+    "MODES",
+    "evidence_legend",
+    "nodule_list",
+    "overlay_controls",
+    "results_panel",
+    "status_bar",
+    "toolbar",
+]
 
 _STATUS_TYPE = (
     "({done: 'success', refused: 'warning', error: 'error', cancelled: 'info', busy: 'info'})"
@@ -24,8 +32,29 @@ _STATUS_TYPE = (
 )
 
 
+# Mouse modes of the slice views: what a left click or drag does (one is always on).
+MODES = {
+    "place": ("Place point", "Left click: place a point on a nodule and analyze it"),
+    "window_level": ("Window/level", "Left drag: window (left-right) and level (up-down)"),
+    "pan_zoom": ("Pan/zoom", "Left drag: pan; right drag: zoom"),
+}
+# The evidence overlays in words (the stored scale names are the values).
+OVERLAY_WORDS = {
+    "combined": "Evidence: all scales",
+    "fine": "Evidence: fine detail",
+    "medium": "Evidence: medium detail",
+    "coarse": "Evidence: coarse detail",
+    OVERLAY_OFF: "No evidence overlay",
+}
+# A point's state in words (the nodule list and the panel's head).
+STATE_WORDS = (
+    "({placed: 'placed', pending: 'waiting', busy: 'analyzing', done: 'analyzed',"
+    " refused: 'refused', cancelled: 'cancelled', error: 'failed'})"
+)
+
+
 def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> None:
-    """Window presets, point placement, analyze again, clear, and Cancel while busy."""
+    """Window presets, the mouse mode, analyze again, clear (asks first), Cancel while busy."""
     with v3.VBtnToggle(
         v_model=("window_preset", "lung"), mandatory=True, density="compact", classes="mx-2"
     ):
@@ -37,16 +66,23 @@ def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> No
                 title=f"W{width:g} / L{level:g}",
                 id=f"station-window-{name}",
             )
-    v3.VSwitch(
-        v_model=("placing", True),
-        label="Place points",
-        color="primary",
-        hide_details=True,
+    with v3.VBtnToggle(
+        v_model=("mode", "place"),
+        mandatory=True,
         density="compact",
+        color="primary",
         classes="mx-2",
-        disabled=("!st.model_allowed",),
-        id="station-placing",
-    )
+        id="station-mode",
+    ):
+        for name, (words, hint) in MODES.items():
+            v3.VBtn(
+                words,
+                value=name,
+                size="small",
+                title=hint,
+                id=f"station-mode-{name}",
+                disabled=("!st.model_allowed",) if name == "place" else False,
+            )
     v3.VBtn(
         "Analyze all",
         click=on_analyze,
@@ -55,7 +91,31 @@ def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> No
         classes="mx-1",
         disabled=("st.busy || !st.nodules.length || !st.model_allowed",),
     )
-    v3.VBtn("Clear points", click=on_clear, size="small", variant="text", classes="mx-1")
+    v3.VBtn(
+        "Clear points",
+        click="confirm_clear = true",
+        size="small",
+        variant="text",
+        classes="mx-1",
+        disabled=("!st.nodules.length",),
+        id="station-clear",
+    )
+    with v3.VDialog(v_model=("confirm_clear", False), max_width=420):
+        with v3.VCard(id="station-clear-dialog"):
+            v3.VCardTitle("Clear all points?")
+            v3.VCardText(
+                "{{ st.nodules.length }} points, their outlines and results will be removed "
+                "from this CT."
+            )
+            with v3.VCardActions():
+                v3.VSpacer()
+                v3.VBtn("Keep them", click="confirm_clear = false", id="station-clear-keep")
+                v3.VBtn(
+                    "Clear {{ st.nodules.length }} points",
+                    color="error",
+                    click=(on_clear,),
+                    id="station-clear-confirm",
+                )
     with html.Div(v_if="st.busy", classes="d-flex align-center mx-2", id="station-busy"):
         v3.VProgressCircular(indeterminate=True, size=20, width=3, color="primary")
         html.Span("{{ st.cancelling ? 'Cancelling' : 'Analyzing' }}", classes="mx-2")
@@ -93,8 +153,9 @@ def status_bar() -> None:
         )
 
 
-def nodule_list(on_select: Callable) -> None:
-    """The points of this CT; a click jumps the views to the nodule (``logic.jumpToNodule``)."""
+def nodule_list(on_select: Callable, delete_trigger: str) -> None:
+    """The points of this CT: a click jumps the views to the nodule (``logic.jumpToNodule``);
+    the bin (the server's trigger ``delete_trigger``) deletes that point alone."""
     html.Div("Nodules", classes="text-overline")
     html.Div(
         "Click on a nodule in a slice view to place a point.",
@@ -107,27 +168,44 @@ def nodule_list(on_select: Callable) -> None:
             key="n.id",
             click=(on_select, "[n.id]"),
             active=("n.id === st.current",),
+            classes="station-nodule",
+            __properties=[("data_status", "data-status")],
+            data_status=("n.status",),
         ):
             v3.VListItemTitle(
                 "{{ n.label }}: {{ n.malignancy_text !== null "
-                "? n.malignancy_text + ' malignancy' : n.status }}"
+                f"? n.malignancy_text + ' malignancy' : {STATE_WORDS}[n.status] }}}}"
             )
             v3.VListItemSubtitle("{{ n.message }}", v_if="n.message")
+            with v3.Template(v_slot_append=True):
+                v3.VBtn(
+                    icon="mdi-delete-outline",
+                    size="x-small",
+                    variant="text",
+                    title="Delete this point",
+                    raw_attrs=[f"@click.stop=\"trigger('{delete_trigger}', [n.id])\""],
+                    classes="station-delete",
+                )
 
 
 def overlay_controls() -> None:
-    """Evidence volume (combined or one scale, or off), its opacity, the segmentation layer."""
+    """Evidence overlay (all scales, one scale, or off) with its legend in words, its opacity,
+    the outline."""
     with html.Div(v_if="st.panel", classes="mt-2", id="station-overlays"):
         html.Div("Overlays", classes="text-overline")
         v3.VSelect(
             v_model=("overlay", EVIDENCE_SCALES[0]),
-            items=("overlay_items", [*EVIDENCE_SCALES, OVERLAY_OFF]),
-            label="Evidence (logit per mL)",
+            items=(
+                "overlay_items",
+                [{"value": k, "title": v} for k, v in OVERLAY_WORDS.items()],
+            ),
+            label="Evidence shown",
             density="compact",
             hide_details=True,
         )
+        evidence_legend()
         v3.VSlider(
-            v_model=("opacity", 0.5),
+            v_model=("opacity", 0.7),
             min=0.0,
             max=1.0,
             step=0.05,
@@ -139,41 +217,130 @@ def overlay_controls() -> None:
         with html.Div(id="station-segmentation"):
             v3.VSwitch(
                 v_model=("segmentation_visible", True),
-                label=("`Segmentation outline (${st.layers.segments} segments)`",),
+                label=("`Nodule outline, yellow (${st.layers.segments} segments)`",),
                 density="compact",
                 hide_details=True,
                 color="primary",
             )
 
 
+def evidence_legend() -> None:
+    """The colour scale in words: blue towards benign, red towards malignant, clear near 0."""
+    with html.Div(v_if="overlay !== 'off'", id="station-legend", classes="my-1"):
+        html.Div(
+            style=(
+                "height:12px;border-radius:2px;background:linear-gradient(to right,"
+                "rgb(5,48,148),rgb(58,136,188),rgba(135,190,218,0) 45%,"
+                "rgba(242,151,117,0) 55%,rgb(221,87,68),rgb(170,20,33));"
+            )
+        )
+        with html.Div(classes="d-flex text-caption"):
+            html.Span("towards benign")
+            v3.VSpacer()
+            html.Span("weak: clear")
+            v3.VSpacer()
+            html.Span("towards malignant")
+        html.Div(
+            "Colour strength relative to the strongest evidence of the map shown (full colour"
+            " at its top 0.5 %); below 12 % of it nothing is drawn.",
+            classes="text-caption text-medium-emphasis",
+        )
+
+
 def results_panel() -> None:
-    """Malignancy with its spread, warnings, then every section of the panel dict."""
-    with html.Div(v_if="st.panel", id="station-results"):
-        html.Div("Results: {{ st.panel.label }}", classes="text-overline")
-        html.Div("{{ st.panel.headline }}", classes="text-h5", id="station-malignancy")
-        html.Div("{{ st.panel.spread }}", classes="text-caption mb-2")
+    """The current point: its state when it has no numbers; else the answer first (not
+    assessed: the reason, the numbers only behind "show anyway"; with a warning: the warning
+    in words), Lung-RADS and size, then the details, collapsed."""
+    with _tagged(
+        "st.current_point && !st.panel", "station-current", "status", "st.current_point.status"
+    ):
+        html.Div(
+            f"{{{{ st.current_point.label }}}}: {{{{ {STATE_WORDS}[st.current_point.status] }}}}",
+            classes="text-overline",
+        )
+        html.Div("{{ st.current_point.message }}", classes="text-body-2")
+    with _tagged("st.panel", "station-results", "assessment", "st.panel.assessment"):
+        html.Div(
+            "{{ st.panel.label }}: {{ st.panel.assessment_label }}",
+            classes="text-overline",
+            id="station-assessment",
+        )
+        with html.Div(v_if="!st.panel.answered", id="station-not-assessed"):
+            v3.VAlert(
+                title="Not assessed: probably not a lung nodule",
+                text=("st.panel.reason",),
+                type="info",
+                density="compact",
+                variant="tonal",
+                classes="mb-2",
+            )
+            v3.VBtn(
+                "{{ show_anyway ? 'Hide the numbers' : 'Show the numbers anyway' }}",
+                click="show_anyway = !show_anyway",
+                size="small",
+                variant="text",
+                id="station-show-anyway",
+            )
         v3.VAlert(
             v_for="w in st.panel.warnings",
             key="w.code",
-            title=("w.code",),
+            v_if="st.panel.answered",
             text=("w.message",),
             type="warning",
             density="compact",
             variant="tonal",
             classes="mb-1 station-warning",
         )
-        with html.Div(v_for="s in st.panel.sections", key="s.title", classes="mt-2"):
-            html.Div("{{ s.title }}", classes="text-subtitle-2")
-            with v3.VTable(density="compact"), html.Tbody():
-                with html.Tr(v_for="r in s.rows", key="r.key"):
-                    html.Td("{{ r.label }}")
-                    html.Td(  # a list (the Lung-RADS reasons): one item a line, read left to right
-                        "{{ r.text }}",
-                        classes=("r.items ? 'text-left' : 'text-right'",),
-                        style=("r.items ? 'white-space: pre-line' : ''",),
-                    )
-                    html.Td("{{ r.note }}", classes="text-caption")
+        with html.Div(v_if="st.panel.answered || show_anyway"):
+            html.Div(
+                "{{ st.panel.answered ? st.panel.headline : st.panel.withheld_headline }}",
+                classes=("st.panel.answered ? 'text-h5' : 'text-h6 text-disabled'",),
+                id="station-malignancy",
+            )
+            html.Div("{{ st.panel.spread }}", classes="text-caption mb-1")
+        with html.Div(
+            v_for="s in st.panel.sections.filter(s => s.compact && (!s.withheld || show_anyway))",
+            key="s.title",
+            classes="mt-1 station-section",
+        ):
+            _section_table()
+        with v3.VExpansionPanels(variant="accordion", classes="mt-2", id="station-details"):
+            with v3.VExpansionPanel(title="Details"):
+                with v3.VExpansionPanelText():
+                    with html.Div(
+                        v_for=(
+                            "s in st.panel.sections.filter(s => !s.compact && "
+                            "(!s.withheld || show_anyway))"
+                        ),
+                        key="s.title",
+                        classes="mt-1 station-section",
+                    ):
+                        _section_table()
         html.Div(
             "Model output: a suggestion for a reader, never a finding.",
             classes="text-caption mt-2",
         )
+
+
+def _tagged(v_if: str, element_id: str, name: str, value: str):
+    """A Div shown when ``v_if`` holds, carrying ``data-NAME`` = ``value`` (scripts, tests)."""
+    return html.Div(
+        v_if=v_if,
+        id=element_id,
+        __properties=[(f"data_{name}", f"data-{name}")],
+        **{f"data_{name}": (value,)},
+    )
+
+
+def _section_table() -> None:
+    """One section: its title and a compact table of label, value (with unit), note."""
+    html.Div("{{ s.title }}", classes="text-subtitle-2")
+    with v3.VTable(density="compact"), html.Tbody():
+        with html.Tr(v_for="r in s.rows", key="r.key"):
+            html.Td("{{ r.label }}")
+            html.Td(  # a list (the Lung-RADS reasons): one item a line, read left to right
+                "{{ r.text }}",
+                classes=("r.items ? 'text-left' : 'text-right text-no-wrap'",),
+                style=("r.items ? 'white-space: pre-line' : ''",),
+            )
+            html.Td("{{ r.note }}", classes="text-caption")

@@ -16,11 +16,15 @@ import numpy as np
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-__all__ = ["AXIAL", "LAYOUT", "StationViews"]
+__all__ = ["AXIAL", "LAYOUT", "StationViews", "orientation_letters"]
 
 LAYOUT = "Axial Primary"  # axial large; 3D, coronal and sagittal beside it
 AXIAL, CORONAL, SAGITTAL, THREE_D = "Red", "Green", "Yellow", "ThreeD"
 VIEW_BOX_ID = "station-view-{}"  # DOM id of a box covering each view (tests, click mapping)
+# Field of view (mm) of a jump to a nodule: this many of its diameters, at least ZOOM_MIN_MM.
+ZOOM_DIAMETERS, ZOOM_MIN_MM = 6.0, 50.0
+# RAS axis directions as a reader names them (patient Right, Anterior, Superior and opposites).
+_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class StationViews:
@@ -48,7 +52,7 @@ class StationViews:
         self.layout = LayoutManager(self.app.scene, self.app.view_manager, server)
         self.layout.register_layout(LAYOUT, _axial_primary())
         self.layout.set_layout(LAYOUT)
-        self._sizes: dict[str, tuple[int, int]] = {}
+        self._fitted: set[str] = set()
 
     @property
     def scene(self):
@@ -61,28 +65,67 @@ class StationViews:
         return self.view(name).get_view_node()
 
     def show_volume(self, volume) -> None:
-        """CT in every slice view's background, slices shown in 3D, views fitted."""
+        """CT in every slice view's background, a scale bar in each; the 3D view shows the
+        nodules' surfaces without opaque slice planes in front of them; views fitted once
+        their browser size is known (:meth:`fit_resized`)."""
+        from slicer import vtkMRMLAbstractViewNode as ViewNode
+
         display = self.app.display_manager
         display.show_volume_in_slice_background(volume)
         display.show_volume_in_slice_foreground(None)
         for view in self.app.view_manager.get_slice_views():
-            view.set_visible_in_3d(True)
+            view.set_visible_in_3d(False)
+            view.set_ruler(ViewNode.RulerTypeThin, ViewNode.RulerColorWhite)
         for view in self.app.view_manager.get_views():
             view.reset_view()
+        self._fitted.clear()
 
     def fit_resized(self) -> bool:
-        """Fit each slice view whose size changed since the last call (the browser sizes the
-        views after the page is laid out, and again when the window is resized)."""
+        """Fit each slice view to the CT once the browser has sized it (after the page is laid
+        out); later resizes keep the reader's slice, centre and zoom (Slicer's own resize)."""
         changed = False
         for view in self.app.view_manager.get_slice_views():
-            size = tuple(view.render_window().GetSize())
-            if self._sizes.get(view.get_singleton_tag()) != size:
-                self._sizes[view.get_singleton_tag()] = size
-                if min(size) > 50:
-                    view.fit_view_to_content()
-                    view.schedule_render()
-                    changed = True
+            tag = view.get_singleton_tag()
+            if tag not in self._fitted and min(view.render_window().GetSize()) > 50:
+                self._fitted.add(tag)
+                view.fit_view_to_content()
+                view.schedule_render()
+                changed = True
         return changed
+
+    def zoom_to(self, ras: Sequence[float], diameter_mm: float) -> None:
+        """Centre every slice view on a nodule with a field of view a few diameters wide."""
+        fov = max(ZOOM_MIN_MM, ZOOM_DIAMETERS * float(diameter_mm or 0.0))
+        for view in self.app.view_manager.get_slice_views():
+            node = view.get_view_node()
+            width, height, _ = node.GetDimensions()
+            aspect = height / width if width else 1.0
+            old = node.GetFieldOfView()
+            node.SetFieldOfView(fov, fov * aspect, old[2])
+            node.JumpSliceByCentering(*map(float, ras))
+            view.schedule_render()
+
+    def annotations(self, volume) -> dict[str, dict]:
+        """Per slice view: the orientation letters at its four edges, the slice position and
+        the window/level, as the page prints them over the view."""
+        display = volume.GetDisplayNode() if volume is not None else None
+        window = f"W {display.GetWindow():.0f}  L {display.GetLevel():.0f}" if display else ""
+        out = {}
+        for view in self.app.view_manager.get_slice_views():
+            node = view.get_view_node()
+            m = node.GetSliceToRAS()
+            axes = [[m.GetElement(r, c) for r in range(3)] for c in range(3)]
+            letters = orientation_letters(axes[0], axes[1])
+            normal = np.asarray(axes[2])
+            axis = int(np.argmax(np.abs(normal)))
+            center = [m.GetElement(r, 3) for r in range(3)]
+            position = float(center[axis])
+            out[view.get_singleton_tag()] = {
+                **letters,
+                "position": f"{_LETTERS[axis][int(position >= 0)]} {abs(position):.1f} mm",
+                "window": window,
+            }
+        return out
 
     def refresh(self) -> None:
         """Ask every view to render again (after MRML changes the views do not observe)."""
@@ -102,30 +145,78 @@ class StationViews:
         elif logic.interaction_node is not None:
             logic.disable_place_mode()
 
+    def set_mode(self, mode: str, markups) -> None:
+        """The slice views' mouse mode: ``place`` (a left click places a point),
+        ``window_level`` (left drag: window and level) or ``pan_zoom`` (Slicer's view mode:
+        Shift+left or middle drag pans, right drag zooms)."""
+        from slicer import vtkMRMLInteractionNode as Interaction
+
+        if mode == "place":
+            self.set_place_mode(markups, markups is not None)
+            return
+        self.set_place_mode(markups, False)
+        node = self.app.markups_logic.interaction_node
+        if node is not None:
+            node.SetCurrentInteractionMode(
+                Interaction.AdjustWindowLevel
+                if mode == "window_level"
+                else Interaction.ViewTransform
+            )
+
+    def keep_mode(self, mode: str, markups) -> bool:
+        """Put the mode back when Slicer left it (a right click ends placement in Slicer):
+        the mode the page shows is the one the views obey. Returns whether it was restored."""
+        from slicer import vtkMRMLInteractionNode as Interaction
+
+        node = self.app.markups_logic.interaction_node
+        if node is None or markups is None:
+            return False
+        wanted = {
+            "place": Interaction.Place,
+            "window_level": Interaction.AdjustWindowLevel,
+            "pan_zoom": Interaction.ViewTransform,
+        }[mode]
+        persistent = mode != "place" or node.GetPlaceModePersistence()
+        if node.GetCurrentInteractionMode() == wanted and persistent:
+            return False
+        self.set_mode(mode, markups)
+        return True
+
     # Click mapping ---------------------------------------------------------------------------
     def ras_to_view_fraction(self, ras: Sequence[float], name: str = AXIAL) -> dict:
         """Where a RAS point (mm) is drawn in a slice view, as fractions of the view's box
-        (0, 0 = top left), after moving that view's slice onto the point.
+        (0, 0 = top left), after moving that view's slice onto the point (and centring the
+        view on it when it lies outside).
 
         Slice XY is in render-window pixels with the origin at the bottom left; the browser
         shows the image at the view's CSS size, so fractions are what a click needs.
         """
-        import vtk
 
         node = self.slice_node(name)
         node.JumpSliceByOffsetting(*map(float, ras))
+        where = self._fraction(node, ras)
+        if not (0.02 < where[0] < 0.98 and 0.02 < where[1] < 0.98):  # off the view: centre it
+            node.JumpSliceByCentering(*map(float, ras))
+            where = self._fraction(node, ras)
+        width, height, _ = node.GetDimensions()
+        return {
+            "view": name,
+            "box_id": VIEW_BOX_ID.format(name),
+            "fx": where[0],
+            "fy": where[1],
+            "size": [int(width), int(height)],
+        }
+
+    @staticmethod
+    def _fraction(node, ras: Sequence[float]) -> tuple[float, float]:
+        import vtk
+
         matrix = vtk.vtkMatrix4x4()
         matrix.DeepCopy(node.GetXYToRAS())
         matrix.Invert()
         x, y, _, _ = matrix.MultiplyPoint((*map(float, ras), 1.0))
         width, height, _ = node.GetDimensions()
-        return {
-            "view": name,
-            "box_id": VIEW_BOX_ID.format(name),
-            "fx": float(x / width),
-            "fy": float(1.0 - y / height),
-            "size": [int(width), int(height)],
-        }
+        return float(x / width), float(1.0 - y / height)
 
     def view_fraction_to_ras(self, fx: float, fy: float, name: str = AXIAL) -> list[float]:
         """The inverse: a click at fractions of a slice view's box -> RAS on its slice (mm)."""
@@ -133,6 +224,23 @@ class StationViews:
         width, height, _ = node.GetDimensions()
         xy = np.array([fx * width, (1.0 - fy) * height, 0.0, 1.0])
         return list(node.GetXYToRAS().MultiplyPoint(tuple(xy))[:3])
+
+
+def orientation_letters(right: Sequence[float], up: Sequence[float]) -> dict[str, str]:
+    """The letters at a view's edges from its screen-right and screen-up directions in RAS
+    (e.g. an axial view in radiological convention: left edge "R", top "A")."""
+
+    def letter(direction) -> str:
+        d = np.asarray(direction, dtype=float)
+        axis = int(np.argmax(np.abs(d)))
+        return _LETTERS[axis][int(d[axis] > 0)]
+
+    return {
+        "left": letter(-np.asarray(right)),
+        "right": letter(right),
+        "top": letter(up),
+        "bottom": letter(-np.asarray(up)),
+    }
 
 
 def _axial_primary():
@@ -165,10 +273,43 @@ def _box(view_id: str) -> None:
     )
 
 
+_ANNOTATION_STYLE = (
+    "position:absolute;pointer-events:none;color:#ffd54f;font:600 13px sans-serif;"
+    "text-shadow:0 0 3px #000,0 0 3px #000;"
+)
+
+
+def _annotations(tag: str) -> None:
+    """Orientation letters at the edges, slice position and window/level at the top right
+    (from ``StationViews.annotations``; the slider at the bottom stays free)."""
+    from trame_client.widgets.html import Div
+
+    a = f"annotations.{tag}"
+    with Div(v_if=f"annotations && {a}", classes="station-annotations", id=f"station-annot-{tag}"):
+        spots = {
+            "left": "left:40px;top:50%;",
+            "right": "right:8px;top:50%;",
+            "top": "left:50%;top:4px;",
+            "bottom": "left:50%;bottom:70px;",
+        }
+        for edge, where in spots.items():
+            Div(
+                f"{{{{ {a}.{edge} }}}}",
+                classes=f"station-letter-{edge}",
+                style=_ANNOTATION_STYLE + where,
+            )
+        Div(
+            f"{{{{ {a}.position }}}}<br>{{{{ {a}.window }}}}",
+            classes="station-readout",
+            style=_ANNOTATION_STYLE + "right:8px;top:4px;text-align:right;font-weight:400;",
+        )
+
+
 def _slice_view_ui(server, view_id, view) -> None:
     from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
 
     _box(view.get_singleton_tag())
+    _annotations(view.get_singleton_tag())
     create_vertical_slice_view_gutter_ui(server, view_id, view)
 
 

@@ -1,0 +1,117 @@
+"""Screenshots of the reading station for ``docs/station/`` (run by hand, not by the tests).
+
+    NODULE_MALIGNANCY_DATA=/work/shared/data .venv/bin/python Testing/make_station_gallery.py
+
+Starts ``nodule-malignancy app --sample LIDC-IDRI-0001`` with the shipped ensemble on the CPU,
+opens it in Debian's chromium and saves: the page after a click on the readers' nodule (and
+that click's time to the overlay), the axial view close up with each evidence scale, a click on
+the chest wall (not assessed), a click in the air (refused), the "Clear points" question and
+the 3D view. ``--out DIR`` writes elsewhere (e.g. the "before" pictures of an older checkout:
+``--prefix before-`` with ``--root`` that checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import station_page  # noqa: E402
+from served import served  # noqa: E402
+
+NODULE_RAS = (-56.17, -86.2, -115.86)  # LIDC-IDRI-0001's readers' nodule
+CHEST_WALL_RAS = (109.8, -4.1, -115.86)  # lateral chest wall muscle, 27 HU, same slice
+AIR_RAS = (-14.0, 140.0, -115.86)  # in front of the chest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(HERE.parent / "docs" / "station"))
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--root", default=str(HERE.parent), help="checkout to serve")
+    parser.add_argument("--models", default=str(HERE.parent / "models"))
+    parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--evidence-only", action="store_true", help="only the close-ups")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from playwright.sync_api import sync_playwright
+
+    command = [
+        sys.executable, "-m", "NoduleMalignancyLib.cli", "app", "--sample", "LIDC-IDRI-0001",
+        "--port", str(args.port), "--models", args.models, "--device", "cpu",
+    ]  # fmt: skip
+    import os
+
+    os.chdir(args.root)
+    sys.path.insert(0, args.root)
+    with served(command, "reading station on") as lines:
+        url = next(line for line in lines if "reading station on" in line).split()[-1]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=station_page.CHROMIUM, args=["--no-sandbox"]
+            )
+            try:
+                page, _ = station_page.open_page(browser, url, 1500, 950)
+                shoot(page, args, out)
+            finally:
+                browser.close()
+    return 0
+
+
+def _save(page, out: Path, args, name: str, locator=None) -> None:
+    path = out / f"{args.prefix}{name}.png"
+    (locator or page).screenshot(path=str(path))
+    print(f"wrote {path}")
+
+
+def shoot(page, args, out: Path) -> None:
+    x, y, where = station_page.locate(page, NODULE_RAS)
+    page.mouse.move(x, y)
+    before = station_page.view_image(page, where["box_id"])
+    clicked = time.perf_counter()
+    page.mouse.click(x, y)
+    station_page.wait_analyzed(page, 0)  # then the view's image with the overlay
+    station_page.wait_changed_near(page, where["box_id"], before, where["fx"], where["fy"])
+    print(f"click to overlay {time.perf_counter() - clicked:.2f} s (shipped ensemble, CPU)")
+    page.wait_for_timeout(1500)
+    _save(page, out, args, "nodule")
+    # Close-ups of the axial view around the nodule, one per evidence overlay.
+    select = page.locator("#station-overlays .v-select")
+    for index, scale in enumerate(("combined", "fine", "medium", "coarse")):
+        if index and select.count():
+            select.click()
+            page.locator(".v-overlay .v-list-item").nth(index).click()
+            page.wait_for_timeout(2500)
+        x, y, where = station_page.locate(page, NODULE_RAS)
+        clip = {"x": x - 110, "y": y - 110, "width": 220, "height": 220}
+        page.screenshot(path=str(out / f"{args.prefix}evidence-{scale}.png"), clip=clip)
+        print(f"wrote {out / f'{args.prefix}evidence-{scale}.png'}")
+    if args.evidence_only:
+        return
+    if select.count():
+        select.click()
+        page.locator(".v-overlay .v-list-item").nth(0).click()
+    three_d = page.locator("#station-view-ThreeD")
+    if three_d.count():
+        _save(page, out, args, "3d", three_d)
+    for name, ras, n in (("not-assessed", CHEST_WALL_RAS, 1), ("refused", AIR_RAS, 2)):
+        x, y, _ = station_page.locate(page, ras)
+        page.mouse.click(x, y)
+        station_page.wait_analyzed(page, n)
+        page.wait_for_timeout(1500)
+        _save(page, out, args, name)
+    if page.locator("#station-clear").count():
+        page.locator("#station-clear").click()
+        page.locator("#station-clear-dialog").wait_for()
+        page.wait_for_timeout(500)
+        _save(page, out, args, "clear-confirm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Driving the station's page in chromium (Playwright): open it, click a world point, wait.
+
+Why a module: the browser tests (``test_station.py``) and the gallery script
+(``make_station_gallery.py``) click the same way. Trame's views are server-rendered images, so
+a click on a RAS point asks the server where that point is drawn (``station_view_point``: the
+slice node's XY-to-RAS inverse, which also moves the view's slice onto it) and clicks there.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+
+CHROMIUM = "/usr/bin/chromium"
+STATUS = "() => document.querySelector('#station-status')?.dataset.status"
+
+
+def open_page(browser, url: str, width: int = 1400, height: int = 900):
+    """A page on the station, once the four views' images arrived; returns (page, seconds)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    started = time.perf_counter()
+    page.goto(url)
+    page.wait_for_function(
+        "() => { const i = Array.from(document.querySelectorAll('img'));"
+        " return i.length >= 4 && i.every(x => x.naturalWidth > 0); }",
+        timeout=60_000,
+    )
+    seconds = time.perf_counter() - started
+    page.wait_for_timeout(1000)  # the views' sizes settle, the slices are fitted
+    return page, seconds
+
+
+def locate(page, ras, view: str = "Red") -> tuple[float, float, dict]:
+    """The page pixel (x, y) where a RAS point is drawn in a slice view, after moving that
+    view's slice onto it; and the server's answer (``box_id``, ``fx``, ``fy``)."""
+    where = page.evaluate(
+        "([ras, view]) => window.trame.trigger('station_view_point', [ras, view])",
+        [list(map(float, ras)), view],
+    )
+    page.wait_for_timeout(500)
+    box = page.locator("#" + where["box_id"]).bounding_box()
+    assert box and 0 < where["fx"] < 1 and 0 < where["fy"] < 1, where
+    return box["x"] + where["fx"] * box["width"], box["y"] + where["fy"] * box["height"], where
+
+
+def view_image(page, box_id: str) -> np.ndarray:
+    """A view's pixels as the browser shows them (RGB, float)."""
+    from PIL import Image
+
+    shot = page.locator("#" + box_id).screenshot()
+    return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), float)
+
+
+def wait_analyzed(page, points_before: int = 0, timeout_ms: int = 120_000) -> str:
+    """Wait until the page lists more than ``points_before`` points and the newest one's
+    analysis has ended; returns the station's status (done, refused, ...)."""
+    page.wait_for_function(
+        "(n) => { const p = document.querySelectorAll('.station-nodule');"
+        " return p.length > n && !['placed', 'pending', 'busy']"
+        ".includes(p[p.length - 1].dataset.status); }",
+        arg=points_before,
+        timeout=timeout_ms,
+    )
+    page.wait_for_function(f"() => ({STATUS})() !== 'busy'", timeout=timeout_ms)
+    return page.evaluate(STATUS)
+
+
+def snapshot(page) -> dict:
+    return page.evaluate("() => window.trame.trigger('station_snapshot', [])")
+
+
+def wait_changed_near(page, box_id: str, before: np.ndarray, fx: float, fy: float) -> float:
+    """Wait (up to 30 s) until the view's image changes around (fx, fy); the changed share."""
+    h, w = before.shape[:2]
+    cy, cx = int(fy * h), int(fx * w)
+    near = (slice(max(0, cy - 25), cy + 25), slice(max(0, cx - 25), cx + 25))
+    changed = 0.0
+    deadline = time.monotonic() + 30
+    while changed < 0.05 and time.monotonic() < deadline:
+        after = view_image(page, box_id)
+        if after.shape == before.shape:
+            changed = float((np.abs(after - before).sum(-1) > 60)[near].mean())
+    return changed
