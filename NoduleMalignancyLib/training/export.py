@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import MissingFileError
 from ..core.metrics import auroc
 from ..core.network import build_network
 from ..core.settings import git_commit
@@ -47,7 +48,7 @@ def export_ensemble(
     cfg = TrainConfig.from_dict(info["train"])
     fold_dirs = finished_folds(run_dir)
     if not fold_dirs:
-        raise FileNotFoundError(f"No finished fold (best.pt + oof.csv) in {run_dir}.")
+        raise MissingFileError(f"No finished fold (best.pt + oof.csv) in {run_dir}.")
     models, per_fold = [], []
     for d in fold_dirs:
         model = build_network(cfg.network)
