@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib import cli
-from NoduleMalignancyLib.core.analysis import analyze_point
+from NoduleMalignancyLib.core.analysis import MAX_CONTEXT_PASSES, analyze_point
 from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
 from NoduleMalignancyLib.core.ensemble import Ensemble, WeightsError, write_random_ensemble
 from NoduleMalignancyLib.core.evidence import COMBINED, integrate
@@ -300,6 +300,6 @@ def test_full_ct_segmentations_stay_near_the_readers_size(data_dir):
         ]
         r = analyze_point(array, geometry, point, ens, map_to_ct=False)
         ratios.append(r.diameter_mm / np.mean(near))
-        assert 1 <= r.context_passes <= 3
+        assert 1 <= r.context_passes <= MAX_CONTEXT_PASSES
     assert len(ratios) == 4
     assert max(ratios) < 1.6 and np.median(ratios) < 1.4, ratios

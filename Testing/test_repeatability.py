@@ -81,6 +81,8 @@ def test_bench_repeatability_on_a_voi_out_of_fold(data_dir, tmp_path, capsys):
     for row in res["rows"]:
         assert "malignancy" in row["centre"]
         assert row["near"]["n"] + row["near"].get("refused", 0) == 5
-    assert set(res["summary"]) == {"near", "inner"}
+    assert set(res["summary"]) == {"near", "inner", "centre"}
+    assert 0.0 < res["rows"][0]["centre"]["dice"] <= 1.0
     printed = capsys.readouterr().out
     assert "near: Lung-RADS identical" in printed and "inner: Lung-RADS identical" in printed
+    assert "centre click: outline Dice" in printed

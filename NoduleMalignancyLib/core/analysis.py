@@ -49,7 +49,7 @@ MALIGNANCY = ATTRIBUTES.index("malignancy")
 # NoduleResult fields filled from measurements.measure_nodule (same names).
 MEASURED_FIELDS = (*MEASUREMENTS, "short_axis_mm", "mean_diameter_mm")
 SEGMENTATION_THRESHOLD = 0.5
-MAX_CONTEXT_PASSES = 4
+MAX_CONTEXT_PASSES = 5
 
 
 @dataclass
@@ -260,6 +260,7 @@ def sample_and_run(
         box = context_box_for_nodule(geometry, centre)
         sample, out = run(box, centre)
         seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
+        taken = [(box, centre, sample, out, seen)]  # the passes taken, in order
         while passes < MAX_CONTEXT_PASSES and seen.any():
             extent = grid_points_lps(sample.geometry)[seen]
             diameter = nodule_size(seen, cfg.spacing_zyx).diameter_mm
@@ -267,7 +268,10 @@ def sample_and_run(
             grown = context_box_for_nodule(
                 geometry, moved, extent, axial_diameter_mm=diameter, fov_z_mm=fov_z_mm
             )
-            if grown == box and np.allclose(moved, centre):
+            again = [i for i, t in enumerate(taken) if t[0] == grown and np.allclose(t[1], moved)]
+            if again:  # settled (the last pass) or a cycle: whichever click led into it, the
+                # cycle's pass with the lowest centre (z, y, x) is the answer
+                box, centre, sample, out, seen = min(taken[again[0] :], key=_lowest_centre)
                 break
             next_sample, next_out = run(grown, moved)
             passes += 1
@@ -275,9 +279,15 @@ def sample_and_run(
             if not same_nodule(next_seen, next_sample.geometry, seen, sample.geometry):
                 break
             box, centre, sample, out, seen = grown, moved, next_sample, next_out, next_seen
+            taken.append((box, centre, sample, out, seen))
     else:
         sample, out = run(context, point_lps)
     return sample, out, passes
+
+
+def _lowest_centre(taken_pass: tuple) -> tuple[float, ...]:
+    """Order of the passes of a cycle by their VOI centre, z first (LPS)."""
+    return tuple(np.round(np.asarray(taken_pass[1])[::-1], 3))
 
 
 def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, timings: dict):

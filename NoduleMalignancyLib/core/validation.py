@@ -319,12 +319,13 @@ def check_point(
         )
 
 
-def _distance_to_centre_mm(mask: np.ndarray, spacing_zyx) -> float:
-    """Distance (mm) from the VOI centre (the clicked point) to the nearest segmented voxel."""
+def _distance_to_point_mm(mask: np.ndarray, spacing_zyx, point_zyx=None) -> float:
+    """Distance (mm) from the clicked point (a continuous (z, y, x) index of the VOI grid; its
+    centre by default) to the nearest segmented voxel."""
     if not mask.any():
         return float("inf")
-    centre = (np.asarray(mask.shape) - 1) / 2.0
-    offsets = (np.argwhere(mask) - centre) * np.asarray(spacing_zyx, dtype=float)
+    point = (np.asarray(mask.shape) - 1) / 2.0 if point_zyx is None else np.asarray(point_zyx)
+    offsets = (np.argwhere(mask) - point) * np.asarray(spacing_zyx, dtype=float)
     return float(np.sqrt((offsets**2).sum(1)).min())
 
 
@@ -460,14 +461,16 @@ def check_result(
     scope: ScopeConfig = ScopeConfig(),
     side: str = "unknown",
     vessel_score: float | None = None,
+    point_zyx=None,
 ) -> tuple[list[Finding], dict]:
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
-    Returns the warnings and the figures they were decided on (for the result and the
-    firing-rate measurement).
+    ``point_zyx``: the click on the VOI grid (continuous index) when the VOI is not centred on
+    it (core/recentre.py). Returns the warnings and the figures they were decided on (for the
+    result and the firing-rate measurement).
     """
     mask = np.asarray(mask_voi, dtype=bool)
-    distance = _distance_to_centre_mm(mask, spacing_zyx)
+    distance = _distance_to_point_mm(mask, spacing_zyx, point_zyx)
     # (Flagged, not refused, for a segmentation away from the point: a cavitating nodule has air
     # at its centre; one LIDC nodule of 28.7 mm is segmented only more than 3 mm from its centre.)
     valid = np.asarray(valid_voi) > 0.5

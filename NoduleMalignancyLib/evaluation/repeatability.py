@@ -2,14 +2,16 @@
 
 A radiologist clicks somewhere on a nodule, never exactly where the readers' centre is; the
 measurements feed the Lung-RADS thresholds (6, 8, 15 mm) and growth (> 1.5 mm), so they must
-not move with the click (docs/DESIGN.md §7, "Stable under the click").
+not move with the click (docs/DESIGN.md §2, "Centred on the nodule").
 
 For each LIDC VOI, out of fold (analysed by the one fold model that never saw its patient):
 the listed centre, 4 clicks at min(1 mm, d/6) from it in random directions ("near"), and 4
 random voxels of the inner third of the readers' consensus mask ("inner"; voxels at least
 two thirds of the mask's largest depth from its boundary). Per nodule and click set (the centre
 with the 4 others): is the Lung-RADS category the same for all 5, the malignancy range in
-percentage points, and the coefficient of variation of the diameter and the volume.
+percentage points, and the coefficient of variation (SD / mean) of the diameter and the
+volume; at the centre click also the outline's Dice against the readers' mask, as a click shows
+it (mapped onto the VOI image's grid, as docs/experiments/full_ct_segmentation.py scores it).
 """
 
 from __future__ import annotations
@@ -47,22 +49,33 @@ def inner_clicks(mask_zyx: np.ndarray, geometry, rng, n: int = CLICKS) -> np.nda
     return np.array([geometry.index_to_lps(p[::-1].astype(float)) for p in pick])
 
 
-def _answer(image, geometry, point, ensemble) -> dict:
+def _answer(image, geometry, point, ensemble, truth=None) -> dict:
+    """One click's figures; with the readers' mask (``truth``, the image's grid) also the Dice
+    of the outline mapped onto the image, as a click shows it."""
     from ..core.analysis import analyze_point
     from ..core.errors import NoduleMalignancyError
+    from ..core.metrics import dice
+    from ..core.voi import embed_sub_grid, sub_grid_offset
 
     try:
-        r = analyze_point(image, geometry, point, ensemble, map_to_ct=False)
+        r = analyze_point(image, geometry, point, ensemble, map_to_ct=truth is not None)
     except NoduleMalignancyError as exc:
-        return {"refused": getattr(exc, "code", type(exc).__name__)}
-    return {
+        return {"refused": getattr(exc, "code", None) or type(exc).__name__}
+    answer = {
         "malignancy": 100.0 * r.malignancy_probability,
         "diameter_mm": r.diameter_mm,
         "mean_diameter_mm": r.mean_diameter_mm,
         "volume_mm3": r.volume_mm3,
         "lung_rads": r.lung_rads.category if r.lung_rads else "",
         "warnings": ";".join(w.code for w in r.warnings),
+        "context_passes": r.context_passes,
     }
+    if truth is not None:
+        outline = embed_sub_grid(
+            r.segmentation_mask_ct, sub_grid_offset(geometry, r.ct_grid), geometry.shape_zyx
+        )
+        answer["dice"] = dice(outline, np.asarray(truth) > 0)
+    return answer
 
 
 def _spread(answers: list[dict]) -> dict:
@@ -103,12 +116,15 @@ def summarize(rows: list[dict]) -> dict:
             "volume_cv_p90": float(np.nanpercentile([x["volume_cv"] for x in s], 90)),
             "with_a_refused_click": int(sum(x["refused"] > 0 for x in s)),
         }
+    dice = [r["centre"]["dice"] for r in rows if "dice" in r.get("centre", {})]
+    if dice:
+        out["centre"] = {"nodules": len(dice), "dice_mean": float(np.mean(dice))}
     return out
 
 
 def nodule_row(image, geometry, mask, centre_lps, diameter_mm: float, ensemble, rng) -> dict:
     """One nodule's answers at its centre, 4 near clicks and 4 inner clicks, and their spread."""
-    centre = _answer(image, geometry, centre_lps, ensemble)
+    centre = _answer(image, geometry, centre_lps, ensemble, truth=mask)
     near = [
         _answer(image, geometry, p, ensemble) for p in near_clicks(centre_lps, diameter_mm, rng)
     ]
@@ -138,7 +154,7 @@ def measure(
     from ..training.dataset import load_records
     from .maps import fold_ensembles
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # answers, not speed: one thread wastes no CPU on a busy machine
     directory = models_dir(models)
     ensemble = Ensemble.load(directory, device="cpu")
     ensemble.similar_index = None  # the neighbours are not measured here
@@ -186,7 +202,10 @@ def measure(
 def format_summary(res: dict) -> str:
     """The summary as lines a reader compares with the targets."""
     lines = [f"{res['nodules']} nodules, seed {res['seed']}, {res['seconds']:.0f} s"]
-    for kind, s in res["summary"].items():
+    for kind in ("near", "inner"):
+        if kind not in res["summary"]:
+            continue
+        s = res["summary"][kind]
         lines.append(
             f"{kind}: Lung-RADS identical {100 * s['lung_rads_identical']:.1f} % "
             f"(target >= {100 * TARGETS['lung_rads_identical']:.0f} %), malignancy range p90 "
@@ -196,6 +215,9 @@ def format_summary(res: dict) -> str:
             f"{100 * s['volume_cv_p90']:.2f} %, nodules with a refused click "
             f"{s['with_a_refused_click']}"
         )
+    if "centre" in res["summary"]:
+        c = res["summary"]["centre"]
+        lines.append(f"centre click: outline Dice {c['dice_mean']:.4f} ({c['nodules']} nodules)")
     return "\n".join(lines)
 
 
