@@ -76,9 +76,13 @@ def shoot(page, args, out: Path) -> None:
     before = station_page.view_image(page, where["box_id"])
     clicked = time.perf_counter()
     page.mouse.click(x, y)
-    station_page.wait_analyzed(page, 0)  # then the view's image with the overlay
+    page.wait_for_function(
+        f"() => !['ready', 'busy'].includes(({station_page.STATUS})())", timeout=300_000
+    )
+    print("status:", page.locator("#station-status").inner_text())
     station_page.wait_changed_near(page, where["box_id"], before, where["fx"], where["fy"])
     print(f"click to overlay {time.perf_counter() - clicked:.2f} s (shipped ensemble, CPU)")
+    page.mouse.move(1450, 940)  # off the views: no marker preview in the pictures
     page.wait_for_timeout(1500)
     _save(page, out, args, "nodule")
     # Close-ups of the axial view around the nodule, one per evidence overlay.
@@ -104,6 +108,7 @@ def shoot(page, args, out: Path) -> None:
         x, y, _ = station_page.locate(page, ras)
         page.mouse.click(x, y)
         station_page.wait_analyzed(page, n)
+        page.mouse.move(1450, 940)
         page.wait_for_timeout(1500)
         _save(page, out, args, name)
     if page.locator("#station-clear").count():

@@ -221,7 +221,7 @@ class StationApp:
     # Page ------------------------------------------------------------------------------------
     def _build_ui(self):
         from trame.ui.vuetify3 import SinglePageWithDrawerLayout
-        from trame.widgets import html
+        from trame.widgets import client, html
         from trame.widgets import vuetify3 as v3
 
         from . import ui
@@ -230,7 +230,7 @@ class StationApp:
             layout.title.set_text("Nodule malignancy")
             layout.footer.hide()  # it covered the axial view's slice slider
             # The slice sliders sit above Slicer's scale bar (both at the views' bottom).
-            html.Style(".slice-slider-gutter { bottom: 26px !important; }")
+            client.Style(".slice-slider-gutter { bottom: 26px !important; }")
             with layout.toolbar:
                 html.Span("{{ st.volume }}", classes="text-caption mx-2")
                 v3.VSpacer()

@@ -336,11 +336,12 @@ def _section_table() -> None:
     """One section: its title and a compact table of label, value (with unit), note."""
     html.Div("{{ s.title }}", classes="text-subtitle-2")
     with v3.VTable(density="compact"), html.Tbody():
-        with html.Tr(v_for="r in s.rows", key="r.key"):
-            html.Td("{{ r.label }}")
-            html.Td(  # a list (the Lung-RADS reasons): one item a line, read left to right
-                "{{ r.text }}",
-                classes=("r.items ? 'text-left' : 'text-right text-no-wrap'",),
-                style=("r.items ? 'white-space: pre-line' : ''",),
-            )
-            html.Td("{{ r.note }}", classes="text-caption")
+        with html.Template(v_for="r in s.rows", key="r.key"):
+            with html.Tr(v_if="!r.items"):
+                html.Td("{{ r.label }}")
+                html.Td("{{ r.text }}", classes="text-right text-no-wrap")
+                html.Td("{{ r.note }}", classes="text-caption")
+            with html.Tr(v_else=True):  # a list (the Lung-RADS reasons): the full width
+                with html.Td(colspan=3, style="white-space: pre-line", classes="py-1"):
+                    html.Div("{{ r.label }}", classes="text-caption text-medium-emphasis")
+                    html.Div("{{ r.text }}")
