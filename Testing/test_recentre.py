@@ -93,3 +93,40 @@ def test_clicks_near_the_centre_of_a_real_nodule_give_the_same_answer(data_dir, 
         assert a.diameter_mm == answers[0].diameter_mm
     assert [a.point_lps for a in answers][1] == tuple(centre + (0.6, -0.5, 0.3))
     assert all(not a.warnings for a in answers)
+
+
+class _GrowsEachPass:
+    """A stand-in network whose outline, a ball at the VOI centre, is 2 mm wider at every pass:
+    an outline that grows with the crops built on it never settles."""
+
+    def __init__(self):
+        from NoduleMalignancyLib.core.config import VoiConfig
+
+        self.manifest = type("Manifest", (), {"voi": VoiConfig()})()
+        self.radii_mm: list[float] = []
+
+    def run(self, channels):
+        from NoduleMalignancyLib.core.ensemble import FoldOutputs
+
+        cfg = self.manifest.voi
+        grid = np.stack(np.indices(cfg.shape_zyx), -1).astype(float)
+        offsets = (grid - (np.asarray(cfg.shape_zyx) - 1) / 2.0) * np.asarray(cfg.spacing_zyx)
+        self.radii_mm.append(3.0 + 2.0 * len(self.radii_mm))
+        ball = np.linalg.norm(offsets, axis=-1) <= self.radii_mm[-1]
+        seg = (ball & (channels[0, -1] > 0.5)).astype(np.float32)[None, None]
+        return FoldOutputs(np.zeros((1, 1, 9)), seg, [], [])
+
+
+def test_passes_that_never_settle_take_the_smallest_re_centred_outline():
+    from NoduleMalignancyLib.core.analysis import MAX_CONTEXT_PASSES, nodule_mask, sample_and_run
+    from NoduleMalignancyLib.core.measurements import nodule_size
+
+    ct = _grid(spacing=(0.7, 0.7, 1.0), size=(200, 200, 60))
+    image = np.full(ct.shape_zyx, -800.0, dtype=np.float32)
+    network = _GrowsEachPass()
+    click = ct.index_to_lps(np.array([100.3, 99.6, 30.2]))
+    sample, out, passes = sample_and_run(image, ct, click, network)
+    assert passes == MAX_CONTEXT_PASSES == len(network.radii_mm)
+    outline = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
+    diameter = nodule_size(outline, network.manifest.voi.spacing_zyx).diameter_mm
+    assert diameter == pytest.approx(2 * network.radii_mm[1], abs=1.0)  # the first re-centred

@@ -238,8 +238,9 @@ def sample_and_run(
     diameter, since the segmentation's z extent only follows the crop) and the nodule analyzed
     again, the VOI centred on the outline's centroid snapped to the CT grid (core/recentre.py:
     the input then depends on the nodule, not on the pixel clicked), until neither the crop nor
-    the centre changes (at most ``MAX_CONTEXT_PASSES`` passes). A pass whose outline is empty
-    or shares no voxel with the previous one (it left the clicked nodule) is not taken.
+    the centre changes (at most ``MAX_CONTEXT_PASSES`` passes; unsettled, the smallest re-centred
+    outline). A pass whose outline is empty or shares no voxel with the previous one (it left
+    the clicked nodule) is not taken.
     """
     cfg = ensemble.manifest.voi
     timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
@@ -261,7 +262,7 @@ def sample_and_run(
         sample, out = run(box, centre)
         seen = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
         taken = [(box, centre, sample, out, seen)]  # the passes taken, in order
-        while passes < MAX_CONTEXT_PASSES and seen.any():
+        while seen.any():
             extent = grid_points_lps(sample.geometry)[seen]
             diameter = nodule_size(seen, cfg.spacing_zyx).diameter_mm
             moved = nodule_centre(seen, sample.geometry, geometry)
@@ -272,6 +273,12 @@ def sample_and_run(
             if again:  # settled (the last pass) or a cycle: whichever click led into it, the
                 # cycle's pass with the lowest centre (z, y, x) is the answer
                 box, centre, sample, out, seen = min(taken[again[0] :], key=_lowest_centre)
+                break
+            if passes == MAX_CONTEXT_PASSES:  # unsettled: an outline that grows with its crop
+                # (the network fills what it is shown) is that feedback; the smallest
+                # re-centred outline is the answer
+                if len(taken) > 2:
+                    box, centre, sample, out, seen = min(taken[1:], key=lambda t: int(t[4].sum()))
                 break
             next_sample, next_out = run(grown, moved)
             passes += 1
