@@ -117,15 +117,22 @@ def paired_auroc_difference(
     if not np.isfinite(diff):
         return out
     w = cluster_bootstrap_weights(_groups_or_cases(groups, keep), n_boot, seed)
-    d = _weighted_auroc(y, a, w) - _weighted_auroc(y, b, w)
+    return out | _difference_interval(_weighted_auroc(y, a, w) - _weighted_auroc(y, b, w), level)
+
+
+def _difference_interval(d: np.ndarray, level: float) -> dict:
+    """Percentile CI of bootstrap differences and the two-sided p of 0 (never reported as 0)."""
     d = d[np.isfinite(d)]
     tail = 100 * (1 - level) / 2
-    out["lo"], out["hi"] = (float(v) for v in np.percentile(d, [tail, 100 - tail]))
+    lo, hi = (float(v) for v in np.percentile(d, [tail, 100 - tail]))
     below = ((d <= 0).sum() + 1) / (len(d) + 1)
     above = ((d >= 0).sum() + 1) / (len(d) + 1)
-    out["p"] = float(min(1.0, 2 * min(below, above)))
-    out["p_floor"] = float(2 / (len(d) + 1))  # smallest p these resamples can give
-    return out
+    return {
+        "lo": lo,
+        "hi": hi,
+        "p": float(min(1.0, 2 * min(below, above))),
+        "p_floor": float(2 / (len(d) + 1)),  # smallest p these resamples can give
+    }
 
 
 def reliability(y, prob, n_bins: int = 10) -> dict:
@@ -287,15 +294,7 @@ def paired_size_matched_difference(
     conc = _pair_concordance(a, pairs) - _pair_concordance(b, pairs)
     out["diff"] = float(conc.mean())
     w = cluster_bootstrap_weights(_groups_or_cases(groups, keep), n_boot, seed)
-    diffs = _weighted_pair_mean(conc, pairs, w)
-    diffs = diffs[np.isfinite(diffs)]
-    tail = 100 * (1 - level) / 2
-    out["lo"], out["hi"] = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
-    below = ((diffs <= 0).sum() + 1) / (len(diffs) + 1)
-    above = ((diffs >= 0).sum() + 1) / (len(diffs) + 1)
-    out["p"] = float(min(1.0, 2 * min(below, above)))
-    out["p_floor"] = float(2 / (len(diffs) + 1))
-    return out
+    return out | _difference_interval(_weighted_pair_mean(conc, pairs, w), level)
 
 
 def ece_noise_floor(
