@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 
 CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent  # the repository (the station's working folder)
 STATUS = "() => document.querySelector('#station-status')?.dataset.status"
 
 

@@ -349,6 +349,62 @@ def test_real_worker_thread_run(slicer_runtime, mrml_scene, ct_0001_path):
         controller.shutdown()
 
 
+MODES_SCRIPT = """
+import sys
+from NoduleMalignancyLib.station.app import StationApp
+app = StationApp(models_dir=sys.argv[1], device="cpu")
+app.load_sample("LIDC-IDRI-0001")
+view, node = app.views.view("Red"), app.views.slice_node("Red")
+view.render_window().SetSize(600, 600)
+view.interactor().SetSize(600, 600)
+app.views.fit_resized()
+display = app.controller.volume.GetDisplayNode()
+
+def left_drag():
+    it = view.interactor()
+    it.SetEventInformationFlipY(300, 300)
+    it.InvokeEvent("LeftButtonPressEvent")
+    for k in range(1, 8):
+        it.SetEventInformationFlipY(300 + 10 * k, 300 + 5 * k)
+        it.InvokeEvent("MouseMoveEvent")
+    it.InvokeEvent("LeftButtonReleaseEvent")
+
+def seen():
+    m = node.GetXYToRAS()
+    return (display.GetWindow(), display.GetLevel(), tuple(m.GetElement(i, 3) for i in range(3)),
+            app.controller.markups.GetNumberOfControlPoints())
+
+for mode in ("pan_zoom", "window_level", "place"):
+    app.views.set_mode(mode, app.controller.markups)
+    before = seen()
+    left_drag()
+    after = seen()
+    print(mode, [a != b for a, b in zip(before, after)])
+app.controller.shutdown()
+"""
+
+
+def test_each_mouse_mode_does_what_it_says_with_a_left_drag(tiny_dir, ct_0001_path):
+    """In Slicer's slice views (no browser): pan/zoom pans (only the slice origin moves),
+    window/level changes window and level, place adds a point."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", MODES_SCRIPT, str(tiny_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(station_page.ROOT),
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
+    assert lines == {
+        "pan_zoom": "[False, False, True, False]",
+        "window_level": "[True, True, False, False]",
+        "place": "[False, False, False, True]",
+    }, done.stdout + done.stderr[-3000:]
+
+
 # The page in a real browser ---------------------------------------------------------------------
 CHROMIUM = station_page.CHROMIUM
 

@@ -162,6 +162,34 @@ class StationViews:
                 if mode == "window_level"
                 else Interaction.ViewTransform
             )
+        self._left_drag_pans(mode == "pan_zoom")
+
+    def _left_drag_pans(self, on: bool) -> None:
+        """In Slicer's view mode a left drag does nothing in a slice view (middle drag pans,
+        right drag zooms): in the pan/zoom mode a left drag pans too."""
+        import vtk
+        from slicer import vtkMRMLSliceIntersectionWidget as Widget
+
+        for view in self.app.view_manager.get_slice_views():
+            group = view._displayable_manager_group  # trame-slicer keeps no public accessor
+            manager = group.GetDisplayableManagerByClassName("vtkMRMLCrosshairDisplayableManager")
+            widget = manager.GetSliceIntersectionWidget() if manager is not None else None
+            if widget is None:
+                continue
+            press = vtk.vtkCommand.LeftButtonPressEvent
+            if on:
+                widget.SetEventTranslationClickAndDrag(
+                    Widget.WidgetStateIdle,
+                    press,
+                    vtk.vtkEvent.NoModifier,
+                    Widget.WidgetStateTranslateSlice,
+                    Widget.WidgetEventTranslateSliceStart,
+                    Widget.WidgetEventTranslateSliceEnd,
+                )
+            else:
+                widget.SetEventTranslation(
+                    Widget.WidgetStateIdle, press, vtk.vtkEvent.NoModifier, Widget.WidgetEventNone
+                )
 
     def keep_mode(self, mode: str, markups) -> bool:
         """Put the mode back when Slicer left it (a right click ends placement in Slicer):
