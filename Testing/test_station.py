@@ -458,6 +458,8 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
     slice node's XY-to-RAS inverse), sees the busy state end and the results panel, and the
     overlay on the view's own image around the click. Prints page load to views and click to
     overlay (figures, not asserted: docs/benchmarks.md)."""
+    import os
+
     url, server_log = station_server
     with _browser() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -469,7 +471,10 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
             before = station_page.view_image(page, where["box_id"])
             clicked = time.perf_counter()
             page.mouse.click(x, y)
+            page.wait_for_function(f"() => ({station_page.STATUS})() !== 'ready'")
+            busy_s = time.perf_counter() - clicked  # the click seen, the analysis started
             status = station_page.wait_analyzed(page)
+            done_s = time.perf_counter() - clicked
             assert status == "done", page.locator("#station-status").inner_text()
             changed = station_page.wait_changed_near(
                 page, where["box_id"], before, where["fx"], where["fy"]
@@ -477,7 +482,8 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
             overlay_s = time.perf_counter() - clicked
             assert changed >= 0.05, f"no overlay around the click ({changed:.3f} changed)"
             print(
-                f"\nstation: page load to views {views_s:.1f} s, click to overlay {overlay_s:.1f} s"
+                f"\nstation: page load to views {views_s:.1f} s, click to overlay {overlay_s:.2f} s"
+                f" (click to busy {busy_s:.2f} s, to done {done_s:.2f} s; load {os.getloadavg()})"
             )
             snapshot = station_page.snapshot(page)
             assert snapshot["layers"]["segments"] == 1 and snapshot["layers"]["evidence"]
