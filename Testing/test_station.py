@@ -546,6 +546,14 @@ def test_browser_viewer_basics_and_point_states(station_server):
             page.mouse.click(x, y)
             assert station_page.wait_analyzed(page) == "done"
             first = station_page.snapshot(page)["current"]
+            # A resized window keeps the reader's slice (it was refitted to the CT's centre).
+            readout = annotations.locator(".station-readout")
+            at_nodule = readout.inner_text()
+            page.set_viewport_size({"width": 1250, "height": 820})
+            page.wait_for_timeout(2000)
+            assert readout.inner_text() == at_nodule
+            page.set_viewport_size({"width": 1400, "height": 900})
+            page.wait_for_timeout(1000)
             # A second click on the analyzed nodule selects it.
             x, y, _ = station_page.locate(page, (NODULE_RAS[0] + 0.7, *NODULE_RAS[1:]))
             page.mouse.click(x, y)
