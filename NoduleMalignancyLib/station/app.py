@@ -206,6 +206,8 @@ class StationApp:
             state.st = snapshot
             state.suggested = self.suggested
             state.annotations = self.views.annotations(self.controller.volume)
+            if state.mode == "place" and not self.controller.model_allowed:
+                state.mode = "pan_zoom"  # the toggle shows the mode the views obey
             if self.controller.window:  # a new CT starts on the lung preset
                 state.window_preset = self.controller.window
         self.views.refresh()
