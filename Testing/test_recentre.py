@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.recentre import nodule_centre, same_nodule, snap_to_voxel
+from NoduleMalignancyLib.core.recentre import (
+    nodule_centre,
+    reaches_field_edge,
+    same_nodule,
+    snap_to_voxel,
+)
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -96,8 +101,9 @@ def test_clicks_near_the_centre_of_a_real_nodule_give_the_same_answer(data_dir, 
 
 
 class _GrowsEachPass:
-    """A stand-in network whose outline, a ball at the VOI centre, is 2 mm wider at every pass:
-    an outline that grows with the crops built on it never settles."""
+    """A stand-in network whose outline, a ball at the VOI centre, is 8 mm wider at every pass:
+    an outline that grows with the crops built on it never settles, and reaches the edge of the
+    32 mm field of view at the fifth pass (a 38 mm ball)."""
 
     def __init__(self):
         from NoduleMalignancyLib.core.config import VoiConfig
@@ -111,13 +117,14 @@ class _GrowsEachPass:
         cfg = self.manifest.voi
         grid = np.stack(np.indices(cfg.shape_zyx), -1).astype(float)
         offsets = (grid - (np.asarray(cfg.shape_zyx) - 1) / 2.0) * np.asarray(cfg.spacing_zyx)
-        self.radii_mm.append(3.0 + 2.0 * len(self.radii_mm))
+        self.radii_mm.append(3.0 + 4.0 * len(self.radii_mm))
         ball = np.linalg.norm(offsets, axis=-1) <= self.radii_mm[-1]
-        seg = (ball & (channels[0, -1] > 0.5)).astype(np.float32)[None, None]
+        self.last_outline = ball & (channels[0, -1] > 0.5)
+        seg = self.last_outline.astype(np.float32)[None, None]
         return FoldOutputs(np.zeros((1, 1, 9)), seg, [], [])
 
 
-def test_passes_that_never_settle_take_the_smallest_re_centred_outline():
+def test_passes_that_never_settle_stop_before_the_outline_reaches_the_field_edge():
     from NoduleMalignancyLib.core.analysis import MAX_CONTEXT_PASSES, nodule_mask, sample_and_run
     from NoduleMalignancyLib.core.measurements import nodule_size
 
@@ -129,4 +136,6 @@ def test_passes_that_never_settle_take_the_smallest_re_centred_outline():
     assert passes == MAX_CONTEXT_PASSES == len(network.radii_mm)
     outline = nodule_mask(out.seg_probability.mean(0)[0], sample.valid)
     diameter = nodule_size(outline, network.manifest.voi.spacing_zyx).diameter_mm
-    assert diameter == pytest.approx(2 * network.radii_mm[1], abs=1.0)  # the first re-centred
+    assert reaches_field_edge(network.last_outline)
+    assert not reaches_field_edge(outline)
+    assert diameter == pytest.approx(2 * network.radii_mm[3], abs=1.5)  # the fourth pass

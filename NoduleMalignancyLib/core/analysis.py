@@ -31,7 +31,7 @@ from .geometry import ImageGeometry
 from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
 from .lung_rads import texture_class as texture_class_of
 from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
-from .recentre import nodule_centre, same_nodule
+from .recentre import nodule_centre, reaches_field_edge, same_nodule
 from .result_schema import JSON, fields_for, score_field
 from .similar import summary_line as similar_summary_line
 from .validation import (
@@ -238,9 +238,10 @@ def sample_and_run(
     diameter, since the segmentation's z extent only follows the crop) and the nodule analyzed
     again, the VOI centred on the outline's centroid snapped to the CT grid (core/recentre.py:
     the input then depends on the nodule, not on the pixel clicked), until neither the crop nor
-    the centre changes (at most ``MAX_CONTEXT_PASSES`` passes; unsettled, the smallest re-centred
-    outline). A pass whose outline is empty or shares no voxel with the previous one (it left
-    the clicked nodule) is not taken.
+    the centre changes (at most ``MAX_CONTEXT_PASSES`` passes; unsettled, an outline that grew to
+    the field of view's edge is replaced by the last re-centred one inside it). A pass whose
+    outline is empty or shares no voxel with the previous one (it left the clicked nodule) is not
+    taken.
     """
     cfg = ensemble.manifest.voi
     timings = timings if timings is not None else {"voi_sampling": 0.0, "network": 0.0}
@@ -274,11 +275,12 @@ def sample_and_run(
                 # cycle's pass with the lowest centre (z, y, x) is the answer
                 box, centre, sample, out, seen = min(taken[again[0] :], key=_lowest_centre)
                 break
-            if passes == MAX_CONTEXT_PASSES:  # unsettled: an outline that grows with its crop
-                # (the network fills what it is shown) is that feedback; the smallest
-                # re-centred outline is the answer
-                if len(taken) > 2:
-                    box, centre, sample, out, seen = min(taken[1:], key=lambda t: int(t[4].sum()))
+            if passes == MAX_CONTEXT_PASSES:  # unsettled: an outline that grew with its crops
+                # (the network fills what it is shown) up to the field of view's edge stops at
+                # the last re-centred pass that stayed inside it
+                inside = [t for t in taken[1:] if not reaches_field_edge(t[4])]
+                if reaches_field_edge(seen) and inside:
+                    box, centre, sample, out, seen = inside[-1]
                 break
             next_sample, next_out = run(grown, moved)
             passes += 1

@@ -42,3 +42,11 @@ def same_nodule(
     inside = np.all((kji >= 0) & (kji < np.asarray(other.shape_zyx)), axis=1)
     kji = kji[inside]
     return bool(np.asarray(other_zyx, dtype=bool)[kji[:, 0], kji[:, 1], kji[:, 2]].any())
+
+
+def reaches_field_edge(mask_zyx: np.ndarray) -> bool:
+    """Does an outline (a VOI-grid mask) reach a face of the network's field of view?"""
+    mask = np.asarray(mask_zyx, dtype=bool)
+    return any(
+        np.take(mask, index, axis=axis).any() for axis in range(mask.ndim) for index in (0, -1)
+    )
