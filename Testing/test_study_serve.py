@@ -198,6 +198,10 @@ def test_no_station_outlives_a_killed_front(study, tiny_dir):
     """SIGKILL of the front (no cleanup runs): its stations stop by themselves."""
     with run_front(study["db"], tiny_dir, stop=signal.SIGKILL) as (front, lines):
         sign_in(front, study["tokens"]["alice"])
+        # The front's output is read by a thread: its "station pid" line may trail the redirect.
+        deadline = time.monotonic() + 30
+        while not station_pids(lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert station_pids(lines), "a station was started"
 
 
