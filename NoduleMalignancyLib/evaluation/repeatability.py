@@ -225,8 +225,7 @@ def register(subparsers) -> None:
     """Add the ``bench-repeatability`` sub-command to the main CLI's sub-parsers."""
     parser = subparsers.add_parser(
         "bench-repeatability",
-        help="does the answer move with the pixel clicked? LIDC VOIs out of fold, 4 near and "
-        "4 inner clicks per nodule",
+        help="does the answer move with the pixel clicked? (LIDC VOIs out of fold)",
     )
     parser.add_argument("--models", default=None, help="ensemble folder (default: shipped)")
     parser.add_argument("--data", default=None, help="folder containing lidc_vois/")
