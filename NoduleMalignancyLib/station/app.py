@@ -10,8 +10,10 @@ the runner's worker thread, never on the event loop (docs/DESIGN.md §7).
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
+from ..core.errors import NoduleMalignancyError
 from ..core.extras import require_extra
 
 try:  # the MRML layer: slicer-core and vtk, with trame from the station's extra
@@ -102,7 +104,8 @@ class StationApp:
         path = sample_path(name)
         try:
             points = nodule_points_lps(name)
-        except Exception:  # the points are a convenience; the CT is what matters
+        except (NoduleMalignancyError, OSError, ValueError, KeyError) as exc:  # a convenience
+            logging.getLogger(__name__).warning("no reader points for %s: %s", name, exc)
             points = []
         self.load(path, name, points)
 
