@@ -80,8 +80,10 @@ def parameter_node(scene):
         node = slicer.vtkMRMLScriptedModuleNode()
         node.SetSingletonTag(MODULE_NAME)
         node.SetName(scene.GenerateUniqueName(MODULE_NAME))
-        node.SetAttribute("ModuleName", MODULE_NAME)
         node = scene.AddNode(node)
+    if node.GetAttribute("ModuleName") != MODULE_NAME:
+        # A new node, or a singleton that a scene close reset (Reset() drops its attributes).
+        node.SetAttribute("ModuleName", MODULE_NAME)
     missing = [name for name in DEFAULTS if not node.GetParameter(name)]
     if missing:
         was = node.StartModify()
