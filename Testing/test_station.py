@@ -585,6 +585,7 @@ def test_browser_viewer_basics_and_point_states(station_server):
             page.locator("#station-clear").click()
             page.locator("#station-clear-confirm").click()
             page.wait_for_function("() => document.querySelectorAll('.station-nodule').length == 0")
+            page.locator("#station-clear-dialog").wait_for(state="hidden", timeout=10_000)
             # Window/level mode: a left drag changes the window, and the readout says so.
             page.locator("#station-mode-window_level").click()
             page.wait_for_timeout(500)

@@ -145,7 +145,10 @@ class StationApp:
 
     def clear_points(self) -> None:
         """The dialog's confirm button: every point goes (the page asked first)."""
+        # Closed from here, and pushed even if the page's "open" never reached the server (a
+        # fast confirm): else the dialog's scrim stays over the page.
         self.server.state.confirm_clear = False
+        self.server.state.dirty("confirm_clear")
         self.controller.clear_points()
         self._push()
 
