@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -141,4 +143,12 @@ def cmd_train(args) -> int:
         dist.barrier()
     finally:
         shutdown(dist)
+    if dist.enabled:
+        # Everything is written and the group is left, yet gloo's threads can still abort the
+        # interpreter's teardown now and then (SIGABRT, "terminate called without an active
+        # exception"; seen in CI after the barrier above): a torchrun worker leaves at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
     return 0
