@@ -7,12 +7,15 @@ the manifest, the sample cache and the batch CSVs all need.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["atomic_path", "write_csv", "write_json"]
 
@@ -55,3 +58,25 @@ def write_csv(
         for row in rows:
             writer.writerow({k: format_value(v) for k, v in row.items()})
     return Path(path)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (weights, indexes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def finite_json(o):
+    """NaN/inf -> None, recursively, numpy numbers as numbers (strict JSON)."""
+    if isinstance(o, dict):
+        return {k: finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_json(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o

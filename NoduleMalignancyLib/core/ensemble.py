@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import write_json
+from .atomic import sha256_of, write_json
 from .config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
 from .device import device_choice, resolve_device
 from .errors import WeightsError
@@ -35,14 +35,6 @@ MANIFEST_NAME = "manifest.json"
 SHIPPED_MANIFEST_SHA256 = "24f15fcaddc36ca3bd04c796be8a0d08b57fa93a3e29832d48274fae6e051933"
 # The model version every other ensemble reports (a user's training, a forged manifest).
 CUSTOM_VERSION = "custom"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_digest(directory: Path) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import sha256_of
 from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,23 @@ class SimilarIndex:
         folds: np.ndarray | None = None,
     ) -> list[SimilarNodule]:
         """The ``k`` closest nodules, nearest first (never one of ``exclude_patient``'s)."""
+        rows, d = self.nearest_rows(query, k, exclude_patient, folds)
+        return [self.neighbour(int(i), float(di)) for i, di in zip(rows, d, strict=True)]
+
+    def nearest_rows(
+        self,
+        query: np.ndarray,
+        k: int = DEFAULT_K,
+        exclude_patient: str | None = None,
+        folds: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Index rows of the ``k`` closest nodules and their distances, nearest first."""
         d = self.distances(query, folds)
         if exclude_patient is not None:
             d = np.where(self.patient_id == exclude_patient, np.inf, d)
         order = np.argsort(d, kind="stable")[:k]
-        return [self.neighbour(int(i), float(d[i])) for i in order if np.isfinite(d[i])]
+        order = order[np.isfinite(d[order])]
+        return order, d[order]
 
     def neighbour(self, i: int, distance: float) -> SimilarNodule:
         return SimilarNodule(
@@ -131,7 +144,7 @@ class SimilarIndex:
         )
         meta = {
             "file": INDEX_FILE,
-            "sha256": _sha256(path),
+            "sha256": sha256_of(path),
             "weights_sha256": self.weights_sha256,
             "nodules": len(self.nodule),
             "folds": int(self.features.shape[0]),
@@ -150,10 +163,6 @@ def weights_digest(folds: list[dict]) -> str:
     return hashlib.sha256("\n".join(f["sha256"] for f in folds).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_similar_index(directory: str | Path, weights_sha256: str) -> SimilarIndex | None:
     """The index beside an ensemble, or None (with a logged reason) when it is absent, damaged,
     or was built for other weights."""
@@ -163,7 +172,7 @@ def load_similar_index(directory: str | Path, weights_sha256: str) -> SimilarInd
         return None
     try:
         info = json.loads(info_path.read_text())
-        if info.get("sha256") != _sha256(path):
+        if info.get("sha256") != sha256_of(path):
             log.warning("similar-nodule index %s does not match its digest: not used", path)
             return None
         if info.get("weights_sha256") != weights_sha256:

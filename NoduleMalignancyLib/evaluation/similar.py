@@ -11,14 +11,13 @@ where fewer). Neighbours that only repeated the size would score like the lookup
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..core import metrics
-from ..core.atomic import write_json
+from ..core.atomic import finite_json, write_json
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 from ..core.similar import DEFAULT_K, SimilarIndex, weights_digest
 
@@ -99,10 +98,9 @@ def evaluate_out_of_fold(
         if fold not in position:
             continue
         query = index.features[:, i]
-        neighbours = index.nearest(
+        rows, _ = index.nearest_rows(
             query, k=k, exclude_patient=str(index.patient_id[i]), folds=[position[fold]]
         )
-        rows = [int(np.flatnonzero(index.nodule == nb.nodule)[0]) for nb in neighbours]
         nn_mal[i] = index.malignancy_mean[rows].mean()
         nn_rating[i] = index.targets[rows].mean(0)
         nn_diameter_gap[i] = np.abs(index.diameter_mm[rows] - index.diameter_mm[i]).mean()
@@ -202,7 +200,7 @@ def build(models: str | Path | None, data: str | None, out: str | Path | None, e
     res["embed_seconds"] = round(seconds, 1)
     command = "nodule-malignancy similar-index" + (f" --out {out}" if out else "")
     index.save(out_dir, {"model_version": ensemble.manifest.version})
-    write_json(out_dir / "similar_metrics.json", _finite(res))
+    write_json(out_dir / "similar_metrics.json", finite_json(res))
     (out_dir / "SIMILAR.md").write_text(markdown(res, command, ensemble.manifest.version))
     echo(
         f"indexed {len(records)} nodules in {seconds:.0f} s; neighbours AUROC "
@@ -210,14 +208,6 @@ def build(models: str | Path | None, data: str | None, out: str | Path | None, e
         f"{res['size_lookup_auroc']['auroc']:.3f} -> {out_dir}"
     )
     return res
-
-
-def _finite(x):
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def register(subparsers) -> None:

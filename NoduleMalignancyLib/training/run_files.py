@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.atomic import atomic_path, write_json
+from ..core.atomic import atomic_path, finite_json, write_json
 from ..core.settings import git_commit
 from ..files.csv_cells import write_csv
 from .config import TrainConfig
@@ -50,19 +50,6 @@ def _fmt(v):
 def write_run_json(path: Path, obj) -> None:
     """Strict JSON (NaN and infinities as null, numpy numbers as numbers), atomically."""
     write_json(path, finite_json(obj), default=_json_default)
-
-
-def finite_json(o):
-    """NaN/inf -> None, recursively (the manifest must stay strict JSON)."""
-    if isinstance(o, dict):
-        return {k: finite_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [finite_json(v) for v in o]
-    if isinstance(o, (float, np.floating)):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
 
 
 def _json_default(o):
