@@ -70,9 +70,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def finite_json(o):
-    """NaN/inf -> None, recursively, numpy numbers as numbers (strict JSON)."""
+    """NaN/inf -> None, recursively, numpy numbers as numbers, keys as text (strict JSON)."""
     if isinstance(o, dict):
-        return {k: finite_json(v) for k, v in o.items()}
+        return {str(k): finite_json(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [finite_json(v) for v in o]
     if isinstance(o, (float, np.floating)):

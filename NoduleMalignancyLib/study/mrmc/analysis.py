@@ -35,6 +35,7 @@ from itertools import combinations
 import numpy as np
 from scipy import stats
 
+from ...core.atomic import finite_json
 from .data import Study, build_study
 
 COVARIANCES = ("jackknife", "delong")
@@ -278,7 +279,7 @@ class MrmcResult:
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data (NaN and infinities as None)."""
-        return _plain(dataclasses.asdict(self))
+        return finite_json(dataclasses.asdict(self))
 
     def main_line(self) -> str:
         """The headline: analysis 1's F test and each difference with its CI."""
@@ -293,18 +294,6 @@ class MrmcResult:
             f"OR random readers and cases ({self.covariance}): F({a.test.ndf}, "
             f"{a.test.ddf:.2f}) = {a.test.statistic:.2f}, p = {a.test.p_value:.4f}; {diffs}"
         )
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _pairs(modalities: Sequence[str]) -> list[tuple[int, int]]:
