@@ -21,9 +21,9 @@ from .fusion import (
     MALIGNANCY_PROBABILITY,
     MEASUREMENTS,
     apply_fusion,
+    apply_fusion_logit,
     calibration_slope,
     head_of,
-    logit,
     measured_features,
 )
 from .gates import gate_health
@@ -329,9 +329,8 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
     explanation = explain_malignancy(fusion, logits[:, MALIGNANCY], measured)
     # One malignancy number: the shown probability is the explained one (sigmoid of the
     # calibrated mean fold logit); the folds' own calibrated probabilities give its spread.
-    fold_mal = 1.0 / (
-        1.0 + np.exp(-calibration_slope(fusion) * logit(fused(MALIGNANCY_PROBABILITY)))
-    )
+    fold_logit = apply_fusion_logit(fusion, MALIGNANCY_PROBABILITY, logits[:, MALIGNANCY], measured)
+    fold_mal = 1.0 / (1.0 + np.exp(-calibration_slope(fusion) * fold_logit))
     # Scaled by the image coefficient, the maps add up to the image evidence part of the shown
     # logit (docs/DESIGN.md §11), not to the unfused MIL logit.
     evidence = {

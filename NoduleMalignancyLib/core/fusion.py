@@ -152,9 +152,14 @@ def apply_output(model: dict | None, head_logit, measured) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-apply_output_logit(model, head_logit, measured)))
 
 
+def apply_fusion_logit(fusion: dict | None, output: str, head_logit, measured) -> np.ndarray:
+    """Fused logit of ``output`` under a manifest fusion entry (None: the head's logit)."""
+    return apply_output_logit((fusion or {}).get("outputs", {}).get(output), head_logit, measured)
+
+
 def apply_fusion(fusion: dict | None, output: str, head_logit, measured) -> np.ndarray:
     """Fused probability of ``output`` under a manifest fusion entry (None: raw head)."""
-    return apply_output((fusion or {}).get("outputs", {}).get(output), head_logit, measured)
+    return 1.0 / (1.0 + np.exp(-apply_fusion_logit(fusion, output, head_logit, measured)))
 
 
 # The shown malignancy is sigmoid(slope x fused logit): one number, calibrated on the logit the
