@@ -116,6 +116,59 @@ def test_point_on_the_nodule_gives_the_results_panel(station):
     assert controller.select(point_id) is not None
 
 
+def _first_dicom_header(archive):
+    """The first DICOM header of an archive, read with pydicom (not the code under test)."""
+    import io
+    import tarfile
+
+    import pydicom
+
+    with tarfile.open(archive) as tar:
+        member = next(m for m in tar if m.isfile() and m.name.lower().endswith(".dcm"))
+        return pydicom.dcmread(io.BytesIO(tar.extractfile(member).read()), stop_before_pixels=True)
+
+
+def test_the_station_says_whose_ct_it_shows_and_the_table_records_it(station, data_dir):
+    """Issue 28: the station and the results table name the patient, study date and series
+    read, for the cached sample (an NRRD that keeps the DICOM tags) and a DICOM archive."""
+    from NoduleMalignancyLib.mrml.roles import ROLE_TABLE
+
+    controller, executor = station
+    shown = controller.snapshot()["input"]
+    assert shown["patient_id"] == SAMPLE and shown["known"]
+    assert shown["series_uid"].startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.")
+    assert shown["series_uid_short"] == "…" + shown["series_uid"][-12:]
+    archive = data_dir / "lidc_ct" / "LIDC-IDRI-0006.tar.gz"
+    header = _first_dicom_header(archive)
+    controller.load_ct(archive, name="LIDC-IDRI-0006")
+    shown = controller.snapshot()["input"]
+    date = str(header.StudyDate)
+    assert shown == {
+        "patient_id": "LIDC-IDRI-0006",
+        "study_date": f"{date[:4]}-{date[4:6]}-{date[6:]}",
+        "series_uid": str(header.SeriesInstanceUID),
+        "series_uid_short": "…" + str(header.SeriesInstanceUID)[-12:],
+        "known": True,
+    }
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+
+    (_, nodule), *_ = samples.nodule_points_lps("LIDC-IDRI-0006", data_dir=data_dir)
+    _analyze(controller, executor, lps_to_ras(nodule))
+    assert controller.snapshot()["nodules"][0]["status"] == "done"
+    table = controller.logic.getParameterNode().GetNodeReference(ROLE_TABLE)
+    cells = {
+        name: table.GetTable().GetColumnByName(name).GetValue(0)
+        for name in ("patient_id", "study_date", "series_uid")
+    }
+    assert cells == {
+        "patient_id": "LIDC-IDRI-0006",
+        "study_date": date,
+        "series_uid": str(header.SeriesInstanceUID),
+    }
+    controller.close_ct()
+    assert controller.snapshot()["input"] is None
+
+
 def test_the_panel_shows_schema_fields_with_their_units_once():
     """Every row is a schema field with the schema's label and unit; the Lung-RADS section and
     the measurements print the same mean diameter (one rounding), calcification appears once."""
@@ -466,6 +519,12 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
         try:
             page, views_s = station_page.open_page(browser, url)
             assert page.evaluate(station_page.STATUS) == "ready"
+            # Whose CT (issue 28): the patient, and the series UID's tail with the full one.
+            assert page.locator("#station-patient-id").inner_text() == SAMPLE
+            uid = page.locator("#station-series-uid")
+            full = uid.get_attribute("title")
+            assert full.startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.")
+            assert uid.inner_text() == "…" + full[-12:]
             x, y, where = station_page.locate(page, NODULE_RAS)
             page.mouse.move(x, y)
             before = station_page.view_image(page, where["box_id"])

@@ -250,6 +250,7 @@ def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_d
                 assert "token" not in page.url, "the token leaves the address bar"
                 assert "secret" not in page.url, "so does the websocket secret"
                 assert "unaided reading" in page.locator("#study-case").inner_text()
+                assert page.locator("#station-patient-id").inner_text() == "LIDC-IDRI-0001"
                 assert page.locator("#station-results").count() == 0
                 page.evaluate("(f) => window.trame.state.set('form', f)", FORM)
                 page.click("#study-submit")
@@ -270,6 +271,7 @@ def test_browser_study_sign_in_rate_and_see_the_model_after_commit(study, tiny_d
         ("unaided", False),
         ("aided", True),
     ]
+    assert {r["patient_id"] for r in rows} == {"LIDC-IDRI-0001"}, "the CT each was made on"
 
 
 def test_a_station_serves_one_reader_on_one_connection(study_owned, tiny_dir):

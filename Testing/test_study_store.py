@@ -410,7 +410,61 @@ def test_a_version_1_database_gains_the_skips_table_and_keeps_its_ratings(tmp_pa
     step = reopened.next_case(token)
     reopened.skip(token, step.case, "CT unreadable")
     con = sqlite3.connect(store.db_path)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+
+
+IDENTITY = {
+    "series_uid": "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192",
+    "patient_id": "LIDC-IDRI-0001",
+    "study_date": "20000101",
+}
+
+
+def test_a_rating_records_the_ct_it_was_made_on_and_the_export_carries_it(tmp_path):
+    store, owner = new_store(tmp_path, n=2)
+    token = store.add_reader(owner, "A")
+    step = store.next_case(token)
+    store.open_case(token, step.case)
+    committed = store.submit(token, step.case, "unaided", RATING, IDENTITY)
+    assert {k: committed[k] for k in IDENTITY} == IDENTITY
+    assert {k: store.my_ratings(token)[0][k] for k in IDENTITY} == IDENTITY
+    rate(store, token, "aided")  # no identity given (a file without DICOM headers): ""
+    paths = store.export(owner, tmp_path / "out")
+    with open(paths["ratings"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {k: rows[0][k] for k in IDENTITY} == IDENTITY
+    assert {k: rows[1][k] for k in IDENTITY} == dict.fromkeys(IDENTITY, "")
+
+
+def test_a_version_2_database_gains_the_identity_columns_and_an_archive_is_read_as_it_is(
+    tmp_path,
+):
+    """Schema 2 -> 3 (the ratings' series UID, patient ID, study date): opened for writing, an
+    old database is migrated and its ratings kept (identity empty); opened read-only (an
+    archive) it is read as it is."""
+    store, owner = new_store(tmp_path, n=2)
+    token = store.add_reader(owner, "A")
+    rate(store, token, "unaided")
+    con = sqlite3.connect(store.db_path)
+    with con:
+        for column in IDENTITY:
+            con.execute(f"ALTER TABLE ratings DROP COLUMN {column}")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    archived = StudyStore(store.db_path, read_only=True)
+    rows = archived.snapshot(owner).ratings
+    assert len(rows) == 1 and {k: rows[0][k] for k in IDENTITY} == dict.fromkeys(IDENTITY)
+    reopened = StudyStore(store.db_path)
+    assert len(reopened.my_ratings(token)) == 1
+    step = reopened.next_case(token)
+    reopened.open_case(token, step.case)
+    reopened.submit(token, step.case, "aided", RATING, IDENTITY)
+    con = sqlite3.connect(store.db_path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    kept = con.execute("SELECT series_uid, patient_id FROM ratings ORDER BY id").fetchall()
+    assert kept == [(None, None), (IDENTITY["series_uid"], IDENTITY["patient_id"])]
+    details = [r[0] for r in con.execute("SELECT detail FROM events WHERE kind = 'migrate'")]
+    assert details == ["schema 2 -> 3: the ratings' series UID, patient ID and study date"]
 
 
 # -- credentials -----------------------------------------------------------------------------

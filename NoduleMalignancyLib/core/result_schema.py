@@ -233,37 +233,6 @@ _PART_FIELDS = tuple(
 # In the predict CSV's column order where a field is a CSV column.
 FIELDS: tuple[ResultField, ...] = (
     _f("id", "Id", "", "the manifest row's id", "input", (CSV, REPORT), kind="text"),
-    # The input read: series, patient, study date (files/ct_input.py; empty when not DICOM).
-    _f(
-        "series_uid",
-        "Series instance UID",
-        "",
-        "the DICOM series analyzed",
-        "input",
-        (CSV, JSON),
-        kind="text",
-        optional=True,
-    ),
-    _f(
-        "patient_id",
-        "Patient ID",
-        "",
-        "the DICOM patient ID",
-        "input",
-        (CSV, JSON),
-        kind="text",
-        optional=True,
-    ),
-    _f(
-        "study_date",
-        "Study date",
-        "",
-        "the DICOM study date (YYYYMMDD)",
-        "input",
-        (CSV, JSON),
-        kind="text",
-        optional=True,
-    ),
     _f(
         "point",
         "Point",
@@ -293,6 +262,39 @@ FIELDS: tuple[ResultField, ...] = (
             shown_decimals=2,
         )
         for c in ("r", "a", "s")
+    ),
+    # The input read: series, patient, study date (files/ct_input.py; empty when not DICOM);
+    # the table's from the volume node (mrml/identity.py), after the point's columns: a row
+    # must not start with empty cells (a scene's tab-separated table drops them on reload).
+    _f(
+        "series_uid",
+        "Series instance UID",
+        "",
+        "the DICOM series analyzed",
+        "input",
+        (CSV, JSON, TABLE),
+        kind="text",
+        optional=True,
+    ),
+    _f(
+        "patient_id",
+        "Patient ID",
+        "",
+        "the DICOM patient ID",
+        "input",
+        (CSV, JSON, TABLE),
+        kind="text",
+        optional=True,
+    ),
+    _f(
+        "study_date",
+        "Study date",
+        "",
+        "the DICOM study date (YYYYMMDD)",
+        "input",
+        (CSV, JSON, TABLE),
+        kind="text",
+        optional=True,
     ),
     _f(
         "point_lps",

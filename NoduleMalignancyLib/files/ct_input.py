@@ -36,6 +36,8 @@ import SimpleITK as sitk
 from ..core.errors import InputError
 
 __all__ = [
+    "IDENTITY_FIELDS",
+    "IDENTITY_TAGS",
     "MAX_CT_VOXELS",
     "MAX_EXTRACTED_BYTES",
     "STALE_EXTRACTION_S",
@@ -46,6 +48,7 @@ __all__ = [
     "check_voxel_count",
     "choose_series",
     "extracted_archive",
+    "file_identity",
     "input_identity",
     "remove_stale_extractions",
 ]
@@ -62,11 +65,12 @@ STALE_EXTRACTION_S = 6 * 3600
 
 _SERIES_DESCRIPTION = "0008|103e"
 # The input's identity as DICOM names it (ITK "gggg|eeee" keys) -> the result fields.
-_IDENTITY_TAGS = {
+IDENTITY_TAGS = {
     "0020|000e": "series_uid",
     "0010|0020": "patient_id",
     "0008|0020": "study_date",
 }
+IDENTITY_FIELDS: tuple[str, ...] = tuple(IDENTITY_TAGS.values())
 
 
 # Paths -----------------------------------------------------------------------------------------
@@ -169,13 +173,26 @@ def choose_series(
     return found[0]
 
 
-def input_identity(image: sitk.Image) -> dict[str, str]:
+def input_identity(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
     """``series_uid``, ``patient_id`` and ``study_date`` of a CT read from DICOM ("" for a
-    file without them): what ``result.json``, the predict CSV and the SR record."""
+    file without them): what ``result.json``, the predict CSV and the SR record. A file
+    reader's header counts too (an NRRD that :func:`~.samples.read_ct` wrote keeps the tags)."""
     return {
         name: image.GetMetaData(key).strip() if image.HasMetaDataKey(key) else ""
-        for key, name in _IDENTITY_TAGS.items()
+        for key, name in IDENTITY_TAGS.items()
     }
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, str]:
+    """:func:`input_identity` from an image file's header alone (no voxels read); every field
+    "" when the header has none or cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return dict.fromkeys(IDENTITY_FIELDS, "")
+    return input_identity(reader)
 
 
 # Sizes ---------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import slicer
 
-from ..files.ct_input import check_image_file, check_input_path
+from ..files.ct_input import check_image_file, check_input_path, file_identity, input_identity
+from .identity import set_volume_identity
 from .logic import InputError, read_ct_volume
 
 __all__ = ["DIRECT_SUFFIXES", "CTLoadError", "load_ct_volume"]
@@ -40,7 +41,9 @@ def load_ct_volume(
     series to read from a folder or archive holding several (else they are refused).
 
     The file layer's input checks run first, for the files Slicer reads directly too: a pipe, a
-    truncated NIfTI or a declared size above the limit is refused (files/ct_input.py).
+    truncated NIfTI or a declared size above the limit is refused (files/ct_input.py). The
+    series UID, patient ID and study date read stay on the node (``mrml/identity.py``; "" for
+    a file without DICOM headers).
 
     :raises CTLoadError: with a message that names the file and the problem.
     """
@@ -53,6 +56,8 @@ def load_ct_volume(
         if path.is_file() and path.name.lower().endswith(DIRECT_SUFFIXES):
             check_image_file(path)
             volume = slicer.util.loadVolume(str(path), {"name": name, "show": True})
+            if volume is not None:  # a header may keep the DICOM tags (read_ct's NRRD does)
+                set_volume_identity(volume, file_identity(path))
         else:
             volume = _load_through_sitk(path, name, series_uid)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -74,16 +79,22 @@ def load_ct_volume(
 
 
 def _load_through_sitk(path: Path, name: str, series_uid: str | None = None):
+    """A DICOM folder, file or archive through the file layer's reader; the series' identity
+    (lost in the NRRD hand-over) is put on the node."""
     import SimpleITK as sitk
 
     from ..files.samples import read_ct
 
+    image = read_ct(path, series_uid)
     target = Path(slicer.app.temporaryPath) / f"ct-{time.time_ns()}.nrrd"
-    sitk.WriteImage(read_ct(path, series_uid), str(target))
+    sitk.WriteImage(image, str(target))
     try:
-        return slicer.util.loadVolume(str(target), {"name": name, "show": True})
+        volume = slicer.util.loadVolume(str(target), {"name": name, "show": True})
     finally:
         target.unlink(missing_ok=True)
+    if volume is not None:
+        set_volume_identity(volume, input_identity(image))
+    return volume
 
 
 def _one_line(exc: Exception) -> str:

@@ -39,6 +39,7 @@ from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
 from ..core.validation import RefusedError, check_image, prepare_lung_side
 from ..core.voi import PointOutsideVolumeError
+from .identity import volume_identity
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
 from .parameters import parameter_node, read_inputs, set_evidence_opacity, set_evidence_scale
 from .requests import AnalysisOutput, AnalysisRequest, PointRequest
@@ -266,6 +267,7 @@ class NoduleMalignancyLogic:
             geometry=world,
             local_geometry=local,
             points=points,
+            identity=volume_identity(volumeNode),
         )
 
     # 2. compute (any thread) -----------------------------------------------------------------
@@ -352,7 +354,7 @@ class NoduleMalignancyLogic:
         table = nodes.table_node(volume, markups, created)
         segment_ids, rows, evidence = {}, {}, {}
         for point, result in zip(request.points, results, strict=True):
-            rows[point.point_id] = nodes.update_row(table, point, result)
+            rows[point.point_id] = nodes.update_row(table, point, result, request.identity)
             segment_ids[point.point_id] = nodes.update_segment(
                 segmentation, request, point, result, rows[point.point_id]
             )

@@ -7,6 +7,8 @@ station and the batch paths write the same nodes. MRML only: no Qt, no torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import slicer
 import vtk
@@ -18,6 +20,7 @@ from ..core.evidence import smoothed_for_display
 from ..core.geometry import ImageGeometry
 from ..core.result_schema import shown, shown_number
 from ..core.voi import sub_grid, sub_grid_offset
+from ..files.ct_input import IDENTITY_FIELDS
 from .requests import AnalysisRequest, PointRequest
 from .roles import (
     ATTR_POINT,
@@ -139,17 +142,29 @@ class ResultNodes:
                 return row
         return -1
 
-    def update_row(self, table, point: PointRequest, result: NoduleResult) -> int:
-        """The point's row: every table field of the schema, as a person reads it; for a point
-        not assessed (core/assessment.py) the malignancy and Lung-RADS cells stay empty."""
+    def update_row(
+        self,
+        table,
+        point: PointRequest,
+        result: NoduleResult,
+        identity: Mapping[str, str] | None = None,
+    ) -> int:
+        """The point's row: every table field of the schema, as a person reads it, with the
+        CT's ``identity`` (series UID, patient ID, study date; "" unknown); for a point not
+        assessed (core/assessment.py) the malignancy and Lung-RADS cells stay empty."""
         not_assessed = not result.assessment.answered
-        values = result.values() | {
-            "point": point.label,
-            "point_id": point.point_id,
-            "r": point.position_ras[0],
-            "a": point.position_ras[1],
-            "s": point.position_ras[2],
-        }
+        identity = identity or {}
+        values = (
+            result.values()
+            | {name: identity.get(name, "") for name in IDENTITY_FIELDS}
+            | {
+                "point": point.label,
+                "point_id": point.point_id,
+                "r": point.position_ras[0],
+                "a": point.position_ras[1],
+                "s": point.position_ras[2],
+            }
+        )
         was = table.StartModify()
         row = self._row_of(table, point.point_id)
         if row < 0:

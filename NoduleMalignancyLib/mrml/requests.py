@@ -38,6 +38,9 @@ class AnalysisRequest:
     geometry: ImageGeometry  # world LPS geometry (parent transform hardened)
     local_geometry: ImageGeometry  # the volume's own IJKToRAS (what the outputs use)
     points: list[PointRequest]
+    # series_uid, patient_id, study_date of the CT (mrml/identity.py): the table rows say
+    # whose CT they were computed on.
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -248,6 +248,7 @@ class StationApp:
                 drawer.location = "right"
                 with html.Div(classes="pa-3"):
                     self._drawer_top()
+                    ui.input_identity()
                     ui.status_bar()
                     with html.Div(v_if="suggested.length", classes="mb-2"):
                         html.Div("Readers' nodules of this sample", classes="text-overline")

@@ -27,6 +27,7 @@ from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
 from ..core.result_schema import shown
 from ..mrml.ct_loading import load_ct_volume
+from ..mrml.identity import volume_identity
 from ..mrml.logic import InputError, NoduleMalignancyLogic, read_ct_volume
 from ..mrml.nodes import ResultNodes, nodes_by_class
 from ..mrml.roles import (
@@ -39,7 +40,7 @@ from ..mrml.roles import (
 )
 from ..mrml.runner import DEBOUNCE_S, AnalysisRunner
 from ..mrml.runtime import ensure_slicer_runtime
-from .panel import result_panel
+from .panel import input_panel, result_panel
 
 __all__ = ["MARKUPS_NAME", "OVERLAY_OFF", "WINDOW_PRESETS", "StationController"]
 
@@ -86,6 +87,7 @@ class StationController:
         self.volume = None
         self.markups = None
         self.volume_name = ""
+        self.identity: dict[str, str] = {}  # series UID, patient ID, study date of the CT
         self.window = ""
         self.status = "empty"  # empty, ready, busy, done, refused, cancelled, error
         self.message = "Load a CT."
@@ -123,6 +125,7 @@ class StationController:
         self.close_ct()
         self.volume = volume
         self.volume_name = volume.GetName()
+        self.identity = volume_identity(volume)
         self.markups = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
         self.markups.SetName(MARKUPS_NAME)
         self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
@@ -166,6 +169,7 @@ class StationController:
             if node is not None and node.GetScene() is scene:
                 scene.RemoveNode(node)
         self.volume = self.markups = None
+        self.identity = {}
         self.points.clear()
         self.results.clear()
         self.current = None
@@ -561,6 +565,7 @@ class StationController:
             "message": self.message,
             "code": self.code,
             "volume": self.volume_name,
+            "input": input_panel(self.identity) if self.volume is not None else None,
             "window": self.window,
             "model_allowed": self.model_allowed,
             "nodules": [dict(r, ras=[round(v, 2) for v in r["ras"]]) for r in self.points.values()],

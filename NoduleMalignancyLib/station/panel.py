@@ -22,7 +22,7 @@ from ..core.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
 from ..core.explanation import PARTS
 from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, shown
 
-__all__ = ["COMPACT_GROUPS", "result_panel"]
+__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel"]
 
 # Groups shown above the sections (the answer and its warnings), not as rows.
 _HEADLINE_GROUPS = ("assessment", "malignancy", "scope")
@@ -33,6 +33,30 @@ _NOTES = {
     "lung_rads": "a suggestion: the reader decides",
     "malignancy_score": "what LIDC readers would rate (1-5): not the probability above",
 }
+
+
+# A series UID is shown by its last characters (its tail tells series apart; the head is the
+# issuer's root, the same for a whole archive); the page shows the full one on hover.
+UID_SHOWN = 12
+
+
+def input_panel(identity: Mapping[str, str]) -> dict:
+    """Whose CT is shown: ``{"patient_id", "study_date", "series_uid", "series_uid_short",
+    "known"}``; the study date as YYYY-MM-DD, "" where the file does not say (``known``:
+    whether anything is). Why: a reader must see which patient and series they read before
+    they read it (issue 28: a folder holding two patients' series gave the other's answer)."""
+    uid = str(identity.get("series_uid") or "")
+    date = str(identity.get("study_date") or "")
+    if len(date) == 8 and date.isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    patient = str(identity.get("patient_id") or "")
+    return {
+        "patient_id": patient,
+        "study_date": date,
+        "series_uid": uid,
+        "series_uid_short": uid if len(uid) <= UID_SHOWN + 1 else f"…{uid[-UID_SHOWN:]}",
+        "known": bool(uid or date or patient),
+    }
 
 
 def _row(

@@ -203,6 +203,7 @@ class StudyStationApp(StationApp):
                 self.session.submit(
                     values if values is not None else self.server.state.form,
                     step if step is not None else self.session.step,
+                    self.controller.identity,  # the CT shown, kept with the rating
                 )
             except (RatingError, StudyStateError, ValueError) as exc:
                 prefix = "" if isinstance(exc, StaleFormError) else "rating NOT saved: "

@@ -19,6 +19,7 @@ from .controller import OVERLAY_OFF, WINDOW_PRESETS
 __all__ = [
     "MODES",
     "evidence_legend",
+    "input_identity",
     "nodule_list",
     "overlay_controls",
     "results_panel",
@@ -150,6 +151,30 @@ def status_bar() -> None:
             indeterminate=("st.fraction <= 0",),
             color="primary",
             classes="mb-2",
+        )
+
+
+def input_identity() -> None:
+    """Whose CT this is: patient ID, study date and the series UID's tail (the full UID on
+    hover and selectable), from ``panel.input_panel``; a file without DICOM headers says so."""
+    with html.Div(v_if="st.input", id="station-input", classes="text-caption mb-2"):
+        with html.Div(v_if="st.input.known"):
+            html.Span("Patient ")
+            html.Strong("{{ st.input.patient_id || '(none)' }}", id="station-patient-id")
+            html.Span(", study date ")
+            html.Span("{{ st.input.study_date || '(none)' }}", id="station-study-date")
+            html.Span(", series ")
+            html.Span(
+                "{{ st.input.series_uid_short || '(none)' }}",
+                title=("st.input.series_uid",),
+                id="station-series-uid",
+                __properties=[("data_uid", "data-uid")],
+                data_uid=("st.input.series_uid",),
+                style="user-select: all; cursor: help;",
+            )
+        html.Div(
+            "No patient or series recorded in this file (not DICOM).",
+            v_if="!st.input.known",
         )
 
 

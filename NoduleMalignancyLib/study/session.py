@@ -109,8 +109,9 @@ class StudySession:
             raise StaleFormError(f"case {named.case} ({named.modality}): no step is open now")
         if (named.case, named.modality) != (current.case, current.modality):
             raise StaleFormError(
-                f"this form was for case {named.case} ({named.modality}); the step open now is "
-                f"case {current.case} ({current.modality}): reload the page"
+                f"this form was for case {named.case} ({named.modality}), which is no longer "
+                f"open (a repeated submit?); nothing was saved: the step open now is case "
+                f"{current.case} ({current.modality})"
             )
         if not secrets.compare_digest(named.nonce, current.nonce):
             raise StaleFormError(
@@ -156,12 +157,14 @@ class StudySession:
             start.update({k: unaided.get(k) for k in start if unaided.get(k) is not None})
         return start
 
-    def submit(self, values: Mapping, step=None) -> dict:
+    def submit(self, values: Mapping, step=None, identity: Mapping[str, str] | None = None) -> dict:
         """Commit the current step's rating (locked once this returns).
 
-        ``step``: the :class:`FormStep` of the form the values come from (the page always gives
-        it); a form of another step, or one already committed, raises :class:`StaleFormError`.
-        Without it the step open now is meant (the Slicer panel, one process, one reader).
+        ``step``: the :class:`FormStep` of the form the values come from (the page and the
+        Slicer panel always give it); a form of another step, or one already committed, raises
+        :class:`StaleFormError`. Without it the step open now is meant (scripts and tests).
+        ``identity``: series UID, patient ID and study date of the CT shown, kept with the
+        rating (``mrml/identity.py``).
         """
         if self.assignment is None:
             raise RatingError("nothing to rate: every case is done")
@@ -172,7 +175,7 @@ class StudySession:
         case, modality = self.assignment.case, self.assignment.modality
         if current is not None:
             case, modality = current.case, current.modality
-        record = self.store.submit(self.token, case, modality, rating)
+        record = self.store.submit(self.token, case, modality, rating, dict(identity or {}))
         self.step = None  # committed: a repeat of this form is refused
         return record
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ...files.csv_cells import write_csv
 from ..design import Study
 from ..ratings import CHARACTERISTICS
+from .schema import IDENTITY_COLUMNS
 
 SCORES = ("malignancy", "confidence")
 SCORE_COLUMNS = ("reader", "case", "modality", "score", "truth")
@@ -39,6 +40,7 @@ RATING_COLUMNS = (
     "opened_at",
     "submitted_at",
     "reading_time_s",
+    *IDENTITY_COLUMNS,  # the CT the rating was made on (empty before schema version 3)
 )
 SKIP_COLUMNS = (
     *_READING_COLUMNS,
@@ -83,11 +85,15 @@ def skip_rows(con: sqlite3.Connection) -> list[dict]:
 
 
 def rating_rows(con: sqlite3.Connection) -> list[dict]:
+    have = {r[1] for r in con.execute("PRAGMA table_info(ratings)")}
+    identity = ", ".join(  # a version 2 archive, read as it is, has no identity columns
+        f"g.{c}" if c in have else f"NULL AS {c}" for c in IDENTITY_COLUMNS
+    )
     rows = con.execute(
         'SELECT r.name AS reader, r.reader_index, g.case_id AS "case", c.truth, '
         "g.session, g.modality, g.order_index, s.order_seed, "
         f"{', '.join('g.' + f for f in CHARACTERISTICS)}, g.confidence, g.lung_rads, "
-        "g.comment, g.model_visible, g.opened_at, g.submitted_at, g.reading_time_s "
+        f"g.comment, g.model_visible, g.opened_at, g.submitted_at, g.reading_time_s, {identity} "
         "FROM ratings g JOIN readers r ON r.id = g.reader_id "
         "JOIN cases c ON c.id = g.case_id "
         "JOIN sessions s ON s.reader_id = g.reader_id AND s.session = g.session "

@@ -17,7 +17,13 @@ from urllib.parse import quote
 
 from ...core.errors import InputError
 
-SCHEMA_VERSION = 2  # 2: the skips table (version 1 databases gain it when opened)
+# 2: the skips table; 3: the identity of the CT each rating was made on (older databases gain
+# them when opened for writing: migrate).
+SCHEMA_VERSION = 3
+# Added in schema version 3: the series UID, patient ID and study date of the CT the station
+# showed when the rating was committed ("" for a file without DICOM headers, NULL for ratings
+# committed before version 3). Why: a rating must say which CT it was made on (issue 28).
+IDENTITY_COLUMNS = ("series_uid", "patient_id", "study_date")
 
 # Added in schema version 2 (version 1 databases gain it when opened).
 SKIPS_TABLE = """CREATE TABLE skips (
@@ -106,6 +112,9 @@ TABLES = (
         opened_at TEXT NOT NULL,
         submitted_at TEXT NOT NULL,
         reading_time_s REAL NOT NULL,
+        series_uid TEXT,
+        patient_id TEXT,
+        study_date TEXT,
         UNIQUE (reader_id, case_id, modality),
         FOREIGN KEY (reader_id, session, case_id)
             REFERENCES case_order(reader_id, session, case_id))""",
@@ -199,19 +208,27 @@ def create_tables(con: sqlite3.Connection, created_at: str) -> None:
     )
 
 
-def migrate_from_1(con: sqlite3.Connection, log_event: Callable[[str], None]) -> None:
-    """Version 1 -> 2: add the (empty) skips table; every rating stays as it is.
+def migrate(con: sqlite3.Connection, log_event: Callable[[str], None]) -> None:
+    """Bring an older database to :data:`SCHEMA_VERSION`, one version at a time; every rating
+    stays as it is. 1 -> 2: the (empty) skips table; 2 -> 3: the ratings' identity columns
+    (NULL for the ratings already there).
 
     ``con`` holds the write lock; a second process that migrated first leaves nothing to do.
-    ``log_event(detail)`` records the migration in the events table.
+    ``log_event(detail)`` records each step in the events table.
     """
-    version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-    if version == "1":
+    version = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    if version == 1:
         con.execute(SKIPS_TABLE)
-        con.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-        )
         log_event("schema 1 -> 2: skips table")
+        version = 2
+    if version == 2:
+        have = {r[1] for r in con.execute("PRAGMA table_info(ratings)")}
+        for column in IDENTITY_COLUMNS:
+            if column not in have:
+                con.execute(f"ALTER TABLE ratings ADD COLUMN {column} TEXT")
+        log_event("schema 2 -> 3: the ratings' series UID, patient ID and study date")
+        version = 3
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
 
 
 def insert(con: sqlite3.Connection, table: str, record: dict) -> None:

@@ -43,6 +43,7 @@ from .export import (
     write_ratings_csv,
 )
 from .schema import (
+    IDENTITY_COLUMNS,
     SCHEMA_VERSION,
     check_study_file,
     connect,
@@ -50,12 +51,14 @@ from .schema import (
     create_tables,
     insert,
     iso_time,
-    migrate_from_1,
+    migrate,
 )
 from .tokens import check_owner, find_reader, hash_token, new_token
 from .workflow import Assignment, Progress, StudyStateError, WashoutError, Workflow, public_rating
 
 MAX_REASON = 2000
+_OLDER_VERSIONS = ("1", "2")  # migrated when opened for writing (schema.migrate)
+_READ_ONLY_VERSIONS = ("2",)  # read as they are when opened read-only (an archive)
 READER_NAME = re.compile(r"^[^\s,;\"'\x00-\x1f][^,;\"'\x00-\x1f]{0,63}$")
 
 
@@ -155,10 +158,13 @@ class StudyStore:
                 row = con.execute("SELECT * FROM study").fetchone()
             except sqlite3.DatabaseError as exc:
                 raise InputError(f"{self.db_path} is not a study database ({exc})") from None
-        if meta.get("schema_version") == "1" and not read_only:
-            self._migrate_from_1()
-            meta["schema_version"] = str(SCHEMA_VERSION)
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        version = meta.get("schema_version")
+        if version in _OLDER_VERSIONS and not read_only:
+            self._migrate()
+            version = meta["schema_version"] = str(SCHEMA_VERSION)
+        # An archive cannot be migrated: one that has the skips table is read as it is.
+        readable = (str(SCHEMA_VERSION), *(_READ_ONLY_VERSIONS if read_only else ()))
+        if version not in readable:
             raise InputError(
                 f"{self.db_path}: schema version {meta.get('schema_version')} "
                 f"(this code reads version {SCHEMA_VERSION})"
@@ -173,9 +179,9 @@ class StudyStore:
         self.washout_days: float = recorded.washout_days
         self.rules = Workflow(self.design, self.hide_model_until_commit, self.washout_days, clock)
 
-    def _migrate_from_1(self) -> None:
+    def _migrate(self) -> None:
         with self._write() as con:
-            migrate_from_1(con, lambda detail: self._event(con, "migrate", detail=detail))
+            migrate(con, lambda detail: self._event(con, "migrate", detail=detail))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -356,8 +362,19 @@ class StudyStore:
             self._event(con, "open", reader["id"], case, modality, "first" if new else "again")
             return self.rules.assignment(con, reader["id"], session, modality, case)
 
-    def submit(self, token: str, case: str, modality: str, rating: dict) -> dict:
-        """Validate and commit one rating; it is on disk when this returns, and locked."""
+    def submit(
+        self,
+        token: str,
+        case: str,
+        modality: str,
+        rating: dict,
+        identity: dict | None = None,
+    ) -> dict:
+        """Validate and commit one rating; it is on disk when this returns, and locked.
+
+        ``identity``: the series UID, patient ID and study date of the CT shown (the station's
+        reading of it; ``files/ct_input.input_identity``), stored with the rating.
+        """
         with self._write() as con:
             reader = find_reader(con, token)  # a wrong token hears nothing about the rating
             if modality not in MODALITIES:
@@ -384,6 +401,7 @@ class StudyStore:
                 "opened_at": opened["opened_at"],
                 "submitted_at": iso_time(now),
                 "reading_time_s": round(max(0.0, now - opened["opened_epoch"]), 3),
+                **{c: str((identity or {}).get(c) or "") for c in IDENTITY_COLUMNS},
             }
             insert(con, "ratings", record)
             self._event(con, "submit", rid, case, modality)
