@@ -384,16 +384,23 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def onStudySubmit(self):
-        self._study(lambda reading: reading.submit(self._studyFormEntries()))
+        # The step the form was built for goes with it (a stale one is refused); the button is
+        # off until the clicks queued meanwhile (a double click's second) have been dropped.
+        step = self._studyFormFor
+        self.ui.studySubmitButton.enabled = False
+        self._study(lambda reading: reading.submit(self._studyFormEntries(), step), drain=True)
 
     def onStudySkip(self):
-        self._study(lambda reading: reading.skip())
+        step = self._studyFormFor  # as for a submit: a repeated skip names a closed step
+        self.ui.studySkipButton.enabled = False
+        self._study(lambda reading: reading.skip(step), drain=True)
 
     def _modelAllowed(self):
         return self.studyReading is None or self.studyReading.model_visible
 
-    def _study(self, action):
-        """One step of the reader's session (its error shown), then the panel shows the state."""
+    def _study(self, action, drain=False):
+        """One step of the reader's session (its error shown), then the panel shows the state;
+        ``drain``: first deliver the input queued meanwhile (to the disabled button)."""
         if self._ensureLogic() is None:
             return
         if self.studyReading is None:
@@ -402,6 +409,8 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.studyReading = SceneReading()
         with slicer.util.tryWithErrorDisplay(_("Reading study"), waitCursor=True):
             action(self.studyReading)
+        if drain:
+            slicer.app.processEvents()
         self._showStudy()
 
     def _showStudy(self):
@@ -422,15 +431,16 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A drop-down or text box per field, rebuilt only when a new step opens (a refused
         submit keeps what the reader entered)."""
         reading = self.studyReading
-        step = reading.session.assignment if reading and reading.can_submit else None
-        if step is self._studyFormFor:
+        step = reading.step if reading else None
+        if step == self._studyFormFor:
             return
         self._studyFormFor, self._studyInputs = step, {}
         layout = self.ui.studyRatingWidget.layout()
         while layout.rowCount():
             layout.removeRow(0)
-        start = reading.start_entries() if step is not None else {}
-        for field in reading.fields if step is not None else []:
+        fields = reading.fields if step is not None and reading.can_submit else []
+        start = reading.start_entries() if fields else {}
+        for field in fields:
             if field["choices"]:
                 box = qt.QComboBox()
                 box.addItems(reading.choice_titles(field))

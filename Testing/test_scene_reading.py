@@ -76,9 +76,9 @@ def test_a_sequential_study_in_the_scene(slicer_runtime, mrml_scene, tmp_path, d
             assert reading.volume is None and "No CT at" in reading.message
             assert "lost.nrrd" in reading.message
             with pytest.raises(RatingError, match="did not load"):
-                reading.submit(entries(reading, 2, "10"))
+                reading.submit(entries(reading, 2, "10"), reading.step)
             skipped.append(case)
-            reading.skip()
+            reading.skip(reading.step)
             continue
         volume, markups = reading.volume, reading.markups
         assert volume.IsA("vtkMRMLScalarVolumeNode") and volume.GetScene() is mrml_scene
@@ -87,16 +87,16 @@ def test_a_sequential_study_in_the_scene(slicer_runtime, mrml_scene, tmp_path, d
         assert np.allclose(markups.GetNthControlPointPosition(0), expected)
         assert not reading.model_visible and "hidden" in reading.message
         with pytest.raises(StudyStateError, match="only a case whose CT did not load"):
-            reading.skip()
+            reading.skip(reading.step)
         with pytest.raises(RatingError, match="malignancy"):
-            reading.submit(entries(reading, 0, "10"))  # not given
-        reading.submit(entries(reading, 4, "70"))
+            reading.submit(entries(reading, 0, "10"), reading.step)  # not given
+        reading.submit(entries(reading, 4, "70"), reading.step)
         assert reading.session.assignment.modality == "aided" and reading.model_visible
         assert reading.volume is volume, "the aided step keeps the case's nodes"
         start = reading.start_entries()
         assert start["malignancy"] == 4 and start["confidence"] == "70"
         assert reading.choice_titles(reading.fields[-2])[start["lung_rads"]] == "4B"
-        reading.submit(start | {"malignancy": 5})
+        reading.submit(start | {"malignancy": 5}, reading.step)
         assert volume.GetScene() is None, "the next case replaces the nodes"
         seen.append(case)
     assert sorted(seen) == sorted(VOIS) and skipped == ["lost"]
@@ -122,16 +122,60 @@ def test_the_panel_says_when_the_washout_ends(slicer_runtime, mrml_scene, tmp_pa
     reading.sign_in(study_file, db, token)
     for _ in range(3):
         if reading.can_skip:
-            reading.skip()
+            reading.skip(reading.step)
         else:
             assert reading.session.assignment.modality == "unaided" and not reading.model_visible
-            reading.submit(entries(reading, 3, "50"))
+            reading.submit(entries(reading, 3, "50"), reading.step)
     assert reading.session.assignment is None and reading.volume is None
     assert "session 2 (aided) opens on 2027-01-17" in reading.message
     clock.now += 2 * 86400.0
     reading.open_next()
     assignment = reading.session.assignment
     assert (assignment.session, assignment.modality) == (2, "aided") and reading.model_visible
+
+
+def one_case_study(tmp_path, ct_path) -> tuple:
+    """A sequential study of LIDC-IDRI-0001 (the cached NRRD keeps its DICOM tags)."""
+    study_file = tmp_path / "study.json"
+    case = {"id": "c1", "ct": str(ct_path), "truth": 1}
+    required = ["malignancy", "confidence"]
+    study = {"name": "double", "seed": 3, "design": "sequential", "required": required}
+    study["cases"] = [case]
+    study_file.write_text(json.dumps(study))
+    db = tmp_path / "study.db"
+    owner = create_study(db, study_file)
+    return study_file, db, StudyStore(db).add_reader(owner, "dora")
+
+
+def test_a_double_submit_is_refused_and_nothing_reaches_the_next_step(
+    slicer_runtime, mrml_scene, tmp_path, ct_0001_path
+):
+    """Issue 28: the second click of a double click on "Commit rating" names the step its form
+    was built for; that step is committed, so it is refused with a message and the sequential
+    aided step stays open, empty. The rating keeps the CT it was made on."""
+    from NoduleMalignancyLib.study.scene_reading import SceneReading
+    from NoduleMalignancyLib.study.session import StaleFormError
+
+    study_file, db, token = one_case_study(tmp_path, ct_0001_path)
+    reading = SceneReading()
+    reading.sign_in(study_file, db, token)
+    step, form = reading.step, entries(reading, 4, "70")
+    assert step.modality == "unaided"
+    reading.submit(form, step)
+    assert reading.session.assignment.modality == "aided" and reading.step != step
+    with pytest.raises(StaleFormError, match=r"case c1 \(unaided\), which is no longer open"):
+        reading.submit(form, step)  # the double click's second
+    with pytest.raises(StaleFormError, match="does not name its case, step and form"):
+        reading.submit(form, None)
+    with pytest.raises(StaleFormError):
+        reading.skip(step)
+    rows = StudyStore(db).my_ratings(token)
+    assert [(r["modality"], r["malignancy"]) for r in rows] == [("unaided", 4)]
+    assert rows[0]["patient_id"] == "LIDC-IDRI-0001"
+    assert rows[0]["series_uid"].startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.")
+    assert reading.session.assignment.modality == "aided", "the aided step is still open"
+    reading.submit(reading.start_entries() | {"malignancy": 5}, reading.step)
+    assert [r["modality"] for r in StudyStore(db).my_ratings(token)] == ["unaided", "aided"]
 
 
 # The module file's panel: its handlers reach SceneReading (stand-ins for the Qt widgets only) --
@@ -229,3 +273,19 @@ def test_the_module_panel_wires_every_handler_to_scene_reading(
     assert ui.analyzeButton.enabled and "Analyze" in ui.studyMessageLabel.text
     assert next(b for label, b in form.rows if label.startswith("Malignancy")).currentIndex == 4
     assert [r["malignancy"] for r in StudyStore(db).my_ratings(token)] == [4]
+    # A double click: its second click is delivered while the first one's events are drained
+    # (the button is off then; were it delivered, its form's step is committed: refused).
+    second = []
+
+    def queued_click() -> None:
+        if not second:
+            second.append(ui.studySubmitButton.enabled)
+            widget.onStudySubmit()
+
+    monkeypatch.setattr(module_file.slicer.app, "processEvents", queued_click)
+    widget.onStudySubmit()
+    assert second == [False], "the button is off while the queued clicks are delivered"
+    assert len(errors) == 2 and "no longer open" in errors[-1], errors
+    rows = StudyStore(db).my_ratings(token)
+    assert [(r["modality"], r["malignancy"]) for r in rows] == [("unaided", 4), ("aided", 4)]
+    assert reading.step is not None and reading.step == widget._studyFormFor, "the next step"

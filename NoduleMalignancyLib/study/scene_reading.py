@@ -21,8 +21,9 @@ from pathlib import Path
 from ..core.errors import AccessDeniedError
 from ..core.geometry import lps_to_ras
 from ..mrml.ct_loading import CTLoadError, load_ct_volume
+from ..mrml.identity import volume_identity
 from .form import choice_titles, entries_from_form, form_from_entries
-from .session import StudySession, open_store
+from .session import FormStep, StudySession, open_store
 from .store import Assignment, StudyStore, WashoutError
 
 __all__ = ["POINTS_NAME", "SceneReading"]
@@ -155,17 +156,37 @@ class SceneReading:
         return f"Reader {self.session.reader}: {p['done']} of {p['total']} steps done{more}."
 
     # Acting ----------------------------------------------------------------------------------
-    def submit(self, entries: Mapping) -> Assignment | None:
-        """Commit the current step's rating from the form's entries (a drop-down's index, a
-        text box's text) and open the next step. The rating is locked once this returns."""
+    @property
+    def step(self) -> FormStep | None:
+        """The step shown now (case, modality, nonce; None: nothing to rate or skip): the panel
+        keeps the one its form was built for and hands it back with a submit or skip."""
+        if self.session is None or self.session.assignment is None:
+            return None
+        return self.session.step
+
+    def submit(self, entries: Mapping, step: FormStep | Mapping | None) -> Assignment | None:
+        """Commit the rating of the step ``step`` names (the one the form was built for, see
+        :attr:`step`) from the form's entries (a drop-down's index, a text box's text), with the
+        shown CT's identity, and open the next step. The rating is locked once this returns.
+
+        Why the step: the second click of a double click reaches the panel after the first
+        opened the next step; without it the same entries were stored as the next step's rating
+        (issue 28). A step that is not the one open now (``None`` included) raises
+        :class:`~.session.StaleFormError` and nothing is written.
+        """
         session = self._session()
-        session.submit(form_from_entries(session.fields, entries))
+        session.submit(
+            form_from_entries(session.fields, entries),
+            FormStep.from_value(step),
+            volume_identity(self.volume),
+        )
         return self.open_next()
 
-    def skip(self) -> Assignment | None:
+    def skip(self, step: FormStep | Mapping | None) -> Assignment | None:
         """Skip the current case, whose CT did not load (recorded with the message), and open
-        the next step."""
-        self._session().skip()
+        the next step; ``step`` as for :meth:`submit` (a repeated skip must not skip the next
+        case too)."""
+        self._session().skip(FormStep.from_value(step))
         return self.open_next()
 
     def _session(self) -> StudySession:
