@@ -10,8 +10,14 @@ may carry its prior measurement, typed in, for the Lung-RADS follow-up rules::
     {"name": "n2", "point": [x, y, z], "prior": "new"}
 
 The interval is ``--date`` (or the DICOM study date) less the prior's date; missing either, the
-follow-up rules take it as within 12 months and say so. Registering a prior CT (``--prior``)
-is not here yet.
+follow-up rules take it as within 12 months and say so.
+
+With ``--prior PRIOR`` the prior CT is registered to the current one and every nodule is looked
+for on it (core/exam_prior.py): each nodule's ``prior`` is then measured, with the same keys as a
+typed-in one (``source`` tells which), and ``prior_ct`` holds the registration, its residual and
+what the comparison flagged or refused. ``--prior-points`` lists the prior's own nodules (same
+formats), which are looked for on the current CT. A points file with typed-in priors and
+``--prior`` together are refused: one or the other.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from ..core.errors import InputError
 
 __all__ = ["read_exam_points", "register", "run_exam"]
 
-PRIOR_KEYS = {"mean_diameter_mm", "solid_mean_diameter_mm", "texture_class", "volume_mm3", "date"}
+PRIOR_KEYS = {
+    "mean_diameter_mm",
+    "diameter_mm",
+    "solid_mean_diameter_mm",
+    "texture_class",
+    "volume_mm3",
+    "date",
+}
 
 
 def _date(text: str, where: str) -> dt.date:
@@ -46,14 +59,15 @@ def _number(value, where: str, positive: bool = False) -> float:
 
 
 def _prior(entry, where: str, current: dt.date | None):
-    """(PriorMeasurement or None, new, volume, date text) of a point's ``prior`` value."""
+    """(PriorMeasurement or None, new, volume, date text, longest diameter) of a point's
+    ``prior`` value."""
     from ..core.lung_rads import TEXTURE_CLASSES
     from ..core.lung_rads_followup import PriorMeasurement
 
     if entry is None:
-        return None, False, None, None
+        return None, False, None, None, None
     if entry == "new":
-        return None, True, None, None
+        return None, True, None, None, None
     if not isinstance(entry, dict):
         raise InputError(f'{where} is {entry!r}: expected "new" or an object with {PRIOR_KEYS}')
     unknown = set(entry) - PRIOR_KEYS
@@ -69,6 +83,8 @@ def _prior(entry, where: str, current: dt.date | None):
         raise InputError(f"{where}.texture_class is {texture!r}; one of {TEXTURE_CLASSES}")
     volume = entry.get("volume_mm3")
     volume = None if volume is None else _number(volume, f"{where}.volume_mm3", positive=True)
+    longest = entry.get("diameter_mm")
+    longest = None if longest is None else _number(longest, f"{where}.diameter_mm", positive=True)
     date = entry.get("date")
     interval = None
     if date is not None:
@@ -77,7 +93,7 @@ def _prior(entry, where: str, current: dt.date | None):
             interval = float((current - prior_date).days)
             if interval <= 0:
                 raise InputError(f"{where}.date {date} is not before the exam's date {current}")
-    return PriorMeasurement(mean, solid, texture, interval), False, volume, date
+    return PriorMeasurement(mean, solid, texture, interval), False, volume, date, longest
 
 
 def read_exam_points(path: str | Path, geometry, current: dt.date | None) -> list:
@@ -98,10 +114,10 @@ def read_exam_points(path: str | Path, geometry, current: dt.date | None) -> lis
     points = []
     for i, entry in enumerate(document["points"]):
         where = f"{path}: points[{i}].prior"
-        prior, new, volume, date = _prior(entry.get("prior"), where, current)
+        prior, new, volume, date, longest = _prior(entry.get("prior"), where, current)
         name = entry.get("name") or f"#{i}"
         point = tuple(float(c) for c in entry["point"])
-        points.append(ExamPoint(name, point, prior, new, volume, date))
+        points.append(ExamPoint(name, point, prior, new, volume, date, longest))
     if not points:
         raise InputError(f"{path}: no points")
     return points
@@ -120,11 +136,54 @@ def _clinical(args):
     )
 
 
+def _check_prior_arguments(args) -> None:
+    """Bad points files and prior options stop before any CT is read."""
+    for option, path in (("--points", args.points), ("--prior-points", args.prior_points)):
+        if path is None or Path(path).suffix.lower() == ".xml":
+            continue
+        points = read_exam_points(path, None, None)
+        if args.prior and any(p.prior is not None or p.new for p in points):
+            raise InputError(
+                f"{option} {path}: points carry typed-in priors and --prior was given: the "
+                "prior CT is measured, leave out the typed-in 'prior' entries (or --prior)"
+            )
+    if not args.prior:
+        given = [o for o, v in (("--prior-date", args.prior_date),
+                                ("--prior-points", args.prior_points)) if v]  # fmt: skip
+        if given:
+            raise InputError(f"{', '.join(given)} without --prior")
+    elif args.prior_date:
+        _date(args.prior_date, "--prior-date")
+
+
+def _read_prior(args, current: dt.date | None):
+    """(core/exam_prior.PriorCT, interval in days or ``None``) of ``--prior``."""
+    from ..core.exam_prior import PriorCT
+    from .predict import read_input
+
+    array, geometry, _, identity = read_input(args.prior, args.prior_series)
+    text = args.prior_date or identity.get("study_date") or None
+    where = "--prior-date" if args.prior_date else "the prior's study date"
+    date = _date(text, where) if text else None
+    interval = None
+    if date is not None and current is not None:
+        interval = float((current - date).days)
+        if interval <= 0:
+            raise InputError(f"{where} {date} is not before the exam's date {current}")
+    points = ()
+    if args.prior_points:
+        points = tuple(read_exam_points(args.prior_points, geometry, None))
+    description = {"path": str(args.prior), **identity, "points_file": args.prior_points}
+    iso = date.isoformat() if date else None
+    return PriorCT(array, geometry, iso, points, description), interval
+
+
 def run_exam(args) -> dict:
     """Read, analyze, write ``exam.json``; returns the document written."""
     from ..core.atomic import write_json
     from ..core.ensemble import Ensemble
     from ..core.exam import analyze_exam
+    from ..core.exam_prior import analyze_exam_with_prior
     from ..files.writable import check_output_folder
     from .predict import read_input
 
@@ -135,24 +194,31 @@ def run_exam(args) -> dict:
         seconds[stage], start[0] = now - start[0], now
 
     clinical = _clinical(args)
-    if Path(args.points).suffix.lower() != ".xml":
-        read_exam_points(args.points, None, None)  # a bad points file stops before the CT
+    _check_prior_arguments(args)
     out = check_output_folder(args.out, "--out")
     array, geometry, _, identity = read_input(args.ct, args.series)
     date_text = args.date or identity.get("study_date") or None
     current = _date(date_text, "--date" if args.date else "the study date") if date_text else None
     points = read_exam_points(args.points, geometry, current)
     lap("read")
+    prior = _read_prior(args, current) if args.prior else None
+    if prior is not None:
+        lap("read_prior")
     ensemble = Ensemble.load(args.models, device=args.device)
     lap("weights")
-    exam = analyze_exam(array, geometry, points, ensemble, clinical, args.brock_defaults)
+    if prior is None:
+        exam = analyze_exam(array, geometry, points, ensemble, clinical, args.brock_defaults)
+    else:
+        prior_ct, interval = prior
+        exam = analyze_exam_with_prior(
+            array, geometry, points, ensemble, prior_ct, interval, clinical, args.brock_defaults
+        )
     lap("exam")
     document = {
         "ct": str(args.ct),
         **identity,
         "date": current.isoformat() if current else None,
         "points_file": str(args.points),
-        "prior_ct": None,  # registering a prior CT: not yet (issue 31 item 2)
         "model_version": ensemble.version,
         **exam.to_dict(),
     }
@@ -161,6 +227,25 @@ def run_exam(args) -> dict:
     lap("writing")
     document["timings_s"]["stages"] = seconds  # the print adds the writing
     return document
+
+
+def _prior_text(prior: dict | None) -> str:
+    """The nodule's comparison with the prior, in a few words ("" without a prior)."""
+    if prior is None:
+        return ""
+    status = prior.get("status", "")
+    if status != "matched":
+        return f"; prior: {status}" + (f" ({prior['reason']})" if prior.get("reason") else "")
+    text = "; prior: matched"
+    if prior.get("volume_mm3") is not None and prior.get("volume_change_percent") is not None:
+        text += f", {prior['volume_mm3']:.0f} mm3, {prior['volume_change_percent']:+.0f} %"
+    if prior.get("vdt_days") is not None:
+        text += f", VDT {prior['vdt_days']:.0f} days"
+        bounds = prior.get("vdt_interval_days")
+        if bounds:
+            shown = ["open" if b is None else f"{b:.0f}" for b in bounds]
+            text += f" [{shown[0]}, {shown[1]}]"
+    return text
 
 
 def _print(document: dict) -> None:
@@ -184,15 +269,31 @@ def _print(document: dict) -> None:
                 line += f", Brock {100 * brock['probability']:.1f} % ({brock['note']})"
             elif brock is not None:
                 line += f", Brock {brock['note']}"
+        line += _prior_text(n["prior"])
         print(line)
+    prior_ct = document.get("prior_ct")
+    if prior_ct:
+        registration = prior_ct["registration"]
+        if registration:
+            print(f"prior: {registration['verdict_reason']}")
+        for finding in prior_ct["findings"]:
+            print(f"  prior {finding['level']}: {finding['message']}")
+        for entry in prior_ct["not_found_in_current"]:
+            print(f"  {entry['name']} (prior): not found in the current CT: {entry['reason']}")
     split = document["timings_s"]
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in split["stages"].items()))
     exam = split["exam"]
     per_nodule = ", ".join(
         f"{name} {v:.1f}" for name, v in exam["analysis_per_nodule"].items() if v is not None
     )
+    prior = ""
+    if "registration" in exam:
+        prior = (
+            f"registration {exam['registration']:.1f}, prior matching "
+            f"{exam['prior_matching']:.1f}, "
+        )
     print(
-        f"  exam: analysis {exam['analysis']:.1f} ({per_nodule}), emphysema "
+        f"  exam: {prior}analysis {exam['analysis']:.1f} ({per_nodule}), emphysema "
         f"{exam['emphysema']:.1f}, brock {exam['brock']:.1f}"
     )
 
@@ -217,6 +318,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="LUNA25 'Multiple points' JSON (world LPS; a point may carry its 'prior') or LIDC XML",
     )
     sp.add_argument("--date", default=None, help="the exam's date YYYY-MM-DD (default: DICOM's)")
+    sp.add_argument(
+        "--prior",
+        default=None,
+        help="the prior CT (file, DICOM folder or .tar.gz): registered, every nodule looked "
+        "for on it",
+    )
+    sp.add_argument("--prior-series", default=None, help="the prior's series UID when several")
+    sp.add_argument("--prior-date", default=None, help="the prior's date (default: DICOM's)")
+    sp.add_argument(
+        "--prior-points",
+        default=None,
+        help="the prior's own nodules (LUNA25 JSON or LIDC XML, its frame): looked for on the "
+        "current CT",
+    )
     sp.add_argument("--age", type=float, default=None, help="years (Brock)")
     sp.add_argument("--sex", choices=("female", "male"), default=None, help="(Brock)")
     sp.add_argument("--family-history", choices=("yes", "no"), default=None,

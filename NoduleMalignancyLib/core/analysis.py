@@ -97,6 +97,9 @@ class NoduleResult:
     fold_bag_features: np.ndarray | None = None
     # The closest LIDC nodules in that embedding (core/similar.py), nearest first.
     similar_nodules: list = field(default_factory=list)
+    # Each fold's own outline's volume: the segmentation's uncertainty (a growth's interval,
+    # core/growth.py).
+    fold_volumes_mm3: list[float] = field(default_factory=list)
 
     @property
     def wording(self) -> dict[str, str]:
@@ -316,9 +319,8 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
     measured_all = measure(mask)
     # Each fold's heads are fused with what is measured on that fold's own segmentation, as in
     # the out-of-fold rows the fusion was fitted on; the fold probabilities are then averaged.
-    measured = measured_features(
-        [measure(nodule_mask(p, sample.valid)) for p in out.seg_probability[:, 0]]
-    )
+    per_fold = [measure(nodule_mask(p, sample.valid)) for p in out.seg_probability[:, 0]]
+    measured = measured_features(per_fold)
     logits = out.bag_logits[:, 0]  # (K, A)
     fusion = ensemble.manifest.fusion
 
@@ -370,6 +372,7 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         gates=gate_health([g[:, 0] for g in out.gates], sample.valid),
         lung_rads=lung_rads,
         fold_bag_features=None if out.bag_features is None else out.bag_features[:, 0],
+        fold_volumes_mm3=[float(m["volume_mm3"]) for m in per_fold],
     )
     if ensemble.similar_index is not None and result.fold_bag_features is not None:
         result.similar_nodules = ensemble.similar_index.nearest(result.fold_bag_features)

@@ -10,7 +10,6 @@ out: the ``exam`` command (batch/exam_cli.py) reads the files and writes ``exam.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from .brock_inputs import (
 )
 from .ensemble import Ensemble
 from .geometry import ImageGeometry
+from .growth import growth
 from .lung_rads import CATEGORIES_ALLOWING_4X, LungRadsSuggestion
 from .lung_rads_followup import PriorMeasurement, followup_lung_rads
 from .lung_rads_table import LUNG_RADS_VERSION, more_suspicious, row
@@ -75,6 +75,7 @@ class ExamPoint:
     new: bool = False
     prior_volume_mm3: float | None = None
     prior_date: str | None = None
+    prior_diameter_mm: float | None = None  # longest axial, when typed in
 
 
 @dataclass(frozen=True)
@@ -160,46 +161,61 @@ class Exam:
     lung_rads: ExamLungRads
     emphysema: BrockInput | None
     timings_s: dict = field(default_factory=dict)
+    # The registered prior CT (core/exam_prior.py): registration, findings, what was not
+    # found in the current; ``None`` without one.
+    prior_ct: dict | None = None
 
     def to_dict(self) -> dict:
         return {
             **self.lung_rads.to_dict(),
             "emphysema": None if self.emphysema is None else self.emphysema.to_dict(),
+            "prior_ct": self.prior_ct,
             "nodules": [n.to_dict() for n in self.nodules],
             "timings_s": self.timings_s,
         }
 
 
 def prior_entry(point: ExamPoint, result: NoduleResult | None) -> dict | None:
-    """The nodule's ``prior`` entry from a typed-in prior measurement (``None`` without one):
-    the change in mean diameter and, with both volumes and the interval, the volume change and
-    the volume-doubling time (interval x ln 2 / ln(V / V_prior))."""
+    """The nodule's ``prior`` entry from a typed-in prior measurement (``None`` without one),
+    with the keys of a measured one (core/prior_compare.py; what was not typed in is ``None``):
+    the change in mean diameter and, with both volumes, the volume change and the
+    volume-doubling time (core/growth.py; no interval: no folds on the prior)."""
     if point.new:
-        return {"source": ENTERED, "matched": False, "new": True}
+        return {"source": ENTERED, "status": "new", "matched": False, "new": True}
     prior = point.prior
     if prior is None:
         return None
     entry = {
         "source": ENTERED,
+        "status": "matched",
         "matched": True,
         "new": False,
         "date": point.prior_date,
         "interval_days": prior.interval_days,
+        "diameter_mm": point.prior_diameter_mm,
         "mean_diameter_mm": prior.mean_diameter_mm,
         "solid_mean_diameter_mm": prior.solid_mean_diameter_mm,
         "volume_mm3": point.prior_volume_mm3,
+        "diameter_change_mm": None,
         "mean_diameter_change_mm": None,
+        "volume_ratio": None,
         "volume_change_percent": None,
         "vdt_days": None,
+        "vdt_interval_days": None,
     }
     if result is None:
         return entry
     entry["mean_diameter_change_mm"] = result.mean_diameter_mm - prior.mean_diameter_mm
+    if point.prior_diameter_mm:
+        entry["diameter_change_mm"] = result.diameter_mm - point.prior_diameter_mm
     v0, v1 = point.prior_volume_mm3, result.volume_mm3
     if v0 and v0 > 0 and v1 > 0:
-        entry["volume_change_percent"] = 100.0 * (v1 / v0 - 1.0)
-        if prior.interval_days and v1 != v0:
-            entry["vdt_days"] = prior.interval_days * math.log(2.0) / math.log(v1 / v0)
+        change = growth(v0, v1, prior.interval_days)
+        entry |= {
+            "volume_ratio": change.volume_ratio,
+            "volume_change_percent": change.volume_change_percent,
+            "vdt_days": change.vdt_days,
+        }
     return entry
 
 

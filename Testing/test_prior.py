@@ -1,0 +1,390 @@
+"""The prior CT (issue 31 item 2, docs/DESIGN.md §17): the volume-doubling time and its
+interval (core/growth.py), the registration and its residual (core/registration.py), what the
+comparison refuses or flags and how a re-segmentation is judged (core/prior_compare.py), the
+synthetic pairs (evaluation/synthetic_pairs.py) on a chest phantom, the exam with a prior end to
+end on the phantom (the shipped model) and ``nodule-malignancy exam --prior`` on LIDC-IDRI-0006
+against a synthetic prior (docs/experiments/prior_pairs.md has the measured figures)."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from NoduleMalignancyLib.core import prior_compare
+from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.growth import growth, volume_doubling_days
+from NoduleMalignancyLib.core.registration import (
+    CORRELATION_FLAG,
+    DICE_FLAG,
+    DICE_REFUSE,
+    Registration,
+    register_prior,
+)
+from NoduleMalignancyLib.evaluation.synthetic_pairs import (
+    affine,
+    grow_nodule,
+    insert_nodule,
+    nodule_region,
+    transformed_ct,
+)
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+NODULES_LPS = {"a": (-60.0, -20.0, 40.0), "b": (70.0, 10.0, 0.0), "c": (55.0, -30.0, -45.0)}
+
+
+# Growth ------------------------------------------------------------------------------------
+def test_the_volume_doubling_time_is_interval_ln2_over_ln_ratio():
+    assert volume_doubling_days(100.0, 200.0, 365.0) == pytest.approx(365.0)
+    assert volume_doubling_days(100.0, 150.0, 90.0) == pytest.approx(
+        90 * math.log(2) / math.log(1.5)
+    )
+    assert volume_doubling_days(200.0, 100.0, 365.0) == pytest.approx(-365.0)  # halving
+    assert volume_doubling_days(100.0, 100.0, 365.0) is None  # no change: no doubling
+    assert volume_doubling_days(100.0, 200.0, None) is None  # a date is missing
+
+
+def test_the_interval_comes_from_the_folds_paired_ratios():
+    grown = growth(100.0, 200.0, 365.0, [90, 100, 110], [170, 200, 250])
+    assert grown.volume_change_percent == pytest.approx(100.0)
+    lo, hi = grown.ratio_range
+    assert (lo, hi) == pytest.approx((170 / 90, 250 / 110))
+    fast, slow = grown.vdt_interval_days
+    assert fast == pytest.approx(365 * math.log(2) / math.log(hi))
+    assert slow == pytest.approx(365 * math.log(2) / math.log(lo))
+    assert fast < grown.vdt_days < slow
+    # Folds that disagree on growing or not: stable within the uncertainty, no upper bound.
+    unsure = growth(100.0, 110.0, 365.0, [100, 100], [95, 125])
+    assert unsure.vdt_interval_days[1] is None and "containing 1" in unsure.note
+    assert unsure.vdt_interval_days[0] == pytest.approx(365 * math.log(2) / math.log(1.25))
+    shrinking = growth(100.0, 50.0, 365.0, [100, 100], [40, 60])
+    assert all(b < 0 for b in shrinking.vdt_interval_days)
+    no_date = growth(100.0, 200.0, None, [100], [200])
+    assert no_date.vdt_days is None and no_date.vdt_interval_days is None
+    assert "date is missing" in no_date.note
+    with pytest.raises(ValueError):
+        growth(0.0, 100.0, 365.0)
+
+
+# A chest phantom ---------------------------------------------------------------------------
+def chest_phantom(nodules=NODULES_LPS, seed=0) -> tuple[np.ndarray, ImageGeometry]:
+    """Air, a body (40 HU), two lungs (-850 HU) with 'vessels' (0 HU balls, the registration's
+    texture; none within 15 mm of a nodule's site), a spine (400 HU), 10 mm solid nodules (30 HU) at ``nodules``; 15 HU noise."""
+    geometry = ImageGeometry((-150.0, -150.0, -90.0), (1.5, 1.5, 2.5), IDENTITY, (200, 200, 72))
+    k, j, i = np.meshgrid(*(np.arange(n) for n in geometry.shape_zyx), indexing="ij")
+    x, y, z = (geometry.origin[a] + idx * geometry.spacing[a] for a, idx in enumerate((i, j, k)))
+    image = np.full(geometry.shape_zyx, -1000.0, dtype=np.float32)
+    image[(x / 140) ** 2 + (y / 100) ** 2 <= 1] = 40.0
+    for side in (-1, 1):
+        lung = ((x - side * 65) / 50) ** 2 + (y / 70) ** 2 + (z / 80) ** 2 <= 1
+        image[lung] = -850.0
+    image[(x / 20) ** 2 + ((y - 70) / 15) ** 2 <= 1] = 400.0
+    rng = np.random.default_rng(seed)
+    lungs = image == -850.0
+    for _ in range(120):
+        c = np.array([rng.uniform(-110, 110), rng.uniform(-60, 60), rng.uniform(-70, 70)])
+        r = rng.uniform(1.5, 3.5)
+        if min(np.linalg.norm(c - site) for site in NODULES_LPS.values()) < 15.0:
+            continue  # no 'vessel' where a nodule may be: it would be a small nodule there
+        ball = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= r**2
+        image[ball & lungs] = 0.0
+    for centre in nodules.values():
+        ball = sum((v - c) ** 2 for v, c in zip((x, y, z), centre, strict=True)) <= 5.0**2
+        image[ball] = 30.0
+    image += rng.normal(0, 15, image.shape).astype(np.float32)
+    return np.rint(image).astype(np.int16), geometry
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return chest_phantom()
+
+
+@pytest.fixture(scope="module")
+def moved_phantom(phantom):
+    """The phantom under a known rigid map (prior point -> phantom point), with noise."""
+    transform = affine((0.0, 0.0, 0.0), (1.0, -1.0, 4.0), (1.0, 1.0, 1.0), (6.0, -4.0, 3.0))
+    image, geometry = transformed_ct(*phantom, transform, 10.0, seed=1)
+    return image, geometry, transform
+
+
+# Registration ------------------------------------------------------------------------------
+def test_registration_recovers_a_known_rigid_map(phantom, moved_phantom):
+    image, geometry, transform = moved_phantom
+    registration = register_prior(*phantom, image, geometry)
+    truth = transform.GetInverse()  # phantom (current) point -> prior point
+    for point in NODULES_LPS.values():
+        expected = np.array(truth.TransformPoint(point))
+        assert np.linalg.norm(registration.current_to_prior(point) - expected) < 1.5
+        back = registration.prior_to_current(registration.current_to_prior(point))
+        np.testing.assert_allclose(back, point, atol=1e-6)
+    assert registration.verdict == "good", registration.verdict_reason
+    assert registration.lung_dice > registration.lung_dice_before
+    d = registration.to_dict()
+    assert set(d["seconds"]) == {"lung_masks", "coarse_volumes", "rigid", "affine", "residual"}
+
+
+def test_registration_needs_two_chests(phantom):
+    crop = phantom[0][30:40, 60:100, 20:60]  # lung on every border: no body outline
+    box = ImageGeometry((0.0, 0.0, 0.0), (1.5, 1.5, 2.5), IDENTITY, crop.shape[::-1])
+    with pytest.raises(ValueError, match="no lung mask on the prior CT"):
+        register_prior(*phantom, crop, box)
+
+
+@pytest.mark.parametrize(
+    ("dice", "correlation", "verdict"),
+    [
+        (DICE_FLAG, CORRELATION_FLAG, "good"),
+        (DICE_FLAG - 0.001, 0.9, "flagged"),
+        (0.99, CORRELATION_FLAG - 0.01, "flagged"),
+        (DICE_REFUSE, 0.9, "flagged"),
+        (DICE_REFUSE - 0.001, 0.9, "refused"),
+    ],
+)
+def test_the_residual_sets_the_verdict_at_its_thresholds(dice, correlation, verdict):
+    r = Registration(np.eye(4), dice, 0.5, correlation, -1.0, ("rigid",))
+    assert r.verdict == verdict
+    assert f"lung Dice {dice:.3f}" in r.verdict_reason
+
+
+# What the comparison refuses or flags ------------------------------------------------------
+def _geometry(slice_mm):
+    return ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, slice_mm), IDENTITY, (10, 10, 10))
+
+
+def test_comparison_findings_name_what_is_wrong():
+    def codes(current, prior, interval, registration=None):
+        found = prior_compare.comparison_findings(current, prior, interval, registration)
+        return {f.code: f.level for f in found}
+
+    assert codes(_geometry(1.0), _geometry(1.5), 365.0) == {}
+    assert codes(_geometry(1.0), _geometry(1.51), 365.0) == {"reconstructions_differ": "flagged"}
+    assert codes(_geometry(2.5), _geometry(1.0), None) == {
+        "reconstructions_differ": "flagged",
+        "date_missing": "flagged",
+    }
+    assert codes(_geometry(1.0), _geometry(1.0), -3.0) == {"prior_not_before": "refused"}
+    poor = Registration(np.eye(4), DICE_REFUSE - 0.1, 0.5, 0.1, -1.0, ("rigid",))
+    assert codes(_geometry(1.0), _geometry(1.0), 365.0, poor) == {"registration_poor": "refused"}
+
+
+# Judging a re-segmentation at the mapped point ---------------------------------------------
+class _Assessment(SimpleNamespace):
+    pass
+
+
+def _result(centre_lps, tier="assessed", reason="", volume=500.0, diameter=10.0, folds=None):
+    """A stand-in analysis: a 3-voxel outline centred on ``centre_lps``."""
+    voi = ImageGeometry(tuple(np.asarray(centre_lps) - 1.0), (1.0, 1.0, 1.0), IDENTITY, (3, 3, 3))
+    mask = np.zeros((3, 3, 3), bool)
+    mask[1, 1, :] = True
+    lr = SimpleNamespace(solid_mean_diameter_mm=0.0, texture_class="solid")
+    return SimpleNamespace(
+        point_lps=tuple(centre_lps), voi_geometry=voi, segmentation_mask_voi=mask,
+        assessment=_Assessment(tier=tier, reason=reason), volume_mm3=volume,
+        diameter_mm=diameter, mean_diameter_mm=diameter - 1.0, lung_rads=lr,
+        fold_volumes_mm3=folds or [volume] * 3,
+    )  # fmt: skip
+
+
+def test_a_re_segmentation_is_the_nodule_only_when_answered_and_near(monkeypatch):
+    from NoduleMalignancyLib.core.validation import RefusedError
+
+    answers = {}
+
+    def analyze(image, geometry, point, ensemble, map_to_ct):
+        answer = answers["next"]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(prior_compare, "analyze_point", analyze)
+    point = np.array([10.0, 20.0, 30.0])
+
+    def judged(answer):
+        answers["next"] = answer
+        return prior_compare.find_nodule(None, None, point, None, tolerance_mm=5.0)
+
+    result, distance, why = judged(_result(point + [3.0, 0, 0]))
+    assert why == "" and distance == pytest.approx(3.0)
+    _, distance, why = judged(_result(point + [6.0, 0, 0]))
+    assert distance == pytest.approx(6.0) and "centred 6.0 mm away (> 5.0 mm)" in why
+    _, _, why = judged(_result(point, tier="not_assessed", reason="a vessel"))
+    assert why == "probably not a nodule at the mapped point: a vessel"
+    result, _, why = judged(RefusedError("no_tissue", "no tissue at the point"))
+    assert result is None and why == "refused at the mapped point: no tissue at the point"
+    assert prior_compare.match_tolerance_mm(4.0) == prior_compare.MATCH_MM
+    assert prior_compare.match_tolerance_mm(20.0) == 10.0
+
+
+def test_the_measured_prior_entry_has_both_dates_and_the_change():
+    prior = _result((0, 0, 0), volume=400.0, diameter=9.0, folds=[380, 400, 420])
+    current = _result((1, 0, 0), volume=600.0, diameter=11.0, folds=[560, 600, 650])
+    match = prior_compare.NoduleMatch("n", prior_compare.MATCHED, current, prior, np.zeros(3), 0.4)
+    entry = prior_compare.measured_prior_entry(match, "2024-01-01", 200.0, [])
+    assert entry["source"] == "measured" and entry["matched"] and not entry["new"]
+    assert (entry["volume_mm3"], entry["diameter_mm"]) == (400.0, 9.0)
+    assert entry["diameter_change_mm"] == pytest.approx(2.0)
+    assert entry["volume_change_percent"] == pytest.approx(50.0)
+    assert entry["vdt_days"] == pytest.approx(200 * math.log(2) / math.log(1.5))
+    assert entry["volume_ratio_fold_range"] == pytest.approx([560 / 380, 650 / 420])
+    new = prior_compare.NoduleMatch("m", prior_compare.NEW, current, None, np.zeros(3), None, "x")
+    entry = prior_compare.measured_prior_entry(new, None, None, [])
+    assert entry["new"] and entry["volume_mm3"] is None and entry["vdt_days"] is None
+
+
+# Synthetic pairs ---------------------------------------------------------------------------
+def _nodule_mass_mm3(image, geometry, centre_lps, radius_mm=10.0) -> float:
+    """The phantom's nodule volume as its density above the lung's, in a ball: insensitive to
+    the 2.5 mm slices, which make a 10 mm ball's voxel count vary by 15 %."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in geometry.shape_zyx), indexing="ij")
+    ijk = np.stack([i, j, k], -1).reshape(-1, 3).astype(float)
+    distance = np.linalg.norm(geometry.index_to_lps(ijk) - np.asarray(centre_lps), axis=1)
+    inside = distance.reshape(geometry.shape_zyx) <= radius_mm
+    density = (image[inside].astype(float) + 850.0) / 880.0  # lung 0, nodule 1
+    return float(density.sum() * geometry.voxel_volume_mm3())
+
+
+def test_a_grown_nodule_has_the_volume_factor_and_an_inserted_one_appears_once(phantom):
+    image, geometry = phantom
+    region = nodule_region(image, geometry, NODULES_LPS["a"], 8.0)
+    assert region.volume_mm3 == pytest.approx(4 / 3 * math.pi * 125, rel=0.15)
+    np.testing.assert_allclose(region.centre_lps, NODULES_LPS["a"], atol=0.5)
+    before = _nodule_mass_mm3(image, geometry, NODULES_LPS["a"])
+    for factor in (1.5, 2.0):
+        grown = grow_nodule(image, geometry, region, factor)
+        after = _nodule_mass_mm3(grown, geometry, NODULES_LPS["a"])
+        assert after / before == pytest.approx(factor, rel=0.03)
+    target = np.array([-70.0, 20.0, -20.0])
+    with_copy = insert_nodule(image, geometry, region, target)
+    copy = _nodule_mass_mm3(with_copy, geometry, target) - _nodule_mass_mm3(image, geometry, target)
+    assert copy == pytest.approx(before, rel=0.05)
+    changed = np.abs(np.asarray(with_copy, float) - image) > 0
+    kji = np.column_stack(np.nonzero(changed))
+    distance = np.linalg.norm(geometry.index_to_lps(kji[:, ::-1].astype(float)) - target, axis=1)
+    assert distance.max() < 15.0  # nothing changed away from the copy
+
+
+def test_a_transformed_ct_drops_the_slices_a_tilt_would_fill(phantom):
+    image, geometry = phantom
+    tilt = affine((0.0, 0.0, 0.0), (3.0, 0.0, 0.0), (1, 1, 1), (0.0, 0.0, 0.0))
+    moved, grid = transformed_ct(image, geometry, tilt, 0.0, seed=0)
+    assert grid.size[2] < geometry.size[2] and moved.dtype == np.int16
+    assert moved.shape == grid.shape_zyx
+
+
+# The exam with a prior, end to end ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantom_exam(phantom):
+    """The phantom as the current CT with nodules a and b (c removed), its moved copy with a
+    and c (b removed) as the prior, a year before; all three listed where they are."""
+    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.exam import ExamPoint
+    from NoduleMalignancyLib.core.exam_prior import PriorCT, analyze_exam_with_prior
+
+    current, geometry = chest_phantom({k: NODULES_LPS[k] for k in "ab"})
+    before, _ = chest_phantom({k: NODULES_LPS[k] for k in "ac"})
+    transform = affine((0.0, 0.0, 0.0), (0.0, 0.0, 3.0), (1.0, 1.0, 1.0), (5.0, 2.0, -2.5))
+    prior, prior_geometry = transformed_ct(before, geometry, transform, 10.0, seed=2)
+    on_prior = {k: transform.GetInverse().TransformPoint(NODULES_LPS[k]) for k in "ac"}
+    ensemble = Ensemble.load(device="cpu")
+    exam = analyze_exam_with_prior(
+        current,
+        geometry,
+        [ExamPoint(k, NODULES_LPS[k]) for k in "ab"],
+        ensemble,
+        PriorCT(
+            prior, prior_geometry, "2024-03-01", tuple(ExamPoint(k, p) for k, p in on_prior.items())
+        ),  # fmt: skip
+        365.0,
+    )
+    return exam.to_dict()
+
+
+def test_the_exam_with_a_prior_matches_finds_new_and_lists_what_is_gone(phantom_exam):
+    from NoduleMalignancyLib.core.result_schema import unknown_names
+
+    d = phantom_exam
+    assert unknown_names(d) == []
+    prior_ct = d["prior_ct"]
+    assert prior_ct["compared"] and prior_ct["registration"]["verdict"] == "good"
+    assert prior_ct["matched"] == ["a"] and prior_ct["new"] == ["b"]
+    assert [e["name"] for e in prior_ct["not_found_in_current"]] == ["c"]
+    a, b = d["nodules"]
+    assert a["prior"]["status"] == "matched" and a["prior"]["mapping_distance_mm"] < 2.0
+    # The same 10 mm ball on both dates: the same volume within the segmentation's noise.
+    assert abs(a["prior"]["volume_change_percent"]) < 10.0
+    assert abs(a["prior"]["mean_diameter_change_mm"]) <= 1.5  # not growth (> 1.5 mm)
+    assert a["lung_rads_behavior"] in ("stable", "decreased")
+    assert a["lung_rads_screen"] == "follow-up screen"
+    assert b["prior"]["status"] == "new" and b["lung_rads_behavior"] == "new"
+    assert b["prior"]["reason"]
+    timings = d["timings_s"]
+    assert {"registration", "analysis", "prior_matching"} <= set(timings)
+
+
+@pytest.fixture(scope="module")
+def exam_0006_prior(data_dir, tmp_path_factory):
+    """``nodule-malignancy exam --prior`` on 3 nodules of LIDC-IDRI-0006 against a synthetic
+    prior: the same CT under a known rigid map with 20 HU noise, dated a year before."""
+    from NoduleMalignancyLib.cli import main
+    from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
+
+    path = sample_path("LIDC-IDRI-0006", data_dir=data_dir)
+    image = sitk.ReadImage(str(path))
+    geometry = ImageGeometry.from_sitk(image)
+    centre = geometry.index_to_lps(np.asarray(geometry.size) / 2.0)
+    transform = affine(centre, (1.0, -0.5, 3.0), (1.0, 1.0, 1.0), (7.0, -5.0, 4.0))
+    moved, grid = transformed_ct(sitk.GetArrayFromImage(image), geometry, transform, 20.0, 3)
+    tmp = tmp_path_factory.mktemp("exam_prior")
+    prior = sitk.GetImageFromArray(moved)
+    grid.apply_to_sitk(prior)
+    sitk.WriteImage(prior, str(tmp / "prior.nrrd"), True)
+    points = nodule_points_lps("LIDC-IDRI-0006", data_dir)[:3]
+    document = {"name": "exam", "type": "Multiple points", "version": {"major": 1, "minor": 0},
+                "points": [{"name": n, "point": list(p)} for n, p in points]}  # fmt: skip
+    (tmp / "points.json").write_text(json.dumps(document))
+    out = tmp / "out"
+    args = ["exam", "--ct", str(path), "--points", str(tmp / "points.json"),
+            "--prior", str(tmp / "prior.nrrd"), "--prior-date", "2024-06-01",
+            "--date", "2025-06-01", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((out / "exam.json").read_text())
+
+
+def test_exam_with_a_synthetic_prior_on_lidc_0006(exam_0006_prior, capsys):
+    from NoduleMalignancyLib.core.result_schema import unknown_names
+
+    d = exam_0006_prior
+    assert unknown_names(d) == [] and d["prior_ct"]["registration"]["verdict"] == "good"
+    assert d["prior_ct"]["interval_days"] == 365.0 and d["prior_ct"]["findings"] == []
+    for n in d["nodules"]:
+        p = n["prior"]
+        assert unknown_names(n) == [] and p["status"] == "matched", p
+        assert p["source"] == "measured" and p["mapping_distance_mm"] < 3.0
+        assert abs(p["volume_change_percent"]) < 25.0  # the same nodules, resampled with noise
+        lo, hi = p["volume_ratio_fold_range"]
+        assert lo <= hi
+        assert n["lung_rads_screen"] == "follow-up screen"
+    stages = d["timings_s"]["stages"]
+    assert set(stages) == {"read", "read_prior", "weights", "exam"}
+    assert {"registration", "prior_matching"} <= set(d["timings_s"]["exam"])
+
+
+def test_typed_in_priors_and_a_prior_ct_are_not_mixed(tmp_path, capsys):
+    from NoduleMalignancyLib.cli import main
+
+    points = tmp_path / "points.json"
+    points.write_text(json.dumps({"name": "x", "type": "Multiple points", "version": {},
+                                  "points": [{"name": "a", "point": [1, 2, 3],
+                                              "prior": "new"}]}))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["exam", "--ct", str(tmp_path / "none.nrrd"), "--points", str(points), "--out", str(out)]
+    assert main([*args, "--prior", str(tmp_path / "p.nrrd")]) == 2
+    assert "typed-in priors and --prior" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--prior-date", "2024-01-01"]) == 2
+    assert "--prior-date without --prior" in capsys.readouterr().err
