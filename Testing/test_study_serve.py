@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import msgpack
 import pytest
@@ -79,15 +79,27 @@ def station_pids(lines: list[str]) -> dict[str, int]:
     return found
 
 
-def sign_in(front: str, token: str) -> dict:
-    """Sign in through the front like the reader's link does; the session's path, cookie and
-    websocket secret (from the redirect)."""
+def request(front: str, method: str, path: str, body: dict | None = None, headers=None):
+    """(status, headers, text) of one request to the front (a form body when ``body``)."""
     address = urlparse(front)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
-    connection.request("GET", f"/?token={token}")
+    headers = dict(headers or {})
+    data = None
+    if body is not None:
+        data = urlencode(body)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    connection.request(method, path, body=data, headers=headers)
     response = connection.getresponse()
-    response.read()
-    assert response.status == 303, response.status
+    return response.status, response, response.read().decode("utf-8", "replace")
+
+
+def sign_in(front: str, token: str) -> dict:
+    """Sign in through the front like the reader's link does (its page, then "Sign in as"); the
+    session's path, cookie and websocket secret (from the redirect)."""
+    status, _, page = request(front, "GET", f"/?token={token}")
+    assert status == 200 and 'id="sign-in-as"' in page, status
+    status, response, _ = request(front, "POST", "/sign-in", {"token": token}, {"Origin": front})
+    assert status == 303, status
     location = response.getheader("Location")
     cookie = response.getheader("Set-Cookie").split(";")[0].split("=", 1)[1]
     path = urlparse(location).path
@@ -193,6 +205,76 @@ def test_the_raw_websocket_attacks_are_refused(study, tiny_dir):
             time.sleep(1)
         assert shown["error"].startswith("signed out: unknown reader token"), shown["error"]
 
+        # Her station dies now: the next request says she was signed out (not a bare 503),
+        # and her session is gone.
+        pid = station_pids(lines)["alice"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        page = alice["path"] + f"index.html?secret={alice['secret']}"
+        status, response, text = request(front, "GET", page, headers=cookies(alice))
+        assert status == 403 and 'id="front-message"' in text, (status, text)
+        assert "Signed out: the study owner revoked or reset your reader token" in text
+        assert response.getheader("X-Frame-Options") == "DENY"
+        assert get(front, page, alice["cookie"]) == 403, "the session is forgotten"
+        assert len(station_pids(lines)) == 1, "no station was started for the revoked token"
+
+
+def cookies(session: dict) -> dict:
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in session["cookie"].items())}
+
+
+def test_a_reader_s_link_asks_before_it_signs_the_browser_in(study, tiny_dir):
+    """Login CSRF (issue 28): a link with a reader's token only shows "Sign in as <reader>"
+    (no cookie, no station); the sign-in POST is refused from another site's page; a wrong
+    token is said. No station starts in this test."""
+    tokens = study["tokens"]
+    with run_front(study["db"], tiny_dir) as (front, lines):
+        status, response, page = request(front, "GET", f"/?token={tokens['bob']}")
+        assert status == 200 and response.getheader("Set-Cookie") is None
+        assert re.search(r'id="sign-in-as"[^>]*>Sign in as bob<', page), page
+        assert f'value="{tokens["bob"]}"' in page, "the token goes with the form only"
+        assert response.getheader("X-Frame-Options") == "DENY"
+        assert "frame-ancestors 'none'" in response.getheader("Content-Security-Policy")
+        assert response.getheader("Referrer-Policy") == "same-origin"
+        for origin in ("http://evil.example", "null"):
+            status, response, page = request(
+                front, "POST", "/sign-in", {"token": tokens["bob"]}, {"Origin": origin}
+            )
+            assert status == 403 and response.getheader("Set-Cookie") is None, origin
+            assert "the form came from another site" in page
+        status, _, page = request(front, "GET", "/?token=not-a-token")
+        assert status == 403 and "unknown reader token" in page
+        assert station_pids(lines) == {} and "station pid" not in "".join(lines)
+
+
+def test_another_site_cannot_sign_the_browser_in(study, tiny_dir):
+    """Login CSRF in chromium: a page of another origin that posts a reader's token to the
+    front is refused (no cookie, no station); the link itself stops at "Sign in as bob"."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    bob = study["tokens"]["bob"]
+    with run_front(study["db"], tiny_dir) as (front, lines), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_content(
+                f'<form id="f" method="post" action="{front}/sign-in">'
+                f'<input name="token" value="{bob}"></form>'
+            )
+            with page.expect_navigation():
+                page.evaluate("document.getElementById('f').submit()")
+            assert "the form came from another site" in page.content()
+            page.goto(f"{front}/?token={bob}")
+            assert page.locator("#sign-in-as").inner_text() == "Sign in as bob"
+            assert page.context.cookies() == [], "nothing signed in"
+        finally:
+            browser.close()
+        assert "station pid" not in "".join(lines)
+
 
 def test_no_station_outlives_a_killed_front(study, tiny_dir):
     """SIGKILL of the front (no cleanup runs): its stations stop by themselves."""
@@ -258,6 +340,9 @@ def test_two_readers_at_once_through_one_address(study, tiny_dir, tmp_path):
                 context = browser.new_context(viewport={"width": 1300, "height": 900})
                 page = context.new_page()
                 page.goto(f"{front}/?token={tokens[name]}")
+                assert page.locator("#sign-in-as").inner_text() == f"Sign in as {name}"
+                assert "token" not in page.url, "the link's token leaves the address bar"
+                page.click("#sign-in-as")
                 page.wait_for_selector("#study-case", timeout=180_000)
                 assert "token" not in page.url and "secret" not in page.url
                 assert f"Reader {name}" in page.locator("#study-progress").inner_text()

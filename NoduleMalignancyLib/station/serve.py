@@ -2,7 +2,8 @@
 
 Why a front and one station process per reader: trame keeps one state per server, shared by
 every connection, so a station can serve one reader only. The front is the ParaViewWeb/trame
-launcher pattern: a reader signs in at the front (their link's ``?token=`` or the form), the
+launcher pattern: a reader signs in at the front (their link's ``?token=`` shows "Sign in as
+<reader>", a POST from the front's own page signs in: ``front_pages.py``; or the form), the
 front checks the token against the store, starts a station process for that reader
 (``station/reader_station.py``) on a private 127.0.0.1 port with its own websocket secret, and
 proxies the reader's page and websocket to it under ``/r/<session>/``.
@@ -13,14 +14,15 @@ origin (the websocket's ``Origin``); a process that bypasses the front must also
 station's secret. A reader who signs in again (another tab, another browser) replaces their
 session: the old one's station stops. A station that died (killed, crashed) is started again on
 the reader's next request with the same secret: every rating it acknowledged is in the database
-(the store commits before it answers), and the reader resumes at their next step.
+(the store commits before it answers), and the reader resumes at their next step; a token
+revoked or reset meanwhile gets a page that says so (403), a station that will not start one
+that says why (503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import json
 import secrets
 import signal
@@ -30,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from aiohttp import ClientSession, WSMsgType, web
+from aiohttp import ClientError, ClientSession, WSMsgType, web
 
 from ..study.store import StudyStore
 from .access import local_origins
+from .front_pages import confirm_page, message_page, sign_in_page
 from .ports import free_port
 from .reader_station import READY
 
@@ -42,19 +45,6 @@ __all__ = ["ReaderSession", "StudyFront", "run_front"]
 START_TIMEOUT_S = 300.0  # a station loads Slicer's runtime and the ensemble (tens of seconds)
 COOKIE = "nm_reader"
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "cookie"}
-
-_SIGN_IN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Reading study {name}</title>
-<style>body{{font-family:sans-serif;max-width:32em;margin:4em auto}}
-input{{width:100%;padding:.4em}} .error{{color:#b00020}}</style></head>
-<body><h1>Reading study {name}</h1>
-<p class="error" id="sign-in-error">{error}</p>
-<form method="post" action="/sign-in">
-<label for="token">Reader token</label>
-<input id="token" name="token" type="password" autocomplete="off" required>
-<p><button id="sign-in" type="submit">Sign in</button></p>
-</form></body></html>
-"""
 
 
 @dataclass
@@ -110,10 +100,16 @@ class StudyFront:
 
     # Sign-in ---------------------------------------------------------------------------------
     async def sign_in_page(self, request: web.Request) -> web.StreamResponse:
-        token = request.query.get("token")
-        if token:  # the reader's link: sign in at once
-            return await self._start_session(token)
-        return self._page()
+        """The token form; a reader's link (``?token=``) asks "Sign in as <reader>" first:
+        a link from anywhere must not sign this browser in as someone else unseen."""
+        token = request.query.get("token", "").strip()
+        if not token:
+            return self._page()
+        try:
+            reader = self.store.progress(token).reader
+        except PermissionError as exc:
+            return self._page(str(exc), status=403)
+        return confirm_page(self.store.name, reader, token)
 
     async def sign_in(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -123,8 +119,7 @@ class StudyFront:
         return await self._start_session(str(form.get("token", "")))
 
     def _page(self, error: str = "", status: int = 200) -> web.Response:
-        text = _SIGN_IN_PAGE.format(name=html.escape(self.store.name), error=html.escape(error))
-        return web.Response(text=text, content_type="text/html", status=status)
+        return sign_in_page(self.store.name, error, status)
 
     async def _start_session(self, token: str) -> web.StreamResponse:
         token = token.strip()
@@ -226,10 +221,12 @@ class StudyFront:
         tail = request.match_info["tail"]
         if tail in ("", "index.html") and "secret" not in request.query:
             raise web.HTTPSeeOther(self._page_address(session))  # a reload: the secret again
+        if not session.alive and (revoked := await self._revoked(session)):
+            return revoked  # started again only for a token that still works
         try:
             await self._ensure_station(session)
         except RuntimeError as exc:
-            raise web.HTTPServiceUnavailable(text=str(exc)) from None
+            return message_page(self.store.name, f"{exc}. Reload this page to try again.", 503)
         if tail == "ws":
             return await self._proxy_websocket(request, session)
         return await self._proxy_http(request, session, tail)
@@ -237,22 +234,44 @@ class StudyFront:
     async def _proxy_http(self, request, session: ReaderSession, tail: str) -> web.Response:
         url = f"http://127.0.0.1:{session.port}/{tail}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        async with ClientSession(auto_decompress=False) as client:
-            async with client.request(
-                request.method,
-                url,
-                params=request.query,
-                headers=headers,
-                data=await request.read(),
-                allow_redirects=False,
-            ) as upstream:
-                body = await upstream.read()
-                kept = {
-                    k: v
-                    for k, v in upstream.headers.items()
-                    if k.lower() not in _HOP_HEADERS | {"content-length", "set-cookie"}
-                }
-                return web.Response(body=body, status=upstream.status, headers=kept)
+        try:
+            async with ClientSession(auto_decompress=False) as client:
+                async with client.request(
+                    request.method,
+                    url,
+                    params=request.query,
+                    headers=headers,
+                    data=await request.read(),
+                    allow_redirects=False,
+                ) as upstream:
+                    body = await upstream.read()
+                    kept = {
+                        k: v
+                        for k, v in upstream.headers.items()
+                        if k.lower() not in _HOP_HEADERS | {"content-length", "set-cookie"}
+                    }
+                    return web.Response(body=body, status=upstream.status, headers=kept)
+        except ClientError:  # it died (is dying) after the check: started again on a reload
+            return await self._revoked(session) or message_page(
+                self.store.name,
+                f"The reading station of {session.reader} stopped. Reload this page: it starts "
+                "again where you left off (every committed rating is kept).",
+                503,
+            )
+
+    async def _revoked(self, session: ReaderSession) -> web.Response | None:
+        """The page for a session whose token no longer works (the owner revoked or reset it),
+        which is then forgotten and its station stopped; ``None`` while the token works."""
+        try:
+            self.store.progress(session.token)
+        except PermissionError as exc:
+            await self._stop(session)
+            return message_page(
+                self.store.name,
+                f"Signed out: the study owner revoked or reset your reader token ({exc}).",
+                403,
+            )
+        return None
 
     async def _proxy_websocket(self, request, session: ReaderSession) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
