@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 import shutil
 import stat
@@ -27,6 +28,7 @@ import struct
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,10 @@ MAX_CT_VOXELS = 512 * 512 * 2048
 # An archive may extract to at most this much (a DICOM series of MAX_CT_VOXELS is ~1.1 GiB).
 MAX_EXTRACTED_BYTES = 2 * 1024**3
 EXTRACTION_PREFIX = "NoduleMalignancy-ct-"
+# A gzip archive's tar may exceed MAX_EXTRACTED_BYTES by its headers and padding (512 bytes a
+# member and more): decompressed up to this much more before it is refused.
+_TAR_HEADROOM = 64 * 1024**2
+_COPY_BUFFER = 16 * 1024**2  # a member's bytes per write
 # An extraction folder whose process is gone is removed at once; one without a readable
 # process ID (an older version's) or older than this, whatever its process.
 STALE_EXTRACTION_S = 6 * 3600
@@ -348,31 +354,70 @@ def _check_member(path: Path, member: tarfile.TarInfo, root: Path, total: int) -
     return total
 
 
+def _gunzipped(path: Path) -> bytes:
+    """The tar inside a gzip file, decompressed in one call, refused past
+    :data:`MAX_EXTRACTED_BYTES` and the tar headers' share (:data:`_TAR_HEADROOM`).
+
+    Why not tarfile's stream: it decompresses 10 kB at a time, and each call hands the GIL
+    over; a cold ``analyze`` imports torch in a thread meanwhile (cli.ANALYZE_IMPORTS), and
+    thousands of hand-overs made the read 2-3x slower. Here it is one (0.3 s of zlib for the
+    70 MB sample); the tar is held in memory instead, as much as is then written out.
+    """
+    limit = MAX_EXTRACTED_BYTES + _TAR_HEADROOM
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    tar = inflate.decompress(path.read_bytes(), limit + 1)
+    if len(tar) > limit:
+        raise InputError(
+            f"cannot read a CT from {path}: the archive extracts to more than the "
+            f"{MAX_EXTRACTED_BYTES:,} bytes allowed (docs/DESIGN.md §13)"
+        )
+    if not inflate.eof:
+        raise EOFError("the compressed data ends early")
+    return tar
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    """The archive for reading its members in order, copied in one call each: a gzip file's tar
+    from memory (:func:`_gunzipped`), any other (plain, bz2, xz) through tarfile."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        data = io.BytesIO(_gunzipped(path))
+        return tarfile.open(fileobj=data, mode="r:", copybufsize=_COPY_BUFFER)
+    return tarfile.open(path, mode="r:*", copybufsize=_COPY_BUFFER)
+
+
 @contextlib.contextmanager
 def extracted_archive(path: Path) -> Iterator[Path]:
     """A temporary folder holding the archive's files, removed on exit.
 
-    One pass over the archive (a stream: a second would decompress it again), each member
-    checked before it is written: no links, pipes or devices, no path outside the folder (and
-    tarfile's ``data`` filter where Python has it), the running total within
-    :data:`MAX_EXTRACTED_BYTES` (what was written is removed when it is refused). The folder's
-    name carries this process's ID, so a run killed meanwhile leaves a folder the next run
-    removes (:func:`remove_stale_extractions`).
+    One pass over the archive's members (a gzip file decompressed once, in memory:
+    :func:`_open_tar`), each member checked before it is written: no links, pipes or devices,
+    no path outside the folder (and tarfile's ``data`` filter where Python has it), the running
+    total within :data:`MAX_EXTRACTED_BYTES` (what was written is removed when it is refused).
+    The folder's name carries this process's ID, so a run killed meanwhile leaves a folder the
+    next run removes (:func:`remove_stale_extractions`).
     """
     remove_stale_extractions()
     tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
-    options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
         try:
-            with tarfile.open(path, mode="r|*") as archive:
-                root, total = tmp.resolve(), 0
-                for member in archive:
-                    total = _check_member(path, member, root, total)
-                    archive.extract(member, tmp, **options)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+            _extract(path, tmp)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise InputError(
                 f"cannot read a CT from {path}: not a readable tar archive ({exc})"
             ) from None
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract(path: Path, folder: Path) -> None:
+    """Every member into ``folder``, each checked first (:func:`_check_member`); the archive's
+    bytes in memory are freed on return, before the caller reads the files."""
+    options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with _open_tar(path) as archive:
+        root, total = folder.resolve(), 0
+        for member in archive:
+            total = _check_member(path, member, root, total)
+            archive.extract(member, folder, **options)
