@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_ROW_TIMEOUT_S,
         help=f"seconds a CT read or a row may take before it fails (default {DEFAULT_ROW_TIMEOUT_S:g}"
-        "; 0: no limit; not enforced inside Dask workers)",
+        "; 0: no limit; in Dask workers checked between Python instructions)",
     )
     common(sp)
     add_cluster_arguments(sp)

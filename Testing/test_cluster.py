@@ -177,6 +177,52 @@ def test_predict_on_a_running_scheduler(cluster, manifest, tiny_dir, in_process,
     assert cluster.run(ensemble_loads) == loads
 
 
+def _stuck_workers() -> None:
+    """On a worker: the point x = 1 runs (Python-level) for a minute, any other fails at once."""
+    import time
+
+    from NoduleMalignancyLib.core import analysis
+
+    def stuck(array, geometry, point, *args, **kwargs):
+        if point[0] == 1.0:
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                time.sleep(0.01)
+        raise ValueError("the next row ran")
+
+    stuck.original = analysis.analyze_point
+    analysis.analyze_point = stuck
+
+
+def _unstuck_workers() -> None:
+    from NoduleMalignancyLib.core import analysis
+
+    analysis.analyze_point = getattr(analysis.analyze_point, "original", analysis.analyze_point)
+
+
+def test_the_row_timeout_holds_in_dask_workers(cluster, data_dir, tiny_dir, tmp_path):
+    """``predict --row-timeout`` on workers (issue 28): a task thread cannot take SIGALRM, the
+    timer thread stops the stuck row there; the next row of the CT runs on the same worker."""
+    import time
+
+    image = data_dir / "lidc_vois" / "image" / "LIDC-IDRI-0001_R_1.nii.gz"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,image,x,y,z\nstuck,{image},1,2,3\nnext,{image},2,2,3\n")
+    out = tmp_path / "p.csv"
+    address = cluster.scheduler.address
+    cluster.run(_stuck_workers)
+    try:
+        start = time.perf_counter()
+        assert _predict(manifest, tiny_dir, out, "--scheduler", address, "--row-timeout", 1) == 1
+        elapsed = time.perf_counter() - start
+    finally:
+        cluster.run(_unstuck_workers)
+    assert elapsed < 30, f"{elapsed:.1f} s: the stuck row was not stopped"
+    rows = _rows(out)
+    assert "row 'stuck' took longer than the row timeout (1 s" in rows[0]["error"]
+    assert rows[1]["error"].endswith("the next row ran")
+
+
 def test_a_failed_task_is_reported_and_the_others_go_on(cluster):
     calls = [(6, 3), (1, 0), (8, 2), (9, 3)]
     out = list(map_in_order(operator.truediv, calls, cluster, progress=False))

@@ -144,6 +144,38 @@ def test_an_error_while_scoring_a_point_is_reported_and_defaulted(ct_mha, locati
         luna25.build_output({"points": [{"point": [0, 0, 0]}] * 2}, scores)
 
 
+def test_a_point_over_the_row_timeout_gets_the_default_and_the_next_is_scored(
+    ct_mha, locations, tmp_path, capsys, monkeypatch, tiny_dir
+):
+    """``luna25 --row-timeout``: a stuck point fails with its reason, the case goes on."""
+    from NoduleMalignancyLib.core import analysis
+
+    score = analysis.analyze_point
+    first = tuple(locations["points"][0]["point"])
+
+    def stuck_first(array, geometry, point, *args, **kwargs):
+        if tuple(point) == first:
+            time.sleep(60)
+        return score(array, geometry, point, *args, **kwargs)
+
+    monkeypatch.setattr(analysis, "analyze_point", stuck_first)
+    two = {**locations, "points": [locations["points"][0], {**locations["points"][0]}]}
+    two["points"][1]["point"] = [v + 1.0 for v in first]
+    two["points"][1]["name"] = "moved"
+    case = make_case(tmp_path / "in", ct_mha, two)
+    start = time.perf_counter()
+    argv = ["luna25", "--input", str(case), "--output", str(tmp_path / "out")]
+    argv += ["--models", str(tiny_dir), "--device", "cpu"]
+    assert cli.main([*argv, "--row-timeout", "10"]) == 0
+    assert time.perf_counter() - start < 50
+    err = capsys.readouterr().err
+    name = locations["points"][0]["name"]
+    assert f"point {name}: failed (row_timeout): point {name} took longer than the row" in err
+    out = json.loads((tmp_path / "out" / luna25.OUTPUT_FILE).read_text())
+    assert out["points"][0]["probability"] == luna25.DEFAULT_PROBABILITY
+    assert "point moved: failed" not in err, "the next point is scored"
+
+
 GOOD = {"name": "Points of interest", "type": "Multiple points", "points": [], "version": {}}
 
 

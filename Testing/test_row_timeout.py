@@ -60,6 +60,46 @@ def test_the_timer_and_handler_are_restored():
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def _busy(seconds: float) -> None:
+    """Python-level work (a worker thread sees the timeout between instructions)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def test_the_limit_holds_off_the_main_thread_and_never_fires_after_the_block():
+    """In a thread (a Dask worker's task thread) the timer thread raises the error there; a
+    block that ends in time leaves nothing pending, and the row's own ``except Exception``
+    does not swallow it."""
+    import threading
+
+    outcome = {}
+
+    def stuck_row() -> None:
+        try:
+            with row_deadline(0.3, "row 'stuck'"):
+                try:
+                    _busy(30)
+                except Exception:  # a row's own error handling
+                    outcome["swallowed"] = True
+        except RowTimeoutError as exc:
+            outcome["error"] = str(exc)
+        with row_deadline(0.3, "row 'quick'"):
+            _busy(0.05)
+        _busy(0.6)  # past the quick row's deadline: nothing is raised any more
+        outcome["after"] = True
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=stuck_row)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive() and time.perf_counter() - start < 5
+    assert outcome == {
+        "error": "row 'stuck' took longer than the row timeout (0.3 s; --row-timeout)",
+        "after": True,
+    }
+
+
 def test_export_fails_a_ct_over_the_timeout_and_goes_on(tmp_path, monkeypatch):
     from NoduleMalignancyLib.files import patches
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..core.atomic import write_json
 from ..core.errors import InputError
 from ..files.row_errors import TRACEBACK_KEY, failure_log_path, failure_traceback, write_failure_log
+from .row_timeout import DEFAULT_ROW_TIMEOUT_S, RowTimeoutError, row_deadline
 
 __all__ = [
     "CLINICAL_FILE",
@@ -200,6 +201,8 @@ def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
         return PointScore(name, DEFAULT_PROBABILITY, "refused", exc.code, str(exc))
     except PointOutsideVolumeError as exc:
         return PointScore(name, DEFAULT_PROBABILITY, "refused", "outside_image", str(exc))
+    except RowTimeoutError:  # not a bug: score_points gives the default with the reason
+        raise
     except Exception as exc:  # one bad point never stops the case (docs/DESIGN.md §13)
         trace = failure_traceback(exc)
         return PointScore(
@@ -234,13 +237,25 @@ def _report(score: PointScore, log: Log) -> None:
 
 
 def score_points(
-    array: np.ndarray, geometry, points: list[dict], ensemble, log: Log = _stderr
+    array: np.ndarray,
+    geometry,
+    points: list[dict],
+    ensemble,
+    log: Log = _stderr,
+    row_timeout: float | None = None,
 ) -> list[PointScore]:
-    """A :class:`PointScore` per point, in order; refusals and warnings logged per point."""
+    """A :class:`PointScore` per point, in order; refusals and warnings logged per point. A
+    point over ``row_timeout`` seconds gets the default probability, its reason logged
+    (batch/row_timeout.py), and the next point runs."""
     scores = []
     for i, entry in enumerate(points):
         point_lps = np.array(entry["point"], dtype=float)
-        score = _score_one(_point_name(i, entry), array, geometry, point_lps, ensemble)
+        name = _point_name(i, entry)
+        try:
+            with row_deadline(row_timeout, f"point {name}"):
+                score = _score_one(name, array, geometry, point_lps, ensemble)
+        except RowTimeoutError as exc:
+            score = PointScore(name, DEFAULT_PROBABILITY, "failed", "row_timeout", str(exc))
         _report(score, log)
         scores.append(score)
     return scores
@@ -270,8 +285,10 @@ def run(
     models: str | Path | None = None,
     device: str = "auto",
     log: Log = _stderr,
+    row_timeout: float | None = DEFAULT_ROW_TIMEOUT_S,
 ) -> tuple[Path, list[PointScore]]:
-    """One LUNA25 case: read and check the inputs, score every point, write the output."""
+    """One LUNA25 case: read and check the inputs, score every point, write the output.
+    ``row_timeout``: seconds the CT's reading (else an input error) and each point may take."""
     import SimpleITK as sitk
 
     from ..core.ensemble import Ensemble
@@ -282,12 +299,14 @@ def run(
     inputs = read_inputs(input_dir, log)
     check_output_folder(output_dir, "--output")  # before the CT is read (files/writable.py)
     try:
-        image = read_ct(inputs.ct_path)
-    except ValueError as exc:
+        with row_deadline(row_timeout, f"reading {inputs.ct_path}"):
+            image = read_ct(inputs.ct_path)
+    except (ValueError, RowTimeoutError) as exc:
         raise InputError(str(exc)) from None
     array, geometry = sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)
     ensemble = Ensemble.load(models, device=device)
-    scores = score_points(array, geometry, inputs.locations["points"], ensemble, log)
+    points = inputs.locations["points"]
+    scores = score_points(array, geometry, points, ensemble, log, row_timeout)
     path = write_output(output_dir, build_output(inputs.locations, scores))
     rows = [{"id": s.name, TRACEBACK_KEY: s.traceback} for s in scores]
     failures = write_failure_log(failure_log_path(output_dir), rows)
@@ -298,7 +317,9 @@ def run(
 
 def cmd_luna25(args: argparse.Namespace) -> int:
     """Exit 0 once the output is written (unscorable points included); input errors raise."""
-    path, scores = run(args.input, args.output, args.models, args.device)
+    path, scores = run(
+        args.input, args.output, args.models, args.device, row_timeout=args.row_timeout
+    )
     unscored = sum(not s.scored for s in scores)
     print(
         f"scored {len(scores) - unscored}/{len(scores)} points"
@@ -317,4 +338,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--output", required=True, help=f"folder for {OUTPUT_FILE}")
     sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
     sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
+    sp.add_argument(
+        "--row-timeout",
+        type=float,
+        default=DEFAULT_ROW_TIMEOUT_S,
+        help=f"seconds reading the CT or scoring one point may take (default "
+        f"{DEFAULT_ROW_TIMEOUT_S:g}; 0: no limit); a point over it gets the default probability",
+    )
     sp.set_defaults(func=cmd_luna25)
