@@ -159,6 +159,7 @@ def test_require_extra_says_which_extra_to_install():
     [
         (["app", "--sample", "NO-SUCH-SAMPLE"], "trame_slicer", "station"),
         (["selftest"], "slicer", "slicer"),
+        (["study", "serve", "--db", "no-such-study.db"], "slicer", "station"),
     ],
 )
 def test_a_command_without_its_extra_exits_2_naming_it(argv, hidden, extra, monkeypatch, capsys):
@@ -170,6 +171,27 @@ def test_a_command_without_its_extra_exits_2_naming_it(argv, hidden, extra, monk
     monkeypatch.setattr(extras, "_installed", lambda m: m != hidden and installed(m))
     assert cli.main(argv) == 2
     assert f"pip install '{DISTRIBUTION}[{extra}]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["mrml.logic", "mrml.nodes", "mrml.ct_loading"])
+def test_the_mrml_layer_without_slicer_core_names_the_extra(module):
+    """Imported where slicer-core is missing (hidden here from a fresh interpreter), the MRML
+    layer raises the dependency error naming the 'slicer' extra, not a ModuleNotFoundError."""
+    code = (
+        "import sys\n"
+        "class Hidden:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('slicer', 'vtk', 'vtkmodules'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hidden())\n"
+        "from NoduleMalignancyLib.core.errors import DependencyError\n"
+        "try:\n"
+        f"    import NoduleMalignancyLib.{module}\n"
+        "except DependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert f"pip install '{DISTRIBUTION}[slicer]'" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_cluster_without_the_batch_extra_names_it(monkeypatch):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import slicer
-
 from ..files.ct_input import check_image_file, check_input_path, file_identity, input_identity
 from .identity import set_volume_identity
 from .logic import InputError, read_ct_volume
+from .slicer_api import slicer
 
 __all__ = ["DIRECT_SUFFIXES", "CTLoadError", "load_ct_volume"]
 

@@ -29,8 +29,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import slicer
-import vtk
 
 from ..core.analysis import NoduleResult, analyze_point
 from ..core.assessment import answer_lines
@@ -53,6 +51,7 @@ from .roles import (
     ROLE_TABLE,
     ROLE_VOLUME,
 )
+from .slicer_api import slicer, vtk
 
 __all__ = [
     "AnalysisCancelledError",

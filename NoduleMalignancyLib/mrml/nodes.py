@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import slicer
-import vtk
-from vtk.util import numpy_support
 
 from ..core.analysis import NoduleResult
 from ..core.assessment import withheld
@@ -39,6 +36,7 @@ from .roles import (
     SEGMENT_COLOR,
     TABLE_COLUMNS,
 )
+from .slicer_api import numpy_support, slicer, vtk
 
 
 class ResultNodes:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import slicer
-
 from ..core.errors import InputError
 from ..core.evidence import COMBINED
 from .roles import (
@@ -33,6 +31,7 @@ from .roles import (
     ROLE_MARKUPS,
     ROLE_VOLUME,
 )
+from .slicer_api import slicer
 
 __all__ = [
     "DEFAULTS",

@@ -14,10 +14,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import slicer
 
 from ..files.patches import CtToExport, ExportSummary, LoadedCt, NoduleToExport, export_patches
 from .requests import AnalysisRequest
+from .slicer_api import slicer
 
 MALIGNANT_WORDS = {"1", "malignant", "label=1"}
 BENIGN_WORDS = {"0", "benign", "label=0"}

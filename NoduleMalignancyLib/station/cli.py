@@ -68,7 +68,11 @@ def serve(app, host: str, port: int, access=None) -> int:
 
 
 def cmd_serve(args) -> int:
-    """``study serve``: the study's one address; a station process per signed-in reader."""
+    """``study serve``: the study's one address; a station process per signed-in reader (each
+    needs the station's extra: checked here, not when the first reader signs in)."""
+    from ..core.extras import require_extra
+
+    require_extra("station", "slicer", "vtk", "trame", "trame_slicer", "aiohttp")
     from .ports import bind_message, port_problem
 
     problem = port_problem(args.host, args.port)
