@@ -1,23 +1,22 @@
 """Atomic file writes: a reader (or a resumed run after kill -9) sees the old file or the new one.
 
 One home for the temp-file-and-rename pattern that the training checkpoints, the run tables,
-the manifest, the sample cache and the batch CSVs all need.
+the manifest, the sample cache and the batch CSVs (files/csv_cells.write_csv) all need.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_csv", "write_json"]
+__all__ = ["atomic_path", "finite_json", "sha256_of", "write_json"]
 
 
 @contextmanager
@@ -42,21 +41,6 @@ def write_json(path: str | os.PathLike, data, default: Callable | None = None) -
     """``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
-    return Path(path)
-
-
-def write_csv(
-    path: str | os.PathLike,
-    rows: Iterable[dict],
-    columns: Sequence[str],
-    format_value: Callable = lambda v: v,
-) -> Path:
-    """Rows as CSV with these columns (missing cells empty, extra keys ignored), atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: format_value(v) for k, v in row.items()})
     return Path(path)
 
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..core import atomic
+from ..core.atomic import atomic_path
 
 __all__ = [
     "FORMULA_TRIGGERS",
@@ -68,7 +68,12 @@ def write_csv(
     ``format_value`` turns each value into its cell (e.g. a float to ``6g``); the cell is then
     made formula-safe. The columns are the project's own names (never a formula).
     """
-    return atomic.write_csv(path, rows, columns, lambda v: formula_safe(format_value(v)))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="", extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: formula_safe(format_value(v)) for k, v in row.items()})
+    return Path(path)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
