@@ -11,6 +11,7 @@ import argparse
 import atexit
 import contextlib
 import csv
+import ctypes
 import importlib
 import os
 import sys
@@ -61,8 +62,30 @@ def _ensemble(args):
 ANALYZE_IMPORTS = (".core.validation", ".core.analysis", ".files.outputs")
 
 
+def _reuse_freed_memory() -> None:
+    """glibc's malloc takes large blocks from its heap and keeps what is freed for reuse,
+    instead of mapping fresh pages for each and unmapping them when freed.
+
+    Why: a cold ``analyze`` allocates its largest arrays once each (the archive's 70 MB, the CT
+    as int32, 140 MB, the lung mask's); with glibc's defaults each is pages the kernel faults in
+    and zeroes, beside the import thread mapping torch's libraries (0.3-0.5 s of a cold
+    ``analyze``, docs/benchmarks.md). For one-shot commands: the memory stays at its peak until
+    the process ends. Nothing where the C library has no ``mallopt`` (not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB from the heap
+    mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: freed heap kept, not returned
+    mallopt(-2, 1 << 28)  # M_TOP_PAD: the heap grows 256 MiB (of address space) at a time
+
+
 def cmd_analyze(args) -> int:
     seconds, start = {}, [time.perf_counter()]
+    _reuse_freed_memory()
 
     def lap(stage: str) -> None:  # the cold start's split (bench --cold reads --timings)
         now = time.perf_counter()
