@@ -57,10 +57,10 @@ def test_the_interval_comes_from_the_folds_paired_ratios():
     assert fast == pytest.approx(365 * math.log(2) / math.log(hi))
     assert slow == pytest.approx(365 * math.log(2) / math.log(lo))
     assert fast < grown.vdt_days < slow
-    # Folds that disagree on growing or not: stable within the uncertainty, no upper bound.
+    # Folds that disagree on growing or not: stable within the uncertainty, no interval.
     unsure = growth(100.0, 110.0, 365.0, [100, 100], [95, 125])
-    assert unsure.vdt_interval_days[1] is None and "containing 1" in unsure.note
-    assert unsure.vdt_interval_days[0] == pytest.approx(365 * math.log(2) / math.log(1.25))
+    assert unsure.vdt_interval_days == (None, None) and "containing 1" in unsure.note
+    assert unsure.vdt_days == pytest.approx(365 * math.log(2) / math.log(1.1))
     shrinking = growth(100.0, 50.0, 365.0, [100, 100], [40, 60])
     assert all(b < 0 for b in shrinking.vdt_interval_days)
     no_date = growth(100.0, 200.0, None, [100], [200])
@@ -187,7 +187,7 @@ def _result(centre_lps, tier="assessed", reason="", volume=500.0, diameter=10.0,
         point_lps=tuple(centre_lps), voi_geometry=voi, segmentation_mask_voi=mask,
         assessment=_Assessment(tier=tier, reason=reason), volume_mm3=volume,
         diameter_mm=diameter, mean_diameter_mm=diameter - 1.0, lung_rads=lr,
-        fold_volumes_mm3=folds or [volume] * 3,
+        fold_volumes_mm3=folds or [volume] * 3, voi_center_lps=None, context_box=None,
     )  # fmt: skip
 
 
@@ -196,7 +196,7 @@ def test_a_re_segmentation_is_the_nodule_only_when_answered_and_near(monkeypatch
 
     answers = {}
 
-    def analyze(image, geometry, point, ensemble, map_to_ct):
+    def analyze(image, geometry, point, ensemble, context=None, map_to_ct=True):
         answer = answers["next"]
         if isinstance(answer, Exception):
             raise answer
@@ -219,6 +219,44 @@ def test_a_re_segmentation_is_the_nodule_only_when_answered_and_near(monkeypatch
     assert result is None and why == "refused at the mapped point: no tissue at the point"
     assert prior_compare.match_tolerance_mm(4.0) == prior_compare.MATCH_MM
     assert prior_compare.match_tolerance_mm(20.0) == 10.0
+
+
+def test_the_other_date_is_shown_the_crop_this_one_settled_on_mapped():
+    from NoduleMalignancyLib.core.config import VoiConfig
+    from NoduleMalignancyLib.core.voi import context_box_for_nodule
+
+    ensemble = SimpleNamespace(manifest=SimpleNamespace(voi=VoiConfig()))
+    ct = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), IDENTITY, (200, 200, 100))
+    result = _result((60.0, 60.0, 60.0), diameter=8.0)
+    result.voi_center_lps = np.array([60.2, 59.8, 60.0])
+    result.context_box = ImageGeometry((40.0, 41.0, 50.0), (0.7, 0.7, 1.25), IDENTITY, (44, 46, 9))
+    rotation = affine((50.0, 50.0, 50.0), (2.0, -1.0, 5.0), (1.0, 1.02, 0.98), (4.0, -3.0, 2.0))
+
+    def to_other(points):
+        points = np.asarray(points, dtype=float)
+        flat = points.reshape(-1, 3)
+        mapped = np.array([rotation.TransformPoint(tuple(p)) for p in flat])
+        return mapped.reshape(points.shape)
+
+    centre, crop = prior_compare.mapped_context(result, to_other, ct, ensemble)
+    np.testing.assert_allclose(centre, to_other(result.voi_center_lps))
+    # The crop is the recorded one, mapped exactly: a point keeps its index in it.
+    ijk = np.array([[0.0, 0.0, 0.0], [43.0, 45.0, 8.0], [10.5, 3.2, 4.0]])
+    points = result.context_box.index_to_lps(ijk)
+    np.testing.assert_allclose(crop.lps_to_index(to_other(points)), ijk, atol=1e-6)
+    assert crop.size == result.context_box.size
+    # Without a recorded crop: the outline's, built on the other CT from the mapped outline.
+    result.voi_center_lps, result.context_box = None, None
+    shift = np.array([7.0, -3.5, 5.0])  # whole voxels of ct
+    centre, moved = prior_compare.mapped_context(
+        result, lambda p: np.asarray(p) + shift, ct, ensemble
+    )
+    np.testing.assert_allclose(centre, np.array([60.0, 60.0, 60.0]) + shift)
+    fov_z = (VoiConfig().shape_zyx[0] - 1) * VoiConfig().spacing_zyx[0]
+    points = np.array([[59.0, 60.0, 60.0], [60.0, 60.0, 60.0], [61.0, 60.0, 60.0]]) + shift
+    assert moved == context_box_for_nodule(
+        ct, centre, points, axial_diameter_mm=8.0, fov_z_mm=fov_z
+    )
 
 
 def test_the_measured_prior_entry_has_both_dates_and_the_change():

@@ -242,9 +242,10 @@ def _prior_text(prior: dict | None) -> str:
     if prior.get("vdt_days") is not None:
         text += f", VDT {prior['vdt_days']:.0f} days"
         bounds = prior.get("vdt_interval_days")
-        if bounds:
-            shown = ["open" if b is None else f"{b:.0f}" for b in bounds]
-            text += f" [{shown[0]}, {shown[1]}]"
+        if bounds and None not in bounds:
+            text += f" [{bounds[0]:.0f}, {bounds[1]:.0f}]"
+        elif bounds:
+            text += " (the folds disagree on its sign: stable within the segmentation's noise)"
     return text
 
 

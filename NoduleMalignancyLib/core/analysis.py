@@ -100,6 +100,10 @@ class NoduleResult:
     # Each fold's own outline's volume: the segmentation's uncertainty (a growth's interval,
     # core/growth.py).
     fold_volumes_mm3: list[float] = field(default_factory=list)
+    # The VOI centre and context crop of the pass the answer comes from (core/prior_compare.py
+    # shows the prior the same crop, mapped).
+    voi_center_lps: np.ndarray | None = None
+    context_box: ImageGeometry | None = None
 
     @property
     def wording(self) -> dict[str, str]:
@@ -373,6 +377,8 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         lung_rads=lung_rads,
         fold_bag_features=None if out.bag_features is None else out.bag_features[:, 0],
         fold_volumes_mm3=[float(m["volume_mm3"]) for m in per_fold],
+        voi_center_lps=np.asarray(sample.center_lps, dtype=float),
+        context_box=sample.context,
     )
     if ensemble.similar_index is not None and result.fold_bag_features is not None:
         result.similar_nodules = ensemble.similar_index.nearest(result.fold_bag_features)

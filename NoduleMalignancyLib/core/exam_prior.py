@@ -28,6 +28,7 @@ from .prior_compare import (
     NoduleMatch,
     comparison_findings,
     find_nodule,
+    mapped_context,
     match_tolerance_mm,
     measured_prior_entry,
     not_compared_entry,
@@ -135,8 +136,11 @@ def analyze_exam_with_prior(
             continue
         mapped = registration.current_to_prior(outline_centre_lps(result))
         tolerance = match_tolerance_mm(result.diameter_mm)
+        centre, crop = mapped_context(
+            result, registration.current_to_prior, prior.geometry, ensemble
+        )
         found, distance, why = find_nodule(
-            prior.image_zyx, prior.geometry, mapped, ensemble, tolerance
+            prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
         )
         status = NEW if why else MATCHED
         match = NoduleMatch(point.name, status, result, found, mapped, distance, why)
@@ -148,12 +152,19 @@ def analyze_exam_with_prior(
     for point in () if refused else prior.points:
         if _near(point.point_lps, matches) is not None:
             continue
-        mapped = registration.prior_to_current(point.point_lps)
         on_prior, refusal = _analyze(prior.image_zyx, prior.geometry, point.point_lps, ensemble)
-        diameter = on_prior.diameter_mm if on_prior is not None else None
-        found, distance, why = find_nodule(
-            image_zyx, geometry, mapped, ensemble, match_tolerance_mm(diameter)
-        )
+        found, distance, why = None, None, ""
+        if on_prior is not None:
+            mapped = registration.prior_to_current(outline_centre_lps(on_prior))
+            tolerance = match_tolerance_mm(on_prior.diameter_mm)
+            centre, crop = mapped_context(
+                on_prior, registration.prior_to_current, geometry, ensemble
+            )
+            found, distance, why = find_nodule(
+                image_zyx, geometry, centre, ensemble, tolerance, crop
+            )
+        else:
+            mapped = registration.prior_to_current(point.point_lps)
         if on_prior is not None and not why:
             # mapped_point_lps on the prior's side: where the reader listed it
             prior_point = np.asarray(point.point_lps, dtype=float)

@@ -4,8 +4,10 @@ interval that carries the segmentation's uncertainty.
 
 Why the folds: every fold of the ensemble outlines the nodule on both CTs, so each fold gives
 its own ratio, paired (the same model on both dates). Their range is the interval reported;
-where it contains 1 the nodule is stable within what the segmentation can tell, and the VDT has
-no upper bound (``None``). A negative VDT is a shrinking nodule's halving time.
+where it contains 1 the nodule is stable within what the segmentation can tell, and there is no
+VDT interval (``None, None``; the note says so). A negative VDT is a shrinking nodule's halving
+time. The folds share the crop and the scan's noise, so their range understates the change's
+uncertainty on small nodules (docs/experiments/prior_pairs.md).
 """
 
 from __future__ import annotations
@@ -53,20 +55,15 @@ class Growth:
 
 
 def _vdt_bounds(ratios: np.ndarray, interval_days: float) -> tuple[float | None, float | None]:
-    """The VDT's interval from the lowest and highest ratio; an unbounded side is ``None``."""
+    """The VDT's interval from the lowest and highest ratio: (shortest, longest) when every
+    fold grows, (most negative, least negative) when every fold shrinks; ``(None, None)`` when
+    the folds disagree (the doubling times would run through infinity: no interval)."""
     lo, hi = float(ratios.min()), float(ratios.max())
-    if lo > 1.0:  # growing by every fold: the fastest ratio gives the shortest VDT
+    if lo > 1.0 or hi < 1.0:
         return volume_doubling_days(1.0, hi, interval_days), volume_doubling_days(
             1.0, lo, interval_days
         )
-    if hi < 1.0:  # shrinking by every fold: negative (halving) times
-        return volume_doubling_days(1.0, hi, interval_days), volume_doubling_days(
-            1.0, lo, interval_days
-        )
-    return (
-        volume_doubling_days(1.0, hi, interval_days) if hi > 1.0 else None,
-        None,
-    )
+    return None, None
 
 
 def growth(
@@ -100,6 +97,6 @@ def growth(
         if ratio_range[0] <= 1.0 <= ratio_range[1]:
             note += (
                 f" ({ratio_range[0]:.2f}-{ratio_range[1]:.2f}, containing 1: stable within "
-                "the segmentation's uncertainty, no upper bound)"
+                "the segmentation's uncertainty, no VDT interval)"
             )
     return Growth(ratio, 100.0 * (ratio - 1.0), ratio_range, vdt, bounds, note)

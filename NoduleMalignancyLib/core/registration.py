@@ -14,8 +14,8 @@ Two residuals, both on the current CT's lungs: the Dice of the two lung masks af
 (the prior's mask mapped onto the current's grid) and the correlation of the coarse intensities
 inside the current lungs (the vessels line up). On the development CTs under known transforms
 (docs/experiments/prior_pairs.md) a registered pair gives a Dice of about 0.98 and a correlation
-of about 0.91; the same pair shifted by 1, 3, 5 and 10 mm gives 0.97/0.85, 0.94/0.61,
-0.91/0.47, 0.83/0.32. Hence: refused below a Dice of :data:`DICE_REFUSE` (about 8 mm off);
+of about 0.92; its map shifted by 1, 3, 5 and 10 mm gives 0.97/0.85, 0.94/0.60, 0.91/0.46,
+0.83/0.32. Hence: refused below a Dice of :data:`DICE_REFUSE` (about 8 mm off);
 flagged below :data:`DICE_FLAG` (about 3 mm) or a correlation below :data:`CORRELATION_FLAG`.
 The correlation only flags: a real pair (another dose, kernel, inspiration) correlates less
 than a synthetic one, and no real pair was available here to set a refusal on it.

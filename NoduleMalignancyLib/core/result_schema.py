@@ -670,7 +670,15 @@ FIELDS: tuple[ResultField, ...] = (
                 "input",
                 "text",
             ),
-            ("prior_ct", "Prior CT", "the registered prior CT (not yet: null)", "input", "detail"),
+            (
+                "prior_ct",
+                "Prior CT",
+                "the registered prior CT (core/exam_prior.py): its date and interval, the "
+                "registration and its residual, what the comparison refused or flagged, the "
+                "prior's nodules not found in the current; null without --prior",
+                "input",
+                "detail",
+            ),
             ("nodules", "Nodules", "the exam's nodules, one entry each", "input", "detail"),
             ("name", "Nodule", "the nodule's name in the points file", "input", "text"),
             ("lung_rads_version", "Lung-RADS version", "ACR Lung-RADS v2022", "lung_rads", "text"),
@@ -734,8 +742,9 @@ FIELDS: tuple[ResultField, ...] = (
             (
                 "prior",
                 "Prior",
-                "the nodule on the prior CT (typed in): matched or new, its sizes, the change "
-                "and the volume-doubling time; null without a prior",
+                "the nodule on the prior CT, typed in or measured on the registered prior "
+                "(source): matched or new, its sizes, the change and the volume-doubling time "
+                "with its interval; null without a prior",
                 "size",
                 "detail",
             ),

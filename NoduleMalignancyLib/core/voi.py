@@ -40,6 +40,7 @@ class VoiSample:
     valid: np.ndarray  # (D, H, W) float32 in {0, 1} (fractional only at the FOV edge)
     geometry: ImageGeometry  # of the VOI grid
     center_lps: np.ndarray  # (3,)
+    context: ImageGeometry | None = None  # the crop it was sampled in (None: the whole CT)
 
 
 def voi_geometry(center_lps, config: VoiConfig) -> ImageGeometry:
@@ -157,6 +158,7 @@ def sample_voi(
         valid=valid_f,
         geometry=vgeom,
         center_lps=center_lps,
+        context=context,
     )
 
 

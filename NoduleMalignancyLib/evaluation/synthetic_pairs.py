@@ -22,6 +22,7 @@ from ..core.geometry import ImageGeometry
 __all__ = [
     "NoduleRegion",
     "affine",
+    "ball_region",
     "grow_nodule",
     "insert_nodule",
     "nodule_region",
@@ -157,6 +158,24 @@ def nodule_region(
     zyx = np.column_stack(np.nonzero(mask)).mean(0) + lo
     centroid = geometry.index_to_lps(zyx[::-1])
     return NoduleRegion(box, mask, centroid, float(mask.sum() * geometry.voxel_volume_mm3()))
+
+
+def ball_region(geometry: ImageGeometry, point_lps, radius_mm: float) -> NoduleRegion:
+    """A ball about ``point_lps``: a nodule's region with whatever its outline holds (ground
+    glass, partial-volume edge, the stubs of its vessels), so that growing it grows the nodule
+    as any segmentation sees it (a threshold region leaves a part solid nodule's ground glass
+    out)."""
+    spacing_zyx = np.asarray(geometry.spacing, dtype=float)[::-1]
+    centre = geometry.lps_to_index(np.asarray(point_lps, dtype=float))[::-1]
+    half = np.ceil(radius_mm / spacing_zyx).astype(int) + 1
+    lo = np.maximum(np.floor(centre).astype(int) - half, 0)
+    hi = np.minimum(np.ceil(centre).astype(int) + half + 1, geometry.shape_zyx)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    grid = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi, strict=True)), indexing="ij")
+    offset = [(g - c) * s for g, c, s in zip(grid, centre, spacing_zyx, strict=True)]
+    mask = np.sqrt(sum(o**2 for o in offset)) <= radius_mm
+    volume = float(mask.sum() * geometry.voxel_volume_mm3())
+    return NoduleRegion(box, mask, np.asarray(point_lps, dtype=float), volume)
 
 
 def _sub_grid(geometry: ImageGeometry, centre_lps, reach_mm: float):
