@@ -426,3 +426,32 @@ def test_typed_in_priors_and_a_prior_ct_are_not_mixed(tmp_path, capsys):
     assert "typed-in priors and --prior" in capsys.readouterr().err and not out.exists()
     assert main([*args, "--prior-date", "2024-01-01"]) == 2
     assert "--prior-date without --prior" in capsys.readouterr().err
+
+
+def test_a_prior_that_cannot_be_registered_is_not_compared_and_says_why(phantom):
+    """A prior without a chest (a crop: no lung mask) is refused: the nodules keep their
+    baseline answers, each with a ``prior`` saying it was not compared, and ``prior_ct`` why."""
+    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.exam import ExamPoint
+    from NoduleMalignancyLib.core.exam_prior import PriorCT, analyze_exam_with_prior
+
+    image, geometry = phantom
+    crop = np.ascontiguousarray(image[30:40, 60:100, 20:60])
+    box = ImageGeometry((0.0, 0.0, 0.0), (1.5, 1.5, 2.5), IDENTITY, crop.shape[::-1])
+    exam = analyze_exam_with_prior(
+        image,
+        geometry,
+        [ExamPoint("a", NODULES_LPS["a"])],
+        Ensemble.load(device="cpu"),
+        PriorCT(crop, box, None),
+        None,
+    ).to_dict()
+    prior_ct = exam["prior_ct"]
+    assert not prior_ct["compared"] and prior_ct["registration"] is None
+    codes = {f["code"]: f["level"] for f in prior_ct["findings"]}
+    assert codes == {"date_missing": "flagged", "registration_failed": "refused"}
+    assert "no lung mask on the prior CT" in prior_ct["registration_error"]
+    (a,) = exam["nodules"]
+    assert a["assessment"] == "assessed" and a["prior"]["status"] == "not compared"
+    assert "not compared" in a["prior"]["reason"] and a["lung_rads_screen"] == "baseline screen"
+    assert "registration" in exam["timings_s"]
