@@ -260,7 +260,7 @@ def test_exam_end_to_end_on_lidc_0001(exam_0001):
     assert n["brock_probability"] == pytest.approx(brock_probability(**values))
     assert d["emphysema"]["value"] == values["emphysema"]
     stages = d["timings_s"]["stages"]
-    assert set(stages) == {"read", "weights", "exam"}
+    assert set(stages) == {"read", "weights", "exam", "report"}
 
 
 def test_brock_without_clinical_inputs_is_not_computed_unless_with_defaults(exam_0001):

@@ -409,7 +409,8 @@ def test_exam_with_a_synthetic_prior_on_lidc_0006(exam_0006_prior, capsys):
         assert lo <= hi
         assert n["lung_rads_screen"] == "follow-up screen"
     stages = d["timings_s"]["stages"]
-    assert set(stages) == {"read", "read_prior", "weights", "exam"}
+    assert set(stages) == {"read", "read_prior", "weights", "exam", "report"}
+    assert d["files"] == {"html": "exam.html"}  # an NRRD CT: no DICOM SR (test_exam_report)
     assert {"registration", "prior_matching"} <= set(d["timings_s"]["exam"])
 
 

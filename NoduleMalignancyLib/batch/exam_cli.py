@@ -18,6 +18,9 @@ typed-in one (``source`` tells which), and ``prior_ct`` holds the registration, 
 what the comparison flagged or refused. ``--prior-points`` lists the prior's own nodules (same
 formats), which are looked for on the current CT. A points file with typed-in priors and
 ``--prior`` together are refused: one or the other.
+
+Beside ``exam.json`` the report (files/exam_report.py): ``exam.html`` for the referring
+physician and, for a DICOM CT, ``exam_sr.dcm`` (TID 1500) with ``exam_seg.dcm``.
 """
 
 from __future__ import annotations
@@ -157,11 +160,12 @@ def _check_prior_arguments(args) -> None:
 
 
 def _read_prior(args, current: dt.date | None):
-    """(core/exam_prior.PriorCT, interval in days or ``None``) of ``--prior``."""
+    """(core/exam_prior.PriorCT, interval in days or ``None``, its DICOM headers or ``None``)
+    of ``--prior``."""
     from ..core.exam_prior import PriorCT
     from .predict import read_input
 
-    array, geometry, _, identity = read_input(args.prior, args.prior_series)
+    array, geometry, datasets, identity = read_input(args.prior, args.prior_series, dicom=True)
     text = args.prior_date or identity.get("study_date") or None
     where = "--prior-date" if args.prior_date else "the prior's study date"
     date = _date(text, where) if text else None
@@ -175,7 +179,13 @@ def _read_prior(args, current: dt.date | None):
         points = tuple(read_exam_points(args.prior_points, geometry, None))
     description = {"path": str(args.prior), **identity, "points_file": args.prior_points}
     iso = date.isoformat() if date else None
-    return PriorCT(array, geometry, iso, points, description), interval
+    return PriorCT(array, geometry, iso, points, description), interval, datasets
+
+
+def _prior_arrays(prior) -> tuple:
+    """(voxels, grid, DICOM headers) of what :func:`_read_prior` returned."""
+    prior_ct, _, datasets = prior
+    return prior_ct.image_zyx, prior_ct.geometry, datasets
 
 
 def run_exam(args) -> dict:
@@ -184,6 +194,7 @@ def run_exam(args) -> dict:
     from ..core.ensemble import Ensemble
     from ..core.exam import analyze_exam
     from ..core.exam_prior import analyze_exam_with_prior
+    from ..files.exam_report import ExamCT, write_exam_report
     from ..files.writable import check_output_folder
     from .predict import read_input
 
@@ -196,7 +207,7 @@ def run_exam(args) -> dict:
     clinical = _clinical(args)
     _check_prior_arguments(args)
     out = check_output_folder(args.out, "--out")
-    array, geometry, _, identity = read_input(args.ct, args.series)
+    array, geometry, datasets, identity = read_input(args.ct, args.series, dicom=True)
     date_text = args.date or identity.get("study_date") or None
     current = _date(date_text, "--date" if args.date else "the study date") if date_text else None
     points = read_exam_points(args.points, geometry, current)
@@ -209,7 +220,7 @@ def run_exam(args) -> dict:
     if prior is None:
         exam = analyze_exam(array, geometry, points, ensemble, clinical, args.brock_defaults)
     else:
-        prior_ct, interval = prior
+        prior_ct, interval, _ = prior
         exam = analyze_exam_with_prior(
             array, geometry, points, ensemble, prior_ct, interval, clinical, args.brock_defaults
         )
@@ -222,6 +233,10 @@ def run_exam(args) -> dict:
         "model_version": ensemble.version,
         **exam.to_dict(),
     }
+    current_ct = ExamCT(array, geometry, datasets, document["date"])
+    prior_ct = None if prior is None else ExamCT(*_prior_arrays(prior), exam.prior_ct["date"])
+    document["files"] = write_exam_report(document, exam, current_ct, prior_ct, out)
+    lap("report")
     document["timings_s"] = {"stages": dict(seconds), "exam": exam.timings_s}
     write_json(Path(out) / "exam.json", document)
     lap("writing")
@@ -231,6 +246,8 @@ def run_exam(args) -> dict:
 
 def _prior_text(prior: dict | None) -> str:
     """The nodule's comparison with the prior, in a few words ("" without a prior)."""
+    from ..files.exam_html import vdt_text
+
     if prior is None:
         return ""
     status = prior.get("status", "")
@@ -240,12 +257,7 @@ def _prior_text(prior: dict | None) -> str:
     if prior.get("volume_mm3") is not None and prior.get("volume_change_percent") is not None:
         text += f", {prior['volume_mm3']:.0f} mm3, {prior['volume_change_percent']:+.0f} %"
     if prior.get("vdt_days") is not None:
-        text += f", VDT {prior['vdt_days']:.0f} days"
-        bounds = prior.get("vdt_interval_days")
-        if bounds and None not in bounds:
-            text += f" [{bounds[0]:.0f}, {bounds[1]:.0f}]"
-        elif bounds:
-            text += " (the folds disagree on its sign: stable within the segmentation's noise)"
+        text += f", VDT (days) {vdt_text(prior)}"
     return text
 
 
@@ -302,7 +314,8 @@ def _print(document: dict) -> None:
 def cmd_exam(args: argparse.Namespace) -> int:
     document = run_exam(args)
     _print(document)
-    print(f"wrote {Path(args.out) / 'exam.json'}")
+    written = ", ".join(document["files"].values())
+    print(f"wrote {Path(args.out) / 'exam.json'} and {written}")
     return 0
 
 
@@ -343,7 +356,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compute Brock with the model's stated defaults (age 62, male, no family history) "
         "for the clinical inputs not given, marked 'default' (otherwise not computed)",
     )
-    sp.add_argument("--out", required=True, help="output folder (exam.json)")
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="output folder: exam.json, exam.html; exam_seg.dcm and exam_sr.dcm for a DICOM CT",
+    )
     sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
     sp.add_argument("--models", default=None, help="ensemble folder (default: shipped models/)")
     sp.set_defaults(func=cmd_exam)

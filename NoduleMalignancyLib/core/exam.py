@@ -108,6 +108,9 @@ class ExamNodule:
     brock: BrockResult | None = None
     prior: dict | None = None
     warnings: list[str] = field(default_factory=list)  # scope codes (core/validation.py)
+    # The matched nodule's analysis on the prior CT (core/exam_prior.py): the report's key
+    # image at the prior date; not in exam.json (its numbers are in ``prior``).
+    prior_result: NoduleResult | None = None
 
     def to_dict(self) -> dict:
         values = self.result.values() if self.result is not None else {}

@@ -147,6 +147,7 @@ def analyze_exam_with_prior(
         matches.append(match)
         nodule = exam_nodule(_followup_point(point, match, interval_days), result)
         nodule.prior = measured_prior_entry(match, prior.date, interval_days, findings)
+        nodule.prior_result = found if status == MATCHED else None
         nodules.append(nodule)
 
     for point in () if refused else prior.points:
@@ -174,6 +175,7 @@ def analyze_exam_with_prior(
             nodule = exam_nodule(_followup_point(listed, match, interval_days), found)
             nodule.prior = measured_prior_entry(match, prior.date, interval_days, findings)
             nodule.prior["reason"] = "listed on the prior only: found on the current CT"
+            nodule.prior_result = on_prior
             nodules.append(nodule)
             continue
         reason = why if on_prior is not None else f"refused on the prior CT: {refusal}"

@@ -10,6 +10,7 @@ private scheme ``99NODMAL`` otherwise (docs/DESIGN.md §16).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,9 @@ CALCIFICATION_PROBABILITY = field_code("CALCP", "calcification_probability")
 INTERNAL_STRUCTURE_PROBABILITY = field_code("INTSTRP", "internal_structure_probability")
 SOLID_COMPONENT_DIAMETER = field_code("SOLIDD", "lung_rads_solid_mean_diameter_mm")
 LUNG_RADS = private_code("LRSUG", "Suggested Lung-RADS v2022 category (baseline)")
+LUNG_RADS_FOLLOWUP = private_code("LRSUGFU", "Suggested Lung-RADS v2022 category (follow-up)")
+BASELINE_SCREEN = "baseline screen"  # core/lung_rads.LungRadsSuggestion.screen
+BASELINE = object()  # _evaluations: the result's own baseline suggestion
 LUNG_RADS_TEXTURE = private_code("LRTEX", "Lung-RADS texture class")
 SUPPORTS_4X = private_code("LR4XFEAT", "Feature that could support Lung-RADS 4X")
 # The answer's tier (core/assessment.py) and the scope warnings behind it, per nodule.
@@ -91,23 +95,23 @@ def attribute_value_code(attribute: str, score: float) -> hd.sr.CodedConcept:
     return private_code(f"{attribute[:8].upper()}-{rating}", wording(attribute, score))
 
 
-def _initials(code: str) -> str:
+def code_initials(code: str) -> str:
     """``not_assessed`` -> ``NA``: a code value fits DICOM's 16 characters (SH)."""
     return "".join(word[0] for word in code.split("_")).upper()
 
 
 def assessment_code(tier: str) -> hd.sr.CodedConcept:
     """``ASSESS-NA`` "Not assessed": the tier as a code with the schema's words."""
-    return private_code(f"ASSESS-{_initials(tier)}", shown("assessment", tier))
+    return private_code(f"ASSESS-{code_initials(tier)}", shown("assessment", tier))
 
 
 def warning_code(code: str) -> hd.sr.CodedConcept:
     """A scope warning: ``SCOPE-OL`` "outside lung" (the code's initials and words)."""
-    return private_code(f"SCOPE-{_initials(code)}", code.replace("_", " "))
+    return private_code(f"SCOPE-{code_initials(code)}", code.replace("_", " "))
 
 
-def lung_rads_code(category: str) -> hd.sr.CodedConcept:
-    return private_code(f"LR-{category}", f"Lung-RADS {category} (suggested, baseline screen)")
+def lung_rads_code(category: str, screen: str = BASELINE_SCREEN) -> hd.sr.CodedConcept:
+    return private_code(f"LR-{category}", f"Lung-RADS {category} (suggested, {screen})")
 
 
 def texture_class_code(texture_class: str) -> hd.sr.CodedConcept:
@@ -239,9 +243,10 @@ def _measurements(result: NoduleResult, algorithm) -> list[hd.sr.Measurement]:
     ]
 
 
-def _evaluations(result: NoduleResult) -> list[hd.sr.QualitativeEvaluation]:
+def _evaluations(result: NoduleResult, lung_rads=BASELINE) -> list[hd.sr.QualitativeEvaluation]:
     """The assessment and its warnings first, then the ratings and Lung-RADS (for a nodule
-    that is not assessed: no malignancy rating, no Lung-RADS)."""
+    that is not assessed: no malignancy rating, no Lung-RADS). ``lung_rads``: the category to
+    report, the result's baseline suggestion unless given (the exam's follow-up category)."""
     answered = result.assessment.answered
     out = [hd.sr.QualitativeEvaluation(ASSESSMENT, assessment_code(result.assessment.tier))]
     out += [
@@ -252,9 +257,11 @@ def _evaluations(result: NoduleResult) -> list[hd.sr.QualitativeEvaluation]:
         for a in ORDINAL_ATTRIBUTES
         if answered or a != "malignancy"
     ]
-    lr = result.suggested_lung_rads
+    lr = result.suggested_lung_rads if lung_rads is BASELINE else lung_rads
     if lr is not None:
-        out.append(hd.sr.QualitativeEvaluation(LUNG_RADS, lung_rads_code(lr.category)))
+        baseline = lr.screen == BASELINE_SCREEN
+        concept = LUNG_RADS if baseline else LUNG_RADS_FOLLOWUP
+        out.append(hd.sr.QualitativeEvaluation(concept, lung_rads_code(lr.category, lr.screen)))
         out.append(
             hd.sr.QualitativeEvaluation(LUNG_RADS_TEXTURE, texture_class_code(lr.texture_class))
         )
@@ -286,19 +293,46 @@ def _referenced_segment(segmentation, number: int, datasets, mask_zyx) -> hd.sr.
     )
 
 
+@dataclass(frozen=True)
+class GroupExtras:
+    """What a report adds to a nodule's group beyond its analysis (the exam: the prior's
+    measurements, the change, Brock): (concept, value, UCUM unit) measurements, (concept,
+    code) evaluations, and the Lung-RADS suggestion to report instead of the baseline one."""
+
+    measurements: tuple = ()
+    evaluations: tuple = ()
+    lung_rads: object = BASELINE
+
+
 def build_report(
     datasets: Sequence,
     segmentation: hd.seg.Segmentation,
     results: Sequence[NoduleResult],
     labels: Sequence[str],
     masks_zyx: Sequence[np.ndarray],
+    extras: Sequence[GroupExtras] | None = None,
+    other_groups: Sequence = (),
+    other_evidence: Sequence = (),
+    series_description: str = "NoduleMalignancy measurements (suggestion, research use)",
 ) -> hd.sr.Comprehensive3DSR:
-    """TID 1500: one volumetric ROI group per nodule (TID 1411), referencing its segment."""
+    """TID 1500: one volumetric ROI group per nodule (TID 1411), referencing its segment.
+
+    ``extras`` add to each nodule's group, ``other_groups`` are further measurement groups
+    (the exam's own, TID 1501), ``other_evidence`` further referenced instances (a prior
+    CT's series)."""
     version = results[0].model_version
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=version)
+    extras = list(extras) if extras is not None else [GroupExtras()] * len(results)
     groups = []
-    for i, (result, label) in enumerate(zip(results, labels, strict=True)):
+    for i, (result, label, extra) in enumerate(zip(results, labels, extras, strict=True)):
         description = segmentation.SegmentSequence[i]
+        measurements = _measurements(result, algorithm) + [
+            hd.sr.Measurement(name=c, value=float(v), unit=u, algorithm_id=algorithm)
+            for c, v, u in extra.measurements
+        ]
+        evaluations = _evaluations(result, extra.lung_rads) + [
+            hd.sr.QualitativeEvaluation(c, v) for c, v in extra.evaluations
+        ]
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -309,10 +343,11 @@ def build_report(
                 finding_category=codes.SCT.MorphologicallyAbnormalStructure,
                 finding_sites=[hd.sr.FindingSite(codes.SCT.Lung)],
                 algorithm_id=algorithm,
-                measurements=_measurements(result, algorithm),
-                qualitative_evaluations=_evaluations(result),
+                measurements=measurements,
+                qualitative_evaluations=evaluations,
             )
         )
+    groups += list(other_groups)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -325,7 +360,7 @@ def build_report(
         imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[*datasets, segmentation],
+        evidence=[*datasets, segmentation, *other_evidence],
         content=report[0],
         series_instance_uid=hd.UID(),
         series_number=SR_SERIES_NUMBER,
@@ -335,7 +370,7 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description="NoduleMalignancy measurements (suggestion, research use)",
+        series_description=series_description,
     )
 
 
@@ -366,7 +401,13 @@ def write_dicom_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"seg": out / SEG_FILE, "sr": out / SR_FILE}
-    for dataset, path in ((seg, files["seg"]), (sr, files["sr"])):
-        with atomic_path(path) as tmp:
-            dataset.save_as(tmp, enforce_file_format=True)
+    save_dicom(seg, files["seg"])
+    save_dicom(sr, files["sr"])
     return files
+
+
+def save_dicom(dataset, path: Path) -> Path:
+    """Write a DICOM file (with its file meta) whole or not at all."""
+    with atomic_path(path) as tmp:
+        dataset.save_as(tmp, enforce_file_format=True)
+    return path
