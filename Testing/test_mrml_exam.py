@@ -43,3 +43,40 @@ def test_the_module_reports_its_nodules_as_an_exam(
     assert defaults["computed"] and defaults["inputs"]["female"]["source"] == DEFAULT
     assert exam["lung_rads_management"].startswith(row(exam["lung_rads"]).management)
     assert exam["emphysema"]["source"] == "measured"
+
+
+def test_the_module_compares_its_nodules_with_a_prior_ct(
+    slicer_runtime, mrml_scene, ct_0001_path, data_dir
+):
+    """A prior CT volume node and the dates: the session's nodule is looked for on it (here the
+    same CT loaded again, so matched, unchanged); the exam is ``exam --prior``'s document."""
+    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.core.result_schema import unknown_names
+    from NoduleMalignancyLib.files.samples import nodule_points_lps
+    from NoduleMalignancyLib.mrml.logic import InputError, NoduleMalignancyLogic
+
+    volume = slicer_runtime.util.loadVolume(str(ct_0001_path))
+    prior = slicer_runtime.util.loadVolume(str(ct_0001_path))
+    markups = mrml_scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Nodules")
+    markups.AddControlPoint(*lps_to_ras(nodule_points_lps("LIDC-IDRI-0001", data_dir)[0][1]), "A")
+    logic = NoduleMalignancyLogic(ensemble=Ensemble.load(None, device="cpu"))
+    logic.analyze(volume, markups, device="cpu")
+    with pytest.raises(InputError, match="other than the CT analyzed"):
+        logic.exam(priorVolume=volume)
+    with pytest.raises(InputError, match="not before the exam's date"):
+        logic.exam(priorVolume=prior, priorDate="2025-07-01", examDate="2025-06-01")
+    with pytest.raises(InputError, match="is not YYYY-MM-DD"):
+        logic.exam(priorVolume=prior, priorDate="1 June 2024", examDate="2025-06-01")
+    exam = logic.exam(priorVolume=prior, priorDate="20240601", examDate="2025-06-01", device="cpu")
+    assert unknown_names(exam) == []
+    prior_ct = exam["prior_ct"]
+    assert prior_ct["compared"] and prior_ct["registration"]["verdict"] == "good"
+    assert (prior_ct["date"], prior_ct["interval_days"]) == ("2024-06-01", 365.0)
+    assert prior_ct["volume"] == prior.GetName() and prior_ct["matched"] == ["A"]
+    (nodule,) = exam["nodules"]
+    p = nodule["prior"]
+    assert p["status"] == "matched" and p["source"] == "measured"
+    assert abs(p["volume_change_percent"]) < 2.0  # the same CT: the same nodule
+    assert nodule["lung_rads_screen"] == "follow-up screen"
+    assert logic.exam()["prior_ct"] is None  # without a prior: the baseline exam

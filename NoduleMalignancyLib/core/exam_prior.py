@@ -11,12 +11,13 @@ not found, it is listed under the prior CT as *not found in the current*.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import analyze_point
+from .analysis import NoduleResult, analyze_point
 from .ensemble import Ensemble
 from .exam import ClinicalInputs, Exam, ExamNodule, ExamPoint, build_exam, exam_nodule
 from .geometry import ImageGeometry
@@ -38,7 +39,13 @@ from .registration import register_prior
 from .validation import RefusedError
 from .voi import PointOutsideVolumeError
 
-__all__ = ["PriorCT", "analyze_exam_with_prior"]
+__all__ = [
+    "PriorCT",
+    "analyze_exam_with_prior",
+    "compare_exam_with_prior",
+    "days_between",
+    "iso_date",
+]
 
 
 @dataclass
@@ -51,6 +58,31 @@ class PriorCT:
     date: str | None = None
     points: tuple[ExamPoint, ...] = ()
     description: dict | None = None  # what was read (file, series identity)
+
+
+def iso_date(text: str | None) -> str | None:
+    """``YYYY-MM-DD`` of a date written so or as DICOM writes it (``YYYYMMDD``); ``None`` for
+    none, a ``ValueError`` for anything else."""
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    raise ValueError(f"date {text!r} is not YYYY-MM-DD")
+
+
+def days_between(current: str | None, prior: str | None) -> float | None:
+    """Days from the prior's date to the current one (:func:`iso_date`'s forms); ``None`` when
+    either is missing. A prior not before the current is a ``ValueError``."""
+    current, prior = iso_date(current), iso_date(prior)
+    if current is None or prior is None:
+        return None
+    days = float((dt.date.fromisoformat(current) - dt.date.fromisoformat(prior)).days)
+    if days <= 0:
+        raise ValueError(f"the prior's date {prior} is not before the exam's date {current}")
+    return days
 
 
 def _analyze(image, geometry, point_lps, ensemble):
@@ -107,7 +139,32 @@ def analyze_exam_with_prior(
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"nodule names must differ: {names}")
-    timings = {}
+    t = time.perf_counter()
+    analyzed = [(p, *_analyze(image_zyx, geometry, p.point_lps, ensemble)) for p in points]
+    timings = {"analysis": time.perf_counter() - t}
+    timings["analysis_per_nodule"] = {
+        p.name: r.timings_s.get("total") if r else None for p, r, _ in analyzed
+    }
+    return compare_exam_with_prior(
+        image_zyx, geometry, analyzed, ensemble, prior, interval_days, clinical, brock_defaults,
+        timings,
+    )  # fmt: skip
+
+
+def compare_exam_with_prior(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    analyzed: list[tuple[ExamPoint, NoduleResult | None, str]],
+    ensemble: Ensemble,
+    prior: PriorCT,
+    interval_days: float | None,
+    clinical: ClinicalInputs | None = None,
+    brock_defaults: bool = False,
+    timings: dict | None = None,
+) -> Exam:
+    """The exam of nodules already analyzed on the current CT ((point, result or ``None``,
+    refusal) each: the module's session) with the prior registered and compared."""
+    timings = {} if timings is None else timings
     t = time.perf_counter()
     registration, registration_error = None, ""
     try:
@@ -117,13 +174,6 @@ def analyze_exam_with_prior(
     timings["registration"] = time.perf_counter() - t
     findings = comparison_findings(geometry, prior.geometry, interval_days, registration)
     refused = registration is None or any(f.level == "refused" for f in findings)
-
-    t = time.perf_counter()
-    analyzed = [(p, *_analyze(image_zyx, geometry, p.point_lps, ensemble)) for p in points]
-    timings["analysis"] = time.perf_counter() - t
-    timings["analysis_per_nodule"] = {
-        p.name: r.timings_s.get("total") if r else None for p, r, _ in analyzed
-    }
 
     t = time.perf_counter()
     nodules, matches, not_found = [], [], []

@@ -554,12 +554,23 @@ class NoduleMalignancyLogic:
         female: bool | None = None,
         familyHistory: bool | None = None,
         useDefaults: bool = False,
+        priorVolume=None,
+        priorDate: str | None = None,
+        examDate: str | None = None,
+        device: str = "auto",
     ) -> dict:
         """The exam of this session's analyzed nodules (core/exam.py, docs/DESIGN.md §17): the
         exam's Lung-RADS v2022 with its management and suggestions, each nodule's category and
         Brock risk (clinical inputs as entered; ``None`` when not), as ``exam.json`` names them.
-        A nodule whose point was refused has no row, so it is not listed."""
+        A nodule whose point was refused has no row, so it is not listed.
+
+        :param priorVolume: the prior CT's volume node: registered to the CT and every nodule
+            looked for on it (core/exam_prior.py), each nodule's ``prior`` measured.
+        :param priorDate: the prior's date (YYYY-MM-DD; default: its DICOM study date).
+        :param examDate: the CT's date (default: its DICOM study date).
+        """
         from ..core.exam import ClinicalInputs, ExamPoint, build_exam, exam_nodule
+        from ..core.exam_prior import PriorCT, compare_exam_with_prior, days_between, iso_date
 
         rows = self._sessionResults("report as an exam")
         labels = [label for label, _ in rows]
@@ -567,9 +578,29 @@ class NoduleMalignancyLogic:
             raise InputError(f"Name the points differently to report them as an exam: {labels}")
         volume = self.getParameterNode().GetNodeReference(ROLE_VOLUME)
         array, _, world = read_ct_volume(volume)
-        nodules = [exam_nodule(ExamPoint(label, r.point_lps), r) for label, r in rows]
         clinical = ClinicalInputs(age, female, familyHistory)
-        return build_exam(array, world, nodules, clinical, useDefaults).to_dict()
+        points = [ExamPoint(label, r.point_lps) for label, r in rows]
+        if priorVolume is None:
+            nodules = [exam_nodule(p, r) for p, (_, r) in zip(points, rows, strict=True)]
+            return build_exam(array, world, nodules, clinical, useDefaults).to_dict()
+        if priorVolume is volume:
+            raise InputError("Choose a prior CT other than the CT analyzed.")
+        prior_array, _, prior_world = read_ct_volume(priorVolume)
+        identity = volume_identity(priorVolume)
+        priorDate = priorDate or identity.get("study_date") or None
+        examDate = examDate or volume_identity(volume).get("study_date") or None
+        try:
+            interval = days_between(examDate, priorDate)
+            iso = iso_date(priorDate)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        description = {"volume": priorVolume.GetName(), **identity}
+        prior = PriorCT(prior_array, prior_world, iso, (), description)
+        analyzed = [(p, r, "") for p, (_, r) in zip(points, rows, strict=True)]
+        exam = compare_exam_with_prior(
+            array, world, analyzed, self.ensemble(device), prior, interval, clinical, useDefaults
+        )
+        return exam.to_dict()
 
     def exportDicom(self, directory: str | Path, dicomSeries) -> dict[str, Path]:
         """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analyzed nodules of the results table.
