@@ -43,7 +43,12 @@ LUNG_RADS = suggest_lung_rads(
 
 
 def test_the_rule_not_assessed_codes_lead_then_flags_then_assessed():
-    assert set(NOT_ASSESSED_CODES) == {"outside_lung", "vessel_at_point", "point_off_nodule"}
+    assert set(NOT_ASSESSED_CODES) == {
+        "outside_lung",
+        "vessel_at_point",
+        "point_off_nodule",
+        "no_contrast_at_centre",
+    }
     assert assess([]).tier == ASSESSED and assess([]).reason == ""
     flagged = assess([TRUNCATED])
     assert flagged.tier == FLAGGED and flagged.reason == TRUNCATED.message

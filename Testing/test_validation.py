@@ -470,6 +470,60 @@ def test_a_vessel_continues_beyond_its_outline_and_a_nodule_does_not():
     assert vessel_figures(crop, FINE, piece[:, 30:130, 30:80], FINE, 12.0) == {}
 
 
+def test_an_outline_of_empty_lung_has_no_contrast_at_its_centre():
+    from NoduleMalignancyLib.core.validation import (
+        ScopeConfig,
+        check_result,
+        chest_lungs,
+        vessel_figures,
+    )
+
+    ct, spacing = _fine_chest(), np.asarray(FINE.spacing)[::-1]
+    ball = _round(ct.shape, (24, 80, 147), 3.0, spacing)  # a faint 6 mm ground-glass nodule
+    ct[ball] = -650
+    empty = _round(ct.shape, (24, 80, 50), 3.0, spacing)  # the same outline on empty lung
+    lungs = chest_lungs(ct, FINE)
+    nodule = vessel_figures(ct, FINE, ball, FINE, 6.0, lungs=lungs)
+    lung = vessel_figures(ct, FINE, empty, FINE, 6.0, lungs=lungs)
+    assert lung["blob_strength"] < ScopeConfig().min_blob_strength_hu < nodule["blob_strength"]
+    hu = np.full((32, 48, 48), -850.0)
+    mask = np.zeros(hu.shape, bool)
+    mask[13:19, 21:27, 21:27] = True
+    codes = []
+    for strength in (lung["blob_strength"], nodule["blob_strength"]):
+        findings, _ = check_result(
+            mask,
+            np.ones_like(hu),
+            hu,
+            (1.0, 0.667, 0.667),
+            6.0,
+            0.0,
+            side="inside",
+            blob_strength=strength,
+        )
+        codes.append({f.code for f in findings})
+    assert "no_contrast_at_centre" in codes[0] and "no_contrast_at_centre" not in codes[1]
+
+
+def test_clicks_on_lung_parenchyma_get_no_answer(ct, data_dir, shipped):
+    """The two random lung-parenchyma clicks of docs/experiments/negative_clicks.py (seed 2026)
+    that the outline's figures left assessed (an 8.4 and a 7.4 mm outline); the threshold was
+    set on inserted LIDC nodules, not on them."""
+    from NoduleMalignancyLib.files.samples import sample_path
+
+    image = sitk.ReadImage(str(sample_path("LIDC-IDRI-0006", data_dir=data_dir)))
+    cts = {
+        "LIDC-IDRI-0001": ct[1:],
+        "LIDC-IDRI-0006": (sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image)),
+    }
+    for name, ijk in (("LIDC-IDRI-0001", (140, 291, 111)), ("LIDC-IDRI-0006", (123, 339, 68))):
+        array, geometry = cts[name]
+        point = geometry.index_to_lps(np.array(ijk, float))
+        result = analyze_point(array, geometry, point, shipped, map_to_ct=False)
+        assert result.assessment.tier == "not_assessed", (name, result.scope_figures)
+        assert "no_contrast_at_centre" in {w.code for w in result.warnings}, name
+
+
 def test_clicks_on_lung_vessels_of_the_full_ct_are_flagged(ct, shipped):
     """Three vessel clicks of docs/experiments/negative_clicks.py (seed 2026, not among the
     clicks the vessel model was fitted on): numbers, but flagged as a piece of a vessel."""

@@ -51,9 +51,15 @@ ASSESSMENTS = (REFUSED, NOT_ASSESSED, FLAGGED, ASSESSED)
 LABELS = dict(field("assessment").words)
 assert tuple(LABELS) == ASSESSMENTS
 
-# The point is probably not on a lung nodule: beyond the pleura, on a vessel, or beside the
-# outline. Each fires on 1 of the 794 LIDC VOIs at their centres (docs/experiments/README.md).
-NOT_ASSESSED_CODES = ("outside_lung", "vessel_at_point", "point_off_nodule")
+# The point is probably not on a lung nodule: beyond the pleura, on a vessel, beside the
+# outline, or on an outline of nothing. Each fires on at most 1 of the 794 LIDC VOIs at their
+# centres (docs/experiments/README.md; the last two need a full CT and fire on none).
+NOT_ASSESSED_CODES = (
+    "outside_lung",
+    "vessel_at_point",
+    "point_off_nodule",
+    "no_contrast_at_centre",
+)
 assert set(NOT_ASSESSED_CODES) <= set(WARNINGS)
 
 

@@ -7,7 +7,8 @@ the batch paths). Two outcomes, each with a stable code and a plain message:
   ``no_nodule_at_point``;
 * **warning** (:class:`Finding` in ``result.warnings``, numbers shown): ``thick_slices``,
   ``exceeds_field_of_view``, ``large_mass``, ``segmentation_leak``, ``folds_disagree``,
-  ``outside_lung``, ``vessel_at_point`` (core/vessel.py), ``point_off_nodule``.
+  ``outside_lung``, ``vessel_at_point`` (core/vessel.py), ``point_off_nodule``,
+  ``no_contrast_at_centre`` (core/curvature.py).
 
 The model was trained on LIDC nodules (3-30 mm, slices <= 2.5 mm, tight crops). Thresholds
 are :class:`ScopeConfig` fields; how often each warning fires on the 794 LIDC VOIs is in
@@ -22,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import vessel
+from .curvature import blob_figures
 from .errors import InputError
 from .geometry import ImageGeometry, bounding_box
 from .lung_mask import (
@@ -59,6 +61,7 @@ WARNINGS = (
     "outside_lung",
     "vessel_at_point",
     "point_off_nodule",
+    "no_contrast_at_centre",
 )
 
 # Fitted by docs/experiments/vessel_clicks.py on the outlines of the ensemble shipped before
@@ -134,6 +137,10 @@ class ScopeConfig:
     vessel_opening_fraction: float = 0.7
     vessel_margin_mm: float = 12.0
     vessel_model: VesselModel = VESSEL_MODEL
+    # Nothing at the outline's centre stands out of the lung (core/curvature.py: the blob
+    # strength, in HU): half the 1st percentile of the LIDC nodules inserted into the lungs of the
+    # full CTs (11.9 HU; docs/experiments/vessel_clicks.py, README "Scope", fifteenth session).
+    min_blob_strength_hu: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,8 @@ DESCRIPTIONS: dict[str, str] = {
     "it): the point may not be on a nodule.",
     "point_off_nodule": f"The outline lies more than {_DEFAULT.max_point_distance_mm:g} mm beside "
     "the point: the point may be on normal lung next to it; check the outline.",
+    "no_contrast_at_centre": "Nothing at the outline's centre stands out of the lung around it: "
+    "the outline is probably of normal lung, not of a nodule.",
 }
 
 
@@ -445,6 +454,9 @@ def vessel_figures(
         scope.vessel_opening_fraction,
         scope.vessel_margin_mm,
     )
+    centre_ijk = np.argwhere(mask_voi).mean(0)[::-1]
+    centre_kji = geometry.lps_to_index(voi_geometry.index_to_lps(centre_ijk))[::-1]
+    figures |= blob_figures(image_zyx, np.asarray(geometry.spacing)[::-1], centre_kji)
     figures["vessel_score"] = vessel.vessel_score(
         figures | {"diameter_mm": diameter_mm}, scope.vessel_model
     )
@@ -462,11 +474,13 @@ def check_result(
     side: str = "unknown",
     vessel_score: float | None = None,
     point_zyx=None,
+    blob_strength: float | None = None,
 ) -> tuple[list[Finding], dict]:
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
     ``point_zyx``: the click on the VOI grid (continuous index) when the VOI is not centred on
-    it (core/recentre.py). Returns the warnings and the figures they were decided on (for the
+    it (core/recentre.py). ``vessel_score`` and ``blob_strength``: the figures of
+    :func:`vessel_figures`, on a CT with a lung mask and a point inside the lung. Returns the warnings and the figures they were decided on (for the
     result and the firing-rate measurement).
     """
     mask = np.asarray(mask_voi, dtype=bool)
@@ -571,6 +585,20 @@ def check_result(
                 "The outline looks like a piece of a vessel: a tube that continues beyond it "
                 "with the same calibre. The point may not be on a nodule; scroll through the "
                 "slices to check.",
+            )
+        )
+    if (
+        side == "inside"
+        and blob_strength is not None
+        and blob_strength < scope.min_blob_strength_hu
+    ):
+        findings.append(
+            Finding(
+                "no_contrast_at_centre",
+                f"Nothing at the outline's centre stands out of the lung around it (curvature "
+                f"{blob_strength:.1f} HU, a nodule's is above {scope.min_blob_strength_hu:g}): the "
+                "outline is probably of normal lung, not of a nodule. Place the point on the "
+                "nodule.",
             )
         )
     return findings, figures

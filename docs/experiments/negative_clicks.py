@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage
 
 from NoduleMalignancyLib.core.analysis import analyze_point
+from NoduleMalignancyLib.core.curvature import BLOB_FIGURES
 from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.validation import RefusedError, chest_lungs
@@ -146,12 +147,14 @@ def main(path: str) -> None:
                 row["lung_side"] = r.scope_figures.get("lung_side", "")
                 row["vessel_score"] = round(r.scope_figures.get("vessel_score", float("nan")), 2)
                 row["point_distance_mm"] = round(r.scope_figures["point_distance_mm"], 2)
+                for figure in BLOB_FIGURES:  # core/curvature.py (fifteenth session)
+                    row[figure] = round(r.scope_figures.get(figure, float("nan")), 3)
             except RefusedError as e:
                 row["outcome"] = f"REFUSED {e.code}"
             rows.append(row)
             print(" | ".join(str(v) for v in row.values()), flush=True)
     keys = ["ct", "set", "clicked_on", "ijk", "hu", "outcome", "malignancy", "diameter_mm"]
-    keys += ["lung_side", "vessel_score", "point_distance_mm"]
+    keys += ["lung_side", "vessel_score", "point_distance_mm", *BLOB_FIGURES]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

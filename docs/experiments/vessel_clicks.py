@@ -23,6 +23,7 @@ the constants for ``core/validation.VESSEL_MODEL``.
 """
 
 import csv
+import os
 import sys
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 from scipy import ndimage
 
 from NoduleMalignancyLib.core.analysis import analyze_point
+from NoduleMalignancyLib.core.curvature import BLOB_FIGURES
 from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
 from NoduleMalignancyLib.core.validation import RefusedError, chest_lungs
@@ -114,11 +116,12 @@ def clicked_image(hosts, row) -> np.ndarray:
 # Recorded beside the vessel figures: the other scope figures and measurements, the HU at the
 # point and the tier (core/assessment.py), for fitting other checks on the same clicks.
 EXTRA = ("lung_share", "dense_fill", "point_distance_mm", "lung_distance_mm", "lung_enclosed")
+EXTRA += BLOB_FIGURES  # core/curvature.py (fifteenth session)
 MEASURED = ("mean_hu", "compactness", "elongation", "boundary_contrast_hu", "volume_mm3")
 
 
 def main(path: str, nodules: int | None = None) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     ens = Ensemble.load(device="cpu")
     hosts, rows = clicks()
     if nodules is not None:

@@ -29,11 +29,15 @@ CANDIDATES = (
     "boundary_contrast_hu",
     "hu_at_point",
     "lung_distance_mm",
+    "blob_ratio",  # core/curvature.py (fifteenth session)
+    "blob_strength",
 )
+LOG = {"blob_strength"}  # entered as log(1 + value), as core/vessel.py enters it
 
 
-def number(text: str) -> float:
-    return {"True": 1.0, "False": 0.0}[text] if text in ("True", "False") else float(text)
+def number(text: str, name: str = "") -> float:
+    value = {"True": 1.0, "False": 0.0}[text] if text in ("True", "False") else float(text)
+    return float(np.log1p(value)) if name in LOG else value
 
 
 def rates(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> tuple[float, float]:
@@ -53,7 +57,7 @@ def main(path: str) -> None:
     print(f"{int((y == 0).sum())} nodules, {int(y.sum())} vessel clicks with figures")
     for k in range(3):
         for names in itertools.combinations(CANDIDATES, k):
-            extra = np.array([[number(r[n]) for n in names] for r in rows]).reshape(len(rows), -1)
+            extra = np.array([[number(r[n], n) for n in names] for r in rows]).reshape(len(rows), -1)
             x = np.hstack([base, extra])
             loco = np.mean([rates(x, y, ct != test) for test in CTS], axis=0)
             inside = rates(x, y, np.ones(len(y), bool))
