@@ -21,7 +21,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import station_page  # noqa: E402
-from served import served  # noqa: E402
 
 NODULE_RAS = (-56.17, -86.2, -115.86)  # LIDC-IDRI-0001's readers' nodule
 CHEST_WALL_RAS = (109.8, -4.1, -115.86)  # lateral chest wall muscle, 27 HU, same slice
@@ -40,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from playwright.sync_api import sync_playwright
-
     command = [
         sys.executable, "-m", "NoduleMalignancyLib.cli", "app", "--sample", "LIDC-IDRI-0001",
         "--port", str(args.port), "--models", args.models, "--device", "cpu",
@@ -50,17 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(args.root)
     sys.path.insert(0, args.root)
-    with served(command, "reading station on") as lines:
-        url = next(line for line in lines if "reading station on" in line).split()[-1]
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=station_page.CHROMIUM, args=["--no-sandbox"]
-            )
-            try:
-                page, _ = station_page.open_page(browser, url, 1500, 950)
-                shoot(page, args, out)
-            finally:
-                browser.close()
+    with station_page.station_in_chromium(command) as (browser, url):
+        page, _ = station_page.open_page(browser, url, 1500, 950)
+        shoot(page, args, out)
     return 0
 
 

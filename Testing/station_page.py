@@ -8,6 +8,7 @@ slice node's XY-to-RAS inverse, which also moves the view's slice onto it) and c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from pathlib import Path
@@ -19,14 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository (the station's w
 STATUS = "() => document.querySelector('#station-status')?.dataset.status"
 
 
-def open_page(browser, url: str, width: int = 1400, height: int = 900):
-    """A page on the station, once the four views' images arrived; returns (page, seconds)."""
+def open_page(browser, url: str, width: int = 1400, height: int = 900, views: int = 4):
+    """A page on the station, once the views' images arrived (four; two side by side with a
+    prior); returns (page, seconds)."""
     page = browser.new_page(viewport={"width": width, "height": height})
     started = time.perf_counter()
     page.goto(url)
     page.wait_for_function(
-        "() => { const i = Array.from(document.querySelectorAll('img'));"
-        " return i.length >= 4 && i.every(x => x.naturalWidth > 0); }",
+        "(n) => { const i = Array.from(document.querySelectorAll('img'));"
+        " return i.length >= n && i.every(x => x.naturalWidth > 0); }",
+        arg=views,
         timeout=60_000,
     )
     seconds = time.perf_counter() - started
@@ -85,3 +88,40 @@ def wait_changed_near(page, box_id: str, before: np.ndarray, fx: float, fy: floa
         if after.shape == before.shape:
             changed = float((np.abs(after - before).sum(-1) > 60)[near].mean())
     return changed
+
+
+def write_moved_prior(ct_path, out_path):
+    """A SYNTHETIC prior of a CT for the side-by-side station: the CT under a known rigid map
+    (2° about z, a 6/-4/3 mm shift) with 10 HU noise, written to ``out_path``; returns the map
+    (SimpleITK: prior point -> current point)."""
+    import SimpleITK as sitk
+
+    from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.evaluation.synthetic_pairs import affine, transformed_ct
+
+    image = sitk.ReadImage(str(ct_path))
+    geometry = ImageGeometry.from_sitk(image)
+    centre = geometry.index_to_lps(np.asarray(geometry.size) / 2.0)
+    transform = affine(centre, (0.0, 0.0, 2.0), (1.0, 1.0, 1.0), (6.0, -4.0, 3.0))
+    moved, grid = transformed_ct(sitk.GetArrayFromImage(image), geometry, transform, 10.0, 1)
+    prior = sitk.GetImageFromArray(moved)
+    grid.apply_to_sitk(prior)
+    sitk.WriteImage(prior, str(out_path), True)
+    return transform
+
+
+@contextlib.contextmanager
+def station_in_chromium(command: list[str]):
+    """The station ``command`` serves (``nodule-malignancy app ...``) and a chromium to open it
+    in (the gallery scripts): yields (browser, the station's address)."""
+    from playwright.sync_api import sync_playwright
+    from served import served
+
+    with served(command, "reading station on") as lines:
+        url = next(line for line in lines if "reading station on" in line).split()[-1]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                yield browser, url
+            finally:
+                browser.close()

@@ -23,7 +23,7 @@ except ModuleNotFoundError:
     raise
 from .access import StationAccess, install_access, local_origins
 from .controller import StationController
-from .views import AXIAL, StationViews
+from .views import AXIAL, LAYOUT, StationViews
 
 __all__ = ["POLL_S", "StationApp"]
 
@@ -48,6 +48,7 @@ class StationApp:
         self.views = StationViews(self.server)  # first: the runtime adopts its scene
         self.controller = StationController(models_dir=models_dir, device=device)
         self.suggested: list[dict] = []
+        self.prior = None  # station/prior_view.PriorView with a prior CT
         self._poll_task = None
         self._segments = 0
         state, ctrl = self.server.state, self.server.controller
@@ -82,6 +83,9 @@ class StationApp:
         refuse a volume that is not a CT (``mrml.ct_loading.CTLoadError``); ``series_uid``: the
         series of a folder or archive holding several."""
         volume = self.controller.load_ct(path, name, check_ct=check_ct, series_uid=series_uid)
+        if self.prior is not None:  # another CT: its prior is not this one's
+            self.prior, self.views.titles = None, {}
+            self.views.layout.set_layout(LAYOUT)
         self.views.show_volume(volume)
         self.suggested = [
             {"name": str(n), "lps": [float(v) for v in p]} for n, p in (points_lps or ())
@@ -96,6 +100,19 @@ class StationApp:
                 self.views.slicer.vtkMRMLSliceNode.DefaultJumpSlice,
             )
         self.views.set_mode(self._mode(), self.controller.markups)
+        self._push()
+
+    def load_prior(self, path: str | Path, series_uid: str | None = None) -> None:
+        """Open a prior CT of the current one beside it, registered, its view following the
+        current's (station/prior_view.py)."""
+        from ..mrml.ct_loading import load_ct_volume
+        from .prior_view import PriorView
+
+        if self.controller.volume is None:
+            raise InputError("Open the current CT before its prior.")
+        volume = load_ct_volume(path, None, check_ct=True, series_uid=series_uid)
+        self.prior = PriorView(self.views, self.controller.volume, volume)
+        self.prior.follow()
         self._push()
 
     def load_sample(self, name: str) -> None:
@@ -195,6 +212,8 @@ class StationApp:
                     self._segments = segments
                     self.views.reset_3d()
                 changed |= self.views.keep_mode(self._mode(), self.controller.markups)
+                if self.prior is not None:
+                    changed |= self.prior.follow()
                 current = self.controller.current
                 if self.controller.poll() or changed or current != self.controller.current:
                     self._push()

@@ -27,6 +27,9 @@ def cmd_app(args) -> int:
             "error: --study and --db go together (the study file and its database)", file=sys.stderr
         )
         return 2
+    if args.prior and not args.ct:
+        print("error: --prior goes with --ct (the current CT)", file=sys.stderr)
+        return 2
     port = DEFAULT_PORT if args.port is None else args.port
     port = free_port(args.host) if port == 0 else port
     problem = port_problem(args.host, port)
@@ -43,6 +46,8 @@ def cmd_app(args) -> int:
         app = StationApp(models_dir=args.models, device=args.device)
         if args.ct:
             app.load(args.ct, series_uid=args.series)
+            if args.prior:
+                app.load_prior(args.prior, series_uid=args.prior_series)
         elif args.sample:
             app.load_sample(args.sample)
     return serve(app, args.host, port)
@@ -106,6 +111,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = sp.add_mutually_exclusive_group()
     source.add_argument("--ct", help="CT to open (file SimpleITK reads, DICOM folder, .tar.gz)")
     sp.add_argument("--series", help="with --ct: the series UID when it holds several series")
+    sp.add_argument(
+        "--prior",
+        help="with --ct: the prior CT, registered and shown beside it (the views follow each other)",
+    )
+    sp.add_argument("--prior-series", help="with --prior: its series UID when it holds several")
     source.add_argument("--sample", help="bundled LIDC sample to open, e.g. LIDC-IDRI-0001")
     source.add_argument("--study", help="reading-study file (JSON, docs/DESIGN.md §14)")
     sp.add_argument("--db", help="the study's SQLite database (with --study)")

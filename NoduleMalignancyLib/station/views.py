@@ -16,10 +16,12 @@ import numpy as np
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-__all__ = ["AXIAL", "LAYOUT", "StationViews", "orientation_letters"]
+__all__ = ["AXIAL", "LAYOUT", "PRIOR", "PRIOR_LAYOUT", "StationViews", "orientation_letters"]
 
 LAYOUT = "Axial Primary"  # axial large; 3D, coronal and sagittal beside it
+PRIOR_LAYOUT = "Prior beside"  # with a prior CT: the current and the prior axial side by side
 AXIAL, CORONAL, SAGITTAL, THREE_D = "Red", "Green", "Yellow", "ThreeD"
+PRIOR = "Prior"  # the prior CT's axial view (station/prior_view.py)
 VIEW_BOX_ID = "station-view-{}"  # DOM id of a box covering each view (tests, click mapping)
 # Field of view (mm) of a jump to a nodule: this many of its diameters, at least ZOOM_MIN_MM.
 ZOOM_DIAMETERS, ZOOM_MIN_MM = 6.0, 50.0
@@ -51,8 +53,10 @@ class StationViews:
         )
         self.layout = LayoutManager(self.app.scene, self.app.view_manager, server)
         self.layout.register_layout(LAYOUT, _axial_primary())
+        self.layout.register_layout(PRIOR_LAYOUT, _prior_beside())
         self.layout.set_layout(LAYOUT)
         self._fitted: set[str] = set()
+        self.titles: dict[str, str] = {}  # per view tag: which CT it shows (with a prior)
 
     @property
     def scene(self):
@@ -68,11 +72,25 @@ class StationViews:
         """CT in every slice view's background, a scale bar in each; the 3D view shows the
         nodules' surfaces without opaque slice planes in front of them; views fitted once
         their browser size is known (:meth:`fit_resized`)."""
-        from slicer import vtkMRMLAbstractViewNode as ViewNode
 
         display = self.app.display_manager
         display.show_volume_in_slice_background(volume)
         display.show_volume_in_slice_foreground(None)
+        self._show_slice_views()
+
+    def show_prior(self, current, prior) -> None:
+        """The prior CT in its own axial view beside the current one (the layout changes); the
+        other views keep the current CT (loading a volume shows it in every view)."""
+        self.layout.set_layout(PRIOR_LAYOUT)
+        self.app.display_manager.show_volume_in_slice_background(current)
+        view = self.view(PRIOR)
+        view.set_background_volume_id(prior.GetID())
+        view.set_foreground_volume_id(None)
+        self._show_slice_views()
+
+    def _show_slice_views(self) -> None:
+        from slicer import vtkMRMLAbstractViewNode as ViewNode
+
         for view in self.app.view_manager.get_slice_views():
             view.set_visible_in_3d(False)
             view.set_ruler(ViewNode.RulerTypeThin, ViewNode.RulerColorWhite)
@@ -124,6 +142,7 @@ class StationViews:
                 **letters,
                 "position": f"{_LETTERS[axis][int(position >= 0)]} {abs(position):.1f} mm",
                 "window": window,
+                "title": self.titles.get(view.get_singleton_tag(), ""),
             }
         return out
 
@@ -290,6 +309,14 @@ def _axial_primary():
     )
 
 
+def _prior_beside():
+    """The current CT's axial view and the prior's side by side, equal widths."""
+    from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+    prior = ViewLayoutDefinition.slice_view("Axial", label=PRIOR, color="#8e7cc3")
+    return Layout(LayoutDirection.Horizontal, [ViewLayoutDefinition.axial_view(), prior])
+
+
 def _box(view_id: str) -> None:
     """A transparent box covering the view (the page's click mapping and tests find it)."""
     from trame_client.widgets.html import Div
@@ -326,6 +353,11 @@ def _annotations(tag: str) -> None:
                 classes=f"station-letter-{edge}",
                 style=_ANNOTATION_STYLE + where,
             )
+        Div(
+            f"{{{{ {a}.title }}}}",
+            classes="station-view-title",
+            style=_ANNOTATION_STYLE + "left:40px;top:4px;",
+        )
         Div(
             f"{{{{ {a}.position }}}}<br>{{{{ {a}.window }}}}",
             classes="station-readout",

@@ -1,0 +1,101 @@
+"""The prior CT beside the current one (issue 31 item 5, ``app --ct CUR --prior PRIOR``): both
+axial views side by side, the prior's following the current's slice, centre and field of view
+through the registration (core/registration.py), and in its window, so the reader scrolls,
+pans, zooms or windows one and sees the same anatomy on both dates.
+
+Why through the registration and not the same coordinates: two scans of one patient lie
+differently in the scanner (table height, inspiration); the registered map puts the prior's
+view on the nodule the current view shows. The registration runs once, when the prior is
+opened (a few seconds on 2 cores).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.exam_prior import iso_date
+from ..core.geometry import lps_to_ras, ras_to_lps
+from ..core.registration import register_prior
+from ..mrml.identity import volume_identity
+from ..mrml.logic import read_ct_volume
+from ..mrml.nodes import nodes_by_class
+from .views import AXIAL, PRIOR, StationViews
+
+__all__ = ["PriorView"]
+
+# What the station draws over the current CT (points, outlines, surfaces), kept off the prior.
+DRAWN_OVER = ("vtkMRMLMarkupsDisplayNode", "vtkMRMLSegmentationDisplayNode")
+
+
+class PriorView:
+    """The prior's volume node in the prior view, registered to the current CT's."""
+
+    def __init__(self, views: StationViews, current, prior):
+        array, _, world = read_ct_volume(current)
+        prior_array, _, prior_world = read_ct_volume(prior)
+        self.registration = register_prior(array, world, prior_array, prior_world)
+        self.views, self.current, self.volume = views, current, prior
+        self._last: tuple | None = None
+        views.show_prior(current, prior)
+        views.titles = {AXIAL: _title("Current", current), PRIOR: _title("Prior", prior)}
+
+    def to_prior_ras(self, ras) -> np.ndarray:
+        """A current-CT point (RAS) on the prior (RAS), through the registration."""
+        return lps_to_ras(self.registration.current_to_prior(ras_to_lps(ras)))
+
+    def follow(self) -> bool:
+        """Put the prior view on the current axial view's centre (mapped), at its field of view
+        and in the current CT's window, with the prior CT alone in it; ``True`` when it moved.
+
+        Checked on every poll, so whatever else moved the prior view (a jump of all slices to a
+        nodule) or drew into it is undone."""
+        self._prior_only()
+        node = self.views.slice_node(AXIAL)
+        m = node.GetSliceToRAS()
+        centre = tuple(round(m.GetElement(r, 3), 3) for r in range(3))
+        fov = tuple(node.GetFieldOfView())
+        shown = self.current.GetDisplayNode()
+        window = (shown.GetWindow(), shown.GetLevel()) if shown else None
+        prior_node = self.views.slice_node(PRIOR)
+        if (centre, fov, window, _centre(prior_node)) == self._last:
+            return False
+        display = self.volume.GetDisplayNode()
+        if window is not None and display is not None:
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevel(*window)
+        prior_node.SetFieldOfView(*fov)
+        prior_node.JumpSliceByCentering(*map(float, self.to_prior_ras(centre)))
+        self._last = (centre, fov, window, _centre(prior_node))
+        self.views.view(PRIOR).schedule_render()
+        return True
+
+    def _prior_only(self) -> None:
+        """The current CT's drawings (points, outlines, evidence) are not the prior's: the
+        prior view shows its CT only."""
+        view = self.views.view(PRIOR)
+        if view.get_foreground_volume_id() is not None:
+            view.set_foreground_volume_id(None)
+        if view.get_background_volume_id() != self.volume.GetID():
+            view.set_background_volume_id(self.volume.GetID())
+        scene, prior_id = self.views.scene, self.views.slice_node(PRIOR).GetID()
+        views = nodes_by_class(scene, "vtkMRMLAbstractViewNode")
+        others = [n.GetID() for n in views if n.GetID() != prior_id]
+        for kind in DRAWN_OVER:
+            for display in nodes_by_class(scene, kind):
+                if display.IsDisplayableInView(prior_id):
+                    display.SetViewNodeIDs(others)
+
+
+def _centre(node) -> tuple:
+    m = node.GetSliceToRAS()
+    return tuple(round(m.GetElement(r, 3), 3) for r in range(3))
+
+
+def _title(which: str, volume) -> str:
+    """``Prior 2024-06-01``: which CT a view shows, with its study date where known."""
+    date = volume_identity(volume).get("study_date") or ""
+    try:
+        date = iso_date(date) or ""
+    except ValueError:
+        pass
+    return f"{which} {date}".strip()
