@@ -5,8 +5,9 @@
 Writes a SYNTHETIC prior of LIDC-IDRI-0001 (the CT under a known rigid map with noise,
 ``station_page.write_moved_prior``), starts ``nodule-malignancy app --ct CUR --prior PRIOR`` with
 the shipped ensemble on the CPU, clicks the readers' nodule in the current CT's axial view and
-saves the page (``prior-side-by-side.png``): the prior's view follows the current one through
-the registration.
+saves the page (``prior-side-by-side.png``) once the nodule was looked for on the prior: the
+prior's view follows the current one through the registration, the nodule list says what the
+prior showed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y, _ = station_page.locate(page, NODULE_RAS)
         page.mouse.click(x, y)
         station_page.wait_analyzed(page, 0, timeout_ms=300_000)
+        page.locator(".station-nodule-prior").wait_for(timeout=300_000)  # found on the prior
         page.mouse.move(1450, 790)
         page.wait_for_timeout(2500)
         path = Path(args.out) / "prior-side-by-side.png"

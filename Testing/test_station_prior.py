@@ -57,19 +57,25 @@ app.controller.shutdown()
 """
 
 
-def test_the_prior_view_follows_the_current_one_through_the_registration(
-    tiny_dir, ct_0001_path, tmp_path
-):
+def _run(script: str, *arguments) -> tuple[dict[str, str], str]:
+    """Run a station script in its own interpreter (Slicer's views, no browser): its
+    ``name value`` lines, and its output for a failure's message."""
     done = subprocess.run(
-        [sys.executable, "-c", PRIOR_SCRIPT, str(tiny_dir), str(ct_0001_path),
-         str(tmp_path / "prior.nrrd")],
+        [sys.executable, "-c", script, *map(str, arguments)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=str(station_page.ROOT),
-    )  # fmt: skip
+    )
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
-    assert "window" in lines, done.stdout + done.stderr[-3000:]
+    return lines, done.stdout + done.stderr[-3000:]
+
+
+def test_the_prior_view_follows_the_current_one_through_the_registration(
+    tiny_dir, ct_0001_path, tmp_path
+):
+    lines, output = _run(PRIOR_SCRIPT, tiny_dir, ct_0001_path, tmp_path / "prior.nrrd")
+    assert "window" in lines, output
     assert lines["backgrounds"] == "True True"
     assert lines["follows"] == "True False"  # moved once, then nothing to do
     # The prior's view lies on the nodule where the known map puts it (not at the same
@@ -82,3 +88,44 @@ def test_the_prior_view_follows_the_current_one_through_the_registration(
     # The sample keeps its LIDC study date; the prior written here has none.
     assert lines["titles"] == "Current 2000-01-01 | Prior"
     assert lines["points_drawn"] == "True False"  # the current's points are not the prior's
+
+
+COMPARE_SCRIPT = """
+import re, sys, time
+sys.path.insert(0, "Testing")
+from station_page import write_moved_prior
+from NoduleMalignancyLib.station.app import StationApp
+
+models, ct, out = sys.argv[1:4]
+write_moved_prior(ct, out)
+app = StationApp(models_dir=models, device="cpu")
+app.load(ct)
+app.load_prior(out)
+point = app.controller.add_point_lps((56.17, 86.2, -115.86), "A")  # analyzed at once
+deadline = time.monotonic() + 400
+while time.monotonic() < deadline and not app.controller.points[point].get("prior_text"):
+    app.controller.poll()
+    app._compare_with_prior()
+    time.sleep(0.2)
+record = app.controller.snapshot()["nodules"][0]
+print("status", record["status"])
+print("text", record.get("prior_text"))
+app.prior.close()
+app.controller.shutdown()
+"""
+
+
+def test_each_analyzed_nodule_is_looked_for_on_the_prior_and_listed_with_the_change(
+    ct_0001_path, tmp_path
+):
+    """The shipped ensemble: the nodule clicked on the current CT is found on the (synthetic,
+    rigidly moved, same anatomy) prior and its list entry says so, with a small change."""
+    import re
+
+    models = station_page.ROOT / "models"
+    lines, output = _run(COMPARE_SCRIPT, models, ct_0001_path, tmp_path / "prior.nrrd")
+    assert lines.get("status") == "done", output
+    text = lines["text"]
+    assert text.startswith("prior: matched, "), text
+    change = float(re.search(r"mm3, ([+-]\d+) %", text).group(1))
+    assert abs(change) < 20.0, text  # the same nodule, resampled with noise

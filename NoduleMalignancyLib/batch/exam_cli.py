@@ -244,25 +244,9 @@ def run_exam(args) -> dict:
     return document
 
 
-def _prior_text(prior: dict | None) -> str:
-    """The nodule's comparison with the prior, in a few words ("" without a prior)."""
-    from ..files.exam_html import vdt_text
-
-    if prior is None:
-        return ""
-    status = prior.get("status", "")
-    if status != "matched":
-        return f"; prior: {status}" + (f" ({prior['reason']})" if prior.get("reason") else "")
-    text = "; prior: matched"
-    if prior.get("volume_mm3") is not None and prior.get("volume_change_percent") is not None:
-        text += f", {prior['volume_mm3']:.0f} mm3, {prior['volume_change_percent']:+.0f} %"
-    if prior.get("vdt_days") is not None:
-        text += f", VDT (days) {vdt_text(prior)}"
-    return text
-
-
 def _print(document: dict) -> None:
     from ..core.result_schema import shown
+    from ..files.exam_html import prior_text
 
     print(f"Lung-RADS {document['lung_rads']} ({document['lung_rads_descriptor']})")
     for reason in document["lung_rads_reasons"]:
@@ -282,7 +266,7 @@ def _print(document: dict) -> None:
                 line += f", Brock {100 * brock['probability']:.1f} % ({brock['note']})"
             elif brock is not None:
                 line += f", Brock {brock['note']}"
-        line += _prior_text(n["prior"])
+        line += f"; {prior_text(n['prior'])}" if n["prior"] else ""
         print(line)
     prior_ct = document.get("prior_ct")
     if prior_ct:

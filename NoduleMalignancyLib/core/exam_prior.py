@@ -111,6 +111,18 @@ def _followup_point(point: ExamPoint, match: NoduleMatch, interval: float | None
     return ExamPoint(point.name, point.point_lps, measured, False, p.volume_mm3)
 
 
+def match_on_prior(name: str, result: NoduleResult, registration, prior: PriorCT, ensemble):
+    """A current nodule looked for on the prior: re-segmented at its mapped outline centre in
+    its own crop, mapped (core/prior_compare.py); matched, or new with the reason."""
+    mapped = registration.current_to_prior(outline_centre_lps(result))
+    tolerance = match_tolerance_mm(result.diameter_mm)
+    centre, crop = mapped_context(result, registration.current_to_prior, prior.geometry, ensemble)
+    found, distance, why = find_nodule(
+        prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
+    )
+    return NoduleMatch(name, NEW if why else MATCHED, result, found, mapped, distance, why)
+
+
 def _near(point_lps, matches: list[NoduleMatch]) -> NoduleMatch | None:
     """The matched nodule whose prior outline a prior point belongs to."""
     for m in matches:
@@ -184,16 +196,8 @@ def compare_exam_with_prior(
         if refused or not _answered(nodule):
             nodules.append(nodule)
             continue
-        mapped = registration.current_to_prior(outline_centre_lps(result))
-        tolerance = match_tolerance_mm(result.diameter_mm)
-        centre, crop = mapped_context(
-            result, registration.current_to_prior, prior.geometry, ensemble
-        )
-        found, distance, why = find_nodule(
-            prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
-        )
-        status = NEW if why else MATCHED
-        match = NoduleMatch(point.name, status, result, found, mapped, distance, why)
+        match = match_on_prior(point.name, result, registration, prior, ensemble)
+        found, status = match.prior, match.status
         matches.append(match)
         nodule = exam_nodule(_followup_point(point, match, interval_days), result)
         nodule.prior = measured_prior_entry(match, prior.date, interval_days, findings)

@@ -61,6 +61,22 @@ def vdt_text(prior: dict) -> str:
     return text
 
 
+def prior_text(prior: dict | None) -> str:
+    """The nodule's comparison with the prior in a few words ("" without a prior): the
+    ``exam`` command's line and the station's nodule list."""
+    if prior is None:
+        return ""
+    status = prior.get("status", "")
+    if status != "matched":
+        return f"prior: {status}" + (f" ({prior['reason']})" if prior.get("reason") else "")
+    text = "prior: matched"
+    if prior.get("volume_mm3") is not None and prior.get("volume_change_percent") is not None:
+        text += f", {prior['volume_mm3']:.0f} mm3, {prior['volume_change_percent']:+.0f} %"
+    if prior.get("vdt_days") is not None:
+        text += f", VDT (days) {vdt_text(prior)}"
+    return text
+
+
 def _status(prior: dict | None) -> str:
     if prior is None:
         return "no prior"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..core.errors import NoduleMalignancyError
 from ..core.extras import require_extra
+from ..files.exam_html import prior_text
 
 try:  # the MRML layer: slicer-core and vtk, with trame from the station's extra
     from ..mrml.logic import InputError
@@ -84,6 +85,7 @@ class StationApp:
         series of a folder or archive holding several."""
         volume = self.controller.load_ct(path, name, check_ct=check_ct, series_uid=series_uid)
         if self.prior is not None:  # another CT: its prior is not this one's
+            self.prior.close()
             self.prior, self.views.titles = None, {}
             self.views.layout.set_layout(LAYOUT)
         self.views.show_volume(volume)
@@ -114,6 +116,19 @@ class StationApp:
         self.prior = PriorView(self.views, self.controller.volume, volume)
         self.prior.follow()
         self._push()
+
+    def _compare_with_prior(self) -> bool:
+        """Each analyzed nodule's comparison with the prior in the nodule list, once found."""
+        controller = self.controller
+
+        def ensemble():
+            return controller.logic.ensemble(controller.device)
+
+        done = self.prior.compare(controller.results, ensemble)
+        for point_id, entry in done.items():
+            if point_id in controller.points:
+                controller.points[point_id]["prior_text"] = prior_text(entry)
+        return bool(done)
 
     def load_sample(self, name: str) -> None:
         from ..files.samples import nodule_points_lps, sample_path
@@ -213,7 +228,7 @@ class StationApp:
                     self.views.reset_3d()
                 changed |= self.views.keep_mode(self._mode(), self.controller.markups)
                 if self.prior is not None:
-                    changed |= self.prior.follow()
+                    changed |= self.prior.follow() | self._compare_with_prior()
                 current = self.controller.current
                 if self.controller.poll() or changed or current != self.controller.current:
                     self._push()

@@ -1,7 +1,9 @@
 """The prior CT beside the current one (issue 31 item 5, ``app --ct CUR --prior PRIOR``): both
 axial views side by side, the prior's following the current's slice, centre and field of view
 through the registration (core/registration.py), and in its window, so the reader scrolls,
-pans, zooms or windows one and sees the same anatomy on both dates.
+pans, zooms or windows one and sees the same anatomy on both dates; each analyzed nodule is
+looked for on the prior (core/exam_prior.match_on_prior, as ``exam --prior`` does) and its
+comparison joins the nodule list.
 
 Why through the registration and not the same coordinates: two scans of one patient lie
 differently in the scanner (table height, inspiration); the registered map puts the prior's
@@ -11,11 +13,17 @@ opened (a few seconds on 2 cores).
 
 from __future__ import annotations
 
+import concurrent.futures
+from collections.abc import Callable, Mapping
+
 import numpy as np
 
-from ..core.exam_prior import iso_date
+from ..core.analysis import NoduleResult
+from ..core.exam_prior import PriorCT, days_between, iso_date, match_on_prior
 from ..core.geometry import lps_to_ras, ras_to_lps
+from ..core.prior_compare import comparison_findings, measured_prior_entry
 from ..core.registration import register_prior
+from ..core.validation import RefusedError
 from ..mrml.identity import volume_identity
 from ..mrml.logic import read_ct_volume
 from ..mrml.nodes import nodes_by_class
@@ -34,10 +42,49 @@ class PriorView:
         array, _, world = read_ct_volume(current)
         prior_array, _, prior_world = read_ct_volume(prior)
         self.registration = register_prior(array, world, prior_array, prior_world)
+        dates = [volume_identity(v).get("study_date") or None for v in (current, prior)]
+        try:
+            self.interval_days, date = days_between(*dates), iso_date(dates[1])
+        except ValueError:  # a date the CT carries that is unreadable or not before: no VDT
+            self.interval_days, date = None, None
+        self.prior = PriorCT(prior_array, prior_world, date)
+        self.findings = comparison_findings(
+            world, prior_world, self.interval_days, self.registration
+        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "prior-comparison")
+        self._comparing: dict[str, tuple[int, concurrent.futures.Future]] = {}
+        self._reported: set[concurrent.futures.Future] = set()
         self.views, self.current, self.volume = views, current, prior
         self._last: tuple | None = None
         views.show_prior(current, prior)
         views.titles = {AXIAL: _title("Current", current), PRIOR: _title("Prior", prior)}
+
+    def compare(self, results: Mapping[str, NoduleResult], ensemble_of: Callable) -> dict:
+        """Start looking for each answered nodule (by point ID) on the prior, one at a time on
+        this view's worker thread (the network runs); returns the ``prior`` entries
+        (``exam.json``'s) finished since the last call. A nodule analyzed again is compared
+        again."""
+        for point_id, result in results.items():
+            started = self._comparing.get(point_id)
+            if result.assessment.answered and (started is None or started[0] != id(result)):
+                future = self._pool.submit(self._entry, point_id, result, ensemble_of)
+                self._comparing[point_id] = (id(result), future)
+        done = {}
+        for point_id, (_, future) in self._comparing.items():
+            if future.done() and future not in self._reported:
+                self._reported.add(future)
+                try:
+                    done[point_id] = future.result()
+                except (RefusedError, ValueError) as exc:
+                    done[point_id] = {"status": "not compared", "reason": str(exc)}
+        return done
+
+    def _entry(self, name: str, result: NoduleResult, ensemble_of: Callable) -> dict:
+        match = match_on_prior(name, result, self.registration, self.prior, ensemble_of())
+        return measured_prior_entry(match, self.prior.date, self.interval_days, self.findings)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def to_prior_ras(self, ras) -> np.ndarray:
         """A current-CT point (RAS) on the prior (RAS), through the registration."""
