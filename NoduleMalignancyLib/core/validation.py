@@ -34,6 +34,7 @@ from .lung_mask import (
     lung_mask,
 )
 from .measurements import component_at_center
+from .recentre import nodule_centre
 from .vessel import VesselModel, continuation_figures, shape_figures
 
 __all__ = [
@@ -454,8 +455,7 @@ def vessel_figures(
         scope.vessel_opening_fraction,
         scope.vessel_margin_mm,
     )
-    centre_ijk = np.argwhere(mask_voi).mean(0)[::-1]
-    centre_kji = geometry.lps_to_index(voi_geometry.index_to_lps(centre_ijk))[::-1]
+    centre_kji = geometry.lps_to_index(nodule_centre(mask_voi, voi_geometry, geometry))[::-1]
     figures |= blob_figures(image_zyx, np.asarray(geometry.spacing)[::-1], centre_kji)
     figures["vessel_score"] = vessel.vessel_score(
         figures | {"diameter_mm": diameter_mm}, scope.vessel_model
