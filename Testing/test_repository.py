@@ -16,8 +16,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Multi-session training runs whose checkpoints are tracked until they ship or are abandoned.
-RUNS_IN_PROGRESS = {"gate-band-80-pilot"}
+# Multi-session training runs whose checkpoints are tracked until they ship or are abandoned
+# (gate-band-80-pilot was abandoned in the fifteenth session: docs/experiments/README.md).
+RUNS_IN_PROGRESS: set[str] = set()
 RESULT_TABLES = {".csv", ".json", ".md"}
 CHECKPOINTS = {".pt", ".pth", ".ckpt"}
 
@@ -35,13 +36,13 @@ def _tracked_but_ignored() -> list[str]:
     return run.stdout.splitlines()
 
 
-def problems(paths: list[str]) -> list[str]:
+def problems(paths: list[str], in_progress: set[str] = RUNS_IN_PROGRESS) -> list[str]:
     """Every tracked path the rule does not allow, with the reason."""
     found = []
     for path in map(PurePosixPath, paths):
         if path.parts[0] != "runs" or len(path.parts) < 3:
             found.append(f"{path}: ignored by .gitignore yet tracked")
-        elif path.suffix in CHECKPOINTS and path.parts[1] not in RUNS_IN_PROGRESS:
+        elif path.suffix in CHECKPOINTS and path.parts[1] not in in_progress:
             found.append(f"{path}: a checkpoint of a run that is not in progress")
         elif path.suffix not in RESULT_TABLES | CHECKPOINTS:
             found.append(f"{path}: only result tables and checkpoints of runs are tracked")
@@ -60,7 +61,8 @@ def test_the_rule_catches_a_finished_runs_checkpoint_and_an_ignored_file():
             "runs/old-run/fold0/best.pt",
             "runs/old-run/fold0/dataset.npz",
             "demo_output/x.json",
-        ]
+        ],
+        in_progress={"gate-band-80-pilot"},
     )
     assert [f.split(":")[0] for f in found] == [
         "runs/old-run/fold0/best.pt",
