@@ -57,7 +57,9 @@ def main(path: str) -> None:
     print(f"{int((y == 0).sum())} nodules, {int(y.sum())} vessel clicks with figures")
     for k in range(3):
         for names in itertools.combinations(CANDIDATES, k):
-            extra = np.array([[number(r[n], n) for n in names] for r in rows]).reshape(len(rows), -1)
+            extra = np.array([[number(r[n], n) for n in names] for r in rows]).reshape(
+                len(rows), -1
+            )
             x = np.hstack([base, extra])
             loco = np.mean([rates(x, y, ct != test) for test in CTS], axis=0)
             inside = rates(x, y, np.ones(len(y), bool))
