@@ -57,6 +57,7 @@ def test_the_interval_comes_from_the_folds_paired_ratios():
     assert fast == pytest.approx(365 * math.log(2) / math.log(hi))
     assert slow == pytest.approx(365 * math.log(2) / math.log(lo))
     assert fast < grown.vdt_days < slow
+    assert grown.ratio_interval == grown.ratio_range  # the headline lies inside the folds'
     # Folds that disagree on growing or not: stable within the uncertainty, no interval.
     unsure = growth(100.0, 110.0, 365.0, [100, 100], [95, 125])
     assert unsure.vdt_interval_days == (None, None) and "containing 1" in unsure.note
@@ -68,6 +69,41 @@ def test_the_interval_comes_from_the_folds_paired_ratios():
     assert "date is missing" in no_date.note
     with pytest.raises(ValueError):
         growth(0.0, 100.0, 365.0)
+
+
+def test_the_interval_contains_the_reported_vdt_when_the_ensemble_lies_outside_the_folds():
+    """LIDC-IDRI-0006 n0 against a noisy copy of itself (test_exam_report): the ensemble's
+    outlines gave ratio 1.088, every fold's paired ratio lay below it (1.043-1.084), and the
+    folds' range of doubling times 3161-5976 days excluded the VDT of 3010. The interval now
+    spans the headline and the folds' ratios."""
+    folds_prior = [100.0, 100.0, 100.0, 100.0, 100.0]
+    folds_current = [104.3, 106.0, 107.0, 108.0, 108.4]
+    odd = growth(100.0, 108.8, 365.0, folds_prior, folds_current)
+    assert odd.ratio_range == pytest.approx((1.043, 1.084))
+    assert odd.ratio_interval == pytest.approx((1.043, 1.088))
+    fast, slow = odd.vdt_interval_days
+    assert fast == pytest.approx(odd.vdt_days) and fast <= odd.vdt_days <= slow
+    assert "ensemble's 1.088 lies outside the folds' 1.043-1.084" in odd.note
+    assert odd.to_dict()["volume_ratio_interval"] == pytest.approx([1.043, 1.088])
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_vdt_interval_always_contains_the_reported_vdt(seed):
+    """Random headline and fold volumes, growing, shrinking or either: where there is an
+    interval it contains the VDT, and where there is none its ratios contain 1."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 6))
+    prior, current = rng.uniform(20, 2000, 2)
+    folds_prior = prior * rng.uniform(0.8, 1.2, n)
+    folds_current = current * rng.uniform(0.8, 1.2, n)
+    g = growth(prior, current, float(rng.uniform(30, 1000)), folds_prior, folds_current)
+    lo, hi = g.ratio_interval
+    assert lo <= g.volume_ratio <= hi and lo <= g.ratio_range[0] <= g.ratio_range[1] <= hi
+    fast, slow = g.vdt_interval_days
+    if fast is None:
+        assert slow is None and lo <= 1.0 <= hi
+    else:
+        assert fast <= g.vdt_days <= slow
 
 
 # A chest phantom ---------------------------------------------------------------------------

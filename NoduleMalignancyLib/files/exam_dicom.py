@@ -62,6 +62,13 @@ PRIOR_MEASUREMENTS = (
     (private_code("VDT", "Volume doubling time"), "vdt_days", DAYS),
     (private_code("INTERVAL", "Interval since the prior CT"), "interval_days", DAYS),
 )
+# The VDT's interval (core/growth.py): the doubling times of the lowest and highest of the
+# ensemble's volume ratio and each fold's paired ratio, so it holds the VDT; none when those
+# ratios hold 1 (stable within the segmentation's noise).
+VDT_INTERVAL = (
+    private_code("VDTLO", "VDT, lowest over the ensemble's and folds' ratios"),
+    private_code("VDTHI", "VDT, highest over the ensemble's and folds' ratios"),
+)
 
 
 def _code(prefix: str, words: str) -> hd.sr.CodedConcept:
@@ -83,6 +90,9 @@ def nodule_extras(entry: dict, lung_rads) -> GroupExtras:
             for concept, key, unit in PRIOR_MEASUREMENTS
             if prior.get(key) is not None
         ]
+        bounds = prior.get("vdt_interval_days")
+        if bounds and None not in bounds:
+            measurements += [(c, v, DAYS) for c, v in zip(VDT_INTERVAL, bounds, strict=True)]
     if entry.get("lung_rads_behavior"):
         evaluations.append((LUNG_RADS_BEHAVIOR, _code("LRBEH", entry["lung_rads_behavior"])))
     return GroupExtras(tuple(measurements), tuple(evaluations), lung_rads)

@@ -48,7 +48,9 @@ def _number(value, digits: int = 0, sign: bool = False) -> str:
 
 
 def vdt_text(prior: dict) -> str:
-    """The doubling time in days with the folds' range: ``3010 [3161, 5976]`` ("" without)."""
+    """The doubling time in days with its interval (core/growth.py: from the lowest to the
+    highest of the ensemble's ratio and the folds' paired ratios, so it holds the VDT):
+    ``3010 [3010, 5976]`` ("" without)."""
     vdt = prior.get("vdt_days")
     if vdt is None:
         return ""
@@ -57,7 +59,7 @@ def vdt_text(prior: dict) -> str:
     if bounds and None not in bounds:
         text += f" [{bounds[0]:.0f}, {bounds[1]:.0f}]"
     elif bounds:
-        text += " (the folds disagree on its sign: stable within the segmentation's noise)"
+        text += " (its ratios hold 1: stable within the segmentation's noise)"
     return text
 
 
@@ -228,7 +230,8 @@ tool, not a diagnosis: the reading radiologist decides.</p>
 <table id="nodules">{head}{rows}</table>
 <ul class="note">{_notes(document)}</ul>
 <p class="note">Long axis: longest axial diameter; mean diameter: Lung-RADS' size. Doubling time from the two volumes; in
-brackets the range over the ensemble's folds (not a confidence interval). Brock: PanCan full
+brackets its range over the ensemble's and each fold's paired volume ratio, lowest to highest
+(the model's spread, not a confidence interval). Brock: PanCan full
 model with spiculation (McWilliams et al., N Engl J Med 2013).</p>
 <h2>Key images</h2><p class="note">Axial slice where the outline is largest, lung window;
 patient's right on the left.</p>{images}
