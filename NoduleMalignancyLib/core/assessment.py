@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .result_schema import field, labelled, shown
+from .similar import summary_line as similar_summary_line
 from .validation import DESCRIPTIONS, REFUSALS, WARNINGS, Finding
 
 __all__ = [
@@ -81,8 +82,9 @@ class Assessment:
 
 
 # What a surface withholds when a point is not assessed: the malignancy (its spread, its
-# explanation, the malignancy rating) and the Lung-RADS suggestion, by schema group.
-WITHHELD_GROUPS = ("malignancy", "explanation", "lung_rads")
+# explanation, the malignancy rating), the Lung-RADS suggestion and the similar LIDC nodules
+# ("4 rated suspicious" says malignancy too), by schema group.
+WITHHELD_GROUPS = ("malignancy", "explanation", "lung_rads", "similar")
 
 
 def withheld(name: str) -> bool:
@@ -115,8 +117,8 @@ def assess_codes(codes: Iterable[str]) -> Assessment:
 def answer_lines(result, label: str = "") -> list[str]:
     """A result (``core.analysis.NoduleResult``) as the few lines a status line or a log shows,
     the assessment first: not assessed, the reason and the outline's size only; flagged, each
-    warning, then the malignancy; then the malignancy with its spread and the diameter, and the
-    Lung-RADS suggestion."""
+    warning, then the malignancy; then the malignancy with its spread and the diameter, the
+    Lung-RADS suggestion and the similar LIDC nodules' summary line."""
     prefix = f"{label}: " if label else ""
     assessment = result.assessment
     size = labelled("diameter_mm", result.diameter_mm)
@@ -132,6 +134,9 @@ def answer_lines(result, label: str = "") -> list[str]:
     )
     if result.suggested_lung_rads is not None:
         lines.append(result.suggested_lung_rads.wording)
+    similar = similar_summary_line(getattr(result, "similar_nodules", None) or [])
+    if similar:  # "6 similar LIDC nodules: 4 rated suspicious" (core/similar.py)
+        lines.append(similar)
     return lines
 
 

@@ -591,7 +591,7 @@ FIELDS: tuple[ResultField, ...] = (
         "how many of the closest LIDC training nodules (core/similar.py) the readers rated "
         "suspicious (mean malignancy rating above 3)",
         "similar",
-        (JSON, PANEL),
+        (JSON, TABLE, PANEL),
         kind="text",
         optional=True,
     ),

@@ -1,5 +1,7 @@
 """A one-page report image: the nodule in three planes with segmentation and evidence, the
-attributes on the LIDC scale, and the malignancy probability with its ensemble spread."""
+attributes on the LIDC scale, the malignancy probability with its ensemble spread, and the
+similar LIDC nodules (core/similar.py: the summary line, each neighbour's name, diameter and
+mean reader rating, its axial thumbnail when the LIDC data folder is configured)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,16 @@ from matplotlib.figure import Figure
 from ..core.analysis import NoduleResult
 from ..core.assessment import NOT_ASSESSED, NOT_ASSESSED_CODES
 from ..core.evidence import COMBINED
-from ..core.result_schema import GROUP_TITLES, field, labelled, score_field, shown
+from ..core.result_schema import (
+    GROUP_TITLES,
+    field,
+    labelled,
+    round_half_up,
+    score_field,
+    shown,
+)
+from ..core.similar import SUSPICIOUS_ABOVE, summary_line
+from .lidc_thumbnails import thumbnail
 
 # The measurements the title line names, as the schema labels them.
 TITLE_FIELDS = (
@@ -37,14 +48,29 @@ def _planes(volume: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: str = "") -> Path:
     """Render the report PNG. ``hu_voi`` is the CT sampled on the result's VOI grid."""
+    fig = report_figure(result, hu_voi, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def report_figure(result: NoduleResult, hu_voi: np.ndarray, title: str = "") -> Figure:
+    """The report as a matplotlib figure (on its own Agg canvas); :func:`write_report` saves it.
+    The similar LIDC nodules get a third row when the point is answered and has neighbours."""
     sz, sy, sx = result.voi_geometry.spacing[::-1]
     evidence = result.evidence_voi[COMBINED]
     lim = float(np.abs(evidence).max()) or 1.0
+    similar = result.similar_nodules if result.assessment.answered else []
     # A figure on its own Agg canvas, not pyplot's: pyplot's import (its backend machinery, a
     # third of a cold `analyze`'s matplotlib cost) and global figure registry are not needed.
-    fig = Figure(figsize=(15, 7.5), dpi=100)
+    fig = Figure(figsize=(15, 10.0 if similar else 7.5), dpi=100)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 0.9], hspace=0.35, wspace=0.3)
+    if similar:
+        outer = fig.add_gridspec(2, 1, height_ratios=[1.9, 0.72], hspace=0.32, bottom=0.08)
+        grid = outer[0].subgridspec(2, 4, height_ratios=[1.0, 0.9], hspace=0.35, wspace=0.3)
+    else:
+        grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 0.9], hspace=0.35, wspace=0.3)
     aspects = {"Axial": sy / sx, "Coronal": sz / sx, "Sagittal": sz / sy}
     for col, ((name, img), (_, seg), (_, ev)) in enumerate(
         zip(
@@ -69,11 +95,50 @@ def write_report(result: NoduleResult, hu_voi: np.ndarray, path: Path, title: st
         _explanation_waterfall(fig.add_subplot(grid[1, 2:4]), result)
     else:  # not assessed: the reason instead of the malignancy, its parts and the ratings
         _not_assessed_text(fig.add_subplot(grid[1, :]), result)
+    if similar:
+        _similar_row(fig, outer[1], similar)
     fig.suptitle(title_text(result, title), fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return fig
+
+
+def similar_caption(neighbour) -> str:
+    """One neighbour under its thumbnail: LIDC name, mean reader diameter, reader rating."""
+    rating = round_half_up(neighbour.malignancy_mean, 1)
+    suspicious = "rated suspicious" if neighbour.malignancy_mean > SUSPICIOUS_ABOVE else ""
+    return (
+        f"{neighbour.nodule}\n{round_half_up(neighbour.diameter_mm, 1)} mm, "
+        f"reader rating {rating}\n{suspicious}"
+    ).rstrip()
+
+
+def _similar_row(fig, cell, similar) -> None:
+    """The similar LIDC nodules: the summary line, then one panel per neighbour (its axial
+    thumbnail, lung window, 5 mm bar, when the LIDC data is configured; else its text only)."""
+    row = cell.subgridspec(1, len(similar), wspace=0.15)
+    for i, neighbour in enumerate(similar):
+        ax = fig.add_subplot(row[0, i])
+        grey = thumbnail(neighbour.nodule)
+        if grey is not None:
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(similar_caption(neighbour), fontsize=8)
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, similar_caption(neighbour), ha="center", va="center", fontsize=8)
+    left = fig.axes[-len(similar)]
+    note = (
+        "axial slice through each centre, lung window, bar 5 mm; "
+        if any(ax.images for ax in fig.axes[-len(similar) :])
+        else "thumbnails need the LIDC data folder; "
+    )
+    left.set_title(
+        f"{GROUP_TITLES['similar']}: {summary_line(similar)}\n"
+        f"nearest first; {note}reader rating = the LIDC readers' mean malignancy rating "
+        "(1-5) of that nodule, not the probability above",
+        fontsize=9,
+        loc="left",
+    )
 
 
 def title_text(result: NoduleResult, title: str = "") -> str:

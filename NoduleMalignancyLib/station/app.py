@@ -59,12 +59,14 @@ class StationApp:
         state.annotations = {}
         state.mode = "place"
         state.show_anyway = False
+        state.similar_panel = None  # "similar" while the similar LIDC nodules are open
         state.confirm_clear = False
         state.change("window_preset")(self._on_window)
         state.change("mode")(self._on_mode)
         state.change("overlay", "opacity")(self._on_overlay)
         state.change("segmentation_visible")(self._on_segmentation)
         state.change("show_anyway")(self._on_show_anyway)
+        state.change("similar_panel")(self._on_similar)
         ctrl.on_server_ready.add(self._start_polling)
         ctrl.trigger("station_view_point")(self.view_point)
         ctrl.trigger("station_snapshot")(self.controller.snapshot)
@@ -166,6 +168,10 @@ class StationApp:
     def _on_show_anyway(self, show_anyway, **_):
         self.controller.set_show_withheld(bool(show_anyway))
         self.views.refresh()
+
+    def _on_similar(self, similar_panel, **_):
+        self.controller.set_similar_open(similar_panel in ("similar", ["similar"]))
+        self._push()  # the thumbnails, rendered now
 
     def cancel(self) -> None:
         self.controller.cancel()

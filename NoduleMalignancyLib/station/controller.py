@@ -26,6 +26,7 @@ import numpy as np
 from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
 from ..core.result_schema import shown
+from ..files.lidc_thumbnails import thumbnail_data_uri
 from ..mrml.ct_loading import load_ct_volume
 from ..mrml.identity import volume_identity
 from ..mrml.logic import InputError, NoduleMalignancyLogic, read_ct_volume
@@ -104,6 +105,10 @@ class StationController:
         self.opacity = 0.7  # the evidence legible at the default (issue 29 item 5)
         self.segmentation_visible = True
         self.show_withheld: str | None = None  # the not-assessed point shown anyway
+        # The similar LIDC nodules' block is open: their thumbnails are rendered (from the data
+        # folder, when configured) only then, once per nodule (files/lidc_thumbnails.py).
+        self.similar_open = False
+        self.thumbnail: Callable[[str], str] = thumbnail_data_uri
         self._busy_ids: list[str] = []
 
     # Loading ---------------------------------------------------------------------------------
@@ -528,6 +533,10 @@ class StationController:
         self.show_withheld = self.current if show else None
         self._show_overlay()
 
+    def set_similar_open(self, open_: bool) -> None:
+        """The reader opened (or closed) the similar LIDC nodules: thumbnails while open."""
+        self.similar_open = bool(open_)
+
     def _show_overlay(self) -> None:
         if not self.model_allowed:
             return
@@ -553,7 +562,11 @@ class StationController:
         result = self.results.get(point_id) if point_id else None
         if result is None or not self.model_allowed:
             return None
-        return result_panel(result.summary(), self.points.get(point_id, {}).get("label", ""))
+        return result_panel(
+            result.summary(),
+            self.points.get(point_id, {}).get("label", ""),
+            thumbnail=self.thumbnail if self.similar_open else None,
+        )
 
     def snapshot(self) -> dict:
         """Everything the page shows, as plain JSON-ready values."""

@@ -16,13 +16,14 @@ reasons, the size in mm), then the details (collapsed on the page).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..core.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
 from ..core.explanation import PARTS
-from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, shown
+from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, round_half_up, shown
+from ..core.similar import SUSPICIOUS_ABOVE
 
-__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel"]
+__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel", "similar_panel"]
 
 # Groups shown above the sections (the answer and its warnings), not as rows.
 _HEADLINE_GROUPS = ("assessment", "malignancy", "scope")
@@ -89,7 +90,7 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
 def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
     sections = []
     for group, title in GROUP_TITLES.items():
-        if group in _HEADLINE_GROUPS:
+        if group in _HEADLINE_GROUPS or group == "similar":  # its own block: similar_panel
             continue
         rows = _field_rows(summary, group)
         if group == "explanation":  # the parts first, then their sum, then the network's own
@@ -114,7 +115,48 @@ def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
     return [s for s in compact + details if s["rows"]]
 
 
-def result_panel(summary: Mapping, label: str = "") -> dict:
+def similar_panel(
+    summary: Mapping, not_assessed: bool, thumbnail: Callable[[str], str] | None = None
+) -> dict | None:
+    """The similar LIDC nodules (core/similar.py) of a result, or None when it has none:
+    ``{"title", "summary", "withheld", "neighbours": [{"nodule", "diameter_text",
+    "rating", "rating_text", "suspicious", "distance", "thumbnail"}]}``.
+
+    ``summary`` is the schema's ``similar_nodules_summary`` ("6 similar LIDC nodules: 4 rated
+    suspicious"); each neighbour its LIDC name, mean reader diameter and mean reader malignancy
+    rating (1-5: what the LIDC readers said of that nodule, not our probability). ``thumbnail``
+    maps a name to an image address ("" none; files/lidc_thumbnails.py): without it the rows
+    are text only. Withheld (behind "show anyway") when the point is not assessed, as the
+    malignancy is."""
+    neighbours = summary.get("similar_nodules") or []
+    line = str(summary.get("similar_nodules_summary") or "")
+    if not neighbours or not line:
+        return None
+    rows = []
+    for n in neighbours:
+        rating = float(n["malignancy_mean"])
+        rows.append(
+            {
+                "nodule": str(n["nodule"]),
+                "diameter_text": f"{round_half_up(float(n['diameter_mm']), 1)} mm",
+                "rating": rating,
+                "rating_text": str(round_half_up(rating, 1)),
+                "suspicious": rating > SUSPICIOUS_ABOVE,
+                "distance": float(n["distance"]),
+                "thumbnail": thumbnail(str(n["nodule"])) if thumbnail else "",
+            }
+        )
+    return {
+        "title": GROUP_TITLES["similar"],
+        "summary": line,
+        "withheld": not_assessed,
+        "neighbours": rows,
+    }
+
+
+def result_panel(
+    summary: Mapping, label: str = "", thumbnail: Callable[[str], str] | None = None
+) -> dict:
     """The panel of one nodule: ``{"label", "assessment", "assessment_label", "reason",
     "answered", "malignancy_probability", "malignancy_sd", "headline", "spread", "warnings",
     "sections": [{"title", "group", "rows", "compact", "withheld"}]}``.
@@ -123,7 +165,8 @@ def result_panel(summary: Mapping, label: str = "") -> dict:
     malignancy then only in ``withheld_headline``). Each row is ``{"key", "label", "value",
     "text", "note", "items"}``: ``key`` the schema field, ``text`` what to show (with its
     unit), ``items`` whether it is a list (one item a line). Sections without rows are left
-    out; the compact ones (Lung-RADS, size) come first.
+    out; the compact ones (Lung-RADS, size) come first. ``similar`` is :func:`similar_panel`
+    (``thumbnail``: a neighbour's image address, e.g. ``files.lidc_thumbnails``).
     """
     p = float(summary["malignancy_probability"])
     sd = float(summary.get("malignancy_sd", 0.0))
@@ -155,4 +198,5 @@ def result_panel(summary: Mapping, label: str = "") -> dict:
             for c, m in zip(codes, messages, strict=True)
         ],
         "sections": _sections(summary, not_assessed),
+        "similar": similar_panel(summary, not_assessed, thumbnail),
     }

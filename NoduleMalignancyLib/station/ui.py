@@ -23,6 +23,7 @@ __all__ = [
     "nodule_list",
     "overlay_controls",
     "results_panel",
+    "similar_nodules",
     "status_bar",
     "toolbar",
 ]
@@ -344,10 +345,90 @@ def results_panel() -> None:
                         classes="mt-1 station-section",
                     ):
                         _section_table()
+        similar_nodules()
         html.Div(
             "Model output: a suggestion for a reader, never a finding.",
             classes="text-caption mt-2",
         )
+
+
+# The readers' rating in words on hover: apart from the model's probability (issue 29 item 2).
+_RATING_HINT = (
+    "Mean malignancy rating of the LIDC readers for that nodule (1 highly unlikely to 5 highly "
+    "suspicious); above 3: rated suspicious. Not the malignancy probability above."
+)
+
+
+def similar_nodules() -> None:
+    """The similar LIDC nodules (``panel.similar_panel``), collapsed under the details: the
+    summary line as its title; opened, each neighbour's LIDC name, diameter and mean reader
+    malignancy rating, with its axial thumbnail (lung window, 5 mm bar) when the server has
+    the LIDC data (rendered when opened); a text table without it. Withheld with the numbers
+    when the point is not assessed."""
+    with html.Div(
+        v_if="st.panel.similar && (!st.panel.similar.withheld || show_anyway)",
+        id="station-similar",
+        classes="mt-2",
+    ):
+        with v3.VExpansionPanels(v_model=("similar_panel", None), variant="accordion"):
+            with v3.VExpansionPanel(value="similar"):
+                with v3.VExpansionPanelTitle(id="station-similar-title"):
+                    with html.Div():
+                        html.Div("{{ st.panel.similar.title }}", classes="text-caption")
+                        html.Div("{{ st.panel.similar.summary }}", id="station-similar-summary")
+                with v3.VExpansionPanelText():
+                    html.Div(
+                        "The LIDC training nodules closest to this one in the network's own "
+                        "features, nearest first; reader rating: the LIDC readers' mean "
+                        "malignancy rating (1-5), not the probability above.",
+                        classes="text-caption text-medium-emphasis mb-1",
+                    )
+                    with html.Div(
+                        v_if="st.panel.similar.neighbours.some(n => n.thumbnail)",
+                        style="display:grid;grid-template-columns:repeat(3,1fr);gap:6px;",
+                    ):
+                        with html.Div(
+                            v_for="n in st.panel.similar.neighbours",
+                            key="n.nodule",
+                            classes="station-similar-nodule text-caption",
+                            style="text-align:center;",
+                        ):
+                            html.Img(
+                                v_if="n.thumbnail",
+                                src=("n.thumbnail",),
+                                width=96,
+                                height=96,
+                                alt=("n.nodule",),
+                                title="Axial slice through its centre, lung window; bar 5 mm",
+                                classes="station-similar-thumbnail",
+                                style="image-rendering:auto;border-radius:2px;",
+                            )
+                            html.Div(
+                                "{{ n.nodule.replace('LIDC-IDRI-', '') }}", title=("n.nodule",)
+                            )
+                            html.Div(
+                                "{{ n.diameter_text }}, reader {{ n.rating_text }}",
+                                title=_RATING_HINT,
+                                classes=("n.suspicious ? 'text-orange-lighten-2' : ''",),
+                            )
+                    with v3.VTable(v_else=True, density="compact"):
+                        with html.Thead(), html.Tr():
+                            html.Th("LIDC nodule")
+                            html.Th("Diameter", classes="text-right")
+                            html.Th("Reader rating (1-5)", classes="text-right", title=_RATING_HINT)
+                        with html.Tbody():
+                            with html.Tr(
+                                v_for="n in st.panel.similar.neighbours",
+                                key="n.nodule",
+                                classes="station-similar-nodule",
+                            ):
+                                html.Td("{{ n.nodule }}")
+                                html.Td("{{ n.diameter_text }}", classes="text-right text-no-wrap")
+                                html.Td(
+                                    "{{ n.rating_text }}{{ n.suspicious ? ' suspicious' : '' }}",
+                                    classes="text-right text-no-wrap",
+                                    title=_RATING_HINT,
+                                )
 
 
 def _tagged(v_if: str, element_id: str, name: str, value: str):
