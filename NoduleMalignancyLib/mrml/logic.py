@@ -202,10 +202,10 @@ class NoduleMalignancyLogic:
             return self._ensemble
 
     def warmUp(self, image_zyx: np.ndarray, geometry: ImageGeometry, device: str = "auto") -> None:
-        """Load the ensemble and the CT's lung mask now (any thread), so the first click on a
-        freshly loaded CT costs what a later one does; ``image_zyx`` and ``geometry`` as
-        :func:`read_ct_volume` gives them."""
-        self.ensemble(device)
+        """Load the ensemble, run it once and build the CT's lung mask now (any thread), so the
+        first click on a freshly loaded CT costs what a later one does; ``image_zyx`` and
+        ``geometry`` as :func:`read_ct_volume` gives them."""
+        self.ensemble(device).warm_up()
         prepare_lung_side(image_zyx, geometry)
 
     # 1. prepare (main thread) ----------------------------------------------------------------

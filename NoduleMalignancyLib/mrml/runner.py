@@ -50,6 +50,9 @@ class AnalysisRunner:
     :param executor: runs ``logic.compute``; default one worker thread, made once, so the
         per-thread CUDA/cuDNN state stays warm (tests pass an executor they step by hand).
     :param clock: monotonic seconds (tests pass a fake one for the debounce).
+    :param notify: called (on the worker thread) when a run ends, so that a UI with its own
+        event loop polls at once instead of at its next tick (the station: issue 29, click to
+        overlay); the Qt widget's timer needs none.
     """
 
     def __init__(
@@ -59,8 +62,10 @@ class AnalysisRunner:
         executor: concurrent.futures.Executor | None = None,
         debounce_s: float = DEBOUNCE_S,
         clock: Callable[[], float] = time.monotonic,
+        notify: Callable[[], None] | None = None,
     ):
         self.logic = logic
+        self.notify = notify
         self._inputs = inputs
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -108,6 +113,8 @@ class AnalysisRunner:
         self._future = self._executor.submit(
             self.logic.compute, request, device, self._on_progress, self._on_log, self._cancel
         )
+        if self.notify is not None:
+            self._future.add_done_callback(lambda _future: self.notify())
         return True
 
     def cancel(self) -> None:

@@ -51,6 +51,7 @@ class StationApp:
         self.suggested: list[dict] = []
         self.prior = None  # station/prior_view.PriorView with a prior CT
         self._poll_task = None
+        self._loop = None  # the server's event loop, once it runs
         self._segments = 0
         state, ctrl = self.server.state, self.server.controller
         state.trame__title = "Nodule malignancy reading station"
@@ -86,6 +87,9 @@ class StationApp:
         refuse a volume that is not a CT (``mrml.ct_loading.CTLoadError``); ``series_uid``: the
         series of a folder or archive holding several."""
         volume = self.controller.load_ct(path, name, check_ct=check_ct, series_uid=series_uid)
+        self.controller.markups.AddObserver(
+            self.controller.slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._poll_soon
+        )
         if self.prior is not None:  # another CT: its prior is not this one's
             self.prior.close()
             self.prior, self.views.titles = None, {}
@@ -221,28 +225,40 @@ class StationApp:
     # Polling ---------------------------------------------------------------------------------
     def _start_polling(self, **_):
         if self._poll_task is None:
+            self._loop = asyncio.get_event_loop()
+            self.controller.runner.notify = self._poll_soon
             self._poll_task = asyncio.ensure_future(self._poll_loop())
+
+    def _poll_soon(self, *_) -> None:
+        """Poll at once (from any thread): a point placed in a view starts its analysis, and a
+        finished analysis is shown, without waiting for the next tick (up to POLL_S each:
+        issue 29's click to overlay)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._poll_once)
 
     async def _poll_loop(self):
         while True:
             await asyncio.sleep(POLL_S)
-            try:
-                changed = self.views.fit_resized()
-                segments = self.controller.layers()["segments"]
-                if segments != self._segments:  # the 3D view frames the nodules' surfaces
-                    self._segments = segments
-                    self.views.reset_3d()
-                changed |= self.views.keep_mode(self._mode(), self.controller.markups)
-                if self.prior is not None:
-                    changed |= self.prior.follow() | self._compare_with_prior()
-                current = self.controller.current
-                if self.controller.poll() or changed or current != self.controller.current:
-                    self._push()
-                else:
-                    self._push_annotations()
-            except Exception as exc:  # a bug must not stop the page's polling
-                self.controller.set_status("error", f"Station error: {exc}")
+            self._poll_once()
+
+    def _poll_once(self) -> None:
+        try:
+            changed = self.views.fit_resized()
+            segments = self.controller.layers()["segments"]
+            if segments != self._segments:  # the 3D view frames the nodules' surfaces
+                self._segments = segments
+                self.views.reset_3d()
+            changed |= self.views.keep_mode(self._mode(), self.controller.markups)
+            if self.prior is not None:
+                changed |= self.prior.follow() | self._compare_with_prior()
+            current = self.controller.current
+            if self.controller.poll() or changed or current != self.controller.current:
                 self._push()
+            else:
+                self._push_annotations()
+        except Exception as exc:  # a bug must not stop the page's polling
+            self.controller.set_status("error", f"Station error: {exc}")
+            self._push()
 
     def _push(self) -> None:
         with self.server.state as state:
