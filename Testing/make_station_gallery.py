@@ -6,7 +6,9 @@ Starts ``nodule-malignancy app --sample LIDC-IDRI-0001`` with the shipped ensemb
 opens it in Debian's chromium and saves: the page after a click on the readers' nodule (and
 that click's time to the overlay), the axial view close up with each evidence scale, a click on
 the chest wall (not assessed), a click in the air (refused), the "Clear points" question and
-the 3D view. ``--out DIR`` writes elsewhere (e.g. the "before" pictures of an older checkout:
+the 3D view, and the similar LIDC nodules opened (``similar.png``: the drawer's block with the
+neighbours' thumbnails; they need the data folder; ``--similar-only`` takes the click and this
+one only). ``--out DIR`` writes elsewhere (e.g. the "before" pictures of an older checkout:
 ``--prefix before-`` with ``--root`` that checkout).
 """
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=str(HERE.parent / "models"))
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--evidence-only", action="store_true", help="only the close-ups")
+    parser.add_argument("--similar-only", action="store_true", help="only the similar LIDC nodules")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +76,9 @@ def shoot(page, args, out: Path) -> None:
     print(f"click to overlay {time.perf_counter() - clicked:.2f} s (shipped ensemble, CPU)")
     page.mouse.move(1450, 940)  # off the views: no marker preview in the pictures
     page.wait_for_timeout(1500)
+    if args.similar_only:
+        similar(page, args, out)
+        return
     _save(page, out, args, "nodule")
     # Close-ups of the axial view around the nodule, one per evidence overlay.
     select = page.locator("#station-overlays .v-select")
@@ -100,11 +106,35 @@ def shoot(page, args, out: Path) -> None:
         page.mouse.move(1450, 940)
         page.wait_for_timeout(1500)
         _save(page, out, args, name)
+    similar(page, args, out)
     if page.locator("#station-clear").count():
         page.locator("#station-clear").click()
         page.locator("#station-clear-dialog").wait_for()
         page.wait_for_timeout(500)
         _save(page, out, args, "clear-confirm")
+
+
+def similar(page, args, out: Path) -> None:
+    """The clicked nodule's similar LIDC nodules, opened, with their thumbnails."""
+    page.locator(".station-nodule").first.click()
+    page.wait_for_timeout(1500)
+    block = page.locator("#station-similar")
+    if not block.count():
+        print("no similar nodules (no index beside this ensemble, or not assessed)")
+        return
+    page.locator("#station-similar-title").click()
+    try:
+        page.wait_for_function(
+            "() => { const i = document.querySelectorAll('.station-similar-thumbnail');"
+            " return i.length > 0 && Array.from(i).every(x => x.naturalWidth > 0); }",
+            timeout=30_000,
+        )
+    except Exception:  # no data folder: the text rows
+        print("no thumbnails (is NODULE_MALIGNANCY_DATA set?)")
+    page.wait_for_timeout(800)
+    block.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    _save(page, out, args, "similar", block)
 
 
 if __name__ == "__main__":

@@ -403,11 +403,10 @@ def similar_nodules() -> None:
                                 classes="station-similar-thumbnail",
                                 style="image-rendering:auto;border-radius:2px;",
                             )
+                            html.Div("{{ n.nodule }}", style="font-size:0.7rem;")
+                            html.Div("{{ n.diameter_text }}")
                             html.Div(
-                                "{{ n.nodule.replace('LIDC-IDRI-', '') }}", title=("n.nodule",)
-                            )
-                            html.Div(
-                                "{{ n.diameter_text }}, reader {{ n.rating_text }}",
+                                "reader rating {{ n.rating_text }}",
                                 title=_RATING_HINT,
                                 classes=("n.suspicious ? 'text-orange-lighten-2' : ''",),
                             )
