@@ -14,8 +14,12 @@ the result (tested headless in Testing/test_runner.py).
 Inputs: the panel shows the module's parameter node (Slicer's scripted-module pattern:
 ``setParameterNode``, ``updateGUIFromParameterNode``, ``updateParameterNodeFromGUI``, ``enter``
 / ``exit``), so a saved scene restores the CT, the point list, the device, the evidence scale
-and opacity; the parameters are :mod:`NoduleMalignancyLib.mrml.parameters` (tested headless in
+and opacity, the prior CT and its dates; the parameters are :mod:`NoduleMalignancyLib.mrml.parameters` (tested headless in
 Testing/test_parameter_node.py). The analysis reads its inputs from that node, not the controls.
+
+The "Prior CT" section: "Compare with prior" runs ``logic.compareWithPrior`` (the exam with the
+prior CT and dates of the parameter node), which writes the comparison into the results table
+(:mod:`NoduleMalignancyLib.mrml.prior_table`, tested headless in Testing/test_mrml_exam.py).
 """
 
 import logging
@@ -166,11 +170,15 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         for control, signal, handler in (
             (self.ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", None),
             (self.ui.markupsWidget, "markupsNodeChanged()", None),
             (self.ui.deviceComboBox, "currentIndexChanged(int)", None),
             (self.ui.autoAnalyzeCheckBox, "toggled(bool)", None),
+            (self.ui.priorVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", None),
+            (self.ui.priorDateLineEdit, "editingFinished()", None),
+            (self.ui.examDateLineEdit, "editingFinished()", None),
             (self.ui.evidenceScaleComboBox, "currentIndexChanged(int)", self.onEvidenceDisplay),
             (self.ui.opacitySliderWidget, "valueChanged(double)", self.onEvidenceDisplay),
         ):
@@ -242,25 +250,39 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self.ui.opacitySliderWidget.value = inputs.evidence_opacity
             self.ui.autoAnalyzeCheckBox.checked = inputs.auto_analyze
+            self.ui.priorVolumeSelector.setCurrentNode(inputs.prior_volume)
+            self.ui.priorDateLineEdit.text = inputs.prior_date
+            self.ui.examDateLineEdit.text = inputs.exam_date
         finally:
             self._updatingGUIFromParameterNode = False
         self._observeMarkups(inputs)
 
     def updateParameterNodeFromGUI(self, caller=None, event=None):
-        """Write the controls to the parameter node (one Modified event)."""
+        """Write the controls to the parameter node (one Modified event); a date it cannot
+        read is said in the status line and nothing is written."""
         if self._parameterNode is None or self._updatingGUIFromParameterNode:
-            return
-        parameters.write_inputs(
-            self._parameterNode,
-            parameters.PanelInputs(
-                volume=self.ui.inputVolumeSelector.currentNode(),
-                markups=self.ui.markupsWidget.currentNode(),
-                device=self.ui.deviceComboBox.currentText,
-                evidence_scale=self.ui.evidenceScaleComboBox.currentText,
-                evidence_opacity=self.ui.opacitySliderWidget.value,
-                auto_analyze=self.ui.autoAnalyzeCheckBox.checked,
-            ),
-        )
+            return False
+        from NoduleMalignancyLib.core.errors import InputError  # no torch
+
+        try:
+            parameters.write_inputs(
+                self._parameterNode,
+                parameters.PanelInputs(
+                    volume=self.ui.inputVolumeSelector.currentNode(),
+                    markups=self.ui.markupsWidget.currentNode(),
+                    device=self.ui.deviceComboBox.currentText,
+                    evidence_scale=self.ui.evidenceScaleComboBox.currentText,
+                    evidence_opacity=self.ui.opacitySliderWidget.value,
+                    auto_analyze=self.ui.autoAnalyzeCheckBox.checked,
+                    prior_volume=self.ui.priorVolumeSelector.currentNode(),
+                    prior_date=self.ui.priorDateLineEdit.text,
+                    exam_date=self.ui.examDateLineEdit.text,
+                ),
+            )
+        except InputError as exc:
+            self.ui.statusLabel.text = str(exc)
+            return False
+        return True
 
     # Logic and dependencies ------------------------------------------------------------------
     def _ensureLogic(self):
@@ -465,6 +487,20 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateParameterNodeFromGUI()
         if self.logic is not None:
             self.logic.showEvidence()
+
+    def onCompare(self):
+        """The exam with the prior CT (main thread: registration and one analysis per nodule,
+        seconds); the comparison lands in the results table, its summary in the status line."""
+        if not self._modelAllowed() or self._ensureLogic() is None:
+            return
+        if not self.updateParameterNodeFromGUI():
+            return  # a date it cannot read: the status line says which
+        from NoduleMalignancyLib.mrml.prior_table import comparison_summary
+
+        with slicer.util.tryWithErrorDisplay(
+            _("Comparison with the prior failed."), waitCursor=True
+        ):
+            self.ui.statusLabel.text = comparison_summary(self.logic.compareWithPrior())
 
     def onTableClicked(self, index):
         if self.logic is not None:

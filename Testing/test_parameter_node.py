@@ -1,7 +1,7 @@
 """The module's parameter node (mrml/parameters.py) and the widget's sync with it, headless.
 
 The promise under test: a scene saved with the panel's inputs set (CT, point list, device,
-evidence scale and opacity, analysis on placement) and loaded into a fresh scene gives the
+evidence scale and opacity, analysis on placement, the prior CT and both dates) and loaded into a fresh scene gives the
 inputs back, to the parameter node and through it to the panel's controls. The controls are
 stand-ins (the Qt desktop application cannot run here) that hold what the .ui file offers.
 """
@@ -33,6 +33,7 @@ UI_FILE = (
     Path(__file__).resolve().parent.parent / "NoduleMalignancy/Resources/UI/NoduleMalignancy.ui"
 )
 CHOSEN = {"device": "CPU", "evidence_scale": "medium", "evidence_opacity": 0.35}
+DATES = {"prior_date": "20240601", "exam_date": "2025-06-01"}  # DICOM's form is read too
 
 
 def _ui_items(name: str) -> list[str]:
@@ -81,6 +82,18 @@ def test_the_panel_offers_what_the_parameters_accept():
     assert tuple(_ui_items("evidenceScaleComboBox")) == EVIDENCE_SCALES
 
 
+def test_every_control_the_module_uses_is_in_the_ui_file():
+    """Qt cannot run here: the names the widget code reads (``self.ui.NAME``) must be widgets
+    of the .ui file, the "Prior CT" section's among them."""
+    import re
+
+    module = (UI_FILE.parents[2] / "NoduleMalignancy.py").read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.(\w+)", module))
+    names = {w.get("name") for w in ET.parse(UI_FILE).getroot().iter("widget")}
+    assert {"priorVolumeSelector", "priorDateLineEdit", "examDateLineEdit", "compareButton"} <= used
+    assert used <= names, sorted(used - names)
+
+
 def test_a_new_scene_has_one_parameter_node_with_the_defaults(slicer_runtime, mrml_scene):
     node = parameters.parameter_node(mrml_scene)
     assert parameters.parameter_node(mrml_scene) is node
@@ -93,8 +106,10 @@ def test_a_new_scene_has_one_parameter_node_with_the_defaults(slicer_runtime, mr
 def test_a_reloaded_scene_restores_the_inputs(slicer_runtime, mrml_scene, tmp_path, suffix):
     slicer = slicer_runtime
     ct, points = _scene_with_inputs(slicer)
+    prior = slicer.util.getNode("other CT")
     node = parameters.parameter_node(mrml_scene)
-    parameters.write_inputs(node, PanelInputs(ct, points, auto_analyze=False, **CHOSEN))
+    inputs = PanelInputs(ct, points, auto_analyze=False, prior_volume=prior, **CHOSEN, **DATES)
+    parameters.write_inputs(node, inputs)
 
     _save_and_reload(slicer, tmp_path, suffix)
 
@@ -107,6 +122,8 @@ def test_a_reloaded_scene_restores_the_inputs(slicer_runtime, mrml_scene, tmp_pa
     assert (restored.device, restored.evidence_scale) == (CHOSEN["device"], "medium")
     assert restored.evidence_opacity == pytest.approx(0.35)
     assert restored.auto_analyze is False
+    assert restored.prior_volume.GetName() == "other CT" and restored.prior_volume is not ct
+    assert (restored.prior_date, restored.exam_date) == ("2024-06-01", "2025-06-01")
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
 
 
@@ -119,6 +136,8 @@ def test_a_bad_value_is_refused_before_anything_changes(slicer_runtime, mrml_sce
         ({"evidence_scale": "ultra"}, "evidence scale 'ultra'"),
         ({"evidence_opacity": 1.5}, "opacity 1.5"),
         ({"evidence_opacity": float("nan")}, "opacity nan"),
+        ({"prior_date": "1 June 2024"}, "prior date: date '1 June 2024' is not YYYY-MM-DD"),
+        ({"exam_date": "2025-13-01"}, "exam date: date '2025-13-01'"),
     ):
         with pytest.raises(InputError, match=message):
             parameters.write_inputs(node, PanelInputs(ct, points, **bad))
@@ -206,6 +225,10 @@ def _widget(module_file):
         evidenceScaleComboBox=_Combo(_ui_items("evidenceScaleComboBox")),
         opacitySliderWidget=SimpleNamespace(value=0.7),
         autoAnalyzeCheckBox=SimpleNamespace(checked=True),
+        priorVolumeSelector=_NodeSelector(),
+        priorDateLineEdit=SimpleNamespace(text=""),
+        examDateLineEdit=SimpleNamespace(text=""),
+        statusLabel=SimpleNamespace(text=""),
     )
     return widget
 
@@ -225,8 +248,18 @@ def test_the_widget_shows_a_reloaded_scene_and_analyzes_its_inputs(
     widget.ui.evidenceScaleComboBox.setCurrentIndex(3)  # coarse
     widget.ui.opacitySliderWidget.value = 0.45
     widget.ui.autoAnalyzeCheckBox.checked = False
-    widget.updateParameterNodeFromGUI()
+    widget.ui.priorVolumeSelector.setCurrentNode(slicer.util.getNode("other CT"))
+    widget.ui.priorDateLineEdit.text = "2024-06-01"
+    assert widget.updateParameterNodeFromGUI()
     assert widget._currentInputs() == (ct, points, "CPU")
+    # A date it cannot read: said in the status line, nothing written, the panel unchanged.
+    widget.ui.examDateLineEdit.text = "June 2025"
+    assert not widget.updateParameterNodeFromGUI()
+    assert "exam date: date 'June 2025' is not YYYY-MM-DD" in widget.ui.statusLabel.text
+    assert parameters.read_inputs(widget._parameterNode).exam_date == ""
+    widget.ui.examDateLineEdit.text = "20250601"
+    assert widget.updateParameterNodeFromGUI()
+    assert widget.ui.examDateLineEdit.text == "2025-06-01"  # stored and shown as YYYY-MM-DD
     widget.exit()
 
     _save_and_reload(slicer, tmp_path, ".mrb")
@@ -242,6 +275,8 @@ def test_the_widget_shows_a_reloaded_scene_and_analyzes_its_inputs(
     )
     assert ui.opacitySliderWidget.value == pytest.approx(0.45)
     assert ui.autoAnalyzeCheckBox.checked is False
+    assert ui.priorVolumeSelector.currentNode().GetName() == "other CT"
+    assert (ui.priorDateLineEdit.text, ui.examDateLineEdit.text) == ("2024-06-01", "2025-06-01")
     volume, markups, device = fresh._currentInputs()
     assert (volume.GetName(), markups.GetName(), device) == ("chosen CT", "Nodules", "CPU")
     assert fresh._observedMarkups is None  # analysis on placement is off

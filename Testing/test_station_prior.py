@@ -107,9 +107,21 @@ while time.monotonic() < deadline and not app.controller.points[point].get("prio
     app.controller.poll()
     app._compare_with_prior()
     time.sleep(0.2)
-record = app.controller.snapshot()["nodules"][0]
+snapshot = app.controller.snapshot()
+record = snapshot["nodules"][0]
 print("status", record["status"])
 print("text", record.get("prior_text"))
+(section,) = [s for s in snapshot["panel"]["sections"] if s["group"] == "lung_rads"]
+rows = {r["key"]: r for r in section["rows"]}
+print("lung_rads", rows["lung_rads"]["text"], "|", rows["lung_rads"]["note"])
+print("section", section["title"])
+print("reasons", " || ".join(rows["lung_rads_reasons"]["value"]))
+app.controller.followup = None  # as before the comparison: the baseline screen
+(section,) = [s for s in app.controller.panel()["sections"] if s["group"] == "lung_rads"]
+rows = {r["key"]: r for r in section["rows"]}
+print("baseline", rows["lung_rads"]["text"], "|", rows["lung_rads"]["note"])
+print("baseline_section", section["title"])
+print("baseline_reasons", " || ".join(rows["lung_rads_reasons"]["value"]))
 app.prior.close()
 app.controller.shutdown()
 """
@@ -119,7 +131,9 @@ def test_each_analyzed_nodule_is_looked_for_on_the_prior_and_listed_with_the_cha
     ct_0001_path, tmp_path
 ):
     """The shipped ensemble: the nodule clicked on the current CT is found on the (synthetic,
-    rigidly moved, same anatomy) prior and its list entry says so, with a small change."""
+    rigidly moved, same anatomy) prior and its list entry says so, with a small change; its
+    panel's Lung-RADS is then the follow-up screen's (stable, with the change in its reasons),
+    not the baseline's, as exam.json's."""
     import re
 
     models = station_page.ROOT / "models"
@@ -129,3 +143,14 @@ def test_each_analyzed_nodule_is_looked_for_on_the_prior_and_listed_with_the_cha
     assert text.startswith("prior: matched, "), text
     change = float(re.search(r"mm3, ([+-]\d+) %", text).group(1))
     assert abs(change) < 20.0, text  # the same nodule, resampled with noise
+    category, note = lines["lung_rads"].split(" | ")
+    assert note == "follow-up screen: stable; a suggestion: the reader decides", output
+    assert lines["section"] == "Lung-RADS (suggested, follow-up screen)"
+    assert lines["baseline_section"] == "Lung-RADS (suggested, baseline screen)"
+    assert text.endswith(f"; Lung-RADS {category} (stable)"), text
+    assert ": stable (growth: > 1.5 mm within 12 months)" in lines["reasons"]
+    assert "need a prior CT" not in lines["reasons"]
+    # Without the comparison the same panel says the baseline screen's category.
+    baseline, note = lines["baseline"].split(" | ")
+    assert note == "a suggestion: the reader decides" and "stable" not in lines["baseline_reasons"]
+    assert (category, baseline) == ("4B", "4B")  # 23 mm solid: 4B stays 4B when stable

@@ -11,7 +11,6 @@ not found, it is listed under the prior CT as *not found in the current*.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from .analysis import NoduleResult, analyze_point
 from .ensemble import Ensemble
 from .exam import ClinicalInputs, Exam, ExamNodule, ExamPoint, build_exam, exam_nodule
 from .geometry import ImageGeometry
+from .growth import days_between, iso_date
 from .lung_rads_followup import PriorMeasurement
 from .prior_compare import (
     MATCHED,
@@ -28,8 +28,7 @@ from .prior_compare import (
     NOT_FOUND,
     NoduleMatch,
     comparison_findings,
-    find_nodule,
-    mapped_context,
+    find_on_other,
     match_tolerance_mm,
     measured_prior_entry,
     not_compared_entry,
@@ -44,7 +43,9 @@ __all__ = [
     "analyze_exam_with_prior",
     "compare_exam_with_prior",
     "days_between",
+    "followup_of",
     "iso_date",
+    "match_on_prior",
 ]
 
 
@@ -58,31 +59,6 @@ class PriorCT:
     date: str | None = None
     points: tuple[ExamPoint, ...] = ()
     description: dict | None = None  # what was read (file, series identity)
-
-
-def iso_date(text: str | None) -> str | None:
-    """``YYYY-MM-DD`` of a date written so or as DICOM writes it (``YYYYMMDD``); ``None`` for
-    none, a ``ValueError`` for anything else."""
-    if not text:
-        return None
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date().isoformat()
-        except ValueError:
-            continue
-    raise ValueError(f"date {text!r} is not YYYY-MM-DD")
-
-
-def days_between(current: str | None, prior: str | None) -> float | None:
-    """Days from the prior's date to the current one (:func:`iso_date`'s forms); ``None`` when
-    either is missing. A prior not before the current is a ``ValueError``."""
-    current, prior = iso_date(current), iso_date(prior)
-    if current is None or prior is None:
-        return None
-    days = float((dt.date.fromisoformat(current) - dt.date.fromisoformat(prior)).days)
-    if days <= 0:
-        raise ValueError(f"the prior's date {prior} is not before the exam's date {current}")
-    return days
 
 
 def _analyze(image, geometry, point_lps, ensemble):
@@ -111,15 +87,23 @@ def _followup_point(point: ExamPoint, match: NoduleMatch, interval: float | None
     return ExamPoint(point.name, point.point_lps, measured, False, p.volume_mm3)
 
 
+def followup_of(match: NoduleMatch, interval_days: float | None):
+    """The Lung-RADS v2022 follow-up suggestion of a current nodule given its match on the
+    prior (matched: its prior size; new: the new-nodule rules), as the exam gives it
+    (core/exam.exam_nodule); ``None`` when the nodule is not answered. The station's panel."""
+    point = ExamPoint(match.name, tuple(match.current.point_lps))
+    return exam_nodule(_followup_point(point, match, interval_days), match.current).lung_rads
+
+
 def match_on_prior(name: str, result: NoduleResult, registration, prior: PriorCT, ensemble):
-    """A current nodule looked for on the prior: re-segmented at its mapped outline centre in
-    its own crop, mapped (core/prior_compare.py); matched, or new with the reason."""
+    """A current nodule looked for on the prior: re-segmented in one pass on the view its
+    answer came from, the same VOI samples and crop mapped (core/prior_compare.same_view);
+    matched, or new with the reason."""
     mapped = registration.current_to_prior(outline_centre_lps(result))
-    tolerance = match_tolerance_mm(result.diameter_mm)
-    centre, crop = mapped_context(result, registration.current_to_prior, prior.geometry, ensemble)
-    found, distance, why = find_nodule(
-        prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
-    )
+    found, distance, why = find_on_other(
+        result, prior.image_zyx, prior.geometry, registration.current_to_prior,
+        registration.prior_to_current, ensemble,
+    )  # fmt: skip
     return NoduleMatch(name, NEW if why else MATCHED, result, found, mapped, distance, why)
 
 
@@ -211,13 +195,10 @@ def compare_exam_with_prior(
         found, distance, why = None, None, ""
         if on_prior is not None:
             mapped = registration.prior_to_current(outline_centre_lps(on_prior))
-            tolerance = match_tolerance_mm(on_prior.diameter_mm)
-            centre, crop = mapped_context(
-                on_prior, registration.prior_to_current, geometry, ensemble
-            )
-            found, distance, why = find_nodule(
-                image_zyx, geometry, centre, ensemble, tolerance, crop
-            )
+            found, distance, why = find_on_other(
+                on_prior, image_zyx, geometry, registration.prior_to_current,
+                registration.current_to_prior, ensemble,
+            )  # fmt: skip
         else:
             mapped = registration.prior_to_current(point.point_lps)
         if on_prior is not None and not why:

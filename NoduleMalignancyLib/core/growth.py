@@ -26,16 +26,45 @@ tell, and there is no VDT interval (``None, None``; the note says so). A negativ
 shrinking nodule's halving time. The folds share the crop and the scan's noise, so the interval
 understates the change's uncertainty on small nodules (it held the true ratio in 15 of 50
 synthetic stable pairs): it is a range of the model's estimates, not a confidence interval.
+
+The dates (:func:`iso_date`, :func:`days_between`) live here too, free of torch, so the module's
+parameter node can check a date as it is typed (mrml/parameters.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Growth", "growth", "volume_doubling_days"]
+__all__ = ["Growth", "days_between", "growth", "iso_date", "volume_doubling_days"]
+
+
+def iso_date(text: str | None) -> str | None:
+    """``YYYY-MM-DD`` of a date written so or as DICOM writes it (``YYYYMMDD``); ``None`` for
+    none, a ``ValueError`` for anything else."""
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    raise ValueError(f"date {text!r} is not YYYY-MM-DD")
+
+
+def days_between(current: str | None, prior: str | None) -> float | None:
+    """Days from the prior's date to the current one (:func:`iso_date`'s forms); ``None`` when
+    either is missing. A prior not before the current is a ``ValueError``."""
+    current, prior = iso_date(current), iso_date(prior)
+    if current is None or prior is None:
+        return None
+    days = float((dt.date.fromisoformat(current) - dt.date.fromisoformat(prior)).days)
+    if days <= 0:
+        raise ValueError(f"the prior's date {prior} is not before the exam's date {current}")
+    return days
 
 
 def volume_doubling_days(

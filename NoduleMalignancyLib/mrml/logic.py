@@ -294,7 +294,12 @@ class NoduleMalignancyLogic:
             progress(i / n, f"Analyzing {point.label} ({i + 1}/{n})")
             try:
                 result = analyze_point(
-                    request.image_zyx, request.geometry, point.point_lps, ensemble, map_to_ct=True
+                    request.image_zyx,
+                    request.geometry,
+                    point.point_lps,
+                    ensemble,
+                    map_to_ct=True,
+                    patient_id=request.identity.get("patient_id"),
                 )
             except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
                 raise InputError(f"{point.label}: {exc}", code=exc.code) from None
@@ -564,6 +569,11 @@ class NoduleMalignancyLogic:
         Brock risk (clinical inputs as entered; ``None`` when not), as ``exam.json`` names them.
         A nodule whose point was refused has no row, so it is not listed.
 
+        The document starts with the CT's name (``ct``), identity (patient ID, study date,
+        series UID: mrml/identity.py) and ``date``; ``prior_ct`` holds the prior's (with its
+        node's name as ``volume``). With a prior, the comparison is also written into the
+        results table (mrml/prior_table.py).
+
         :param priorVolume: the prior CT's volume node: registered to the CT and every nodule
             looked for on it (core/exam_prior.py), each nodule's ``prior`` measured.
         :param priorDate: the prior's date (YYYY-MM-DD; default: its DICOM study date).
@@ -571,6 +581,7 @@ class NoduleMalignancyLogic:
         """
         from ..core.exam import ClinicalInputs, ExamPoint, build_exam, exam_nodule
         from ..core.exam_prior import PriorCT, compare_exam_with_prior, days_between, iso_date
+        from .prior_table import write_prior_columns
 
         rows = self._sessionResults("report as an exam")
         labels = [label for label, _ in rows]
@@ -580,15 +591,20 @@ class NoduleMalignancyLogic:
         array, _, world = read_ct_volume(volume)
         clinical = ClinicalInputs(age, female, familyHistory)
         points = [ExamPoint(label, r.point_lps) for label, r in rows]
+        current = volume_identity(volume)
+        examDate = examDate or current.get("study_date") or None
+        try:
+            head = {"ct": volume.GetName(), **current, "date": iso_date(examDate)}
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if priorVolume is None:
             nodules = [exam_nodule(p, r) for p, (_, r) in zip(points, rows, strict=True)]
-            return build_exam(array, world, nodules, clinical, useDefaults).to_dict()
+            return head | build_exam(array, world, nodules, clinical, useDefaults).to_dict()
         if priorVolume is volume:
             raise InputError("Choose a prior CT other than the CT analyzed.")
         prior_array, _, prior_world = read_ct_volume(priorVolume)
         identity = volume_identity(priorVolume)
         priorDate = priorDate or identity.get("study_date") or None
-        examDate = examDate or volume_identity(volume).get("study_date") or None
         try:
             interval = days_between(examDate, priorDate)
             iso = iso_date(priorDate)
@@ -600,7 +616,24 @@ class NoduleMalignancyLogic:
         exam = compare_exam_with_prior(
             array, world, analyzed, self.ensemble(device), prior, interval, clinical, useDefaults
         )
-        return exam.to_dict()
+        document = head | exam.to_dict()
+        write_prior_columns(self.getParameterNode().GetNodeReference(ROLE_TABLE), document)
+        return document
+
+    def compareWithPrior(self, device: str | None = None, **clinical) -> dict:
+        """The exam with the prior CT and the dates the parameter node holds (the panel's
+        "Prior" inputs, mrml/parameters.py), its comparison written into the results table;
+        ``clinical``: :meth:`exam`'s age, female, familyHistory, useDefaults."""
+        inputs = read_inputs(self.getParameterNode())
+        if inputs.prior_volume is None:
+            raise InputError("Choose the prior CT to compare with.")
+        return self.exam(
+            priorVolume=inputs.prior_volume,
+            priorDate=inputs.prior_date or None,
+            examDate=inputs.exam_date or None,
+            device=device or inputs.device,
+            **clinical,
+        )
 
     def exportDicom(self, directory: str | Path, dicomSeries) -> dict[str, Path]:
         """DICOM SEG + SR (``seg.dcm``, ``sr.dcm``) of the analyzed nodules of the results table.

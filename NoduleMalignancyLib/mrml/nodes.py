@@ -18,6 +18,7 @@ from ..core.geometry import ImageGeometry
 from ..core.result_schema import shown, shown_number
 from ..core.voi import sub_grid, sub_grid_offset
 from ..files.ct_input import IDENTITY_FIELDS
+from .prior_table import clear_prior_cells
 from .requests import AnalysisRequest, PointRequest
 from .roles import (
     ATTR_POINT,
@@ -176,6 +177,7 @@ class ResultNodes:
             else:
                 column.SetValue(row, float("nan") if value is None else shown_number(name, value))
             column.Modified()
+        clear_prior_cells(table, row)  # a comparison described the outline it had before
         vtable.Modified()
         table.Modified()
         table.EndModify(was)

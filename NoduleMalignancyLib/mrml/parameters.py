@@ -2,13 +2,16 @@
 
 Why: Slicer's scripted modules keep their state in one ``vtkMRMLScriptedModuleNode`` per scene,
 so a saved scene (``.mrb`` or ``.mrml``) brings the panel back as it was: the CT, the point
-list, the device, the evidence scale and opacity, analysis on placement. The widget only copies
+list, the device, the evidence scale and opacity, analysis on placement, the prior CT and the two
+dates the comparison with it uses. The widget only copies
 this node to its controls and back (``updateGUIFromParameterNode`` /
 ``updateParameterNodeFromGUI``); what the parameters are, their defaults and their checks live
 here, in the MRML layer that the headless tests run (``Testing/test_parameter_node.py``).
 
-The CT and the point list are node references (``InputVolume``, ``InputMarkups``): the scene
-rewrites their IDs when it is loaded into another scene, so they survive a reload.
+The CT, the point list and the prior CT are node references (``InputVolume``,
+``InputMarkups``, ``PriorVolume``): the scene rewrites their IDs when it is loaded into another
+scene, so they survive a reload. The dates are stored as YYYY-MM-DD ("" when not typed: the
+comparison then takes each CT's own study date, core/growth.py ``iso_date`` reads both forms).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from ..core.errors import InputError
 from ..core.evidence import COMBINED
+from ..core.growth import iso_date
 from .roles import (
     ATTR_ROLE,
     DEFAULT_EVIDENCE_OPACITY,
@@ -26,9 +30,12 @@ from .roles import (
     MODULE_NAME,
     PARAM_AUTO_ANALYZE,
     PARAM_DEVICE,
+    PARAM_EXAM_DATE,
     PARAM_OPACITY,
+    PARAM_PRIOR_DATE,
     PARAM_SCALE,
     ROLE_MARKUPS,
+    ROLE_PRIOR_VOLUME,
     ROLE_VOLUME,
 )
 from .slicer_api import slicer
@@ -65,6 +72,9 @@ class PanelInputs:
     evidence_scale: str = COMBINED
     evidence_opacity: float = DEFAULT_EVIDENCE_OPACITY
     auto_analyze: bool = True
+    prior_volume: object | None = None  # vtkMRMLScalarVolumeNode of the prior CT
+    prior_date: str = ""  # YYYY-MM-DD; "": the prior's study date
+    exam_date: str = ""  # YYYY-MM-DD; "": the CT's study date
 
 
 def parameter_node(scene):
@@ -118,6 +128,9 @@ def read_inputs(node) -> PanelInputs:
         evidence_scale=_stored(node, PARAM_SCALE, _scale),
         evidence_opacity=_stored(node, PARAM_OPACITY, _opacity),
         auto_analyze=_stored(node, PARAM_AUTO_ANALYZE, _flag),
+        prior_volume=node.GetNodeReference(ROLE_PRIOR_VOLUME),
+        prior_date=_stored_date(node, PARAM_PRIOR_DATE),
+        exam_date=_stored_date(node, PARAM_EXAM_DATE),
     )
 
 
@@ -127,6 +140,8 @@ def write_inputs(node, inputs: PanelInputs) -> None:
     device = _device(inputs.device)
     scale = _scale(inputs.evidence_scale)
     opacity = _opacity(inputs.evidence_opacity)
+    prior_date = _date(inputs.prior_date, "prior date")
+    exam_date = _date(inputs.exam_date, "exam date")
     was = node.StartModify()
     node.SetNodeReferenceID(ROLE_VOLUME, _node_id(inputs.volume))
     node.SetNodeReferenceID(ROLE_MARKUPS, _node_id(inputs.markups))
@@ -134,6 +149,9 @@ def write_inputs(node, inputs: PanelInputs) -> None:
     node.SetParameter(PARAM_SCALE, scale)
     node.SetParameter(PARAM_OPACITY, f"{opacity:.3g}")
     node.SetParameter(PARAM_AUTO_ANALYZE, "true" if inputs.auto_analyze else "false")
+    node.SetNodeReferenceID(ROLE_PRIOR_VOLUME, _node_id(inputs.prior_volume))
+    node.SetParameter(PARAM_PRIOR_DATE, prior_date)
+    node.SetParameter(PARAM_EXAM_DATE, exam_date)
     node.EndModify(was)
 
 
@@ -154,6 +172,22 @@ def _stored(node, name: str, parse):
     except InputError as exc:
         log.warning("parameter %s: %s; using %s", name, exc, DEFAULTS[name])
         return parse(DEFAULTS[name])
+
+
+def _stored_date(node, name: str) -> str:
+    try:
+        return _date(node.GetParameter(name), name)
+    except InputError as exc:
+        log.warning("parameter %s: %s; using none", name, exc)
+        return ""
+
+
+def _date(value, what: str) -> str:
+    """YYYY-MM-DD of a date typed as YYYY-MM-DD or YYYYMMDD; "" for none."""
+    try:
+        return iso_date(str(value or "").strip()) or ""
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
 
 
 def _device(value) -> str:

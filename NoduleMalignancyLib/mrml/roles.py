@@ -21,6 +21,7 @@ DEFAULT_EVIDENCE_OPACITY = 0.7
 # as the node's own ATTR_ROLE attribute (docs/DESIGN.md §10).
 ROLE_VOLUME = "InputVolume"
 ROLE_MARKUPS = "InputMarkups"
+ROLE_PRIOR_VOLUME = "PriorVolume"  # the prior CT the exam compares with (mrml/prior_table.py)
 ROLE_SEGMENTATION = "Segmentation"
 ROLE_TABLE = "ResultsTable"
 ROLE_EVIDENCE = "EvidenceVolume"
@@ -30,6 +31,8 @@ PARAM_OPACITY = "EvidenceOpacity"
 PARAM_CURRENT_POINT = "CurrentPointID"
 PARAM_DEVICE = "Device"
 PARAM_AUTO_ANALYZE = "AutoAnalyze"
+PARAM_PRIOR_DATE = "PriorDate"  # YYYY-MM-DD, "" for the prior's own study date
+PARAM_EXAM_DATE = "ExamDate"  # YYYY-MM-DD, "" for the CT's own study date
 DEVICES: tuple[str, ...] = ("auto", "CPU", "GPU")  # the panel's choices (core/device.py reads them)
 
 # Node references / attributes / segment tags that tie outputs to their inputs.

@@ -93,6 +93,7 @@ class StationApp:
         if self.prior is not None:  # another CT: its prior is not this one's
             self.prior.close()
             self.prior, self.views.titles = None, {}
+            self.controller.followup = None
             self.views.layout.set_layout(LAYOUT)
         self.views.show_volume(volume)
         self.suggested = [
@@ -120,11 +121,13 @@ class StationApp:
             raise InputError("Open the current CT before its prior.")
         volume = load_ct_volume(path, None, check_ct=True, series_uid=series_uid)
         self.prior = PriorView(self.views, self.controller.volume, volume)
+        self.controller.followup = self.prior.followup  # the panel's Lung-RADS: follow-up
         self.prior.follow()
         self._push()
 
     def _compare_with_prior(self) -> bool:
-        """Each analyzed nodule's comparison with the prior in the nodule list, once found."""
+        """Each analyzed nodule's comparison with the prior in the nodule list, once found,
+        with its follow-up Lung-RADS category and behaviour (the panel shows their reasons)."""
         controller = self.controller
 
         def ensemble():
@@ -133,7 +136,11 @@ class StationApp:
         done = self.prior.compare(controller.results, ensemble)
         for point_id, entry in done.items():
             if point_id in controller.points:
-                controller.points[point_id]["prior_text"] = prior_text(entry)
+                text = prior_text(entry)
+                followup = self.prior.followup(point_id, controller.results.get(point_id))
+                if followup is not None:
+                    text += f"; Lung-RADS {followup.category} ({followup.behavior})"
+                controller.points[point_id]["prior_text"] = text
         return bool(done)
 
     def load_sample(self, name: str) -> None:

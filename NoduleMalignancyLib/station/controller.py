@@ -41,7 +41,7 @@ from ..mrml.roles import (
 )
 from ..mrml.runner import DEBOUNCE_S, AnalysisRunner
 from ..mrml.runtime import ensure_slicer_runtime
-from .panel import input_panel, result_panel
+from .panel import input_panel, result_panel, with_followup
 
 __all__ = ["MARKUPS_NAME", "OVERLAY_OFF", "WINDOW_PRESETS", "StationController"]
 
@@ -99,6 +99,9 @@ class StationController:
         self.log: list[str] = []
         self.points: dict[str, dict] = {}  # control point ID -> record (insertion order)
         self.results: dict[str, object] = {}  # control point ID -> NoduleResult
+        # With a prior CT (station/prior_view.PriorView.followup): (point ID, result) -> its
+        # follow-up Lung-RADS once compared, which the panel shows instead of the baseline's.
+        self.followup: Callable | None = None
         self.current: str | None = None
         self.overlay = COMBINED
         self.warm_up_thread: threading.Thread | None = None
@@ -562,8 +565,9 @@ class StationController:
         result = self.results.get(point_id) if point_id else None
         if result is None or not self.model_allowed:
             return None
+        followup = self.followup(point_id, result) if self.followup else None
         return result_panel(
-            result.summary(),
+            with_followup(result.summary(), followup),
             self.points.get(point_id, {}).get("label", ""),
             thumbnail=self.thumbnail if self.similar_open else None,
         )

@@ -12,6 +12,10 @@ no headline malignancy nor Lung-RADS (their sections are marked ``withheld``: th
 them only after an explicit "show anyway"); *flagged*, the warnings in words above the
 numbers; *assessed*, the malignancy with its spread. Then the compact part (Lung-RADS with its
 reasons, the size in mm), then the details (collapsed on the page).
+
+With a prior CT open, a nodule compared with it shows the Lung-RADS of a follow-up screen
+(:func:`with_followup`: the category, its reasons and the behaviour since the prior, as the
+exam gives them) instead of the baseline one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ..core.explanation import PARTS
 from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, round_half_up, shown
 from ..core.similar import SUSPICIOUS_ABOVE
 
-__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel", "similar_panel"]
+__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel", "similar_panel", "with_followup"]
 
 # Groups shown above the sections (the answer and its warnings), not as rows.
 _HEADLINE_GROUPS = ("assessment", "malignancy", "scope")
@@ -83,8 +87,28 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
             note = _NOTES.get(f.name, str(wording))
             if wording and f.name in _NOTES:
                 note = f"{wording}; {note}"
+            if f.name == "lung_rads" and summary.get("lung_rads_behavior"):  # a follow-up
+                note = f"{summary['lung_rads_screen']}: {summary['lung_rads_behavior']}; {note}"
             rows.append(_row(f.name, f.label, value, shown(f.name, value), note))
     return rows
+
+
+def with_followup(summary: Mapping, followup) -> dict:
+    """``summary`` with the Lung-RADS of a follow-up screen (``followup``: the nodule's
+    core/lung_rads.LungRadsSuggestion after core/lung_rads_followup.py; ``None``: unchanged)
+    instead of the baseline's: the category, its reasons (the change since the prior among
+    them), the 4X features, the screen and the behaviour (new, growing, slow growth, stable,
+    decreased), which the Lung-RADS row's note says."""
+    if followup is None:
+        return dict(summary)
+    return {
+        **summary,
+        "lung_rads": followup.category,
+        "lung_rads_reasons": list(followup.reasons),
+        "lung_rads_supports_4x": list(followup.supports_4x),
+        "lung_rads_screen": followup.screen,
+        "lung_rads_behavior": followup.behavior,
+    }
 
 
 def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
@@ -101,6 +125,8 @@ def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
         withheld = not_assessed and (
             group in WITHHELD_GROUPS or any(r["key"] == "malignancy_score" for r in rows)
         )
+        if group == "lung_rads" and summary.get("lung_rads_screen"):  # with_followup
+            title = "Lung-RADS (suggested, " + str(summary["lung_rads_screen"]) + ")"
         sections.append(
             {
                 "title": title,

@@ -2,8 +2,11 @@
 axial views side by side, the prior's following the current's slice, centre and field of view
 through the registration (core/registration.py), and in its window, so the reader scrolls,
 pans, zooms or windows one and sees the same anatomy on both dates; each analyzed nodule is
-looked for on the prior (core/exam_prior.match_on_prior, as ``exam --prior`` does) and its
-comparison joins the nodule list.
+looked for on the prior (core/exam_prior.match_on_prior, as ``exam --prior`` does): its
+comparison joins the nodule list and its Lung-RADS follow-up category (growing / stable / new,
+core/exam_prior.followup_of, the exam's rule) replaces the baseline one in its panel. A
+comparison the registration's residual refuses (core/prior_compare.comparison_findings) is
+"not compared", the panel then keeps the baseline category, as the exam does.
 
 Why through the registration and not the same coordinates: two scans of one patient lie
 differently in the scanner (table height, inspiration); the registered map puts the prior's
@@ -19,9 +22,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..core.analysis import NoduleResult
-from ..core.exam_prior import PriorCT, days_between, iso_date, match_on_prior
+from ..core.exam_prior import PriorCT, days_between, followup_of, iso_date, match_on_prior
 from ..core.geometry import lps_to_ras, ras_to_lps
-from ..core.prior_compare import comparison_findings, measured_prior_entry
+from ..core.prior_compare import comparison_findings, measured_prior_entry, not_compared_entry
 from ..core.registration import register_prior
 from ..core.validation import RefusedError
 from ..mrml.identity import volume_identity
@@ -54,6 +57,8 @@ class PriorView:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "prior-comparison")
         self._comparing: dict[str, tuple[int, concurrent.futures.Future]] = {}
         self._reported: set[concurrent.futures.Future] = set()
+        # point ID -> (id of the result compared, its follow-up Lung-RADS or None)
+        self._followups: dict[str, tuple[int, object]] = {}
         self.views, self.current, self.volume = views, current, prior
         self._last: tuple | None = None
         views.show_prior(current, prior)
@@ -74,14 +79,28 @@ class PriorView:
             if future.done() and future not in self._reported:
                 self._reported.add(future)
                 try:
-                    done[point_id] = future.result()
+                    done[point_id], followup = future.result()
                 except (RefusedError, ValueError) as exc:
                     done[point_id] = {"status": "not compared", "reason": str(exc)}
+                    followup = None
+                self._followups[point_id] = (self._comparing[point_id][0], followup)
         return done
 
-    def _entry(self, name: str, result: NoduleResult, ensemble_of: Callable) -> dict:
+    def followup(self, point_id: str, result: NoduleResult):
+        """The follow-up Lung-RADS suggestion (core/lung_rads.LungRadsSuggestion) of the point's
+        ``result`` once compared; ``None`` before, for another result of the point (analyzed
+        again: compared again), or when not compared."""
+        compared, followup = self._followups.get(point_id, (None, None))
+        return followup if compared == id(result) else None
+
+    def _entry(self, name: str, result: NoduleResult, ensemble_of: Callable) -> tuple:
+        """(the nodule's ``prior`` entry, its follow-up Lung-RADS or ``None``)."""
+        date, interval = self.prior.date, self.interval_days
+        if any(f.level == "refused" for f in self.findings):
+            return not_compared_entry(date, interval, self.findings), None
         match = match_on_prior(name, result, self.registration, self.prior, ensemble_of())
-        return measured_prior_entry(match, self.prior.date, self.interval_days, self.findings)
+        entry = measured_prior_entry(match, date, interval, self.findings)
+        return entry, followup_of(match, interval)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
