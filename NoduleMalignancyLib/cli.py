@@ -110,7 +110,9 @@ def cmd_analyze(args) -> int:
         lap("imports")
         ensemble = _ensemble(args)
         lap("weights")
-        result = analyze_point(array, geometry, point, ensemble)
+        result = analyze_point(
+            array, geometry, point, ensemble, patient_id=identity.get("patient_id")
+        )
         lap("analysis")
         write_analysis = imports.module(".files.outputs").write_analysis
         lap("imports")

@@ -146,6 +146,14 @@ def test_an_analysis_lists_its_neighbours_in_result_json(data_dir):
     assert len(summary["similar_nodules"]) == 6
     assert summary["similar_nodules_summary"] == summary_line(found.similar_nodules)
     assert "similar_nodules" not in plain.summary() or plain.summary()["similar_nodules"] == []
+    # The CT's own patient is never offered (an LIDC CT would find the clicked nodule itself).
+    twin_patient = summary["similar_nodules"][0]["patient_id"]
+    other = analyze_point(
+        array, geometry, record.center_lps, ensemble, map_to_ct=False, patient_id=twin_patient
+    )
+    assert other.similar_nodules and all(
+        n.patient_id != twin_patient for n in other.similar_nodules
+    )
 
 
 # The surfaces: thumbnails, the station panel, the report image, the MRML table ------------------

@@ -128,8 +128,9 @@ def predict_ct(
         try:
             with row_deadline(row_timeout, f"row {row['id']!r}"):
                 rec = _predict_row(
-                    row, array, geometry, ensemble, masks_dir, load_error, datasets, found
-                )
+                    row, array, geometry, ensemble, masks_dir, load_error, datasets, found,
+                    identity.get("patient_id"),
+                )  # fmt: skip
         except RowTimeoutError as exc:
             rec = {"id": row["id"], **row_failure(exc)}
         recs.append(identity | rec)
@@ -159,7 +160,15 @@ def _write_dicom(folder, image_path, datasets, geometry, found) -> None:
 
 
 def _predict_row(
-    row: dict, array, geometry, ensemble, masks_dir, load_error, datasets=None, found=None
+    row: dict,
+    array,
+    geometry,
+    ensemble,
+    masks_dir,
+    load_error,
+    datasets=None,
+    found=None,
+    patient_id: str | None = None,
 ) -> dict:
     from ..core.analysis import analyze_point
     from ..core.assessment import REFUSED
@@ -173,7 +182,9 @@ def _predict_row(
         mask_path = Path(masks_dir) / mask_file_name(row["id"]) if masks_dir else None
         point = manifest_point(row)
         map_to_ct = bool(masks_dir or datasets)
-        r = analyze_point(array, geometry, point, ensemble, map_to_ct=map_to_ct)
+        r = analyze_point(
+            array, geometry, point, ensemble, map_to_ct=map_to_ct, patient_id=patient_id
+        )
         rec.update(result_columns(r))
         if mask_path:
             write_volume(full_mask(r, geometry), geometry, mask_path)

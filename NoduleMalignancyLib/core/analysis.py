@@ -180,15 +180,20 @@ def analyze_point(
     ensemble: Ensemble,
     context: ImageGeometry | None = None,
     map_to_ct: bool = True,
+    patient_id: str | None = None,
 ) -> NoduleResult:
-    """Analyze the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`)."""
+    """Analyze the nodule at a world LPS point of a CT (context policy: :func:`sample_and_run`).
+
+    ``patient_id``: the CT's patient (DICOM PatientID), whose own nodules the similar-nodule
+    index never offers (an LIDC CT would otherwise find the clicked nodule itself).
+    """
     t0 = time.perf_counter()
     timings = {"voi_sampling": 0.0, "network": 0.0}
     image_warnings = check_image(image_zyx, geometry)
     check_point(image_zyx, geometry, point_lps)
     timings["checks"] = time.perf_counter() - t0
     sample, out, passes = sample_and_run(image_zyx, geometry, point_lps, ensemble, context, timings)
-    result = _result(sample, out, ensemble, point_lps, timings)
+    result = _result(sample, out, ensemble, point_lps, timings, patient_id)
     t = time.perf_counter()
     lungs = chest_lungs(image_zyx, geometry)  # one cache lookup (a hash of the CT) per click
     side, side_figures = lung_side(image_zyx, geometry, point_lps, result.diameter_mm, lungs=lungs)
@@ -307,7 +312,14 @@ def _lowest_centre(taken_pass: tuple) -> tuple[float, ...]:
     return tuple(np.round(np.asarray(taken_pass[1])[::-1], 3))
 
 
-def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, timings: dict):
+def _result(
+    sample: VoiSample,
+    out: FoldOutputs,
+    ensemble: Ensemble,
+    point_lps,
+    timings: dict,
+    patient_id: str | None = None,
+):
     """The result record of one sample's fold outputs (measurements, fusion, maps)."""
     cfg = ensemble.manifest.voi
     t = time.perf_counter()
@@ -382,7 +394,9 @@ def _result(sample: VoiSample, out: FoldOutputs, ensemble: Ensemble, point_lps, 
         context_box=sample.context,
     )
     if ensemble.similar_index is not None and result.fold_bag_features is not None:
-        result.similar_nodules = ensemble.similar_index.nearest(result.fold_bag_features)
+        result.similar_nodules = ensemble.similar_index.nearest(
+            result.fold_bag_features, exclude_patient=patient_id or None
+        )
     timings["measurements"] = time.perf_counter() - t
     return result
 
