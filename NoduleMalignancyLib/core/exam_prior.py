@@ -28,7 +28,8 @@ from .prior_compare import (
     NOT_FOUND,
     NoduleMatch,
     comparison_findings,
-    find_on_other,
+    find_nodule,
+    mapped_context,
     match_tolerance_mm,
     measured_prior_entry,
     not_compared_entry,
@@ -96,14 +97,14 @@ def followup_of(match: NoduleMatch, interval_days: float | None):
 
 
 def match_on_prior(name: str, result: NoduleResult, registration, prior: PriorCT, ensemble):
-    """A current nodule looked for on the prior: re-segmented in one pass on the view its
-    answer came from, the same VOI samples and crop mapped (core/prior_compare.same_view);
-    matched, or new with the reason."""
+    """A current nodule looked for on the prior: re-segmented at its mapped outline centre in
+    its own crop, mapped (core/prior_compare.py); matched, or new with the reason."""
     mapped = registration.current_to_prior(outline_centre_lps(result))
-    found, distance, why = find_on_other(
-        result, prior.image_zyx, prior.geometry, registration.current_to_prior,
-        registration.prior_to_current, ensemble,
-    )  # fmt: skip
+    tolerance = match_tolerance_mm(result.diameter_mm)
+    centre, crop = mapped_context(result, registration.current_to_prior, prior.geometry, ensemble)
+    found, distance, why = find_nodule(
+        prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
+    )
     return NoduleMatch(name, NEW if why else MATCHED, result, found, mapped, distance, why)
 
 
@@ -195,10 +196,13 @@ def compare_exam_with_prior(
         found, distance, why = None, None, ""
         if on_prior is not None:
             mapped = registration.prior_to_current(outline_centre_lps(on_prior))
-            found, distance, why = find_on_other(
-                on_prior, image_zyx, geometry, registration.prior_to_current,
-                registration.current_to_prior, ensemble,
-            )  # fmt: skip
+            tolerance = match_tolerance_mm(on_prior.diameter_mm)
+            centre, crop = mapped_context(
+                on_prior, registration.prior_to_current, geometry, ensemble
+            )
+            found, distance, why = find_nodule(
+                image_zyx, geometry, centre, ensemble, tolerance, crop
+            )
         else:
             mapped = registration.prior_to_current(point.point_lps)
         if on_prior is not None and not why:
