@@ -28,8 +28,7 @@ from .prior_compare import (
     NOT_FOUND,
     NoduleMatch,
     comparison_findings,
-    find_nodule,
-    mapped_context,
+    find_on_other,
     match_tolerance_mm,
     measured_prior_entry,
     not_compared_entry,
@@ -96,16 +95,23 @@ def followup_of(match: NoduleMatch, interval_days: float | None):
     return exam_nodule(_followup_point(point, match, interval_days), match.current).lung_rads
 
 
-def match_on_prior(name: str, result: NoduleResult, registration, prior: PriorCT, ensemble):
-    """A current nodule looked for on the prior: re-segmented at its mapped outline centre in
-    its own crop, mapped (core/prior_compare.py); matched, or new with the reason."""
+def match_on_prior(
+    name: str, result: NoduleResult, registration, prior: PriorCT, ensemble, current=None
+):
+    """A current nodule looked for on the prior: re-segmented in one pass on the view its
+    answer came from, the same VOI samples and crop mapped (core/prior_compare.same_view);
+    matched, or new with the reason. With the current CT (``current``: image, grid) a nodule
+    whose outline reaches the network's field of view's edge has both volumes measured
+    through overlapping windows."""
     mapped = registration.current_to_prior(outline_centre_lps(result))
-    tolerance = match_tolerance_mm(result.diameter_mm)
-    centre, crop = mapped_context(result, registration.current_to_prior, prior.geometry, ensemble)
-    found, distance, why = find_nodule(
-        prior.image_zyx, prior.geometry, centre, ensemble, tolerance, crop
-    )
-    return NoduleMatch(name, NEW if why else MATCHED, result, found, mapped, distance, why)
+    found, distance, why, windowed = find_on_other(
+        result, prior.image_zyx, prior.geometry, registration.current_to_prior,
+        registration.prior_to_current, ensemble, current,
+    )  # fmt: skip
+    match = NoduleMatch(name, NEW if why else MATCHED, result, found, mapped, distance, why)
+    if windowed:
+        match.windowed_mm3 = {"current": windowed["this"], "prior": windowed["other"]}
+    return match
 
 
 def _near(point_lps, matches: list[NoduleMatch]) -> NoduleMatch | None:
@@ -181,7 +187,9 @@ def compare_exam_with_prior(
         if refused or not _answered(nodule):
             nodules.append(nodule)
             continue
-        match = match_on_prior(point.name, result, registration, prior, ensemble)
+        match = match_on_prior(
+            point.name, result, registration, prior, ensemble, (image_zyx, geometry)
+        )
         found, status = match.prior, match.status
         matches.append(match)
         nodule = exam_nodule(_followup_point(point, match, interval_days), result)
@@ -196,19 +204,18 @@ def compare_exam_with_prior(
         found, distance, why = None, None, ""
         if on_prior is not None:
             mapped = registration.prior_to_current(outline_centre_lps(on_prior))
-            tolerance = match_tolerance_mm(on_prior.diameter_mm)
-            centre, crop = mapped_context(
-                on_prior, registration.prior_to_current, geometry, ensemble
-            )
-            found, distance, why = find_nodule(
-                image_zyx, geometry, centre, ensemble, tolerance, crop
-            )
+            found, distance, why, windowed = find_on_other(
+                on_prior, image_zyx, geometry, registration.prior_to_current,
+                registration.current_to_prior, ensemble, (prior.image_zyx, prior.geometry),
+            )  # fmt: skip
         else:
             mapped = registration.prior_to_current(point.point_lps)
         if on_prior is not None and not why:
             # mapped_point_lps on the prior's side: where the reader listed it
             prior_point = np.asarray(point.point_lps, dtype=float)
             match = NoduleMatch(point.name, MATCHED, found, on_prior, prior_point, distance)
+            if windowed:
+                match.windowed_mm3 = {"current": windowed["other"], "prior": windowed["this"]}
             matches.append(match)
             listed = ExamPoint(point.name, tuple(map(float, outline_centre_lps(found))))
             nodule = exam_nodule(_followup_point(listed, match, interval_days), found)

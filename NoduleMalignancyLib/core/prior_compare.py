@@ -16,6 +16,7 @@ What the comparison refuses or flags, and says so: a registration whose residual
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,9 +26,16 @@ from .assessment import NOT_ASSESSED
 from .ensemble import Ensemble
 from .geometry import ImageGeometry
 from .growth import growth
+from .measurements import component_at_center, nodule_size
 from .registration import Registration
 from .validation import RefusedError
-from .voi import PointOutsideVolumeError, context_box_for_nodule, grid_points_lps
+from .voi import (
+    PointOutsideVolumeError,
+    context_box_for_nodule,
+    grid_points_lps,
+    sample_voi,
+    voi_geometry,
+)
 
 __all__ = [
     "MATCHED",
@@ -37,12 +45,17 @@ __all__ = [
     "NoduleMatch",
     "comparison_findings",
     "find_nodule",
+    "find_on_other",
+    "field_edges",
+    "map_scale",
     "mapped_grid",
-    "mapped_context",
+    "moved_to_own_world",
     "match_tolerance_mm",
     "measured_prior_entry",
     "not_compared_entry",
     "outline_centre_lps",
+    "same_view",
+    "windowed_volumes",
 ]
 
 MATCHED = "matched"
@@ -137,34 +150,53 @@ def mapped_grid(grid: ImageGeometry, to_other) -> ImageGeometry:
     )
 
 
-def mapped_context(
-    result: NoduleResult, to_other, other: ImageGeometry, ensemble: Ensemble
-) -> tuple[np.ndarray, ImageGeometry]:
-    """The VOI centre and context crop (core/voi.context_box_for_nodule) the nodule's answer
-    came from, mapped onto the other CT by ``to_other`` (world LPS points -> world LPS points,
-    affine; the crop exactly, :func:`mapped_grid`): the other date is shown the same view of
-    the nodule, in one pass. Why: on a small nodule the crop the context passes settle on
-    decides much of the outline (LIDC-IDRI-0006's 6.6 mm nodule: 97 to 119 mm3 on the same
-    anatomy resampled with noise), so two dates analyzed each from scratch differ by their
-    crops. Measured on the synthetic pairs (docs/experiments/prior_pairs.md): growth 1.5x/2x
-    within 15 % in 8 of 10 cases this way, 7 of 10 with each date's own passes; the price is a
-    bias on stable pairs (median +3 %, the settled crop holds a slightly larger outline than
-    the same crop shown another scan). Without a recorded crop, one is built from the outline
-    mapped."""
+def map_scale(to_other) -> float:
+    """|det| of an affine map's linear part: the other CT's mm3 per mm3 of this one."""
+    origin = to_other(np.zeros(3))
+    return float(abs(np.linalg.det(to_other(np.eye(3)) - origin)))
+
+
+def same_view(
+    result: NoduleResult, other: ImageGeometry, to_this
+) -> tuple[np.ndarray, ImageGeometry | None, ImageGeometry]:
+    """How the other CT is shown the view this nodule's answer came from: (the VOI centre, the
+    context crop, the other CT's grid placed in this CT's world by ``to_this`` (other world
+    LPS -> this world LPS, affine; :func:`mapped_grid`, no resampling)). Analyzed so, the other
+    date's VOI samples the same physical points, mapped, as this date's, and its crop admits
+    the same of them: the same context, sample for sample.
+
+    Why: on a small nodule the crop decides much of the outline (the network fills the z
+    extent it is shown), down to where the VOI's 1 mm samples fall against the crop's ends.
+    The answer's VOI centre is a CT voxel, so its samples meet the crop's end slices exactly
+    and a 3-slice crop at 2.5 mm admits 6 of them; the same crop mapped onto the other CT and
+    sampled on a VOI centred on the mapped point admitted 5 (the ends fall between samples):
+    LIDC-IDRI-0006's 6.6 mm nodule then measured 19 % less on a stable synthetic pair
+    (docs/experiments/prior_pairs.md). Without a recorded crop (``None``) the other date gets
+    its own context passes from that centre."""
     centre = result.voi_center_lps
-    centre = outline_centre_lps(result) if centre is None else centre
-    if result.context_box is not None:
-        return to_other(centre), mapped_grid(result.context_box, to_other)
-    cfg = ensemble.manifest.voi
-    points = grid_points_lps(result.voi_geometry)[np.asarray(result.segmentation_mask_voi, bool)]
-    crop = context_box_for_nodule(
-        other,
-        to_other(outline_centre_lps(result)),
-        to_other(points) if len(points) else None,
-        axial_diameter_mm=result.diameter_mm,
-        fov_z_mm=(cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0],
-    )
-    return to_other(centre), crop
+    centre = outline_centre_lps(result) if centre is None else np.asarray(centre, dtype=float)
+    return centre, result.context_box, mapped_grid(other, to_this)
+
+
+def moved_to_own_world(found: NoduleResult, to_other) -> NoduleResult:
+    """A result analyzed with its CT placed in another CT's world (:func:`same_view`), in its
+    CT's own world again: the grids and points mapped by ``to_other`` (that world -> its own),
+    the volumes by the map's determinant and the lengths by its cube root (exact for a rigid
+    map, an isotropic approximation for an affine one)."""
+    scale = map_scale(to_other)
+    length = scale ** (1.0 / 3.0)
+    found.point_lps = tuple(map(float, to_other(np.asarray(found.point_lps, dtype=float))))
+    found.voi_geometry = mapped_grid(found.voi_geometry, to_other)
+    if found.voi_center_lps is not None:
+        found.voi_center_lps = to_other(np.asarray(found.voi_center_lps, dtype=float))
+    if found.context_box is not None:
+        found.context_box = mapped_grid(found.context_box, to_other)
+    found.volume_mm3 *= scale
+    found.fold_volumes_mm3 = [v * scale for v in found.fold_volumes_mm3]
+    found.diameter_mm *= length
+    found.short_axis_mm *= length
+    found.mean_diameter_mm *= length
+    return found
 
 
 def find_nodule(
@@ -174,16 +206,23 @@ def find_nodule(
     ensemble: Ensemble,
     tolerance_mm: float,
     context: ImageGeometry | None = None,
+    to_own=None,
 ) -> tuple[NoduleResult | None, float | None, str]:
     """The nodule at a mapped point: (its analysis or ``None``, the distance of its outline's
     centre from the point, why it is not taken as the nodule ("" when it is)). With
-    ``context`` (:func:`mapped_context`) one pass in that crop, else the context passes."""
+    ``context`` one pass in that crop, else the context passes. With ``to_own``, ``geometry``
+    is the CT's grid placed in another CT's world and ``point_lps`` and ``context`` are in that
+    world (:func:`same_view`); ``to_own`` maps it back to the CT's own world, where the result
+    and the distance are given (:func:`moved_to_own_world`)."""
     try:
         result = analyze_point(
             image_zyx, geometry, point_lps, ensemble, context=context, map_to_ct=False
         )
     except (RefusedError, PointOutsideVolumeError) as exc:
         return None, None, f"refused at the mapped point: {exc}"
+    if to_own is not None:
+        result = moved_to_own_world(result, to_own)
+        point_lps = to_own(np.asarray(point_lps, dtype=float))
     distance = float(np.linalg.norm(outline_centre_lps(result) - np.asarray(point_lps)))
     if not np.asarray(result.segmentation_mask_voi).any():
         return result, None, "no outline at the mapped point"
@@ -202,6 +241,117 @@ def find_nodule(
     return result, distance, ""
 
 
+def find_on_other(
+    result: NoduleResult,
+    other_image_zyx: np.ndarray,
+    other: ImageGeometry,
+    to_other,
+    to_this,
+    ensemble: Ensemble,
+    this_ct: tuple[np.ndarray, ImageGeometry] | None = None,
+) -> tuple[NoduleResult | None, float | None, str, dict | None]:
+    """This CT's nodule looked for on the other CT (``to_other``/``to_this``: the
+    registration both ways, world LPS points): one pass shown this answer's view
+    (:func:`same_view`), judged by :func:`find_nodule` in the other CT's world, the distance
+    from the mapped VOI centre. The fourth item, given this CT (``this_ct``: image, grid):
+    where either outline reaches the edge of the network's field of view, both dates' volumes
+    through overlapping windows (:func:`windowed_volumes`; ``{"this": (mm3, folds), "other":
+    ...}``, each in its CT's own mm3), else ``None``."""
+    centre, crop, placed = same_view(result, other, to_this)
+    tolerance = match_tolerance_mm(result.diameter_mm)
+    found, distance, why = find_nodule(
+        other_image_zyx, placed, centre, ensemble, tolerance, crop, to_other
+    )
+    volumes = None
+    if this_ct is not None and found is not None and not why:
+        edges = [
+            (a[0] or b[0], a[1] or b[1])
+            for a, b in zip(field_edges(result), field_edges(found), strict=True)
+        ]
+        if any(any(e) for e in edges):
+            volumes = windowed_volumes(
+                this_ct, (other_image_zyx, placed), centre, crop, edges, ensemble
+            )
+            scale = map_scale(to_other)
+            v, folds = volumes["other"]
+            volumes["other"] = (v * scale, [f * scale for f in folds])
+    return found, distance, why, volumes
+
+
+def field_edges(result: NoduleResult) -> list[tuple[bool, bool]]:
+    """Which faces of the network's field of view the outline reaches: (low, high) per VOI
+    axis z, y, x."""
+    mask = np.asarray(result.segmentation_mask_voi, dtype=bool)
+    return [
+        (bool(np.take(mask, 0, axis=a).any()), bool(np.take(mask, -1, axis=a).any()))
+        for a in range(mask.ndim)
+    ]
+
+
+def _windowed(image_zyx, geometry, centre_lps, crop, steps, pad, ensemble):
+    """The folds' segmentation probability on the VOI lattice about ``centre_lps`` extended by
+    ``pad`` voxels each side, from windows shifted by half the field of view (``steps`` per
+    axis: -1, 0, 1), each weighted by a Gaussian about its centre (sigma 1/8 of its size, as
+    nnU-Net's sliding windows) where it saw the image; and where any window saw it."""
+    cfg = ensemble.manifest.voi
+    shape, half = np.asarray(cfg.shape_zyx), np.asarray(cfg.shape_zyx) // 2
+    spacing = np.asarray(cfg.spacing_zyx, dtype=float)
+    size = tuple(shape + 2 * pad)
+    g = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n / 8)) ** 2) for n in shape]
+    weight = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
+    total, weights = None, np.zeros(size)
+    for step in itertools.product(*steps):
+        shift = np.asarray(step) * half
+        at = np.asarray(centre_lps, dtype=float) + (shift * spacing)[::-1]
+        sample = sample_voi(image_zyx, geometry, at, cfg, context=crop, require_inside=False)
+        prob = ensemble.run(sample.channels[None]).seg_probability[:, 0]  # (K, D, H, W)
+        if total is None:
+            total = np.zeros((len(prob), *size))
+        box = tuple(slice(p + s, p + s + n) for p, s, n in zip(pad, shift, shape, strict=True))
+        w = weight * sample.valid
+        total[(slice(None), *box)] += prob * w
+        weights[box] += w
+    seen = weights > 0
+    return np.where(seen, total / np.where(seen, weights, 1.0), 0.0), seen
+
+
+def windowed_volumes(this, other, centre_lps, crop, edges, ensemble) -> dict:
+    """Both dates' volumes (and each fold's) where an outline reaches the edge of the
+    network's field of view (32 x 31 x 31 mm): the network cannot see past it, so that
+    volume is a lower bound. Sliding windows: the same VOI lattice about ``centre_lps``,
+    extended by half the field of view past each face reached (``edges``), windows shifted by
+    half of it; the crop rebuilt once from this date's windowed outline (the training crops'
+    policy, as the context passes, core/voi.context_box_for_nodule); both dates then through
+    the same windows in that crop. ``this``/``other``: (image, grid in this CT's world).
+    Measured on LIDC-IDRI-0001 n0 grown 2x (about 35 mm): ratio error -16.6 -> -11 %
+    (docs/experiments/prior_pairs.md)."""
+    cfg = ensemble.manifest.voi
+    shape, half = np.asarray(cfg.shape_zyx), np.asarray(cfg.shape_zyx) // 2
+    spacing = np.asarray(cfg.spacing_zyx, dtype=float)
+    steps = [[d for d, on in ((-1, lo), (0, True), (1, hi)) if on] for lo, hi in edges]
+    pad = half * np.asarray([lo or hi for lo, hi in edges], dtype=int)
+    voxel_mm3 = float(np.prod(spacing))
+
+    def outline(prob, seen):
+        return component_at_center((prob >= 0.5) & seen)
+
+    prob, seen = _windowed(*this, centre_lps, crop, steps, pad, ensemble)
+    mask = outline(prob.mean(0), seen)
+    lattice = voi_geometry(centre_lps, cfg)
+    points = lattice.index_to_lps(np.argwhere(mask)[:, ::-1] - pad[::-1])
+    crop = context_box_for_nodule(
+        this[1], centre_lps, points,
+        axial_diameter_mm=nodule_size(mask, spacing).diameter_mm,
+        fov_z_mm=(shape[0] - 1) * spacing[0],
+    )  # fmt: skip
+    volumes = {}
+    for name, ct in (("this", this), ("other", other)):
+        prob, seen = _windowed(*ct, centre_lps, crop, steps, pad, ensemble)
+        folds = [float(outline(p, seen).sum() * voxel_mm3) for p in prob]
+        volumes[name] = (float(outline(prob.mean(0), seen).sum() * voxel_mm3), folds)
+    return volumes
+
+
 @dataclass
 class NoduleMatch:
     """One nodule of the comparison: its status, the analyses on each CT that were made, the
@@ -215,6 +365,9 @@ class NoduleMatch:
     distance_mm: float | None
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
+    # Where an outline reached the field of view's edge: both dates' volumes (mm3 and the
+    # folds') through overlapping windows, {"current": ..., "prior": ...} (windowed_volumes).
+    windowed_mm3: dict | None = None
 
 
 SIZE_KEYS = (
@@ -286,9 +439,20 @@ def measured_prior_entry(
         entry["point_lps"] = [float(v) for v in outline_centre_lps(p)]
         entry["diameter_change_mm"] = c.diameter_mm - p.diameter_mm
         entry["mean_diameter_change_mm"] = c.mean_diameter_mm - p.mean_diameter_mm
-        if p.volume_mm3 > 0 and c.volume_mm3 > 0:
-            change = growth(
-                p.volume_mm3, c.volume_mm3, interval_days, p.fold_volumes_mm3, c.fold_volumes_mm3
+        volumes = {
+            "current": (c.volume_mm3, c.fold_volumes_mm3),
+            "prior": (p.volume_mm3, p.fold_volumes_mm3),
+        }
+        if match.windowed_mm3:
+            volumes = match.windowed_mm3
+            entry["volume_mm3"] = volumes["prior"][0]
+            entry["fold_volumes_mm3"] = list(volumes["prior"][1])
+            entry["warnings"].append(
+                "the outline reaches the edge of the network's field of view: both dates' "
+                "volumes measured through overlapping windows (current "
+                f"{volumes['current'][0]:.0f} mm3, prior {volumes['prior'][0]:.0f} mm3)"
             )
-            entry |= change.to_dict()
+        (vp, fp), (vc, fc) = volumes["prior"], volumes["current"]
+        if vp > 0 and vc > 0:
+            entry |= growth(vp, vc, interval_days, fp, fc).to_dict()
     return entry
