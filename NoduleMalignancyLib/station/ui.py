@@ -203,8 +203,11 @@ def nodule_list(on_select: Callable, delete_trigger: str) -> None:
                 f"? n.malignancy_text + ' malignancy' : {STATE_WORDS}[n.status] }}}}"
             )
             v3.VListItemSubtitle("{{ n.message }}", v_if="n.message")
-            v3.VListItemSubtitle(
-                "{{ n.prior_text }}", v_if="n.prior_text", classes="station-nodule-prior"
+            v3.VListItemSubtitle(  # wrapped: its end is the follow-up Lung-RADS
+                "{{ n.prior_text }}",
+                v_if="n.prior_text",
+                classes="station-nodule-prior",
+                style="-webkit-line-clamp: 3; white-space: normal",
             )
             with v3.Template(v_slot_append=True):
                 v3.VBtn(
