@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.curvature import blob_figures
+from NoduleMalignancyLib.core.curvature import blob_figures, tube_axis
 
 SPACING = np.array([1.25, 0.7, 0.7])
 SHAPE = (64, 110, 110)
@@ -57,3 +57,16 @@ def test_a_centre_at_the_edge_of_the_ct_is_measured():
     figures = blob_figures(ct, SPACING, (2, SHAPE[1] // 2, SHAPE[2] // 2))
     assert np.isfinite(list(figures.values())).all()
     assert figures["blob_strength"] > 50
+
+
+def test_the_tube_axis_runs_along_the_tube():
+    """tube_axis: the least-curvature direction at a tube's centre is its axis (mm, (k, j, i)),
+    an oblique one on the anisotropic grid included, at a scale of its calibre."""
+    z, y, x = _grid()
+    centre = np.array(SHAPE) // 2
+    for direction in (np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0)):
+        offsets = np.stack([z, y, x], -1)
+        across = offsets - (offsets @ direction)[..., None] * direction
+        axis, scale = tube_axis(_ct((across**2).sum(-1) < 2.5**2), SPACING, centre)
+        assert abs(axis @ direction) > 0.95, axis
+        assert 1.0 <= scale <= 3.0

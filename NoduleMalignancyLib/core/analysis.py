@@ -216,6 +216,7 @@ def analyze_point(
         side=side,
         vessel_score=side_figures.get("vessel_score"),
         blob_strength=side_figures.get("blob_strength"),
+        axis_ends_hu=side_figures.get("axis_ends_hu"),
         point_zyx=sample.geometry.lps_to_index(np.asarray(point_lps, dtype=float))[::-1],
     )
     result.scope_figures |= side_figures

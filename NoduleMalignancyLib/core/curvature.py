@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["BLOB_FIGURES", "SIGMAS_MM", "blob_figures"]
+__all__ = ["BLOB_FIGURES", "SIGMAS_MM", "blob_figures", "tube_axis"]
 
 SIGMAS_MM = (1.0, 1.5, 2.0, 3.0, 4.0, 5.5)
 BLOB_FIGURES = ("blob_strength", "blob_ratio", "blob_sigma_mm")
@@ -77,3 +77,36 @@ def blob_figures(
                 "blob_sigma_mm": sigma,
             }
     return best
+
+
+def _hessian_at(image_zyx: np.ndarray, spacing: np.ndarray, centre: np.ndarray, sigma: float):
+    """The scale-normalised Hessian (HU, mm axes in (k, j, i) order) at the voxel ``centre``."""
+    block = np.maximum(1, np.floor(sigma / 2.0 / spacing)).astype(int)
+    coarse = spacing * block
+    half = np.ceil(3.0 * sigma / coarse).astype(int)
+    box = _block_box(image_zyx, centre, half, block)
+    hessian = np.empty((3, 3))
+    for i, j in _SECOND_ORDERS:
+        order = [0, 0, 0]
+        order[i] += 1
+        order[j] += 1
+        d = ndimage.gaussian_filter(box, sigma / coarse, order=order, mode="nearest", truncate=3.0)
+        hessian[i, j] = hessian[j, i] = d[tuple(half)] * sigma**2 / (coarse[i] * coarse[j])
+    return hessian
+
+
+def tube_axis(image_zyx: np.ndarray, spacing_zyx, centre_kji) -> tuple[np.ndarray, float]:
+    """The direction (unit vector in mm, (k, j, i) order) in which the CT bends least at
+    ``centre_kji``, at the scale where it bends most across (the largest scale-normalised -l1
+    over :data:`SIGMAS_MM`): along a vessel, its axis; and that scale (mm)."""
+    image_zyx = np.asarray(image_zyx)
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    centre = np.clip(
+        np.rint(np.asarray(centre_kji, dtype=float)).astype(int), 0, np.subtract(image_zyx.shape, 1)
+    )
+    best, axis, scale = -np.inf, np.array([1.0, 0.0, 0.0]), 0.0
+    for sigma in SIGMAS_MM:
+        values, vectors = np.linalg.eigh(_hessian_at(image_zyx, spacing, centre, sigma))
+        if -values[0] > best:
+            best, axis, scale = -values[0], vectors[:, 2], sigma
+    return axis, scale

@@ -35,7 +35,7 @@ from .lung_mask import (
 )
 from .measurements import component_at_center
 from .recentre import nodule_centre
-from .vessel import VesselModel, continuation_figures, shape_figures
+from .vessel import VesselModel, axis_figures, continuation_figures, shape_figures
 
 __all__ = [
     "DESCRIPTIONS",
@@ -84,6 +84,12 @@ VESSEL_MODEL = VesselModel(
 # (off_centre_clicks.py, scope_rates.py in docs/experiments). 1.8 mm lies between the VOI grid's
 # distances 1.77 and 2.0 mm.
 POINT_DISTANCE_MM = 1.8
+# On the 409 LIDC nodules inserted into the full CTs and the 78 vessel clicks of
+# docs/experiments/vessel_clicks.py (docs/experiments/vessel_axis.py): every threshold from -492
+# to -307 HU flags the same vessel clicks beside the vessel score (0.64 -> 0.72 of them); the
+# nodules' 99th percentile (-435) flags 5 nodules, -376 to -307 one (0.2 %, 1.5 % with the
+# vessel score's 1.2 %). -350 lies there.
+AXIS_ENDS_HU = -350.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,11 @@ class ScopeConfig:
     vessel_opening_fraction: float = 0.7
     vessel_margin_mm: float = 12.0
     vessel_model: VesselModel = VESSEL_MODEL
+    # ... or the structure goes on past both ends of the outline along its own axis (the CT's
+    # least-curvature direction at the outline's centre, core/vessel.axis_figures): the lower
+    # of the two ends' highest smoothed HU 1-3 mm beyond the outline above this (a vessel, or
+    # the hilum's vessels and bronchial walls; a nodule ends in lung). AXIS_ENDS_HU above.
+    max_axis_ends_hu: float = AXIS_ENDS_HU
     # Nothing at the outline's centre stands out of the lung (core/curvature.py: the blob
     # strength, in HU): half the 1st percentile of the LIDC nodules inserted into the lungs of the
     # full CTs (11.9 HU; docs/experiments/vessel_clicks.py, README "Scope", fifteenth session).
@@ -457,6 +468,7 @@ def vessel_figures(
     )
     centre_kji = geometry.lps_to_index(nodule_centre(mask_voi, voi_geometry, geometry))[::-1]
     figures |= blob_figures(image_zyx, np.asarray(geometry.spacing)[::-1], centre_kji)
+    figures |= axis_figures(image_zyx, geometry, mask_voi, voi_geometry, centre_kji)
     figures["vessel_score"] = vessel.vessel_score(
         figures | {"diameter_mm": diameter_mm}, scope.vessel_model
     )
@@ -475,13 +487,15 @@ def check_result(
     vessel_score: float | None = None,
     point_zyx=None,
     blob_strength: float | None = None,
+    axis_ends_hu: float | None = None,
 ) -> tuple[list[Finding], dict]:
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
     ``point_zyx``: the click on the VOI grid (continuous index) when the VOI is not centred on
-    it (core/recentre.py). ``vessel_score`` and ``blob_strength``: the figures of
-    :func:`vessel_figures`, on a CT with a lung mask and a point inside the lung. Returns the warnings and the figures they were decided on (for the
-    result and the firing-rate measurement).
+    it (core/recentre.py). ``vessel_score``, ``blob_strength`` and ``axis_ends_hu``: the
+    figures of :func:`vessel_figures`, on a CT with a lung mask and a point inside the lung.
+    Returns the warnings and the figures they were decided on (for the result and the
+    firing-rate measurement).
     """
     mask = np.asarray(mask_voi, dtype=bool)
     distance = _distance_to_point_mm(mask, spacing_zyx, point_zyx)
@@ -574,11 +588,9 @@ def check_result(
                 "nodule you meant, or place the point on it.",
             )
         )
-    if (
-        side == "inside"
-        and vessel_score is not None
-        and vessel_score > scope.vessel_model.threshold
-    ):
+    vessel_like = vessel_score is not None and vessel_score > scope.vessel_model.threshold
+    goes_on = axis_ends_hu is not None and axis_ends_hu > scope.max_axis_ends_hu
+    if side == "inside" and (vessel_like or goes_on):
         findings.append(
             Finding(
                 "vessel_at_point",

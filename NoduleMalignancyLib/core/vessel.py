@@ -31,10 +31,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .curvature import HU_RANGE, tube_axis
 from .geometry import ImageGeometry, bounding_box
 from .lung_mask import LungMask
 
-__all__ = ["FIGURES", "VesselModel", "continuation_figures", "shape_figures", "vessel_score"]
+__all__ = [
+    "AXIS_FIGURES",
+    "FIGURES",
+    "VesselModel",
+    "axis_figures",
+    "continuation_figures",
+    "shape_figures",
+    "vessel_score",
+]
 
 FIGURES = (
     "tube_ratio",
@@ -45,6 +54,10 @@ FIGURES = (
     "continuation",
     "continuation_mm",
 )
+
+AXIS_FIGURES = ("axis_end_hu", "axis_ends_hu", "axis_scale_mm")
+AXIS_BEYOND_MM = (1.0, 2.0, 3.0)  # where the axis is read beyond the outline's ends
+AXIS_SMOOTHING_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -189,3 +202,50 @@ def _box(mask: np.ndarray, pad: np.ndarray) -> tuple[slice, ...]:
         along = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(max(along[0] - grow, 0), min(along[-1] + 1 + grow, mask.shape[axis])))
     return tuple(box)
+
+
+def axis_figures(
+    image_zyx: np.ndarray,
+    geometry: ImageGeometry,
+    mask_voi: np.ndarray,
+    voi_geometry: ImageGeometry,
+    centre_kji,
+    beyond_mm=AXIS_BEYOND_MM,
+    smoothing_mm: float = AXIS_SMOOTHING_MM,
+) -> dict:
+    """What lies beyond the outline's two ends along the structure's own axis.
+
+    The axis is the direction in which the CT bends least at the outline's centre
+    (core/curvature.tube_axis): along a vessel, the vessel. A vessel's outline is a piece of it
+    and the vessel goes on past the outline's ends, a nodule's outline ends in lung. Read on the
+    CT smoothed with a Gaussian of ``smoothing_mm`` (HU clipped to soft tissue), the highest
+    value ``beyond_mm`` past each end; ``axis_end_hu``: the higher end's (the structure goes on
+    at least one way), ``axis_ends_hu``: the lower end's (it goes on both ways)."""
+    image = np.asarray(image_zyx)
+    spacing = np.asarray(geometry.spacing, dtype=float)[::-1]
+    centre = np.asarray(centre_kji, dtype=float)
+    axis, scale = tube_axis(image, spacing, centre)
+    ijk = np.argwhere(mask_voi)[:, ::-1].astype(float)
+    kji = geometry.lps_to_index(voi_geometry.index_to_lps(ijk))[:, ::-1]
+    along = ((kji - centre) * spacing) @ axis
+    ends = []
+    for side, extent in ((1.0, along.max()), (-1.0, -along.min())):
+        mm = side * (max(extent, 0.0) + np.asarray(beyond_mm, dtype=float))
+        ends.append(centre + mm[:, None] * axis / spacing)
+    points = np.concatenate(ends)
+    pad = np.ceil(3.0 * smoothing_mm / spacing).astype(int) + 2
+    lo = np.maximum(np.floor(points.min(0)).astype(int) - pad, 0)
+    hi = np.minimum(np.ceil(points.max(0)).astype(int) + pad + 1, image.shape)
+    if np.any(hi <= lo):
+        return {"axis_end_hu": HU_RANGE[0], "axis_ends_hu": HU_RANGE[0], "axis_scale_mm": scale}
+    box = np.clip(image[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))], *HU_RANGE)
+    smooth = ndimage.gaussian_filter(
+        box.astype(np.float32), smoothing_mm / spacing, mode="nearest", truncate=3.0
+    )
+    hu = ndimage.map_coordinates(smooth, (points - lo).T, order=1, mode="nearest")
+    per_end = hu.reshape(2, -1).max(1)
+    return {
+        "axis_end_hu": float(per_end.max()),
+        "axis_ends_hu": float(per_end.min()),
+        "axis_scale_mm": float(scale),
+    }
