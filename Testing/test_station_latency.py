@@ -51,7 +51,7 @@ app.controller.shutdown()
 """
 
 
-def test_a_click_is_analyzed_and_shown_without_the_poll_tick(tiny_dir):
+def test_a_click_is_analyzed_and_shown_without_the_poll_tick(tiny_dir, data_dir):
     """A left click in place mode starts the analysis and its end is applied to the scene with
     the timer out of the way: the status goes from busy to an answer (done or refused)."""
     done = subprocess.run(
