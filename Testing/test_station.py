@@ -128,6 +128,57 @@ def _first_dicom_header(archive):
         return pydicom.dcmread(io.BytesIO(tar.extractfile(member).read()), stop_before_pixels=True)
 
 
+def _vue_text(template: str, values: dict) -> str:
+    """The text Vue 3 shows for a template of spans (its default whitespace "condense": a text
+    node on lines of its own keeps one space each side, whitespace between elements goes;
+    ``v-text`` sets the text exactly), with ``st.input.<key>`` read from ``values``. The old
+    template read "Patient X , study date D , series U"."""
+    from html.parser import HTMLParser
+
+    def evaluate(expression: str) -> str:
+        for term in expression.split("||"):
+            term = term.strip()
+            if term[:1] == "'":
+                return term.strip("'")
+            if values.get(term.removeprefix("st.input.")):
+                return values[term.removeprefix("st.input.")]
+        return ""
+
+    pieces: list[str] = []
+
+    class Reader(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if dict(attrs).get("v-text"):
+                pieces.append(evaluate(dict(attrs)["v-text"]))
+
+        def handle_data(self, data):
+            if data.strip():
+                text = re.sub(r"[\t\r\n\f ]+", " ", data)
+                pieces.append(re.sub(r"\{\{(.*?)\}\}", lambda m: evaluate(m.group(1)), text))
+
+    Reader().feed(template)
+    return re.sub(" +", " ", "".join(pieces)).strip()  # the browser collapses runs of spaces
+
+
+def test_the_identity_line_has_no_space_before_its_commas():
+    """The station's "Patient X, study date D, series U" line as Vue renders its template (a
+    span's text on lines of its own gave "Patient X , study date D , series U")."""
+    from trame.app import get_server
+    from trame.ui.html import DivLayout
+
+    from NoduleMalignancyLib.station import ui
+
+    with DivLayout(get_server("identity-line", client_type="vue3")) as layout:
+        ui.input_identity()
+    template = layout.root.html
+    known = template[template.index('id="station-identity"') :].split("</div>")[0]
+    values = {"patient_id": "LIDC-IDRI-0001", "study_date": "2000-01-01"}
+    values["series_uid_short"] = "…123456789012"
+    assert _vue_text("<div " + known, values) == (
+        "Patient LIDC-IDRI-0001, study date 2000-01-01, series …123456789012"
+    )
+
+
 def test_the_station_says_whose_ct_it_shows_and_the_table_records_it(station, data_dir):
     """Issue 28: the station and the results table name the patient, study date and series
     read, for the cached sample (an NRRD that keeps the DICOM tags) and a DICOM archive."""
@@ -525,6 +576,11 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
             full = uid.get_attribute("title")
             assert full.startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.")
             assert uid.inner_text() == "…" + full[-12:]
+            # The whole line as the reader sees it: no space before the commas.
+            date = page.locator("#station-study-date").inner_text()
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date)
+            line = page.locator("#station-identity").inner_text()
+            assert line == f"Patient {SAMPLE}, study date {date}, series …{full[-12:]}"
             x, y, where = station_page.locate(page, NODULE_RAS)
             page.mouse.move(x, y)
             before = station_page.view_image(page, where["box_id"])

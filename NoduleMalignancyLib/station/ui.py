@@ -157,16 +157,19 @@ def status_bar() -> None:
 
 def input_identity() -> None:
     """Whose CT this is: patient ID, study date and the series UID's tail (the full UID on
-    hover and selectable), from ``panel.input_panel``; a file without DICOM headers says so."""
+    hover and selectable), from ``panel.input_panel``; a file without DICOM headers says so.
+
+    Every piece is ``v-text`` (the element's exact text): a text child is written on lines of
+    its own, which Vue condenses to a leading space ("Patient X , study date ...")."""
     with html.Div(v_if="st.input", id="station-input", classes="text-caption mb-2"):
-        with html.Div(v_if="st.input.known"):
-            html.Span("Patient ")
-            html.Strong("{{ st.input.patient_id || '(none)' }}", id="station-patient-id")
-            html.Span(", study date ")
-            html.Span("{{ st.input.study_date || '(none)' }}", id="station-study-date")
-            html.Span(", series ")
+        with html.Div(v_if="st.input.known", id="station-identity"):
+            html.Span(v_text="'Patient '")
+            html.Strong(v_text="st.input.patient_id || '(none)'", id="station-patient-id")
+            html.Span(v_text="', study date '")
+            html.Span(v_text="st.input.study_date || '(none)'", id="station-study-date")
+            html.Span(v_text="', series '")
             html.Span(
-                "{{ st.input.series_uid_short || '(none)' }}",
+                v_text="st.input.series_uid_short || '(none)'",
                 title=("st.input.series_uid",),
                 id="station-series-uid",
                 __properties=[("data_uid", "data-uid")],
