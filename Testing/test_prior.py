@@ -337,6 +337,57 @@ def test_a_result_seen_in_this_world_is_moved_back_to_its_own():
     assert moved.short_axis_mm == pytest.approx(7.0 * det ** (1 / 3))
 
 
+class _ThresholdNetwork:
+    """A stand-in ensemble whose two folds 'segment' what is brighter than -300 HU where the
+    VOI saw the image (the first window channel: -1000 to 400 HU)."""
+
+    def __init__(self):
+        from NoduleMalignancyLib.core.config import VoiConfig
+
+        self.manifest = SimpleNamespace(voi=VoiConfig())
+        self.runs = 0
+
+    def run(self, channels):
+        self.runs += 1
+        seen = channels[:, -1] > 0.5
+        prob = ((channels[:, 0] > 0.5) & seen).astype(np.float32)  # (N, D, H, W)
+        return SimpleNamespace(seg_probability=np.stack([prob, prob]))  # (K, N, D, H, W)
+
+
+def test_a_nodule_past_the_field_of_view_is_measured_through_windows():
+    """A 38 mm ball: one 32 x 31 x 31 mm window holds a part of it; windows shifted by half
+    the field of view along the axes it reaches past, in the crop rebuilt from their outline
+    (its z extent no longer cut to one field of view), measure all of it, on both dates."""
+    from NoduleMalignancyLib.core.voi import context_box_for_nodule, sample_voi
+
+    network = _ThresholdNetwork()
+    ct = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), IDENTITY, (130, 130, 70))
+    k, j, i = np.meshgrid(*(np.arange(n) for n in ct.shape_zyx), indexing="ij")
+    centre = np.array([45.5, 45.5, 43.75])
+    radius = 19.0
+    distance = np.sqrt((i * 0.7 - centre[0]) ** 2 + (j * 0.7 - centre[1]) ** 2
+                       + (k * 1.25 - centre[2]) ** 2)  # fmt: skip
+    image = np.where(distance <= radius, 40.0, -850.0).astype(np.float32)
+    truth = 4.0 / 3.0 * np.pi * radius**3
+    # The single analysis' crop: the rule's z extent cut to the field of view.
+    points = centre + radius * np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0.0]])
+    crop = context_box_for_nodule(ct, centre, points, axial_diameter_mm=2 * radius, fov_z_mm=31.0)
+    one = sample_voi(image, ct, centre, network.manifest.voi, context=crop)
+    single = float((one.hu > -300).sum()) * np.prod(network.manifest.voi.spacing_zyx)
+    assert single < 0.85 * truth
+    ball = SimpleNamespace(segmentation_mask_voi=one.hu > -300, diameter_mm=2 * radius)
+    axes = prior_compare.beyond_field(ball, ball, network)
+    assert axes == [True, True, True]
+    volumes = prior_compare.windowed_volumes((image, ct), (image, ct), centre, crop, axes, network)
+    assert volumes["this"][0] == pytest.approx(truth, rel=0.03)
+    assert volumes["other"] == volumes["this"] and len(volumes["this"][1]) == 2
+    assert network.runs == 3 * 27
+    # A nodule well inside the field of view is measured as it was.
+    small = SimpleNamespace(segmentation_mask_voi=np.pad(np.ones((4, 4, 4), bool), 10),
+                            diameter_mm=10.0)  # fmt: skip
+    assert prior_compare.beyond_field(small, small, network) == [False, False, False]
+
+
 def test_the_measured_prior_entry_has_both_dates_and_the_change():
     prior = _result((0, 0, 0), volume=400.0, diameter=9.0, folds=[380, 400, 420])
     current = _result((1, 0, 0), volume=600.0, diameter=11.0, folds=[560, 600, 650])

@@ -30,6 +30,7 @@ from .measurements import component_at_center, nodule_size
 from .registration import Registration
 from .validation import RefusedError
 from .voi import (
+    Z_EXTENT_PER_DIAMETER,
     PointOutsideVolumeError,
     context_box_for_nodule,
     grid_points_lps,
@@ -46,7 +47,7 @@ __all__ = [
     "comparison_findings",
     "find_nodule",
     "find_on_other",
-    "field_edges",
+    "beyond_field",
     "map_scale",
     "mapped_grid",
     "moved_to_own_world",
@@ -264,13 +265,10 @@ def find_on_other(
     )
     volumes = None
     if this_ct is not None and found is not None and not why:
-        edges = [
-            (a[0] or b[0], a[1] or b[1])
-            for a, b in zip(field_edges(result), field_edges(found), strict=True)
-        ]
-        if any(any(e) for e in edges):
+        axes = beyond_field(result, found, ensemble)
+        if any(axes):
             volumes = windowed_volumes(
-                this_ct, (other_image_zyx, placed), centre, crop, edges, ensemble
+                this_ct, (other_image_zyx, placed), centre, crop, axes, ensemble
             )
             scale = map_scale(to_other)
             v, folds = volumes["other"]
@@ -278,14 +276,22 @@ def find_on_other(
     return found, distance, why, volumes
 
 
-def field_edges(result: NoduleResult) -> list[tuple[bool, bool]]:
-    """Which faces of the network's field of view the outline reaches: (low, high) per VOI
-    axis z, y, x."""
-    mask = np.asarray(result.segmentation_mask_voi, dtype=bool)
-    return [
-        (bool(np.take(mask, 0, axis=a).any()), bool(np.take(mask, -1, axis=a).any()))
-        for a in range(mask.ndim)
-    ]
+def beyond_field(result: NoduleResult, other: NoduleResult, ensemble: Ensemble) -> list[bool]:
+    """Along which VOI axes (z, y, x) the nodule may reach past the network's field of view:
+    either date's outline reaches a face of it, or (z) the crop rule's z extent (1.25 x the
+    longest axial diameter, core/voi.py) exceeds it, so the crop was cut to it."""
+    cfg = ensemble.manifest.voi
+    fov_z = (cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0]
+    axes = []
+    for a in range(3):
+        reached = False
+        for r in (result, other):
+            mask = np.asarray(r.segmentation_mask_voi, dtype=bool)
+            reached |= bool(np.take(mask, 0, axis=a).any() or np.take(mask, -1, axis=a).any())
+        axes.append(reached)
+    longest = max(result.diameter_mm, other.diameter_mm)
+    axes[0] |= Z_EXTENT_PER_DIAMETER * longest > fov_z
+    return axes
 
 
 def _windowed(image_zyx, geometry, centre_lps, crop, steps, pad, ensemble):
@@ -315,21 +321,21 @@ def _windowed(image_zyx, geometry, centre_lps, crop, steps, pad, ensemble):
     return np.where(seen, total / np.where(seen, weights, 1.0), 0.0), seen
 
 
-def windowed_volumes(this, other, centre_lps, crop, edges, ensemble) -> dict:
-    """Both dates' volumes (and each fold's) where an outline reaches the edge of the
-    network's field of view (32 x 31 x 31 mm): the network cannot see past it, so that
-    volume is a lower bound. Sliding windows: the same VOI lattice about ``centre_lps``,
-    extended by half the field of view past each face reached (``edges``), windows shifted by
-    half of it; the crop rebuilt once from this date's windowed outline (the training crops'
-    policy, as the context passes, core/voi.context_box_for_nodule); both dates then through
-    the same windows in that crop. ``this``/``other``: (image, grid in this CT's world).
-    Measured on LIDC-IDRI-0001 n0 grown 2x (about 35 mm): ratio error -16.6 -> -11 %
-    (docs/experiments/prior_pairs.md)."""
+def windowed_volumes(this, other, centre_lps, crop, axes, ensemble) -> dict:
+    """Both dates' volumes (mm3, and each fold's) of a nodule that may reach past the
+    network's field of view (32 x 31 x 31 mm; :func:`beyond_field`), where one window's
+    volume is a lower bound: sliding windows on the VOI lattice about ``centre_lps``, shifted
+    by half the field of view along ``axes`` (z, y, x), probabilities weighted by a Gaussian
+    about each window's centre (sigma 1/8 of its size, as nnU-Net's) where it saw the image.
+    The crop is rebuilt once from this date's windowed outline (the training crops' policy,
+    core/voi.context_box_for_nodule, its z extent no longer cut to one field of view: the
+    windows cover it); both dates are then measured through the same windows in that crop.
+    ``this``/``other``: (image, its grid in this CT's world)."""
     cfg = ensemble.manifest.voi
-    shape, half = np.asarray(cfg.shape_zyx), np.asarray(cfg.shape_zyx) // 2
+    half = np.asarray(cfg.shape_zyx) // 2
     spacing = np.asarray(cfg.spacing_zyx, dtype=float)
-    steps = [[d for d, on in ((-1, lo), (0, True), (1, hi)) if on] for lo, hi in edges]
-    pad = half * np.asarray([lo or hi for lo, hi in edges], dtype=int)
+    steps = [(-1, 0, 1) if on else (0,) for on in axes]
+    pad = half * np.asarray(axes, dtype=int)
     voxel_mm3 = float(np.prod(spacing))
 
     def outline(prob, seen):
@@ -338,12 +344,10 @@ def windowed_volumes(this, other, centre_lps, crop, edges, ensemble) -> dict:
     prob, seen = _windowed(*this, centre_lps, crop, steps, pad, ensemble)
     mask = outline(prob.mean(0), seen)
     lattice = voi_geometry(centre_lps, cfg)
-    points = lattice.index_to_lps(np.argwhere(mask)[:, ::-1] - pad[::-1])
+    points = lattice.index_to_lps((np.argwhere(mask) - pad)[:, ::-1].astype(float))
     crop = context_box_for_nodule(
-        this[1], centre_lps, points,
-        axial_diameter_mm=nodule_size(mask, spacing).diameter_mm,
-        fov_z_mm=(shape[0] - 1) * spacing[0],
-    )  # fmt: skip
+        this[1], centre_lps, points, axial_diameter_mm=nodule_size(mask, spacing).diameter_mm
+    )
     volumes = {}
     for name, ct in (("this", this), ("other", other)):
         prob, seen = _windowed(*ct, centre_lps, crop, steps, pad, ensemble)
@@ -448,7 +452,7 @@ def measured_prior_entry(
             entry["volume_mm3"] = volumes["prior"][0]
             entry["fold_volumes_mm3"] = list(volumes["prior"][1])
             entry["warnings"].append(
-                "the outline reaches the edge of the network's field of view: both dates' "
+                "the nodule may reach past the network's field of view (32 mm): both dates' "
                 "volumes measured through overlapping windows (current "
                 f"{volumes['current'][0]:.0f} mm3, prior {volumes['prior'][0]:.0f} mm3)"
             )

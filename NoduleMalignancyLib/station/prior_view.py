@@ -51,6 +51,7 @@ class PriorView:
         except ValueError:  # a date the CT carries that is unreadable or not before: no VDT
             self.interval_days, date = None, None
         self.prior = PriorCT(prior_array, prior_world, date)
+        self._current_ct = (array, world)  # a nodule past the field of view: windows on both
         self.findings = comparison_findings(
             world, prior_world, self.interval_days, self.registration
         )
@@ -98,7 +99,9 @@ class PriorView:
         date, interval = self.prior.date, self.interval_days
         if any(f.level == "refused" for f in self.findings):
             return not_compared_entry(date, interval, self.findings), None
-        match = match_on_prior(name, result, self.registration, self.prior, ensemble_of())
+        match = match_on_prior(
+            name, result, self.registration, self.prior, ensemble_of(), self._current_ct
+        )
         entry = measured_prior_entry(match, date, interval, self.findings)
         return entry, followup_of(match, interval)
 
