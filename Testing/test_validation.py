@@ -488,9 +488,11 @@ def _codes_inside(**figures) -> set[str]:
 def test_a_vessel_goes_on_past_both_ends_of_its_outline_and_a_fed_nodule_does_not():
     """core/vessel.axis_figures: along the structure's own axis a vessel's outline is a piece of
     it (dense past both ends), a nodule ends in lung (past one end at most a thin feeding vessel);
-    the vessel is flagged by the axis alone, its vessel score held below the model's threshold."""
+    the vessel is flagged by the axis alone, its vessel score held below the model's threshold,
+    and the message says why."""
     from NoduleMalignancyLib.core.validation import (
         ScopeConfig,
+        check_result,
         chest_lungs,
         vessel_figures,
     )
@@ -521,6 +523,19 @@ def test_a_vessel_goes_on_past_both_ends_of_its_outline_and_a_fed_nodule_does_no
         for ends in (vessel["axis_ends_hu"], nodule["axis_ends_hu"], None)
     ]
     assert codes == [{"vessel_at_point"}, set(), set()]
+    (finding,) = check_result(
+        np.pad(np.ones((6, 6, 6), bool), 13),
+        np.ones((32, 32, 32)),
+        np.full((32, 32, 32), -850.0),
+        (1.0, 0.667, 0.667),
+        6.0,
+        0.0,
+        side="inside",
+        vessel_score=-5.0,
+        blob_strength=100.0,
+        axis_ends_hu=vessel["axis_ends_hu"],
+    )[0]
+    assert "goes on past both ends of the outline" in finding.message
 
 
 def test_an_outline_of_empty_lung_has_no_contrast_at_its_centre():

@@ -594,9 +594,13 @@ def check_result(
         findings.append(
             Finding(
                 "vessel_at_point",
-                "The outline looks like a piece of a vessel: a tube that continues beyond it "
-                "with the same calibre. The point may not be on a nodule; scroll through the "
-                "slices to check.",
+                "The outline looks like a piece of a vessel: "
+                + (
+                    "a tube that continues beyond it with the same calibre. "
+                    if vessel_like
+                    else "the structure goes on past both ends of the outline along its axis. "
+                )
+                + "The point may not be on a nodule; scroll through the slices to check.",
             )
         )
     if (
