@@ -42,7 +42,7 @@ def test_solid_thresholds(mean, expected):
     [
         (5.9, 0.0, "2"),
         (5.9, 5.9, "2"),  # total < 6: 2 whatever the solid part
-        (6.0, 0.0, "3"),
+        (6.0, 0.1, "3"),
         (6.0, 5.9, "3"),
         (12.0, 5.9, "3"),
         (12.0, 6.0, "4A"),
@@ -53,6 +53,16 @@ def test_solid_thresholds(mean, expected):
 )
 def test_part_solid_thresholds(total, solid, expected):
     assert category(total, PART_SOLID, solid) == expected
+
+
+def test_a_part_solid_texture_without_a_solid_component_is_read_as_ground_glass():
+    """No segmented voxel at or above the solid threshold: no part-solid row applies (a review
+    found a 6.0 mm nodule with a 0.0 mm solid component suggested 3 as part-solid)."""
+    s = suggest_lung_rads(6.0, PART_SOLID, 0.0, 0.0, 1.0, texture_score=3.2)
+    assert (s.category, s.texture_class) == ("2", GROUND_GLASS)
+    assert any("no solid component" in r and "ground-glass" in r for r in s.reasons), s.reasons
+    assert category(30.0, PART_SOLID, 0.0) == "3"  # ground glass >= 30 mm
+    assert category(6.0, PART_SOLID, 0.04) == "2"  # rounds to 0.0 mm: none
 
 
 @pytest.mark.parametrize(("mean", "expected"), [(10.0, "2"), (29.9, "2"), (30.0, "3")])

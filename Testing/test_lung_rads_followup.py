@@ -79,7 +79,7 @@ def test_new_solid_nodule_thresholds_4_6_8_mm(mean, expected):
 
 @pytest.mark.parametrize(
     ("total", "solid", "expected"),
-    [(5.9, 3.0, "3"), (6.0, 0.0, "4A"), (10.0, 3.9, "4A"), (10.0, 4.0, "4B"), (20.0, 9.0, "4B")],
+    [(5.9, 3.0, "3"), (6.0, 0.1, "4A"), (10.0, 3.9, "4A"), (10.0, 4.0, "4B"), (20.0, 9.0, "4B")],
 )
 def test_new_part_solid_thresholds(total, solid, expected):
     assert new(total, PART_SOLID, solid).category == expected

@@ -164,8 +164,12 @@ def suggest_lung_rads(
     calcification_probability: float,
     spiculation_score: float,
     texture_score: float | None = None,
+    solid_measured: bool = True,
 ) -> LungRadsSuggestion:
     """Lung-RADS v2022 baseline category from plain inputs (docs/DESIGN.md §16).
+
+    ``solid_measured``: the solid component was measured (a 0 then means none: a part-solid
+    texture is read as ground glass); ``False`` for a typed-in prior without one.
 
     Sizes are rounded to 0.1 mm first, as Lung-RADS does. Category 1 (benign calcification)
     only with a calcification probability of at least ``HIGH_CALCIFICATION_PROBABILITY``, and
@@ -173,6 +177,11 @@ def suggest_lung_rads(
     """
     mean_mm = round_mm(mean_diameter_mm)
     solid_mm = round_mm(solid_mean_diameter_mm)
+    # A part-solid texture score with no solid component measured (no segmented voxel at or
+    # above SOLID_COMPONENT_HU) is read as ground glass: Lung-RADS' part-solid rows need one.
+    no_solid_part = solid_measured and texture_class == PART_SOLID and solid_mm == 0.0
+    if no_solid_part:
+        texture_class = GROUND_GLASS
     size_category, row = BASELINE.category(texture_class, mean_mm, solid_mm)
     texture_text = (
         f"texture score {texture_score:.2f} on the LIDC 1-5 scale ({wording('texture', texture_score)}) "
@@ -184,6 +193,11 @@ def suggest_lung_rads(
         f"mean axial diameter {mean_mm:.1f} mm (long and short axis, to 0.1 mm)",
         texture_text,
     ]
+    if no_solid_part:
+        reasons.append(
+            f"no solid component (no segmented voxel >= {SOLID_COMPONENT_HU:.0f} HU): "
+            f"read as {GROUND_GLASS}"
+        )
     if texture_class == PART_SOLID:
         reasons.append(
             f"solid component {solid_mm:.1f} mm (segmented voxels >= {SOLID_COMPONENT_HU:.0f} HU)"

@@ -188,6 +188,7 @@ def followup_lung_rads(
             prior.solid_mean_diameter_mm or 0.0,
             0.0,
             current.spiculation_score,
+            solid_measured=prior.solid_mean_diameter_mm is not None,
         )
         if behavior == GROWING:
             category, rule = GROWING_TABLE.category(texture, mean_mm, solid_mm)
