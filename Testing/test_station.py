@@ -484,13 +484,26 @@ for mode in ("pan_zoom", "window_level", "place"):
     left_drag()
     after = seen()
     print(mode, [a != b for a, b in zip(before, after)])
+markups = app.controller.markups
+for mode in ("pan_zoom", "window_level"):  # a drag starting on a marker leaves it in place
+    app.views.set_mode(mode, markups)
+    markups.RemoveAllControlPoints()
+    markups.AddControlPoint(*node.GetXYToRAS().MultiplyPoint((300, 300, 0, 1))[:3], "N1")
+    before = markups.GetNthControlPointPositionWorld(0)
+    it = view.interactor()
+    it.SetEventInformationFlipY(300, 300)
+    it.InvokeEvent("MouseMoveEvent")  # hover the marker first, as a reader's mouse does
+    left_drag()
+    moved = max(abs(a - b) for a, b in zip(before, markups.GetNthControlPointPositionWorld(0)))
+    print("marker_" + mode, f"moved {moved:.1f} mm")
 app.controller.shutdown()
 """
 
 
 def test_each_mouse_mode_does_what_it_says_with_a_left_drag(tiny_dir, ct_0001_path):
     """In Slicer's slice views (no browser): pan/zoom pans (only the slice origin moves),
-    window/level changes window and level, place adds a point."""
+    window/level changes window and level, place adds a point; a drag starting on a marker
+    moves it in neither pan/zoom nor window/level (the markers are locked outside placing)."""
     import subprocess
     import sys
 
@@ -506,6 +519,8 @@ def test_each_mouse_mode_does_what_it_says_with_a_left_drag(tiny_dir, ct_0001_pa
         "pan_zoom": "[False, False, True, False]",
         "window_level": "[True, True, False, False]",
         "place": "[False, False, False, True]",
+        "marker_pan_zoom": "moved 0.0 mm",
+        "marker_window_level": "moved 0.0 mm",
     }, done.stdout + done.stderr[-3000:]
 
 

@@ -167,9 +167,12 @@ class StationViews:
     def set_mode(self, mode: str, markups) -> None:
         """The slice views' mouse mode: ``place`` (a left click places a point),
         ``window_level`` (left drag: window and level) or ``pan_zoom`` (Slicer's view mode:
-        Shift+left or middle drag pans, right drag zooms)."""
+        Shift+left or middle drag pans, right drag zooms). The markers are locked outside
+        ``place``: a drag starting on one pans or windows, never moves the point."""
         from slicer import vtkMRMLInteractionNode as Interaction
 
+        if markups is not None:  # a drag from a marker moves it only while placing
+            markups.SetLocked(mode != "place")
         if mode == "place":
             self.set_place_mode(markups, markups is not None)
             return
@@ -224,7 +227,8 @@ class StationViews:
             "pan_zoom": Interaction.ViewTransform,
         }[mode]
         persistent = mode != "place" or node.GetPlaceModePersistence()
-        if node.GetCurrentInteractionMode() == wanted and persistent:
+        locked = bool(markups.GetLocked()) == (mode != "place")
+        if node.GetCurrentInteractionMode() == wanted and persistent and locked:
             return False
         self.set_mode(mode, markups)
         return True
