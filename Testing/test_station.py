@@ -310,6 +310,21 @@ def test_a_click_in_a_view_starts_at_once_a_moved_point_after_the_debounce(stati
     assert controller.snapshot()["status"] == "busy" and len(executor.jobs) == 1
 
 
+def test_a_click_makes_the_new_point_current_before_its_analysis_starts(station):
+    """Right after a click is synced the panel is the new point's (waiting, no numbers), never
+    the previous nodule's result while the new one waits for its run (issue 29)."""
+    controller, executor = station
+    first = _analyze(controller, executor, NODULE_RAS)
+    assert controller.snapshot()["panel"] is not None
+    controller.markups.AddControlPoint(NODULE_RAS[0] + 40.0, *NODULE_RAS[1:], "")
+    (new,) = controller.sync_points()
+    snap = controller.snapshot()
+    assert new != first and snap["current"] == new and snap["panel"] is None
+    assert snap["current_point"]["status"] == "pending"
+    assert snap["nodules"][-1]["malignancy_text"] is None
+    assert snap["layers"]["evidence"] == ""
+
+
 def _analyze(controller, executor, ras) -> str:
     point_id = controller.add_point(ras)
     executor.run_next()

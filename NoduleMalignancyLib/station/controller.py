@@ -227,7 +227,7 @@ class StationController:
         if markups is None:
             return []
         defined = self.slicer.vtkMRMLMarkupsNode.PositionDefined
-        seen, queued, duplicates = set(), [], []
+        seen, queued, duplicates, new = set(), [], [], None
         for i in range(markups.GetNumberOfControlPoints()):
             if markups.GetNthControlPointPositionStatus(i) != defined:
                 continue  # the preview point of placement mode, or a point being placed
@@ -242,6 +242,7 @@ class StationController:
                 if not markups.GetNthControlPointLabel(i):
                     markups.SetNthControlPointLabel(i, f"N{len(self.points) + 1}")
                 self._record(point_id)
+                new = point_id
             elif np.linalg.norm(np.subtract(ras, record["ras"])) <= MOVE_TOLERANCE_MM:
                 seen.add(point_id)
                 continue
@@ -259,6 +260,9 @@ class StationController:
         for point_id in [p for p in self.points if p not in seen]:
             del self.points[point_id]
             self.results.pop(point_id, None)
+        if new in self.points:  # the panel shows the new point's state at once (issue 29)
+            self.current = new
+            self._show_overlay()
         return queued
 
     def nodule_at(self, ras: Sequence[float]) -> str | None:
