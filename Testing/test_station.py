@@ -367,6 +367,35 @@ def test_the_panel_is_the_current_points_after_a_refusal_and_a_cancel(station):
     assert not markups.GetNthControlPointSelected(markups.GetControlPointIndexByID(cancelled))
 
 
+def test_the_banner_describes_the_current_point_and_follows_the_selection(station):
+    """Assessed: "Analyzed N1" (success look); refused: its reason (refusal look); not
+    assessed: "N1: not assessed — reason" with a warning look, never "Analyzed" as a success;
+    selecting another nodule replaces the banner (no refusal left over)."""
+    from NoduleMalignancyLib.core.validation import Finding
+
+    controller, executor = station
+    first = _analyze(controller, executor, NODULE_RAS)
+    tier = controller.results[first].assessment.tier
+    snap = controller.snapshot()
+    assert snap["status"] == "done" and snap["message"].startswith("Analyzed N1"), tier
+    assert snap["tone"] == ("warning" if tier == "flagged" else "")
+    refused = _analyze(controller, executor, _air(controller))
+    snap = controller.snapshot()
+    reason = snap["message"]
+    assert snap["status"] == "refused" and snap["code"] == "no_tissue" and snap["tone"] == ""
+    controller.select(first)
+    snap = controller.snapshot()
+    assert snap["status"] == "done" and snap["message"].startswith("Analyzed N1"), snap["message"]
+    controller.results[first].warnings = [Finding("outside_lung", "The point is outside.")]
+    controller.select(refused)
+    snap = controller.snapshot()
+    assert (snap["status"], snap["message"], snap["code"]) == ("refused", reason, "no_tissue")
+    controller.select(first)
+    snap = controller.snapshot()
+    assert snap["message"] == "N1: not assessed — The point is outside."
+    assert snap["status"] == "done" and snap["tone"] == "warning"
+
+
 def test_a_click_on_an_analyzed_nodule_selects_it_and_one_point_can_be_deleted(station):
     from NoduleMalignancyLib.mrml.roles import ROLE_SEGMENTATION, ROLE_TABLE
 

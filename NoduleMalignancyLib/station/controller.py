@@ -93,6 +93,7 @@ class StationController:
         self.status = "empty"  # empty, ready, busy, done, refused, cancelled, error
         self.message = "Load a CT."
         self.code = ""  # the scope layer's refusal code of the last refusal
+        self.tone = ""  # the banner's look when not its status's (a not-assessed point: warning)
         self.fraction = 0.0
         self.cancelling = False
         self.model_allowed = True  # a reading study hides the model until it may be shown
@@ -454,13 +455,7 @@ class StationController:
             segmentation.CreateClosedSurfaceRepresentation()  # the 3D view shows the nodule
             segmentation.GetDisplayNode().SetVisibility(self.segmentation_visible)
         self._show_overlay()
-        labels = ", ".join(p.label for p in output.points)
-        flagged = sum(r.assessment.tier == "flagged" for r in output.results)
-        withheld = sum(not r.assessment.answered for r in output.results)
-        notes = [f"{flagged} with a warning"] * bool(flagged) + [f"{withheld} not assessed"] * bool(
-            withheld
-        )
-        self.set_status("done", f"Analyzed {labels}" + (f" ({', '.join(notes)})" if notes else ""))
+        self._announce(", ".join(p.label for p in output.points))
 
     def _cancelled(self, ids: list[str]) -> None:
         for point_id in ids:
@@ -476,7 +471,7 @@ class StationController:
     def _refuse(self, ids: Sequence[str], exc: InputError) -> None:
         for point_id in ids:
             if point_id in self.points:
-                self.points[point_id].update(status="refused", message=str(exc))
+                self.points[point_id].update(status="refused", message=str(exc), code=exc.code)
                 self._mark(point_id, active=False)
         if ids:  # the refused point is the current one: its message, no other's numbers
             self.current = ids[-1]
@@ -484,11 +479,40 @@ class StationController:
         self.code = exc.code or ""
         self.set_status("refused", str(exc))
 
-    def set_status(self, status: str, message: str) -> None:
-        """The status line: one of the states in the snapshot, and its message."""
-        self.status, self.message = status, message
+    def set_status(self, status: str, message: str, tone: str = "") -> None:
+        """The status line: one of the states in the snapshot, its message and (when not its
+        status's) its look."""
+        self.status, self.message, self.tone = status, message, tone
         if status != "busy":
             self.cancelling = False
+
+    def _announce(self, labels: str = "") -> None:
+        """The banner says the current point's state: a refused point's reason, a not-assessed
+        point's reason (a warning, not a success), "Analyzed N1" (``labels``: of the run)."""
+        record = self.points.get(self.current) if self.current else None
+        if record is None or not self.model_allowed:
+            return
+        label, state = record["label"], record["status"]
+        result = self.results.get(self.current)
+        if state == "refused":
+            self.code = record.get("code") or ""
+            self.set_status("refused", record["message"])
+        elif state == "cancelled":
+            self.set_status("cancelled", f"{label}: analysis cancelled; nothing was changed.")
+        elif state == "error":
+            self.set_status("error", f"{label}: analysis failed: {record['message']}")
+        elif state == "done" and result is not None:
+            assessment = result.assessment
+            if not assessment.answered:
+                reason = assessment.reason or assessment.label
+                self.set_status("done", f"{label}: not assessed — {reason}", tone="warning")
+            elif assessment.tier == "flagged":
+                self.set_status("done", f"Analyzed {labels or label}, with a warning", "warning")
+            else:
+                self.set_status("done", f"Analyzed {labels or label}")
+        elif state in ("placed", "pending"):
+            waits = "waiting for its analysis" if state == "pending" else "not analyzed"
+            self.set_status("ready", f"{label}: {waits}.")
 
     def _mark(self, point_id: str, active: bool) -> None:
         """A refused or cancelled point's marker is grey (unselected), an answered one green."""
@@ -506,6 +530,8 @@ class StationController:
         if point_id not in self.points:
             return None
         self.current = point_id
+        if not self.busy:  # while a run goes on the banner says what it analyzes
+            self._announce()
         table = self.logic.getParameterNode().GetNodeReference(ROLE_TABLE)
         row = _row_of(table, point_id)
         if row is not None and point_id in self.results:
@@ -585,6 +611,7 @@ class StationController:
             "fraction": round(float(self.fraction), 3),
             "message": self.message,
             "code": self.code,
+            "tone": self.tone,
             "volume": self.volume_name,
             "input": input_panel(self.identity) if self.volume is not None else None,
             "window": self.window,

@@ -28,9 +28,9 @@ __all__ = [
     "toolbar",
 ]
 
-_STATUS_TYPE = (
-    "({done: 'success', refused: 'warning', error: 'error', cancelled: 'info', busy: 'info'})"
-    "[st.status] || 'info'"
+_STATUS_TYPE = (  # st.tone: a finished not-assessed point's banner is a warning
+    "st.tone || ({done: 'success', refused: 'warning', error: 'error', cancelled: 'info',"
+    " busy: 'info'})[st.status] || 'info'"
 )
 
 
