@@ -84,12 +84,12 @@ VESSEL_MODEL = VesselModel(
 # (off_centre_clicks.py, scope_rates.py in docs/experiments). 1.8 mm lies between the VOI grid's
 # distances 1.77 and 2.0 mm.
 POINT_DISTANCE_MM = 1.8
-# On the 409 LIDC nodules inserted into the full CTs and the 78 vessel clicks of
-# docs/experiments/vessel_clicks.py (docs/experiments/vessel_axis.py): every threshold from -492
-# to -307 HU flags the same vessel clicks beside the vessel score (0.64 -> 0.72 of them); the
-# nodules' 99th percentile (-435) flags 5 nodules, -376 to -307 one (0.2 %, 1.5 % with the
-# vessel score's 1.2 %). -350 lies there.
-AXIS_ENDS_HU = -350.0
+# The 99th percentile on the LIDC nodules' own outlines in their VOIs (793, juxtapleural and
+# juxtavascular ones included; docs/experiments/vessel_axis_vois.py): the nodules inserted into
+# the full CTs (vessel_clicks.py, intrapulmonary by construction) would have allowed -350 HU
+# (1 of 409 above it, vessel clicks flagged 0.64 -> 0.72; vessel_axis.py), but 8.7 % of the LIDC
+# nodules' outlines lie above that, where a wall or a vessel goes on past both ends.
+AXIS_ENDS_HU = -89.0
 
 
 @dataclass(frozen=True)
