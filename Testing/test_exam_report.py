@@ -229,3 +229,16 @@ def test_a_refused_or_new_nodule_is_listed_without_numbers():
     assert page.rows[1:] == [{}, {"diameter_mm": 7.0, "mean_diameter_mm": 6.5,
                                   "volume_mm3": 150.0, "malignancy_probability": 0.2}]  # fmt: skip
     assert page.images == []
+
+
+def test_the_prior_line_says_whose_volume_is_which():
+    """The nodule list's and exam line's comparison: the prior's volume, the volume it is
+    compared with now (the entry's own: prior x ratio, which may be the overlapping windows'
+    and not the panel's volume), the change; mm³, not mm3."""
+    from NoduleMalignancyLib.files.exam_html import prior_text
+
+    entry = {"status": "matched", "volume_mm3": 8583.0, "volume_ratio": 0.9693,
+             "volume_change_percent": -3.07, "vdt_days": None}  # fmt: skip
+    assert prior_text(entry) == "prior 8583 mm³ → now 8320 mm³ (-3 %)"
+    assert prior_text({"status": "new", "reason": "no nodule"}) == "prior: new (no nodule)"
+    assert prior_text({"status": "matched", "volume_mm3": None}) == "prior: matched"

@@ -140,8 +140,8 @@ def test_each_analyzed_nodule_is_looked_for_on_the_prior_and_listed_with_the_cha
     lines, output = _run(COMPARE_SCRIPT, models, ct_0001_path, tmp_path / "prior.nrrd")
     assert lines.get("status") == "done", output
     text = lines["text"]
-    assert text.startswith("prior: matched, "), text
-    change = float(re.search(r"mm3, ([+-]\d+) %", text).group(1))
+    assert re.match(r"prior \d+ mm³ → now \d+ mm³ \([+-]\d+ %\)", text), text
+    change = float(re.search(r"\(([+-]\d+) %\)", text).group(1))
     assert abs(change) < 20.0, text  # the same nodule, resampled with noise
     category, note = lines["lung_rads"].split(" | ")
     assert note == "follow-up screen: stable; a suggestion: the reader decides", output

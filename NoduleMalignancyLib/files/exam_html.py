@@ -72,8 +72,13 @@ def prior_text(prior: dict | None) -> str:
     if status != "matched":
         return f"prior: {status}" + (f" ({prior['reason']})" if prior.get("reason") else "")
     text = "prior: matched"
-    if prior.get("volume_mm3") is not None and prior.get("volume_change_percent") is not None:
-        text += f", {prior['volume_mm3']:.0f} mm3, {prior['volume_change_percent']:+.0f} %"
+    before, change = prior.get("volume_mm3"), prior.get("volume_change_percent")
+    if before is not None and change is not None:
+        # Whose volume is which; "now" is the volume the change compares (both dates measured
+        # the same way, possibly through overlapping windows: not always the panel's volume).
+        ratio = prior.get("volume_ratio")
+        now = f" → now {before * ratio:.0f} mm³" if ratio is not None else ""
+        text = f"prior {before:.0f} mm³{now} ({change:+.0f} %)"
     if prior.get("vdt_days") is not None:
         text += f", VDT (days) {vdt_text(prior)}"
     return text

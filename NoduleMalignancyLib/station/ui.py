@@ -252,7 +252,10 @@ def overlay_controls() -> None:
         with html.Div(id="station-segmentation"):
             v3.VSwitch(
                 v_model=("segmentation_visible", True),
-                label=("`Nodule outline, yellow (${st.layers.segments} segments)`",),
+                label=(
+                    "`Nodule outline, yellow (${st.layers.segments}"
+                    " segment${st.layers.segments === 1 ? '' : 's'})`",
+                ),
                 density="compact",
                 hide_details=True,
                 color="primary",
