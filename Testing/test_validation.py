@@ -579,6 +579,25 @@ def test_clicks_on_lung_parenchyma_get_no_answer(ct, data_dir, shipped):
         assert "no_contrast_at_centre" in {w.code for w in result.warnings}, name
 
 
+def test_a_nodule_on_5_mm_slices_is_flagged_thick_not_taken_for_empty_lung(data_dir, shipped):
+    """LIDC-IDRI-0006 resampled to 5 mm slices: its 7.5 mm reader nodule keeps its answer
+    (flagged thick_slices); the blob figures, which 5 mm slices cannot resolve along z (blob
+    strength 0 HU there), are not taken, so no no_contrast_at_centre."""
+    from NoduleMalignancyLib.evaluation.synthetic_pairs import transformed_ct
+    from NoduleMalignancyLib.files.samples import sample_path
+
+    image = sitk.ReadImage(str(sample_path("LIDC-IDRI-0006", data_dir=data_dir)))
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    array, grid = transformed_ct(
+        sitk.GetArrayFromImage(image), ImageGeometry.from_sitk(image), identity, 0.0, 0, 5.0
+    )
+    _, point = nodule_points_lps("LIDC-IDRI-0006", data_dir=data_dir)[0]
+    result = analyze_point(array, grid, np.asarray(point), shipped, map_to_ct=False)
+    codes = {w.code for w in result.warnings}
+    assert result.assessment.tier == "flagged" and "thick_slices" in codes, codes
+    assert "no_contrast_at_centre" not in codes and "blob_strength" not in result.scope_figures
+
+
 def test_clicks_on_lung_vessels_of_the_full_ct_are_flagged(ct, shipped):
     """Three vessel clicks of docs/experiments/negative_clicks.py (seed 2026, not among the
     clicks the vessel model was fitted on): numbers, but flagged as a piece of a vessel."""

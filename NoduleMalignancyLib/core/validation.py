@@ -467,7 +467,11 @@ def vessel_figures(
         scope.vessel_margin_mm,
     )
     centre_kji = geometry.lps_to_index(nodule_centre(mask_voi, voi_geometry, geometry))[::-1]
-    figures |= blob_figures(image_zyx, np.asarray(geometry.spacing)[::-1], centre_kji)
+    if geometry.spacing[2] <= scope.max_slice_mm + 1e-3:
+        # Thicker slices do not resolve a blob's curvature along z (LIDC-IDRI-0006's 7.5 mm
+        # nodule on 5 mm slices: blob strength 0 HU): no blob figures, no no_contrast_at_centre
+        # there (the scan is flagged thick_slices).
+        figures |= blob_figures(image_zyx, np.asarray(geometry.spacing)[::-1], centre_kji)
     figures |= axis_figures(image_zyx, geometry, mask_voi, voi_geometry, centre_kji)
     figures["vessel_score"] = vessel.vessel_score(
         figures | {"diameter_mm": diameter_mm}, scope.vessel_model
