@@ -568,6 +568,50 @@ def test_each_mouse_mode_does_what_it_says_with_a_left_drag(tiny_dir, ct_0001_pa
     }, done.stdout + done.stderr[-3000:]
 
 
+RULER_SCRIPT = """
+import sys
+import vtk
+from NoduleMalignancyLib.station.app import StationApp
+BAND = 20  # px: the scale bar and its 14 px label
+app = StationApp(models_dir=sys.argv[1], device="cpu")
+app.load_sample("LIDC-IDRI-0001")
+for name in ("Red", "Green", "Yellow"):
+    app.views.view(name).render_window().SetSize(400, 260)
+app.views.fit_resized()
+volume = app.controller.volume
+bounds = [0.0] * 6
+volume.GetRASBounds(bounds)
+for name in ("Red", "Green", "Yellow"):
+    node = app.views.slice_node(name)
+    m = vtk.vtkMatrix4x4()
+    m.DeepCopy(node.GetXYToRAS())
+    m.Invert()
+    ys = [m.MultiplyPoint((x, y, z, 1.0))[1]
+          for x in bounds[:2] for y in bounds[2:4] for z in bounds[4:]]
+    print(name, min(ys) >= BAND, max(ys) - min(ys) >= 260 - 1.5 * BAND)  # not shrunk more
+app.controller.shutdown()
+"""
+
+
+def test_the_scale_bar_label_lies_below_the_ct_in_a_fitted_view(tiny_dir, ct_0001_path):
+    """A slice view fitted to a CT taller than the view is wide (coronal, sagittal) keeps a
+    band free at its bottom for Slicer's scale bar and "10 cm" (not drawn over the image)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", RULER_SCRIPT, str(tiny_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(station_page.ROOT),
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
+    assert lines.get("Green") == lines.get("Yellow") == "True True", (
+        done.stdout + done.stderr[-3000:]
+    )
+
+
 # The page in a real browser ---------------------------------------------------------------------
 CHROMIUM = station_page.CHROMIUM
 
@@ -672,7 +716,7 @@ def test_browser_click_on_the_nodule_shows_the_results(station_server, tmp_path)
             else:  # the tiny random ensemble may outline no nodule here: the reason leads
                 assert page.locator("#station-not-assessed").is_visible()
                 assert page.locator("#station-malignancy").count() == 0
-            assert "1 segments" in page.locator("#station-segmentation").inner_text()
+            assert "(1 segment)" in page.locator("#station-segmentation").inner_text()
             legend = page.locator("#station-legend").inner_text()
             assert "towards malignant" in legend and "towards benign" in legend
             page.wait_for_timeout(500)

@@ -25,6 +25,9 @@ PRIOR = "Prior"  # the prior CT's axial view (station/prior_view.py)
 VIEW_BOX_ID = "station-view-{}"  # DOM id of a box covering each view (tests, click mapping)
 # Field of view (mm) of a jump to a nodule: this many of its diameters, at least ZOOM_MIN_MM.
 ZOOM_DIAMETERS, ZOOM_MIN_MM = 6.0, 50.0
+# Height (px) kept free of the CT at the bottom of a fitted slice view: Slicer's scale bar and its
+# label (14 px text) lie on black there, not over the image (coronal, sagittal).
+RULER_BAND_PX = 24
 # RAS axis directions as a reader names them (patient Right, Anterior, Superior and opposites).
 _LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -107,9 +110,39 @@ class StationViews:
             if tag not in self._fitted and min(view.render_window().GetSize()) > 50:
                 self._fitted.add(tag)
                 view.fit_view_to_content()
+                self._free_ruler_band(view)
                 view.schedule_render()
                 changed = True
         return changed
+
+    def _free_ruler_band(self, view) -> None:
+        """Zoom a fitted view out a little when the CT reaches its bottom edge (a view fitted
+        to the body's height), so the scale bar's label is not drawn over the image."""
+        import vtk
+
+        node = view.get_view_node()
+        volume = self.scene.GetNodeByID(view.get_background_volume_id() or "")
+        _, height, _ = node.GetDimensions()
+        if volume is None or height <= 4 * RULER_BAND_PX:
+            return
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        ras_to_xy = vtk.vtkMatrix4x4()
+        ras_to_xy.DeepCopy(node.GetXYToRAS())
+        ras_to_xy.Invert()
+        corners = [(x, y, z, 1.0) for x in bounds[:2] for y in bounds[2:4] for z in bounds[4:]]
+        if min(ras_to_xy.MultiplyPoint(c)[1] for c in corners) > RULER_BAND_PX:
+            return
+        k = height / (height - RULER_BAND_PX)  # zoomed out about the centre...
+        fov = node.GetFieldOfView()
+        node.SetFieldOfView(fov[0] * k, fov[1] * k, fov[2])
+        # ...and the centre moved down by half the band: the band is all at the bottom.
+        shift_mm = 0.5 * RULER_BAND_PX * fov[1] * k / height
+        slice_to_ras = node.GetSliceToRAS()
+        for row in range(3):
+            moved = slice_to_ras.GetElement(row, 3) - shift_mm * slice_to_ras.GetElement(row, 1)
+            slice_to_ras.SetElement(row, 3, moved)
+        node.UpdateMatrices()
 
     def zoom_to(self, ras: Sequence[float], diameter_mm: float) -> None:
         """Centre every slice view on a nodule with a field of view a few diameters wide."""
