@@ -125,3 +125,20 @@ def station_in_chromium(command: list[str]):
                 yield browser, url
             finally:
                 browser.close()
+
+
+def run_script(script: str, *arguments) -> tuple[dict[str, str], str]:
+    """Run a station script in its own interpreter (Slicer's views, no browser): its
+    ``name value`` lines, and its output for a failure's message."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(ROOT),
+    )
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
+    return lines, done.stdout + done.stderr[-3000:]

@@ -548,24 +548,14 @@ def test_each_mouse_mode_does_what_it_says_with_a_left_drag(tiny_dir, ct_0001_pa
     """In Slicer's slice views (no browser): pan/zoom pans (only the slice origin moves),
     window/level changes window and level, place adds a point; a drag starting on a marker
     moves it in neither pan/zoom nor window/level (the markers are locked outside placing)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", MODES_SCRIPT, str(tiny_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(station_page.ROOT),
-    )
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
+    lines, output = station_page.run_script(MODES_SCRIPT, tiny_dir)
     assert lines == {
         "pan_zoom": "[False, False, True, False]",
         "window_level": "[True, True, False, False]",
         "place": "[False, False, False, True]",
         "marker_pan_zoom": "moved 0.0 mm",
         "marker_window_level": "moved 0.0 mm",
-    }, done.stdout + done.stderr[-3000:]
+    }, output
 
 
 RULER_SCRIPT = """
@@ -596,20 +586,8 @@ app.controller.shutdown()
 def test_the_scale_bar_label_lies_below_the_ct_in_a_fitted_view(tiny_dir, ct_0001_path):
     """A slice view fitted to a CT taller than the view is wide (coronal, sagittal) keeps a
     band free at its bottom for Slicer's scale bar and "10 cm" (not drawn over the image)."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", RULER_SCRIPT, str(tiny_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(station_page.ROOT),
-    )
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
-    assert lines.get("Green") == lines.get("Yellow") == "True True", (
-        done.stdout + done.stderr[-3000:]
-    )
+    lines, output = station_page.run_script(RULER_SCRIPT, tiny_dir)
+    assert lines.get("Green") == lines.get("Yellow") == "True True", output
 
 
 # The page in a real browser ---------------------------------------------------------------------

@@ -7,9 +7,6 @@ noise, so where the prior view must go is known independently of the registratio
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import station_page
 
 PRIOR_SCRIPT = """
@@ -57,24 +54,12 @@ app.controller.shutdown()
 """
 
 
-def _run(script: str, *arguments) -> tuple[dict[str, str], str]:
-    """Run a station script in its own interpreter (Slicer's views, no browser): its
-    ``name value`` lines, and its output for a failure's message."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, *map(str, arguments)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(station_page.ROOT),
-    )
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line[:1].isalpha())
-    return lines, done.stdout + done.stderr[-3000:]
-
-
 def test_the_prior_view_follows_the_current_one_through_the_registration(
     tiny_dir, ct_0001_path, tmp_path
 ):
-    lines, output = _run(PRIOR_SCRIPT, tiny_dir, ct_0001_path, tmp_path / "prior.nrrd")
+    lines, output = station_page.run_script(
+        PRIOR_SCRIPT, tiny_dir, ct_0001_path, tmp_path / "prior.nrrd"
+    )
     assert "window" in lines, output
     assert lines["backgrounds"] == "True True"
     assert lines["follows"] == "True False"  # moved once, then nothing to do
@@ -137,7 +122,9 @@ def test_each_analyzed_nodule_is_looked_for_on_the_prior_and_listed_with_the_cha
     import re
 
     models = station_page.ROOT / "models"
-    lines, output = _run(COMPARE_SCRIPT, models, ct_0001_path, tmp_path / "prior.nrrd")
+    lines, output = station_page.run_script(
+        COMPARE_SCRIPT, models, ct_0001_path, tmp_path / "prior.nrrd"
+    )
     assert lines.get("status") == "done", output
     text = lines["text"]
     assert re.match(r"prior \d+ mm³ → now \d+ mm³ \([+-]\d+ %\)", text), text
