@@ -386,7 +386,10 @@ def test_the_banner_describes_the_current_point_and_follows_the_selection(statio
     controller.select(first)
     snap = controller.snapshot()
     assert snap["status"] == "done" and snap["message"].startswith("Analyzed N1"), snap["message"]
-    controller.results[first].warnings = [Finding("outside_lung", "The point is outside.")]
+    controller.results[first].warnings = [
+        Finding("outside_lung", "The point is outside."),
+        Finding("point_off_nodule", "The outline lies beside the point."),
+    ]  # the banner says the first reason, the panel all of them
     controller.select(refused)
     snap = controller.snapshot()
     assert (snap["status"], snap["message"], snap["code"]) == ("refused", reason, "no_tissue")
@@ -492,7 +495,7 @@ def test_real_worker_thread_run(slicer_runtime, mrml_scene, ct_0001_path):
             controller.poll()
             time.sleep(0.05)
         controller.poll()
-        assert controller.snapshot()["status"] == "done"
+        assert controller.snapshot()["status"] == "done", controller.snapshot()["message"]
     finally:
         controller.shutdown()
 

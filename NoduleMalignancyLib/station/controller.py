@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.assessment import NOT_ASSESSED_CODES
 from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
 from ..core.result_schema import shown
@@ -504,7 +505,9 @@ class StationController:
         elif state == "done" and result is not None:
             assessment = result.assessment
             if not assessment.answered:
-                reason = assessment.reason or assessment.label
+                # The deciding warning's sentence; the panel below says all of them.
+                deciding = [w.message for w in result.warnings if w.code in NOT_ASSESSED_CODES]
+                reason = (deciding or [assessment.reason or assessment.label])[0]
                 self.set_status("done", f"{label}: not assessed — {reason}", tone="warning")
             elif assessment.tier == "flagged":
                 self.set_status("done", f"Analyzed {labels or label}, with a warning", "warning")
