@@ -94,3 +94,38 @@ def test_the_warm_up_runs_the_ensemble_once(monkeypatch):
     logic.warmUp(image, geometry)
     network, voi = ensemble.manifest.network, ensemble.manifest.voi
     assert shapes == [(1, network.in_channels, *voi.shape_zyx)]
+
+
+def test_runs_from_two_threads_at_once_are_serialized():
+    """The station's warm-up runs the ensemble while the first click may already run it on the
+    worker thread; the vmapped call swaps weights into one shared template module, so the runs
+    must not overlap (before the lock: "Tensor on device meta is not on the expected device")."""
+    import tempfile
+    import threading
+
+    import numpy as np
+
+    from NoduleMalignancyLib.core.ensemble import Ensemble, write_random_ensemble
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_random_ensemble(folder)
+        ensemble = Ensemble.load(folder, device="cpu")
+    shape = (1, ensemble.manifest.network.in_channels, *ensemble.manifest.voi.shape_zyx)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = ensemble.run(x).bag_logits
+    errors, outputs = [], []
+
+    def run() -> None:
+        try:
+            for _ in range(5):
+                outputs.append(ensemble.run(x).bag_logits)
+        except Exception as exc:  # the failure is what the test reports
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:1]
+    assert len(outputs) == 15 and all(np.allclose(o, expected, atol=1e-5) for o in outputs)

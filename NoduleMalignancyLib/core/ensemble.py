@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,10 @@ class Ensemble:
         self.models = models
         # The LIDC nodules embedded by these weights (core/similar.py); None when not built.
         self.similar_index = similar_index
+        # One run at a time: the vmapped call swaps the stacked weights into one shared template
+        # module (torch.func.functional_call), so two threads (the station's warm-up and its
+        # first click) would see each other's meta placeholders.
+        self._run_lock = threading.Lock()
         self.to(str(device))
 
     @classmethod
@@ -313,6 +318,10 @@ class Ensemble:
     def run(self, channels: np.ndarray) -> FoldOutputs:
         """Run all folds on VOI channels (N, C, D, H, W); CUDA out-of-memory falls back to CPU."""
         x = torch.as_tensor(np.ascontiguousarray(channels), dtype=torch.float32)
+        with self._run_lock:
+            return self._run_or_fall_back(x)
+
+    def _run_or_fall_back(self, x: torch.Tensor) -> FoldOutputs:
         try:
             return self._run(x)
         except torch.cuda.OutOfMemoryError:
