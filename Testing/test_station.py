@@ -429,8 +429,9 @@ def test_a_click_on_an_analyzed_nodule_selects_it_and_one_point_can_be_deleted(s
 
 
 def test_a_not_assessed_answer_leads_with_its_reason_and_withholds_the_numbers():
-    """Not assessed: no headline malignancy, the reason first, Lung-RADS, the explanation and
-    the readers' malignancy rating withheld (the page shows them only on "show anyway");
+    """Not assessed: no headline malignancy, the reason first, every number (Lung-RADS, the
+    explanation, the readers' malignancy rating, the outline's size) withheld (the page shows
+    them only on "show anyway");
     flagged: the warning in words; no snake_case in anything the page prints."""
     from NoduleMalignancyLib.station.panel import result_panel
 
@@ -453,8 +454,8 @@ def test_a_not_assessed_answer_leads_with_its_reason_and_withholds_the_numbers()
     assert "87.7" not in panel["headline"] and panel["withheld_headline"] == "Malignancy 87.7 %"
     assert panel["reason"] == "The point lies outside the lung."
     withheld = {s["group"] for s in panel["sections"] if s["withheld"]}
-    assert {"lung_rads", "explanation", "attributes"} <= withheld
-    assert [s["group"] for s in panel["sections"] if not s["withheld"]] == ["size"]
+    assert {"lung_rads", "explanation", "attributes", "size"} <= withheld
+    assert [s["group"] for s in panel["sections"] if not s["withheld"]] == []
     flagged = result_panel(summary | {"assessment": "flagged", "warnings": ["thick_slices"]}, "N3")
     assert flagged["answered"] and flagged["headline"] == "Malignancy 87.7 %"
     assert flagged["assessment_label"] == "Assessed, with a warning"

@@ -111,6 +111,12 @@ def with_followup(summary: Mapping, followup) -> dict:
     }
 
 
+# What the panel shows of a not-assessed point only on "show anyway": every number (issue 29),
+# the surfaces' withheld groups and the outline's size, attributes and composition too (a
+# volume of the aorta beside the reason would read as a nodule's).
+PANEL_WITHHELD_GROUPS = (*WITHHELD_GROUPS, "size", "attributes", "composition")
+
+
 def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
     sections = []
     for group, title in GROUP_TITLES.items():
@@ -123,7 +129,7 @@ def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
         if group == "attributes":  # the LIDC malignancy rating, apart from the probability
             rows.sort(key=lambda r: r["key"] != "malignancy_score")
         withheld = not_assessed and (
-            group in WITHHELD_GROUPS or any(r["key"] == "malignancy_score" for r in rows)
+            group in PANEL_WITHHELD_GROUPS or any(r["key"] == "malignancy_score" for r in rows)
         )
         if group == "lung_rads" and summary.get("lung_rads_screen"):  # with_followup
             title = "Lung-RADS (suggested, " + str(summary["lung_rads_screen"]) + ")"
