@@ -349,7 +349,7 @@ class NoduleMalignancyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(message)
         if update.output is not None:
             self.ui.resultsTableView.setMRMLTableNode(update.output.table_node)
-            from NoduleMalignancyLib.core.assessment import answer_lines  # the tier first
+            from NoduleMalignancyLib.core.scope.assessment import answer_lines  # the tier first
 
             label = update.output.points[-1].label
             self.ui.statusLabel.text = "\n".join(answer_lines(update.output.results[-1], label))

@@ -21,9 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .core.analysis import analyze_point
-from .core.ensemble import Ensemble
 from .core.geometry import ImageGeometry
+from .core.model.ensemble import Ensemble
+from .core.nodule.analysis import analyze_point
 from .files.samples import nodule_points_lps, sample_path
 
 

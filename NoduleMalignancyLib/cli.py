@@ -51,7 +51,7 @@ def _check_dicom_source(path) -> None:
 
 
 def _ensemble(args):
-    from .core.ensemble import Ensemble
+    from .core.model.ensemble import Ensemble
 
     return Ensemble.load(args.models, device=args.device)
 
@@ -59,7 +59,7 @@ def _ensemble(args):
 # What `analyze` imports in a thread while it reads the CT (background_imports.py), in the
 # order needed: the checks' modules (the CT's lung mask is built while torch loads), the
 # analysis (torch), then the files' (matplotlib, loading while the network runs).
-ANALYZE_IMPORTS = (".core.validation", ".core.analysis", ".files.outputs")
+ANALYZE_IMPORTS = (".core.scope.validation", ".core.nodule.analysis", ".files.outputs")
 
 
 def _reuse_freed_memory() -> None:
@@ -102,11 +102,11 @@ def cmd_analyze(args) -> int:
         array, geometry, datasets, identity = read_input(args.ct, args.series, bool(args.dicom_out))
         point = ras_to_lps(args.point) if args.frame == "ras" else args.point
         lap("read")
-        validation = imports.module(".core.validation")
+        validation = imports.module(".core.scope.validation")
         lap("imports")  # "imports": the waits for the thread
         validation.chest_lungs(array, geometry)  # the checks' lung mask (cached by content)
         lap("lung_mask")
-        analyze_point = imports.module(".core.analysis").analyze_point
+        analyze_point = imports.module(".core.nodule.analysis").analyze_point
         lap("imports")
         ensemble = _ensemble(args)
         lap("weights")
@@ -178,7 +178,7 @@ def _write_predictions(path, results, columns) -> None:
 
 def _print_result(result) -> None:
     """The result's main fields as the schema labels and formats them (core/result_schema.py),
-    after its assessment (core/assessment.py): not assessed, the reason and the outline's size
+    after its assessment (core/scope/assessment.py): not assessed, the reason and the outline's size
     only (no malignancy, no Lung-RADS); flagged, the warnings before the numbers."""
     from .core.result_schema import labelled, score_field, shown
 
@@ -209,7 +209,7 @@ def _print_result(result) -> None:
 def cmd_demo(args) -> int:
     import SimpleITK as sitk
 
-    from .core.analysis import analyze_point
+    from .core.nodule.analysis import analyze_point
     from .files.outputs import write_analysis
     from .files.samples import nodule_points_lps, sample_path
 

@@ -122,7 +122,7 @@ def mrml_scene(slicer_runtime):
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny random 2-fold ensemble folder (real manifest and sha256), written once."""
-    from NoduleMalignancyLib.core.ensemble import write_random_ensemble
+    from NoduleMalignancyLib.core.model.ensemble import write_random_ensemble
 
     folder = tmp_path_factory.mktemp("tiny_ensemble")
     write_random_ensemble(folder)

@@ -33,7 +33,7 @@ def feature_count() -> int:
     import torch
 
     from NoduleMalignancyLib.core.config import TINY_NETWORK
-    from NoduleMalignancyLib.core.network import build_network
+    from NoduleMalignancyLib.core.model.network import build_network
 
     model = build_network(TINY_NETWORK).eval()
     with torch.no_grad():
@@ -44,7 +44,7 @@ def feature_count() -> int:
 def index_for(folds: int, weights_sha256: str = "", seed: int = 0):
     """A :class:`SimilarIndex` of :data:`NAMES` with random features for ``folds`` folds."""
     from NoduleMalignancyLib.core.config import ATTRIBUTES
-    from NoduleMalignancyLib.core.similar import SimilarIndex
+    from NoduleMalignancyLib.core.model.similar import SimilarIndex
 
     rng = np.random.default_rng(seed)
     m = len(NAMES)
@@ -63,7 +63,7 @@ def index_for(folds: int, weights_sha256: str = "", seed: int = 0):
 
 def write_beside(folder: str | Path) -> Path:
     """Write the index beside the ensemble in ``folder`` (bound to its fold weights)."""
-    from NoduleMalignancyLib.core.similar import weights_digest
+    from NoduleMalignancyLib.core.model.similar import weights_digest
 
     folder = Path(folder)
     folds = json.loads((folder / "manifest.json").read_text())["folds"]

@@ -1,4 +1,4 @@
-"""Answer tiers (core/assessment.py): decided once from the scope codes, obeyed by every surface.
+"""Answer tiers (core/scope/assessment.py): decided once from the scope codes, obeyed by every surface.
 
 A point that is not assessed (probably not a lung nodule) shows no headline malignancy and no
 Lung-RADS suggestion anywhere, its reason first; a flagged one shows its warning before the
@@ -16,7 +16,9 @@ import pytest
 import SimpleITK as sitk
 from test_result_schema import result  # noqa: F401 (the fixture: a real analysis)
 
-from NoduleMalignancyLib.core.assessment import (
+from NoduleMalignancyLib.core.clinical.lung_rads import SOLID, suggest_lung_rads
+from NoduleMalignancyLib.core.result_schema import csv_row, labelled, shown
+from NoduleMalignancyLib.core.scope.assessment import (
     ASSESSED,
     FLAGGED,
     NOT_ASSESSED,
@@ -27,9 +29,7 @@ from NoduleMalignancyLib.core.assessment import (
     assess_codes,
     withheld,
 )
-from NoduleMalignancyLib.core.lung_rads import SOLID, suggest_lung_rads
-from NoduleMalignancyLib.core.result_schema import csv_row, labelled, shown
-from NoduleMalignancyLib.core.validation import WARNINGS, Finding
+from NoduleMalignancyLib.core.scope.validation import WARNINGS, Finding
 
 OFF_LUNG = Finding("outside_lung", "The point lies outside the lungs (chest wall test).")
 TRUNCATED = Finding("exceeds_field_of_view", "The lesion reaches the edge (field test).")
@@ -97,9 +97,9 @@ def test_values_and_result_json(not_assessed, flagged):
 
 def test_analyze_point_drops_the_lung_rads_of_a_point_outside_the_lung(analyzed, tiny_dir):
     """The chest wall (LIDC-IDRI-0001's lateral chest wall muscle): not assessed, no Lung-RADS."""
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
-    from NoduleMalignancyLib.core.validation import RefusedError
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+    from NoduleMalignancyLib.core.scope.validation import RefusedError
 
     _, array, geometry = analyzed
     ensemble = Ensemble.load(tiny_dir, device="cpu")
@@ -124,7 +124,7 @@ def test_predict_csv(not_assessed, flagged):
 
 def test_predict_csv_refused_row(analyzed, tiny_dir):
     from NoduleMalignancyLib.batch.predict import _predict_row
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
 
     _, array, geometry = analyzed
     air = geometry.index_to_lps(np.array([256.0, 50.0, 66.0]))  # outside the body
@@ -221,7 +221,7 @@ def test_dicom_sr_content(not_assessed, flagged):
 
 def test_luna25_gives_the_default_and_logs_the_reason(not_assessed, flagged, monkeypatch):
     from NoduleMalignancyLib.batch import luna25
-    from NoduleMalignancyLib.core import analysis
+    from NoduleMalignancyLib.core.nodule import analysis
 
     lines = []
     for answer in (not_assessed, flagged):
@@ -239,7 +239,7 @@ def test_luna25_gives_the_default_and_logs_the_reason(not_assessed, flagged, mon
 
 
 def test_status_line(not_assessed, flagged):
-    """The module's status line and the logic's log line (core.assessment.answer_lines)."""
+    """The module's status line and the logic's log line (core.scope.assessment.answer_lines)."""
     lines = answer_lines(not_assessed, "P-1")
     assert lines[0] == f"P-1: Not assessed (no malignancy, no Lung-RADS): {OFF_LUNG.message}"
     assert not any("Malignancy" in line or "Lung-RADS " in line for line in lines[1:])

@@ -19,9 +19,9 @@ import SimpleITK as sitk
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.batch.predict import mask_file_name
 from NoduleMalignancyLib.batch.report_cli import build_rows
-from NoduleMalignancyLib.core.attributes import wording
+from NoduleMalignancyLib.core.nodule.attributes import wording
 from NoduleMalignancyLib.core.result_schema import TEXT_SEPARATOR
-from NoduleMalignancyLib.core.validation import DESCRIPTIONS, REFUSALS, WARNINGS
+from NoduleMalignancyLib.core.scope.validation import DESCRIPTIONS, REFUSALS, WARNINGS
 from NoduleMalignancyLib.files.batch_report import (
     OUTLINE_RGB,
     THUMBNAIL_MM,

@@ -1,4 +1,4 @@
-"""Brock (PanCan) full model with spiculation (core/brock.py, docs/DESIGN.md §17): the issue's
+"""Brock (PanCan) full model with spiculation (core/clinical/brock.py, docs/DESIGN.md §17): the issue's
 reference values to 0.01 percentage points, every coefficient's direction, inputs with their
 sources, not computed without the clinical inputs unless with stated defaults."""
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from NoduleMalignancyLib.core.brock import (
+from NoduleMalignancyLib.core.clinical.brock import (
     COEFFICIENTS,
     DEFAULT,
     DEFAULTS,

@@ -181,7 +181,7 @@ def _stuck_workers() -> None:
     """On a worker: the point x = 1 runs (Python-level) for a minute, any other fails at once."""
     import time
 
-    from NoduleMalignancyLib.core import analysis
+    from NoduleMalignancyLib.core.nodule import analysis
 
     def stuck(array, geometry, point, *args, **kwargs):
         if point[0] == 1.0:
@@ -195,7 +195,7 @@ def _stuck_workers() -> None:
 
 
 def _unstuck_workers() -> None:
-    from NoduleMalignancyLib.core import analysis
+    from NoduleMalignancyLib.core.nodule import analysis
 
     analysis.analyze_point = getattr(analysis.analyze_point, "original", analysis.analyze_point)
 

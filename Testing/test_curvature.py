@@ -1,4 +1,4 @@
-"""core/curvature.py: a ball reads as a blob, a tube and a plate do not, at every size the
+"""core/scope/curvature.py: a ball reads as a blob, a tube and a plate do not, at every size the
 vessel check meets, on an anisotropic CT grid, and a point near the edge of the CT is no error."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.curvature import blob_figures, tube_axis
+from NoduleMalignancyLib.core.scope.curvature import blob_figures, tube_axis
 
 SPACING = np.array([1.25, 0.7, 0.7])
 SHAPE = (64, 110, 110)

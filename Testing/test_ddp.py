@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from NoduleMalignancyLib.core import folds
 from NoduleMalignancyLib.core.config import VoiConfig
+from NoduleMalignancyLib.core.model import folds
 from NoduleMalignancyLib.training.dataset import build_cache, load_records
 from NoduleMalignancyLib.training.distributed import check_batch_size, shard_rows
 from NoduleMalignancyLib.training.losses import Normalisers, loss_counts, multitask_loss

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from NoduleMalignancyLib.core.device import DeviceError, device_choice, resolve_device
-from NoduleMalignancyLib.core.ensemble import Ensemble
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
 
 
 def test_device_names_mean_the_same_everywhere(monkeypatch):

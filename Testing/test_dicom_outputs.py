@@ -24,8 +24,8 @@ from pydicom.sr.codedict import codes
 
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
 from NoduleMalignancyLib.core.result_schema import score_field
 from NoduleMalignancyLib.files import dicom_outputs
 from NoduleMalignancyLib.files.samples import read_ct, read_ct_with_dicom, read_dicom_instances

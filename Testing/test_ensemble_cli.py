@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib import cli
-from NoduleMalignancyLib.core.analysis import MAX_CONTEXT_PASSES, analyze_point
 from NoduleMalignancyLib.core.config import ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.core.ensemble import Ensemble, WeightsError, write_random_ensemble
-from NoduleMalignancyLib.core.evidence import COMBINED, integrate
 from NoduleMalignancyLib.core.geometry import ImageGeometry, lps_to_ras
+from NoduleMalignancyLib.core.model.ensemble import Ensemble, WeightsError, write_random_ensemble
+from NoduleMalignancyLib.core.nodule.analysis import MAX_CONTEXT_PASSES, analyze_point
+from NoduleMalignancyLib.core.nodule.evidence import COMBINED, integrate
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
 
@@ -186,7 +186,7 @@ def test_cli_predict_manifest_with_bad_rows(tiny_dir, ct_0001_path, nodule_point
 
 def _ensembles_to_check(tiny_dir):
     """The tiny random ensemble always; the shipped one too once it exists."""
-    from NoduleMalignancyLib.core.ensemble import MANIFEST_NAME
+    from NoduleMalignancyLib.core.model.ensemble import MANIFEST_NAME
     from NoduleMalignancyLib.core.settings import shipped_models_dir
 
     dirs = [tiny_dir]
@@ -223,7 +223,7 @@ def test_predictions_from_voi_file_and_full_ct_agree(tiny_dir, ct, data_dir):
 
 def test_manifest_fusion_is_applied(ct, nodule_point, tmp_path):
     """A fusion that ignores its inputs (coef 0) pins every output to its intercept."""
-    from NoduleMalignancyLib.core.fusion import (
+    from NoduleMalignancyLib.core.model.fusion import (
         FEATURES,
         MALIGNANCY_PROBABILITY,
         MEASURED_FEATURES,
@@ -267,7 +267,7 @@ def test_manifest_with_an_outdated_fusion_is_refused(tmp_path):
 
 
 def test_nodule_mask_ignores_probability_outside_the_context_crop():
-    from NoduleMalignancyLib.core.analysis import nodule_mask
+    from NoduleMalignancyLib.core.nodule.analysis import nodule_mask
 
     prob = np.zeros((9, 9, 9))
     prob[3:6, 3:6, 3:6] = 0.9

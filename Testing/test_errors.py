@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.core.errors import NoduleMalignancyError
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 
 LIB = Path(cli.__file__).parent
 ANALYZE = ["analyze", "--ct", "ct.nrrd", "--point", "0,0,0", "--out"]
@@ -111,7 +111,7 @@ def test_lazy_command_help_is_its_module_s(name):
 
 
 def test_a_row_that_hits_a_bug_logs_its_traceback(tiny_dir, tmp_path, monkeypatch, capsys):
-    from NoduleMalignancyLib.core import analysis
+    from NoduleMalignancyLib.core.nodule import analysis
 
     image = sitk.GetImageFromArray(np.full((8, 8, 8), -800, dtype=np.int16))
     sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))

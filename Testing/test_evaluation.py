@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core import metrics
 from NoduleMalignancyLib.core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from NoduleMalignancyLib.core.model import metrics
 from NoduleMalignancyLib.evaluation import baselines
 from NoduleMalignancyLib.evaluation.report import evaluate
 

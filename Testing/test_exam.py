@@ -1,4 +1,4 @@
-"""The exam (core/exam.py, batch/exam_cli.py, docs/DESIGN.md §17): the exam's category is the
+"""The exam (core/clinical/exam.py, batch/exam_cli.py, docs/DESIGN.md §17): the exam's category is the
 most suspicious assessed nodule's, S and 4X are suggestions, a not-assessed nodule sets nothing;
 the image-derived Brock inputs (emphysema, upper lobe) on phantoms; the points files; and
 ``nodule-malignancy exam`` end to end on LIDC-IDRI-0001 with a prior measurement typed in."""
@@ -11,21 +11,32 @@ import math
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.brock import DEFAULT, ENTERED, ESTIMATED, MEASURED, BrockInput
-from NoduleMalignancyLib.core.brock_inputs import (
+from NoduleMalignancyLib.core.clinical.brock import (
+    DEFAULT,
+    ENTERED,
+    ESTIMATED,
+    MEASURED,
+    BrockInput,
+)
+from NoduleMalignancyLib.core.clinical.brock_inputs import (
     EMPHYSEMA_HU,
     emphysema_input,
     low_attenuation_share,
     upper_lobe_figures,
 )
+from NoduleMalignancyLib.core.clinical.exam import (
+    ExamNodule,
+    ExamPoint,
+    exam_lung_rads,
+    prior_entry,
+)
+from NoduleMalignancyLib.core.clinical.lung_rads import GROUND_GLASS, SOLID, suggest_lung_rads
+from NoduleMalignancyLib.core.clinical.lung_rads_followup import PriorMeasurement
+from NoduleMalignancyLib.core.clinical.lung_rads_table import row
 from NoduleMalignancyLib.core.errors import InputError
-from NoduleMalignancyLib.core.exam import ExamNodule, ExamPoint, exam_lung_rads, prior_entry
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.lung_mask import LungMask
-from NoduleMalignancyLib.core.lung_rads import GROUND_GLASS, SOLID, suggest_lung_rads
-from NoduleMalignancyLib.core.lung_rads_followup import PriorMeasurement
-from NoduleMalignancyLib.core.lung_rads_table import row
 from NoduleMalignancyLib.core.result_schema import unknown_names
+from NoduleMalignancyLib.core.scope.lung_mask import LungMask
 
 
 def nodule(name, mean, texture=SOLID, spiculation=1.0, tier="assessed", warnings=()):
@@ -113,7 +124,7 @@ def test_upper_lobe_is_estimated_from_the_position_in_the_lung():
     lungs = _phantom_lungs()
     geometry = ImageGeometry(origin=(0.0, 0.0, 0.0), spacing=(1.0, 1.0, 1.0),
                              direction=tuple(np.eye(3).ravel()), size=(40, 40, 40))  # fmt: skip
-    from NoduleMalignancyLib.core.brock_inputs import lung_points_lps, upper_lobe_input
+    from NoduleMalignancyLib.core.clinical.brock_inputs import lung_points_lps, upper_lobe_input
 
     points = lung_points_lps(lungs, geometry)
 
@@ -225,7 +236,7 @@ def exam_0001(data_dir, ct_0001_path, tmp_path_factory):
 
 
 def test_exam_end_to_end_on_lidc_0001(exam_0001):
-    from NoduleMalignancyLib.core.brock import brock_probability
+    from NoduleMalignancyLib.core.clinical.brock import brock_probability
 
     d = exam_0001
     assert unknown_names(d) == [] and d["prior_ct"] is None and d["date"] == "2025-06-01"
@@ -264,8 +275,8 @@ def test_exam_end_to_end_on_lidc_0001(exam_0001):
 
 
 def test_brock_without_clinical_inputs_is_not_computed_unless_with_defaults(exam_0001):
-    """The same nodule's inputs through core/exam.nodule_brock without the clinical inputs."""
-    from NoduleMalignancyLib.core.brock import brock_result
+    """The same nodule's inputs through core/clinical/exam.nodule_brock without the clinical inputs."""
+    from NoduleMalignancyLib.core.clinical.brock import brock_result
 
     inputs = {
         k: BrockInput(v["value"], v["source"], v["detail"])

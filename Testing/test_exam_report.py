@@ -113,7 +113,7 @@ def test_exam_sr_holds_both_dates_the_change_and_the_categories_of_exam_json(exa
         pairs |= {concept: p[key] for concept, key, _ in exam_dicom.PRIOR_MEASUREMENTS}
         for concept, expected in pairs.items():
             assert _value(group, concept) == pytest.approx(expected, rel=1e-9), concept.meaning
-        # The VDT's interval holds the VDT (core/growth.py) and is in the SR as exam.json has it.
+        # The VDT's interval holds the VDT (core/prior/growth.py) and is in the SR as exam.json has it.
         lo, hi = p["vdt_interval_days"]
         assert lo <= p["vdt_days"] <= hi and "ensemble's ratio and the" in p["vdt_note"]
         for concept, expected in zip(exam_dicom.VDT_INTERVAL, (lo, hi), strict=True):

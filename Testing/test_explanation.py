@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.evidence import COMBINED, integrate
-from NoduleMalignancyLib.core.explanation import FEATURE_GROUPS, PARTS, explain_malignancy
-from NoduleMalignancyLib.core.fusion import (
+from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.model.fusion import (
     MALIGNANCY_PROBABILITY,
     MEASURED_FEATURES,
     apply_fusion,
@@ -19,7 +17,9 @@ from NoduleMalignancyLib.core.fusion import (
     fit_logit_slope,
     malignancy_calibration,
 )
-from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.nodule.evidence import COMBINED, integrate
+from NoduleMalignancyLib.core.nodule.explanation import FEATURE_GROUPS, PARTS, explain_malignancy
 from NoduleMalignancyLib.core.settings import shipped_models_dir
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 

@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from NoduleMalignancyLib.batch.export import lidc_cts, read_points_table
 from NoduleMalignancyLib.cli import main
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.metrics import dice
-from NoduleMalignancyLib.core.voi import resample_to_grid
+from NoduleMalignancyLib.core.model.metrics import dice
+from NoduleMalignancyLib.core.nodule.voi import resample_to_grid
 from NoduleMalignancyLib.files.patches import export_patches, source_sha256
 from NoduleMalignancyLib.training.dataset import load_records
 
@@ -166,8 +166,8 @@ def test_luna25_table_layout(ct_0001_path, tmp_path):
 
 def test_exported_folder_trains_and_evaluates(lidc_export, ct_0001_path, tmp_path):
     """Export -> one short training phase -> the exported ensemble scores a CT point."""
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
     from NoduleMalignancyLib.training.train import (
         WIDTH_PRESETS,
         TrainConfig,

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.nodule.voi import context_box_for_nodule, slices_for_diameter
 from NoduleMalignancyLib.core.settings import shipped_models_dir
-from NoduleMalignancyLib.core.voi import context_box_for_nodule, slices_for_diameter
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
 CTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0006")

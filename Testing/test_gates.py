@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.gates import gate_health, valid_cells
+from NoduleMalignancyLib.core.model.gates import gate_health, valid_cells
 
 
 def _gates(fine, medium, coarse):

@@ -15,7 +15,7 @@ from NoduleMalignancyLib.core.geometry import (
     lps_to_ras,
     ras_to_lps,
 )
-from NoduleMalignancyLib.core.voi import (
+from NoduleMalignancyLib.core.nodule.voi import (
     PointOutsideVolumeError,
     context_box_for_nodule,
     grid_points_lps,
@@ -227,7 +227,7 @@ def test_ct_mask_is_the_measured_nodule_only():
     only, at its volume. Before, a click on a vessel showed 25 times the measured volume."""
     from types import SimpleNamespace
 
-    from NoduleMalignancyLib.core.analysis import map_results_to_ct
+    from NoduleMalignancyLib.core.nodule.analysis import map_results_to_ct
 
     voi = ImageGeometry(
         (0.0, 0.0, 0.0), (0.667, 0.667, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (48, 48, 32)

@@ -36,7 +36,7 @@ APPLICATION_THIRD_PARTY = {
 
 
 def floor_of(module: str) -> int:
-    """``NoduleMalignancyLib.core.voi`` -> 0; the package root counts as the core."""
+    """``NoduleMalignancyLib.core.nodule.voi`` -> 0; the package root counts as the core."""
     parts = module.split(".")
     if parts[0] != PACKAGE or len(parts) == 1:
         return 0
@@ -118,13 +118,13 @@ def test_every_floor_imports_only_its_third_party_packages():
 def test_the_rule_catches_the_core_importing_a_package_of_an_extra(tmp_path):
     copy = tmp_path / PACKAGE
     shutil.copytree(ROOT / PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    vessel = copy / "core" / "vessel.py"
+    vessel = copy / "core" / "scope" / "vessel.py"
     vessel.write_text(vessel.read_text() + "\n\ndef _f():\n    import distributed\n")
     training = copy / "training" / "cli.py"
     training.write_text(training.read_text() + "\nimport trame\n")
     problems = third_party_violations(copy)
     assert len(problems) == 2, problems
-    assert "core/vessel.py" in problems[0] and "distributed (floor 0)" in problems[0]
+    assert "core/scope/vessel.py" in problems[0] and "distributed (floor 0)" in problems[0]
     assert "training/cli.py" in problems[1] and "trame (floor 3)" in problems[1]
 
 
@@ -140,14 +140,14 @@ def test_the_rule_catches_a_core_module_importing_slicer(tmp_path):
     shutil.copytree(ROOT / PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     geometry = copy / "core" / "geometry.py"
     geometry.write_text(geometry.read_text() + "\n\ndef _f():\n    import slicer\n")
-    voi = copy / "core" / "voi.py"
-    voi.write_text(voi.read_text() + "\nfrom ..mrml import logic\n")
+    voi = copy / "core" / "nodule" / "voi.py"
+    voi.write_text(voi.read_text() + "\nfrom ...mrml import logic\n")
     writers = copy / "files" / "writers.py"
     writers.write_text(writers.read_text() + "\nimport qt\n")
     problems = import_violations(copy)
     assert len(problems) == 3, problems
     assert any("core/geometry.py" in p and "below the MRML layer" in p for p in problems)
-    assert any("core/voi.py" in p and "floor 0 imports" in p for p in problems)
+    assert any("core/nodule/voi.py" in p and "floor 0 imports" in p for p in problems)
     assert any("files/writers.py" in p and "never imports Qt" in p for p in problems)
 
 

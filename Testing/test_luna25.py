@@ -148,7 +148,7 @@ def test_a_point_over_the_row_timeout_gets_the_default_and_the_next_is_scored(
     ct_mha, locations, tmp_path, capsys, monkeypatch, tiny_dir
 ):
     """``luna25 --row-timeout``: a stuck point fails with its reason, the case goes on."""
-    from NoduleMalignancyLib.core import analysis
+    from NoduleMalignancyLib.core.nodule import analysis
 
     score = analysis.analyze_point
     first = tuple(locations["points"][0]["point"])

@@ -9,7 +9,7 @@ import csv
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.lung_rads import (
+from NoduleMalignancyLib.core.clinical.lung_rads import (
     GROUND_GLASS,
     HIGH_CALCIFICATION_PROBABILITY,
     PART_SOLID,
@@ -21,7 +21,7 @@ from NoduleMalignancyLib.core.lung_rads import (
     suggest_lung_rads,
     texture_class,
 )
-from NoduleMalignancyLib.core.measurements import nodule_size
+from NoduleMalignancyLib.core.nodule.measurements import nodule_size
 
 
 def category(mean, texture=SOLID, solid=0.0, calcification=0.0, spiculation=1.0):
@@ -151,9 +151,9 @@ def test_a_real_lidc_voi_carries_a_category_consistent_with_its_size(data_dir):
     """Shipped ensemble on the LIDC-IDRI-0001 VOI (a solid, spiculated 23 mm nodule)."""
     import SimpleITK as sitk
 
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
     from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
 
     image = sitk.ReadImage(str(data_dir / "lidc_vois" / "image" / "LIDC-IDRI-0001_R_1.nii.gz"))
     with open(data_dir / "lidc_vois" / "metadata.csv", newline="") as f:

@@ -1,19 +1,19 @@
-"""Lung-RADS v2022 follow-up rules (core/lung_rads_followup.py) at every threshold: new nodules
+"""Lung-RADS v2022 follow-up rules (core/clinical/lung_rads_followup.py) at every threshold: new nodules
 (solid 4 / 6 / 8 mm, part solid 6 mm total and 4 mm solid, non solid 30 mm), growth (> 1.5 mm
 within 12 months, pro rata beyond, rounding to 0.1 mm), stepped management of stable nodules,
-slow-growing ground glass; and the category table (core/lung_rads_table.py)."""
+slow-growing ground glass; and the category table (core/clinical/lung_rads_table.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from NoduleMalignancyLib.core.lung_rads import (
+from NoduleMalignancyLib.core.clinical.lung_rads import (
     GROUND_GLASS,
     PART_SOLID,
     SOLID,
     suggest_lung_rads,
 )
-from NoduleMalignancyLib.core.lung_rads_followup import (
+from NoduleMalignancyLib.core.clinical.lung_rads_followup import (
     DECREASED,
     GROWING,
     NEW,
@@ -23,7 +23,7 @@ from NoduleMalignancyLib.core.lung_rads_followup import (
     change_behavior,
     followup_lung_rads,
 )
-from NoduleMalignancyLib.core.lung_rads_table import (
+from NoduleMalignancyLib.core.clinical.lung_rads_table import (
     CATEGORY_ORDER,
     LUNG_RADS_VERSION,
     TABLE,

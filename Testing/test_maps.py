@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.core.analysis import sample_and_run
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import sample_and_run
 from NoduleMalignancyLib.evaluation.maps import (
     _deleted,
     edge_band,

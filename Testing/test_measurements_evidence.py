@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.evidence import COMBINED, evidence_maps, integrate, spread_to_voi
-from NoduleMalignancyLib.core.fusion import (
+from NoduleMalignancyLib.core.model.fusion import (
     FEATURES,
     LINEAR_FEATURES,
     MALIGNANCY_PROBABILITY,
@@ -19,7 +18,14 @@ from NoduleMalignancyLib.core.fusion import (
     fusion_oof,
     measured_features,
 )
-from NoduleMalignancyLib.core.measurements import (
+from NoduleMalignancyLib.core.model.metrics import auroc
+from NoduleMalignancyLib.core.nodule.evidence import (
+    COMBINED,
+    evidence_maps,
+    integrate,
+    spread_to_voi,
+)
+from NoduleMalignancyLib.core.nodule.measurements import (
     CALCIFIED_HU,
     EMPTY_DENSITY,
     component_at_center,
@@ -27,7 +33,6 @@ from NoduleMalignancyLib.core.measurements import (
     nodule_density,
     nodule_size,
 )
-from NoduleMalignancyLib.core.metrics import auroc
 
 SPACING = (1.0, 0.667, 0.667)
 

@@ -12,10 +12,10 @@ import pytest
 def test_the_module_reports_its_nodules_as_an_exam(
     slicer_runtime, mrml_scene, ct_0001_path, data_dir
 ):
-    from NoduleMalignancyLib.core.brock import DEFAULT, ENTERED
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.clinical.brock import DEFAULT, ENTERED
+    from NoduleMalignancyLib.core.clinical.lung_rads_table import row
     from NoduleMalignancyLib.core.geometry import lps_to_ras
-    from NoduleMalignancyLib.core.lung_rads_table import row
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
     from NoduleMalignancyLib.core.result_schema import unknown_names
     from NoduleMalignancyLib.files.samples import nodule_points_lps
     from NoduleMalignancyLib.mrml.logic import InputError, NoduleMalignancyLogic
@@ -56,8 +56,8 @@ def test_the_module_compares_its_nodules_with_a_prior_ct(
     """A prior CT volume node and the dates: the session's nodule is looked for on it (here the
     same CT loaded again, so matched, unchanged); the exam is ``exam --prior``'s document with
     both CTs' identity, and its comparison is in the results table."""
-    from NoduleMalignancyLib.core.ensemble import Ensemble
     from NoduleMalignancyLib.core.geometry import lps_to_ras
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
     from NoduleMalignancyLib.core.result_schema import unknown_names
     from NoduleMalignancyLib.files.samples import nodule_points_lps
     from NoduleMalignancyLib.mrml import parameters

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core.metrics import dice
+from NoduleMalignancyLib.core.model.metrics import dice
 from NoduleMalignancyLib.files.lidc_xml import reader_consensus_mask
 from NoduleMalignancyLib.mrml import selftest
 
@@ -34,9 +34,9 @@ class TestNoduleMalignancyLogicHeadless(selftest.HeadlessSelfTestCase):
 # Evidence on the CT grid ---------------
 def test_density_to_grid_conserves_the_integral():
     from NoduleMalignancyLib.core.config import VoiConfig
-    from NoduleMalignancyLib.core.evidence import integrate
     from NoduleMalignancyLib.core.geometry import ImageGeometry
-    from NoduleMalignancyLib.core.voi import (
+    from NoduleMalignancyLib.core.nodule.evidence import integrate
+    from NoduleMalignancyLib.core.nodule.voi import (
         ct_sub_grid_covering,
         density_to_grid,
         grid_points_lps,

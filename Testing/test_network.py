@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from NoduleMalignancyLib.core.config import ATTRIBUTES, NetworkConfig
-from NoduleMalignancyLib.core.network import (
+from NoduleMalignancyLib.core.model.network import (
     build_network,
     count_parameters,
     forward_folds_loop,

@@ -12,7 +12,7 @@ import pytest
 
 from NoduleMalignancyLib import cli
 from NoduleMalignancyLib.batch import predict
-from NoduleMalignancyLib.core import analysis
+from NoduleMalignancyLib.core.nodule import analysis
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The prior CT (issue 31 item 2, docs/DESIGN.md §17): the volume-doubling time and its
-interval (core/growth.py), the registration and its residual (core/registration.py), what the
-comparison refuses or flags and how a re-segmentation is judged (core/prior_compare.py), the
+interval (core/prior/growth.py), the registration and its residual (core/prior/registration.py), what the
+comparison refuses or flags and how a re-segmentation is judged (core/prior/prior_compare.py), the
 synthetic pairs (evaluation/synthetic_pairs.py) on a chest phantom, the exam with a prior end to
 end on the phantom (the shipped model) and ``nodule-malignancy exam --prior`` on LIDC-IDRI-0006
 against a synthetic prior (docs/experiments/prior_pairs.md has the measured figures)."""
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from NoduleMalignancyLib.core import prior_compare
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.growth import growth, volume_doubling_days
-from NoduleMalignancyLib.core.registration import (
+from NoduleMalignancyLib.core.prior import prior_compare
+from NoduleMalignancyLib.core.prior.growth import growth, volume_doubling_days
+from NoduleMalignancyLib.core.prior.registration import (
     CORRELATION_FLAG,
     DICE_FLAG,
     DICE_REFUSE,
@@ -228,7 +228,7 @@ def _result(centre_lps, tier="assessed", reason="", volume=500.0, diameter=10.0,
 
 
 def test_a_re_segmentation_is_the_nodule_only_when_answered_and_near(monkeypatch):
-    from NoduleMalignancyLib.core.validation import RefusedError
+    from NoduleMalignancyLib.core.scope.validation import RefusedError
 
     answers = {}
 
@@ -281,7 +281,7 @@ def test_the_other_date_samples_the_same_points_in_the_same_crop():
     crop at 2.5 mm admits at the answer's voxel-centred VOI (LIDC-IDRI-0006's 6.6 mm nodule
     measured 19 % less on the other date of stable synthetic pairs)."""
     from NoduleMalignancyLib.core.config import VoiConfig
-    from NoduleMalignancyLib.core.voi import sample_voi
+    from NoduleMalignancyLib.core.nodule.voi import sample_voi
 
     cfg = VoiConfig()
     ct = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 2.5), IDENTITY, (120, 120, 30))
@@ -358,7 +358,7 @@ def test_a_nodule_past_the_field_of_view_is_measured_through_windows():
     """A 38 mm ball: one 32 x 31 x 31 mm window holds a part of it; windows shifted by half
     the field of view along the axes it reaches past, in the crop rebuilt from their outline
     (its z extent no longer cut to one field of view), measure all of it, on both dates."""
-    from NoduleMalignancyLib.core.voi import context_box_for_nodule, sample_voi
+    from NoduleMalignancyLib.core.nodule.voi import context_box_for_nodule, sample_voi
 
     network = _ThresholdNetwork()
     ct = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), IDENTITY, (130, 130, 70))
@@ -449,9 +449,9 @@ def test_a_transformed_ct_drops_the_slices_a_tilt_would_fill(phantom):
 def phantom_exam(phantom):
     """The phantom as the current CT with nodules a and b (c removed), its moved copy with a
     and c (b removed) as the prior, a year before; all three listed where they are."""
-    from NoduleMalignancyLib.core.ensemble import Ensemble
-    from NoduleMalignancyLib.core.exam import ExamPoint
-    from NoduleMalignancyLib.core.exam_prior import PriorCT, analyze_exam_with_prior
+    from NoduleMalignancyLib.core.clinical.exam import ExamPoint
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.prior.exam_prior import PriorCT, analyze_exam_with_prior
 
     current, geometry = chest_phantom({k: NODULES_LPS[k] for k in "ab"})
     before, _ = chest_phantom({k: NODULES_LPS[k] for k in "ac"})
@@ -561,9 +561,9 @@ def test_typed_in_priors_and_a_prior_ct_are_not_mixed(tmp_path, capsys):
 def test_a_prior_that_cannot_be_registered_is_not_compared_and_says_why(phantom):
     """A prior without a chest (a crop: no lung mask) is refused: the nodules keep their
     baseline answers, each with a ``prior`` saying it was not compared, and ``prior_ct`` why."""
-    from NoduleMalignancyLib.core.ensemble import Ensemble
-    from NoduleMalignancyLib.core.exam import ExamPoint
-    from NoduleMalignancyLib.core.exam_prior import PriorCT, analyze_exam_with_prior
+    from NoduleMalignancyLib.core.clinical.exam import ExamPoint
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.prior.exam_prior import PriorCT, analyze_exam_with_prior
 
     image, geometry = phantom
     crop = np.ascontiguousarray(image[30:40, 60:100, 20:60])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.recentre import (
+from NoduleMalignancyLib.core.nodule.recentre import (
     nodule_centre,
     reaches_field_edge,
     same_nodule,
@@ -52,7 +52,7 @@ def test_outlines_on_two_grids_are_the_same_nodule_only_when_they_share_a_voxel(
 
 
 def test_point_off_nodule_is_measured_from_the_click_not_the_voi_centre():
-    from NoduleMalignancyLib.core.validation import ScopeConfig, check_result
+    from NoduleMalignancyLib.core.scope.validation import ScopeConfig, check_result
 
     spacing = (1.0, 0.667, 0.667)
     hu = np.full((32, 48, 48), -850.0)
@@ -70,7 +70,7 @@ def test_point_off_nodule_is_measured_from_the_click_not_the_voi_centre():
 
 @pytest.fixture(scope="module")
 def fold_model(data_dir):
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
     from NoduleMalignancyLib.core.settings import shipped_models_dir
 
     ensemble = Ensemble.load(shipped_models_dir(), device="cpu")
@@ -81,7 +81,7 @@ def fold_model(data_dir):
 def test_clicks_near_the_centre_of_a_real_nodule_give_the_same_answer(data_dir, fold_model):
     import SimpleITK as sitk
 
-    from NoduleMalignancyLib.core.analysis import analyze_point
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
     from NoduleMalignancyLib.training.dataset import load_records
 
     record = next(r for r in load_records(data_dir) if r.name == "LIDC-IDRI-0298_R_5")
@@ -112,7 +112,7 @@ class _GrowsEachPass:
         self.radii_mm: list[float] = []
 
     def run(self, channels):
-        from NoduleMalignancyLib.core.ensemble import FoldOutputs
+        from NoduleMalignancyLib.core.model.ensemble import FoldOutputs
 
         cfg = self.manifest.voi
         grid = np.stack(np.indices(cfg.shape_zyx), -1).astype(float)
@@ -125,8 +125,12 @@ class _GrowsEachPass:
 
 
 def test_passes_that_never_settle_stop_before_the_outline_reaches_the_field_edge():
-    from NoduleMalignancyLib.core.analysis import MAX_CONTEXT_PASSES, nodule_mask, sample_and_run
-    from NoduleMalignancyLib.core.measurements import nodule_size
+    from NoduleMalignancyLib.core.nodule.analysis import (
+        MAX_CONTEXT_PASSES,
+        nodule_mask,
+        sample_and_run,
+    )
+    from NoduleMalignancyLib.core.nodule.measurements import nodule_size
 
     ct = _grid(spacing=(0.7, 0.7, 1.0), size=(200, 200, 60))
     image = np.full(ct.shape_zyx, -800.0, dtype=np.float32)

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib.core import result_schema as schema
-from NoduleMalignancyLib.core.lung_rads import round_mm
+from NoduleMalignancyLib.core.clinical.lung_rads import round_mm
 from NoduleMalignancyLib.core.result_schema import (
     CSV,
     FIELDS,
@@ -36,9 +36,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture(scope="module")
 def result(ct_0001_path, data_dir, tiny_dir):
     """A real analysis (tiny random ensemble: the fields, not the numbers, matter here)."""
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
     from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
     from NoduleMalignancyLib.files.samples import nodule_points_lps
 
     image = sitk.ReadImage(str(ct_0001_path))

@@ -17,7 +17,7 @@ from NoduleMalignancyLib.batch.row_timeout import (
     RowTimeoutError,
     row_deadline,
 )
-from NoduleMalignancyLib.core import analysis
+from NoduleMalignancyLib.core.nodule import analysis
 
 
 def test_a_row_over_the_timeout_fails_and_the_next_runs(tmp_path, tiny_dir, monkeypatch):

@@ -13,7 +13,8 @@ import shutil
 import pytest
 import torch
 
-from NoduleMalignancyLib.core.ensemble import (
+from NoduleMalignancyLib.core.errors import NoduleMalignancyError
+from NoduleMalignancyLib.core.model.ensemble import (
     CUSTOM_VERSION,
     SHIPPED_MANIFEST_SHA256,
     Ensemble,
@@ -22,7 +23,6 @@ from NoduleMalignancyLib.core.ensemble import (
     manifest_digest,
     sha256_of,
 )
-from NoduleMalignancyLib.core.errors import NoduleMalignancyError
 from NoduleMalignancyLib.core.settings import shipped_models_dir
 
 

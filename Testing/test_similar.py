@@ -1,4 +1,4 @@
-"""Similar nodules (core/similar.py): the embedding, the search, the index file and its binding."""
+"""Similar nodules (core/model/similar.py): the embedding, the search, the index file and its binding."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from test_result_schema import result  # noqa: F401 (the fixture: a real analysis)
 
 from NoduleMalignancyLib.core.config import ATTRIBUTES, NetworkConfig
-from NoduleMalignancyLib.core.network import build_network
-from NoduleMalignancyLib.core.similar import (
+from NoduleMalignancyLib.core.model.network import build_network
+from NoduleMalignancyLib.core.model.similar import (
     INDEX_INFO,
     SimilarIndex,
     load_similar_index,
@@ -121,9 +121,9 @@ def test_an_analysis_lists_its_neighbours_in_result_json(data_dir):
     """With an index beside the weights, a result carries the k nearest and their summary."""
     import SimpleITK as sitk
 
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
     from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
     from NoduleMalignancyLib.training.dataset import load_records
 
     ensemble = Ensemble.load(device="cpu")
@@ -160,7 +160,7 @@ def test_an_analysis_lists_its_neighbours_in_result_json(data_dir):
 
 
 def _neighbours(names=("LIDC-IDRI-0001_R_1", "LIDC-IDRI-0003_R_3"), ratings=(4.75, 2.5)):
-    from NoduleMalignancyLib.core.similar import SimilarNodule
+    from NoduleMalignancyLib.core.model.similar import SimilarNodule
 
     return [
         SimilarNodule(n, n.split("_R_")[0], 0.5 + i, 20.04 - 5 * i, r, {"malignancy": r})
@@ -243,7 +243,7 @@ def answered(result):  # noqa: F811 (the imported fixture)
     """A real analysis (tiny random ensemble) with two neighbours, and the same not assessed."""
     import dataclasses
 
-    from NoduleMalignancyLib.core.validation import Finding
+    from NoduleMalignancyLib.core.scope.validation import Finding
 
     answer = dataclasses.replace(result, warnings=[], similar_nodules=_neighbours())
     off = Finding("outside_lung", "The point lies outside the lungs (test).")
@@ -279,9 +279,9 @@ def test_the_report_image_shows_the_summary_and_the_neighbours_thumbnails(
 
 def test_the_mrml_table_and_the_status_line_carry_the_summary(answered, mrml_scene):
     """The module's results table (real slicer-core MRML) has the summary column, empty when
-    not assessed; the module's status line (core.assessment.answer_lines) ends with it."""
-    from NoduleMalignancyLib.core.assessment import answer_lines
+    not assessed; the module's status line (core.scope.assessment.answer_lines) ends with it."""
     from NoduleMalignancyLib.core.result_schema import field
+    from NoduleMalignancyLib.core.scope.assessment import answer_lines
     from NoduleMalignancyLib.mrml.nodes import ResultNodes
     from NoduleMalignancyLib.mrml.requests import PointRequest
 

@@ -1,11 +1,11 @@
-"""Size-matched AUROC, the ECE noise floor and reliability bands (core/metrics.py)."""
+"""Size-matched AUROC, the ECE noise floor and reliability bands (core/model/metrics.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from NoduleMalignancyLib.core import metrics
+from NoduleMalignancyLib.core.model import metrics
 
 
 def _cohort(n: int = 300, seed: int = 0):

@@ -17,7 +17,7 @@ import pytest
 import station_page
 from stepping import FakeClock, SteppedExecutor
 
-from NoduleMalignancyLib.core.explanation import PARTS
+from NoduleMalignancyLib.core.nodule.explanation import PARTS
 from NoduleMalignancyLib.core.result_schema import GROUP_TITLES
 from NoduleMalignancyLib.files import samples
 from NoduleMalignancyLib.mrml.selftest import SAMPLE, random_test_ensemble
@@ -65,7 +65,7 @@ def test_load_windows_the_ct_for_the_lung(station):
 def test_loading_a_ct_builds_its_lung_mask_before_the_first_click(station):
     """The warm-up thread leaves the CT's lung mask in the cache the click's scope check reads
     (the first click then costs a warm one) and the scene as it was."""
-    from NoduleMalignancyLib.core import lung_mask
+    from NoduleMalignancyLib.core.scope import lung_mask
     from NoduleMalignancyLib.mrml.logic import read_ct_volume
 
     controller, _ = station
@@ -371,7 +371,7 @@ def test_the_banner_describes_the_current_point_and_follows_the_selection(statio
     """Assessed: "Analyzed N1" (success look); refused: its reason (refusal look); not
     assessed: "N1: not assessed — reason" with a warning look, never "Analyzed" as a success;
     selecting another nodule replaces the banner (no refusal left over)."""
-    from NoduleMalignancyLib.core.validation import Finding
+    from NoduleMalignancyLib.core.scope.validation import Finding
 
     controller, executor = station
     first = _analyze(controller, executor, NODULE_RAS)

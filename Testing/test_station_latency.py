@@ -74,8 +74,8 @@ def test_the_warm_up_runs_the_ensemble_once(monkeypatch):
 
     import numpy as np
 
-    from NoduleMalignancyLib.core.ensemble import Ensemble, write_random_ensemble
     from NoduleMalignancyLib.core.geometry import ImageGeometry
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble, write_random_ensemble
     from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
 
     shapes = []
@@ -105,7 +105,7 @@ def test_runs_from_two_threads_at_once_are_serialized():
 
     import numpy as np
 
-    from NoduleMalignancyLib.core.ensemble import Ensemble, write_random_ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble, write_random_ensemble
 
     with tempfile.TemporaryDirectory() as folder:
         write_random_ensemble(folder)

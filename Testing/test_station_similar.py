@@ -19,7 +19,7 @@ NODULE_RAS = (-56.17, -86.2, -115.86)  # LIDC-IDRI-0001's readers' nodule
 @pytest.fixture(scope="module")
 def tiny_similar_dir(tmp_path_factory):
     """The tiny random ensemble with a similar-nodule index beside it (bound to its weights)."""
-    from NoduleMalignancyLib.core.ensemble import write_random_ensemble
+    from NoduleMalignancyLib.core.model.ensemble import write_random_ensemble
 
     folder = tmp_path_factory.mktemp("tiny_similar")
     write_random_ensemble(folder)
@@ -30,7 +30,7 @@ def tiny_similar_dir(tmp_path_factory):
 def test_the_controller_gives_the_neighbours_and_renders_thumbnails_once_opened(
     slicer_runtime, mrml_scene, ct_0001_path, data_dir, tiny_similar_dir, monkeypatch
 ):
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
     from NoduleMalignancyLib.core.settings import DATA_ENV
     from NoduleMalignancyLib.mrml.logic import NoduleMalignancyLogic
     from NoduleMalignancyLib.station.controller import StationController

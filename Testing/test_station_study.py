@@ -176,7 +176,7 @@ def test_the_station_lets_a_reader_skip_cases_whose_ct_will_not_load(tmp_path, d
     import numpy as np
     import SimpleITK as sitk
 
-    from NoduleMalignancyLib.core.ensemble import write_random_ensemble
+    from NoduleMalignancyLib.core.model.ensemble import write_random_ensemble
 
     (tmp_path / "garbage.nrrd").write_text("not an image")
     sitk.WriteImage(

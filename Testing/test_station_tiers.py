@@ -1,7 +1,7 @@
 """The station in chromium: a click on the chest wall and one on a lung vessel are not assessed.
 
 Issue 29's reader clicked chest-wall muscle and got "Malignancy 87.7 %" with Lung-RADS 4A.
-With the shipped ensemble (the tiers decide on its outlines; core/assessment.py) the page must
+With the shipped ensemble (the tiers decide on its outlines; core/scope/assessment.py) the page must
 lead with "Not assessed" and show neither a malignancy nor a Lung-RADS category. The points are
 two of docs/experiments/negative_clicks.py's clicks on LIDC-IDRI-0001 (voxel i, j, k): the
 lateral chest wall muscle (``outside_lung``) and a lung vessel (``vessel_at_point``, score 10.2

@@ -20,11 +20,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core import folds
 from NoduleMalignancyLib.core.config import ATTRIBUTES, VoiConfig
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.metrics import auroc
-from NoduleMalignancyLib.core.voi import sample_voi
+from NoduleMalignancyLib.core.model import folds
+from NoduleMalignancyLib.core.model.metrics import auroc
+from NoduleMalignancyLib.core.nodule.voi import sample_voi
 from NoduleMalignancyLib.training import augment
 from NoduleMalignancyLib.training.dataset import (
     build_cache,
@@ -199,7 +199,7 @@ def test_identity_augmentation_equals_sample_voi(slice_data):
 
 
 def test_canvas_mask_matches_direct_resampling(slice_data):
-    from NoduleMalignancyLib.core.voi import resample_to_grid
+    from NoduleMalignancyLib.core.nodule.voi import resample_to_grid
 
     i = next(i for i, r in enumerate(slice_data.records) if r.name == "LIDC-IDRI-0001_R_1")
     r = slice_data.records[i]
@@ -369,7 +369,7 @@ def test_train_resume_and_export(slice_data, slice_folds, tmp_path, capsys):
     train_fold(1, cfg, slice_data, run, folds=slice_folds)
     models = tmp_path / "models"
     export_ensemble(run, models)
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
 
     ens = Ensemble.load(models, device="cpu")
     assert len(ens.models) == 2
@@ -446,8 +446,8 @@ def test_confident_phase_keeps_only_confidently_rated_training_nodules(slice_dat
 
 
 def test_init_from_ensemble_fine_tunes_its_fold_weights(slice_data, slice_folds, tmp_path):
-    from NoduleMalignancyLib.core.ensemble import WeightsError, write_random_ensemble
-    from NoduleMalignancyLib.core.folds import write_folds
+    from NoduleMalignancyLib.core.model.ensemble import WeightsError, write_random_ensemble
+    from NoduleMalignancyLib.core.model.folds import write_folds
     from NoduleMalignancyLib.training.distributed import SINGLE
     from NoduleMalignancyLib.training.train import _write_run_config, init_provenance
 

@@ -1,4 +1,4 @@
-"""The scope layer (core/validation.py): refusals with codes, warnings that flag, on real CTs."""
+"""The scope layer (core/scope/validation.py): refusals with codes, warnings that flag, on real CTs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import pytest
 import SimpleITK as sitk
 
 from NoduleMalignancyLib import cli
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.settings import shipped_models_dir
-from NoduleMalignancyLib.core.validation import (
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import (
     REFUSALS,
     WARNINGS,
     RefusedError,
@@ -21,6 +20,7 @@ from NoduleMalignancyLib.core.validation import (
     check_point,
     chest_lungs,
 )
+from NoduleMalignancyLib.core.settings import shipped_models_dir
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
 GEOMETRY = ImageGeometry(
@@ -191,7 +191,7 @@ def test_predict_writes_warning_codes_and_refusal_codes(ct_0001_path, nodule, tm
 
 
 def test_an_empty_segmentation_is_no_nodule_and_a_centred_one_passes():
-    from NoduleMalignancyLib.core.validation import check_result
+    from NoduleMalignancyLib.core.scope.validation import check_result
 
     spacing = (1.0, 0.667, 0.667)
     hu = np.full((32, 48, 48), -850.0)
@@ -212,7 +212,7 @@ def test_an_outline_beside_the_point_is_flagged_point_off_nodule():
     """A click on normal lung next to a blob: numbers (the blob is measured) but flagged; the
     same blob holding the point is not, nor one that only touches it (the VOI centre lies
     between voxels: an outline holding the point is 0.69 mm from it)."""
-    from NoduleMalignancyLib.core.validation import ScopeConfig, check_result
+    from NoduleMalignancyLib.core.scope.validation import ScopeConfig, check_result
 
     spacing = (1.0, 0.667, 0.667)
     hu = np.full((32, 48, 48), -850.0)
@@ -236,7 +236,7 @@ def test_the_lung_share_of_a_large_lesion_on_every_other_voxel_matches_the_full_
     full grid to 0.06 (the 200 largest LIDC VOIs, 14-45 mm: max 0.068); millimetres mistaken for
     voxels would move the shell off the rim (share 1). In the chest wall it stays below the
     outside_lung threshold."""
-    from NoduleMalignancyLib.core import validation
+    from NoduleMalignancyLib.core.scope import validation
 
     spacing = (1.0, 0.667, 0.667)
     zz, yy, xx = np.indices((32, 48, 48))
@@ -260,7 +260,7 @@ def test_a_click_on_normal_lung_is_no_nodule_at_the_point():
     assert "normal lung" in str(_refused("no_nodule_at_point", check_point, lung, GEOMETRY, point))
 
 
-# Which side of the pleura (core/lung_mask.py) -----------------------------------------------
+# Which side of the pleura (core/scope/lung_mask.py) -----------------------------------------------
 
 PHANTOM = ImageGeometry(
     (0.0, 0.0, 0.0), (1.25, 1.25, 2.5), (1, 0, 0, 0, 1, 0, 0, 0, 1), (160, 120, 40)
@@ -286,7 +286,7 @@ def _ball(ct, centre_ijk, radius_mm, hu=40):
 
 
 def test_the_lung_side_of_a_click_on_a_chest_phantom():
-    from NoduleMalignancyLib.core.validation import lung_side
+    from NoduleMalignancyLib.core.scope.validation import lung_side
 
     def side(ct, ijk, diameter):
         return lung_side(ct, PHANTOM, PHANTOM.index_to_lps(np.array(ijk, float)), diameter)[0]
@@ -308,8 +308,8 @@ def test_the_lung_side_of_a_click_on_a_chest_phantom():
 
 
 def test_the_lung_distance_and_the_closing_test_read_off_the_distance_map():
-    from NoduleMalignancyLib.core.lung_mask import inside_lung_envelope, lung_distance_mm
-    from NoduleMalignancyLib.core.validation import chest_lungs
+    from NoduleMalignancyLib.core.scope.lung_mask import inside_lung_envelope, lung_distance_mm
+    from NoduleMalignancyLib.core.scope.validation import chest_lungs
 
     ct = _chest_phantom()
     lungs = chest_lungs(ct, PHANTOM)
@@ -327,8 +327,8 @@ def test_the_lung_distance_and_the_closing_test_read_off_the_distance_map():
 def test_the_lung_field_holds_a_vessel_that_joins_the_mediastinum_in_plane():
     """The per-slice holes miss a 10 mm vessel running from the mediastinum into the lung; the
     10 mm closing takes it in, and keeps the mediastinum and the chest wall out."""
-    from NoduleMalignancyLib.core.lung_mask import lung_field
-    from NoduleMalignancyLib.core.validation import chest_lungs
+    from NoduleMalignancyLib.core.scope.lung_mask import lung_field
+    from NoduleMalignancyLib.core.scope.validation import chest_lungs
 
     ct = _chest_phantom()
     ct[:, 56:64, 30:64] = 40  # 10 mm thick, from the mediastinum (i 64) 42 mm into the right lung
@@ -346,8 +346,8 @@ def test_a_click_reads_the_whole_ct_maps_off_local_boxes():
     """Without the whole CT's distance map and lung field (1.5 s on a chest CT), a click
     computes them in boxes around the point (issue 27 item 7): the values it reads, and so its
     decisions, are the whole maps'."""
-    from NoduleMalignancyLib.core.lung_mask import LungMask
-    from NoduleMalignancyLib.core.validation import chest_lungs, lung_side
+    from NoduleMalignancyLib.core.scope.lung_mask import LungMask
+    from NoduleMalignancyLib.core.scope.validation import chest_lungs, lung_side
 
     ct = _chest_phantom()
     ct[:, 56:64, 30:64] = 40  # a vessel joining the mediastinum in-plane (the closing's case)
@@ -415,7 +415,7 @@ def test_a_juxtapleural_nodule_on_the_full_ct_is_not_flagged(ct, shipped):
         assert result.scope_figures["lung_side"] == "inside"
 
 
-# Vessel or nodule (core/vessel.py) ----------------------------------------------------------
+# Vessel or nodule (core/scope/vessel.py) ----------------------------------------------------------
 
 FINE = ImageGeometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), (1, 0, 0, 0, 1, 0, 0, 0, 1), (200, 160, 48))
 
@@ -441,8 +441,8 @@ def _round(shape, centre_kji, radius_mm, spacing_kji, axis=None):
 
 
 def test_a_vessel_continues_beyond_its_outline_and_a_nodule_does_not():
-    from NoduleMalignancyLib.core.validation import VESSEL_MODEL, chest_lungs, vessel_figures
-    from NoduleMalignancyLib.core.vessel import vessel_score
+    from NoduleMalignancyLib.core.scope.validation import VESSEL_MODEL, chest_lungs, vessel_figures
+    from NoduleMalignancyLib.core.scope.vessel import vessel_score
 
     ct, spacing = _fine_chest(), np.asarray(FINE.spacing)[::-1]
     # A 5 mm vessel along i in the right lung; clicked, its network outline is a 12 mm piece.
@@ -473,7 +473,7 @@ def test_a_vessel_continues_beyond_its_outline_and_a_nodule_does_not():
 def _codes_inside(**figures) -> set[str]:
     """The warning codes of check_result for a 6 mm outline of a point inside the lung, with
     the vessel figures given (``vessel_score``, ``blob_strength``, ``axis_ends_hu``)."""
-    from NoduleMalignancyLib.core.validation import check_result
+    from NoduleMalignancyLib.core.scope.validation import check_result
 
     hu = np.full((32, 48, 48), -850.0)
     mask = np.zeros(hu.shape, bool)
@@ -486,11 +486,11 @@ def _codes_inside(**figures) -> set[str]:
 
 
 def test_a_vessel_goes_on_past_both_ends_of_its_outline_and_a_fed_nodule_does_not():
-    """core/vessel.axis_figures: along the structure's own axis a vessel's outline is a piece of
+    """core/scope/vessel.axis_figures: along the structure's own axis a vessel's outline is a piece of
     it (dense past both ends), a nodule ends in lung (past one end at most a thin feeding vessel);
     the vessel is flagged by the axis alone, its vessel score held below the model's threshold,
     and the message says why."""
-    from NoduleMalignancyLib.core.validation import (
+    from NoduleMalignancyLib.core.scope.validation import (
         ScopeConfig,
         check_result,
         chest_lungs,
@@ -539,7 +539,7 @@ def test_a_vessel_goes_on_past_both_ends_of_its_outline_and_a_fed_nodule_does_no
 
 
 def test_an_outline_of_empty_lung_has_no_contrast_at_its_centre():
-    from NoduleMalignancyLib.core.validation import (
+    from NoduleMalignancyLib.core.scope.validation import (
         ScopeConfig,
         chest_lungs,
         vessel_figures,
@@ -613,9 +613,9 @@ def test_clicks_on_structures_that_go_on_past_the_outline_get_no_answer(ct, data
     """Two negative clicks of docs/experiments/negative_clicks.py (seed 2026) that the vessel
     score left assessed: a 23.7 mm outline across hilar vessels and a bronchial wall, and the
     descending aorta of LIDC-IDRI-0006 beside the lung; each goes on past both ends of its
-    outline along its axis (core/vessel.axis_figures; the threshold was set on the LIDC
+    outline along its axis (core/scope/vessel.axis_figures; the threshold was set on the LIDC
     nodules' own outlines, not on these)."""
-    from NoduleMalignancyLib.core.validation import ScopeConfig
+    from NoduleMalignancyLib.core.scope.validation import ScopeConfig
     from NoduleMalignancyLib.files.samples import sample_path
 
     image = sitk.ReadImage(str(sample_path("LIDC-IDRI-0006", data_dir=data_dir)))
@@ -649,7 +649,7 @@ def test_a_click_on_lung_beside_a_vessel_is_flagged_point_off_nodule(data_dir, s
 
 
 def test_the_lung_mask_cache_sees_an_edited_ct(ct):
-    # The cache key samples the CT sparsely (core/lung_mask.KEY_STEP, every other coarse
+    # The cache key samples the CT sparsely (core/scope/lung_mask.KEY_STEP, every other coarse
     # slice): an edit over a few centimetres of lung still gives a new key and a new mask.
     _, array, geometry = ct
     before = chest_lungs(array, geometry)

@@ -13,7 +13,7 @@ The interval is ``--date`` (or the DICOM study date) less the prior's date; miss
 follow-up rules take it as within 12 months and say so.
 
 With ``--prior PRIOR`` the prior CT is registered to the current one and every nodule is looked
-for on it (core/exam_prior.py): each nodule's ``prior`` is then measured, with the same keys as a
+for on it (core/prior/exam_prior.py): each nodule's ``prior`` is then measured, with the same keys as a
 typed-in one (``source`` tells which), and ``prior_ct`` holds the registration, its residual and
 what the comparison flagged or refused. ``--prior-points`` lists the prior's own nodules (same
 formats), which are looked for on the current CT. A points file with typed-in priors and
@@ -64,8 +64,8 @@ def _number(value, where: str, positive: bool = False) -> float:
 def _prior(entry, where: str, current: dt.date | None):
     """(PriorMeasurement or None, new, volume, date text, longest diameter) of a point's
     ``prior`` value."""
-    from ..core.lung_rads import TEXTURE_CLASSES
-    from ..core.lung_rads_followup import PriorMeasurement
+    from ..core.clinical.lung_rads import TEXTURE_CLASSES
+    from ..core.clinical.lung_rads_followup import PriorMeasurement
 
     if entry is None:
         return None, False, None, None, None
@@ -100,8 +100,8 @@ def _prior(entry, where: str, current: dt.date | None):
 
 
 def read_exam_points(path: str | Path, geometry, current: dt.date | None) -> list:
-    """The exam's points (core/exam.ExamPoint) from a LUNA25 JSON or an LIDC XML."""
-    from ..core.exam import ExamPoint
+    """The exam's points (core/clinical/exam.ExamPoint) from a LUNA25 JSON or an LIDC XML."""
+    from ..core.clinical.exam import ExamPoint
     from ..files.lidc_xml import reader_nodule_points_lps
     from .luna25 import read_locations
 
@@ -127,7 +127,7 @@ def read_exam_points(path: str | Path, geometry, current: dt.date | None) -> lis
 
 
 def _clinical(args):
-    from ..core.exam import ClinicalInputs
+    from ..core.clinical.exam import ClinicalInputs
 
     if args.age is not None and not 18 <= args.age <= 110:
         raise InputError(f"--age {args.age} is outside 18-110 years")
@@ -160,9 +160,9 @@ def _check_prior_arguments(args) -> None:
 
 
 def _read_prior(args, current: dt.date | None):
-    """(core/exam_prior.PriorCT, interval in days or ``None``, its DICOM headers or ``None``)
+    """(core/prior/exam_prior.PriorCT, interval in days or ``None``, its DICOM headers or ``None``)
     of ``--prior``."""
-    from ..core.exam_prior import PriorCT
+    from ..core.prior.exam_prior import PriorCT
     from .predict import read_input
 
     array, geometry, datasets, identity = read_input(args.prior, args.prior_series, dicom=True)
@@ -191,9 +191,9 @@ def _prior_arrays(prior) -> tuple:
 def run_exam(args) -> dict:
     """Read, analyze, write ``exam.json``; returns the document written."""
     from ..core.atomic import write_json
-    from ..core.ensemble import Ensemble
-    from ..core.exam import analyze_exam
-    from ..core.exam_prior import analyze_exam_with_prior
+    from ..core.clinical.exam import analyze_exam
+    from ..core.model.ensemble import Ensemble
+    from ..core.prior.exam_prior import analyze_exam_with_prior
     from ..files.exam_report import ExamCT, write_exam_report
     from ..files.writable import check_output_folder
     from .predict import read_input

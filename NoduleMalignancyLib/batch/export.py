@@ -31,7 +31,7 @@ from ..core.config import DEFAULT_CANVAS_ZYX, VoiConfig
 from ..core.errors import InputError
 from ..core.extras import require_extra
 from ..core.geometry import ImageGeometry
-from ..core.validation import ScopeConfig
+from ..core.scope.validation import ScopeConfig
 from ..files.patches import (
     CtToExport,
     ExportRun,

@@ -81,12 +81,13 @@ class Luna25Inputs:
 @dataclass
 class PointScore:
     """One point's probability; ``status`` is scored, not_assessed (probably not a nodule,
-    core/assessment.py: the default probability), refused (a scope code) or failed."""
+    core/scope/assessment.py: the default probability), refused (a scope code) or failed."""
 
     name: str
     probability: float
     status: str = "scored"
-    code: str = ""  # a refusal code of core/validation.py, outside_image, or the error's class
+    # a refusal code of core/scope/validation.py, outside_image, or the error's class
+    code: str = ""
     message: str = ""
     warnings: list[tuple[str, str]] = field(default_factory=list)
     traceback: str | None = None  # of an unexpected error (a bug), for the errors log
@@ -190,10 +191,10 @@ def _point_name(index: int, entry: dict) -> str:
 
 def _score_one(name: str, array, geometry, point_lps, ensemble) -> PointScore:
     """One point through ``analyze_point``; a refusal or an error becomes the default."""
-    from ..core.analysis import analyze_point
-    from ..core.assessment import NOT_ASSESSED_CODES
-    from ..core.validation import RefusedError
-    from ..core.voi import PointOutsideVolumeError
+    from ..core.nodule.analysis import analyze_point
+    from ..core.nodule.voi import PointOutsideVolumeError
+    from ..core.scope.assessment import NOT_ASSESSED_CODES
+    from ..core.scope.validation import RefusedError
 
     try:
         result = analyze_point(array, geometry, point_lps, ensemble, map_to_ct=False)
@@ -291,8 +292,8 @@ def run(
     ``row_timeout``: seconds the CT's reading (else an input error) and each point may take."""
     import SimpleITK as sitk
 
-    from ..core.ensemble import Ensemble
     from ..core.geometry import ImageGeometry
+    from ..core.model.ensemble import Ensemble
     from ..files.samples import read_ct
     from ..files.writable import check_output_folder
 

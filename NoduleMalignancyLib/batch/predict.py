@@ -70,7 +70,7 @@ def cached_ensemble(models: str | Path | None, device: str = "auto"):
     weights files. The key includes the manifest's size and mtime, so a folder rewritten in
     place (a new export) is loaded afresh.
     """
-    from ..core.ensemble import MANIFEST_NAME
+    from ..core.model.ensemble import MANIFEST_NAME
     from ..core.settings import models_dir
 
     directory = Path(models_dir(models)).resolve()
@@ -81,7 +81,7 @@ def cached_ensemble(models: str | Path | None, device: str = "auto"):
 
 @lru_cache(maxsize=2)
 def _load_ensemble(directory: str, device: str, stamp):
-    from ..core.ensemble import Ensemble
+    from ..core.model.ensemble import Ensemble
 
     return Ensemble.load(directory, device=device)
 
@@ -170,9 +170,9 @@ def _predict_row(
     found=None,
     patient_id: str | None = None,
 ) -> dict:
-    from ..core.analysis import analyze_point
-    from ..core.assessment import REFUSED
-    from ..core.validation import RefusedError
+    from ..core.nodule.analysis import analyze_point
+    from ..core.scope.assessment import REFUSED
+    from ..core.scope.validation import RefusedError
     from ..files.writers import write_volume
 
     rec = {"id": row["id"], "error": ""}
@@ -192,7 +192,7 @@ def _predict_row(
             found.append((row["id"], r, full_mask(r, geometry)))
     except RefusedError as exc:
         rec["error"] = f"{exc.code}: {exc}".replace("\n", " ")
-        rec["assessment"] = REFUSED  # core/assessment.py: no numbers
+        rec["assessment"] = REFUSED  # core/scope/assessment.py: no numbers
     except Exception as exc:  # one bad row never stops the run; a bug's traceback: the log
         rec.update(row_failure(exc))
     return rec
@@ -242,13 +242,13 @@ def check_mask_names(ids: list[str]) -> None:
 
 
 def result_columns(r) -> dict[str, str]:
-    """A :class:`~NoduleMalignancyLib.core.analysis.NoduleResult` as formatted CSV cells."""
+    """A :class:`~NoduleMalignancyLib.core.nodule.analysis.NoduleResult` as formatted CSV cells."""
     return csv_row(r.values())
 
 
 def full_mask(result, geometry: ImageGeometry) -> np.ndarray:
     """The segmentation as a binary mask in the whole input image's geometry."""
-    from ..core.voi import embed_sub_grid, sub_grid_offset
+    from ..core.nodule.voi import embed_sub_grid, sub_grid_offset
 
     offset = sub_grid_offset(geometry, result.ct_grid)
     mask = result.segmentation_mask_ct.astype(np.uint8)

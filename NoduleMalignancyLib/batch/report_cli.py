@@ -116,7 +116,7 @@ def build_rows(
 
 
 def _models_version(explicit: str | None) -> str:
-    from ..core.ensemble import Manifest, WeightsError
+    from ..core.model.ensemble import Manifest, WeightsError
 
     try:
         return Manifest.read(models_dir(explicit)).model_version

@@ -25,7 +25,7 @@ __all__ = [
 
 class NoduleMalignancyError(Exception):
     """An error the project expects and explains: its message says what is wrong and what to
-    do. ``code`` names the scope layer's refusal (core/validation.py) where there is one."""
+    do. ``code`` names the scope layer's refusal (core/scope/validation.py) where there is one."""
 
     code: str | None = None
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from .config import ORDINAL_ATTRIBUTES
-from .explanation import PARTS
+from .nodule.explanation import PARTS
 
 __all__ = [
     "CODE_SEPARATOR",
@@ -58,11 +58,11 @@ JSON = "json"  # result.json (NoduleResult.summary)
 TABLE = "table"  # the MRML results table (mrml/nodes.py)
 PANEL = "panel"  # the station's results panel (station/panel.py)
 REPORT = "report"  # the batch review page (files/batch_report.py), read from the CSV
-EXAM = "exam"  # exam.json of the exam command (core/exam.py): the exam and its nodules
+EXAM = "exam"  # exam.json of the exam command (core/clinical/exam.py): the exam and its nodules
 SURFACES = (CSV, JSON, TABLE, PANEL, REPORT, EXAM)
 
 LIDC_SCALE = "LIDC 1-5"  # the unit of the attribute scores: the readers' rating scale
-CODE_SEPARATOR = ";"  # warnings: codes, as core/validation.py names them
+CODE_SEPARATOR = ";"  # warnings: codes, as core/scope/validation.py names them
 TEXT_SEPARATOR = " | "  # warning_messages: the sentences (they may hold ';' and ',')
 
 # Panel sections (and their order); a field's ``group`` names one.
@@ -118,7 +118,7 @@ class ResultField:
 
 def round_half_up(value: float, decimals: int) -> Decimal:
     """``value`` to ``decimals`` places, halves up, on its shortest repr (5.75 -> 5.8, 5.85 ->
-    5.9), as a reader rounds a shown number and as Lung-RADS rounds sizes (core/lung_rads.py)."""
+    5.9), as a reader rounds a shown number and as Lung-RADS rounds sizes (core/clinical/lung_rads.py)."""
     return Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
 
 
@@ -305,13 +305,13 @@ FIELDS: tuple[ResultField, ...] = (
         (JSON,),
         kind="detail",
     ),
-    # The answer's tier (core/assessment.py): whether the numbers below are an answer.
+    # The answer's tier (core/scope/assessment.py): whether the numbers below are an answer.
     _f(
         "assessment",
         "Assessment",
         "",
         "refused, not_assessed (probably not a lung nodule: no malignancy, no Lung-RADS), "
-        "flagged (numbers with a warning) or assessed (core/assessment.py)",
+        "flagged (numbers with a warning) or assessed (core/scope/assessment.py)",
         "assessment",
         (*ALL, REPORT),
         kind="text",
@@ -552,7 +552,7 @@ FIELDS: tuple[ResultField, ...] = (
         "warnings",
         "Warning codes",
         "",
-        "scope warning codes (core/validation.py)",
+        "scope warning codes (core/scope/validation.py)",
         "scope",
         (*ALL, REPORT),
         kind="list",
@@ -588,7 +588,7 @@ FIELDS: tuple[ResultField, ...] = (
         "similar_nodules_summary",
         "Similar nodules",
         "",
-        "how many of the closest LIDC training nodules (core/similar.py) the readers rated "
+        "how many of the closest LIDC training nodules (core/model/similar.py) the readers rated "
         "suspicious (mean malignancy rating above 3)",
         "similar",
         (JSON, TABLE, PANEL),
@@ -651,7 +651,7 @@ FIELDS: tuple[ResultField, ...] = (
         (CSV, REPORT),
         kind="text",
     ),
-    # exam.json (core/exam.py, docs/DESIGN.md §17): the exam's fields, then its nodules'.
+    # exam.json (core/clinical/exam.py, docs/DESIGN.md §17): the exam's fields, then its nodules'.
     *(
         _f(name, label, "", meaning, group, (EXAM,), kind=kind)
         for name, label, meaning, group, kind in (
@@ -673,7 +673,7 @@ FIELDS: tuple[ResultField, ...] = (
             (
                 "prior_ct",
                 "Prior CT",
-                "the registered prior CT (core/exam_prior.py): its date and interval, the "
+                "the registered prior CT (core/prior/exam_prior.py): its date and interval, the "
                 "registration and its residual, what the comparison refused or flagged, the "
                 "prior's nodules not found in the current; null without --prior",
                 "input",
@@ -692,7 +692,7 @@ FIELDS: tuple[ResultField, ...] = (
             (
                 "lung_rads_management",
                 "Management",
-                "the category's management (core/lung_rads_table.py)",
+                "the category's management (core/clinical/lung_rads_table.py)",
                 "lung_rads",
                 "text",
             ),
@@ -720,7 +720,7 @@ FIELDS: tuple[ResultField, ...] = (
             (
                 "lung_rads_behavior",
                 "Change since the prior",
-                "new, growing, slow growth, stable or decreased (core/lung_rads_followup.py)",
+                "new, growing, slow growth, stable or decreased (core/clinical/lung_rads_followup.py)",
                 "lung_rads",
                 "text",
             ),
@@ -754,7 +754,7 @@ FIELDS: tuple[ResultField, ...] = (
         "brock_probability",
         "Brock (PanCan) probability",
         "1",
-        "probability of cancer of the Brock full model with spiculation (core/brock.py); "
+        "probability of cancer of the Brock full model with spiculation (core/clinical/brock.py); "
         "null when the clinical inputs are missing",
         "malignancy",
         (EXAM,),

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.attributes import reader_ratings
 from ..core.config import ORDINAL_ATTRIBUTES
-from ..core.fusion import cross_fit, fit_logistic, logit
-from ..core.metrics import mae_1to5
+from ..core.model.fusion import cross_fit, fit_logistic, logit
+from ..core.model.metrics import mae_1to5
+from ..core.nodule.attributes import reader_ratings
 from ..files.csv_cells import read_csv
 
 

@@ -51,7 +51,7 @@ def cmd_evaluate(args) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` sub-command to the main CLI's sub-parsers."""
-    from ..core.metrics import N_BOOT, SEED
+    from ..core.model.metrics import N_BOOT, SEED
 
     sp = subparsers.add_parser("evaluate", help="out-of-fold evaluation report from oof.csv")
     sp.add_argument(

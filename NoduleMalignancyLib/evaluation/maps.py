@@ -3,7 +3,7 @@
 Every LIDC nodule is analyzed by the one fold model that never saw its patient, exactly as a
 click is (context policy, VOI, gates, contributions). Per nodule:
 
-* **gate health** (:mod:`..core.gates`): mean gate, mass share and spread per scale;
+* **gate health** (:mod:`..core.model.gates`): mean gate, mass share and spread per scale;
 * **deletion test**: the input of the VOI voxels that carry the top 10 % of positive evidence
   (by contribution density, valid voxels only) is replaced by the VOI's lung background, and the
   MIL logit's drop is compared with the drop after replacing the same number of random valid
@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.analysis import MALIGNANCY, nodule_mask, sample_and_run
 from ..core.atomic import write_json
-from ..core.ensemble import Ensemble
-from ..core.evidence import COMBINED, SCALE_NAMES, evidence_maps
-from ..core.folds import DEFAULT_FOLDS_FILE, load_folds
-from ..core.gates import GATE_FIGURES, gate_health
 from ..core.geometry import ImageGeometry
+from ..core.model.ensemble import Ensemble
+from ..core.model.folds import DEFAULT_FOLDS_FILE, load_folds
+from ..core.model.gates import GATE_FIGURES, gate_health
+from ..core.nodule.analysis import MALIGNANCY, nodule_mask, sample_and_run
+from ..core.nodule.evidence import COMBINED, SCALE_NAMES, evidence_maps
+from ..core.nodule.voi import windows_to_channels
 from ..core.settings import models_dir
-from ..core.voi import windows_to_channels
 
 __all__ = ["evaluate_maps", "lung_background_hu", "register"]
 

@@ -52,10 +52,10 @@ def inner_clicks(mask_zyx: np.ndarray, geometry, rng, n: int = CLICKS) -> np.nda
 def _answer(image, geometry, point, ensemble, truth=None) -> dict:
     """One click's figures; with the readers' mask (``truth``, the image's grid) also the Dice
     of the outline mapped onto the image, as a click shows it."""
-    from ..core.analysis import analyze_point
     from ..core.errors import NoduleMalignancyError
-    from ..core.metrics import dice
-    from ..core.voi import embed_sub_grid, sub_grid_offset
+    from ..core.model.metrics import dice
+    from ..core.nodule.analysis import analyze_point
+    from ..core.nodule.voi import embed_sub_grid, sub_grid_offset
 
     try:
         r = analyze_point(image, geometry, point, ensemble, map_to_ct=truth is not None)
@@ -147,9 +147,9 @@ def measure(
     import SimpleITK as sitk
     import torch
 
-    from ..core.ensemble import Ensemble
-    from ..core.folds import load_folds
     from ..core.geometry import ImageGeometry
+    from ..core.model.ensemble import Ensemble
+    from ..core.model.folds import load_folds
     from ..core.settings import models_dir
     from ..training.dataset import load_records
     from .maps import fold_ensembles

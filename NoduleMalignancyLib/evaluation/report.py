@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import metrics
 from ..core.atomic import write_json
 from ..core.config import ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
 from ..core.errors import InputError
-from ..core.folds import load_folds
-from ..core.fusion import (
+from ..core.model import metrics
+from ..core.model.folds import load_folds
+from ..core.model.fusion import (
     MALIGNANCY_PROBABILITY,
     cross_fit,
     fit_logit_slope,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import metrics
 from ..core.atomic import finite_json, write_json
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from ..core.similar import DEFAULT_K, SimilarIndex, weights_digest
+from ..core.model import metrics
+from ..core.model.similar import DEFAULT_K, SimilarIndex, weights_digest
 
 SIZE_LOOKUP_MM = 1.0
 
@@ -31,9 +31,9 @@ def embed_records(records, ensemble, echo=print) -> tuple[list, np.ndarray]:
     """
     import SimpleITK as sitk
 
-    from ..core.analysis import analyze_point
     from ..core.errors import NoduleMalignancyError
     from ..core.geometry import ImageGeometry
+    from ..core.nodule.analysis import analyze_point
 
     kept, feats = [], []
     t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def markdown(res: dict, command: str, version: str) -> str:
             "mean reader malignancy is scored against its label; the size lookup is the mean "
             f"malignancy of the other patients' nodules within {SIZE_LOOKUP_MM:g} mm of its "
             "reader diameter. Embedding: the gate-pooled MIL features of each fold "
-            "(core/similar.py).",
+            "(core/model/similar.py).",
             "",
             "| score | AUROC [95 % CI] | size-matched AUROC | attribute MAE (1-5) |",
             "|---|---|---|---|",
@@ -180,8 +180,8 @@ def build(models: str | Path | None, data: str | None, out: str | Path | None, e
     """Embed, write the index beside the ensemble (or to ``out``), evaluate, write SIMILAR.md."""
     import torch
 
-    from ..core.ensemble import Ensemble
-    from ..core.folds import load_folds
+    from ..core.model.ensemble import Ensemble
+    from ..core.model.folds import load_folds
     from ..core.settings import models_dir
     from ..training.dataset import load_records
 

@@ -1,5 +1,5 @@
 """Synthetic prior/current CT pairs made from one real CT, for measuring the prior comparison
-(core/prior_compare.py) where no real follow-up pairs exist (docs/DESIGN.md §17). Everything
+(core/prior/prior_compare.py) where no real follow-up pairs exist (docs/DESIGN.md §17). Everything
 here is synthetic and says so: the same CT under a known affine transform with noise (stable
 nodules), a nodule grown by a known volume factor, a nodule copied into the parenchyma of one
 CT only.

@@ -24,8 +24,7 @@ import matplotlib.image
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.assessment import FLAGGED, NOT_ASSESSED, REFUSED, assess_codes, withheld
-from ..core.attributes import wording
+from ..core.nodule.attributes import wording
 from ..core.result_schema import (
     CODE_SEPARATOR,
     LIDC_SCALE,
@@ -35,7 +34,8 @@ from ..core.result_schema import (
     shown,
 )
 from ..core.result_schema import field as result_field
-from ..core.validation import DESCRIPTIONS, REFUSALS
+from ..core.scope.assessment import FLAGGED, NOT_ASSESSED, REFUSED, assess_codes, withheld
+from ..core.scope.validation import DESCRIPTIONS, REFUSALS
 
 __all__ = [
     "LUNG_WINDOW",
@@ -159,7 +159,7 @@ def _codes(warnings: str) -> list[str]:
 
 
 def row_assessment(p: dict[str, str]) -> str:
-    """A scored row's tier (core/assessment.py): the CSV's ``assessment``, or (a CSV written
+    """A scored row's tier (core/scope/assessment.py): the CSV's ``assessment``, or (a CSV written
     before that column) the tier its warning codes make."""
     return p.get("assessment") or assess_codes(_codes(p.get("warnings", ""))).tier
 

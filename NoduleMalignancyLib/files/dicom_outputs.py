@@ -17,16 +17,16 @@ import numpy as np
 
 import NoduleMalignancyLib  # the package root (floor 0): its version
 
-from ..core.analysis import NoduleResult
-from ..core.assessment import withheld
 from ..core.atomic import atomic_path
-from ..core.attributes import LIDC_WORDING, wording
+from ..core.clinical.lung_rads import GROUND_GLASS, PART_SOLID, SOLID
 from ..core.config import ORDINAL_ATTRIBUTES
 from ..core.extras import require_extra
 from ..core.geometry import ImageGeometry
-from ..core.lung_rads import GROUND_GLASS, PART_SOLID, SOLID
+from ..core.nodule.analysis import NoduleResult
+from ..core.nodule.attributes import LIDC_WORDING, wording
+from ..core.nodule.voi import embed_sub_grid, sub_grid_offset
 from ..core.result_schema import LIDC_SCALE, field, score_field, shown
-from ..core.voi import embed_sub_grid, sub_grid_offset
+from ..core.scope.assessment import withheld
 
 try:
     import highdicom as hd
@@ -62,13 +62,13 @@ INTERNAL_STRUCTURE_PROBABILITY = field_code("INTSTRP", "internal_structure_proba
 SOLID_COMPONENT_DIAMETER = field_code("SOLIDD", "lung_rads_solid_mean_diameter_mm")
 LUNG_RADS = private_code("LRSUG", "Suggested Lung-RADS v2022 category (baseline)")
 LUNG_RADS_FOLLOWUP = private_code("LRSUGFU", "Suggested Lung-RADS v2022 category (follow-up)")
-BASELINE_SCREEN = "baseline screen"  # core/lung_rads.LungRadsSuggestion.screen
+BASELINE_SCREEN = "baseline screen"  # core/clinical/lung_rads.LungRadsSuggestion.screen
 BASELINE = object()  # _evaluations: the result's own baseline suggestion
 LUNG_RADS_TEXTURE = private_code("LRTEX", "Lung-RADS texture class")
 SUPPORTS_4X = private_code("LR4XFEAT", "Feature that could support Lung-RADS 4X")
-# The answer's tier (core/assessment.py) and the scope warnings behind it, per nodule.
+# The answer's tier (core/scope/assessment.py) and the scope warnings behind it, per nodule.
 ASSESSMENT = field_code("ASSESS", "assessment")
-SCOPE_WARNING = private_code("SCOPEW", "Scope warning (core/validation.py)")
+SCOPE_WARNING = private_code("SCOPEW", "Scope warning (core/scope/validation.py)")
 TEXTURE_CLASS_CODES = {SOLID: "LRTEX-S", PART_SOLID: "LRTEX-PS", GROUND_GLASS: "LRTEX-GG"}
 SCORE_UNIT = hd.sr.CodedConcept(value="{score}", scheme_designator="UCUM", meaning="score")
 # The UCUM unit of each stored unit of the schema (values are written in their stored units).

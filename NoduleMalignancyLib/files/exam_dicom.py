@@ -17,9 +17,9 @@ from pathlib import Path
 import highdicom as hd
 from pydicom.sr.codedict import codes
 
-from ..core.analysis import map_results_to_ct
-from ..core.exam import Exam
+from ..core.clinical.exam import Exam
 from ..core.geometry import ImageGeometry
+from ..core.nodule.analysis import map_results_to_ct
 from .dicom_outputs import (
     GroupExtras,
     build_report,
@@ -62,7 +62,7 @@ PRIOR_MEASUREMENTS = (
     (private_code("VDT", "Volume doubling time"), "vdt_days", DAYS),
     (private_code("INTERVAL", "Interval since the prior CT"), "interval_days", DAYS),
 )
-# The VDT's interval (core/growth.py): the doubling times of the lowest and highest of the
+# The VDT's interval (core/prior/growth.py): the doubling times of the lowest and highest of the
 # ensemble's volume ratio and each fold's paired ratio, so it holds the VDT; none when those
 # ratios hold 1 (stable within the segmentation's noise).
 VDT_INTERVAL = (

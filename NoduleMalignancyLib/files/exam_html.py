@@ -48,7 +48,7 @@ def _number(value, digits: int = 0, sign: bool = False) -> str:
 
 
 def vdt_text(prior: dict) -> str:
-    """The doubling time in days with its interval (core/growth.py: from the lowest to the
+    """The doubling time in days with its interval (core/prior/growth.py: from the lowest to the
     highest of the ensemble's ratio and the folds' paired ratios, so it holds the VDT):
     ``3010 [3010, 5976]`` ("" without)."""
     vdt = prior.get("vdt_days")

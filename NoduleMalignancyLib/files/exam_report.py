@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.exam import Exam
+from ..core.clinical.exam import Exam
 from ..core.geometry import ImageGeometry
 from .exam_html import HTML_FILE, write_exam_html
 from .key_image import crop_half_width_mm, key_image_png

@@ -14,9 +14,9 @@ from matplotlib import patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..core.analysis import NoduleResult, map_results_to_ct
 from ..core.geometry import ImageGeometry
-from ..core.voi import sub_grid_offset
+from ..core.nodule.analysis import NoduleResult, map_results_to_ct
+from ..core.nodule.voi import sub_grid_offset
 
 LUNG_WINDOW = (-1350.0, 150.0)  # HU: level -600, width 1500
 OUTLINE_COLOR = "#ffd400"

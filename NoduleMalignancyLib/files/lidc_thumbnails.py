@@ -1,4 +1,4 @@
-"""Thumbnails of the similar LIDC nodules (core/similar.py), rendered from the LIDC data.
+"""Thumbnails of the similar LIDC nodules (core/model/similar.py), rendered from the LIDC data.
 
 Why here and not in the index: the index ships the nodules' names, ratings and diameters only,
 never an image (the LIDC data stays outside the repository, docs/DESIGN.md §11). When the data

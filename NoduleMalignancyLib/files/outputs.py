@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.analysis import NoduleResult
 from ..core.config import VoiConfig
 from ..core.geometry import ImageGeometry
-from ..core.voi import sample_voi
+from ..core.nodule.analysis import NoduleResult
+from ..core.nodule.voi import sample_voi
 from .report_image import write_report
 from .writers import write_json, write_segmentation, write_volume
 

@@ -3,7 +3,7 @@
 Why a folder in the LIDC VOI layout (``image/``, ``nodule_mask/``, ``metadata.csv``,
 ``reader_labels.csv``): ``training.dataset.load_records`` already reads it, so an export trains
 with the same command as the shipped ensemble (docs/DESIGN.md §13). Each patch is the training
-canvas (``core.config.DEFAULT_CANVAS_ZYX`` at the VOI spacing) sampled by ``core.voi.sample_voi``,
+canvas (``core.config.DEFAULT_CANVAS_ZYX`` at the VOI spacing) sampled by ``core.nodule.voi.sample_voi``,
 the inference sampler; voxels without image data are stored as -2048 HU so that a re-sampling
 counts them invalid again. Every file is written atomically; a rerun skips the CTs already done
 (same path, size and modification time) and the nodules whose files and rows exist; one bad CT
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core import atomic
-from ..core.attributes import READER_COLUMN
 from ..core.config import ATTRIBUTES, DEFAULT_CANVAS_ZYX, VoiConfig, canvas_config
 from ..core.geometry import ImageGeometry
+from ..core.nodule.attributes import READER_COLUMN
+from ..core.nodule.voi import resample_to_grid, sample_voi, sub_grid
+from ..core.scope.validation import ScopeConfig, check_image, check_point
 from ..core.settings import git_commit
-from ..core.validation import ScopeConfig, check_image, check_point
-from ..core.voi import resample_to_grid, sample_voi, sub_grid
 from .csv_cells import read_csv, write_csv
 from .row_errors import TRACEBACK_KEY, failure_log_path, failure_traceback, write_failure_log
 from .writers import to_sitk

@@ -1,6 +1,6 @@
 """A one-page report image: the nodule in three planes with segmentation and evidence, the
 attributes on the LIDC scale, the malignancy probability with its ensemble spread, and the
-similar LIDC nodules (core/similar.py: the summary line, each neighbour's name, diameter and
+similar LIDC nodules (core/model/similar.py: the summary line, each neighbour's name, diameter and
 mean reader rating, its axial thumbnail when the LIDC data folder is configured)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..core.analysis import NoduleResult
-from ..core.assessment import NOT_ASSESSED, NOT_ASSESSED_CODES
-from ..core.evidence import COMBINED
+from ..core.model.similar import SUSPICIOUS_ABOVE, summary_line
+from ..core.nodule.analysis import NoduleResult
+from ..core.nodule.evidence import COMBINED
 from ..core.result_schema import (
     GROUP_TITLES,
     field,
@@ -23,7 +23,7 @@ from ..core.result_schema import (
     score_field,
     shown,
 )
-from ..core.similar import SUSPICIOUS_ABOVE, summary_line
+from ..core.scope.assessment import NOT_ASSESSED, NOT_ASSESSED_CODES
 from .lidc_thumbnails import thumbnail
 
 # The measurements the title line names, as the schema labels them.
@@ -142,7 +142,7 @@ def _similar_row(fig, cell, similar) -> None:
 
 
 def title_text(result: NoduleResult, title: str = "") -> str:
-    """The report's title lines: the assessment's warning first (core/assessment.py), then the
+    """The report's title lines: the assessment's warning first (core/scope/assessment.py), then the
     measurements, Lung-RADS (none when not assessed), the model and any other warning."""
     values = result.values()
     not_assessed = values["assessment"] == NOT_ASSESSED

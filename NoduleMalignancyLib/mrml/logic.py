@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.analysis import NoduleResult, analyze_point
-from ..core.assessment import answer_lines
 from ..core.errors import CancelledError, InputError
-from ..core.evidence import COMBINED
 from ..core.geometry import ImageGeometry, ras_to_lps
-from ..core.validation import RefusedError, check_image, prepare_lung_side
-from ..core.voi import PointOutsideVolumeError
+from ..core.nodule.analysis import NoduleResult, analyze_point
+from ..core.nodule.evidence import COMBINED
+from ..core.nodule.voi import PointOutsideVolumeError
+from ..core.scope.assessment import answer_lines
+from ..core.scope.validation import RefusedError, check_image, prepare_lung_side
 from .identity import volume_identity
 from .nodes import ResultNodes, nodes_by_class, numpy_matrix, safe_file_name
 from .parameters import parameter_node, read_inputs, set_evidence_opacity, set_evidence_scale
@@ -134,7 +134,7 @@ def read_ct_volume(volumeNode) -> tuple[np.ndarray, ImageGeometry, ImageGeometry
     # A copy, not a view of the VTK memory: compute() reads it on a worker thread while the
     # scene may change the volume (about 15 ms for a 512 x 512 x 133 CT).
     array = np.array(slicer.util.arrayFromVolume(volumeNode), copy=True)
-    try:  # the one scope layer of every entry point (core/validation.py)
+    try:  # the one scope layer of every entry point (core/scope/validation.py)
         check_image(array, world)
     except RefusedError as exc:
         raise NotCTError(f"{name!r}: {exc}", code=exc.code) from None
@@ -144,7 +144,7 @@ def read_ct_volume(volumeNode) -> tuple[np.ndarray, ImageGeometry, ImageGeometry
 class NoduleMalignancyLogic:
     """Analyze markups points on a CT volume and keep the results in MRML.
 
-    :param ensemble: an already loaded :class:`~NoduleMalignancyLib.core.ensemble.Ensemble` (tests,
+    :param ensemble: an already loaded :class:`~NoduleMalignancyLib.core.model.ensemble.Ensemble` (tests,
         batch jobs); default: :meth:`Ensemble.load` on first use.
     :param modelsDir: folder of the ensemble to load (default: the shipped ``models/``).
     """
@@ -191,7 +191,7 @@ class NoduleMalignancyLogic:
 
     def ensemble(self, device: str = "auto"):
         """The ensemble on ``device``, loaded (and sha256-verified) on first use."""
-        from ..core.ensemble import Ensemble
+        from ..core.model.ensemble import Ensemble
 
         name = self.resolveDevice(device)
         with self._ensemble_lock:
@@ -303,7 +303,7 @@ class NoduleMalignancyLogic:
                 )
             except RefusedError as exc:  # no numbers for this input: the scene stays unchanged
                 raise InputError(f"{point.label}: {exc}", code=exc.code) from None
-            # The assessment first (core/assessment.py): no malignancy off a nodule.
+            # The assessment first (core/scope/assessment.py): no malignancy off a nodule.
             answer = "; ".join(answer_lines(result, point.label))
             say(f"{answer}, {result.timings_s.get('total', 0.0):.2f} s")
             results.append(result)
@@ -564,7 +564,7 @@ class NoduleMalignancyLogic:
         examDate: str | None = None,
         device: str = "auto",
     ) -> dict:
-        """The exam of this session's analyzed nodules (core/exam.py, docs/DESIGN.md §17): the
+        """The exam of this session's analyzed nodules (core/clinical/exam.py, docs/DESIGN.md §17): the
         exam's Lung-RADS v2022 with its management and suggestions, each nodule's category and
         Brock risk (clinical inputs as entered; ``None`` when not), as ``exam.json`` names them.
         A nodule whose point was refused has no row, so it is not listed.
@@ -575,12 +575,12 @@ class NoduleMalignancyLogic:
         results table (mrml/prior_table.py).
 
         :param priorVolume: the prior CT's volume node: registered to the CT and every nodule
-            looked for on it (core/exam_prior.py), each nodule's ``prior`` measured.
+            looked for on it (core/prior/exam_prior.py), each nodule's ``prior`` measured.
         :param priorDate: the prior's date (YYYY-MM-DD; default: its DICOM study date).
         :param examDate: the CT's date (default: its DICOM study date).
         """
-        from ..core.exam import ClinicalInputs, ExamPoint, build_exam, exam_nodule
-        from ..core.exam_prior import PriorCT, compare_exam_with_prior, days_between, iso_date
+        from ..core.clinical.exam import ClinicalInputs, ExamPoint, build_exam, exam_nodule
+        from ..core.prior.exam_prior import PriorCT, compare_exam_with_prior, days_between, iso_date
         from .prior_table import write_prior_columns
 
         rows = self._sessionResults("report as an exam")

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.analysis import NoduleResult
-from ..core.assessment import withheld
-from ..core.evidence import smoothed_for_display
 from ..core.geometry import ImageGeometry
+from ..core.nodule.analysis import NoduleResult
+from ..core.nodule.evidence import smoothed_for_display
+from ..core.nodule.voi import sub_grid, sub_grid_offset
 from ..core.result_schema import shown, shown_number
-from ..core.voi import sub_grid, sub_grid_offset
+from ..core.scope.assessment import withheld
 from ..files.ct_input import IDENTITY_FIELDS
 from .prior_table import clear_prior_cells
 from .requests import AnalysisRequest, PointRequest
@@ -150,7 +150,7 @@ class ResultNodes:
     ) -> int:
         """The point's row: every table field of the schema, as a person reads it, with the
         CT's ``identity`` (series UID, patient ID, study date; "" unknown); for a point not
-        assessed (core/assessment.py) the malignancy and Lung-RADS cells stay empty."""
+        assessed (core/scope/assessment.py) the malignancy and Lung-RADS cells stay empty."""
         not_assessed = not result.assessment.answered
         identity = identity or {}
         values = (

@@ -11,7 +11,7 @@ here, in the MRML layer that the headless tests run (``Testing/test_parameter_no
 The CT, the point list and the prior CT are node references (``InputVolume``,
 ``InputMarkups``, ``PriorVolume``): the scene rewrites their IDs when it is loaded into another
 scene, so they survive a reload. The dates are stored as YYYY-MM-DD ("" when not typed: the
-comparison then takes each CT's own study date, core/growth.py ``iso_date`` reads both forms).
+comparison then takes each CT's own study date, core/prior/growth.py ``iso_date`` reads both forms).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass
 
 from ..core.errors import InputError
-from ..core.evidence import COMBINED
-from ..core.growth import iso_date
+from ..core.nodule.evidence import COMBINED
+from ..core.prior.growth import iso_date
 from .roles import (
     ATTR_ROLE,
     DEFAULT_EVIDENCE_OPACITY,

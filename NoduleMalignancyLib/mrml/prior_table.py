@@ -1,9 +1,9 @@
 """The comparison with a prior CT in the module's results table (issue 31 item 5).
 
 Why in the results table: the reader reads one row per nodule, and the exam with a prior
-(``NoduleMalignancyLogic.exam(priorVolume=...)``, core/exam_prior.py) says for each of them
+(``NoduleMalignancyLogic.exam(priorVolume=...)``, core/prior/exam_prior.py) says for each of them
 whether it was found on the prior, both dates' sizes, the change, the volume-doubling time with
-its interval (core/growth.py) and the Lung-RADS follow-up category with its behaviour. The
+its interval (core/prior/growth.py) and the Lung-RADS follow-up category with its behaviour. The
 comparison's columns are added to the table the first time a comparison is written (a table
 without a prior keeps the schema's columns only) and filled from the exam's ``prior`` entries
 by the row's point name (the exam names each nodule after its point).

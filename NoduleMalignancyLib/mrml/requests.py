@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.analysis import NoduleResult
 from ..core.geometry import ImageGeometry
+from ..core.nodule.analysis import NoduleResult
 
 __all__ = ["AnalysisOutput", "AnalysisRequest", "PointRequest"]
 

@@ -6,7 +6,7 @@ all name the same roles; each names them through these constants, never as strin
 
 from __future__ import annotations
 
-from ..core.evidence import COMBINED, SCALE_NAMES
+from ..core.nodule.evidence import COMBINED, SCALE_NAMES
 from ..core.result_schema import TABLE, fields_for
 from ..core.settings import RESOURCES_DIR
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.metrics import dice
+from ..core.model.metrics import dice
 from ..files.lidc_xml import reader_consensus_mask
 
 __all__ = [
@@ -72,7 +72,7 @@ _ENSEMBLES: dict[str, object] = {}
 def random_test_ensemble():
     """The process-wide random test ensemble (CPU), written to a temporary folder once."""
     if "random" not in _ENSEMBLES:
-        from ..core.ensemble import Ensemble, write_random_ensemble
+        from ..core.model.ensemble import Ensemble, write_random_ensemble
 
         folder = Path(tempfile.mkdtemp(prefix="NoduleMalignancy-selftest-"))
         write_random_ensemble(folder, version="selftest-random")
@@ -82,7 +82,7 @@ def random_test_ensemble():
 
 def trained_ensemble():
     """The shipped ensemble, or ``None`` (with the reason) when no manifest is there."""
-    from ..core.ensemble import MANIFEST_NAME, Ensemble
+    from ..core.model.ensemble import MANIFEST_NAME, Ensemble
     from ..core.settings import models_dir
 
     folder = models_dir()
@@ -230,7 +230,7 @@ class NoduleMalignancySelfTestMixin:
     # Tests -------------------------------------------------------------------------------------
     def test_analyze_creates_segment_evidence_and_row(self):
         """One point -> one segment, four evidence volumes, one table row, references."""
-        from ..core.evidence import COMBINED
+        from ..core.nodule.evidence import COMBINED
         from .roles import EVIDENCE_SCALES, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
 
         slicer = self.slicer
@@ -300,7 +300,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_evidence_identity_on_displayed_maps(self):
         """The displayed evidence volumes integrate to the malignancy logit."""
-        from ..core.evidence import COMBINED, SCALE_NAMES, integrate
+        from ..core.nodule.evidence import COMBINED, SCALE_NAMES, integrate
 
         slicer = self.slicer
         volume, markups, _ = self.loadSample()
@@ -434,7 +434,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_parent_transforms(self):
         """Transforms on the volume or the points are hardened; outputs follow the volume."""
-        from ..core.evidence import COMBINED
+        from ..core.nodule.evidence import COMBINED
 
         slicer = self.slicer
         util = slicer.util
@@ -501,7 +501,7 @@ class NoduleMalignancySelfTestMixin:
 
     def test_scene_saves_and_reloads_as_mrb(self):
         """Everything survives a .mrb round trip, and re-analysis still updates in place."""
-        from ..core.evidence import COMBINED
+        from ..core.nodule.evidence import COMBINED
         from .logic import NoduleMalignancyLogic
         from .roles import ATTR_ROLE, ROLE_COLOR, ROLE_EVIDENCE, ROLE_SEGMENTATION, ROLE_TABLE
 

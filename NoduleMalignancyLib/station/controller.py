@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.assessment import NOT_ASSESSED_CODES
-from ..core.evidence import COMBINED
 from ..core.geometry import lps_to_ras
+from ..core.nodule.evidence import COMBINED
 from ..core.result_schema import shown
+from ..core.scope.assessment import NOT_ASSESSED_CODES
 from ..files.lidc_thumbnails import thumbnail_data_uri
 from ..mrml.ct_loading import load_ct_volume
 from ..mrml.identity import volume_identity
@@ -289,7 +289,7 @@ class StationController:
             "ras": list(self.markups.GetNthControlPointPositionWorld(index)),
             "status": "placed",
             "message": "",
-            "assessment": "",  # core/assessment.py tier once analyzed
+            "assessment": "",  # core/scope/assessment.py tier once analyzed
             "malignancy_text": None,  # result_schema.shown("malignancy_probability", ...)
         }
         self.points[point_id] = record

@@ -7,7 +7,7 @@ to the same 0.1 mm (docs/DESIGN.md §10, §15). A new result field is one line i
 the panel shows it in its group's section. No ``slicer``, no trame: tests read the panel as a
 dict.
 
-The answer's tier (``core/assessment.py``) decides what leads: *not assessed*, the reason and
+The answer's tier (``core/scope/assessment.py``) decides what leads: *not assessed*, the reason and
 no headline malignancy nor Lung-RADS (their sections are marked ``withheld``: the page shows
 them only after an explicit "show anyway"); *flagged*, the warnings in words above the
 numbers; *assessed*, the malignancy with its spread. Then the compact part (Lung-RADS with its
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from ..core.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
-from ..core.explanation import PARTS
+from ..core.model.similar import SUSPICIOUS_ABOVE
+from ..core.nodule.explanation import PARTS
 from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, round_half_up, shown
-from ..core.similar import SUSPICIOUS_ABOVE
+from ..core.scope.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
 
 __all__ = ["COMPACT_GROUPS", "input_panel", "result_panel", "similar_panel", "with_followup"]
 
@@ -95,7 +95,7 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
 
 def with_followup(summary: Mapping, followup) -> dict:
     """``summary`` with the Lung-RADS of a follow-up screen (``followup``: the nodule's
-    core/lung_rads.LungRadsSuggestion after core/lung_rads_followup.py; ``None``: unchanged)
+    core/clinical/lung_rads.LungRadsSuggestion after core/clinical/lung_rads_followup.py; ``None``: unchanged)
     instead of the baseline's: the category, its reasons (the change since the prior among
     them), the 4X features, the screen and the behaviour (new, growing, slow growth, stable,
     decreased), which the Lung-RADS row's note says."""
@@ -150,7 +150,7 @@ def _sections(summary: Mapping, not_assessed: bool) -> list[dict]:
 def similar_panel(
     summary: Mapping, not_assessed: bool, thumbnail: Callable[[str], str] | None = None
 ) -> dict | None:
-    """The similar LIDC nodules (core/similar.py) of a result, or None when it has none:
+    """The similar LIDC nodules (core/model/similar.py) of a result, or None when it has none:
     ``{"title", "summary", "withheld", "neighbours": [{"nodule", "diameter_text",
     "rating", "rating_text", "suspicious", "distance", "thumbnail"}]}``.
 

@@ -1,11 +1,11 @@
 """The prior CT beside the current one (issue 31 item 5, ``app --ct CUR --prior PRIOR``): both
 axial views side by side, the prior's following the current's slice, centre and field of view
-through the registration (core/registration.py), and in its window, so the reader scrolls,
+through the registration (core/prior/registration.py), and in its window, so the reader scrolls,
 pans, zooms or windows one and sees the same anatomy on both dates; each analyzed nodule is
-looked for on the prior (core/exam_prior.match_on_prior, as ``exam --prior`` does): its
+looked for on the prior (core/prior/exam_prior.match_on_prior, as ``exam --prior`` does): its
 comparison joins the nodule list and its Lung-RADS follow-up category (growing / stable / new,
-core/exam_prior.followup_of, the exam's rule) replaces the baseline one in its panel. A
-comparison the registration's residual refuses (core/prior_compare.comparison_findings) is
+core/prior/exam_prior.followup_of, the exam's rule) replaces the baseline one in its panel. A
+comparison the registration's residual refuses (core/prior/prior_compare.comparison_findings) is
 "not compared", the panel then keeps the baseline category, as the exam does.
 
 Why through the registration and not the same coordinates: two scans of one patient lie
@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..core.analysis import NoduleResult
-from ..core.exam_prior import PriorCT, days_between, followup_of, iso_date, match_on_prior
 from ..core.geometry import lps_to_ras, ras_to_lps
-from ..core.prior_compare import comparison_findings, measured_prior_entry, not_compared_entry
-from ..core.registration import register_prior
-from ..core.validation import RefusedError
+from ..core.nodule.analysis import NoduleResult
+from ..core.prior.exam_prior import PriorCT, days_between, followup_of, iso_date, match_on_prior
+from ..core.prior.prior_compare import comparison_findings, measured_prior_entry, not_compared_entry
+from ..core.prior.registration import register_prior
+from ..core.scope.validation import RefusedError
 from ..mrml.identity import volume_identity
 from ..mrml.logic import read_ct_volume
 from ..mrml.nodes import nodes_by_class
@@ -88,7 +88,7 @@ class PriorView:
         return done
 
     def followup(self, point_id: str, result: NoduleResult):
-        """The follow-up Lung-RADS suggestion (core/lung_rads.LungRadsSuggestion) of the point's
+        """The follow-up Lung-RADS suggestion (core/clinical/lung_rads.LungRadsSuggestion) of the point's
         ``result`` once compared; ``None`` before, for another result of the point (analyzed
         again: compared again), or when not compared."""
         compared, followup = self._followups.get(point_id, (None, None))

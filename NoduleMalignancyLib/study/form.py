@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..core.attributes import LIDC_WORDING
+from ..core.nodule.attributes import LIDC_WORDING
 from .ratings import CHARACTERISTICS, CONFIDENCE_RANGE, LUNG_RADS, SCALES, RatingError
 
 __all__ = [

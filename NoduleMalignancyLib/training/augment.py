@@ -3,7 +3,7 @@
 One affine per sample (flips, rotation about z, isotropic scale, shift in mm) maps VOI voxel
 centres to canvas positions; HU, validity and the consensus mask are read there with trilinear
 ``grid_sample``. Validity is re-binarised (>= 0.5, the same "half the interpolation weight came
-from real data" rule as :func:`~NoduleMalignancyLib.core.voi.sample_voi`) and invalid HU become
+from real data" rule as :func:`~NoduleMalignancyLib.core.nodule.voi.sample_voi`) and invalid HU become
 ``outside_hu``, so augmented inputs look like what inference produces. Window jitter moves and
 widens the HU windows when the channels are made. At evaluation the VOI is the exact centre crop
 of the canvas, which equals ``sample_voi`` on the same file.
@@ -252,7 +252,7 @@ def make_channels(
 ) -> torch.Tensor:
     """(B, C, d, h, w) input: one [0, 1] channel per (jittered) HU window, then validity.
 
-    Without jitter this is :func:`~NoduleMalignancyLib.core.voi.windows_to_channels` in torch.
+    Without jitter this is :func:`~NoduleMalignancyLib.core.nodule.voi.windows_to_channels` in torch.
     """
     b = hu.shape[0]
     shape = (b, 1, 1, 1)

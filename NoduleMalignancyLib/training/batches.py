@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES, VoiConfig
-from ..core.fusion import MEASUREMENTS
-from ..core.measurements import component_at_center, measure_nodule
-from ..core.metrics import auroc, dice, mae_1to5
+from ..core.model.fusion import MEASUREMENTS
+from ..core.model.metrics import auroc, dice, mae_1to5
+from ..core.nodule.measurements import component_at_center, measure_nodule
 from .augment import AugmentConfig, center_crop, make_batch, random_params
 from .dataset import TrainingData
 from .losses import multitask_loss

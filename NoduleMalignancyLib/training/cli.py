@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from ..core.folds import DEFAULT_FOLDS_FILE
+from ..core.model.folds import DEFAULT_FOLDS_FILE
 from ..core.settings import DATA_ENV
 
 # Without --config, `train` runs the recipe of the shipped ensemble (models/MODEL_CARD.md; equal

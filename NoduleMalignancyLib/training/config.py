@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..core.config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
-from ..core.network import build_network
+from ..core.model.network import build_network
 from .augment import AugmentConfig
 from .dataset import DEFAULT_CANVAS_ZYX
 

@@ -1,7 +1,7 @@
 """Training data: per-nodule targets from the reader ratings and a one-time sampled canvas cache.
 
 Every nodule is sampled ONCE around its metadata world centre (LPS) with the core's
-:func:`~NoduleMalignancyLib.core.voi.sample_voi` on a canvas larger than the VOI (same spacing), so
+:func:`~NoduleMalignancyLib.core.nodule.voi.sample_voi` on a canvas larger than the VOI (same spacing), so
 that augmentation (shift, rotation about z, scale) can be done later in torch by resampling the
 canvas onto the VOI grid, never touching the NIfTI files again. The consensus mask is resampled
 onto the same canvas. Arrays live in one ``.npz`` file keyed by a hash of the data files and the
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
 from ..core.config import (
     ATTRIBUTES,
     DEFAULT_CANVAS_ZYX,
@@ -32,6 +31,7 @@ from ..core.config import (
     canvas_config,
 )
 from ..core.errors import MissingFileError
+from ..core.nodule.attributes import READER_COLUMN, ordinal_target, presence_target, reader_ratings
 from ..core.settings import cache_dir, require_data_dir
 from ..files.csv_cells import read_csv
 
@@ -193,7 +193,7 @@ def sample_record(record: NoduleRecord, canvas: VoiConfig) -> dict:
     import SimpleITK as sitk
 
     from ..core.geometry import ImageGeometry
-    from ..core.voi import resample_to_grid, sample_voi
+    from ..core.nodule.voi import resample_to_grid, sample_voi
 
     image = sitk.ReadImage(str(record.image_path))
     array = sitk.GetArrayFromImage(image)

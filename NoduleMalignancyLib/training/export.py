@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..core.errors import MissingFileError
-from ..core.metrics import auroc
-from ..core.network import build_network
+from ..core.model.metrics import auroc
+from ..core.model.network import build_network
 from ..core.settings import git_commit
 from .config import TrainConfig
 from .oof import OOF_COLUMNS, finished_folds, number, oof_metrics, pool_oof
@@ -31,8 +31,8 @@ def export_ensemble(
     The fusion (fusion.py: each head with the measured size and density) is fitted on the pooled
     OOF rows, which are also written to ``<run_dir>/oof.csv``.
     """
-    from ..core.ensemble import save_ensemble
-    from ..core.fusion import (
+    from ..core.model.ensemble import save_ensemble
+    from ..core.model.fusion import (
         CALIBRATION,
         MALIGNANCY_PROBABILITY,
         MEASURED_COLUMNS,
@@ -84,7 +84,7 @@ def export_ensemble(
         label, fusion_oof(MALIGNANCY_PROBABILITY, mal, measured, label, fold_col)
     )
     # The shown malignancy is sigmoid(slope x fused logit); the slope comes from the fusion's
-    # cross-fitted logits, where its overfitting shows (core/fusion.py, CALIBRATION).
+    # cross-fitted logits, where its overfitting shows (core/model/fusion.py, CALIBRATION).
     fusion[CALIBRATION] = malignancy_calibration(mal, measured, label, fold_col)
     folds_file = info.get("folds_file")
     commit = info.get("git_commit")

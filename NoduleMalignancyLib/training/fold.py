@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.device import resolve_device
-from ..core.folds import DEFAULT_FOLDS_FILE, load_folds
+from ..core.model.folds import DEFAULT_FOLDS_FILE, load_folds
 from .batches import Batcher, predict, validation_metrics
 from .config import PhaseConfig, TrainConfig
 from .dataset import TrainingData

@@ -15,7 +15,7 @@ from .config import TrainConfig
 def _init_manifest(cfg: TrainConfig):
     """The manifest of ``cfg.init_from``, refused unless its network, VOI and attributes are the
     run's own (weights of another layout would not load, another VOI would be silently wrong)."""
-    from ..core.ensemble import Manifest
+    from ..core.model.ensemble import Manifest
 
     directory = Path(cfg.init_from)
     manifest = Manifest.read(directory)
@@ -62,9 +62,9 @@ def init_provenance(cfg: TrainConfig) -> dict | None:
 def init_state(cfg: TrainConfig, fold: int) -> tuple[dict, dict]:
     """Fold ``fold``'s float32 weights of the ensemble ``cfg.init_from`` and their provenance.
 
-    Read through core/ensemble.py's sha256 check and ``weights_only`` loading, like inference.
+    Read through core/model/ensemble.py's sha256 check and ``weights_only`` loading, like inference.
     """
-    from ..core.ensemble import load_verified_state
+    from ..core.model.ensemble import load_verified_state
 
     directory = Path(cfg.init_from)
     manifest = _init_manifest(cfg)

@@ -13,7 +13,7 @@ of a uniform haze; the attribute losses keep the gates from closing everywhere (
 ratio, so a uniformly low gate changes nothing), and ``GATE_EPS`` in the network keeps the
 entropy and the normaliser finite. Set ``gate`` negative to encourage spread-out gates instead.
 
-``gate_band`` (off by default) is a hinge on the gate-health figures of core/gates.py instead:
+``gate_band`` (off by default) is a hinge on the gate-health figures of core/model/gates.py instead:
 zero while every scale spreads over 5-80 % of its valid cells and holds at most 90 % of the
 gate mass (the issue's target, models/MAPS.md), so it pushes neither towards the 0.5 haze that
 binary-entropy maximisation gives nor towards collapse.
@@ -195,7 +195,7 @@ def gate_band(
     max_share: float = 0.9,
     samples: float | None = None,
 ) -> torch.Tensor:
-    """Hinge on the gate health of each sample (core/gates.py's figures, over valid cells).
+    """Hinge on the gate health of each sample (core/model/gates.py's figures, over valid cells).
 
     Per scale: log-distance of the spread (participation ratio / valid cells) below or above
     ``spread``, weighted by the scale's (detached) mass share so a scale that carries little

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from ..core.fusion import MEASUREMENTS
-from ..core.metrics import auroc, mae_1to5
+from ..core.model.fusion import MEASUREMENTS
+from ..core.model.metrics import auroc, mae_1to5
 from ..files.csv_cells import read_csv
 from .batches import MALIGNANCY, Batcher, predict
 from .config import TrainConfig

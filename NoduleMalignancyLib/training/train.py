@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..core import settings
-from ..core.folds import DEFAULT_FOLDS_FILE, folds_sha256
+from ..core.model.folds import DEFAULT_FOLDS_FILE, folds_sha256
 from .batches import Batcher, predict, validation_metrics
 from .config import WIDTH_PRESETS, PhaseConfig, TrainConfig
 from .dataset import TrainingData, load_training_data
@@ -75,7 +75,7 @@ def run_training(
     Under torchrun (``dist``) rank 0 creates the folds file and the cache before the other
     ranks read them, and alone writes the run's files (docs/DESIGN.md §13).
     """
-    from ..core.folds import ensure_folds
+    from ..core.model.folds import ensure_folds
     from .dataset import load_records
 
     check_batch_size(config.batch_size, dist.world)

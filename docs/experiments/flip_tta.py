@@ -18,14 +18,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import nodule_mask, sample_and_run
 from NoduleMalignancyLib.core.config import ATTRIBUTES
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
-from NoduleMalignancyLib.core.fusion import MALIGNANCY_PROBABILITY, apply_fusion, measured_features
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.measurements import hu_gradient_magnitude, measure_nodule
-from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.model.folds import DEFAULT_FOLDS_FILE, load_folds
+from NoduleMalignancyLib.core.model.fusion import (
+    MALIGNANCY_PROBABILITY,
+    apply_fusion,
+    measured_features,
+)
+from NoduleMalignancyLib.core.model.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.core.nodule.analysis import nodule_mask, sample_and_run
+from NoduleMalignancyLib.core.nodule.measurements import hu_gradient_magnitude, measure_nodule
 from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.training.dataset import load_records
 

@@ -19,9 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
 from NoduleMalignancyLib.core.settings import data_dir
 from NoduleMalignancyLib.evaluation.repeatability import near_clicks
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path

@@ -2,7 +2,7 @@
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/full_ct_segmentation.py out/
 
-Two context policies of ``core/analysis.sample_and_run`` (docs/DESIGN.md §2), side by side:
+Two context policies of ``core/nodule/analysis.sample_and_run`` (docs/DESIGN.md §2), side by side:
 
 * ``segmentation_z``: the earlier policy, the crop's z extent is the segmentation's own z extent
   plus a slice (``context_box_for_nodule`` without ``axial_diameter_mm``);
@@ -25,14 +25,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core import analysis
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.metrics import dice
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.model.folds import DEFAULT_FOLDS_FILE, load_folds
+from NoduleMalignancyLib.core.model.metrics import dice
+from NoduleMalignancyLib.core.nodule import analysis
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 from NoduleMalignancyLib.core.settings import data_dir
-from NoduleMalignancyLib.core.validation import RefusedError
 from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 from NoduleMalignancyLib.training.dataset import load_records

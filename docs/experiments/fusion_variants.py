@@ -2,7 +2,7 @@
 out-of-fold rows (issue: explanations that hold, fused AUROC target 0.93): the shipped linear
 model (head logit + eight measurements, L2 0.01) against stronger L2, a head x log-diameter
 interaction and the head with log diameter alone. Each against the shipped fusion with the
-evaluation's paired bootstrap (core/metrics.paired_auroc_difference, resampling patients).
+evaluation's paired bootstrap (core/model/metrics.paired_auroc_difference, resampling patients).
 
     python docs/experiments/fusion_variants.py runs/gate-band-60-5fold/oof.csv
 """
@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from NoduleMalignancyLib.core.fusion import (
+from NoduleMalignancyLib.core.model.fusion import (
     MALIGNANCY_PROBABILITY,
     MEASURED_FEATURES,
     cross_fit,
@@ -20,7 +20,7 @@ from NoduleMalignancyLib.core.fusion import (
     fusion_oof,
     oof_fusion_inputs,
 )
-from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.core.model.metrics import auroc, paired_auroc_difference
 from NoduleMalignancyLib.training.oof import OOF_COLUMNS, number
 
 rows = list(csv.DictReader(open(sys.argv[1])))

@@ -4,7 +4,7 @@
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/local_lung_maps.py --warm
 
 A click computes the lung mask's distance map and lung field only in the boxes that decide it
-(core/lung_mask.py, issue 27 item 7). On the two full CTs this calls ``lung_side`` and
+(core/scope/lung_mask.py, issue 27 item 7). On the two full CTs this calls ``lung_side`` and
 ``vessel_figures`` with a ``LungMask`` whose whole maps are built (what every click read before)
 and with a fresh one (boxes), side by side: N random lung voxels, N voxels within 6 mm outside
 the lung and N anywhere per CT, each with a random diameter of 3-40 mm; at the points inside the
@@ -22,8 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.lung_mask import LungMask
-from NoduleMalignancyLib.core.validation import chest_lungs, lung_side, vessel_figures
+from NoduleMalignancyLib.core.scope.lung_mask import LungMask
+from NoduleMalignancyLib.core.scope.validation import chest_lungs, lung_side, vessel_figures
 from NoduleMalignancyLib.files.samples import sample_path
 
 VOI_MM, VOI_N = 0.6, 56
@@ -97,8 +97,8 @@ def main(n: int) -> dict:
 
 
 def warm(repeats: int = 40) -> None:
-    from NoduleMalignancyLib.core.analysis import analyze_point
-    from NoduleMalignancyLib.core.ensemble import Ensemble
+    from NoduleMalignancyLib.core.model.ensemble import Ensemble
+    from NoduleMalignancyLib.core.nodule.analysis import analyze_point
     from NoduleMalignancyLib.files.samples import nodule_points_lps
 
     image = sitk.ReadImage(str(sample_path("LIDC-IDRI-0001")))

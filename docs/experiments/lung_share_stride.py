@@ -1,5 +1,5 @@
 """The lung share around the segmentation (`outside_lung`), on every other voxel against the
-full grid, on the largest LIDC VOIs (where core/validation._lung_share strides).
+full grid, on the largest LIDC VOIs (where core/scope/validation._lung_share strides).
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/lung_share_stride.py FIRST LAST
 
@@ -15,10 +15,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core import validation
-from NoduleMalignancyLib.core.analysis import _result, sample_and_run
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import _result, sample_and_run
+from NoduleMalignancyLib.core.scope import validation
 from NoduleMalignancyLib.training.dataset import load_records
 
 

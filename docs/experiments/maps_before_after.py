@@ -25,11 +25,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import _result, sample_and_run
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.evidence import COMBINED
-from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.model.folds import DEFAULT_FOLDS_FILE, load_folds
+from NoduleMalignancyLib.core.nodule.analysis import _result, sample_and_run
+from NoduleMalignancyLib.core.nodule.evidence import COMBINED
 from NoduleMalignancyLib.evaluation.maps import fold_ensembles
 from NoduleMalignancyLib.training.dataset import load_records
 

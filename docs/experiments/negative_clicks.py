@@ -23,11 +23,11 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.curvature import BLOB_FIGURES
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError, chest_lungs
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.curvature import BLOB_FIGURES
+from NoduleMalignancyLib.core.scope.validation import RefusedError, chest_lungs
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
 SOFT, FAT, ENHANCED, AIR = (0, 120), (-150, -50), (100, 600), (-1100, -900)
@@ -147,7 +147,7 @@ def main(path: str) -> None:
                 row["lung_side"] = r.scope_figures.get("lung_side", "")
                 row["vessel_score"] = round(r.scope_figures.get("vessel_score", float("nan")), 2)
                 row["point_distance_mm"] = round(r.scope_figures["point_distance_mm"], 2)
-                for figure in BLOB_FIGURES:  # core/curvature.py (fifteenth session)
+                for figure in BLOB_FIGURES:  # core/scope/curvature.py (fifteenth session)
                     row[figure] = round(r.scope_figures.get(figure, float("nan")), 3)
             except RefusedError as e:
                 row["outcome"] = f"REFUSED {e.code}"

@@ -6,7 +6,7 @@ Per LIDC VOI one click on a random voxel of its consensus mask (seed 2026): what
 click on the nodule looks like, where scope_rates.py clicks the listed centre. One row per VOI:
 the distance from the point to the outline (``point_distance_mm``; 0.69 mm when the outline
 holds the point, the VOI centre lying between voxels), the warnings and the refusal. The
-``point_off_nodule`` threshold (core/validation.py) is judged on this table.
+``point_off_nodule`` threshold (core/scope/validation.py) is judged on this table.
 """
 
 import csv
@@ -17,10 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 from NoduleMalignancyLib.training.dataset import load_records
 
 

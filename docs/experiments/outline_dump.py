@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import negative_clicks
 import vessel_clicks
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
 

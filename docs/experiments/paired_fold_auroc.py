@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from NoduleMalignancyLib.core.config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from NoduleMalignancyLib.core.metrics import auroc_ci, mae_1to5, paired_auroc_difference
+from NoduleMalignancyLib.core.model.metrics import auroc_ci, mae_1to5, paired_auroc_difference
 
 N_BOOT, SEED = 2000, 20240611
 

@@ -4,7 +4,7 @@
     NODULE_MALIGNANCY_DATA=../shared/data nice -n 5 python docs/experiments/prior_pairs.py \
         [stable|growth|insert|all] out.json
 
-Every pair goes through core/exam_prior.analyze_exam_with_prior (registration, re-segmentation
+Every pair goes through core/prior/exam_prior.analyze_exam_with_prior (registration, re-segmentation
 at the mapped point, matching), the shipped ensemble on the CPU, 1 thread:
 
 * stable: both CTs of a pair are the original resampled under its own random transform
@@ -21,7 +21,7 @@ at the mapped point, matching), the shipped ensemble on the CPU, 1 thread:
 * slices: LIDC-IDRI-0006 against a prior resampled to 1.25 and 5 mm slices (flagged
   reconstructions_differ; what the spacing alone does to the change).
 * residual: the registration's residuals on a registered pair and with its map shifted by
-  1-10 mm (the thresholds of core/registration.py).
+  1-10 mm (the thresholds of core/prior/registration.py).
 * insert: a copy of LIDC-IDRI-0006's nodule n3 placed in the parenchyma (>= 15 mm inside the
   lung mask, >= 30 mm from every nodule) of one CT only: listed on the current it must come out
   new; listed on the prior, not found in the current.
@@ -39,11 +39,11 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.exam import ExamPoint
-from NoduleMalignancyLib.core.exam_prior import PriorCT, analyze_exam_with_prior
+from NoduleMalignancyLib.core.clinical.exam import ExamPoint
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.lung_mask import lung_mask
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.prior.exam_prior import PriorCT, analyze_exam_with_prior
+from NoduleMalignancyLib.core.scope.lung_mask import lung_mask
 from NoduleMalignancyLib.evaluation.synthetic_pairs import (
     ball_region,
     grow_nodule,
@@ -269,10 +269,10 @@ def slices(ensemble) -> list[dict]:
 
 
 def residual(ensemble) -> list[dict]:
-    """The residuals of core/registration.py on LIDC-IDRI-0006 and a rigid copy of it, as
+    """The residuals of core/prior/registration.py on LIDC-IDRI-0006 and a rigid copy of it, as
     registered and with the registered map shifted by 1, 3, 5 and 10 mm along x: where the
     thresholds DICE_FLAG, DICE_REFUSE and CORRELATION_FLAG come from."""
-    from NoduleMalignancyLib.core import registration as reg
+    from NoduleMalignancyLib.core.prior import registration as reg
 
     del ensemble
     array, geometry = load("LIDC-IDRI-0006")

@@ -2,16 +2,16 @@
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/reader_nodule_tiers.py
 
-Issue 29's target: every reader nodule assessed (core/assessment.py), while the constructed
+Issue 29's target: every reader nodule assessed (core/scope/assessment.py), while the constructed
 clicks off a nodule (negative_clicks.py) are refused or not assessed.
 """
 
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
 torch.set_num_threads(1)

@@ -3,7 +3,7 @@
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/scope_rates.py scope.csv
 
 One row per VOI: the refusal code (if any), the warning codes and the figures they were decided
-on (core/validation.py). The firing rates in docs/experiments/README.md come from this table.
+on (core/scope/validation.py). The firing rates in docs/experiments/README.md come from this table.
 """
 
 import csv
@@ -14,10 +14,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 from NoduleMalignancyLib.training.dataset import load_records
 
 torch.set_num_threads(1)

@@ -14,10 +14,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import RefusedError
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 
 

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 import torch
 
-from NoduleMalignancyLib.core import fusion
 from NoduleMalignancyLib.core.config import VoiConfig
-from NoduleMalignancyLib.core.measurements import component_at_center, measure_nodule
-from NoduleMalignancyLib.core.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.core.model import fusion
+from NoduleMalignancyLib.core.model.metrics import auroc, paired_auroc_difference
+from NoduleMalignancyLib.core.nodule.measurements import component_at_center, measure_nodule
 from NoduleMalignancyLib.evaluation.baselines import logistic_oof, size_baseline_oof
 from NoduleMalignancyLib.evaluation.report import load_table
 from NoduleMalignancyLib.training.augment import center_crop

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from NoduleMalignancyLib.core.folds import DEFAULT_FOLDS_FILE, load_folds
+from NoduleMalignancyLib.core.model.folds import DEFAULT_FOLDS_FILE, load_folds
 from NoduleMalignancyLib.training import train
 from NoduleMalignancyLib.training.dataset import load_training_data
 

@@ -4,7 +4,7 @@
 
 ``outlines.pkl``: outline_dump.py's clicks with their outlines (negative clicks, reader nodules,
 vessel clicks, inserted LIDC nodules). For every outline on a point inside the lung, the axis
-figures of core/vessel.axis_figures (the CT's least-curvature direction at the outline's centre;
+figures of core/scope/vessel.axis_figures (the CT's least-curvature direction at the outline's centre;
 the highest smoothed HU 1-3 mm past each end of the outline along it), computed here on the
 clicked image (an inserted nodule's rebuilt with vessel_clicks.insert). Printed: their
 percentiles per set; for the rule "``axis_ends_hu`` above a threshold" (both ends go on) with
@@ -25,11 +25,11 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).parent))
 import vessel_clicks
 
-from NoduleMalignancyLib.core.assessment import NOT_ASSESSED_CODES
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.recentre import nodule_centre
-from NoduleMalignancyLib.core.validation import ScopeConfig
-from NoduleMalignancyLib.core.vessel import axis_figures
+from NoduleMalignancyLib.core.nodule.recentre import nodule_centre
+from NoduleMalignancyLib.core.scope.assessment import NOT_ASSESSED_CODES
+from NoduleMalignancyLib.core.scope.validation import ScopeConfig
+from NoduleMalignancyLib.core.scope.vessel import axis_figures
 from NoduleMalignancyLib.files.samples import sample_path
 from NoduleMalignancyLib.training.dataset import load_records
 

@@ -1,4 +1,4 @@
-"""Variants of the axis figure of core/vessel.axis_figures on outline_dump.py's outlines.
+"""Variants of the axis figure of core/scope/vessel.axis_figures on outline_dump.py's outlines.
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_axis_variants.py outlines.pkl
 
@@ -21,9 +21,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 import vessel_clicks
 
-from NoduleMalignancyLib.core.curvature import HU_RANGE, tube_axis
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.recentre import nodule_centre
+from NoduleMalignancyLib.core.nodule.recentre import nodule_centre
+from NoduleMalignancyLib.core.scope.curvature import HU_RANGE, tube_axis
 from NoduleMalignancyLib.files.samples import sample_path
 from NoduleMalignancyLib.training.dataset import load_records
 

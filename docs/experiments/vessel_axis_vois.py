@@ -1,4 +1,4 @@
-"""The axis figure (core/vessel.axis_figures) on the LIDC VOIs, juxtapleural nodules included.
+"""The axis figure (core/scope/vessel.axis_figures) on the LIDC VOIs, juxtapleural nodules included.
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_axis_vois.py [N]
 
@@ -19,12 +19,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.recentre import nodule_centre
-from NoduleMalignancyLib.core.validation import RefusedError, ScopeConfig
-from NoduleMalignancyLib.core.vessel import axis_figures
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.nodule.recentre import nodule_centre
+from NoduleMalignancyLib.core.scope.validation import RefusedError, ScopeConfig
+from NoduleMalignancyLib.core.scope.vessel import axis_figures
 from NoduleMalignancyLib.training.dataset import load_records
 
 

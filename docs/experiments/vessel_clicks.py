@@ -1,4 +1,4 @@
-"""Fit the vessel check (core/vessel.py): LIDC nodules inserted into the lungs of the two full
+"""Fit the vessel check (core/scope/vessel.py): LIDC nodules inserted into the lungs of the two full
 CTs against clicks on the vessels of those lungs.
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_clicks.py vessels.csv [N]
@@ -19,7 +19,7 @@ Every click is analyzed as in the product (``analyze_point``), which records the
 A logistic model (class-balanced, L2 0.01, standardised inputs) is fitted on all of them; the
 threshold is the model's 99th percentile on the nodules. Printed: leave-one-CT-out figures (fit
 on one CT's clicks, threshold at the 99th percentile of its nodules, test on the other CT) and
-the constants for ``core/validation.VESSEL_MODEL``.
+the constants for ``core/scope/validation.VESSEL_MODEL``.
 """
 
 import csv
@@ -31,12 +31,12 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.curvature import BLOB_FIGURES
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import RefusedError, chest_lungs
-from NoduleMalignancyLib.core.vessel import FIGURES, _inputs
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.curvature import BLOB_FIGURES
+from NoduleMalignancyLib.core.scope.validation import RefusedError, chest_lungs
+from NoduleMalignancyLib.core.scope.vessel import FIGURES, _inputs
 from NoduleMalignancyLib.files.samples import nodule_points_lps, sample_path
 from NoduleMalignancyLib.training.dataset import load_records
 
@@ -114,9 +114,9 @@ def clicked_image(hosts, row) -> np.ndarray:
 
 
 # Recorded beside the vessel figures: the other scope figures and measurements, the HU at the
-# point and the tier (core/assessment.py), for fitting other checks on the same clicks.
+# point and the tier (core/scope/assessment.py), for fitting other checks on the same clicks.
 EXTRA = ("lung_share", "dense_fill", "point_distance_mm", "lung_distance_mm", "lung_enclosed")
-EXTRA += BLOB_FIGURES  # core/curvature.py (fifteenth session)
+EXTRA += BLOB_FIGURES  # core/scope/curvature.py (fifteenth session)
 MEASURED = ("mean_hu", "compactness", "elongation", "boundary_contrast_hu", "volume_mm3")
 
 

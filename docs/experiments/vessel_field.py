@@ -1,5 +1,5 @@
-"""Where and how should the vessel check look for a continuation (core/lung_mask.lung_field,
-the opening of core/vessel.continuation_figures)?
+"""Where and how should the vessel check look for a continuation (core/scope/lung_mask.lung_field,
+the opening of core/scope/vessel.continuation_figures)?
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_field.py field.csv
 
@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vessel_clicks import CTS, clicked_image, clicks, fit, score
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
-from NoduleMalignancyLib.core.lung_mask import lung_field
-from NoduleMalignancyLib.core.validation import RefusedError, ScopeConfig
-from NoduleMalignancyLib.core.vessel import FIGURES, _inputs, continuation_figures
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.lung_mask import lung_field
+from NoduleMalignancyLib.core.scope.validation import RefusedError, ScopeConfig
+from NoduleMalignancyLib.core.scope.vessel import FIGURES, _inputs, continuation_figures
 from NoduleMalignancyLib.files.samples import nodule_points_lps
 
 # (closing mm, opening fraction). The eighth session's first run: closings 0, 6, 10 and 14 mm at

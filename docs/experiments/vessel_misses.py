@@ -1,5 +1,5 @@
 """Why some lung-vessel clicks escape the vessel check: how much of their outline lies in the
-lung field (core/vessel.py) and what continuation it finds.
+lung field (core/scope/vessel.py) and what continuation it finds.
 
     NODULE_MALIGNANCY_DATA=../shared/data python docs/experiments/vessel_misses.py
 
@@ -11,10 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from NoduleMalignancyLib.core.analysis import analyze_point
-from NoduleMalignancyLib.core.ensemble import Ensemble
 from NoduleMalignancyLib.core.geometry import ImageGeometry
-from NoduleMalignancyLib.core.validation import chest_lungs
+from NoduleMalignancyLib.core.model.ensemble import Ensemble
+from NoduleMalignancyLib.core.nodule.analysis import analyze_point
+from NoduleMalignancyLib.core.scope.validation import chest_lungs
 from NoduleMalignancyLib.files.samples import sample_path
 
 CLICKS = {  # (i, j, k) on the CT's voxel grid

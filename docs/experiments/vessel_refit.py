@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from vessel_clicks import CTS, fit, score
 
-from NoduleMalignancyLib.core.vessel import FIGURES, _inputs
+from NoduleMalignancyLib.core.scope.vessel import FIGURES, _inputs
 
 CANDIDATES = (
     "lung_share",
@@ -29,10 +29,10 @@ CANDIDATES = (
     "boundary_contrast_hu",
     "hu_at_point",
     "lung_distance_mm",
-    "blob_ratio",  # core/curvature.py (fifteenth session)
+    "blob_ratio",  # core/scope/curvature.py (fifteenth session)
     "blob_strength",
 )
-LOG = {"blob_strength"}  # entered as log(1 + value), as core/vessel.py enters it
+LOG = {"blob_strength"}  # entered as log(1 + value), as core/scope/vessel.py enters it
 
 
 def number(text: str, name: str = "") -> float:

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .assessment import NOT_ASSESSED, Assessment, assess
-from .attributes import score_from_probability, wording
-from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
-from .ensemble import Ensemble, FoldOutputs
-from .evidence import evidence_maps
-from .explanation import MalignancyExplanation, explain_malignancy
-from .fusion import (
+from ..clinical.lung_rads import (
+    LungRadsSuggestion,
+    solid_component_mean_diameter_mm,
+    suggest_lung_rads,
+)
+from ..clinical.lung_rads import texture_class as texture_class_of
+from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from ..geometry import ImageGeometry
+from ..model.ensemble import Ensemble, FoldOutputs
+from ..model.fusion import (
     MALIGNANCY_PROBABILITY,
     MEASUREMENTS,
     apply_fusion,
@@ -26,15 +29,11 @@ from .fusion import (
     head_of,
     measured_features,
 )
-from .gates import gate_health
-from .geometry import ImageGeometry
-from .lung_rads import LungRadsSuggestion, solid_component_mean_diameter_mm, suggest_lung_rads
-from .lung_rads import texture_class as texture_class_of
-from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
-from .recentre import nodule_centre, reaches_field_edge, same_nodule
-from .result_schema import JSON, fields_for, score_field
-from .similar import summary_line as similar_summary_line
-from .validation import (
+from ..model.gates import gate_health
+from ..model.similar import summary_line as similar_summary_line
+from ..result_schema import JSON, fields_for, score_field
+from ..scope.assessment import NOT_ASSESSED, Assessment, assess
+from ..scope.validation import (
     Finding,
     check_image,
     check_point,
@@ -43,6 +42,11 @@ from .validation import (
     lung_side,
     vessel_figures,
 )
+from .attributes import score_from_probability, wording
+from .evidence import evidence_maps
+from .explanation import MalignancyExplanation, explain_malignancy
+from .measurements import component_at_center, hu_gradient_magnitude, measure_nodule, nodule_size
+from .recentre import nodule_centre, reaches_field_edge, same_nodule
 from .voi import VoiSample, context_box_for_nodule, grid_points_lps, sample_voi, voi_map_to_ct
 
 MALIGNANCY = ATTRIBUTES.index("malignancy")
@@ -81,9 +85,9 @@ class NoduleResult:
     malignancy_mil_logit: float  # fold-mean MIL bag logit (the network's, unfused)
     # The shown logit in named parts; the evidence maps add up to its image_evidence part.
     explanation: MalignancyExplanation
-    # Gate health per fold and scale (core/gates.py): is the attention alive?
+    # Gate health per fold and scale (core/model/gates.py): is the attention alive?
     gates: dict = field(default_factory=dict)
-    # Scope warnings (core/validation.py): the numbers are shown, flagged.
+    # Scope warnings (core/scope/validation.py): the numbers are shown, flagged.
     warnings: list[Finding] = field(default_factory=list)
     scope_figures: dict = field(default_factory=dict)
     ct_grid: ImageGeometry | None = None  # CT sub-grid of the maps below
@@ -95,12 +99,12 @@ class NoduleResult:
     lung_rads: LungRadsSuggestion | None = None
     # Each fold's gate-pooled features (K, F): the query of the similar-nodule index.
     fold_bag_features: np.ndarray | None = None
-    # The closest LIDC nodules in that embedding (core/similar.py), nearest first.
+    # The closest LIDC nodules in that embedding (core/model/similar.py), nearest first.
     similar_nodules: list = field(default_factory=list)
     # Each fold's own outline's volume: the segmentation's uncertainty (a growth's interval,
-    # core/growth.py).
+    # core/prior/growth.py).
     fold_volumes_mm3: list[float] = field(default_factory=list)
-    # The VOI centre and context crop of the pass the answer comes from (core/prior_compare.py
+    # The VOI centre and context crop of the pass the answer comes from (core/prior/prior_compare.py
     # shows the prior the same crop, mapped).
     voi_center_lps: np.ndarray | None = None
     context_box: ImageGeometry | None = None
@@ -111,7 +115,7 @@ class NoduleResult:
 
     @property
     def assessment(self) -> Assessment:
-        """The answer's tier from the scope warnings (core/assessment.py)."""
+        """The answer's tier from the scope warnings (core/scope/assessment.py)."""
         return assess(self.warnings)
 
     @property
@@ -250,7 +254,7 @@ def sample_and_run(
     point; its segmentation (inside the crop) gives the nodule's in-plane extent and longest
     axial diameter, from which the crop is rebuilt as in the training data (in z: from the
     diameter, since the segmentation's z extent only follows the crop) and the nodule analyzed
-    again, the VOI centred on the outline's centroid snapped to the CT grid (core/recentre.py:
+    again, the VOI centred on the outline's centroid snapped to the CT grid (core/nodule/recentre.py:
     the input then depends on the nodule, not on the pixel clicked), until neither the crop nor
     the centre changes (at most ``MAX_CONTEXT_PASSES`` passes; unsettled, an outline that grew to
     the field of view's edge is replaced by the last re-centred one inside it). A pass whose

@@ -3,13 +3,13 @@ prior on the current one: re-segmented at the mapped point with the same model, 
 *matched*, *new* (not on the prior) or *not found in the current* (docs/DESIGN.md §17).
 
 Why re-segment rather than carry a mask over: the outline of both dates then comes from the
-same model and the same re-centring (core/recentre.py), which settles on the nodule from a few
+same model and the same re-centring (core/nodule/recentre.py), which settles on the nodule from a few
 mm away, so the registration's error does not enter the volumes. A re-segmentation is the same
-nodule when it is answered (not refused, not "probably not a nodule", core/assessment.py) and
+nodule when it is answered (not refused, not "probably not a nodule", core/scope/assessment.py) and
 its outline's centre lies within :func:`match_tolerance_mm` of the mapped point.
 
 What the comparison refuses or flags, and says so: a registration whose residual is poor
-(core/registration.py), reconstructions whose slice spacing differs by more than
+(core/prior/registration.py), reconstructions whose slice spacing differs by more than
 :data:`SLICE_RATIO_FLAG` (volumes measured across slice thicknesses differ), a missing date
 (no interval: no volume-doubling time, and the follow-up rules take it as within 12 months).
 """
@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import NoduleResult, analyze_point
-from .assessment import NOT_ASSESSED
-from .ensemble import Ensemble
-from .geometry import ImageGeometry
-from .growth import growth
-from .measurements import component_at_center, nodule_size
-from .registration import Registration
-from .validation import RefusedError
-from .voi import (
+from ..geometry import ImageGeometry
+from ..model.ensemble import Ensemble
+from ..nodule.analysis import NoduleResult, analyze_point
+from ..nodule.measurements import component_at_center, nodule_size
+from ..nodule.voi import (
     Z_EXTENT_PER_DIAMETER,
     PointOutsideVolumeError,
     context_box_for_nodule,
@@ -37,6 +33,10 @@ from .voi import (
     sample_voi,
     voi_geometry,
 )
+from ..scope.assessment import NOT_ASSESSED
+from ..scope.validation import RefusedError
+from .growth import growth
+from .registration import Registration
 
 __all__ = [
     "MATCHED",
@@ -279,7 +279,7 @@ def find_on_other(
 def beyond_field(result: NoduleResult, other: NoduleResult, ensemble: Ensemble) -> list[bool]:
     """Along which VOI axes (z, y, x) the nodule may reach past the network's field of view:
     either date's outline reaches a face of it, or (z) the crop rule's z extent (1.25 x the
-    longest axial diameter, core/voi.py) exceeds it, so the crop was cut to it."""
+    longest axial diameter, core/nodule/voi.py) exceeds it, so the crop was cut to it."""
     cfg = ensemble.manifest.voi
     fov_z = (cfg.shape_zyx[0] - 1) * cfg.spacing_zyx[0]
     axes = []
@@ -328,7 +328,7 @@ def windowed_volumes(this, other, centre_lps, crop, axes, ensemble) -> dict:
     by half the field of view along ``axes`` (z, y, x), probabilities weighted by a Gaussian
     about each window's centre (sigma 1/8 of its size, as nnU-Net's) where it saw the image.
     The crop is rebuilt once from this date's windowed outline (the training crops' policy,
-    core/voi.context_box_for_nodule, its z extent no longer cut to one field of view: the
+    core/nodule/voi.context_box_for_nodule, its z extent no longer cut to one field of view: the
     windows cover it); both dates are then measured through the same windows in that crop.
     ``this``/``other``: (image, its grid in this CT's world)."""
     cfg = ensemble.manifest.voi
@@ -418,7 +418,7 @@ def measured_prior_entry(
     match: NoduleMatch, date: str | None, interval_days: float | None, findings: list[Finding]
 ) -> dict:
     """The nodule's ``prior`` entry in ``exam.json`` from a registered prior CT: both dates'
-    sizes, the change in mm and %, the VDT with its interval (core/growth.py), the mapping."""
+    sizes, the change in mm and %, the VDT with its interval (core/prior/growth.py), the mapping."""
     matched = match.status == MATCHED
     entry = {
         "source": "measured",

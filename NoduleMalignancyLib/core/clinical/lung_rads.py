@@ -16,8 +16,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import numpy as np
 import SimpleITK as sitk
 
-from .attributes import wording
-from .measurements import nodule_size
+from ..nodule.attributes import wording
+from ..nodule.measurements import nodule_size
 
 SOLID = "solid"
 PART_SOLID = "part-solid"
@@ -56,9 +56,9 @@ class LungRadsSuggestion:
     texture_score: float | None = None
     reasons: list[str] = field(default_factory=list)
     supports_4x: list[str] = field(default_factory=list)  # features a reader may weigh for 4X
-    # "baseline screen", or "follow-up screen" with a prior (core/lung_rads_followup.py).
+    # "baseline screen", or "follow-up screen" with a prior (core/clinical/lung_rads_followup.py).
     screen: str = "baseline screen"
-    # With a prior: new, growing, slow growth, stable, decreased (core/lung_rads_followup.py).
+    # With a prior: new, growing, slow growth, stable, decreased (core/clinical/lung_rads_followup.py).
     behavior: str = ""
 
     @property
@@ -117,7 +117,7 @@ class SizeTable:
     solid nodule (mean diameter), a part solid one (its solid component, once the total is >= 6
     mm; ``part_solid_small`` below that, ``None`` where the table has no such row) and a
     ground-glass one (mean diameter). The baseline table here; new and growing ones in
-    core/lung_rads_followup.py."""
+    core/clinical/lung_rads_followup.py."""
 
     solid: tuple
     part_solid: tuple

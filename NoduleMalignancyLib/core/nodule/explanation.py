@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fusion import LINEAR_FEATURES, MALIGNANCY_PROBABILITY, calibration_slope
+from ..model.fusion import LINEAR_FEATURES, MALIGNANCY_PROBABILITY, calibration_slope
 
 __all__ = ["FEATURE_GROUPS", "PARTS", "MalignancyExplanation", "explain_malignancy"]
 

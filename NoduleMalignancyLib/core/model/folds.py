@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MissingFileError
-from .settings import shipped_models_dir
+from ..errors import MissingFileError
+from ..settings import shipped_models_dir
 
 DEFAULT_K = 5
 DEFAULT_SEED = 2026

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import VoiConfig
-from .errors import InputError
-from .geometry import ImageGeometry
+from ..config import VoiConfig
+from ..errors import InputError
+from ..geometry import ImageGeometry
 
 # HU below this is "no data" (LIDC's -2048 outside the field of view, padding values).
 NO_DATA_HU = -1500.0

@@ -2,7 +2,7 @@
 
 The model knows lung nodules only; a click on the chest wall, the mediastinum, the heart or the
 liver next to the lung has lung around part of it, so the lung share around its segmentation
-(``core/validation.py``) does not always tell. A lung mask does: the air-like voxels inside the
+(``core/scope/validation.py``) does not always tell. A lung mask does: the air-like voxels inside the
 body, less the airway, on a coarse grid (about 1.25 mm). A juxtapleural nodule is a dent in that
 mask: it lies in the mask's morphological closing with a ball of the nodule's size, and lung
 closes it above or below; a point beyond the pleura has a ball of non-lung around it, and a tube
@@ -18,7 +18,7 @@ A click reads the distance map and the lung field only in a box around the point
 outline), so it computes them there, on the box grown by the distance that decides them: the
 values it reads are the whole CT's, without the whole CT's maps (1.5 s on a chest CT, 2 cores;
 a click's boxes: tens of ms). The Slicer module builds the whole maps ahead of the first click
-(core/validation.prepare_lung_side); once built, boxes are cut from them.
+(core/scope/validation.prepare_lung_side); once built, boxes are cut from them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .geometry import ImageGeometry
+from ..geometry import ImageGeometry
 
 __all__ = [
     "LungMask",
@@ -64,7 +64,7 @@ class LungMask:
 
     @cached_property
     def field_kji(self) -> np.ndarray:
-        """The lung field of core/vessel.py (:func:`lung_field`)."""
+        """The lung field of core/scope/vessel.py (:func:`lung_field`)."""
         return lung_field(self, FIELD_CLOSING_MM)
 
     @cached_property
@@ -158,7 +158,7 @@ def lung_field(lungs: LungMask, closing_mm: float) -> np.ndarray:
     """The lung field: the mask with each slice's holes (vessels, nodules) filled and, with
     ``closing_mm`` > 0, its closing with a ball of that radius (what no such ball clear of the
     lung reaches: a vessel up to twice as thick that joins the mediastinum within the slice);
-    the chest wall and the mediastinum stay outside (core/vessel.py)."""
+    the chest wall and the mediastinum stay outside (core/scope/vessel.py)."""
     field = np.stack([ndimage.binary_fill_holes(s) for s in lungs.mask_kji])
     if closing_mm > 0:
         clear = lungs.distance_kji > closing_mm  # centres of balls clear of the lung

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import sha256_of, write_json
-from .config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
-from .device import device_choice, resolve_device
-from .errors import WeightsError
+from ..atomic import sha256_of, write_json
+from ..config import ATTRIBUTES, TINY_NETWORK, NetworkConfig, VoiConfig
+from ..device import device_choice, resolve_device
+from ..errors import WeightsError
+from ..settings import MODELS_ENV, models_dir
 from .fusion import check_fusion
 from .network import build_network, forward_folds_loop, forward_folds_vmap, stack_folds
-from .settings import MODELS_ENV, models_dir
 from .similar import SimilarIndex, load_similar_index, weights_digest
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class Ensemble:
     ):
         self.manifest = manifest
         self.models = models
-        # The LIDC nodules embedded by these weights (core/similar.py); None when not built.
+        # The LIDC nodules embedded by these weights (core/model/similar.py); None when not built.
         self.similar_index = similar_index
         # One run at a time: the vmapped call swaps the stacked weights into one shared template
         # module (torch.func.functional_call), so two threads (the station's warm-up and its

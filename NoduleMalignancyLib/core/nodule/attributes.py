@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
+from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES, PRESENCE_ATTRIBUTES
 
 # LIDC-IDRI rating wording, index = rating - 1.
 LIDC_WORDING: dict[str, tuple[str, ...]] = {

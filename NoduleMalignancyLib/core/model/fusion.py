@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 
 # The measurements the fusion reads (measurements.measure_nodule names) and its features.
 MEASUREMENTS = (

@@ -1,5 +1,5 @@
 """The Brock inputs read off the CT and the nodule's analysis, each with its source
-(core/brock.py): emphysema and the upper-lobe location from the lung mask (core/lung_mask.py),
+(core/clinical/brock.py): emphysema and the upper-lobe location from the lung mask (core/scope/lung_mask.py),
 the nodule type, size and spiculation from what the Lung-RADS suggestion already measured.
 
 Why these rules (docs/DESIGN.md §17): PanCan's readers judged emphysema, lobe, type and
@@ -17,7 +17,7 @@ position (the lobe) is marked estimated, for the reader to correct.
 * Type: the texture class (solid, part-solid, ground-glass = non-solid); a part-solid class
   with no solid component (no part >= -300 HU) is non-solid.
 * Spiculation: the predicted LIDC spiculation score >= 2.5 (it rounds to "medium spiculation"
-  or more), the threshold that lists it as supporting 4X (core/lung_rads.py).
+  or more), the threshold that lists it as supporting 4X (core/clinical/lung_rads.py).
 * Size: the longest axial diameter (PanCan's nodule size), to 0.1 mm.
 """
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import ImageGeometry
+from ..scope.lung_mask import LungMask, lung_field
 from .brock import ESTIMATED, MEASURED, NON_SOLID, PART_SOLID, SOLID, BrockInput
-from .geometry import ImageGeometry
-from .lung_mask import LungMask, lung_field
 from .lung_rads import (
     GROUND_GLASS,
     SPICULATION_SUPPORTS_4X,

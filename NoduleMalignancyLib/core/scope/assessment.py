@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .result_schema import field, labelled, shown
-from .similar import summary_line as similar_summary_line
+from ..model.similar import summary_line as similar_summary_line
+from ..result_schema import field, labelled, shown
 from .validation import DESCRIPTIONS, REFUSALS, WARNINGS, Finding
 
 __all__ = [
@@ -115,7 +115,7 @@ def assess_codes(codes: Iterable[str]) -> Assessment:
 
 
 def answer_lines(result, label: str = "") -> list[str]:
-    """A result (``core.analysis.NoduleResult``) as the few lines a status line or a log shows,
+    """A result (``core.nodule.analysis.NoduleResult``) as the few lines a status line or a log shows,
     the assessment first: not assessed, the reason and the outline's size only; flagged, each
     warning, then the malignancy; then the malignancy with its spread and the diameter, the
     Lung-RADS suggestion and the similar LIDC nodules' summary line."""
@@ -135,7 +135,7 @@ def answer_lines(result, label: str = "") -> list[str]:
     if result.suggested_lung_rads is not None:
         lines.append(result.suggested_lung_rads.wording)
     similar = similar_summary_line(getattr(result, "similar_nodules", None) or [])
-    if similar:  # "6 similar LIDC nodules: 4 rated suspicious" (core/similar.py)
+    if similar:  # "6 similar LIDC nodules: 4 rated suspicious" (core/model/similar.py)
         lines.append(similar)
     return lines
 

@@ -1,7 +1,7 @@
-"""The exam with a prior CT: the prior registered (core/registration.py), every nodule of the
+"""The exam with a prior CT: the prior registered (core/prior/registration.py), every nodule of the
 current CT looked for on the prior and every nodule listed for the prior looked for on the
-current CT (core/prior_compare.py), the matched ones' change and volume-doubling time, and the
-Lung-RADS v2022 follow-up rules on what was measured (core/lung_rads_followup.py), as for a
+current CT (core/prior/prior_compare.py), the matched ones' change and volume-doubling time, and the
+Lung-RADS v2022 follow-up rules on what was measured (core/clinical/lung_rads_followup.py), as for a
 prior typed in (docs/DESIGN.md §17).
 
 A prior nodule not matched to a listed current nodule is looked for on the current CT at its
@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analysis import NoduleResult, analyze_point
-from .ensemble import Ensemble
-from .exam import ClinicalInputs, Exam, ExamNodule, ExamPoint, build_exam, exam_nodule
-from .geometry import ImageGeometry
+from ..clinical.exam import ClinicalInputs, Exam, ExamNodule, ExamPoint, build_exam, exam_nodule
+from ..clinical.lung_rads_followup import PriorMeasurement
+from ..geometry import ImageGeometry
+from ..model.ensemble import Ensemble
+from ..nodule.analysis import NoduleResult, analyze_point
+from ..nodule.voi import PointOutsideVolumeError
+from ..scope.validation import RefusedError
 from .growth import days_between, iso_date
-from .lung_rads_followup import PriorMeasurement
 from .prior_compare import (
     MATCHED,
     NEW,
@@ -35,8 +37,6 @@ from .prior_compare import (
     outline_centre_lps,
 )
 from .registration import register_prior
-from .validation import RefusedError
-from .voi import PointOutsideVolumeError
 
 __all__ = [
     "PriorCT",
@@ -90,7 +90,7 @@ def _followup_point(point: ExamPoint, match: NoduleMatch, interval: float | None
 def followup_of(match: NoduleMatch, interval_days: float | None):
     """The Lung-RADS v2022 follow-up suggestion of a current nodule given its match on the
     prior (matched: its prior size; new: the new-nodule rules), as the exam gives it
-    (core/exam.exam_nodule); ``None`` when the nodule is not answered. The station's panel."""
+    (core/clinical/exam.exam_nodule); ``None`` when the nodule is not answered. The station's panel."""
     point = ExamPoint(match.name, tuple(match.current.point_lps))
     return exam_nodule(_followup_point(point, match, interval_days), match.current).lung_rads
 
@@ -99,7 +99,7 @@ def match_on_prior(
     name: str, result: NoduleResult, registration, prior: PriorCT, ensemble, current=None
 ):
     """A current nodule looked for on the prior: re-segmented in one pass on the view its
-    answer came from, the same VOI samples and crop mapped (core/prior_compare.same_view);
+    answer came from, the same VOI samples and crop mapped (core/prior/prior_compare.same_view);
     matched, or new with the reason. With the current CT (``current``: image, grid) a nodule
     whose outline reaches the network's field of view's edge has both volumes measured
     through overlapping windows."""

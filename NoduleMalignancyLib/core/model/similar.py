@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import sha256_of
-from .config import ATTRIBUTES, ORDINAL_ATTRIBUTES
+from ..atomic import sha256_of
+from ..config import ATTRIBUTES, ORDINAL_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 

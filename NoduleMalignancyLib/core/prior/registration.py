@@ -2,9 +2,9 @@
 volumes, with a residual that says whether the mapping can be trusted (docs/DESIGN.md §17).
 
 Why this way: a nodule on the prior is found by re-segmenting at the mapped point with the same
-model, and the re-centring of core/recentre.py settles on the nodule from a few mm away, so the
+model, and the re-centring of core/nodule/recentre.py settles on the nodule from a few mm away, so the
 mapping needs to be good to a few mm inside the lungs, not everywhere. Hence: the lung masks of
-core/lung_mask.py give the start (their centroids aligned) and the region the metric looks at
+core/scope/lung_mask.py give the start (their centroids aligned) and the region the metric looks at
 (the current CT's lungs, grown by :data:`MASK_MARGIN_MM`); the images are block means on a grid
 of about :data:`COARSE_MM` (cheap, and the lung's vessels survive); rigid, then affine, each at
 two resolutions. A deformable stage is not run: the residual below says when the affine mapping
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import ImageGeometry
-from .lung_mask import LungMask, lung_mask
+from ..geometry import ImageGeometry
+from ..scope.lung_mask import LungMask, lung_mask
 
 __all__ = [
     "COARSE_MM",

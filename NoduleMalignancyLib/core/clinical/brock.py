@@ -7,7 +7,7 @@ on screening patients with their clinical risk factors, which the image model do
 Why every input carries its source: four of the nine come from the image (measured or
 estimated), three from the reader (entered); a reader must see which is which before trusting
 the number, and a number computed with stated defaults says so. Plain numbers in and out: the
-image-derived inputs are worked out in core/brock_inputs.py.
+image-derived inputs are worked out in core/clinical/brock_inputs.py.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evidence import SCALE_NAMES
+from ..nodule.evidence import SCALE_NAMES
 
 __all__ = ["GATE_FIGURES", "gate_health", "valid_cells"]
 

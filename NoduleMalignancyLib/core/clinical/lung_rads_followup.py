@@ -1,6 +1,6 @@
 """Lung-RADS v2022 on a follow-up screen: a nodule's category from its change since the prior
 (new, growing, slow growth, stable, decreased), after the baseline suggestion of
-core/lung_rads.py; the rows are those of core/lung_rads_table.py (docs/DESIGN.md §16).
+core/clinical/lung_rads.py; the rows are those of core/clinical/lung_rads_table.py (docs/DESIGN.md §16).
 
 Why a prior *measurement* and not a prior CT: the rules need the prior mean diameter (and solid
 component) and the interval only, whether a reader typed them in or a registration measured

@@ -2,7 +2,7 @@
 
 A reader clicks anywhere on a nodule; the network's input, and with it every number, used to
 follow that pixel (issue 29: the Lung-RADS category changed for 16 of 120 nodules between
-clicks 1 mm apart). The context passes of ``core/analysis.sample_and_run`` therefore centre
+clicks 1 mm apart). The context passes of ``core/nodule/analysis.sample_and_run`` therefore centre
 each next VOI on the previous pass' nodule, at its centroid snapped to the CT's voxel grid: the
 VOI samples the CT at the same sub-voxel positions whatever the click, so clicks whose outlines
 have their centroid in the same CT voxel give the network the same input, bit for bit
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import ImageGeometry
+from ..geometry import ImageGeometry
 from .voi import grid_points_lps
 
 

@@ -7,8 +7,8 @@ the batch paths). Two outcomes, each with a stable code and a plain message:
   ``no_nodule_at_point``;
 * **warning** (:class:`Finding` in ``result.warnings``, numbers shown): ``thick_slices``,
   ``exceeds_field_of_view``, ``large_mass``, ``segmentation_leak``, ``folds_disagree``,
-  ``outside_lung``, ``vessel_at_point`` (core/vessel.py), ``point_off_nodule``,
-  ``no_contrast_at_centre`` (core/curvature.py).
+  ``outside_lung``, ``vessel_at_point`` (core/scope/vessel.py), ``point_off_nodule``,
+  ``no_contrast_at_centre`` (core/scope/curvature.py).
 
 The model was trained on LIDC nodules (3-30 mm, slices <= 2.5 mm, tight crops). Thresholds
 are :class:`ScopeConfig` fields; how often each warning fires on the 794 LIDC VOIs is in
@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
+from ..geometry import ImageGeometry, bounding_box
+from ..nodule.measurements import component_at_center
+from ..nodule.recentre import nodule_centre
 from . import vessel
 from .curvature import blob_figures
-from .errors import InputError
-from .geometry import ImageGeometry, bounding_box
 from .lung_mask import (
     LungMask,
     inside_lung_envelope,
@@ -33,8 +35,6 @@ from .lung_mask import (
     lung_distance_mm,
     lung_mask,
 )
-from .measurements import component_at_center
-from .recentre import nodule_centre
 from .vessel import VesselModel, axis_figures, continuation_figures, shape_figures
 
 __all__ = [
@@ -121,7 +121,7 @@ class ScopeConfig:
     min_lung_share: float = 0.15  # of the shell's valid voxels that are lung
     dense_hu: float = -300.0  # soft tissue and denser
     max_dense_fill: float = 0.6  # share of the field of view filled by the clicked dense region
-    # Which side of the pleura (core/lung_mask.py), on CTs that show the body outline: the lung
+    # Which side of the pleura (core/scope/lung_mask.py), on CTs that show the body outline: the lung
     # mask is the air-like voxels inside the body on a coarse grid, less the airway.
     lung_mask_hu: float = -400.0
     lung_mask_step_mm: float = 1.25
@@ -137,7 +137,7 @@ class ScopeConfig:
     pleura_ball_mm: tuple[float, float] = (15.0, 30.0)
     lung_column_margin_mm: float = 5.0
     lung_column_radius_mm: float = 2.5
-    # A vessel continues beyond the outline with its calibre (core/vessel.py): dense tissue in
+    # A vessel continues beyond the outline with its calibre (core/scope/vessel.py): dense tissue in
     # the lung field, opened with this fraction of the outline's inscribed radius, looked for
     # this far around the outline; the score's threshold is the model's.
     vessel_dense_hu: float = -500.0
@@ -145,11 +145,11 @@ class ScopeConfig:
     vessel_margin_mm: float = 12.0
     vessel_model: VesselModel = VESSEL_MODEL
     # ... or the structure goes on past both ends of the outline along its own axis (the CT's
-    # least-curvature direction at the outline's centre, core/vessel.axis_figures): the lower
+    # least-curvature direction at the outline's centre, core/scope/vessel.axis_figures): the lower
     # of the two ends' highest smoothed HU 1-3 mm beyond the outline above this (a vessel, or
     # the hilum's vessels and bronchial walls; a nodule ends in lung). AXIS_ENDS_HU above.
     max_axis_ends_hu: float = AXIS_ENDS_HU
-    # Nothing at the outline's centre stands out of the lung (core/curvature.py: the blob
+    # Nothing at the outline's centre stands out of the lung (core/scope/curvature.py: the blob
     # strength, in HU): half the 1st percentile of the LIDC nodules inserted into the lungs of the
     # full CTs (11.9 HU; docs/experiments/vessel_clicks.py, README "Scope", fifteenth session).
     min_blob_strength_hu: float = 6.0
@@ -449,7 +449,7 @@ def vessel_figures(
     scope: ScopeConfig = ScopeConfig(),
     lungs: LungMask | None | object = _FROM_IMAGE,
 ) -> dict:
-    """The figures and score of core/vessel.py on a CT with a lung mask; ``{}`` on a crop."""
+    """The figures and score of core/scope/vessel.py on a CT with a lung mask; ``{}`` on a crop."""
     if lungs is _FROM_IMAGE:
         lungs = chest_lungs(image_zyx, geometry, scope)
     if lungs is None or not np.any(mask_voi):
@@ -496,7 +496,7 @@ def check_result(
     """Refuse an empty segmentation; warn about a lesion the numbers do not cover well.
 
     ``point_zyx``: the click on the VOI grid (continuous index) when the VOI is not centred on
-    it (core/recentre.py). ``vessel_score``, ``blob_strength`` and ``axis_ends_hu``: the
+    it (core/nodule/recentre.py). ``vessel_score``, ``blob_strength`` and ``axis_ends_hu``: the
     figures of :func:`vessel_figures`, on a CT with a lung mask and a point inside the lung.
     Returns the warnings and the figures they were decided on (for the result and the
     firing-rate measurement).

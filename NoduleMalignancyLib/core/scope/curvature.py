@@ -1,5 +1,5 @@
 """Blob or tube: the CT's curvature at the outline's centre (the vessel check's eighth and ninth
-figures, core/vessel.py).
+figures, core/scope/vessel.py).
 
 A bright blob curves down in all three directions, a bright tube in two (not along its axis).
 The Hessian of the CT smoothed with a Gaussian of scale sigma, scale-normalised (sigma^2 times

@@ -9,7 +9,7 @@ what touches it (vessels feeding it) is thinner. Seven figures say so:
   radius (``tube_ratio``), its minor and middle over major axis (``minor_major``,
   ``middle_major``), the inscribed radius and the longest axial diameter;
 * what continues beyond it inside the lung: the dense tissue (soft tissue and denser) within the
-  lung field (core/lung_mask.lung_field: the lung mask with its per-slice holes filled and its
+  lung field (core/scope/lung_mask.lung_field: the lung mask with its per-slice holes filled and its
   closing with a 10 mm ball, so a large vessel that joins the mediastinum within the slice
   counts and the chest wall and the mediastinum do not), opened with a ball of 0.7 times the
   outline's inscribed radius (thinner vessels drop out), and of that the part connected to the
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..geometry import ImageGeometry, bounding_box
 from .curvature import HU_RANGE, tube_axis
-from .geometry import ImageGeometry, bounding_box
 from .lung_mask import LungMask
 
 __all__ = [
@@ -216,7 +216,7 @@ def axis_figures(
     """What lies beyond the outline's two ends along the structure's own axis.
 
     The axis is the direction in which the CT bends least at the outline's centre
-    (core/curvature.tube_axis): along a vessel, the vessel. A vessel's outline is a piece of it
+    (core/scope/curvature.tube_axis): along a vessel, the vessel. A vessel's outline is a piece of it
     and the vessel goes on past the outline's ends, a nodule's outline ends in lung. Read on the
     CT smoothed with a Gaussian of ``smoothing_mm`` (HU clipped to soft tissue), the highest
     value ``beyond_mm`` past each end; ``axis_end_hu``: the higher end's (the structure goes on

@@ -2,7 +2,7 @@
 their descriptors, the findings that define them and their management, as data.
 
 Why as data: the exam report prints the category's management beside the category, and the
-rules in core/lung_rads.py (baseline) and core/lung_rads_followup.py (new, growing, stable)
+rules in core/clinical/lung_rads.py (baseline) and core/clinical/lung_rads_followup.py (new, growing, stable)
 cite the rows they apply; one table keeps the words the same everywhere (docs/DESIGN.md §16).
 Sizes are mean diameters (the mean of the long and short axes, to 0.1 mm); the volumes are the
 table's equivalents, which this product does not use for the category. Growth: an increase of

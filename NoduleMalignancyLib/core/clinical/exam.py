@@ -3,7 +3,7 @@ from a prior measurement) and its Brock risk; the exam's category is its most su
 nodule's, with S and 4X as suggestions and the category's management (docs/DESIGN.md §17).
 
 Why the exam, not the click: a radiologist reports an exam. A nodule that is not assessed
-(probably not a lung nodule, core/assessment.py) or refused gets no Lung-RADS and no Brock and
+(probably not a lung nodule, core/scope/assessment.py) or refused gets no Lung-RADS and no Brock and
 does not set the exam's category; it is listed with its reason. Plain numpy in, plain records
 out: the ``exam`` command (batch/exam_cli.py) reads the files and writes ``exam.json``.
 """
@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .analysis import NoduleResult, analyze_point
+from ..geometry import ImageGeometry
+from ..model.ensemble import Ensemble
+from ..nodule.analysis import NoduleResult, analyze_point
+from ..nodule.voi import PointOutsideVolumeError
+from ..prior.growth import growth
+from ..scope.validation import RefusedError, chest_lungs
 from .brock import ENTERED, MEASURED, BrockInput, BrockResult, brock_result
 from .brock_inputs import (
     emphysema_input,
@@ -25,14 +30,9 @@ from .brock_inputs import (
     spiculation_input,
     upper_lobe_input,
 )
-from .ensemble import Ensemble
-from .geometry import ImageGeometry
-from .growth import growth
 from .lung_rads import CATEGORIES_ALLOWING_4X, LungRadsSuggestion
 from .lung_rads_followup import PriorMeasurement, followup_lung_rads
 from .lung_rads_table import LUNG_RADS_VERSION, more_suspicious, row
-from .validation import RefusedError, chest_lungs
-from .voi import PointOutsideVolumeError
 
 __all__ = [
     "ClinicalInputs",
@@ -107,8 +107,8 @@ class ExamNodule:
     lung_rads: LungRadsSuggestion | None = None  # None when not answered
     brock: BrockResult | None = None
     prior: dict | None = None
-    warnings: list[str] = field(default_factory=list)  # scope codes (core/validation.py)
-    # The matched nodule's analysis on the prior CT (core/exam_prior.py): the report's key
+    warnings: list[str] = field(default_factory=list)  # scope codes (core/scope/validation.py)
+    # The matched nodule's analysis on the prior CT (core/prior/exam_prior.py): the report's key
     # image at the prior date; not in exam.json (its numbers are in ``prior``).
     prior_result: NoduleResult | None = None
 
@@ -164,7 +164,7 @@ class Exam:
     lung_rads: ExamLungRads
     emphysema: BrockInput | None
     timings_s: dict = field(default_factory=dict)
-    # The registered prior CT (core/exam_prior.py): registration, findings, what was not
+    # The registered prior CT (core/prior/exam_prior.py): registration, findings, what was not
     # found in the current; ``None`` without one.
     prior_ct: dict | None = None
 
@@ -180,9 +180,9 @@ class Exam:
 
 def prior_entry(point: ExamPoint, result: NoduleResult | None) -> dict | None:
     """The nodule's ``prior`` entry from a typed-in prior measurement (``None`` without one),
-    with the keys of a measured one (core/prior_compare.py; what was not typed in is ``None``):
+    with the keys of a measured one (core/prior/prior_compare.py; what was not typed in is ``None``):
     the change in mean diameter and, with both volumes, the volume change and the
-    volume-doubling time (core/growth.py; no interval: no folds on the prior)."""
+    volume-doubling time (core/prior/growth.py; no interval: no folds on the prior)."""
     if point.new:
         return {"source": ENTERED, "status": "new", "matched": False, "new": True}
     prior = point.prior
@@ -258,8 +258,8 @@ def nodule_brock(
     clinical: ClinicalInputs = ClinicalInputs(),
     use_defaults: bool = False,
 ) -> BrockResult | None:
-    """An answered nodule's Brock result (core/brock.py): its image-derived inputs, the exam's
-    nodule ``count``, emphysema and lung points (core/brock_inputs.py), the clinical inputs;
+    """An answered nodule's Brock result (core/clinical/brock.py): its image-derived inputs, the exam's
+    nodule ``count``, emphysema and lung points (core/clinical/brock_inputs.py), the clinical inputs;
     ``None`` on a CT without a lung mask (a crop: no emphysema, no lobe)."""
     r = nodule.result
     upper_lobe = upper_lobe_input(lung_points, nodule.point_lps)
@@ -326,7 +326,7 @@ def build_exam(
 
 def exam_lung_rads(nodules: list[ExamNodule], emphysema: BrockInput | None = None) -> ExamLungRads:
     """The exam's category: its most suspicious answered nodule's (1 with none); S and 4X as
-    suggestions with their reasons; the category's management (core/lung_rads_table.py)."""
+    suggestions with their reasons; the category's management (core/clinical/lung_rads_table.py)."""
     answered = [n for n in nodules if n.lung_rads is not None]
     reasons, suggestions = [], []
     if answered:

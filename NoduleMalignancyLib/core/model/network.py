@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import NetworkConfig
+from ..config import NetworkConfig
 
 N_SCALES = 3
 # Gates are squashed into [GATE_EPS, 1 - GATE_EPS] so they stay strictly inside (0, 1) in float32
