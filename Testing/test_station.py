@@ -456,6 +456,13 @@ def test_a_not_assessed_answer_leads_with_its_reason_and_withholds_the_numbers()
     withheld = {s["group"] for s in panel["sections"] if s["withheld"]}
     assert {"lung_rads", "explanation", "attributes", "size"} <= withheld
     assert [s["group"] for s in panel["sections"] if not s["withheld"]] == []
+    solid = summary | {"assessment": "assessed", "warnings": [], "warning_messages": []}
+    solid |= {"lung_rads_texture_class": "solid", "lung_rads_solid_mean_diameter_mm": 28.0}
+    rows = [r["key"] for s in result_panel(solid, "N4")["sections"] for r in s["rows"]]
+    assert "lung_rads_solid_mean_diameter_mm" not in rows  # part-solid only (a review: 28 vs 29)
+    part = solid | {"lung_rads_texture_class": "part-solid"}
+    rows = [r["key"] for s in result_panel(part, "N4")["sections"] for r in s["rows"]]
+    assert "lung_rads_solid_mean_diameter_mm" in rows
     flagged = result_panel(summary | {"assessment": "flagged", "warnings": ["thick_slices"]}, "N3")
     assert flagged["answered"] and flagged["headline"] == "Malignancy 87.7 %"
     assert flagged["assessment_label"] == "Assessed, with a warning"

@@ -76,6 +76,10 @@ def _field_rows(summary: Mapping, group: str) -> list[dict]:
     for f in fields_for(PANEL):
         if f.group != group or f.name not in summary or f.name.endswith("_wording"):
             continue
+        if f.name == "lung_rads_solid_mean_diameter_mm" and summary.get(
+            "lung_rads_texture_class"
+        ) not in (None, "part-solid"):  # Lung-RADS uses it for part-solid only: beside a
+            continue  # solid nodule's mean diameter it read as a second, different size
         value = summary[f.name]
         if f.kind == "list":  # one row, one item a line
             if value:
