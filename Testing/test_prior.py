@@ -204,6 +204,17 @@ def test_comparison_findings_name_what_is_wrong():
         "date_missing": "flagged",
     }
     assert codes(_geometry(1.0), _geometry(1.0), -3.0) == {"prior_not_before": "refused"}
+
+    # Kernels are compared where both are known (DICOM ConvolutionKernel), case and spaces aside.
+    def kernel_codes(kernels):
+        found = prior_compare.comparison_findings(
+            _geometry(1.0), _geometry(1.0), 365.0, None, kernels
+        )
+        return {f.code: f.level for f in found}
+
+    assert kernel_codes(("B30f", "B70f")) == {"kernels_differ": "flagged"}
+    assert kernel_codes(("B30f", " b30F ")) == {} and kernel_codes(("B30f", None)) == {}
+    assert kernel_codes((None, None)) == {}
     poor = Registration(np.eye(4), DICE_REFUSE - 0.1, 0.5, 0.1, -1.0, ("rigid",))
     assert codes(_geometry(1.0), _geometry(1.0), 365.0, poor) == {"registration_poor": "refused"}
 
@@ -585,3 +596,15 @@ def test_a_prior_that_cannot_be_registered_is_not_compared_and_says_why(phantom)
     assert a["assessment"] == "assessed" and a["prior"]["status"] == "not compared"
     assert "not compared" in a["prior"]["reason"] and a["lung_rads_screen"] == "baseline screen"
     assert "registration" in exam["timings_s"]
+
+
+def test_the_exam_reads_each_dicom_series_reconstruction_kernel(data_dir):
+    """``exam`` compares the kernels it reads from the headers (LIDC-IDRI-0006: GE 'STANDARD');
+    a CT without headers has none, so nothing is compared."""
+    from NoduleMalignancyLib.batch.exam_cli import convolution_kernel
+    from NoduleMalignancyLib.batch.predict import read_input
+
+    archive = data_dir / "lidc_ct" / "LIDC-IDRI-0006.tar.gz"
+    _, _, datasets, _ = read_input(archive, None, dicom=True)
+    assert convolution_kernel(datasets) == str(datasets[0].ConvolutionKernel) == "STANDARD"
+    assert convolution_kernel(None) is None and convolution_kernel([{}]) is None

@@ -177,9 +177,20 @@ def _read_prior(args, current: dt.date | None):
     points = ()
     if args.prior_points:
         points = tuple(read_exam_points(args.prior_points, geometry, None))
+    kernel = convolution_kernel(datasets)
     description = {"path": str(args.prior), **identity, "points_file": args.prior_points}
+    description["convolution_kernel"] = kernel
     iso = date.isoformat() if date else None
-    return PriorCT(array, geometry, iso, points, description), interval, datasets
+    return PriorCT(array, geometry, iso, points, description, kernel), interval, datasets
+
+
+def convolution_kernel(datasets) -> str | None:
+    """The reconstruction kernel of a DICOM series (its first slice's ConvolutionKernel, values
+    joined), ``None`` for a file without headers or a header without it."""
+    kernel = datasets[0].get("ConvolutionKernel") if datasets else None
+    if kernel is None or kernel == "":
+        return None
+    return " ".join(map(str, kernel)) if not isinstance(kernel, str) else str(kernel)
 
 
 def _prior_arrays(prior) -> tuple:
@@ -222,8 +233,9 @@ def run_exam(args) -> dict:
     else:
         prior_ct, interval, _ = prior
         exam = analyze_exam_with_prior(
-            array, geometry, points, ensemble, prior_ct, interval, clinical, args.brock_defaults
-        )
+            array, geometry, points, ensemble, prior_ct, interval, clinical, args.brock_defaults,
+            current_kernel=convolution_kernel(datasets),
+        )  # fmt: skip
     lap("exam")
     document = {
         "ct": str(args.ct),

@@ -59,6 +59,7 @@ class PriorCT:
     date: str | None = None
     points: tuple[ExamPoint, ...] = ()
     description: dict | None = None  # what was read (file, series identity)
+    kernel: str | None = None  # its reconstruction kernel (DICOM ConvolutionKernel), if known
 
 
 def _analyze(image, geometry, point_lps, ensemble):
@@ -136,9 +137,11 @@ def analyze_exam_with_prior(
     interval_days: float | None,
     clinical: ClinicalInputs | None = None,
     brock_defaults: bool = False,
+    current_kernel: str | None = None,
 ) -> Exam:
     """The exam of the current CT's points with the prior compared (module docstring).
-    ``interval_days``: current date less the prior's, ``None`` when a date is missing."""
+    ``interval_days``: current date less the prior's, ``None`` when a date is missing;
+    ``current_kernel``: the current CT's reconstruction kernel, if known."""
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"nodule names must differ: {names}")
@@ -150,7 +153,7 @@ def analyze_exam_with_prior(
     }
     return compare_exam_with_prior(
         image_zyx, geometry, analyzed, ensemble, prior, interval_days, clinical, brock_defaults,
-        timings,
+        timings, current_kernel,
     )  # fmt: skip
 
 
@@ -164,6 +167,7 @@ def compare_exam_with_prior(
     clinical: ClinicalInputs | None = None,
     brock_defaults: bool = False,
     timings: dict | None = None,
+    current_kernel: str | None = None,
 ) -> Exam:
     """The exam of nodules already analyzed on the current CT ((point, result or ``None``,
     refusal) each: the module's session) with the prior registered and compared."""
@@ -175,7 +179,9 @@ def compare_exam_with_prior(
     except ValueError as exc:
         registration_error = str(exc)
     timings["registration"] = time.perf_counter() - t
-    findings = comparison_findings(geometry, prior.geometry, interval_days, registration)
+    findings = comparison_findings(
+        geometry, prior.geometry, interval_days, registration, (current_kernel, prior.kernel)
+    )
     refused = registration is None or any(f.level == "refused" for f in findings)
 
     t = time.perf_counter()

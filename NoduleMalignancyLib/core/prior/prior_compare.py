@@ -10,7 +10,8 @@ its outline's centre lies within :func:`match_tolerance_mm` of the mapped point.
 
 What the comparison refuses or flags, and says so: a registration whose residual is poor
 (core/prior/registration.py), reconstructions whose slice spacing differs by more than
-:data:`SLICE_RATIO_FLAG` (volumes measured across slice thicknesses differ), a missing date
+:data:`SLICE_RATIO_FLAG` (volumes measured across slice thicknesses differ) or whose kernels
+differ where both are known (DICOM ConvolutionKernel), a missing date
 (no interval: no volume-doubling time, and the follow-up rules take it as within 12 months).
 """
 
@@ -83,8 +84,11 @@ def comparison_findings(
     prior: ImageGeometry,
     interval_days: float | None,
     registration: Registration | None,
+    kernels: tuple[str | None, str | None] = (None, None),
 ) -> list[Finding]:
-    """What makes the comparison of two CTs refused or flagged (module docstring)."""
+    """What makes the comparison of two CTs refused or flagged (module docstring).
+    ``kernels``: the current's and the prior's reconstruction kernel (DICOM ConvolutionKernel),
+    ``None`` where unknown: compared only when both are known."""
     found = []
     dz, pz = current.spacing[2], prior.spacing[2]
     if max(dz, pz) > SLICE_RATIO_FLAG * min(dz, pz):
@@ -94,6 +98,17 @@ def comparison_findings(
                 "flagged",
                 f"slice spacing {pz:.2f} mm on the prior, {dz:.2f} mm on the current CT: "
                 "volumes measured across different slice thicknesses differ, read the change "
+                "with care",
+            )
+        )
+    current_kernel, prior_kernel = (" ".join(str(k or "").split()) for k in kernels)
+    if current_kernel and prior_kernel and current_kernel.upper() != prior_kernel.upper():
+        found.append(
+            Finding(
+                "kernels_differ",
+                "flagged",
+                f"reconstruction kernel {prior_kernel!r} on the prior, {current_kernel!r} on the "
+                "current CT: a sharper kernel draws a nodule's edge differently, read the change "
                 "with care",
             )
         )
