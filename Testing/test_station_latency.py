@@ -9,9 +9,6 @@ are figures (docs/benchmarks.md), not asserted.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import station_page
 
 # The poll tick is set to an hour: only the event-driven polls can start and show the analysis.
@@ -54,16 +51,9 @@ app.controller.shutdown()
 def test_a_click_is_analyzed_and_shown_without_the_poll_tick(tiny_dir, data_dir):
     """A left click in place mode starts the analysis and its end is applied to the scene with
     the timer out of the way: the status goes from busy to an answer (done or refused)."""
-    done = subprocess.run(
-        [sys.executable, "-c", NO_TICK_SCRIPT, str(tiny_dir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=str(station_page.ROOT),
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("statuses")]
-    assert lines, done.stdout + done.stderr[-3000:]
-    statuses = lines[-1].split()[1:]
+    lines, output = station_page.run_script(NO_TICK_SCRIPT, tiny_dir)
+    assert "statuses" in lines, output
+    statuses = lines["statuses"].split()
     assert "busy" in statuses, statuses
     assert statuses[-1] in ("done", "refused"), statuses
 
