@@ -271,7 +271,7 @@ def check_image(
             "has air and lung near -1000 HU). Rescaled or MR images are not supported.",
         )
     findings = []
-    if geometry is not None and geometry.spacing[2] > scope.max_slice_mm + 1e-3:
+    if geometry is not None and thick_slices(geometry, scope):
         findings.append(
             Finding(
                 "thick_slices",
@@ -280,6 +280,12 @@ def check_image(
             )
         )
     return findings
+
+
+def thick_slices(geometry: ImageGeometry, scope: ScopeConfig = ScopeConfig()) -> bool:
+    """Slices further apart than the training data's (``thick_slices``): the one test, for
+    the warning and for the figures such slices cannot resolve."""
+    return geometry.spacing[2] > scope.max_slice_mm + 1e-3
 
 
 def _box_near(image_zyx, geometry: ImageGeometry, point_lps, radius_mm: float) -> np.ndarray:
@@ -467,7 +473,7 @@ def vessel_figures(
         scope.vessel_margin_mm,
     )
     centre_kji = geometry.lps_to_index(nodule_centre(mask_voi, voi_geometry, geometry))[::-1]
-    if geometry.spacing[2] <= scope.max_slice_mm + 1e-3:
+    if not thick_slices(geometry, scope):
         # Thicker slices do not resolve a blob's curvature along z (LIDC-IDRI-0006's 7.5 mm
         # nodule on 5 mm slices: blob strength 0 HU): no blob figures, no no_contrast_at_centre
         # there (the scan is flagged thick_slices).
