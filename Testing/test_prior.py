@@ -601,8 +601,8 @@ def test_a_prior_that_cannot_be_registered_is_not_compared_and_says_why(phantom)
 def test_the_exam_reads_each_dicom_series_reconstruction_kernel(data_dir):
     """``exam`` compares the kernels it reads from the headers (LIDC-IDRI-0006: GE 'STANDARD');
     a CT without headers has none, so nothing is compared."""
-    from NoduleMalignancyLib.batch.exam_cli import convolution_kernel
     from NoduleMalignancyLib.batch.predict import read_input
+    from NoduleMalignancyLib.files.ct_input import convolution_kernel
 
     archive = data_dir / "lidc_ct" / "LIDC-IDRI-0006.tar.gz"
     _, _, datasets, _ = read_input(archive, None, dicom=True)

@@ -163,6 +163,7 @@ def _read_prior(args, current: dt.date | None):
     """(core/prior/exam_prior.PriorCT, interval in days or ``None``, its DICOM headers or ``None``)
     of ``--prior``."""
     from ..core.prior.exam_prior import PriorCT
+    from ..files import ct_input
     from .predict import read_input
 
     array, geometry, datasets, identity = read_input(args.prior, args.prior_series, dicom=True)
@@ -177,20 +178,11 @@ def _read_prior(args, current: dt.date | None):
     points = ()
     if args.prior_points:
         points = tuple(read_exam_points(args.prior_points, geometry, None))
-    kernel = convolution_kernel(datasets)
+    kernel = ct_input.convolution_kernel(datasets)
     description = {"path": str(args.prior), **identity, "points_file": args.prior_points}
     description["convolution_kernel"] = kernel
     iso = date.isoformat() if date else None
     return PriorCT(array, geometry, iso, points, description, kernel), interval, datasets
-
-
-def convolution_kernel(datasets) -> str | None:
-    """The reconstruction kernel of a DICOM series (its first slice's ConvolutionKernel, values
-    joined), ``None`` for a file without headers or a header without it."""
-    kernel = datasets[0].get("ConvolutionKernel") if datasets else None
-    if kernel is None or kernel == "":
-        return None
-    return " ".join(map(str, kernel)) if not isinstance(kernel, str) else str(kernel)
 
 
 def _prior_arrays(prior) -> tuple:
@@ -205,6 +197,7 @@ def run_exam(args) -> dict:
     from ..core.clinical.exam import analyze_exam
     from ..core.model.ensemble import Ensemble
     from ..core.prior.exam_prior import analyze_exam_with_prior
+    from ..files import ct_input
     from ..files.exam_report import ExamCT, write_exam_report
     from ..files.writable import check_output_folder
     from .predict import read_input
@@ -234,7 +227,7 @@ def run_exam(args) -> dict:
         prior_ct, interval, _ = prior
         exam = analyze_exam_with_prior(
             array, geometry, points, ensemble, prior_ct, interval, clinical, args.brock_defaults,
-            current_kernel=convolution_kernel(datasets),
+            current_kernel=ct_input.convolution_kernel(datasets),
         )  # fmt: skip
     lap("exam")
     document = {

@@ -201,6 +201,15 @@ def file_identity(path: str | os.PathLike) -> dict[str, str]:
     return input_identity(reader)
 
 
+def convolution_kernel(datasets) -> str | None:
+    """The reconstruction kernel of a DICOM series (its first slice's ConvolutionKernel, values
+    joined), ``None`` for a file without headers or a header without it."""
+    kernel = datasets[0].get("ConvolutionKernel") if datasets else None
+    if kernel is None or kernel == "":
+        return None
+    return " ".join(map(str, kernel)) if not isinstance(kernel, str) else str(kernel)
+
+
 # Sizes ---------------------------------------------------------------------------------------
 def check_voxel_count(size: Sequence[int], components: int, where: str) -> None:
     """Refuse a declared size above :data:`MAX_CT_VOXELS` before anything is allocated."""
