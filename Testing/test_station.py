@@ -241,7 +241,18 @@ def test_the_panel_shows_schema_fields_with_their_units_once():
         "lung_rads_reasons": ["mean axial diameter 5.8 mm (long and short axis, to 0.1 mm)"],
     }
     panel = result_panel(summary, "N1")
-    assert panel["headline"] == "Malignancy 25.0 %" and "± 5.0 %" in panel["spread"]
+    assert panel["headline"] == "Malignancy 25.0 %"
+    assert panel["spread"] == "the 2 models of the ensemble: 20.0 % to 30.0 %"
+    certain = result_panel(
+        summary
+        | {
+            "malignancy_probability": 0.9991,
+            "malignancy_sd": 0.0004,
+            "fold_malignancy_probabilities": [0.999, 0.9993],
+        }
+    )
+    assert certain["headline"] == "Malignancy > 99 %", "no digits past what was calibrated"
+    assert certain["spread"] == "all 2 models of the ensemble: > 99 %"
     assert panel["warnings"] == [{"code": "thick_slices", "message": "Slices are 3 mm thick."}]
     rows = [r for s in panel["sections"] for r in s["rows"]]
     assert unknown_names(r["key"] for r in rows) == []

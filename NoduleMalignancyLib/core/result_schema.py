@@ -75,7 +75,7 @@ GROUP_TITLES: dict[str, str] = {
     "size": "Size and attenuation",
     "attributes": "LIDC attributes (expected reader rating, 1-5)",
     "composition": "Calcification and composition",
-    "explanation": "Why: the malignancy logit in parts (they sum to it)",
+    "explanation": "Why: the malignancy in parts (log-odds: + raises it, − lowers it; they add up)",
     "similar": "Similar LIDC nodules (training set, reader ratings)",
     "provenance": "Model and input",
     "status": "Status",
@@ -98,6 +98,10 @@ class ResultField:
     shown_decimals: int = 1  # shown to a person (shown unit)
     percent: bool = False
     optional: bool = False  # may be empty on a scored row
+    # Shown unit: below the first or above the second the field is shown as "< first" or
+    # "> second" (a probability's last digits beyond 1-99 % are not what the calibration
+    # measured, and "99.9 %" read as certainty in the review of issue 29).
+    shown_bounds: tuple[float | None, float | None] = (None, None)
     # A text field of codes: each code's words, as a person reads it (the CSV stores the code).
     words: tuple[tuple[str, str], ...] = ()
 
@@ -107,6 +111,8 @@ class ResultField:
         scale, which its label or section names)."""
         if self.percent:
             return "%"
+        if self.unit == "logit":  # the word a reader knows from odds ratios
+            return "log-odds"
         return "" if self.unit in ("", "1", LIDC_SCALE) else self.unit
 
     @property
@@ -138,10 +144,15 @@ def shown(name: str, value: object, with_unit: bool = True) -> str:
     number = float(value) * (100.0 if f.percent else 1.0)
     if not math.isfinite(number):
         return "n/a"
+    low, high = f.shown_bounds
+    unit = f.shown_unit
+    for sign, bound in (("<", low), (">", high)):
+        if bound is not None and (number < bound if sign == "<" else number > bound):
+            text = f"{sign} {bound:g}"
+            return f"{text} {unit}" if with_unit and unit else text
     text = str(round_half_up(number, f.shown_decimals))
     if f.unit == "logit" and number >= 0:
         text = "+" + text
-    unit = f.shown_unit
     return f"{text} {unit}" if with_unit and unit else text
 
 
@@ -335,21 +346,26 @@ FIELDS: tuple[ResultField, ...] = (
         "malignancy_probability",
         "Malignancy",
         "1",
-        "probability that the nodule is malignant: mean of the fold models' fused probabilities",
+        "probability that the nodule is malignant: sigmoid of the mean fold logit of the fused "
+        "model, the number the explanation decomposes (docs/DESIGN.md §11); shown as '< 1 %' or "
+        "'> 99 %' beyond those",
         "malignancy",
         (*ALL, REPORT),
         decimals=6,
         percent=True,
+        shown_bounds=(1.0, 99.0),
     ),
     _f(
         "malignancy_sd",
         "Malignancy spread (SD over folds)",
         "1",
-        "standard deviation of the fold probabilities (shown in percentage points)",
+        "standard deviation of the fold probabilities (shown in percentage points; '< 0.1 %' "
+        "when it rounds to nothing)",
         "malignancy",
         (*ALL, REPORT),
         decimals=6,
         percent=True,
+        shown_bounds=(0.1, None),
     ),
     _f(
         "fold_malignancy_probabilities",
@@ -485,7 +501,7 @@ FIELDS: tuple[ResultField, ...] = (
     ),
     _f(
         "malignancy_logit",
-        "Malignancy logit (sum of the parts)",
+        "Sum of the parts (the malignancy's log-odds)",
         "logit",
         "mean fold logit of the fused malignancy model (docs/DESIGN.md §11)",
         "explanation",
@@ -577,7 +593,7 @@ FIELDS: tuple[ResultField, ...] = (
     ),
     _f(
         "context_passes",
-        "Analysis passes (crop re-centred)",
+        "Network runs (crop re-centred on the outline)",
         "",
         "network passes the context policy needed",
         "provenance",

@@ -27,7 +27,14 @@ from ..core.nodule.explanation import PARTS
 from ..core.result_schema import GROUP_TITLES, PANEL, fields_for, round_half_up, shown
 from ..core.scope.assessment import ASSESSED, LABELS, NOT_ASSESSED, WITHHELD_GROUPS
 
-__all__ = ["COMPACT_GROUPS", "input_panel", "result_panel", "similar_panel", "with_followup"]
+__all__ = [
+    "COMPACT_GROUPS",
+    "ensemble_range",
+    "input_panel",
+    "result_panel",
+    "similar_panel",
+    "with_followup",
+]
 
 # Groups shown above the sections (the answer and its warnings), not as rows.
 _HEADLINE_GROUPS = ("assessment", "malignancy", "scope")
@@ -190,6 +197,17 @@ def similar_panel(
     }
 
 
+def ensemble_range(folds: list[float]) -> str:
+    """The spread of the ensemble as the range of its models' probabilities: "the 5 models of
+    the ensemble: 12.3 % to 18.0 %", "all 5 models: > 99 %". Why a range, not "± SD": the
+    review of issue 29 read "99.9 % ± 0.0 %" as certainty; a range says how far the models
+    agree without a second statistic to learn."""
+    low, high = (shown("malignancy_probability", v) for v in (min(folds), max(folds)))
+    if low == high:
+        return f"all {len(folds)} models of the ensemble: {low}"
+    return f"the {len(folds)} models of the ensemble: {low} to {high}"
+
+
 def result_panel(
     summary: Mapping, label: str = "", thumbnail: Callable[[str], str] | None = None
 ) -> dict:
@@ -212,12 +230,7 @@ def result_panel(
     tier = str(summary.get("assessment") or ASSESSED)
     not_assessed = tier == NOT_ASSESSED
     malignancy = f"Malignancy {shown('malignancy_probability', p)}"
-    spread = f"± {shown('malignancy_sd', sd)}" + (
-        f" across the {len(folds)} models of the ensemble "
-        f"({', '.join(shown('malignancy_probability', f) for f in folds)})"
-        if folds
-        else ""
-    )
+    spread = ensemble_range(folds) if folds else f"± {shown('malignancy_sd', sd)}"
     return {
         "label": label,
         "assessment": tier,
