@@ -236,3 +236,53 @@ def test_outdated_fusion_entry_is_refused():
     fusion["outputs"]["texture"]["square_scale"] = [1.0]
     with pytest.raises(ValueError, match="square_scale"):
         check_fusion(fusion)
+
+
+def test_connected_components_number_as_simpleitk_does():
+    """scipy's labels (the fast path) equal SimpleITK's fully connected ones, numbering too:
+    the component at the centre and the largest solid part are picked by label."""
+    import SimpleITK as sitk
+
+    from NoduleMalignancyLib.core.nodule.measurements import connected_components
+
+    rng = np.random.default_rng(5)
+    for density in (0.03, 0.2, 0.35):
+        mask = rng.random((12, 20, 20)) < density
+        expected = sitk.GetArrayFromImage(
+            sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+        )
+        assert np.array_equal(connected_components(mask), expected)
+
+
+def test_measurements_on_the_mask_s_box_equal_those_on_the_whole_grid():
+    """measure_nodule measures density and shape on the mask's box (a click measures six
+    masks): the numbers are those of the whole grid, bit for bit, for a mask in the middle,
+    one cut by the grid's faces, two pieces, with and without a shared gradient."""
+    from dataclasses import asdict
+
+    from NoduleMalignancyLib.core.nodule.measurements import (
+        hu_gradient_magnitude,
+        nodule_density,
+        nodule_shape,
+        nodule_size,
+    )
+
+    rng = np.random.default_rng(6)
+    spacing = (1.0, 0.7, 0.7)
+    hu = rng.normal(-700, 200, (20, 30, 30)).astype(np.float32)
+    valid = np.ones(hu.shape, np.float32)
+    valid[:, :, :3] = 0
+    z, y, x = np.ogrid[:20, :30, :30]
+    blob = ((z - 9) / 4) ** 2 + ((y - 14) / 6) ** 2 + ((x - 15) / 5) ** 2 < 1
+    edge = ((z - 1) / 3) ** 2 + ((y - 14) / 5) ** 2 + ((x - 28) / 5) ** 2 < 1  # cut by 2 faces
+    gradient = hu_gradient_magnitude(hu, spacing)
+    for mask in (blob, edge, blob | edge):
+        for shared in (gradient, None):
+            size = nodule_size(mask & (valid > 0.5), spacing)
+            m = mask & (valid > 0.5)
+            whole = {
+                **asdict(size),
+                **asdict(nodule_density(hu, m)),
+                **asdict(nodule_shape(hu, m, spacing, size, valid, gradient)),
+            }
+            assert measure_nodule(hu, mask, spacing, valid, shared) == whole

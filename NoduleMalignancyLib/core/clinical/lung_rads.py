@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..nodule.attributes import wording
-from ..nodule.measurements import nodule_size
+from ..nodule.measurements import connected_components, nodule_size
 
 SOLID = "solid"
 PART_SOLID = "part-solid"
@@ -98,10 +97,8 @@ def solid_component_mean_diameter_mm(
     solid = np.asarray(mask_zyx, dtype=bool) & (np.asarray(hu_zyx) >= threshold_hu)
     if not solid.any():
         return 0.0
-    labels = sitk.RelabelComponent(
-        sitk.ConnectedComponent(sitk.GetImageFromArray(solid.astype(np.uint8)), True)
-    )
-    largest = sitk.GetArrayFromImage(labels) == 1
+    labels = connected_components(solid)
+    largest = labels == np.bincount(labels.ravel())[1:].argmax() + 1  # ties: the first in C order
     return nodule_size(largest, spacing_zyx).mean_diameter_mm
 
 

@@ -47,13 +47,25 @@ def nodule_density(hu_zyx: np.ndarray, mask_zyx: np.ndarray) -> NoduleDensity:
     return NoduleDensity(float(hu.mean()), float((hu >= CALCIFIED_HU).mean()))
 
 
+# 26-connectivity: a nodule's voxels touching at an edge or a corner are one nodule.
+_FULLY_CONNECTED = np.ones((3, 3, 3), dtype=bool)
+
+
+def connected_components(mask_zyx: np.ndarray) -> np.ndarray:
+    """Labels of the 26-connected components of a 3D mask, numbered in raster (C) order of
+    their first voxel, as SimpleITK's ConnectedComponent(fully connected) numbers them. Why
+    scipy: on a VOI-sized array it takes about a tenth of the time (0.6 against 8-12 ms, the
+    ITK filter's threads cost more than the work), and a click labels 11 masks."""
+    from scipy import ndimage
+
+    return ndimage.label(np.asarray(mask_zyx, dtype=bool), structure=_FULLY_CONNECTED)[0]
+
+
 def component_at_center(mask_zyx: np.ndarray) -> np.ndarray:
     """Keep the connected component nearest to the array centre (the clicked nodule)."""
     if not mask_zyx.any():
         return mask_zyx.astype(bool)
-    labels = sitk.GetArrayFromImage(
-        sitk.ConnectedComponent(sitk.GetImageFromArray(mask_zyx.astype(np.uint8)), True)
-    )
+    labels = connected_components(mask_zyx)
     center = (np.asarray(mask_zyx.shape) - 1) / 2.0
     # The voxels around the centre (one to eight, all equally near it) are nearer than any
     # other: when one is labelled, the first of them in C order is what the search below finds.
@@ -76,6 +88,15 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
             index[axis] = shifted
             interior &= p[tuple(index)]
     return mask & ~interior
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The mask's bounding box grown by ``margin`` voxels, clipped to the array."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(hit[0] - margin, 0), min(hit[-1] + margin + 1, mask.shape[axis])))
+    return tuple(box)
 
 
 def _axial_diameters(points_mm: np.ndarray) -> tuple[float, float]:
@@ -102,8 +123,11 @@ def nodule_size(mask_zyx: np.ndarray, spacing_zyx) -> NoduleSize:
     sz, sy, sx = (float(s) for s in spacing_zyx)
     volume = float(mask.sum()) * sz * sy * sx
     best = (0.0, 0.0)
+    box = _box(mask, margin=0)  # the slices' boundaries on the mask's box, at their grid
+    offset = np.array([box[1].start, box[2].start])  # indices (the same floats, same order)
     for k in np.unique(np.nonzero(mask)[0]):
-        yx = np.argwhere(_boundary(mask[k])).astype(float) * np.array([sy, sx])
+        inner = np.argwhere(_boundary(mask[k][box[1:]])) + offset
+        yx = inner.astype(float) * np.array([sy, sx])
         long_mm, short_mm = _axial_diameters(yx)
         if long_mm > best[0]:
             best = (long_mm, short_mm)
@@ -123,6 +147,10 @@ class NoduleShape:
 
 
 EMPTY_SHAPE = NoduleShape(0.0, 0.0, 0.0, 0.0)
+
+
+# The outer shell of the boundary contrast: voxels within 2 (a ball) outside the mask.
+_SHELL_VOXELS = 2
 
 
 def hu_gradient_magnitude(hu_zyx: np.ndarray, spacing_zyx) -> np.ndarray:
@@ -162,7 +190,7 @@ def nodule_shape(
     if gradient is None:
         gradient = hu_gradient_magnitude(hu, spacing_zyx)
     boundary = _boundary(mask)
-    dilated = sitk.BinaryDilate(sitk.GetImageFromArray(mask.astype(np.uint8)), [2, 2, 2])
+    dilated = sitk.BinaryDilate(sitk.GetImageFromArray(mask.astype(np.uint8)), [_SHELL_VOXELS] * 3)
     shell = (sitk.GetArrayFromImage(dilated) > 0) & ~mask
     if valid_zyx is not None:
         shell &= np.asarray(valid_zyx) > 0.5
@@ -191,7 +219,15 @@ def measure_nodule(
     mask = np.asarray(mask_zyx, dtype=bool)
     if valid_zyx is not None:
         mask = mask & (np.asarray(valid_zyx) > 0.5)
-    size = nodule_size(mask, spacing_zyx)
+    size = nodule_size(mask, spacing_zyx)  # on the whole grid: its chords' float coordinates
+    if mask.any():  # the rest, the same numbers, on the mask's box (every measure is local):
+        # a click measures six masks, and the box is a few percent of the VOI
+        if gradient is None:  # on the whole grid (np.gradient is one-sided at an edge)
+            gradient = hu_gradient_magnitude(hu_zyx, spacing_zyx)
+        box = _box(mask, margin=_SHELL_VOXELS + 1)
+        mask, hu_zyx = mask[box], np.asarray(hu_zyx)[box]
+        valid_zyx = None if valid_zyx is None else np.asarray(valid_zyx)[box]
+        gradient = np.asarray(gradient)[box]
     density = nodule_density(hu_zyx, mask)
     shape = nodule_shape(hu_zyx, mask, spacing_zyx, size, valid_zyx, gradient)
     return {**asdict(size), **asdict(density), **asdict(shape)}
