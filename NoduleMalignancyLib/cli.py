@@ -202,6 +202,8 @@ def _print_result(result) -> None:
     )
     if result.suggested_lung_rads is not None:
         print(f"  {result.suggested_lung_rads.wording}")
+    if v.get("similar_nodules_summary"):  # core/model/similar.py: the LIDC readers' ratings
+        print(f"  {v['similar_nodules_summary']} (their LIDC readers' ratings)")
     for code, message in zip(v["warnings"], v["warning_messages"], strict=True):
         print(f"  warning {code}: {message}")
 

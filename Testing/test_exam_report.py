@@ -237,6 +237,28 @@ def test_a_refused_or_new_nodule_is_listed_without_numbers():
     assert page.images == []
 
 
+def test_the_page_withholds_a_not_assessed_malignancy_and_shows_the_similar_line():
+    """A not-assessed nodule (probably not a nodule) shows no malignancy on the page, as on
+    every surface that leads with it; an assessed one its similar LIDC nodules' line."""
+    base = {"lung_rads": "2", "lung_rads_descriptor": "Benign", "lung_rads_reasons": [],
+            "lung_rads_management": "12-month LDCT", "lung_rads_suggestions": [], "date": DATE,
+            "prior_ct": None}  # fmt: skip
+    nodule = {"name": "n", "assessment": "assessed", "assessment_reason": "", "lung_rads": "2",
+              "lung_rads_behavior": "", "lung_rads_reasons": [], "brock": None,
+              "brock_probability": None, "prior": None, "diameter_mm": 5.0,
+              "mean_diameter_mm": 4.5, "volume_mm3": 50.0, "malignancy_probability": 0.03,
+              "similar_nodules_summary": "6 similar LIDC nodules: 1 rated suspicious"}  # fmt: skip
+    vessel = {**nodule, "name": "v", "assessment": "not_assessed",
+              "assessment_reason": "The outline looks like a piece of a vessel",
+              "malignancy_probability": 0.4}  # fmt: skip
+    page = _Page()
+    page.feed(render_exam_html({**base, "nodules": [nodule, vessel]}, {}))
+    text = " ".join(" ".join(page.text).split())
+    assert page.rows[1]["malignancy_probability"] == 0.03
+    assert "malignancy_probability" not in page.rows[2] and "40.0 %" not in text
+    assert text.count("6 similar LIDC nodules: 1 rated suspicious") == 1
+
+
 def test_the_prior_line_says_whose_volume_is_which():
     """The nodule list's and exam line's comparison: the prior's volume, the volume it is
     compared with now (the entry's own: prior x ratio, which may be the overlapping windows'

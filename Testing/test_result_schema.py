@@ -175,6 +175,19 @@ def test_report_image_title_and_cli_print_use_the_schema_s_labels(result, capsys
     assert schema.labelled("malignancy_probability", result.malignancy_probability) in out
     assert schema.labelled("volume_mm3", result.volume_mm3) in out
     assert not re.search(r"\bp=0\.", out), "probabilities are shown as percentages"
+    # The similar LIDC nodules' line, as on the panel (the tiny ensemble has no index: two
+    # neighbours are put in, one rated suspicious).
+    from dataclasses import replace
+
+    from NoduleMalignancyLib.core.model.similar import SimilarNodule
+
+    neighbours = [
+        SimilarNodule(f"LIDC-IDRI-090{i}_R_1", f"LIDC-IDRI-090{i}", 0.5, 8.0, rating, {})
+        for i, rating in enumerate((4.5, 2.0))
+    ]
+    cli._print_result(replace(result, similar_nodules=neighbours))
+    line = replace(result, similar_nodules=neighbours).values()["similar_nodules_summary"]
+    assert line and "1 rated suspicious" in line and line in capsys.readouterr().out
 
 
 def test_every_renamed_name_is_in_the_readme_changelog():

@@ -97,6 +97,26 @@ def _brock_text(n: dict) -> str:
     return "not computed" if n.get("brock") else ""
 
 
+def _malignancy_cell(n: dict) -> str:
+    """The model's malignancy with its similar LIDC nodules' line (core/model/similar.py);
+    a not-assessed nodule's is withheld, as on every surface that leads with it (issue 29:
+    the point is probably not a nodule; exam.json keeps the number)."""
+    if n["assessment"] not in ("assessed", "flagged"):
+        return _cell("malignancy_probability", None, "")
+    similar = n.get("similar_nodules_summary") or ""
+    cell = _cell(
+        "malignancy_probability",
+        n["malignancy_probability"],
+        shown("malignancy_probability", n["malignancy_probability"]),
+    )
+    if not similar:
+        return cell
+    return (
+        cell.removesuffix("</td>")
+        + f'<br><span class="note" data-field="similar">{_e(similar)}</span></td>'
+    )
+
+
 def nodule_row(n: dict) -> str:
     """One table row: both dates' sizes (the prior's where measured or typed in)."""
     p = n.get("prior") or {}
@@ -126,11 +146,7 @@ def nodule_row(n: dict) -> str:
         _cell("prior.vdt_days", p.get("vdt_days"), vdt_text(p) or p.get("vdt_note") or ""),
         f'<td class="text" data-field="prior.status">{_e(_status(n.get("prior")))}</td>',
         f'<td class="text" data-field="lung_rads" title="{reasons}">{_e(lung_rads) or "–"}</td>',
-        _cell(
-            "malignancy_probability",
-            n["malignancy_probability"],
-            shown("malignancy_probability", n["malignancy_probability"]),
-        ),
+        _malignancy_cell(n),
         f'<td class="text" data-field="brock_probability">{_e(_brock_text(n))}</td>',
     ]
     return "<tr>" + "".join(cells) + "</tr>"

@@ -61,6 +61,7 @@ NODULE_FIELDS = (
     "mean_diameter_mm",
     "warnings",
     "warning_messages",
+    "similar_nodules_summary",
 )
 
 
