@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..geometry import bounding_box
+
 
 @dataclass(frozen=True)
 class NoduleSize:
@@ -90,15 +92,6 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """The mask's bounding box grown by ``margin`` voxels, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(hit[0] - margin, 0), min(hit[-1] + margin + 1, mask.shape[axis])))
-    return tuple(box)
-
-
 def _axial_diameters(points_mm: np.ndarray) -> tuple[float, float]:
     """Longest chord of an axial slice's voxel centres and the extent perpendicular to it."""
     if len(points_mm) < 2:
@@ -123,7 +116,7 @@ def nodule_size(mask_zyx: np.ndarray, spacing_zyx) -> NoduleSize:
     sz, sy, sx = (float(s) for s in spacing_zyx)
     volume = float(mask.sum()) * sz * sy * sx
     best = (0.0, 0.0)
-    box = _box(mask, margin=0)  # the slices' boundaries on the mask's box, at their grid
+    box = bounding_box(mask)  # the slices' boundaries on the mask's box, at their grid
     offset = np.array([box[1].start, box[2].start])  # indices (the same floats, same order)
     for k in np.unique(np.nonzero(mask)[0]):
         inner = np.argwhere(_boundary(mask[k][box[1:]])) + offset
@@ -224,7 +217,7 @@ def measure_nodule(
         # a click measures six masks, and the box is a few percent of the VOI
         if gradient is None:  # on the whole grid (np.gradient is one-sided at an edge)
             gradient = hu_gradient_magnitude(hu_zyx, spacing_zyx)
-        box = _box(mask, margin=_SHELL_VOXELS + 1)
+        box = bounding_box(mask, pad=_SHELL_VOXELS + 1)
         mask, hu_zyx = mask[box], np.asarray(hu_zyx)[box]
         valid_zyx = None if valid_zyx is None else np.asarray(valid_zyx)[box]
         gradient = np.asarray(gradient)[box]
