@@ -3,12 +3,14 @@
     NODULE_MALIGNANCY_DATA=/work/shared/data .venv/bin/python Testing/make_station_gallery.py
 
 Starts ``nodule-malignancy app --sample LIDC-IDRI-0001`` with the shipped ensemble on the CPU,
-opens it in Debian's chromium and saves: the page after a click on the readers' nodule (and
+opens it in Debian's chromium, waits for the lungs in the 3D view (the CT's warm-up) and
+saves: the page after a click on the readers' nodule (and
 that click's time to the overlay), the axial view close up with each evidence scale, a click on
-the chest wall (not assessed), a click in the air (refused), the "Clear points" question and
-the 3D view, and the similar LIDC nodules opened (``similar.png``: the drawer's block with the
-neighbours' thumbnails; they need the data folder; ``--similar-only`` takes the click and this
-one only). ``--out DIR`` writes elsewhere (e.g. the "before" pictures of an older checkout:
+the chest wall (not assessed; ``toolbar-busy.png``: the toolbar before it and while it runs),
+a click in the air (refused), the "Clear points" question and the 3D view (once the lungs the
+CT's warm-up builds are in it), and the similar LIDC nodules opened (``similar.png``: the
+drawer's block with the neighbours' thumbnails; they need the data folder;
+``--similar-only`` takes the click and this one only). ``--out DIR`` writes elsewhere (e.g. the "before" pictures of an older checkout:
 ``--prefix before-`` with ``--root`` that checkout).
 """
 
@@ -38,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--evidence-only", action="store_true", help="only the close-ups")
     parser.add_argument("--similar-only", action="store_true", help="only the similar LIDC nodules")
+    parser.add_argument(
+        "--click-at-once",
+        action="store_true",
+        help="click without waiting for the warm-up's lungs (the timing of an older station's)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,20 @@ def _save(page, out: Path, args, name: str, locator=None) -> None:
     print(f"wrote {path}")
 
 
+def _wait_lungs(page, seconds: float = 90.0) -> None:
+    """Until the 3D view has the lungs the CT's warm-up builds (a reader looks at the CT
+    first; an older station has none)."""
+    deadline = time.monotonic() + seconds
+    while not station_page.snapshot(page)["layers"].get("lungs"):
+        if time.monotonic() > deadline:
+            print("no lungs in the 3D view (an older station?)")
+            return
+        page.wait_for_timeout(500)
+
+
 def shoot(page, args, out: Path) -> None:
+    if not args.click_at_once:
+        _wait_lungs(page)
     x, y, where = station_page.locate(page, NODULE_RAS)
     page.mouse.move(x, y)
     before = station_page.view_image(page, where["box_id"])
@@ -101,7 +121,13 @@ def shoot(page, args, out: Path) -> None:
         _save(page, out, args, "3d", three_d)
     for name, ras, n in (("not-assessed", CHEST_WALL_RAS, 1), ("refused", AIR_RAS, 2)):
         x, y, _ = station_page.locate(page, ras)
+        toolbar = page.locator("header").first
+        idle = toolbar.screenshot() if n == 1 else None
         page.mouse.click(x, y)
+        if idle is not None:  # the toolbar idle and while this analysis runs, one above the other
+            page.wait_for_function(f"() => ({station_page.STATUS})() === 'busy'")
+            _stacked(out / f"{args.prefix}toolbar-busy.png", idle, toolbar.screenshot())
+            print(f"wrote {out / f'{args.prefix}toolbar-busy.png'}")
         station_page.wait_analyzed(page, n)
         page.mouse.move(1450, 940)
         page.wait_for_timeout(1500)
@@ -112,6 +138,22 @@ def shoot(page, args, out: Path) -> None:
         page.locator("#station-clear-dialog").wait_for()
         page.wait_for_timeout(500)
         _save(page, out, args, "clear-confirm")
+
+
+def _stacked(path: Path, *pngs: bytes) -> None:
+    """PNG images one above the other, a 6 px grey rule between them."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
+    width = max(i.width for i in images)
+    out = Image.new("RGB", (width, sum(i.height + 6 for i in images) - 6), (128, 128, 128))
+    y = 0
+    for image in images:
+        out.paste(image, (0, y))
+        y += image.height + 6
+    out.save(path)
 
 
 def similar(page, args, out: Path) -> None:

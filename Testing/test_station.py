@@ -378,6 +378,64 @@ def test_the_panel_is_the_current_points_after_a_refusal_and_a_cancel(station):
     assert not markups.GetNthControlPointSelected(markups.GetControlPointIndexByID(cancelled))
 
 
+def test_each_marker_takes_its_points_state_colour(station):
+    """Green (selected) while analysed and when answered; grey (unselected) when refused; a
+    not-assessed point hidden in the reader's list and drawn, with its label, by the orange
+    display-only list; the point left highlighted by the placement (Slicer's "active" point,
+    which hid the refused point's grey in issue 29's picture) is no longer highlighted."""
+    from NoduleMalignancyLib.mrml.roles import MARKER_WARNING_COLOR
+    from NoduleMalignancyLib.station.controller import WARNING_MARKUPS_NAME
+
+    controller, executor = station
+    markups, warning = controller.markups, controller.warning_markers
+    assert warning.GetName() == WARNING_MARKUPS_NAME and warning.GetLocked()
+    assert warning.GetDisplayNode().GetSelectedColor() == MARKER_WARNING_COLOR
+    first = _analyze(controller, executor, NODULE_RAS)
+    display = markups.GetDisplayNode()
+    display.SetActiveControlPoint(0)  # as the placement leaves the clicked point
+    refused = _analyze(controller, executor, _air(controller))
+    assert not display.HasActiveComponent()
+
+    def index(point_id):
+        return markups.GetControlPointIndexByID(point_id)
+
+    assert markups.GetNthControlPointSelected(index(first))
+    assert not markups.GetNthControlPointSelected(index(refused))
+    assert markups.GetNthControlPointVisibility(index(refused))
+    assert warning.GetNumberOfControlPoints() == 0
+    controller.points[first]["assessment"] = "not_assessed"  # as a chest-wall click ends
+    controller.style_markers()
+    assert not markups.GetNthControlPointVisibility(index(first))
+    assert warning.GetNumberOfControlPoints() == 1 and warning.GetNthControlPointLabel(0) == "N1"
+    assert np.allclose(warning.GetNthControlPointPositionWorld(0), controller.points[first]["ras"])
+    controller.delete_point(first)
+    assert warning.GetNumberOfControlPoints() == 0
+
+
+def test_the_3d_view_gets_the_lungs_from_the_warm_up_not_from_a_click(station):
+    """The warm-up thread builds the lung surface (the scope layer's mask, smoothed and
+    decimated); the next poll adds it, once, as a translucent model drawn in 3D only; it spans
+    both lungs (about 25 cm across on LIDC-IDRI-0001) and goes with the CT."""
+    from NoduleMalignancyLib.mrml.roles import ATTR_ROLE, ROLE_LUNG_SURFACE
+
+    controller, executor = station
+    controller.warm_up_thread.join(timeout=120)
+    controller.poll()
+    model = controller.lung_model
+    assert model is not None and model.GetAttribute(ATTR_ROLE) == ROLE_LUNG_SURFACE
+    display = model.GetDisplayNode()
+    assert display.GetVisibility3D() and not display.GetVisibility2D()
+    assert 0 < display.GetOpacity() < 0.5
+    polys = model.GetPolyData().GetNumberOfPolys()
+    assert 10_000 < polys <= 40_000, polys
+    x0, x1, y0, y1, z0, z1 = model.GetPolyData().GetBounds()
+    assert 200 < x1 - x0 < 300 and x0 < NODULE_RAS[0] < x1 and z0 < NODULE_RAS[2] < z1
+    _analyze(controller, executor, NODULE_RAS)
+    assert controller.lung_model is model  # a click builds nothing for the 3D view
+    controller.close_ct()
+    assert model.GetScene() is None
+
+
 def test_the_banner_describes_the_current_point_and_follows_the_selection(station):
     """Assessed: "Analyzed N1" (success look); refused: its reason (refusal look); not
     assessed: "N1: not assessed — reason" with a warning look, never "Analyzed" as a success;
@@ -818,5 +876,68 @@ def test_browser_viewer_basics_and_point_states(station_server):
                 timeout=10_000,
             )
             assert station_page.snapshot(page)["nodules"] == [], "no point in this mode"
+        finally:
+            browser.close()
+
+
+def _readout(page, view: str) -> str:
+    return page.locator(f"#station-annot-{view} .station-readout").inner_text().splitlines()[0]
+
+
+def _mm(readout: str) -> float:
+    """A readout's position along its axis, signed (S, A, L positive: "I 115.9 mm" -> -115.9)."""
+    letter, value, _ = readout.split()
+    return float(value) * (1 if letter in "SAL" else -1)
+
+
+def test_browser_keys_step_the_slice_and_the_toolbar_stays_put_while_busy(station_server):
+    """Up/Down and PageUp/PageDown step the slice view under the mouse by one slice (2.5 mm
+    on LIDC-IDRI-0001's axial view), else the view last clicked; the readout follows and the
+    other views stay. While an analysis runs, the toolbar's buttons do not move (the busy
+    indicator's place is kept) and its Cancel shows."""
+    url, _ = station_server
+    with _browser() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page, _ = station_page.open_page(browser, url)
+            red = page.locator("#station-view-Red").bounding_box()
+            page.mouse.move(red["x"] + red["width"] / 2, red["y"] + red["height"] / 3)
+            start, green = _mm(_readout(page, "Red")), _readout(page, "Green")
+            seen = []
+            for key in ("ArrowDown", "ArrowDown", "PageUp", "ArrowUp", "ArrowUp", "PageDown"):
+                before = _readout(page, "Red")
+                page.keyboard.press(key)
+                page.wait_for_function(
+                    "([b]) => document.querySelector('#station-annot-Red .station-readout')"
+                    ".innerText.split('\\n')[0] !== b",
+                    arg=[before],
+                    timeout=10_000,
+                )
+                seen.append(round(_mm(_readout(page, "Red")) - start, 1))
+            assert seen == [-2.5, -5.0, -2.5, 0.0, 2.5, 0.0], seen
+            assert _readout(page, "Green") == green
+            # Pan/zoom mode (a click places nothing): the view last clicked steps when the
+            # mouse is over no view.
+            page.locator("#station-mode-pan_zoom").click()
+            yellow = page.locator("#station-view-Yellow").bounding_box()
+            page.mouse.click(yellow["x"] + yellow["width"] / 2, yellow["y"] + yellow["height"] / 2)
+            page.mouse.move(5, 5)
+            sagittal, axial = _mm(_readout(page, "Yellow")), _readout(page, "Red")
+            page.keyboard.press("ArrowUp")
+            page.wait_for_timeout(1500)
+            assert _mm(_readout(page, "Yellow")) > sagittal and _readout(page, "Red") == axial
+            # The toolbar while an analysis runs.
+            page.locator("#station-mode-place").click()
+            buttons = ["#station-window-lung", "#station-mode-place", "#station-clear"]
+            idle = [page.locator(b).bounding_box() for b in buttons]
+            assert not page.locator("#station-cancel").is_visible()
+            x, y, _ = station_page.locate(page, NODULE_RAS)
+            page.mouse.click(x, y)
+            page.wait_for_function(f"() => ({station_page.STATUS})() === 'busy'")
+            busy = [page.locator(b).bounding_box() for b in buttons]
+            assert page.locator("#station-cancel").is_visible()
+            assert busy == idle
+            station_page.wait_analyzed(page)
+            assert [page.locator(b).bounding_box() for b in buttons] == idle
         finally:
             browser.close()

@@ -26,6 +26,7 @@ ROLE_SEGMENTATION = "Segmentation"
 ROLE_TABLE = "ResultsTable"
 ROLE_EVIDENCE = "EvidenceVolume"
 ROLE_COLOR = "EvidenceColorTable"
+ROLE_LUNG_SURFACE = "LungSurface"  # the station's 3D context: the CT's lungs, translucent
 PARAM_SCALE = "EvidenceScale"
 PARAM_OPACITY = "EvidenceOpacity"
 PARAM_CURRENT_POINT = "CurrentPointID"
@@ -62,6 +63,14 @@ TABLE_COLUMNS: tuple[tuple[str, str, str, str, int], ...] = tuple(
 # MARKER_COLOR), the evidence's red and blue and the CT's greys, so an outline reads as an
 # outline whichever nodule it is (issue 29 item 5).
 SEGMENT_COLOR: tuple[float, float, float] = (1.0, 0.85, 0.0)
+# Point markers by the point's state (the station, issue 29): green while it is analysed or
+# answered (assessed, flagged); orange when its answer is "not assessed" (a warning, as the
+# banner); grey when no answer came (refused, cancelled, failed). The point under the mouse is
+# drawn white (Slicer's "active" highlight, a state of the mouse, not of the point).
 MARKER_COLOR: tuple[float, float, float] = (0.2, 1.0, 0.3)
-# A point that was refused or cancelled: grey (Slicer draws unselected control points so).
+MARKER_WARNING_COLOR: tuple[float, float, float] = (1.0, 0.5, 0.05)
 MARKER_INACTIVE_COLOR: tuple[float, float, float] = (0.55, 0.55, 0.55)
+MARKER_ACTIVE_COLOR: tuple[float, float, float] = (1.0, 1.0, 1.0)
+# The lungs in the station's 3D view: a pale translucent surface the nodules are seen through.
+LUNG_SURFACE_COLOR: tuple[float, float, float] = (0.85, 0.72, 0.68)
+LUNG_SURFACE_OPACITY = 0.2

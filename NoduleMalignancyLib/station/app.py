@@ -53,6 +53,7 @@ class StationApp:
         self._poll_task = None
         self._loop = None  # the server's event loop, once it runs
         self._segments = 0
+        self._lungs = None  # the lung model the 3D view was last framed on
         state, ctrl = self.server.state, self.server.controller
         state.trame__title = "Nodule malignancy reading station"
         state.st = self.controller.snapshot()
@@ -72,6 +73,7 @@ class StationApp:
         ctrl.trigger("station_view_point")(self.view_point)
         ctrl.trigger("station_snapshot")(self.controller.snapshot)
         ctrl.trigger(DELETE_TRIGGER)(self.delete_point)
+        ctrl.trigger("station_step_slice")(self.step_slice)
         self.ui = self._build_ui()
 
     # Loading ---------------------------------------------------------------------------------
@@ -222,6 +224,15 @@ class StationApp:
         self.controller.add_point_lps(point["lps"], point["name"].rsplit("_", 1)[-1])
         self._push()
 
+    def step_slice(self, view: str, steps: int) -> float:
+        """The keyboard: a slice view one slice on (Up/PageUp) or back (Down/PageDown); the
+        position readout follows at once."""
+        if self.controller.volume is None:
+            return 0.0
+        offset = self.views.step_slice(view, steps)
+        self._push_annotations()
+        return offset
+
     def view_point(self, ras, view: str = AXIAL) -> dict:
         """Test and scripting hook: move a slice view onto a RAS point and say where it is
         drawn (fractions of the view's box, ``views.StationViews.ras_to_view_fraction``)."""
@@ -259,7 +270,12 @@ class StationApp:
             if self.prior is not None:
                 changed |= self.prior.follow() | self._compare_with_prior()
             current = self.controller.current
-            if self.controller.poll() or changed or current != self.controller.current:
+            changed |= self.controller.poll()
+            if self.controller.lung_model is not self._lungs:  # the lungs came: framed
+                self._lungs = self.controller.lung_model
+                self.views.reset_3d()
+                changed = True
+            if changed or current != self.controller.current:
                 self._push()
             else:
                 self._push_annotations()
@@ -302,6 +318,7 @@ class StationApp:
             layout.footer.hide()  # it covered the axial view's slice slider
             # The slice sliders sit above Slicer's scale bar (both at the views' bottom).
             client.Style(".slice-slider-gutter { bottom: 26px !important; }")
+            ui.slice_keys()
             with layout.toolbar:
                 html.Span("{{ st.volume }}", classes="text-caption mx-2")
                 v3.VSpacer()

@@ -26,7 +26,7 @@ import numpy as np
 from ..core.geometry import lps_to_ras
 from ..core.nodule.evidence import COMBINED
 from ..core.result_schema import shown
-from ..core.scope.assessment import NOT_ASSESSED_CODES
+from ..core.scope.assessment import NOT_ASSESSED, NOT_ASSESSED_CODES, REFUSED
 from ..files.lidc_thumbnails import thumbnail_data_uri
 from ..mrml.ct_loading import load_ct_volume
 from ..mrml.identity import volume_identity
@@ -35,8 +35,13 @@ from ..mrml.nodes import ResultNodes, nodes_by_class
 from ..mrml.roles import (
     ATTR_ROLE,
     EVIDENCE_SCALES,
+    LUNG_SURFACE_COLOR,
+    LUNG_SURFACE_OPACITY,
+    MARKER_ACTIVE_COLOR,
     MARKER_COLOR,
     MARKER_INACTIVE_COLOR,
+    MARKER_WARNING_COLOR,
+    ROLE_LUNG_SURFACE,
     ROLE_SEGMENTATION,
     ROLE_TABLE,
 )
@@ -58,8 +63,11 @@ MOVE_TOLERANCE_MM = 0.05
 # A new point this close to an analyzed nodule's point (mm), or within its outline's radius,
 # selects that nodule instead of making a duplicate.
 SAME_NODULE_MIN_MM = 2.0
-# Point states whose marker is drawn grey (unselected): no answer came from them.
+# Point states whose marker is drawn grey: no answer came from them.
 INACTIVE = ("refused", "cancelled", "error")
+# The display-only point list that draws the not-assessed points' markers in orange (one
+# markups node has one colour per selection state; the reader's points stay in MARKUPS_NAME).
+WARNING_MARKUPS_NAME = "Nodules (not assessed)"
 
 
 class StationController:
@@ -88,6 +96,12 @@ class StationController:
         )
         self.volume = None
         self.markups = None
+        self.warning_markers = None  # WARNING_MARKUPS_NAME's node
+        # The 3D view's lungs: (volume node, vtkPolyData) from the warm-up thread, made a model
+        # node by the next poll (the scene is the main thread's); the node once made.
+        self._lung_surface: tuple | None = None
+        self.lung_model = None
+        self._marker_key: tuple = ()
         self.volume_name = ""
         self.identity: dict[str, str] = {}  # series UID, patient ID, study date of the CT
         self.window = ""
@@ -141,6 +155,13 @@ class StationController:
         self.markups.SetControlPointLabelFormat("N%d")  # points placed in a view: N1, N2, ...
         self.markups.CreateDefaultDisplayNodes()
         _style_markers(self.markups.GetDisplayNode())
+        self.warning_markers = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        self.warning_markers.SetName(WARNING_MARKUPS_NAME)
+        self.warning_markers.SetLocked(True)  # drawn, never dragged or picked
+        self.warning_markers.SetSaveWithScene(False)
+        self.warning_markers.CreateDefaultDisplayNodes()
+        _style_markers(self.warning_markers.GetDisplayNode(), MARKER_WARNING_COLOR)
+        self._marker_key = ()
         self.set_window(window)
         self._warm_up(volume)
         self.set_status(
@@ -163,6 +184,15 @@ class StationController:
                 self.logic.warmUp(image, world)
             except Exception:  # the click reports the same problem with its message
                 logging.getLogger(__name__).exception("warm-up failed")
+            try:  # after the click's warm-up: the 3D view's context, never on a click's path
+                started = time.perf_counter()
+                surface = lung_surface(image, world)
+                self._lung_surface = (volume, surface)
+                logging.getLogger(__name__).info(
+                    "lung surface in %.2f s", time.perf_counter() - started
+                )
+            except Exception:  # only the 3D view's context
+                logging.getLogger(__name__).exception("lung surface failed")
 
         # Not a daemon: torch or VTK work cut off at interpreter exit aborts the process.
         self.warm_up_thread = threading.Thread(target=run, name="station-warm-up")
@@ -175,10 +205,12 @@ class StationController:
         self.runner.clear_pending()
         scene = self.logic.scene
         outputs = [n for n in nodes_by_class(scene, "vtkMRMLNode") if n.GetAttribute(ATTR_ROLE)]
-        for node in [*outputs, self.markups, self.volume]:
+        for node in [*outputs, self.warning_markers, self.markups, self.volume]:
             if node is not None and node.GetScene() is scene:
                 scene.RemoveNode(node)
-        self.volume = self.markups = None
+        self.volume = self.markups = self.warning_markers = self.lung_model = None
+        self._lung_surface = None
+        self._marker_key = ()
         self.identity = {}
         self.points.clear()
         self.results.clear()
@@ -310,6 +342,7 @@ class StationController:
         self.points.clear()
         self.results.clear()
         self.current = None
+        self.style_markers()
         self.set_status("ready", "Points cleared.")
 
     def delete_point(self, point_id: str) -> None:
@@ -333,6 +366,7 @@ class StationController:
             self.current = None
             for composite in nodes_by_class(self.logic.scene, "vtkMRMLSliceCompositeNode"):
                 composite.SetForegroundVolumeID(None)
+        self.style_markers()
         self.set_status("ready", f"{label} deleted.")
 
     # Analyses --------------------------------------------------------------------------------
@@ -366,7 +400,7 @@ class StationController:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="busy", message="")
-                self._mark(point_id, active=True)
+                self.style_markers()
         if ids:  # the panel follows the point being analyzed, never the previous nodule
             self.current = ids[-1]
             self._show_overlay()
@@ -416,13 +450,35 @@ class StationController:
                 for point_id in ids:
                     if point_id in self.points:
                         self.points[point_id].update(status="error", message=str(update.error))
-                        self._mark(point_id, active=False)
+                        self.style_markers()
                 self.set_status("error", f"Analysis failed: {update.error}")
         if update.started:
             self._started(started_ids)
         elif update.output is None and update.error is None:
             self._busy_ids = finished_ids  # still running
+        self.style_markers()
+        self.show_lungs()
         return self.snapshot_key() != before
+
+    def show_lungs(self) -> bool:
+        """The warm-up's lung surface, once built, as a translucent model in the 3D view only
+        (not drawn in the slice views); returns whether it was added now."""
+        built, self._lung_surface = self._lung_surface, None
+        if built is None or built[0] is not self.volume or built[1] is None:
+            return False
+        if self.lung_model is not None and self.lung_model.GetScene() is self.logic.scene:
+            self.logic.scene.RemoveNode(self.lung_model)
+        model = self.logic.scene.AddNewNodeByClass("vtkMRMLModelNode", "Lungs")
+        model.SetAttribute(ATTR_ROLE, ROLE_LUNG_SURFACE)
+        model.SetAndObservePolyData(built[1])
+        model.CreateDefaultDisplayNodes()
+        display = model.GetDisplayNode()
+        display.SetColor(*LUNG_SURFACE_COLOR)
+        display.SetOpacity(LUNG_SURFACE_OPACITY)
+        display.SetVisibility2D(False)
+        display.SetBackfaceCulling(False)
+        self.lung_model = model
+        return True
 
     def _finished(self, output) -> None:
         for point, result in zip(output.points, output.results, strict=True):
@@ -434,14 +490,23 @@ class StationController:
             record.update(
                 status="done",
                 assessment=assessment.tier,
-                message=assessment.label if assessment.tier != "assessed" else "",
+                # The list's subtitle: a not-assessed point's reason in short (its whole
+                # sentence on hover and in the panel), a flagged one's tier.
+                message=(
+                    _short_reason(result)
+                    if assessment.tier == NOT_ASSESSED
+                    else assessment.label
+                    if assessment.tier != "assessed"
+                    else ""
+                ),
+                reason=assessment.reason,
                 malignancy_text=(
                     shown("malignancy_probability", result.malignancy_probability)
                     if assessment.answered
                     else None
                 ),
             )
-            self._mark(point.point_id, active=True)
+            self.style_markers()
         self.current = output.points[-1].point_id
         self.fraction = 1.0
         # Every slice view through the nodule (offsets only: the view the reader clicked in
@@ -462,7 +527,7 @@ class StationController:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="cancelled", message="Analysis cancelled.")
-                self._mark(point_id, active=False)
+                self.style_markers()
         if ids:
             self.current = ids[-1]
             self._show_overlay()
@@ -473,7 +538,7 @@ class StationController:
         for point_id in ids:
             if point_id in self.points:
                 self.points[point_id].update(status="refused", message=str(exc), code=exc.code)
-                self._mark(point_id, active=False)
+                self.style_markers()
         if ids:  # the refused point is the current one: its message, no other's numbers
             self.current = ids[-1]
             self._show_overlay()
@@ -517,11 +582,38 @@ class StationController:
             waits = "waiting for its analysis" if state == "pending" else "not analyzed"
             self.set_status("ready", f"{label}: {waits}.")
 
-    def _mark(self, point_id: str, active: bool) -> None:
-        """A refused or cancelled point's marker is grey (unselected), an answered one green."""
-        index = self.markups.GetControlPointIndexByID(point_id) if self.markups else -1
-        if index >= 0:
-            self.markups.SetNthControlPointSelected(index, bool(active))
+    def style_markers(self) -> None:
+        """Each marker in its point's state's colour (:func:`marker_state`): green (Slicer's
+        selected colour), grey (unselected) or orange (the point is hidden in the reader's list
+        and drawn by the display-only :data:`WARNING_MARKUPS_NAME`, with its label). Applied
+        only when a state changed; the point under the mouse stops being highlighted then, so
+        a click's marker shows its answer, not the highlight, once the answer comes."""
+        markups, warning = self.markups, self.warning_markers
+        if markups is None or warning is None:
+            return
+        # The reader's points only (not the placement's preview point), by their state.
+        states = {p: marker_state(r) for p, r in self.points.items()}
+        key = tuple(states.items())
+        if key == self._marker_key:
+            return
+        self._marker_key = key
+        shown = []
+        for point_id, state in states.items():
+            i = markups.GetControlPointIndexByID(point_id)
+            if i < 0:
+                continue
+            markups.SetNthControlPointSelected(i, state == "ok")
+            markups.SetNthControlPointVisibility(i, state != "warning")
+            if state == "warning":
+                shown.append(
+                    (markups.GetNthControlPointPositionWorld(i), markups.GetNthControlPointLabel(i))
+                )
+        was = warning.StartModify()
+        warning.RemoveAllControlPoints()
+        for ras, label in shown:
+            warning.AddControlPoint(*ras, label)
+        warning.EndModify(was)
+        _clear_highlight(markups.GetDisplayNode())
 
     @property
     def busy(self) -> bool:
@@ -639,7 +731,8 @@ class StationController:
         return {k: record[k] for k in ("id", "label", "status", "message")}
 
     def layers(self) -> dict:
-        """What the overlays hold now: segments in the segmentation, the evidence volume shown."""
+        """What the overlays hold now: segments in the segmentation, the evidence volume shown,
+        whether the 3D view has the lungs yet."""
         param = self.logic.getParameterNode()
         segmentation = param.GetNodeReference(ROLE_SEGMENTATION)
         segments = segmentation.GetSegmentation().GetNumberOfSegments() if segmentation else 0
@@ -647,7 +740,7 @@ class StationController:
         if self.current in self.results and self.overlay != OVERLAY_OFF:
             node = self.logic.evidenceNode(self.current, self.overlay)
             evidence = node.GetName() if node is not None else ""
-        return {"segments": segments, "evidence": evidence}
+        return {"segments": segments, "evidence": evidence, "lungs": self.lung_model is not None}
 
     def snapshot_key(self) -> tuple:
         """Cheap change detector for :meth:`poll` (the page pushes state only on changes)."""
@@ -672,16 +765,102 @@ class StationController:
         return self.volume, self.markups, self.device
 
 
-def _style_markers(display) -> None:
+def lung_surface(image_zyx: np.ndarray, geometry, smooth_mm: float = 2.0, triangles: int = 40_000):
+    """The CT's lungs as a smooth closed surface (vtkPolyData, world RAS mm), or ``None`` on a
+    crop without a lung mask: the scope layer's lung mask (core/scope/lung_mask.py, cached by
+    the warm-up), blurred by ``smooth_mm``, on a grid of about 2.5 mm, its 0.5 iso-surface
+    decimated to about ``triangles`` triangles. Pure VTK and numpy: any thread."""
+    import vtk
+    from scipy import ndimage
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+
+    from ..core.scope.validation import chest_lungs
+
+    lungs = chest_lungs(image_zyx, geometry)
+    if lungs is None:
+        return None
+    spacing = np.asarray(lungs.spacing_kji, dtype=float)
+    down = np.maximum(1, np.round(2.5 / spacing)).astype(int)  # coarse voxels per grid step
+    soft = ndimage.gaussian_filter(lungs.mask_kji.astype(np.float32), smooth_mm / spacing)
+    soft = np.pad(soft[:: down[0], :: down[1], :: down[2]], 1)  # closed at the CT's ends
+    grid = vtk.vtkImageData()
+    grid.SetDimensions(*soft.shape[::-1])
+    grid.GetPointData().SetScalars(numpy_to_vtk(soft.ravel(), deep=True))
+    contour = vtk.vtkFlyingEdges3D()
+    contour.SetInputData(grid)
+    contour.SetValue(0, 0.5)
+    contour.ComputeNormalsOff()
+    contour.Update()
+    surface = contour.GetOutput()
+    if surface.GetNumberOfPolys() == 0:
+        return None
+    decimate = vtk.vtkQuadricDecimation()
+    decimate.SetInputData(surface)
+    decimate.SetTargetReduction(max(0.0, 1.0 - triangles / surface.GetNumberOfPolys()))
+    # Grid index (x, y, z, padded) -> coarse index -> image index (a coarse voxel's centre)
+    # -> LPS -> RAS, as one affine map.
+    stride = np.asarray(lungs.stride_kji, dtype=float)[::-1]
+    step, first = down[::-1] * stride, -stride * down[::-1] + (stride - 1.0) / 2.0
+    to_lps = geometry.index_to_lps_matrix @ np.diag(step)
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ to_lps
+    matrix[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ geometry.index_to_lps(first)
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(matrix.ravel().tolist())
+    moved = vtk.vtkTransformPolyDataFilter()
+    moved.SetInputConnection(decimate.GetOutputPort())
+    moved.SetTransform(transform)
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputConnection(moved.GetOutputPort())
+    normals.SplittingOff()
+    normals.ConsistencyOn()
+    normals.Update()
+    out = vtk.vtkPolyData()
+    out.DeepCopy(normals.GetOutput())
+    return out
+
+
+def marker_state(record: dict) -> str:
+    """A point's marker: ``ok`` (green: placed, analysing, assessed or flagged), ``warning``
+    (orange: not assessed) or ``inactive`` (grey: refused, cancelled, failed)."""
+    status, tier = record.get("status"), record.get("assessment")
+    if status in INACTIVE or (status == "done" and tier == REFUSED):
+        return "inactive"
+    return "warning" if status == "done" and tier == NOT_ASSESSED else "ok"
+
+
+def _short_reason(result) -> str:
+    """A not-assessed answer's reason in a few words: the deciding warning's first clause
+    ("The point lies outside the lungs")."""
+    deciding = [w.message for w in result.warnings if w.code in NOT_ASSESSED_CODES]
+    text = (deciding or [result.assessment.reason or result.assessment.label])[0]
+    for stop in (" (", ":", ". "):
+        text = text.split(stop, 1)[0]
+    return text.strip().rstrip(".")
+
+
+def _style_markers(display, color=None) -> None:
     """Small hollow stars (Slicer fills its 2D circle; the nodule stays visible inside the
-    star), green; refused and cancelled points grey (issue 29 item 5). The point under the
-    mouse keeps Slicer's highlight colour."""
+    star): selected points green, unselected grey (``color``: one colour for both, the
+    not-assessed list's orange); the point under the mouse white (issue 29)."""
     display.SetGlyphTypeFromString("StarBurst2D")
     display.SetUseGlyphScale(False)
     display.SetGlyphSize(4.0)  # mm
-    display.SetSelectedColor(*MARKER_COLOR)
-    display.SetColor(*MARKER_INACTIVE_COLOR)
+    display.SetSelectedColor(*(color or MARKER_COLOR))
+    display.SetColor(*(color or MARKER_INACTIVE_COLOR))
+    display.SetActiveColor(*(color or MARKER_ACTIVE_COLOR))
     display.SetTextScale(2.5)
+
+
+def _clear_highlight(display) -> None:
+    """No point is "under the mouse" any more: Slicer keeps the last placed point highlighted
+    (its active colour) until the mouse moves over the view again, and the remote view gets
+    no move once the mouse has left it, which hid a refused point's grey (issue 29)."""
+    if display is None or not display.HasActiveComponent():
+        return
+    none = display.ComponentNone
+    for context in display.GetActiveComponentInteractionContexts():
+        display.SetActiveComponent(none, -1, context)
 
 
 def _row_of(table, point_id: str) -> int | None:

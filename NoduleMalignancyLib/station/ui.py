@@ -24,6 +24,7 @@ __all__ = [
     "overlay_controls",
     "results_panel",
     "similar_nodules",
+    "slice_keys",
     "status_bar",
     "toolbar",
 ]
@@ -118,18 +119,70 @@ def toolbar(on_cancel: Callable, on_analyze: Callable, on_clear: Callable) -> No
                     click=(on_clear,),
                     id="station-clear-confirm",
                 )
-    with html.Div(v_if="st.busy", classes="d-flex align-center mx-2", id="station-busy"):
-        v3.VProgressCircular(indeterminate=True, size=20, width=3, color="primary")
-        html.Span("{{ st.cancelling ? 'Cancelling' : 'Analyzing' }}", classes="mx-2")
+    # Always laid out, hidden while idle: the buttons do not move when an analysis starts.
+    # A spinner and Cancel only (the banner says what runs): the space kept stays small.
+    with html.Div(
+        classes="d-flex align-center mx-2",
+        id="station-busy",
+        style=("st.busy ? '' : 'visibility: hidden'",),
+    ):
+        v3.VProgressCircular(
+            indeterminate=("st.busy",),
+            size=20,
+            width=3,
+            color="primary",
+            classes="mr-2",
+            title=("st.cancelling ? 'Cancelling' : 'Analyzing'",),
+        )
         v3.VBtn(
             "Cancel",
             click=on_cancel,
             color="error",
             size="small",
             variant="flat",
-            disabled=("st.cancelling",),
+            disabled=("st.cancelling || !st.busy",),
             id="station-cancel",
         )
+
+
+# Up/Down arrows and PageUp/PageDown step the slice of the slice view under the mouse (else the
+# one last clicked) by one slice, as in Slicer's desktop views; the server steps it
+# (``station_step_slice``). Not while typing in a field or on a slider (its own arrows).
+SLICE_KEYS_SCRIPT = """
+(function () {
+  const STEPS = {ArrowUp: 1, PageUp: 1, ArrowDown: -1, PageDown: -1};
+  let hovered = null, clicked = null;
+  function viewAt(e) {
+    for (const box of document.querySelectorAll('.station-slice-box')) {
+      const r = box.getBoundingClientRect();
+      if (e.clientX >= r.left && e.clientX < r.right && e.clientY >= r.top && e.clientY < r.bottom)
+        return box.id.replace('station-view-', '');
+    }
+    return null;
+  }
+  document.addEventListener('pointermove', (e) => { hovered = viewAt(e); }, true);
+  document.addEventListener('pointerdown', (e) => { clicked = viewAt(e) || clicked; }, true);
+  document.addEventListener('keydown', (e) => {
+    const steps = STEPS[e.key];
+    const t = e.target;
+    if (!steps || e.altKey || e.ctrlKey || e.metaKey || !window.trame) return;
+    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName)
+              || (t.getAttribute && t.getAttribute('role') === 'slider'))) return;
+    const view = hovered || clicked;
+    if (!view) return;
+    e.preventDefault();
+    e.stopPropagation();  // not to the view's own key handling as well
+    window.trame.trigger('station_step_slice', [view, steps]);
+  }, true);
+})();
+"""
+
+
+def slice_keys() -> None:
+    """The keyboard's slice stepping (:data:`SLICE_KEYS_SCRIPT`), once per page."""
+    from trame.widgets import client
+
+    client.Script(SLICE_KEYS_SCRIPT)
 
 
 def status_bar() -> None:
@@ -201,11 +254,15 @@ def nodule_list(on_select: Callable, delete_trigger: str) -> None:
             __properties=[("data_status", "data-status")],
             data_status=("n.status",),
         ):
+            # Not assessed: says so, its short reason below (the whole one on hover).
             v3.VListItemTitle(
                 "{{ n.label }}: {{ n.malignancy_text !== null "
-                f"? n.malignancy_text + ' malignancy' : {STATE_WORDS}[n.status] }}}}"
+                "? n.malignancy_text + ' malignancy' : n.status === 'done' && "
+                f"n.assessment === 'not_assessed' ? 'not assessed' : {STATE_WORDS}[n.status] }}}}"
             )
-            v3.VListItemSubtitle("{{ n.message }}", v_if="n.message")
+            v3.VListItemSubtitle(
+                "{{ n.message }}", v_if="n.message", title=("n.reason || n.message",)
+            )
             v3.VListItemSubtitle(  # wrapped: its end is the follow-up Lung-RADS
                 "{{ n.prior_text }}",
                 v_if="n.prior_text",

@@ -28,6 +28,8 @@ ZOOM_DIAMETERS, ZOOM_MIN_MM = 6.0, 50.0
 # Height (px) kept free of the CT at the bottom of a fitted slice view: Slicer's scale bar and its
 # label (14 px text) lie on black there, not over the image (coronal, sagittal).
 RULER_BAND_PX = 24
+# The 3D view after its fit: this much of the way to the focal point (trame-slicer's zoom).
+THREE_D_ZOOM = 0.1
 # RAS axis directions as a reader names them (patient Right, Anterior, Superior and opposites).
 _LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -73,8 +75,9 @@ class StationViews:
 
     def show_volume(self, volume) -> None:
         """CT in every slice view's background, a scale bar in each; the 3D view shows the
-        nodules' surfaces without opaque slice planes in front of them; views fitted once
-        their browser size is known (:meth:`fit_resized`)."""
+        lungs (translucent, once the warm-up built them) and the nodules' surfaces, without
+        opaque slice planes in front of them, from the front; views fitted once their browser
+        size is known (:meth:`fit_resized`)."""
 
         display = self.app.display_manager
         display.show_volume_in_slice_background(volume)
@@ -97,6 +100,11 @@ class StationViews:
         for view in self.app.view_manager.get_slice_views():
             view.set_visible_in_3d(False)
             view.set_ruler(ViewNode.RulerTypeThin, ViewNode.RulerColorWhite)
+        for view in self.app.view_manager.get_threed_views():
+            # The translucent lungs (controller.show_lungs) with the nodules inside: depth
+            # peeling draws no translucent surface at all in the server's EGL window.
+            view.get_view_node().SetUseDepthPeeling(False)
+            view.renderer().SetUseDepthPeeling(False)
         for view in self.app.view_manager.get_views():
             view.reset_view()
         self._fitted.clear()
@@ -184,9 +192,23 @@ class StationViews:
         for view in self.app.view_manager.get_views():
             view.schedule_render()
 
+    def step_slice(self, name: str, steps: int) -> float:
+        """Move a slice view by ``steps`` slices (its volume's spacing along the view's normal,
+        Slicer's own step; + towards the view's normal), within the CT; returns the offset."""
+        view = self.view(name)
+        low, high = view.get_slice_range()
+        offset = view.get_slice_value() + int(steps) * view.get_slice_step()
+        view.set_slice_value(min(max(offset, low), high))
+        view.schedule_render()
+        return view.get_slice_value()
+
     def reset_3d(self) -> None:
+        """The 3D view from the front (anterior), fitted to what it shows (the lungs once
+        built), a little closer than Slicer's fit, which leaves a wide margin."""
         for view in self.app.view_manager.get_threed_views():
             view.reset_view()
+            view.zoom(THREE_D_ZOOM)
+            view.schedule_render()
 
     # Placement -------------------------------------------------------------------------------
     def set_place_mode(self, markups, on: bool) -> None:
@@ -354,13 +376,14 @@ def _prior_beside():
     return Layout(LayoutDirection.Horizontal, [ViewLayoutDefinition.axial_view(), prior])
 
 
-def _box(view_id: str) -> None:
-    """A transparent box covering the view (the page's click mapping and tests find it)."""
+def _box(view_id: str, slice_view: bool = True) -> None:
+    """A transparent box covering the view (the page's click mapping and tests find it; the
+    keyboard's slice stepping finds the slice views' by their class)."""
     from trame_client.widgets.html import Div
 
     Div(
         id=VIEW_BOX_ID.format(view_id),
-        classes="station-view-box",
+        classes="station-view-box" + (" station-slice-box" if slice_view else ""),
         style="position:absolute;inset:0;pointer-events:none;",
     )
 
@@ -413,5 +436,5 @@ def _slice_view_ui(server, view_id, view) -> None:
 def _three_d_view_ui(server, view_id, view) -> None:
     from trame_slicer.app.ui import create_vertical_view_gutter_ui
 
-    _box(view.get_singleton_tag())
+    _box(view.get_singleton_tag(), slice_view=False)
     create_vertical_view_gutter_ui(server, view_id, view)
