@@ -621,10 +621,10 @@ def check_result(
         findings.append(
             Finding(
                 "no_contrast_at_centre",
-                f"Nothing at the outline's centre stands out of the lung around it (curvature "
-                f"{blob_strength:.1f} HU, a nodule's is above {scope.min_blob_strength_hu:g}): the "
-                "outline is probably of normal lung, not of a nodule. Place the point on the "
-                "nodule.",
+                "Nothing at the outline's centre stands out of the lung around it (its contrast "
+                f"as a blob is {blob_strength:.1f} HU; a nodule's is above "
+                f"{scope.min_blob_strength_hu:g} HU): the outline is probably of normal lung, not "
+                "of a nodule. Place the point on the nodule.",
             )
         )
     return findings, figures
