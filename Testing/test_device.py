@@ -57,3 +57,24 @@ def test_out_of_memory_fallback_stays_on_the_cpu(tiny_dir, monkeypatch, slicer_r
     # Choosing the GPU explicitly is a new choice: it tries the GPU again.
     logic.ensemble("GPU")
     assert placed[-1] == "cuda" and not ensemble.fell_back_to_cpu
+
+
+def test_single_threaded_blas_holds_numpy_s_blas_at_one_thread_and_restores_it():
+    """core/blas_threads.py: one OpenBLAS thread inside an analysis, the setting restored."""
+    import numpy  # noqa: F401  (its OpenBLAS loaded)
+    from threadpoolctl import ThreadpoolController
+
+    from NoduleMalignancyLib.core.blas_threads import single_threaded_blas
+
+    def openblas_threads():
+        return [
+            i["num_threads"]
+            for i in ThreadpoolController().info()
+            if i["internal_api"] == "openblas"
+        ]
+
+    before = openblas_threads()
+    assert before, "numpy's OpenBLAS is visible to threadpoolctl"
+    with single_threaded_blas():
+        assert set(openblas_threads()) == {1}
+    assert openblas_threads() == before

@@ -25,7 +25,7 @@ NO_SLICER_BELOW = FLOORS["mrml"]
 # Third-party imports each floor adds (a floor may use those of the floors below it); the
 # applications' own ones by folder. Which extra installs each: pyproject.toml.
 THIRD_PARTY = {
-    0: {"numpy", "torch", "SimpleITK", "scipy"},
+    0: {"numpy", "torch", "SimpleITK", "scipy", "threadpoolctl"},
     1: {"matplotlib", "tqdm", "pydicom", "highdicom"},
     2: {"slicer", "vtk", "vtkmodules", "PyTorchUtils"},
 }

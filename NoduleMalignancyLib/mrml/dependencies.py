@@ -62,6 +62,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("torch", "torch", "2.4", False, "runs the ensemble (CPU or CUDA)"),
     Requirement("numpy", "numpy", "1.26", True, "arrays"),
     Requirement("SimpleITK", "SimpleITK", "2.3", True, "connected components, CT reading"),
+    Requirement("threadpoolctl", "threadpoolctl", "3.1", False, "numpy's BLAS off torch's cores"),
     Requirement("highdicom", "highdicom", "0.23", False, "DICOM SEG and SR export for PACS"),
 )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..blas_threads import single_threaded_blas
 from ..clinical.lung_rads import (
     LungRadsSuggestion,
     solid_component_mean_diameter_mm,
@@ -191,6 +192,13 @@ def analyze_point(
     ``patient_id``: the CT's patient (DICOM PatientID), whose own nodules the similar-nodule
     index never offers (an LIDC CT would otherwise find the clicked nodule itself).
     """
+    with single_threaded_blas():  # numpy's small BLAS calls off torch's cores (its docstring)
+        return _analyze_point(
+            image_zyx, geometry, point_lps, ensemble, context, map_to_ct, patient_id
+        )
+
+
+def _analyze_point(image_zyx, geometry, point_lps, ensemble, context, map_to_ct, patient_id):
     t0 = time.perf_counter()
     timings = {"voi_sampling": 0.0, "network": 0.0}
     image_warnings = check_image(image_zyx, geometry)
