@@ -94,6 +94,7 @@ def shoot(page, args, out: Path) -> None:
     print("status:", page.locator("#station-status").inner_text())
     station_page.wait_changed_near(page, where["box_id"], before, where["fx"], where["fy"])
     print(f"click to overlay {time.perf_counter() - clicked:.2f} s (shipped ensemble, CPU)")
+    print("station log:", " | ".join(station_page.snapshot(page).get("log", [])[-3:]))
     page.mouse.move(1450, 940)  # off the views: no marker preview in the pictures
     page.wait_for_timeout(1500)
     if args.similar_only:
