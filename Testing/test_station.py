@@ -928,6 +928,7 @@ def test_browser_keys_step_the_slice_and_the_toolbar_stays_put_while_busy(statio
             yellow = page.locator("#station-view-Yellow").bounding_box()
             page.mouse.click(yellow["x"] + yellow["width"] / 2, yellow["y"] + yellow["height"] / 2)
             page.mouse.move(5, 5)
+            page.wait_for_timeout(1500)  # what the click changes reaches the readouts first
             sagittal, axial = _mm(_readout(page, "Yellow")), _readout(page, "Red")
             page.keyboard.press("ArrowUp")
             page.wait_for_timeout(1500)
