@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..core.atomic import atomic_path
 from ..core.result_schema import shown
+from ..core.scope.assessment import Assessment
 
 HTML_FILE = "exam.html"
 STYLE = """
@@ -101,7 +102,7 @@ def _malignancy_cell(n: dict) -> str:
     """The model's malignancy with its similar LIDC nodules' line (core/model/similar.py);
     a not-assessed nodule's is withheld, as on every surface that leads with it (issue 29:
     the point is probably not a nodule; exam.json keeps the number)."""
-    if n["assessment"] not in ("assessed", "flagged"):
+    if not Assessment(n["assessment"]).answered:
         return _cell("malignancy_probability", None, "")
     similar = n.get("similar_nodules_summary") or ""
     cell = _cell(

@@ -178,6 +178,7 @@ def nodule_mask(prob_voi: np.ndarray, valid_voi: np.ndarray) -> np.ndarray:
     return component_at_center((prob_voi >= SEGMENTATION_THRESHOLD) & (valid_voi > 0.5))
 
 
+@single_threaded_blas()  # numpy's small BLAS calls off torch's cores (its docstring)
 def analyze_point(
     image_zyx: np.ndarray,
     geometry: ImageGeometry,
@@ -192,13 +193,6 @@ def analyze_point(
     ``patient_id``: the CT's patient (DICOM PatientID), whose own nodules the similar-nodule
     index never offers (an LIDC CT would otherwise find the clicked nodule itself).
     """
-    with single_threaded_blas():  # numpy's small BLAS calls off torch's cores (its docstring)
-        return _analyze_point(
-            image_zyx, geometry, point_lps, ensemble, context, map_to_ct, patient_id
-        )
-
-
-def _analyze_point(image_zyx, geometry, point_lps, ensemble, context, map_to_ct, patient_id):
     t0 = time.perf_counter()
     timings = {"voi_sampling": 0.0, "network": 0.0}
     image_warnings = check_image(image_zyx, geometry)
